@@ -1,0 +1,425 @@
+//! Apply: raw rows to features. The per-value functions here are the only place where a value is
+//! transformed; the batch path and the single-row path both call them, so they agree bit for bit.
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int32Type;
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+use serde_json::{Map, Value};
+
+use super::spec::Output;
+use super::{FittedOp, FittedTransform, Scale, TransformError};
+use crate::data::{ColumnType, DEFAULT_MISSING, Table, numeric_value};
+
+/// Features of a set of rows: a row-major dense `f32` matrix and a row-major integer id matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub rows: usize,
+    pub dense_width: usize,
+    pub id_width: usize,
+    /// `rows × dense_width` values, row after row.
+    pub dense: Vec<f32>,
+    /// `rows × id_width` ids, row after row.
+    pub ids: Vec<u32>,
+}
+
+impl Features {
+    fn zeros(rows: usize, dense_width: usize, id_width: usize) -> Features {
+        Features {
+            rows,
+            dense_width,
+            id_width,
+            dense: vec![0.0; rows * dense_width],
+            ids: vec![0; rows * id_width],
+        }
+    }
+    pub fn dense_row(&self, row: usize) -> &[f32] {
+        &self.dense[row * self.dense_width..(row + 1) * self.dense_width]
+    }
+    pub fn id_row(&self, row: usize) -> &[u32] {
+        &self.ids[row * self.id_width..(row + 1) * self.id_width]
+    }
+}
+
+/// One raw value, from either path.
+#[derive(Debug, Clone, Copy)]
+enum Raw<'a> {
+    Missing,
+    Number(f64),
+    Text(&'a str),
+}
+
+/// What one feature contributes for one row.
+#[derive(Debug, Clone, Copy)]
+enum Emit {
+    Value(f32),
+    OneHot(u32),
+    Id(u32),
+}
+
+/// impute → clip → log1p, the shared numeric steps of numeric and bucketize features.
+#[inline]
+pub(super) fn numeric_steps(
+    raw: Option<f64>,
+    impute: Option<f64>,
+    clip: Option<[f64; 2]>,
+    log1p: bool,
+) -> Result<f64, String> {
+    let mut x = match raw.or(impute) {
+        Some(x) => x,
+        None => return Err("missing value and no imputation (set `impute`)".to_string()),
+    };
+    if let Some([lo, hi]) = clip {
+        x = x.clamp(lo, hi);
+    }
+    if log1p {
+        if x <= -1.0 {
+            return Err(format!(
+                "log1p of {x} is undefined; clip the column to [0, ...] first"
+            ));
+        }
+        x = x.ln_1p();
+    }
+    Ok(x)
+}
+
+#[inline]
+fn scale(x: f64, scale: Scale) -> f32 {
+    match scale {
+        Scale::None => x as f32,
+        Scale::Standardize { mean, std } => ((x - mean) / std) as f32,
+        Scale::MinMax { min, max } => {
+            if max > min {
+                ((x - min) / (max - min)) as f32
+            } else {
+                0.0
+            }
+        }
+    }
+}
+
+/// The text a number has as a category of a column of type `ty`.
+pub(super) fn category_text(ty: ColumnType, v: f64) -> String {
+    crate::data::category_of_number(ty, v)
+}
+
+/// 64-bit FNV-1a: small, fast on short strings, and fixed forever (ids depend on it).
+#[inline]
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn is_missing_text(s: &str) -> bool {
+    DEFAULT_MISSING.contains(&s.trim())
+}
+
+impl FittedTransform {
+    /// The one function that turns a raw value of feature `fi` into what it emits.
+    #[inline]
+    fn emit(&self, fi: usize, raw: Raw<'_>) -> Result<Emit, String> {
+        let input = &self.inputs[self.layout.input[fi]];
+        match &self.features[fi].op {
+            FittedOp::Numeric {
+                impute,
+                clip,
+                log1p,
+                scale: s,
+            } => {
+                let x = numeric_steps(as_number(raw)?, *impute, *clip, *log1p)?;
+                Ok(Emit::Value(scale(x, *s)))
+            }
+            FittedOp::Bucketize {
+                impute,
+                clip,
+                log1p,
+                boundaries,
+                output,
+            } => {
+                let x = numeric_steps(as_number(raw)?, *impute, *clip, *log1p)?;
+                let b = boundaries.partition_point(|edge| *edge <= x) as u32;
+                Ok(discrete(b, *output))
+            }
+            FittedOp::Vocabulary {
+                impute,
+                vocabulary,
+                oov_buckets,
+                output,
+            } => {
+                let key = as_key(raw, input.column_type, impute.as_deref());
+                let index = self.layout.vocab[fi]
+                    .as_ref()
+                    .unwrap_or_else(|| unreachable!("vocabulary features have an index"));
+                let id = match key.as_deref() {
+                    Some(k) => match index.get(k) {
+                        Some(id) => *id,
+                        None if *oov_buckets > 0 => {
+                            vocabulary.len() as u32 + (fnv1a(k) % u64::from(*oov_buckets)) as u32
+                        }
+                        None => {
+                            return Err(format!(
+                                "{k:?} was not seen in training and the transform has no \
+                                 out-of-vocabulary buckets (oov_buckets = 0)"
+                            ));
+                        }
+                    },
+                    None if *oov_buckets > 0 => vocabulary.len() as u32,
+                    None => {
+                        return Err(
+                            "missing value, no imputation and no out-of-vocabulary bucket"
+                                .to_string(),
+                        );
+                    }
+                };
+                Ok(discrete(id, *output))
+            }
+            FittedOp::Hash {
+                impute,
+                buckets,
+                output,
+            } => {
+                let key = as_key(raw, input.column_type, impute.as_deref());
+                let id = (fnv1a(key.as_deref().unwrap_or("")) % u64::from(*buckets)) as u32;
+                Ok(discrete(id, *output))
+            }
+        }
+    }
+
+    #[inline]
+    fn write(&self, fi: usize, emit: Emit, dense: &mut [f32], ids: &mut [u32]) {
+        let offset = self.layout.offset[fi];
+        match emit {
+            Emit::Value(v) => dense[offset] = v,
+            Emit::OneHot(i) => dense[offset + i as usize] = 1.0,
+            Emit::Id(i) => ids[offset] = i,
+        }
+    }
+
+    /// Applies the transform to one raw row given as a JSON object, as it arrives at a server.
+    ///
+    /// A key that is absent or `null` is a missing value; numbers may also come as numeric strings.
+    pub fn apply_json_row(&self, row: &Map<String, Value>) -> Result<Features, TransformError> {
+        let mut out = Features::zeros(1, self.dense_width(), self.id_width());
+        self.apply_json_row_into(row, &mut out.dense, &mut out.ids)?;
+        Ok(out)
+    }
+
+    /// [`Self::apply_json_row`] into caller-owned buffers of `dense_width` and `id_width`.
+    pub fn apply_json_row_into(
+        &self,
+        row: &Map<String, Value>,
+        dense: &mut [f32],
+        ids: &mut [u32],
+    ) -> Result<(), TransformError> {
+        assert_eq!(dense.len(), self.dense_width(), "dense buffer width");
+        assert_eq!(ids.len(), self.id_width(), "id buffer width");
+        dense.fill(0.0);
+        for fi in 0..self.features.len() {
+            let column = &self.features[fi].column;
+            let raw = match row.get(column) {
+                None | Some(Value::Null) => Raw::Missing,
+                Some(Value::Number(n)) => match n.as_f64() {
+                    Some(v) => Raw::Number(v),
+                    None => Raw::Missing,
+                },
+                Some(Value::Bool(b)) => Raw::Number(if *b { 1.0 } else { 0.0 }),
+                Some(Value::String(s)) if is_missing_text(s) => Raw::Missing,
+                Some(Value::String(s)) => Raw::Text(s),
+                Some(other) => {
+                    return Err(value_error(
+                        0,
+                        column,
+                        format!(
+                            "expected a number, string, boolean or null, found {}",
+                            json_kind(other)
+                        ),
+                    ));
+                }
+            };
+            let emit = self.emit(fi, raw).map_err(|m| value_error(0, column, m))?;
+            self.write(fi, emit, dense, ids);
+        }
+        Ok(())
+    }
+
+    /// Applies the transform to every row of a record batch.
+    pub fn apply_batch(&self, batch: &RecordBatch) -> Result<Features, TransformError> {
+        let mut out = Features::zeros(batch.num_rows(), self.dense_width(), self.id_width());
+        self.apply_batch_into(batch, 0, &mut out.dense, &mut out.ids)?;
+        Ok(out)
+    }
+
+    /// Applies the transform to every row of a table.
+    pub fn apply_table(&self, table: &Table) -> Result<Features, TransformError> {
+        let (dw, iw) = (self.dense_width(), self.id_width());
+        let mut out = Features::zeros(table.num_rows(), dw, iw);
+        let mut start = 0;
+        for batch in table.batches() {
+            let n = batch.num_rows();
+            self.apply_batch_into(
+                batch,
+                start,
+                &mut out.dense[start * dw..(start + n) * dw],
+                &mut out.ids[start * iw..(start + n) * iw],
+            )?;
+            start += n;
+        }
+        Ok(out)
+    }
+
+    /// Applies the transform to a batch, writing into zeroed row-major buffers of
+    /// `rows × dense_width` and `rows × id_width`. Errors count rows from `first_row`.
+    pub fn apply_batch_into(
+        &self,
+        batch: &RecordBatch,
+        first_row: usize,
+        dense: &mut [f32],
+        ids: &mut [u32],
+    ) -> Result<(), TransformError> {
+        let rows = batch.num_rows();
+        let (dw, iw) = (self.dense_width(), self.id_width());
+        assert_eq!(dense.len(), rows * dw, "dense buffer size");
+        assert_eq!(ids.len(), rows * iw, "id buffer size");
+        let schema = batch.schema();
+        let mut columns = Vec::with_capacity(self.inputs.len());
+        for input in &self.inputs {
+            let index =
+                schema
+                    .index_of(&input.name)
+                    .map_err(|_| TransformError::MissingColumn {
+                        column: input.name.clone(),
+                        hint: crate::suggest::hint(
+                            &input.name,
+                            schema.fields().iter().map(|f| f.name().as_str()),
+                        ),
+                    })?;
+            columns.push(batch.column(index).as_ref());
+        }
+        for fi in 0..self.features.len() {
+            let input = &self.inputs[self.layout.input[fi]];
+            let array = columns[self.layout.input[fi]];
+            let fail = |row: usize, m: String| value_error(first_row + row, &input.name, m);
+            let numeric_op = matches!(
+                self.features[fi].op,
+                FittedOp::Numeric { .. } | FittedOp::Bucketize { .. }
+            );
+            match array.data_type() {
+                DataType::Dictionary(..) if numeric_op => {
+                    return Err(fail(
+                        0,
+                        format!(
+                            "the column holds categories, but the transform was fitted on {} values",
+                            input.column_type
+                        ),
+                    ));
+                }
+                DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => {
+                    let dict = array.as_dictionary::<Int32Type>();
+                    let values = dict.values().as_string::<i32>();
+                    let mut cache: Vec<Option<Emit>> = vec![None; values.len()];
+                    let mut missing: Option<Emit> = None;
+                    for (row, key) in dict.keys().iter().enumerate() {
+                        let emit = match key {
+                            None => match missing {
+                                Some(e) => e,
+                                None => {
+                                    let e =
+                                        self.emit(fi, Raw::Missing).map_err(|m| fail(row, m))?;
+                                    missing = Some(e);
+                                    e
+                                }
+                            },
+                            Some(k) => match cache[k as usize] {
+                                Some(e) => e,
+                                None => {
+                                    let text = values.value(k as usize);
+                                    let raw = if is_missing_text(text) {
+                                        Raw::Missing
+                                    } else {
+                                        Raw::Text(text)
+                                    };
+                                    let e = self.emit(fi, raw).map_err(|m| fail(row, m))?;
+                                    cache[k as usize] = Some(e);
+                                    e
+                                }
+                            },
+                        };
+                        self.write(fi, emit, &mut dense[row * dw..], &mut ids[row * iw..]);
+                    }
+                }
+                DataType::Int64 | DataType::Float64 | DataType::Boolean => {
+                    for row in 0..rows {
+                        let raw = match numeric_value(array, row) {
+                            Some(v) => Raw::Number(v),
+                            None => Raw::Missing,
+                        };
+                        let emit = self.emit(fi, raw).map_err(|m| fail(row, m))?;
+                        self.write(fi, emit, &mut dense[row * dw..], &mut ids[row * iw..]);
+                    }
+                }
+                other => {
+                    return Err(fail(0, format!("unsupported Arrow type {other}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[inline]
+fn discrete(i: u32, output: Output) -> Emit {
+    match output {
+        Output::OneHot => Emit::OneHot(i),
+        Output::Id => Emit::Id(i),
+    }
+}
+
+#[inline]
+fn as_number(raw: Raw<'_>) -> Result<Option<f64>, String> {
+    match raw {
+        Raw::Missing => Ok(None),
+        Raw::Number(v) => Ok((!v.is_nan()).then_some(v)),
+        Raw::Text(s) => match s.trim().parse::<f64>() {
+            Ok(v) if !v.is_nan() => Ok(Some(v)),
+            _ => Err(format!("expected a number, found {s:?}")),
+        },
+    }
+}
+
+/// The category key of a raw value; `None` when missing and not imputed.
+#[inline]
+fn as_key<'a>(
+    raw: Raw<'a>,
+    ty: ColumnType,
+    impute: Option<&'a str>,
+) -> Option<std::borrow::Cow<'a, str>> {
+    match raw {
+        Raw::Missing => impute.map(std::borrow::Cow::Borrowed),
+        Raw::Number(v) if v.is_nan() => impute.map(std::borrow::Cow::Borrowed),
+        Raw::Number(v) => Some(std::borrow::Cow::Owned(category_text(ty, v))),
+        Raw::Text(s) => Some(std::borrow::Cow::Borrowed(s)),
+    }
+}
+
+fn value_error(row: usize, column: &str, message: String) -> TransformError {
+    TransformError::Value {
+        row,
+        column: column.to_string(),
+        message,
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

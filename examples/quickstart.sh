@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# kiln's main job on bundled data: describe a dataset, infer and check its schema, fit feature
+# transforms and write model-ready features; then the same on synthetic click-through data.
+#
+#   KILN   the kiln binary (default: target/release/kiln)
+#   OUT    where results go (default: target/quickstart)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KILN="${KILN:-target/release/kiln}"
+OUT="${OUT:-target/quickstart}"
+mkdir -p "$OUT"
+data=examples/data/breast_cancer.csv
+
+echo "== statistics of $data"
+"$KILN" data describe "$data"
+
+echo; echo "== schema, inferred and checked"
+"$KILN" data schema "$data" -o "$OUT/breast_cancer.schema.json"
+"$KILN" data validate "$data" --schema "$OUT/breast_cancer.schema.json"
+
+echo; echo "== features: fit the spec, save the fitted transform, write features"
+"$KILN" data transform "$data" --spec examples/breast_cancer.spec.toml \
+  --fit-out "$OUT/breast_cancer.fitted.json" -o "$OUT/breast_cancer.features.parquet"
+
+echo; echo "== synthetic click-through data: numbers, vocabularies, hashing"
+"$KILN" data synth ctr --rows 20000 --seed 7 -o "$OUT/ctr.csv"
+"$KILN" data describe "$OUT/ctr.csv"
+"$KILN" data transform "$OUT/ctr.csv" --spec examples/ctr.spec.toml \
+  --fit-out "$OUT/ctr.fitted.json" -o "$OUT/ctr.features.csv"

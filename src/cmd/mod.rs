@@ -1,0 +1,2 @@
+//! The subcommands of the `kiln` binary, one module per group.
+pub mod data;

@@ -1,0 +1,54 @@
+//! The `kiln` binary: command line, exit codes and the wiring of kiln's crates.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage error, 3 validation found anomalies.
+
+mod cmd;
+mod ui;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// kiln: an ML platform in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read, describe, check and transform tabular data.
+    #[command(subcommand)]
+    Data(cmd::data::DataCommand),
+}
+
+/// What a command asks the process to exit with, beyond plain success.
+pub enum Outcome {
+    Ok,
+    /// Validation found anomalies at or above the failing severity.
+    Anomalies,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Data(c) => cmd::data::run(c),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Anomalies) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

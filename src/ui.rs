@@ -1,0 +1,126 @@
+//! Terminal output: indicatif progress bars and aligned tables.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use comfy_table::{CellAlignment, Table, presets};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_core::progress::{Progress, Unit};
+
+/// Draws kiln's progress on stderr when it is a terminal; silent otherwise.
+pub struct Bar {
+    bar: Mutex<Option<ProgressBar>>,
+    visible: bool,
+}
+
+impl Bar {
+    pub fn new() -> Bar {
+        Bar {
+            bar: Mutex::new(None),
+            visible: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, phase: &str, total: Option<u64>, unit: Unit) {
+        if !self.visible {
+            return;
+        }
+        let bar = match total {
+            Some(t) => ProgressBar::new(t),
+            None => ProgressBar::new_spinner(),
+        };
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        let counts = match unit {
+            Unit::Bytes => "{bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+            Unit::Rows => "{human_pos}/{human_len} rows ({per_sec}, {eta})",
+        };
+        let template = format!("{{msg:>18}} [{{bar:30}}] {counts}");
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(phase.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        if let Ok(mut slot) = self.bar.lock() {
+            *slot = Some(bar);
+        }
+    }
+
+    fn set(&self, done: u64) {
+        if let Ok(slot) = self.bar.lock()
+            && let Some(bar) = slot.as_ref()
+        {
+            bar.set_position(done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Ok(mut slot) = self.bar.lock()
+            && let Some(bar) = slot.take()
+        {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// An aligned, borderless table; columns listed in `right` are right-aligned (numbers).
+pub fn table(header: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> String {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING);
+    t.set_header(header.to_vec());
+    for r in rows {
+        t.add_row(r);
+    }
+    for i in right {
+        if let Some(c) = t.column_mut(*i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t.lines()
+        .map(|l| l.trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A number for people: integers as integers, others with six significant digits.
+pub fn num(x: f64) -> String {
+    if !x.is_finite() {
+        return x.to_string();
+    }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        return format!("{}", x as i64);
+    }
+    let magnitude = x.abs().log10().floor() as i32;
+    if !(-4..15).contains(&magnitude) {
+        return format!("{x:.5e}");
+    }
+    let decimals = (5 - magnitude).clamp(0, 12) as usize;
+    let s = format!("{x:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::num;
+
+    #[test]
+    fn numbers_for_people() {
+        assert_eq!(num(569.0), "569");
+        assert_eq!(num(14.127291739894552), "14.1273");
+        assert_eq!(num(0.0627976), "0.0627976");
+        assert_eq!(num(-0.5), "-0.5");
+        assert_eq!(num(1.5e-7), "1.50000e-7");
+    }
+}
