@@ -139,11 +139,18 @@ fn for_each_object(
                 ),
             )
         })?;
-        let object: Map<String, Value> = serde_json::from_str(text).map_err(|e| {
+        let object: Map<String, Value> = serde_json::from_str(text.trim_end()).map_err(|e| {
+            let full = e.to_string();
+            let what = full
+                .rfind(" at line ")
+                .map_or(full.as_str(), |i| &full[..i]);
             DataError::line(
                 shown,
                 line,
-                format!("expected one JSON object per line: {e}"),
+                format!(
+                    "invalid JSON at column {}: {what}; expected one JSON object per line",
+                    e.column()
+                ),
             )
         })?;
         f(line, &object)?;

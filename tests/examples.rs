@@ -1,0 +1,32 @@
+//! Every example runs: the quickstart script, with the freshly built binary.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+#[test]
+fn quickstart_runs_end_to_end() {
+    let k = util::Kiln::new();
+    let out = k.path("quickstart");
+    let r = k
+        .script("examples/quickstart.sh")
+        .env("OUT", &out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(stdout.contains("569 rows, 31 columns"));
+    assert!(stdout.contains("569 rows match the schema"));
+    for f in [
+        "breast_cancer.schema.json",
+        "breast_cancer.fitted.json",
+        "breast_cancer.features.parquet",
+        "ctr.fitted.json",
+        "ctr.features.csv",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+}

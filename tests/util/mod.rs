@@ -1,0 +1,79 @@
+//! Running the real `kiln` binary in a fresh temporary `KILN_HOME` with `KILN_*` cleared.
+#![allow(dead_code, clippy::unwrap_used, clippy::new_without_default)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Kiln {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Kiln {
+    pub fn new() -> Kiln {
+        Kiln {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A path inside the test's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file inside the test's directory and returns its path.
+    pub fn file(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// The kiln binary, in the repository root, with a clean environment.
+    pub fn command(&self) -> Command {
+        self.program(env!("CARGO_BIN_EXE_kiln"))
+    }
+
+    /// A script run by bash in the same clean environment, with `KILN` naming the binary.
+    pub fn script(&self, path: &str) -> Command {
+        let mut c = self.program("bash");
+        c.arg(path).env("KILN", env!("CARGO_BIN_EXE_kiln"));
+        c
+    }
+
+    fn program(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("KILN_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("KILN_HOME", self.path("home"));
+        c.current_dir(repo_root());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out: Output = self.command().args(args).output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "kiln {args:?} failed:\n{}", r.stderr);
+        r.stdout
+    }
+}
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
