@@ -216,8 +216,12 @@ fn numeric_statistics(values: &mut [f64]) -> NumericStatistics {
     }
 }
 
-/// The `q` quantile of sorted, non-empty values, interpolating linearly between order statistics.
+/// The `q` quantile of sorted values, interpolating linearly between order statistics;
+/// NaN when there are none.
 pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
     let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;

@@ -48,12 +48,11 @@ impl Candidates {
     /// Narrows the candidates by one non-missing typed cell.
     pub(crate) fn observe(&mut self, cell: &Cell<'_>) {
         match cell {
-            Cell::Text(s) => {
+            // A JSON string stays a string, even "12" or "true".
+            Cell::Text(_) => {
                 self.seen = true;
                 self.integer = false;
                 self.float = false;
-                // JSON strings "true"/"false" stay strings.
-                let _ = s;
                 self.boolean = false;
             }
             Cell::Int(_) => {

@@ -2,7 +2,7 @@
 //!
 //! Tokenizing (quotes, delimiters, line endings) is the `csv` crate's; kiln adds the checks that give
 //! each bad input a message with its line: ragged rows, invalid UTF-8, oversized fields, values that
-//! do not fit an overridden type.
+//! do not fit an overridden type. Whitespace around a cell is not part of its value.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -64,9 +64,9 @@ fn read_csv_from<R: Read>(
             .delimiter(options.delimiter.unwrap_or(b','))
             .has_headers(false)
             .flexible(true)
-            .trim(::csv::Trim::All)
             .from_reader(input)
     };
+    let missing = options.missing_matcher();
 
     // Pass 1: header and types.
     progress.start("inferring types", size, Unit::Bytes);
@@ -85,7 +85,8 @@ fn read_csv_from<R: Read>(
     while next_record(path, &mut rdr, &mut record, options)? {
         check_width(path, &record, width)?;
         for (cell, cand) in record.iter().zip(candidates.iter_mut()) {
-            if !options.is_missing(cell) {
+            let cell = cell.trim();
+            if !missing.is_missing(cell) {
                 cand.observe_text(cell);
             }
         }
@@ -122,7 +123,8 @@ fn read_csv_from<R: Read>(
     while next_record(path, &mut rdr, &mut record, options)? {
         check_width(path, &record, width)?;
         for (index, (cell, builder)) in record.iter().zip(batches.columns.iter_mut()).enumerate() {
-            if options.is_missing(cell) {
+            let cell = cell.trim();
+            if missing.is_missing(cell) {
                 builder.push_missing();
             } else if let Err(message) = builder.push_text(cell) {
                 return Err(DataError::line(
@@ -198,7 +200,7 @@ fn csv_error(path: &str, e: ::csv::Error) -> DataError {
 fn header(path: &str, record: &::csv::StringRecord) -> Result<Vec<String>, DataError> {
     let mut names: Vec<String> = Vec::with_capacity(record.len());
     for (index, raw) in record.iter().enumerate() {
-        let name = raw.trim_start_matches('\u{feff}').to_string();
+        let name = raw.trim_start_matches('\u{feff}').trim().to_string();
         if name.is_empty() {
             return Err(DataError::line(
                 path,

@@ -8,7 +8,9 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::builder::{BatchBuilder, Candidates, Cell};
-use super::{ColumnType, DataError, ReadOptions, Table, arrow_schema, check_overrides};
+use super::{
+    ColumnType, DataError, MissingMatcher, ReadOptions, Table, arrow_schema, check_overrides,
+};
 use crate::progress::{Progress, Unit};
 
 pub(crate) fn read_jsonl(
@@ -18,6 +20,7 @@ pub(crate) fn read_jsonl(
 ) -> Result<Table, DataError> {
     let shown = path.display().to_string();
     let size = std::fs::metadata(path).map(|m| m.len()).ok();
+    let missing = options.missing_matcher();
 
     // Pass 1: columns and types.
     progress.start("inferring types", size, Unit::Bytes);
@@ -32,7 +35,7 @@ pub(crate) fn read_jsonl(
                 candidates.push(Candidates::default());
                 names.len() - 1
             });
-            let cell = cell_of(value, options)
+            let cell = cell_of(value, options, &missing)
                 .map_err(|m| DataError::line(&shown, line, format!("key `{key}`: {m}")))?;
             if let Some(cell) = cell {
                 candidates[column].observe(&cell);
@@ -70,7 +73,7 @@ pub(crate) fn read_jsonl(
             let name = &names[column];
             match object.get(name) {
                 None => builder.push_missing(),
-                Some(value) => match cell_of(value, options)
+                Some(value) => match cell_of(value, options, &missing)
                     .map_err(|m| DataError::line(&shown, line, format!("key `{name}`: {m}")))?
                 {
                     None => builder.push_missing(),
@@ -157,7 +160,11 @@ fn for_each_object(
     }
 }
 
-fn cell_of<'a>(value: &'a Value, options: &ReadOptions) -> Result<Option<Cell<'a>>, String> {
+fn cell_of<'a>(
+    value: &'a Value,
+    options: &ReadOptions,
+    missing: &MissingMatcher,
+) -> Result<Option<Cell<'a>>, String> {
     Ok(match value {
         Value::Null => None,
         Value::Bool(b) => Some(Cell::Bool(*b)),
@@ -165,7 +172,7 @@ fn cell_of<'a>(value: &'a Value, options: &ReadOptions) -> Result<Option<Cell<'a
             Some(i) => Some(Cell::Int(i)),
             None => n.as_f64().map(Cell::Float),
         },
-        Value::String(s) if options.is_missing(s.trim()) => None,
+        Value::String(s) if missing.is_missing(s.trim()) => None,
         Value::String(s) if s.len() > options.max_field_bytes => {
             return Err(format!(
                 "a string of {} is over the {} limit (raise it with --max-field-bytes)",

@@ -71,6 +71,7 @@ impl ColumnType {
         matches!(self, ColumnType::Integer | ColumnType::Float)
     }
 
+    /// The lowercase name used in schemas and messages.
     pub fn as_str(self) -> &'static str {
         match self {
             ColumnType::Integer => "integer",
@@ -154,8 +155,31 @@ impl Default for ReadOptions {
 }
 
 impl ReadOptions {
+    pub(crate) fn missing_matcher(&self) -> MissingMatcher {
+        let mut by_len: Vec<Vec<String>> = Vec::new();
+        for token in &self.missing_values {
+            let token = token.trim();
+            if by_len.len() <= token.len() {
+                by_len.resize(token.len() + 1, Vec::new());
+            }
+            by_len[token.len()].push(token.to_string());
+        }
+        MissingMatcher { by_len }
+    }
+}
+
+/// Tells missing-value cells apart quickly: most cells have a length no token has.
+pub(crate) struct MissingMatcher {
+    by_len: Vec<Vec<String>>,
+}
+
+impl MissingMatcher {
+    /// Whether a (trimmed) cell is a missing value.
+    #[inline]
     pub(crate) fn is_missing(&self, cell: &str) -> bool {
-        self.missing_values.iter().any(|m| m == cell)
+        self.by_len
+            .get(cell.len())
+            .is_some_and(|tokens| tokens.iter().any(|t| t == cell))
     }
 }
 
@@ -254,15 +278,19 @@ impl Table {
     pub fn source(&self) -> &str {
         &self.source
     }
+    /// Rows in all batches.
     pub fn num_rows(&self) -> usize {
         self.rows
     }
+    /// Columns, the same in every batch.
     pub fn num_columns(&self) -> usize {
         self.types.len()
     }
+    /// The Arrow schema, with kiln's Arrow type for each column.
     pub fn arrow_schema(&self) -> &SchemaRef {
         &self.schema
     }
+    /// The record batches, in row order.
     pub fn batches(&self) -> &[RecordBatch] {
         &self.batches
     }
@@ -270,12 +298,15 @@ impl Table {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.schema.fields().iter().map(|f| f.name().as_str())
     }
+    /// The name of column `index` (panics when out of range, like slice indexing).
     pub fn column_name(&self, index: usize) -> &str {
         self.schema.field(index).name()
     }
+    /// The kiln type of column `index` (panics when out of range, like slice indexing).
     pub fn column_type(&self, index: usize) -> ColumnType {
         self.types[index]
     }
+    /// The index of the column named `name`.
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.schema.index_of(name).ok()
     }
