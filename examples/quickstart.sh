@@ -2,11 +2,15 @@
 # kiln's main job on bundled data: describe a dataset, infer and check its schema, fit feature
 # transforms and write model-ready features; then the same on synthetic click-through data.
 #
-#   KILN   the kiln binary (default: target/release/kiln)
+#   KILN   the kiln binary (default: the release build in $CARGO_TARGET_DIR or target/)
 #   OUT    where results go (default: target/quickstart)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KILN="${KILN:-target/release/kiln}"
+KILN="${KILN:-${CARGO_TARGET_DIR:-target}/release/kiln}"
+if [ ! -x "$KILN" ]; then
+  echo "no kiln binary at $KILN; build it with \`cargo build --release\` or set KILN" >&2
+  exit 1
+fi
 OUT="${OUT:-target/quickstart}"
 mkdir -p "$OUT"
 data=examples/data/breast_cancer.csv

@@ -186,3 +186,32 @@ fn spec_mistakes_say_what_to_do() {
         "{typo}"
     );
 }
+
+#[test]
+fn hand_edited_fitted_transform_is_refused_not_a_panic() {
+    let table =
+        data::read_csv_str("age,city\n31,Oslo\n45,Lima\n", &ReadOptions::default()).unwrap();
+    let spec = "[[features]]\ncolumns = [\"city\"]\nencode = \"hash\"\nbuckets = 8\n";
+    let json = TransformSpec::from_toml(spec)
+        .unwrap()
+        .fit(&table)
+        .unwrap()
+        .to_json();
+    let broken = json.replace("\"buckets\": 8", "\"buckets\": 0");
+    assert_ne!(broken, json);
+    let err = kiln_core::transform::FittedTransform::from_json(&broken)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("feature of column `city`: a hash needs at least 1 bucket"),
+        "{err}"
+    );
+    let newer = json.replace("\"format_version\": 1", "\"format_version\": 99");
+    let err = kiln_core::transform::FittedTransform::from_json(&newer)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("format version 99 is newer than this kiln reads (1); upgrade kiln"),
+        "{err}"
+    );
+}

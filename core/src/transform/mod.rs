@@ -136,6 +136,31 @@ pub enum Scale {
     },
 }
 
+/// Refuses fitted state that could not have come from fitting (a hand-edited file, say) and
+/// would make apply fail in ways the messages cannot explain.
+fn check_fitted(f: &FittedFeature) -> Result<(), TransformError> {
+    let bad = |what: &str| {
+        Err(TransformError::Format(format!(
+            "feature of column `{}`: {what}",
+            f.column
+        )))
+    };
+    match &f.op {
+        FittedOp::Hash { buckets: 0, .. } => bad("a hash needs at least 1 bucket"),
+        FittedOp::Bucketize { boundaries, .. }
+            if boundaries.windows(2).any(|w| w[0] >= w[1])
+                || boundaries.iter().any(|b| !b.is_finite()) =>
+        {
+            bad("bucket boundaries must be finite and strictly increasing")
+        }
+        FittedOp::Numeric {
+            scale: Scale::Standardize { std, .. },
+            ..
+        } if !(std.is_finite() && *std > 0.0) => bad("standardize needs a positive std"),
+        _ => Ok(()),
+    }
+}
+
 /// Which rows a transform was fitted on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FittedOn {
@@ -217,6 +242,7 @@ impl FittedTransform {
                     TransformError::Format(format!("feature column `{}` is not an input", f.column))
                 })?;
             layout.input.push(input);
+            check_fitted(f)?;
             let c = &f.column;
             let (names, cardinality, output): (Vec<String>, u32, Output) = match &f.op {
                 FittedOp::Numeric { .. } => (vec![c.clone()], 0, Output::OneHot),
