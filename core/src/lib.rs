@@ -27,6 +27,7 @@
 
 pub mod data;
 pub mod progress;
+pub mod registry;
 pub mod schema;
 pub mod stats;
 pub mod synth;

@@ -1,0 +1,272 @@
+//! Filtering and ordering runs: `metrics.auc > 0.8 and params.lr = "0.01"`, `metrics.auc desc`.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use super::{MetricPoint, Run, RunStatus};
+
+/// A run with what filters and ordering look at.
+#[derive(Debug, Clone)]
+pub struct RunView {
+    pub run: Run,
+    pub metrics: BTreeMap<String, MetricPoint>,
+}
+
+/// Which part of a run a term reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field {
+    Metric(String),
+    Param(String),
+    Tag(String),
+    /// `status`, `name`, `start_ms`, `end_ms`, `id`.
+    Attribute(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    Number(f64),
+    Text(String),
+}
+
+/// `clause and clause and …`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub clauses: Vec<(Field, Op, Literal)>,
+}
+
+fn parse_field(s: &str) -> Result<Field, String> {
+    let (kind, name) = s
+        .split_once('.')
+        .ok_or_else(|| format!("`{s}`: expected metrics.NAME, params.NAME, tags.NAME or attributes.NAME"))?;
+    let name = name.trim_matches('`').to_string();
+    match kind {
+        "metrics" | "metric" => Ok(Field::Metric(name)),
+        "params" | "param" => Ok(Field::Param(name)),
+        "tags" | "tag" => Ok(Field::Tag(name)),
+        "attributes" | "attribute" | "run" => match name.as_str() {
+            "status" | "name" | "start_ms" | "end_ms" | "id" => Ok(Field::Attribute(name)),
+            _ => Err(format!("unknown attribute `{name}`; expected status, name, start_ms, end_ms or id")),
+        },
+        _ => Err(format!("`{kind}` is not metrics, params, tags or attributes")),
+    }
+}
+
+/// Splits a filter into tokens: words, quoted strings, operators; backticks quote names.
+fn tokens(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '\'' || c == '"' {
+            let end = chars[i + 1..]
+                .iter()
+                .position(|&d| d == c)
+                .ok_or_else(|| format!("unclosed quote in `{s}`"))?;
+            out.push(chars[i..i + end + 2].iter().collect());
+            i += end + 2;
+        } else if "<>=!".contains(c) {
+            let two = chars.get(i + 1) == Some(&'=');
+            out.push(chars[i..i + if two { 2 } else { 1 }].iter().collect());
+            i += if two { 2 } else { 1 };
+        } else {
+            let start = i;
+            let mut in_tick = false;
+            while i < chars.len() {
+                let d = chars[i];
+                if d == '`' {
+                    in_tick = !in_tick;
+                } else if !in_tick && (d.is_whitespace() || "<>=!".contains(d)) {
+                    break;
+                }
+                i += 1;
+            }
+            out.push(chars[start..i].iter().collect());
+        }
+    }
+    Ok(out)
+}
+
+impl Filter {
+    /// Parses `FIELD OP VALUE [and FIELD OP VALUE]…`.
+    pub fn parse(s: &str) -> Result<Filter, String> {
+        let t = tokens(s)?;
+        let mut clauses = Vec::new();
+        let mut i = 0;
+        while i < t.len() {
+            if i > 0 {
+                if !t[i].eq_ignore_ascii_case("and") {
+                    return Err(format!("expected `and` before `{}` (only `and` joins clauses)", t[i]));
+                }
+                i += 1;
+            }
+            let (Some(f), Some(op), Some(v)) = (t.get(i), t.get(i + 1), t.get(i + 2)) else {
+                return Err(format!("incomplete clause in `{s}`; expected FIELD OP VALUE"));
+            };
+            let op = match op.as_str() {
+                "=" | "==" => Op::Eq,
+                "!=" => Op::Ne,
+                "<" => Op::Lt,
+                "<=" => Op::Le,
+                ">" => Op::Gt,
+                ">=" => Op::Ge,
+                other => return Err(format!("unknown operator `{other}`")),
+            };
+            let literal = if (v.starts_with('\'') || v.starts_with('"')) && v.len() >= 2 {
+                Literal::Text(v[1..v.len() - 1].to_string())
+            } else if let Ok(n) = v.parse::<f64>() {
+                Literal::Number(n)
+            } else {
+                Literal::Text(v.clone())
+            };
+            clauses.push((parse_field(f)?, op, literal));
+            i += 3;
+        }
+        Ok(Filter { clauses })
+    }
+
+    /// Whether a run satisfies every clause (a missing field satisfies none).
+    pub fn matches(&self, view: &RunView) -> bool {
+        self.clauses.iter().all(|(field, op, lit)| match value_of(view, field) {
+            Some(v) => compare(&v, lit).is_some_and(|o| match op {
+                Op::Eq => o == Ordering::Equal,
+                Op::Ne => o != Ordering::Equal,
+                Op::Lt => o == Ordering::Less,
+                Op::Le => o != Ordering::Greater,
+                Op::Gt => o == Ordering::Greater,
+                Op::Ge => o != Ordering::Less,
+            }),
+            None => false,
+        })
+    }
+}
+
+/// `FIELD [asc|desc]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderBy {
+    pub field: Field,
+    pub descending: bool,
+}
+
+impl OrderBy {
+    pub fn parse(s: &str) -> Result<OrderBy, String> {
+        let mut parts = s.split_whitespace();
+        let field = parse_field(parts.next().ok_or("empty --order-by")?)?;
+        let descending = match parts.next().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("desc") => true,
+            Some("asc") => false,
+            Some(other) => return Err(format!("expected asc or desc, found `{other}`")),
+        };
+        Ok(OrderBy { field, descending })
+    }
+
+    /// Sorts runs; those without the field go last.
+    pub fn sort(&self, runs: &mut [RunView]) {
+        runs.sort_by(|a, b| {
+            let (va, vb) = (value_of(a, &self.field), value_of(b, &self.field));
+            match (va, vb) {
+                (Some(x), Some(y)) => {
+                    let o = compare(&x, &y).unwrap_or(Ordering::Equal);
+                    if self.descending { o.reverse() } else { o }
+                }
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => Ordering::Equal,
+            }
+        });
+    }
+}
+
+fn value_of(view: &RunView, field: &Field) -> Option<Literal> {
+    let text_or_number = |s: &String| match s.parse::<f64>() {
+        Ok(n) => Literal::Number(n),
+        Err(_) => Literal::Text(s.clone()),
+    };
+    match field {
+        Field::Metric(k) => view.metrics.get(k).map(|p| Literal::Number(p.value)),
+        Field::Param(k) => view.run.params.get(k).map(text_or_number),
+        Field::Tag(k) => view.run.tags.get(k).map(text_or_number),
+        Field::Attribute(a) => match a.as_str() {
+            "status" => Some(Literal::Text(view.run.status.as_str().to_string())),
+            "name" => Some(Literal::Text(view.run.name.clone())),
+            "start_ms" => Some(Literal::Number(view.run.start_ms as f64)),
+            "end_ms" => view.run.end_ms.map(|t| Literal::Number(t as f64)),
+            "id" => Some(Literal::Text(super::run_id_text(view.run.id))),
+            _ => None,
+        },
+    }
+}
+
+fn compare(a: &Literal, b: &Literal) -> Option<Ordering> {
+    match (a, b) {
+        (Literal::Number(x), Literal::Number(y)) => x.partial_cmp(y),
+        (Literal::Text(x), Literal::Text(y)) => Some(x.cmp(y)),
+        (Literal::Number(x), Literal::Text(y)) => Some(x.to_string().cmp(y)),
+        (Literal::Text(x), Literal::Number(y)) => Some(x.cmp(&y.to_string())),
+    }
+}
+
+/// Parses a status filter value.
+pub fn parse_status(s: &str) -> Result<RunStatus, String> {
+    s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(auc: f64, lr: &str) -> RunView {
+        let mut metrics = BTreeMap::new();
+        metrics.insert("auc".to_string(), MetricPoint { step: 1, timestamp_ms: 0, value: auc });
+        let mut params = BTreeMap::new();
+        params.insert("lr".to_string(), lr.to_string());
+        RunView {
+            run: Run {
+                id: 1,
+                experiment_id: 1,
+                name: "r".into(),
+                status: RunStatus::Finished,
+                start_ms: 0,
+                end_ms: None,
+                params,
+                tags: BTreeMap::new(),
+                parent: None,
+                lineage: Default::default(),
+                artifacts: vec![],
+            },
+            metrics,
+        }
+    }
+
+    #[test]
+    fn filters() {
+        let f = Filter::parse("metrics.auc > 0.8 and params.lr = '0.01' and attributes.status = finished").unwrap();
+        assert!(f.matches(&view(0.9, "0.01")));
+        assert!(!f.matches(&view(0.7, "0.01")));
+        assert!(!f.matches(&view(0.9, "0.1")));
+        assert!(Filter::parse("metrics.auc >").is_err());
+        assert!(Filter::parse("metrics.auc > 1 or metrics.auc < 0").is_err());
+        let f = Filter::parse("metrics.`val auc`>=0.5").unwrap();
+        assert_eq!(f.clauses[0].0, Field::Metric("val auc".into()));
+    }
+
+    #[test]
+    fn order() {
+        let mut v = vec![view(0.7, "a"), view(0.9, "b"), view(0.8, "c")];
+        OrderBy::parse("metrics.auc").unwrap().sort(&mut v);
+        let order: Vec<f64> = v.iter().map(|x| x.metrics["auc"].value).collect();
+        assert_eq!(order, [0.9, 0.8, 0.7]);
+    }
+}
