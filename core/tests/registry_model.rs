@@ -10,15 +10,45 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    CreateRun { exp: u8 },
-    LogMetric { run: usize, key: u8, step: i64, value: i32 },
-    EndRun { run: usize, failed: bool },
-    Attach { run: usize, content: u8 },
-    Register { model: u8, run: usize },
-    SetAlias { model: u8, alias: u8, version: usize, expect: u8 },
-    DeleteAlias { model: u8, alias: u8 },
-    DeleteVersion { model: u8, version: usize, force: bool },
-    DeleteRun { run: usize },
+    CreateRun {
+        exp: u8,
+    },
+    LogMetric {
+        run: usize,
+        key: u8,
+        step: i64,
+        value: i32,
+    },
+    EndRun {
+        run: usize,
+        failed: bool,
+    },
+    Attach {
+        run: usize,
+        content: u8,
+    },
+    Register {
+        model: u8,
+        run: usize,
+    },
+    SetAlias {
+        model: u8,
+        alias: u8,
+        version: usize,
+        expect: u8,
+    },
+    DeleteAlias {
+        model: u8,
+        alias: u8,
+    },
+    DeleteVersion {
+        model: u8,
+        version: usize,
+        force: bool,
+    },
+    DeleteRun {
+        run: usize,
+    },
     Reopen,
 }
 
@@ -75,7 +105,10 @@ fn check(reg: &Registry, s: &State) {
         let run = reg.run(*id).unwrap();
         assert_eq!(run.status, m.status.unwrap_or(RunStatus::Running));
         let latest = reg.latest_metrics(*id).unwrap();
-        assert_eq!(latest.keys().collect::<Vec<_>>(), m.metrics.keys().collect::<Vec<_>>());
+        assert_eq!(
+            latest.keys().collect::<Vec<_>>(),
+            m.metrics.keys().collect::<Vec<_>>()
+        );
         for (key, points) in &m.metrics {
             let best = points
                 .iter()
@@ -92,7 +125,10 @@ fn check(reg: &Registry, s: &State) {
                 .iter()
                 .map(|p| (p.step, p.value))
                 .collect();
-            assert_eq!(history, sorted.into_iter().map(|(_, p)| p).collect::<Vec<_>>());
+            assert_eq!(
+                history,
+                sorted.into_iter().map(|(_, p)| p).collect::<Vec<_>>()
+            );
         }
         for a in &run.artifacts {
             reg.verify_artifact(a).unwrap();
@@ -102,7 +138,12 @@ fn check(reg: &Registry, s: &State) {
     let names: Vec<String> = reg.models().unwrap().into_iter().map(|m| m.name).collect();
     assert_eq!(names, s.models.keys().cloned().collect::<Vec<_>>());
     for (name, m) in &s.models {
-        let versions: Vec<u32> = reg.versions(name).unwrap().iter().map(|v| v.version).collect();
+        let versions: Vec<u32> = reg
+            .versions(name)
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect();
         assert_eq!(versions, m.versions.keys().copied().collect::<Vec<_>>());
         for v in reg.versions(name).unwrap() {
             assert_eq!(Some(&v.artifact.digest), m.versions.get(&v.version));
@@ -130,21 +171,37 @@ fn run_ops(home: &Path, ops: &[Op]) {
                 s.runs.insert(run.id, MRun::default());
                 s.created.push(run.id);
             }
-            Op::LogMetric { run, key, step, value } => {
-                let Some(id) = pick(&s.created, run) else { continue };
+            Op::LogMetric {
+                run,
+                key,
+                step,
+                value,
+            } => {
+                let Some(id) = pick(&s.created, run) else {
+                    continue;
+                };
                 let key = format!("m{key}");
                 let res = r.log_metrics(id, &[(&key, step, f64::from(value))]);
                 match s.runs.get_mut(&id) {
                     Some(m) => {
                         res.unwrap();
-                        m.metrics.entry(key).or_default().push((step, f64::from(value)));
+                        m.metrics
+                            .entry(key)
+                            .or_default()
+                            .push((step, f64::from(value)));
                     }
                     None => assert!(matches!(res, Err(RegistryError::NotFound { .. }))),
                 }
             }
             Op::EndRun { run, failed } => {
-                let Some(id) = pick(&s.created, run) else { continue };
-                let status = if failed { RunStatus::Failed } else { RunStatus::Finished };
+                let Some(id) = pick(&s.created, run) else {
+                    continue;
+                };
+                let status = if failed {
+                    RunStatus::Failed
+                } else {
+                    RunStatus::Finished
+                };
                 let res = r.end_run(id, status);
                 match s.runs.get_mut(&id) {
                     Some(m) => {
@@ -155,7 +212,9 @@ fn run_ops(home: &Path, ops: &[Op]) {
                 }
             }
             Op::Attach { run, content } => {
-                let Some(id) = pick(&s.created, run) else { continue };
+                let Some(id) = pick(&s.created, run) else {
+                    continue;
+                };
                 let path = files.path().join(format!("f{content}"));
                 std::fs::write(&path, format!("weights {content}")).unwrap();
                 let res = r.log_artifact(id, "model", &path);
@@ -165,13 +224,18 @@ fn run_ops(home: &Path, ops: &[Op]) {
                 }
             }
             Op::Register { model, run } => {
-                let Some(id) = pick(&s.created, run) else { continue };
+                let Some(id) = pick(&s.created, run) else {
+                    continue;
+                };
                 let name = format!("model{model}");
                 let res = r.register_version(&name, id, "model", "", None);
                 match s.runs.get(&id).and_then(|m| m.artifact.clone()) {
                     Some(digest) => {
                         let v = res.unwrap();
-                        let m = s.models.entry(name).or_insert(MModel { next: 1, ..Default::default() });
+                        let m = s.models.entry(name).or_insert(MModel {
+                            next: 1,
+                            ..Default::default()
+                        });
                         assert_eq!(v.version, m.next);
                         m.next += 1;
                         m.versions.insert(v.version, digest);
@@ -179,7 +243,12 @@ fn run_ops(home: &Path, ops: &[Op]) {
                     None => assert!(res.is_err()),
                 }
             }
-            Op::SetAlias { model, alias, version, expect } => {
+            Op::SetAlias {
+                model,
+                alias,
+                version,
+                expect,
+            } => {
                 let name = format!("model{model}");
                 let alias = ALIASES[alias as usize];
                 let Some(m) = s.models.get_mut(&name) else {
@@ -187,7 +256,9 @@ fn run_ops(home: &Path, ops: &[Op]) {
                     continue;
                 };
                 let versions: Vec<u32> = m.versions.keys().copied().collect();
-                let Some(v) = pick(&versions, version) else { continue };
+                let Some(v) = pick(&versions, version) else {
+                    continue;
+                };
                 let current = m.aliases.get(alias).copied();
                 let (expect, ok) = match expect {
                     0 => (Expect::Any, true),
@@ -201,7 +272,10 @@ fn run_ops(home: &Path, ops: &[Op]) {
                     m.aliases.insert(alias.to_string(), v);
                     m.history += 1;
                 } else {
-                    assert!(matches!(res, Err(RegistryError::Conflict { .. })), "{res:?}");
+                    assert!(
+                        matches!(res, Err(RegistryError::Conflict { .. })),
+                        "{res:?}"
+                    );
                 }
             }
             Op::DeleteAlias { model, alias } => {
@@ -217,13 +291,25 @@ fn run_ops(home: &Path, ops: &[Op]) {
                     _ => assert!(res.is_err()),
                 }
             }
-            Op::DeleteVersion { model, version, force } => {
+            Op::DeleteVersion {
+                model,
+                version,
+                force,
+            } => {
                 let name = format!("model{model}");
-                let Some(m) = s.models.get_mut(&name) else { continue };
+                let Some(m) = s.models.get_mut(&name) else {
+                    continue;
+                };
                 let versions: Vec<u32> = m.versions.keys().copied().collect();
-                let Some(v) = pick(&versions, version) else { continue };
-                let pointing: Vec<String> =
-                    m.aliases.iter().filter(|(_, t)| **t == v).map(|(a, _)| a.clone()).collect();
+                let Some(v) = pick(&versions, version) else {
+                    continue;
+                };
+                let pointing: Vec<String> = m
+                    .aliases
+                    .iter()
+                    .filter(|(_, t)| **t == v)
+                    .map(|(a, _)| a.clone())
+                    .collect();
                 let res = r.delete_version(&name, v, force, "t");
                 if pointing.is_empty() || force {
                     res.unwrap();
@@ -237,7 +323,9 @@ fn run_ops(home: &Path, ops: &[Op]) {
                 }
             }
             Op::DeleteRun { run } => {
-                let Some(id) = pick(&s.created, run) else { continue };
+                let Some(id) = pick(&s.created, run) else {
+                    continue;
+                };
                 let res = r.delete_run(id);
                 match s.runs.remove(&id) {
                     Some(_) => res.unwrap(),

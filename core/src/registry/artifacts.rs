@@ -168,7 +168,11 @@ impl ArtifactStore {
         }
         let manifest = self.manifest(digest)?;
         for entry in &manifest.files {
-            if entry.path.split('/').any(|part| part == ".." || part.is_empty()) {
+            if entry
+                .path
+                .split('/')
+                .any(|part| part == ".." || part.is_empty())
+            {
                 return Err(RegistryError::Corrupt(format!(
                     "manifest {digest} has an unsafe path {:?}",
                     entry.path
@@ -234,5 +238,7 @@ fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
 fn fastrand_seed() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }

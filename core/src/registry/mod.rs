@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-pub use self::artifacts::{Manifest, ManifestEntry};
 use self::artifacts::ArtifactStore;
+pub use self::artifacts::{Manifest, ManifestEntry};
 pub use self::records::{
     AliasEvent, ArtifactKind, ArtifactRef, Experiment, Lineage, MetricPoint, Millis, Model,
     ModelVersion, RECORD_FORMAT_VERSION, Run, RunStatus,
@@ -207,7 +207,9 @@ pub fn run_id_text(id: u64) -> String {
 /// Parses a run id as people type it.
 pub fn parse_run_id(s: &str) -> Result<u64, RegistryError> {
     u64::from_str_radix(s.trim(), 16).map_err(|_| {
-        RegistryError::Invalid(format!("`{s}` is not a run id (run ids are hexadecimal, like 0000002a)"))
+        RegistryError::Invalid(format!(
+            "`{s}` is not a run id (run ids are hexadecimal, like 0000002a)"
+        ))
     })
 }
 
@@ -267,7 +269,9 @@ pub fn check_name(what: &str, name: &str) -> Result<(), RegistryError> {
 /// Model names appear in URLs: letters, digits, `-`, `_` and `.`, starting with a letter or digit.
 fn check_model_name(name: &str) -> Result<(), RegistryError> {
     check_name("model", name)?;
-    let ok = name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    let ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric());
     if !ok {
         return Err(RegistryError::Invalid(format!(
@@ -282,7 +286,9 @@ fn check_model_name(name: &str) -> Result<(), RegistryError> {
 fn check_alias(alias: &str) -> Result<(), RegistryError> {
     check_name("alias", alias)?;
     let ok = alias.starts_with(|c: char| c.is_ascii_alphabetic())
-        && alias.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        && alias
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
         && alias.len() <= 64;
     if !ok {
         return Err(RegistryError::Invalid(format!(
@@ -296,7 +302,9 @@ fn check_alias(alias: &str) -> Result<(), RegistryError> {
 fn check_key(what: &str, key: &str) -> Result<(), RegistryError> {
     check_name(what, key)?;
     if key.contains('\0') {
-        return Err(RegistryError::Invalid(format!("{what} {key:?} contains a NUL byte")));
+        return Err(RegistryError::Invalid(format!(
+            "{what} {key:?} contains a NUL byte"
+        )));
     }
     Ok(())
 }
@@ -304,7 +312,8 @@ fn check_key(what: &str, key: &str) -> Result<(), RegistryError> {
 impl Registry {
     /// Opens (creating if needed) the registry in `home`, taking ownership of it.
     pub fn open(home: &Path) -> Result<Registry, RegistryError> {
-        fs::create_dir_all(home).map_err(|e| RegistryError::Io(format!("{}: {e}", home.display())))?;
+        fs::create_dir_all(home)
+            .map_err(|e| RegistryError::Io(format!("{}: {e}", home.display())))?;
         let lock = take_lock(home)?;
         let db = sled::Config::new()
             .path(home.join("registry"))
@@ -391,22 +400,26 @@ impl Registry {
 
     /// The experiment named `name`.
     pub fn experiment(&self, name: &str) -> Result<Experiment, RegistryError> {
-        let id = self.experiment_names.get(name.as_bytes())?.ok_or_else(|| {
-            RegistryError::NotFound {
-                what: "experiment",
-                name: name.to_string(),
-                hint: self.hint_among(&self.experiment_names, name),
-            }
-        })?;
+        let id =
+            self.experiment_names
+                .get(name.as_bytes())?
+                .ok_or_else(|| RegistryError::NotFound {
+                    what: "experiment",
+                    name: name.to_string(),
+                    hint: self.hint_among(&self.experiment_names, name),
+                })?;
         self.experiment_by_id(u64_of(&id))
     }
 
     fn experiment_by_id(&self, id: u64) -> Result<Experiment, RegistryError> {
-        let bytes = self.experiments.get(be8(id))?.ok_or_else(|| RegistryError::NotFound {
-            what: "experiment",
-            name: id.to_string(),
-            hint: String::new(),
-        })?;
+        let bytes = self
+            .experiments
+            .get(be8(id))?
+            .ok_or_else(|| RegistryError::NotFound {
+                what: "experiment",
+                name: id.to_string(),
+                hint: String::new(),
+            })?;
         decode("experiment", &bytes)
     }
 
@@ -479,7 +492,11 @@ impl Registry {
 
     /// Starts a run (status `running`) in an experiment, creating the experiment when needed.
     pub fn create_run(&self, new: NewRun) -> Result<Run, RegistryError> {
-        let experiment = if new.experiment.is_empty() { "Default" } else { &new.experiment };
+        let experiment = if new.experiment.is_empty() {
+            "Default"
+        } else {
+            &new.experiment
+        };
         let exp = self.experiment_or_create(experiment)?;
         for (k, _) in new.params.iter().chain(&new.tags) {
             check_key("parameter or tag", k)?;
@@ -494,7 +511,11 @@ impl Registry {
         let run = Run {
             id,
             experiment_id: exp.id,
-            name: if new.name.is_empty() { format!("run-{}", run_id_text(id)) } else { new.name },
+            name: if new.name.is_empty() {
+                format!("run-{}", run_id_text(id))
+            } else {
+                new.name
+            },
             status: RunStatus::Running,
             start_ms: now_ms(),
             end_ms: None,
@@ -517,15 +538,22 @@ impl Registry {
 
     /// The run with this id.
     pub fn run(&self, id: u64) -> Result<Run, RegistryError> {
-        let bytes = self.runs.get(be8(id))?.ok_or_else(|| RegistryError::NotFound {
-            what: "run",
-            name: run_id_text(id),
-            hint: "; list runs with `kiln runs list`".to_string(),
-        })?;
+        let bytes = self
+            .runs
+            .get(be8(id))?
+            .ok_or_else(|| RegistryError::NotFound {
+                what: "run",
+                name: run_id_text(id),
+                hint: "; list runs with `kiln runs list`".to_string(),
+            })?;
         decode("run", &bytes)
     }
 
-    fn update_run(&self, id: u64, f: impl Fn(&mut Run) -> Result<(), RegistryError>) -> Result<Run, RegistryError> {
+    fn update_run(
+        &self,
+        id: u64,
+        f: impl Fn(&mut Run) -> Result<(), RegistryError>,
+    ) -> Result<Run, RegistryError> {
         let out = self.runs.transaction(|r| {
             let Some(bytes) = r.get(be8(id))? else {
                 return abort(RegistryError::NotFound {
@@ -548,7 +576,11 @@ impl Registry {
     }
 
     /// Adds parameters to a run; a parameter once set keeps its value, as in MLflow.
-    pub fn log_params(&self, id: u64, params: &BTreeMap<String, String>) -> Result<Run, RegistryError> {
+    pub fn log_params(
+        &self,
+        id: u64,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Run, RegistryError> {
         for k in params.keys() {
             check_key("parameter", k)?;
         }
@@ -578,7 +610,8 @@ impl Registry {
             check_key("tag", k)?;
         }
         let run = self.update_run(id, |run| {
-            run.tags.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            run.tags
+                .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
             Ok(())
         })?;
         self.flush()?;
@@ -588,7 +621,9 @@ impl Registry {
     /// Ends a run with a final status and flushes everything it logged.
     pub fn end_run(&self, id: u64, status: RunStatus) -> Result<Run, RegistryError> {
         if status == RunStatus::Running {
-            return Err(RegistryError::Invalid("a run ends as finished, failed or killed".into()));
+            return Err(RegistryError::Invalid(
+                "a run ends as finished, failed or killed".into(),
+            ));
         }
         let run = self.update_run(id, |run| {
             run.status = status;
@@ -632,10 +667,11 @@ impl Registry {
             order[8..].copy_from_slice(&be8(seq));
             let mut latest_value = order.to_vec();
             latest_value.extend_from_slice(&point);
-            self.latest.fetch_and_update(join(&be8(id), key.as_bytes()), |old| match old {
-                Some(old) if old.len() >= 16 && old[..16] > order[..] => Some(old.to_vec()),
-                _ => Some(latest_value.clone()),
-            })?;
+            self.latest
+                .fetch_and_update(join(&be8(id), key.as_bytes()), |old| match old {
+                    Some(old) if old.len() >= 16 && old[..16] > order[..] => Some(old.to_vec()),
+                    _ => Some(latest_value.clone()),
+                })?;
         }
         self.metrics.apply_batch(batch)?;
         Ok(())
@@ -649,7 +685,9 @@ impl Registry {
             let (k, v) = item?;
             let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             if v.len() != 16 + 17 {
-                return Err(RegistryError::Corrupt(format!("latest value of metric `{key}`")));
+                return Err(RegistryError::Corrupt(format!(
+                    "latest value of metric `{key}`"
+                )));
             }
             out.insert(key, decode_point(step_of(&v[..8]), &v[16..])?);
         }
@@ -717,7 +755,12 @@ impl Registry {
     }
 
     /// Attaches a file or directory to a run as an artifact named `name`.
-    pub fn log_artifact(&self, id: u64, name: &str, path: &Path) -> Result<ArtifactRef, RegistryError> {
+    pub fn log_artifact(
+        &self,
+        id: u64,
+        name: &str,
+        path: &Path,
+    ) -> Result<ArtifactRef, RegistryError> {
         check_key("artifact", name)?;
         if self.run(id)?.artifacts.iter().any(|a| a.name == name) {
             return Err(RegistryError::AlreadyExists {
@@ -725,7 +768,8 @@ impl Registry {
                 name: name.to_string(),
             });
         }
-        let meta = fs::metadata(path).map_err(|e| RegistryError::Io(format!("{}: {e}", path.display())))?;
+        let meta = fs::metadata(path)
+            .map_err(|e| RegistryError::Io(format!("{}: {e}", path.display())))?;
         let (digest, size, kind) = if meta.is_dir() {
             let (d, s) = self.artifacts.put_dir(path)?;
             (d, s, ArtifactKind::Directory)
@@ -741,8 +785,12 @@ impl Registry {
         };
         // References first: an object is never collected while a record may point to it.
         let owner = format!("run:{}", run_id_text(id));
-        for object in self.artifacts.objects_of(&artifact.digest, kind == ArtifactKind::Directory) {
-            self.artifact_refs.insert(join(object.as_bytes(), owner.as_bytes()), &[])?;
+        for object in self
+            .artifacts
+            .objects_of(&artifact.digest, kind == ArtifactKind::Directory)
+        {
+            self.artifact_refs
+                .insert(join(object.as_bytes(), owner.as_bytes()), &[])?;
         }
         self.update_run(id, |run| {
             if run.artifacts.iter().any(|a| a.name == artifact.name) {
@@ -759,9 +807,16 @@ impl Registry {
     }
 
     /// Copies a run's artifact out to `dest`, verifying its content against its digest.
-    pub fn export_artifact(&self, artifact: &ArtifactRef, dest: &Path) -> Result<(), RegistryError> {
-        self.artifacts
-            .export(&artifact.digest, artifact.kind == ArtifactKind::Directory, dest)
+    pub fn export_artifact(
+        &self,
+        artifact: &ArtifactRef,
+        dest: &Path,
+    ) -> Result<(), RegistryError> {
+        self.artifacts.export(
+            &artifact.digest,
+            artifact.kind == ArtifactKind::Directory,
+            dest,
+        )
     }
 
     /// Checks an artifact's content against its digest.
@@ -796,7 +851,8 @@ impl Registry {
             Ok(())
         })?;
         for tree in [&self.metrics, &self.latest] {
-            let keys: Vec<sled::IVec> = tree.scan_prefix(be8(id)).keys().collect::<Result<_, _>>()?;
+            let keys: Vec<sled::IVec> =
+                tree.scan_prefix(be8(id)).keys().collect::<Result<_, _>>()?;
             let mut batch = sled::Batch::default();
             for k in keys {
                 batch.remove(k);
@@ -807,13 +863,21 @@ impl Registry {
     }
 
     /// Drops `owner`'s references to artifacts and removes objects no one references any more.
-    fn release_artifacts(&self, owner: &str, artifacts: &[ArtifactRef]) -> Result<(), RegistryError> {
+    fn release_artifacts(
+        &self,
+        owner: &str,
+        artifacts: &[ArtifactRef],
+    ) -> Result<(), RegistryError> {
         let mut objects = BTreeSet::new();
         for a in artifacts {
-            objects.extend(self.artifacts.objects_of(&a.digest, a.kind == ArtifactKind::Directory));
+            objects.extend(
+                self.artifacts
+                    .objects_of(&a.digest, a.kind == ArtifactKind::Directory),
+            );
         }
         for object in &objects {
-            self.artifact_refs.remove(join(object.as_bytes(), owner.as_bytes()))?;
+            self.artifact_refs
+                .remove(join(object.as_bytes(), owner.as_bytes()))?;
         }
         self.db.flush()?;
         for object in &objects {
@@ -872,7 +936,9 @@ fn take_lock(home: &Path) -> Result<File, RegistryError> {
                 holder,
             })
         }
-        Err(fs::TryLockError::Error(e)) => Err(RegistryError::Io(format!("{}: {e}", path.display()))),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(RegistryError::Io(format!("{}: {e}", path.display())))
+        }
     }
 }
 

@@ -8,8 +8,8 @@ use sled::transaction::Transactional;
 
 use super::records::{decode, encode, now_ms};
 use super::{
-    AliasEvent, ArtifactKind, Expect, Model, ModelVersion, Registry, RegistryError,
-    RegistryEvent, Stage, abort, be8, check_alias, check_model_name, join, run_id_text, u32_of,
+    AliasEvent, ArtifactKind, Expect, Model, ModelVersion, Registry, RegistryError, RegistryEvent,
+    Stage, abort, be8, check_alias, check_model_name, join, run_id_text, u32_of,
 };
 
 fn version_key(model: &str, version: u32) -> Vec<u8> {
@@ -19,7 +19,11 @@ fn version_key(model: &str, version: u32) -> Vec<u8> {
 impl Registry {
     /// Every registered model, by name.
     pub fn models(&self) -> Result<Vec<Model>, RegistryError> {
-        self.models.iter().values().map(|v| decode("model", &v?)).collect()
+        self.models
+            .iter()
+            .values()
+            .map(|v| decode("model", &v?))
+            .collect()
     }
 
     /// The model named `name`.
@@ -93,9 +97,10 @@ impl Registry {
             .map(|(k, p)| (k, p.value))
             .collect();
         let now = now_ms();
-        let objects = self
-            .artifacts
-            .objects_of(&artifact_ref.digest, artifact_ref.kind == ArtifactKind::Directory);
+        let objects = self.artifacts.objects_of(
+            &artifact_ref.digest,
+            artifact_ref.kind == ArtifactKind::Directory,
+        );
         let version = (&self.models, &self.versions, &self.artifact_refs).transaction(
             |(models, versions, refs)| {
                 let mut m: Model = match models.get(model.as_bytes())? {
@@ -168,25 +173,40 @@ impl Registry {
         let mut out = BTreeMap::new();
         for item in self.aliases.scan_prefix(&prefix) {
             let (k, v) = item?;
-            out.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), u32_of(&v));
+            out.insert(
+                String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                u32_of(&v),
+            );
         }
         Ok(out)
     }
 
     /// The version an alias or a version number (`"3"`, `"v3"`) names.
-    pub fn resolve(&self, model: &str, alias_or_version: &str) -> Result<ModelVersion, RegistryError> {
-        let number = alias_or_version.strip_prefix('v').unwrap_or(alias_or_version);
+    pub fn resolve(
+        &self,
+        model: &str,
+        alias_or_version: &str,
+    ) -> Result<ModelVersion, RegistryError> {
+        let number = alias_or_version
+            .strip_prefix('v')
+            .unwrap_or(alias_or_version);
         if let Ok(v) = number.parse::<u32>() {
             return self.version(model, v);
         }
-        match self.aliases.get(join(model.as_bytes(), alias_or_version.as_bytes()))? {
+        match self
+            .aliases
+            .get(join(model.as_bytes(), alias_or_version.as_bytes()))?
+        {
             Some(v) => self.version(model, u32_of(&v)),
             None => {
                 let aliases = self.aliases(model)?;
                 Err(RegistryError::NotFound {
                     what: "alias",
                     name: format!("{alias_or_version}` of model `{model}"),
-                    hint: crate::suggest::hint(alias_or_version, aliases.keys().map(String::as_str)),
+                    hint: crate::suggest::hint(
+                        alias_or_version,
+                        aliases.keys().map(String::as_str),
+                    ),
                 })
             }
         }
@@ -231,56 +251,58 @@ impl Registry {
         let key = join(model.as_bytes(), alias.as_bytes());
         let seq = self.db.generate_id()?;
         let history_key = join(model.as_bytes(), &be8(seq));
-        let event = (&self.versions, &self.aliases, &self.history).transaction(|(versions, aliases, history)| {
-            if let Some(v) = to
-                && versions.get(version_key(model, v))?.is_none()
-            {
-                return abort(RegistryError::NotFound {
-                    what: "version",
-                    name: format!("{v}` of model `{model}"),
-                    hint: String::new(),
-                });
-            }
-            let from = aliases.get(key.as_slice())?.map(|v| u32_of(&v));
-            let ok = match expect {
-                Expect::Any => true,
-                Expect::Absent => from.is_none(),
-                Expect::Version(v) => from == Some(v),
-            };
-            if !ok {
-                return abort(RegistryError::Conflict {
+        let event = (&self.versions, &self.aliases, &self.history).transaction(
+            |(versions, aliases, history)| {
+                if let Some(v) = to
+                    && versions.get(version_key(model, v))?.is_none()
+                {
+                    return abort(RegistryError::NotFound {
+                        what: "version",
+                        name: format!("{v}` of model `{model}"),
+                        hint: String::new(),
+                    });
+                }
+                let from = aliases.get(key.as_slice())?.map(|v| u32_of(&v));
+                let ok = match expect {
+                    Expect::Any => true,
+                    Expect::Absent => from.is_none(),
+                    Expect::Version(v) => from == Some(v),
+                };
+                if !ok {
+                    return abort(RegistryError::Conflict {
+                        model: model.to_string(),
+                        alias: alias.to_string(),
+                        expected: match expect {
+                            Expect::Version(v) => Some(v),
+                            _ => None,
+                        },
+                        found: from,
+                    });
+                }
+                if from.is_none() && to.is_none() {
+                    return abort(RegistryError::NotFound {
+                        what: "alias",
+                        name: format!("{alias}` of model `{model}"),
+                        hint: String::new(),
+                    });
+                }
+                match to {
+                    Some(v) => aliases.insert(key.as_slice(), &v.to_be_bytes())?,
+                    None => aliases.remove(key.as_slice())?,
+                };
+                let event = AliasEvent {
                     model: model.to_string(),
                     alias: alias.to_string(),
-                    expected: match expect {
-                        Expect::Version(v) => Some(v),
-                        _ => None,
-                    },
-                    found: from,
-                });
-            }
-            if from.is_none() && to.is_none() {
-                return abort(RegistryError::NotFound {
-                    what: "alias",
-                    name: format!("{alias}` of model `{model}"),
-                    hint: String::new(),
-                });
-            }
-            match to {
-                Some(v) => aliases.insert(key.as_slice(), &v.to_be_bytes())?,
-                None => aliases.remove(key.as_slice())?,
-            };
-            let event = AliasEvent {
-                model: model.to_string(),
-                alias: alias.to_string(),
-                from,
-                to,
-                at_ms: now_ms(),
-                by: by.to_string(),
-                reason: reason.to_string(),
-            };
-            history.insert(history_key.as_slice(), encode(&event))?;
-            Ok(event)
-        })?;
+                    from,
+                    to,
+                    at_ms: now_ms(),
+                    by: by.to_string(),
+                    reason: reason.to_string(),
+                };
+                history.insert(history_key.as_slice(), encode(&event))?;
+                Ok(event)
+            },
+        )?;
         self.flush()?;
         Ok(event)
     }
@@ -296,12 +318,17 @@ impl Registry {
     }
 
     /// The version `alias` pointed to at `at_ms` ("what was in production on date X").
-    pub fn alias_at(&self, model: &str, alias: &str, at_ms: i64) -> Result<Option<u32>, RegistryError> {
+    pub fn alias_at(
+        &self,
+        model: &str,
+        alias: &str,
+        at_ms: i64,
+    ) -> Result<Option<u32>, RegistryError> {
         Ok(self
             .history(model)?
             .into_iter()
-            .filter(|e| e.alias == alias && e.at_ms <= at_ms)
-            .last()
+            .rev()
+            .find(|e| e.alias == alias && e.at_ms <= at_ms)
             .and_then(|e| e.to))
     }
 
@@ -314,15 +341,26 @@ impl Registry {
         if aliases.get("staging") == Some(&version) {
             return Ok(Stage::Staging);
         }
-        let was_staged = self.history(model)?.iter().any(|e| {
-            (e.alias == "production" || e.alias == "staging") && e.to == Some(version)
-        });
-        Ok(if was_staged { Stage::Archived } else { Stage::None })
+        let was_staged = self
+            .history(model)?
+            .iter()
+            .any(|e| (e.alias == "production" || e.alias == "staging") && e.to == Some(version));
+        Ok(if was_staged {
+            Stage::Archived
+        } else {
+            Stage::None
+        })
     }
 
     /// Deletes a version; refused while an alias points to it, unless `force` (which deletes
     /// those aliases, recording it). Its artifact objects go when nothing else references them.
-    pub fn delete_version(&self, model: &str, version: u32, force: bool, by: &str) -> Result<(), RegistryError> {
+    pub fn delete_version(
+        &self,
+        model: &str,
+        version: u32,
+        force: bool,
+        by: &str,
+    ) -> Result<(), RegistryError> {
         let v = self.version(model, version)?;
         let pointing: Vec<String> = self
             .aliases(model)?
@@ -338,10 +376,19 @@ impl Registry {
             });
         }
         for alias in &pointing {
-            self.delete_alias(model, alias, Expect::Version(version), by, "version deleted")?;
+            self.delete_alias(
+                model,
+                alias,
+                Expect::Version(version),
+                by,
+                "version deleted",
+            )?;
         }
         self.versions.remove(version_key(model, version))?;
-        self.release_artifacts(&format!("version:{model}/{version}"), std::slice::from_ref(&v.artifact))?;
+        self.release_artifacts(
+            &format!("version:{model}/{version}"),
+            std::slice::from_ref(&v.artifact),
+        )?;
         self.flush()
     }
 
@@ -351,7 +398,11 @@ impl Registry {
         let versions = self.versions(model)?;
         let aliases = self.aliases(model)?;
         if !aliases.is_empty() && !force {
-            let (alias, version) = aliases.iter().next().map(|(a, v)| (a.clone(), *v)).unwrap_or_default();
+            let (alias, version) = aliases
+                .iter()
+                .next()
+                .map(|(a, v)| (a.clone(), *v))
+                .unwrap_or_default();
             return Err(RegistryError::Aliased {
                 model: model.to_string(),
                 version,
@@ -386,7 +437,9 @@ impl Registry {
         std::thread::spawn(move || {
             for event in &mut versions {
                 let key = event.key().to_vec();
-                let Some(split) = key.iter().position(|b| *b == 0) else { continue };
+                let Some(split) = key.iter().position(|b| *b == 0) else {
+                    continue;
+                };
                 if key.len() != split + 5 {
                     continue;
                 }

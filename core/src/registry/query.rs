@@ -45,9 +45,9 @@ pub struct Filter {
 }
 
 fn parse_field(s: &str) -> Result<Field, String> {
-    let (kind, name) = s
-        .split_once('.')
-        .ok_or_else(|| format!("`{s}`: expected metrics.NAME, params.NAME, tags.NAME or attributes.NAME"))?;
+    let (kind, name) = s.split_once('.').ok_or_else(|| {
+        format!("`{s}`: expected metrics.NAME, params.NAME, tags.NAME or attributes.NAME")
+    })?;
     let name = name.trim_matches('`').to_string();
     match kind {
         "metrics" | "metric" => Ok(Field::Metric(name)),
@@ -55,9 +55,13 @@ fn parse_field(s: &str) -> Result<Field, String> {
         "tags" | "tag" => Ok(Field::Tag(name)),
         "attributes" | "attribute" | "run" => match name.as_str() {
             "status" | "name" | "start_ms" | "end_ms" | "id" => Ok(Field::Attribute(name)),
-            _ => Err(format!("unknown attribute `{name}`; expected status, name, start_ms, end_ms or id")),
+            _ => Err(format!(
+                "unknown attribute `{name}`; expected status, name, start_ms, end_ms or id"
+            )),
         },
-        _ => Err(format!("`{kind}` is not metrics, params, tags or attributes")),
+        _ => Err(format!(
+            "`{kind}` is not metrics, params, tags or attributes"
+        )),
     }
 }
 
@@ -108,12 +112,17 @@ impl Filter {
         while i < t.len() {
             if i > 0 {
                 if !t[i].eq_ignore_ascii_case("and") {
-                    return Err(format!("expected `and` before `{}` (only `and` joins clauses)", t[i]));
+                    return Err(format!(
+                        "expected `and` before `{}` (only `and` joins clauses)",
+                        t[i]
+                    ));
                 }
                 i += 1;
             }
             let (Some(f), Some(op), Some(v)) = (t.get(i), t.get(i + 1), t.get(i + 2)) else {
-                return Err(format!("incomplete clause in `{s}`; expected FIELD OP VALUE"));
+                return Err(format!(
+                    "incomplete clause in `{s}`; expected FIELD OP VALUE"
+                ));
             };
             let op = match op.as_str() {
                 "=" | "==" => Op::Eq,
@@ -139,17 +148,19 @@ impl Filter {
 
     /// Whether a run satisfies every clause (a missing field satisfies none).
     pub fn matches(&self, view: &RunView) -> bool {
-        self.clauses.iter().all(|(field, op, lit)| match value_of(view, field) {
-            Some(v) => compare(&v, lit).is_some_and(|o| match op {
-                Op::Eq => o == Ordering::Equal,
-                Op::Ne => o != Ordering::Equal,
-                Op::Lt => o == Ordering::Less,
-                Op::Le => o != Ordering::Greater,
-                Op::Gt => o == Ordering::Greater,
-                Op::Ge => o != Ordering::Less,
-            }),
-            None => false,
-        })
+        self.clauses
+            .iter()
+            .all(|(field, op, lit)| match value_of(view, field) {
+                Some(v) => compare(&v, lit).is_some_and(|o| match op {
+                    Op::Eq => o == Ordering::Equal,
+                    Op::Ne => o != Ordering::Equal,
+                    Op::Lt => o == Ordering::Less,
+                    Op::Le => o != Ordering::Greater,
+                    Op::Gt => o == Ordering::Greater,
+                    Op::Ge => o != Ordering::Less,
+                }),
+                None => false,
+            })
     }
 }
 
@@ -229,7 +240,14 @@ mod tests {
 
     fn view(auc: f64, lr: &str) -> RunView {
         let mut metrics = BTreeMap::new();
-        metrics.insert("auc".to_string(), MetricPoint { step: 1, timestamp_ms: 0, value: auc });
+        metrics.insert(
+            "auc".to_string(),
+            MetricPoint {
+                step: 1,
+                timestamp_ms: 0,
+                value: auc,
+            },
+        );
         let mut params = BTreeMap::new();
         params.insert("lr".to_string(), lr.to_string());
         RunView {
@@ -252,7 +270,10 @@ mod tests {
 
     #[test]
     fn filters() {
-        let f = Filter::parse("metrics.auc > 0.8 and params.lr = '0.01' and attributes.status = finished").unwrap();
+        let f = Filter::parse(
+            "metrics.auc > 0.8 and params.lr = '0.01' and attributes.status = finished",
+        )
+        .unwrap();
         assert!(f.matches(&view(0.9, "0.01")));
         assert!(!f.matches(&view(0.7, "0.01")));
         assert!(!f.matches(&view(0.9, "0.1")));

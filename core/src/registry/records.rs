@@ -192,8 +192,9 @@ pub(crate) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, RegistryError> {
     match bytes.split_first() {
-        Some((&v, body)) if v <= RECORD_FORMAT_VERSION => serde_json::from_slice(body)
-            .map_err(|e| RegistryError::Corrupt(format!("{what}: {e}"))),
+        Some((&v, body)) if v <= RECORD_FORMAT_VERSION => {
+            serde_json::from_slice(body).map_err(|e| RegistryError::Corrupt(format!("{what}: {e}")))
+        }
         Some((&v, _)) => Err(RegistryError::NewerFormat {
             found: u32::from(v),
             supported: u32::from(RECORD_FORMAT_VERSION),
@@ -212,7 +213,9 @@ pub(crate) fn encode_point(p: &MetricPoint) -> [u8; 17] {
 
 pub(crate) fn decode_point(step: i64, bytes: &[u8]) -> Result<MetricPoint, RegistryError> {
     if bytes.len() != 17 || bytes[0] > RECORD_FORMAT_VERSION {
-        return Err(RegistryError::Corrupt("metric point of the wrong size or version".into()));
+        return Err(RegistryError::Corrupt(
+            "metric point of the wrong size or version".into(),
+        ));
     }
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&bytes[1..9]);
