@@ -11,8 +11,10 @@ use clap::{Parser, Subcommand};
 
 /// kiln: an ML platform in one binary.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, propagate_version = true)]
+#[command(name = "kiln", version, about)]
 struct Cli {
+    #[command(flatten)]
+    home: cmd::registry::Home,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,6 +24,15 @@ enum Command {
     /// Read, describe, check and transform tabular data.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
+    /// Experiments: groups of runs.
+    #[command(subcommand)]
+    Experiments(cmd::registry::ExperimentsCommand),
+    /// Runs: parameters, metrics, artifacts and lineage of each training.
+    #[command(subcommand)]
+    Runs(cmd::registry::RunsCommand),
+    /// The model registry: versions, aliases, stages and their history.
+    #[command(subcommand)]
+    Models(cmd::registry::ModelsCommand),
 }
 
 /// What a command asks the process to exit with, beyond plain success.
@@ -42,6 +53,9 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Data(c) => cmd::data::run(c),
+        Command::Experiments(c) => cmd::registry::experiments(&cli.home, c),
+        Command::Runs(c) => cmd::registry::runs(&cli.home, c),
+        Command::Models(c) => cmd::registry::models(&cli.home, c),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

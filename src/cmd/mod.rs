@@ -1,2 +1,3 @@
 //! The subcommands of the `kiln` binary, one module per group.
 pub mod data;
+pub mod registry;

@@ -184,6 +184,7 @@ pub struct NewRun {
 pub struct Registry {
     home: PathBuf,
     db: sled::Db,
+    meta: sled::Tree,
     experiments: sled::Tree,
     experiment_names: sled::Tree,
     runs: sled::Tree,
@@ -343,6 +344,7 @@ impl Registry {
         }
         Ok(Registry {
             home: home.to_path_buf(),
+            meta,
             experiments: db.open_tree("experiments")?,
             experiment_names: db.open_tree("experiment_names")?,
             runs: db.open_tree("runs")?,
@@ -365,6 +367,16 @@ impl Registry {
         &self.home
     }
 
+    /// The next number of a counter: 1, 2, 3… (sled's own ids jump after each restart, and people
+    /// type run ids).
+    fn next_id(&self, counter: &str) -> Result<u64, RegistryError> {
+        let bytes = self.meta.update_and_fetch(counter, |old| {
+            let n = old.filter(|o| o.len() == 8).map_or(0, u64_of);
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        Ok(bytes.map_or(1, |b| u64_of(&b)))
+    }
+
     /// Makes everything written so far durable (fsync).
     pub fn flush(&self) -> Result<(), RegistryError> {
         self.db.flush()?;
@@ -376,7 +388,7 @@ impl Registry {
     /// Creates an experiment.
     pub fn create_experiment(&self, name: &str) -> Result<Experiment, RegistryError> {
         check_name("experiment", name)?;
-        let id = self.db.generate_id()?;
+        let id = self.next_id("next_experiment_id")?;
         let exp = Experiment {
             id,
             name: name.to_string(),
@@ -507,7 +519,7 @@ impl Registry {
         if let Some(parent) = new.parent {
             self.run(parent)?;
         }
-        let id = self.db.generate_id()?;
+        let id = self.next_id("next_run_id")?;
         let run = Run {
             id,
             experiment_id: exp.id,
