@@ -104,6 +104,9 @@ pub enum RunsCommand {
         /// Record this dataset's fingerprint in the run's lineage.
         #[arg(long)]
         dataset: Option<PathBuf>,
+        /// Record this fitted transform's digest in the run's lineage.
+        #[arg(long)]
+        transform: Option<PathBuf>,
     },
     /// Log metrics, parameters or tags to a run.
     Log {
@@ -607,7 +610,18 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
             tags,
             parent,
             dataset,
+            transform,
         } => {
+            let transform_digest = match transform {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let fitted = kiln_core::transform::FittedTransform::from_json(&text)
+                        .with_context(|| path.display().to_string())?;
+                    Some(fitted.digest())
+                }
+                None => None,
+            };
             let dataset_fingerprint = match dataset {
                 Some(path) => Some(
                     kiln_core::data::read(&path, &Default::default())?
@@ -624,7 +638,7 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
                 parent: parent.map(|p| run_id(&p)).transpose()?,
                 lineage: Lineage {
                     dataset_fingerprint,
-                    transform_digest: None,
+                    transform_digest,
                     source_commit: source_commit(Path::new(".")),
                 },
             })?;

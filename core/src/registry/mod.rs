@@ -190,7 +190,6 @@ pub struct Registry {
     runs: sled::Tree,
     runs_by_experiment: sled::Tree,
     metrics: sled::Tree,
-    latest: sled::Tree,
     models: sled::Tree,
     versions: sled::Tree,
     aliases: sled::Tree,
@@ -350,7 +349,6 @@ impl Registry {
             runs: db.open_tree("runs")?,
             runs_by_experiment: db.open_tree("runs_by_experiment")?,
             metrics: db.open_tree("metrics")?,
-            latest: db.open_tree("latest_metrics")?,
             models: db.open_tree("models")?,
             versions: db.open_tree("versions")?,
             aliases: db.open_tree("aliases")?,
@@ -673,35 +671,43 @@ impl Registry {
                 value: *value,
             });
             batch.insert(k, &point[..]);
-            // The latest point per key: the highest step, then the latest logged.
-            let mut order = [0u8; 16];
-            order[..8].copy_from_slice(&step_key(*step));
-            order[8..].copy_from_slice(&be8(seq));
-            let mut latest_value = order.to_vec();
-            latest_value.extend_from_slice(&point);
-            self.latest
-                .fetch_and_update(join(&be8(id), key.as_bytes()), |old| match old {
-                    Some(old) if old.len() >= 16 && old[..16] > order[..] => Some(old.to_vec()),
-                    _ => Some(latest_value.clone()),
-                })?;
         }
         self.metrics.apply_batch(batch)?;
         Ok(())
     }
 
     /// The latest value of each metric of a run (highest step, then latest logged).
+    ///
+    /// Points sort by run, key, step and logging order, so each key's latest point is the last
+    /// of its prefix; the scan skips from key to key without reading the series.
     pub fn latest_metrics(&self, id: u64) -> Result<BTreeMap<String, MetricPoint>, RegistryError> {
-        let prefix = join(&be8(id), b"");
+        let run = be8(id);
         let mut out = BTreeMap::new();
-        for item in self.latest.scan_prefix(&prefix) {
-            let (k, v) = item?;
-            let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            if v.len() != 16 + 17 {
-                return Err(RegistryError::Corrupt(format!(
-                    "latest value of metric `{key}`"
-                )));
+        let mut from = run.to_vec();
+        while let Some(item) = self.metrics.range(from.clone()..).next() {
+            let (k, _) = item?;
+            if !k.starts_with(&run) {
+                break;
             }
-            out.insert(key, decode_point(step_of(&v[..8]), &v[16..])?);
+            let rest = &k[8..];
+            let Some(nul) = rest.iter().position(|b| *b == 0) else {
+                return Err(RegistryError::Corrupt(
+                    "metric key without a terminator".into(),
+                ));
+            };
+            let key = &rest[..nul];
+            let prefix = k[..8 + nul + 1].to_vec();
+            if let Some(last) = self.metrics.scan_prefix(&prefix).next_back() {
+                let (lk, lv) = last?;
+                let step = step_of(&lk[prefix.len()..prefix.len() + 8]);
+                out.insert(
+                    String::from_utf8_lossy(key).into_owned(),
+                    decode_point(step, &lv)?,
+                );
+            }
+            from = run.to_vec();
+            from.extend_from_slice(key);
+            from.push(1);
         }
         Ok(out)
     }
@@ -862,15 +868,16 @@ impl Registry {
             x.remove(index.as_slice())?;
             Ok(())
         })?;
-        for tree in [&self.metrics, &self.latest] {
-            let keys: Vec<sled::IVec> =
-                tree.scan_prefix(be8(id)).keys().collect::<Result<_, _>>()?;
-            let mut batch = sled::Batch::default();
-            for k in keys {
-                batch.remove(k);
-            }
-            tree.apply_batch(batch)?;
+        let keys: Vec<sled::IVec> = self
+            .metrics
+            .scan_prefix(be8(id))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k);
         }
+        self.metrics.apply_batch(batch)?;
         self.release_artifacts(&format!("run:{}", run_id_text(id)), &run.artifacts)
     }
 
