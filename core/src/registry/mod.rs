@@ -655,9 +655,12 @@ impl Registry {
             });
         }
         let ts = now_ms();
-        let mut batch = sled::Batch::default();
-        for (key, step, value) in points {
+        for (key, _, _) in points {
             check_key("metric", key)?;
+        }
+        // Plain inserts: sled applies them without a lock, where a batch would take its global
+        // write lock; each point is independent, so a batch's atomicity buys nothing here.
+        for (key, step, value) in points {
             let seq = self.db.generate_id()?;
             let mut k = Vec::with_capacity(8 + key.len() + 17);
             k.extend_from_slice(&be8(id));
@@ -670,9 +673,8 @@ impl Registry {
                 timestamp_ms: ts,
                 value: *value,
             });
-            batch.insert(k, &point[..]);
+            self.metrics.insert(k, &point[..])?;
         }
-        self.metrics.apply_batch(batch)?;
         Ok(())
     }
 
