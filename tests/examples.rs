@@ -20,6 +20,10 @@ fn quickstart_runs_end_to_end() {
     );
     assert!(stdout.contains("569 rows, 31 columns"));
     assert!(stdout.contains("569 rows match the schema"));
+    assert!(
+        stdout.contains("breast-cancer version 1 is now in Production"),
+        "{stdout}"
+    );
     for f in [
         "breast_cancer.schema.json",
         "breast_cancer.fitted.json",
