@@ -88,6 +88,27 @@ impl Candidates {
     }
 }
 
+/// The Arrow schema and kiln types of the columns: the user's override where there is one, else
+/// the narrowest type the cells allow.
+pub(crate) fn resolve_columns(
+    names: &[String],
+    candidates: &[Candidates],
+    options: &super::ReadOptions,
+) -> (SchemaRef, Vec<ColumnType>) {
+    let columns: Vec<(String, ColumnType)> = names
+        .iter()
+        .zip(candidates)
+        .map(|(n, c)| {
+            (
+                n.clone(),
+                options.types.get(n).copied().unwrap_or(c.resolve()),
+            )
+        })
+        .collect();
+    let types = columns.iter().map(|c| c.1).collect();
+    (super::arrow_schema(&columns), types)
+}
+
 /// One non-missing cell of a typed source (JSON).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Cell<'a> {

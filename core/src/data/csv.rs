@@ -8,8 +8,8 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use super::builder::{BatchBuilder, Candidates};
-use super::{ColumnType, DataError, ReadOptions, Table, arrow_schema, check_overrides};
+use super::builder::{BatchBuilder, Candidates, resolve_columns};
+use super::{DataError, ReadOptions, Table, check_overrides};
 use crate::progress::{Progress, Unit};
 
 const PROGRESS_EVERY: u64 = 16_384;
@@ -101,18 +101,7 @@ fn read_csv_from<R: Read>(
             path: path.to_string(),
         });
     }
-    let columns: Vec<(String, ColumnType)> = names
-        .iter()
-        .zip(&candidates)
-        .map(|(n, c)| {
-            (
-                n.clone(),
-                options.types.get(n).copied().unwrap_or(c.resolve()),
-            )
-        })
-        .collect();
-    let types: Vec<ColumnType> = columns.iter().map(|c| c.1).collect();
-    let schema = arrow_schema(&columns);
+    let (schema, types) = resolve_columns(&names, &candidates, options);
 
     // Pass 2: values.
     progress.start("reading", size, Unit::Bytes);
@@ -255,6 +244,7 @@ pub(crate) fn human_bytes(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::ColumnType;
 
     fn read(text: &str) -> Result<Table, DataError> {
         read_csv_str(text, &ReadOptions::default())

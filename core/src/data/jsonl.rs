@@ -7,10 +7,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::builder::{BatchBuilder, Candidates, Cell};
-use super::{
-    ColumnType, DataError, MissingMatcher, ReadOptions, Table, arrow_schema, check_overrides,
-};
+use super::builder::{BatchBuilder, Candidates, Cell, resolve_columns};
+use super::{DataError, MissingMatcher, ReadOptions, Table, check_overrides};
 use crate::progress::{Progress, Unit};
 
 pub(crate) fn read_jsonl(
@@ -52,18 +50,7 @@ pub(crate) fn read_jsonl(
         ));
     }
     check_overrides(&shown, &names, options)?;
-    let columns: Vec<(String, ColumnType)> = names
-        .iter()
-        .zip(&candidates)
-        .map(|(n, c)| {
-            (
-                n.clone(),
-                options.types.get(n).copied().unwrap_or(c.resolve()),
-            )
-        })
-        .collect();
-    let types: Vec<ColumnType> = columns.iter().map(|c| c.1).collect();
-    let schema = arrow_schema(&columns);
+    let (schema, types) = resolve_columns(&names, &candidates, options);
 
     // Pass 2: values.
     progress.start("reading", size, Unit::Bytes);
