@@ -26,6 +26,7 @@
 //! ```
 
 pub mod data;
+pub mod metrics;
 pub mod progress;
 pub mod registry;
 pub mod schema;
