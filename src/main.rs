@@ -33,6 +33,10 @@ enum Command {
     /// The model registry: versions, aliases, stages and their history.
     #[command(subcommand)]
     Models(cmd::registry::ModelsCommand),
+    /// Train a model; every training is a run in the registry.
+    Train(cmd::train::TrainArgs),
+    /// Score a file offline with a bundle or a registered model.
+    Predict(cmd::train::PredictArgs),
 }
 
 /// What a command asks the process to exit with, beyond plain success.
@@ -56,6 +60,8 @@ fn main() -> ExitCode {
         Command::Experiments(c) => cmd::registry::experiments(&cli.home, c),
         Command::Runs(c) => cmd::registry::runs(&cli.home, c),
         Command::Models(c) => cmd::registry::models(&cli.home, c),
+        Command::Train(a) => cmd::train::train(&cli.home, a),
+        Command::Predict(a) => cmd::train::predict(&cli.home, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

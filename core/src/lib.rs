@@ -25,6 +25,7 @@
 //! assert_eq!(features.dense[1..], [0.0, 1.0, 0.0]);
 //! ```
 
+pub mod bundle;
 pub mod data;
 pub mod metrics;
 pub mod progress;
@@ -34,7 +35,7 @@ pub mod stats;
 pub mod synth;
 pub mod transform;
 
-mod suggest;
+pub mod suggest;
 
 pub use data::{ColumnType, DataError, ReadOptions, Table};
 pub use progress::Progress;

@@ -42,7 +42,11 @@ impl ClassificationMetrics {
     /// assert_eq!(m.roc_auc, Some(0.75));
     /// ```
     pub fn compute(labels: &[u32], probs: &[f32], classes: usize) -> ClassificationMetrics {
-        assert_eq!(probs.len(), labels.len() * classes, "probabilities are rows × classes");
+        assert_eq!(
+            probs.len(),
+            labels.len() * classes,
+            "probabilities are rows × classes"
+        );
         let n = labels.len();
         let mut confusion = vec![vec![0u64; classes]; classes];
         let mut nll = 0.0;
@@ -58,7 +62,11 @@ impl ClassificationMetrics {
             let tp = confusion[c][c] as f64;
             let predicted: u64 = (0..classes).map(|t| confusion[t][c]).sum();
             let actual: u64 = confusion[c].iter().sum();
-            let precision = if predicted > 0 { tp / predicted as f64 } else { 0.0 };
+            let precision = if predicted > 0 {
+                tp / predicted as f64
+            } else {
+                0.0
+            };
             let recall = if actual > 0 { tp / actual as f64 } else { 0.0 };
             let f1 = if precision + recall > 0.0 {
                 2.0 * precision * recall / (precision + recall)
@@ -90,7 +98,11 @@ impl ClassificationMetrics {
             )
         };
         ClassificationMetrics {
-            accuracy: if n > 0 { correct as f64 / n as f64 } else { 0.0 },
+            accuracy: if n > 0 {
+                correct as f64 / n as f64
+            } else {
+                0.0
+            },
             precision,
             recall,
             f1,
@@ -118,7 +130,11 @@ impl ClassificationMetrics {
 impl RegressionMetrics {
     /// Computes RMSE, MAE and R² (1 − SSE/SST; 0 when the targets are constant).
     pub fn compute(targets: &[f64], predictions: &[f64]) -> RegressionMetrics {
-        assert_eq!(targets.len(), predictions.len(), "one prediction per target");
+        assert_eq!(
+            targets.len(),
+            predictions.len(),
+            "one prediction per target"
+        );
         let n = targets.len().max(1) as f64;
         let mean = targets.iter().sum::<f64>() / n;
         let mut sse = 0.0;
@@ -189,7 +205,11 @@ mod tests {
     #[test]
     fn auc_matches_pairwise_counting() {
         // scikit-learn: roc_auc_score([0, 0, 1, 1, 1], [0.1, 0.4, 0.35, 0.8, 0.4]) == 0.75
-        let auc = roc_auc(&[0.1, 0.4, 0.35, 0.8, 0.4], &[false, false, true, true, true]).unwrap();
+        let auc = roc_auc(
+            &[0.1, 0.4, 0.35, 0.8, 0.4],
+            &[false, false, true, true, true],
+        )
+        .unwrap();
         assert!((auc - 0.75).abs() < 1e-12);
         assert_eq!(roc_auc(&[0.1, 0.2], &[true, true]), None);
     }
@@ -198,7 +218,10 @@ mod tests {
     fn multiclass_macro_and_confusion() {
         let probs = [0.8, 0.1, 0.1, 0.1, 0.8, 0.1, 0.1, 0.2, 0.7, 0.6, 0.3, 0.1];
         let m = ClassificationMetrics::compute(&[0, 1, 2, 2], &probs, 3);
-        assert_eq!(m.confusion, vec![vec![1, 0, 0], vec![0, 1, 0], vec![1, 0, 1]]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![1, 0, 0], vec![0, 1, 0], vec![1, 0, 1]]
+        );
         assert_eq!(m.accuracy, 0.75);
         // precision: c0 1/2, c1 1, c2 1 → 0.8333; recall: 1, 1, 0.5 → 0.8333
         assert!((m.precision - 2.5 / 3.0).abs() < 1e-12);

@@ -1,10 +1,7 @@
 //! "Did you mean" hints for unknown names.
 
 /// The candidate closest to `name`, when it is close enough to be a likely typo.
-pub(crate) fn closest<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(name, c), c))
@@ -14,7 +11,7 @@ pub(crate) fn closest<'a>(
 }
 
 /// `; did you mean `x`?` or nothing.
-pub(crate) fn hint<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+pub fn hint<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     match closest(name, candidates) {
         Some(c) => format!("; did you mean `{c}`?"),
         None => String::new(),

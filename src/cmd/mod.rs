@@ -1,3 +1,4 @@
 //! The subcommands of the `kiln` binary, one module per group.
 pub mod data;
 pub mod registry;
+pub mod train;

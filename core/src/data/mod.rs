@@ -323,6 +323,38 @@ impl Table {
         &self.fingerprint
     }
 
+    /// Every value of a column as a number (integer, float, boolean); `None` where missing.
+    pub fn numbers(&self, index: usize) -> Vec<Option<f64>> {
+        let mut out = Vec::with_capacity(self.rows);
+        for chunk in self.chunks(index) {
+            out.extend((0..chunk.len()).map(|row| numeric_value(chunk.as_ref(), row)));
+        }
+        out
+    }
+
+    /// Every value of a column as text (a category as it is, a number as its category text);
+    /// `None` where missing.
+    pub fn texts(&self, index: usize) -> Vec<Option<String>> {
+        let ty = self.types[index];
+        let mut out = Vec::with_capacity(self.rows);
+        for chunk in self.chunks(index) {
+            if let DataType::Dictionary(..) = chunk.data_type() {
+                let dict = chunk.as_dictionary::<Int32Type>();
+                let values = dict.values().as_string::<i32>();
+                out.extend(
+                    dict.keys()
+                        .iter()
+                        .map(|k| k.map(|k| values.value(k as usize).to_string())),
+                );
+            } else {
+                out.extend((0..chunk.len()).map(|row| {
+                    numeric_value(chunk.as_ref(), row).map(|v| category_of_number(ty, v))
+                }));
+            }
+        }
+        out
+    }
+
     /// The first `n` rows as a new table.
     pub fn head(&self, n: usize) -> Table {
         let mut left = n;

@@ -1,0 +1,387 @@
+//! `kiln train` and `kiln predict`: the trainer wired to data, the registry and bundles.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use kiln_core::bundle;
+use kiln_core::registry::{Lineage, NewRun, Registry, RunStatus, run_id_text};
+use kiln_core::transform::TransformSpec;
+use kiln_trainer::{DeviceChoice, ModelKind, OptimizerKind, Predictor, RunLogger, TrainConfig};
+
+use crate::Outcome;
+use crate::cmd::registry::Home;
+use crate::ui::{self, Bar, num};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModelArg {
+    Logistic,
+    Mlp,
+    WideDeep,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OptimizerArg {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Gpu,
+}
+
+/// `kiln train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The training data (CSV, JSON Lines or Parquet); the last rows are the test set.
+    #[arg(long)]
+    data: PathBuf,
+    /// The column to predict.
+    #[arg(long)]
+    target: String,
+    /// A TOML file with any of the options below (flags given here win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    model: Option<ModelArg>,
+    /// Hidden layer sizes of an MLP, e.g. 64,32.
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerArg>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Epochs without a better validation loss before stopping (0: never stop early).
+    #[arg(long)]
+    patience: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// A transform spec (TOML) instead of the default (standardize numbers, one-hot categories).
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// The experiment the run belongs to.
+    #[arg(long, default_value = "Default")]
+    experiment: String,
+    /// Register the trained model as the next version of this model.
+    #[arg(long)]
+    register: Option<String>,
+    /// Also write the bundle here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `kiln predict`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["bundle", "model"])))]
+pub struct PredictArgs {
+    /// A bundle directory.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// A registered model: NAME, NAME@ALIAS or NAME:VERSION (default alias: champion).
+    #[arg(long)]
+    model: Option<String>,
+    /// The rows to score.
+    #[arg(long)]
+    data: PathBuf,
+    /// Write predictions here (CSV); otherwise the first rows are printed.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<TrainConfig>(&text).with_context(|| path.display().to_string())?
+            }
+            None => TrainConfig::default(),
+        };
+        if let Some(m) = self.model {
+            c.model = match m {
+                ModelArg::Logistic => ModelKind::Logistic,
+                ModelArg::Mlp => ModelKind::Mlp,
+                ModelArg::WideDeep => ModelKind::WideDeep,
+            };
+        }
+        if let Some(h) = &self.hidden {
+            c.hidden = h.clone();
+            if self.model.is_none() && self.config.is_none() {
+                c.model = ModelKind::Mlp;
+            }
+        }
+        if let Some(o) = self.optimizer {
+            c.optimizer = match o {
+                OptimizerArg::Sgd => OptimizerKind::Sgd,
+                OptimizerArg::Adam => OptimizerKind::Adam,
+                OptimizerArg::Adamw => OptimizerKind::Adamw,
+            };
+        }
+        if let Some(d) = self.device {
+            c.device = match d {
+                DeviceArg::Cpu => DeviceChoice::Cpu,
+                DeviceArg::Gpu => DeviceChoice::Gpu,
+            };
+        }
+        c.epochs = self.epochs.unwrap_or(c.epochs);
+        c.lr = self.lr.unwrap_or(c.lr);
+        c.batch_size = self.batch_size.unwrap_or(c.batch_size);
+        c.weight_decay = self.weight_decay.unwrap_or(c.weight_decay);
+        c.dropout = self.dropout.unwrap_or(c.dropout);
+        c.seed = self.seed.unwrap_or(c.seed);
+        if let Some(p) = self.patience {
+            c.patience = (p > 0).then_some(p);
+        }
+        if let Some(path) = &self.spec {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            c.transform =
+                Some(TransformSpec::from_toml(&text).with_context(|| path.display().to_string())?);
+        }
+        Ok(c)
+    }
+}
+
+/// Logs each epoch to the run and prints a line for people.
+struct EpochLog<'a> {
+    reg: &'a Registry,
+    run: u64,
+    epochs: usize,
+    quiet: bool,
+}
+
+impl RunLogger for EpochLog<'_> {
+    fn log(&self, step: i64, metrics: &[(&str, f64)]) {
+        if let Err(e) = self.reg.log_metrics(
+            self.run,
+            metrics
+                .iter()
+                .map(|(k, v)| (*k, step, *v))
+                .collect::<Vec<_>>()
+                .as_slice(),
+        ) {
+            tracing::warn!("logging metrics to run {}: {e}", run_id_text(self.run));
+        }
+        if !self.quiet && metrics.iter().any(|(k, _)| *k == "train_loss") {
+            let shown = [
+                "train_loss",
+                "validation_loss",
+                "validation_accuracy",
+                "validation_roc_auc",
+                "validation_rmse",
+            ];
+            let parts: Vec<String> = metrics
+                .iter()
+                .filter(|(k, _)| shown.contains(k))
+                .map(|(k, v)| format!("{k} {}", num(*v)))
+                .collect();
+            eprintln!("epoch {step}/{}  {}", self.epochs, parts.join("  "));
+        }
+    }
+}
+
+pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
+    let config = args.config()?;
+    let table = kiln_core::data::read_with_progress(&args.data, &Default::default(), &Bar::new())?;
+    if table.column_index(&args.target).is_none() {
+        bail!(
+            "{}: target column `{}` is not in the data{}",
+            args.data.display(),
+            args.target,
+            kiln_core::suggest::hint(&args.target, table.names())
+        );
+    }
+    let reg = Registry::open(&home.dir)?;
+    let mut params: BTreeMap<String, String> = BTreeMap::new();
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
+        transform: None,
+        ..config.clone()
+    }) {
+        for (k, v) in m {
+            params.insert(
+                k,
+                match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                },
+            );
+        }
+    }
+    params.insert("target".into(), args.target.clone());
+    params.insert("data".into(), args.data.display().to_string());
+    let run = reg.create_run(NewRun {
+        experiment: args.experiment.clone(),
+        name: String::new(),
+        params,
+        tags: BTreeMap::new(),
+        parent: None,
+        lineage: Lineage {
+            dataset_fingerprint: Some(table.fingerprint().to_string()),
+            ..Default::default()
+        },
+    })?;
+    let logger = EpochLog {
+        reg: &reg,
+        run: run.id,
+        epochs: config.epochs,
+        quiet: args.json,
+    };
+    let outcome = match kiln_trainer::train(&table, &args.target, &config, &Bar::new(), &logger) {
+        Ok(o) => o,
+        Err(e) => {
+            reg.end_run(run.id, RunStatus::Failed)?;
+            return Err(
+                anyhow::Error::new(e).context(format!("run {} failed", run_id_text(run.id)))
+            );
+        }
+    };
+    let mut manifest = outcome.manifest.clone();
+    manifest.lineage.run_id = Some(run_id_text(run.id));
+    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+    let bundle_dir = scratch.path().join("bundle");
+    bundle::write(&bundle_dir, &manifest, &outcome.weights)?;
+    reg.log_artifact(run.id, "model", &bundle_dir)?;
+    if let Some(out) = &args.out {
+        bundle::write(out, &manifest, &outcome.weights)?;
+    }
+    reg.end_run(run.id, RunStatus::Finished)?;
+    let version = match &args.register {
+        Some(name) => Some(reg.register_version(
+            name,
+            run.id,
+            "model",
+            "",
+            Some(serde_json::json!(manifest.signature)),
+        )?),
+        None => None,
+    };
+    if args.json {
+        ui::print_json(&serde_json::json!({
+            "run": run_id_text(run.id),
+            "rows": outcome.rows,
+            "epochs": outcome.history.len(),
+            "test_metrics": outcome.test_metrics,
+            "registered": version.as_ref().map(|v| serde_json::json!({"model": v.model, "version": v.version})),
+        }))?;
+        return Ok(Outcome::Ok);
+    }
+    let rows = outcome
+        .test_metrics
+        .iter()
+        .map(|(k, v)| vec![k.clone(), num(*v)])
+        .collect();
+    println!("{}", ui::table(&["test metric", "value"], rows, &[1]));
+    println!(
+        "\nrun {} ({} train / {} validation / {} test rows, {} epochs){}",
+        run_id_text(run.id),
+        outcome.rows.train,
+        outcome.rows.validation,
+        outcome.rows.test,
+        outcome.history.len(),
+        version.map_or(String::new(), |v| format!(
+            "; registered {} version {}",
+            v.model, v.version
+        ))
+    );
+    Ok(Outcome::Ok)
+}
+
+pub fn predict(home: &Home, args: PredictArgs) -> Result<Outcome> {
+    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+    let dir: PathBuf = match (&args.bundle, &args.model) {
+        (Some(b), _) => b.clone(),
+        (None, Some(spec)) => {
+            let (name, which) = match (spec.split_once('@'), spec.split_once(':')) {
+                (Some((n, a)), _) => (n, a.to_string()),
+                (None, Some((n, v))) => (n, v.to_string()),
+                (None, None) => (spec.as_str(), "champion".to_string()),
+            };
+            let reg = Registry::open(&home.dir)?;
+            let version = reg.resolve(name, &which)?;
+            let dir = scratch.path().join("bundle");
+            reg.export_artifact(&version.artifact, &dir)?;
+            dir
+        }
+        (None, None) => bail!("give --bundle DIR or --model NAME"),
+    };
+    let (manifest, weights) = bundle::read(&dir)?;
+    let device = match args.device {
+        DeviceArg::Cpu => DeviceChoice::Cpu,
+        DeviceArg::Gpu => DeviceChoice::Gpu,
+    };
+    let predictor = Predictor::new(&manifest, &weights, device)?;
+    let table = kiln_core::data::read_with_progress(&args.data, &Default::default(), &Bar::new())?;
+    let out = predictor.predict(&table)?;
+    let width = predictor.width();
+    let mut header: Vec<String> = Vec::new();
+    let classify = !manifest.labels.is_empty();
+    if classify {
+        header.push(format!("predicted_{}", manifest.target));
+        header.extend(manifest.labels.iter().map(|l| format!("p_{l}")));
+    } else {
+        header.push(format!("predicted_{}", manifest.target));
+    }
+    let rows: Vec<Vec<String>> = out
+        .chunks(width)
+        .map(|r| {
+            if classify {
+                let best = r
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, v)| if *v > r[b] { i } else { b });
+                let mut row = vec![manifest.labels[best].clone()];
+                row.extend(r.iter().map(|p| p.to_string()));
+                row
+            } else {
+                vec![r[0].to_string()]
+            }
+        })
+        .collect();
+    match &args.output {
+        Some(path) => {
+            write_csv(path, &header, &rows)?;
+            eprintln!("wrote {} predictions to {}", rows.len(), path.display());
+        }
+        None => {
+            let header: Vec<&str> = header.iter().map(String::as_str).collect();
+            let shown: Vec<Vec<String>> = rows.iter().take(20).cloned().collect();
+            println!("{}", ui::table(&header, shown, &[]));
+            if rows.len() > 20 {
+                println!(
+                    "({} more rows; write them all with -o FILE)",
+                    rows.len() - 20
+                );
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn write_csv(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
+    let mut text = header.join(",");
+    text.push('\n');
+    for r in rows {
+        text.push_str(&r.join(","));
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,884 @@
+//! kiln's trainer: dense networks on burn (logistic and linear regression, MLPs), trained on a
+//! kiln table with a transform fitted on the training split only, evaluated with
+//! `kiln_core::metrics`, and saved as a model bundle any reader can load.
+//!
+//! The same code trains on the CPU (burn's pure-Rust flex backend, multithreaded) and, with the
+//! `gpu` feature, on burn's wgpu backend: the device is a value chosen at the edge
+//! ([`DeviceChoice`]); nothing else knows which it is.
+
+mod model;
+
+use std::collections::BTreeMap;
+
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, SgdConfig};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::{log_softmax, sigmoid, softmax};
+use kiln_core::bundle::{
+    Activation, Architecture, BUNDLE_FORMAT_VERSION, BUNDLE_MAGIC, BundleLineage, Manifest, Task,
+    Weight,
+};
+use kiln_core::data::{ColumnType, Table, category_of_number};
+use kiln_core::metrics::{ClassificationMetrics, RegressionMetrics};
+use kiln_core::progress::{Progress, Unit};
+use kiln_core::stats::DatasetStatistics;
+use kiln_core::transform::{Encode, FeatureSpec, FittedTransform, Impute, TransformSpec};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+pub use model::Net;
+
+/// Which model to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// Logistic regression (classification) or linear regression: no hidden layers.
+    Logistic,
+    Mlp,
+    /// Wide-and-deep with embeddings; not available yet.
+    WideDeep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+/// How the learning rate changes over epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    /// Cosine decay from `lr` to 0 over the epochs.
+    Cosine,
+}
+
+/// Where training runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    Cpu,
+    Gpu,
+}
+
+/// Everything a training run is configured by (the keys of `--config train.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelKind,
+    pub hidden: Vec<usize>,
+    pub activation: Activation,
+    pub dropout: f64,
+    pub optimizer: OptimizerKind,
+    pub momentum: f64,
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    pub epochs: usize,
+    /// Stop after this many epochs without a better validation loss.
+    pub patience: Option<usize>,
+    pub seed: u64,
+    /// The share of rows, at the end, held out as the test set.
+    pub test_fraction: f64,
+    /// The share of the remaining rows, at their end, used for validation.
+    pub validation_fraction: f64,
+    /// The task; inferred from the target column when absent.
+    pub task: Option<Task>,
+    /// The feature transform; by default numbers are imputed with the median and standardized,
+    /// categories one-hot encoded (top 100 values).
+    pub transform: Option<TransformSpec>,
+    pub device: DeviceChoice,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: ModelKind::Logistic,
+            hidden: vec![64, 32],
+            activation: Activation::Relu,
+            dropout: 0.0,
+            optimizer: OptimizerKind::Adam,
+            momentum: 0.9,
+            lr: 0.01,
+            schedule: Schedule::Constant,
+            weight_decay: 0.0,
+            batch_size: 64,
+            epochs: 30,
+            patience: Some(5),
+            seed: 42,
+            test_fraction: 0.2,
+            validation_fraction: 0.1,
+            task: None,
+            transform: None,
+            device: DeviceChoice::Cpu,
+        }
+    }
+}
+
+/// What went wrong training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("target column `{name}` is not in the data{hint}")]
+    TargetMissing { name: String, hint: String },
+    #[error("{0}")]
+    Data(String),
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "training diverged: the loss became {loss} at epoch {epoch}, batch {batch}; lower the learning rate (now {lr})"
+    )]
+    Diverged {
+        epoch: usize,
+        batch: usize,
+        loss: f32,
+        lr: f64,
+    },
+    #[error("{0}")]
+    Device(String),
+    #[error(transparent)]
+    Transform(#[from] kiln_core::transform::TransformError),
+}
+
+/// Receives per-epoch metrics (the binary logs them to the run).
+pub trait RunLogger {
+    fn log(&self, step: i64, metrics: &[(&str, f64)]);
+}
+
+/// A logger that drops everything.
+pub struct NoLogger;
+
+impl RunLogger for NoLogger {
+    fn log(&self, _step: i64, _metrics: &[(&str, f64)]) {}
+}
+
+/// One epoch's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub validation_loss: f64,
+    pub validation_metrics: BTreeMap<String, f64>,
+}
+
+/// A trained model: its bundle, and how it got there.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub manifest: Manifest,
+    pub weights: BTreeMap<String, Weight>,
+    /// Metrics on the test split, computed from the saved weights.
+    pub test_metrics: BTreeMap<String, f64>,
+    pub history: Vec<EpochReport>,
+    /// The trainer's own predictions on the test split (probabilities or values, row-major).
+    pub test_predictions: Vec<f32>,
+    pub rows: Splits,
+}
+
+/// How many rows each split has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Splits {
+    pub train: usize,
+    pub validation: usize,
+    pub test: usize,
+}
+
+/// The device a choice names, with autodiff for training.
+pub fn device(choice: DeviceChoice) -> Result<Device, TrainError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::flex()),
+        DeviceChoice::Gpu => gpu_device(),
+    }
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_device() -> Result<Device, TrainError> {
+    match Device::wgpu_options().init() {
+        Ok(device) => Ok(device),
+        Err(e) => Err(TrainError::Device(format!(
+            "--device gpu: no GPU adapter found ({e}); install a Vulkan, Metal or DirectX driver, \
+             or train with --device cpu"
+        ))),
+    }
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_device() -> Result<Device, TrainError> {
+    Err(TrainError::Device(
+        "--device gpu: this kiln was built without the `gpu` feature; rebuild with \
+         `cargo build --release --features gpu`, or train with --device cpu"
+            .to_string(),
+    ))
+}
+
+/// The default transform: numbers (and booleans) imputed with the median and standardized,
+/// categories one-hot encoded over their 100 most frequent values.
+pub fn default_spec(table: &Table, target: &str) -> TransformSpec {
+    let mut numeric = Vec::new();
+    let mut categorical = Vec::new();
+    for i in 0..table.num_columns() {
+        let name = table.column_name(i).to_string();
+        if name == target {
+            continue;
+        }
+        match table.column_type(i) {
+            ColumnType::Categorical => categorical.push(name),
+            _ => numeric.push(name),
+        }
+    }
+    let entry = |columns: Vec<String>, encode: Encode| FeatureSpec {
+        columns,
+        impute: if encode == Encode::Standardize {
+            Some(Impute::Median)
+        } else {
+            None
+        },
+        fill: None,
+        clip: None,
+        log1p: false,
+        encode,
+        boundaries: None,
+        quantiles: None,
+        top_k: if encode == Encode::Vocabulary {
+            Some(100)
+        } else {
+            None
+        },
+        min_frequency: None,
+        oov_buckets: None,
+        buckets: None,
+        output: None,
+    };
+    let mut features = Vec::new();
+    if !numeric.is_empty() {
+        features.push(entry(numeric, Encode::Standardize));
+    }
+    if !categorical.is_empty() {
+        features.push(entry(categorical, Encode::Vocabulary));
+    }
+    TransformSpec { features }
+}
+
+/// The raw target values of a split: class texts or numbers; a missing target is an error.
+fn targets(
+    table: &Table,
+    index: usize,
+    first_row: usize,
+) -> Result<Vec<Result<String, f64>>, TrainError> {
+    let values: Vec<Option<Result<String, f64>>> =
+        if table.column_type(index) == ColumnType::Categorical {
+            table.texts(index).into_iter().map(|v| v.map(Ok)).collect()
+        } else {
+            table
+                .numbers(index)
+                .into_iter()
+                .map(|v| v.map(Err))
+                .collect()
+        };
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(row, v)| {
+            v.ok_or_else(|| {
+                TrainError::Data(format!(
+                    "the target `{}` is missing at row {}; drop or fill those rows",
+                    table.column_name(index),
+                    first_row + row
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Trains a model on `table` to predict `target`.
+pub fn train(
+    table: &Table,
+    target: &str,
+    config: &TrainConfig,
+    progress: &dyn Progress,
+    logger: &dyn RunLogger,
+) -> Result<TrainOutcome, TrainError> {
+    let target_index = table
+        .column_index(target)
+        .ok_or_else(|| TrainError::TargetMissing {
+            name: target.to_string(),
+            hint: kiln_core_hint(target, table),
+        })?;
+    if config.model == ModelKind::WideDeep {
+        return Err(TrainError::Config(
+            "--model wide-deep is not available yet; use logistic or mlp".to_string(),
+        ));
+    }
+    if config.batch_size == 0 || config.epochs == 0 {
+        return Err(TrainError::Config(
+            "--batch-size and --epochs must be at least 1".to_string(),
+        ));
+    }
+    if !(config.lr > 0.0 && config.lr.is_finite()) {
+        return Err(TrainError::Config(format!(
+            "--lr {} must be a positive number",
+            config.lr
+        )));
+    }
+    let n = table.num_rows();
+    let n_test = (n as f64 * config.test_fraction).round() as usize;
+    let n_trainval = n - n_test.min(n);
+    let n_val = (n_trainval as f64 * config.validation_fraction).round() as usize;
+    let n_train = n_trainval - n_val.min(n_trainval);
+    if n_train == 0 {
+        return Err(TrainError::Data(format!(
+            "the training split is empty ({n} rows, {n_test} for test, {n_val} for validation); \
+             use more rows or smaller --test-fraction"
+        )));
+    }
+    let splits = Splits {
+        train: n_train,
+        validation: n_val,
+        test: n_test,
+    };
+    let train_t = table.slice(0, n_train);
+    let val_t = table.slice(n_train, n_trainval);
+    let test_t = table.slice(n_trainval, n);
+
+    // Labels and task.
+    let raw_train = targets(&train_t, target_index, 0)?;
+    let target_type = table.column_type(target_index);
+    let task = match config.task {
+        Some(t) => t,
+        None => infer_task(target_type, &raw_train),
+    };
+    let mut labels: Vec<String> = Vec::new();
+    if task != Task::Regression {
+        let mut set: Vec<String> = raw_train
+            .iter()
+            .map(|v| label_text(v, target_type))
+            .collect();
+        set.sort();
+        set.dedup();
+        if set.len() < 2 {
+            return Err(TrainError::Data(format!(
+                "the target `{target}` has one class only ({}) in the training split; a classifier needs two or more",
+                set.first().map_or("none".to_string(), |s| format!("{s:?}"))
+            )));
+        }
+        labels = set;
+        if task == Task::BinaryClassification && labels.len() > 2 {
+            return Err(TrainError::Config(format!(
+                "binary classification, but `{target}` has {} classes",
+                labels.len()
+            )));
+        }
+    }
+    let task = if task == Task::MultiClassification && labels.len() == 2 {
+        Task::BinaryClassification
+    } else {
+        task
+    };
+    let encode_targets = |t: &Table, first: usize| -> Result<Vec<f32>, TrainError> {
+        let raw = targets(t, target_index, first)?;
+        raw.iter()
+            .map(|v| {
+                if task == Task::Regression {
+                    match v {
+                        Err(x) => Ok(*x as f32),
+                        Ok(s) => Err(TrainError::Data(format!(
+                            "regression needs a numeric target, found {s:?}"
+                        ))),
+                    }
+                } else {
+                    let text = label_text(v, target_type);
+                    labels
+                        .binary_search(&text)
+                        .map(|i| i as f32)
+                        .map_err(|_| {
+                            TrainError::Data(format!(
+                                "class {text:?} of `{target}` appears after the training split but not in it"
+                            ))
+                        })
+                }
+            })
+            .collect()
+    };
+    let y_train = encode_targets(&train_t, 0)?;
+    let y_val = encode_targets(&val_t, n_train)?;
+    let y_test = encode_targets(&test_t, n_trainval)?;
+
+    // Features: fitted on the training split only.
+    let spec = match &config.transform {
+        Some(s) => s.clone(),
+        None => default_spec(table, target),
+    };
+    if spec
+        .features
+        .iter()
+        .any(|f| f.columns.iter().any(|c| c == target))
+    {
+        return Err(TrainError::Config(format!(
+            "the transform reads the target `{target}`; remove it from the spec"
+        )));
+    }
+    let fitted = spec.fit(&train_t)?;
+    if fitted.id_width() > 0 {
+        return Err(TrainError::Config(format!(
+            "the transform has id outputs ({}); they feed embeddings, which need --model wide-deep (not available yet); use output = \"one_hot\"",
+            fitted.id_names().join(", ")
+        )));
+    }
+    let x_train = fitted.apply_table(&train_t)?.dense;
+    let x_val = fitted.apply_table(&val_t)?.dense;
+    let d = fitted.dense_width();
+    if d == 0 {
+        return Err(TrainError::Config(
+            "the transform produces no features".to_string(),
+        ));
+    }
+    let outputs = match task {
+        Task::MultiClassification => labels.len(),
+        _ => 1,
+    };
+    let hidden: Vec<usize> = if config.model == ModelKind::Mlp {
+        config.hidden.clone()
+    } else {
+        vec![]
+    };
+    let mut sizes = vec![d];
+    sizes.extend(&hidden);
+    sizes.push(outputs);
+
+    let plain = device(config.device)?;
+    plain.seed(config.seed);
+    let ad = plain.clone().autodiff();
+    let mut net = Net::new(&sizes, config.activation, config.dropout, &ad);
+    let mut optim = match config.optimizer {
+        OptimizerKind::Adam => {
+            let mut c = AdamConfig::new();
+            if config.weight_decay > 0.0 {
+                c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
+                    config.weight_decay as f32,
+                )));
+            }
+            c.init()
+        }
+        OptimizerKind::Adamw => AdamWConfig::new()
+            .with_weight_decay(config.weight_decay as f32)
+            .init(),
+        OptimizerKind::Sgd => {
+            let mut c = SgdConfig::new().with_momentum(Some(
+                MomentumConfig::new()
+                    .with_momentum(config.momentum)
+                    .with_dampening(0.0),
+            ));
+            if config.weight_decay > 0.0 {
+                c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
+                    config.weight_decay as f32,
+                )));
+            }
+            c.init()
+        }
+    };
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+    let mut order: Vec<usize> = (0..n_train).collect();
+    let mut history = Vec::new();
+    let mut best: Option<(f64, BTreeMap<String, Weight>)> = None;
+    let mut since_best = 0usize;
+    let batches_per_epoch = n_train.div_ceil(config.batch_size);
+    let mut xb: Vec<f32> = Vec::with_capacity(config.batch_size * d);
+    let mut yb: Vec<f32> = Vec::with_capacity(config.batch_size);
+    progress.start(
+        "training",
+        Some((config.epochs * n_train) as u64),
+        Unit::Rows,
+    );
+    for epoch in 0..config.epochs {
+        let lr = match config.schedule {
+            Schedule::Constant => config.lr,
+            Schedule::Cosine => {
+                config.lr
+                    * 0.5
+                    * (1.0 + (std::f64::consts::PI * epoch as f64 / config.epochs as f64).cos())
+            }
+        };
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0.0f64;
+        for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+            xb.clear();
+            yb.clear();
+            for &r in chunk {
+                xb.extend_from_slice(&x_train[r * d..(r + 1) * d]);
+                yb.push(y_train[r]);
+            }
+            let rows = chunk.len();
+            let x = Tensor::<2>::from_data(TensorData::new(xb.clone(), [rows, d]), &ad);
+            let y = Tensor::<1>::from_data(TensorData::new(yb.clone(), [rows]), &ad);
+            let loss = loss_of(task, net.forward(x), y, outputs);
+            let value = model::to_vec(loss.clone().into_data())
+                .first()
+                .copied()
+                .unwrap_or(f32::NAN);
+            if !value.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    batch: b + 1,
+                    loss: value,
+                    lr,
+                });
+            }
+            loss_sum += f64::from(value) * rows as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optim.step(lr, net, grads);
+            progress.set(
+                (epoch * n_train + (b + 1) * config.batch_size).min((epoch + 1) * n_train) as u64,
+            );
+        }
+        let _ = batches_per_epoch;
+        let train_loss = loss_sum / n_train as f64;
+
+        // Validation on the weights as they are now.
+        let eval = net.valid();
+        let (validation_loss, validation_metrics) = if n_val > 0 {
+            let out = forward_rows(&eval, &x_val, d, &plain);
+            let loss = loss_value(task, &out, &y_val, outputs);
+            (loss, metrics_of(task, &out, &y_val, outputs))
+        } else {
+            (train_loss, BTreeMap::new())
+        };
+        let mut logged: Vec<(String, f64)> = vec![
+            ("train_loss".into(), train_loss),
+            ("validation_loss".into(), validation_loss),
+        ];
+        logged.extend(
+            validation_metrics
+                .iter()
+                .map(|(k, v)| (format!("validation_{k}"), *v)),
+        );
+        let refs: Vec<(&str, f64)> = logged.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        logger.log(epoch as i64 + 1, &refs);
+        history.push(EpochReport {
+            epoch: epoch + 1,
+            train_loss,
+            validation_loss,
+            validation_metrics,
+        });
+
+        if best.as_ref().is_none_or(|(b, _)| validation_loss < *b) {
+            best = Some((validation_loss, eval.weights()));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if config.patience.is_some_and(|p| since_best >= p) {
+                break;
+            }
+        }
+    }
+    progress.finish();
+    let weights = match best {
+        Some((_, w)) => w,
+        None => net.valid().weights(),
+    };
+
+    let architecture = Architecture::Mlp {
+        inputs: d,
+        hidden: hidden.clone(),
+        activation: config.activation,
+        outputs,
+    };
+    let mut hyperparameters = BTreeMap::new();
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
+        transform: None,
+        ..config.clone()
+    }) {
+        hyperparameters.extend(m);
+    }
+    let mut manifest = Manifest {
+        magic: BUNDLE_MAGIC.to_string(),
+        format_version: BUNDLE_FORMAT_VERSION,
+        task,
+        target: target.to_string(),
+        labels,
+        signature: fitted.inputs().to_vec(),
+        transform: fitted.clone(),
+        architecture,
+        hyperparameters,
+        training_statistics: DatasetStatistics::compute(&train_t),
+        metrics: BTreeMap::new(),
+        lineage: BundleLineage {
+            dataset_fingerprint: Some(table.fingerprint().to_string()),
+            transform_digest: Some(fitted.digest()),
+            ..Default::default()
+        },
+    };
+
+    // Test metrics from the saved weights, through the same path a reloaded bundle takes.
+    let predictor = Predictor::new(&manifest, &weights, config.device)?;
+    let test_predictions = predictor.predict(&test_t)?;
+    let test_metrics = if n_test > 0 {
+        metrics_of(task, &test_predictions, &y_test, predictor.width())
+    } else {
+        BTreeMap::new()
+    };
+    let refs: Vec<(String, f64)> = test_metrics
+        .iter()
+        .map(|(k, v)| (format!("test_{k}"), *v))
+        .collect();
+    let refs: Vec<(&str, f64)> = refs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    logger.log(history.len() as i64, &refs);
+    manifest.metrics = test_metrics
+        .iter()
+        .map(|(k, v)| (format!("test_{k}"), *v))
+        .collect();
+    Ok(TrainOutcome {
+        manifest,
+        weights,
+        test_metrics,
+        history,
+        test_predictions,
+        rows: splits,
+    })
+}
+
+fn kiln_core_hint(target: &str, table: &Table) -> String {
+    let hint = kiln_core::suggest::hint(target, table.names());
+    if !hint.is_empty() {
+        return hint;
+    }
+    let names: Vec<String> = table.names().take(8).map(|n| format!("`{n}`")).collect();
+    format!(
+        "; columns are {}{}",
+        names.join(", "),
+        if table.num_columns() > 8 { ", …" } else { "" }
+    )
+}
+
+fn label_text(v: &Result<String, f64>, ty: ColumnType) -> String {
+    match v {
+        Ok(s) => s.clone(),
+        Err(x) => category_of_number(ty, *x),
+    }
+}
+
+fn infer_task(ty: ColumnType, raw: &[Result<String, f64>]) -> Task {
+    match ty {
+        ColumnType::Categorical | ColumnType::Boolean => Task::MultiClassification,
+        ColumnType::Integer => {
+            let mut distinct: Vec<i64> = raw
+                .iter()
+                .filter_map(|v| v.as_ref().err().map(|x| *x as i64))
+                .collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if distinct.len() <= 20 {
+                Task::MultiClassification
+            } else {
+                Task::Regression
+            }
+        }
+        ColumnType::Float => Task::Regression,
+    }
+}
+
+/// The training loss of a batch: binary cross-entropy on logits, cross-entropy, or squared error.
+fn loss_of(task: Task, out: Tensor<2>, y: Tensor<1>, outputs: usize) -> Tensor<1> {
+    let rows = out.dims()[0];
+    match task {
+        Task::BinaryClassification => {
+            let z = out.reshape([rows]);
+            // softplus(z) − z·y, written to stay finite for large |z|.
+            let softplus = z.clone().clamp_min(0.0) + z.clone().abs().neg().exp().log1p();
+            (softplus - z * y).mean()
+        }
+        Task::MultiClassification => {
+            let logp = log_softmax(out, 1);
+            let onehot = y.int().one_hot(outputs).float();
+            (logp * onehot).sum_dim(1).mean().neg()
+        }
+        Task::Regression => {
+            let diff = out.reshape([rows]) - y;
+            (diff.clone() * diff).mean()
+        }
+    }
+}
+
+/// Runs the network over row-major features in chunks; returns probabilities or values.
+fn forward_rows(net: &Net, x: &[f32], d: usize, device: &Device) -> Vec<f32> {
+    let rows = x.len() / d.max(1);
+    let mut out = Vec::new();
+    let chunk = 4096;
+    let mut start = 0;
+    while start < rows {
+        let end = (start + chunk).min(rows);
+        let t = Tensor::<2>::from_data(
+            TensorData::new(x[start * d..end * d].to_vec(), [end - start, d]),
+            device,
+        );
+        out.extend(model::to_vec(net.forward(t).into_data()));
+        start = end;
+    }
+    out
+}
+
+/// Turns raw network outputs into what the task reports: class probabilities or values.
+fn finish_outputs(task: Task, raw: Vec<f32>, outputs: usize, device: &Device) -> Vec<f32> {
+    if raw.is_empty() {
+        return raw;
+    }
+    let rows = raw.len() / outputs;
+    let t = Tensor::<2>::from_data(TensorData::new(raw, [rows, outputs]), device);
+    match task {
+        Task::BinaryClassification => {
+            let p = model::to_vec(sigmoid(t).into_data());
+            p.iter().flat_map(|p| [1.0 - p, *p]).collect()
+        }
+        Task::MultiClassification => model::to_vec(softmax(t, 1).into_data()),
+        Task::Regression => model::to_vec(t.into_data()),
+    }
+}
+
+fn loss_value(task: Task, raw: &[f32], y: &[f32], outputs: usize) -> f64 {
+    let n = y.len().max(1) as f64;
+    match task {
+        Task::BinaryClassification => {
+            raw.iter()
+                .zip(y)
+                .map(|(z, y)| {
+                    let z = f64::from(*z);
+                    z.max(0.0) + (-z.abs()).exp().ln_1p() - z * f64::from(*y)
+                })
+                .sum::<f64>()
+                / n
+        }
+        Task::MultiClassification => {
+            y.iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let row = &raw[i * outputs..(i + 1) * outputs];
+                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                    let lse = m + row
+                        .iter()
+                        .map(|v| (f64::from(*v) - m).exp())
+                        .sum::<f64>()
+                        .ln();
+                    lse - f64::from(row[*c as usize])
+                })
+                .sum::<f64>()
+                / n
+        }
+        Task::Regression => {
+            raw.iter()
+                .zip(y)
+                .map(|(p, y)| f64::from(p - y).powi(2))
+                .sum::<f64>()
+                / n
+        }
+    }
+}
+
+/// Metrics from raw outputs (logits or values) for validation, or from probabilities for test.
+fn metrics_of(task: Task, out: &[f32], y: &[f32], width: usize) -> BTreeMap<String, f64> {
+    let scalars = match task {
+        Task::Regression => {
+            let t: Vec<f64> = y.iter().map(|v| f64::from(*v)).collect();
+            let p: Vec<f64> = out.iter().map(|v| f64::from(*v)).collect();
+            RegressionMetrics::compute(&t, &p).scalars()
+        }
+        _ => {
+            let labels: Vec<u32> = y.iter().map(|v| *v as u32).collect();
+            let (probs, classes) = probabilities(task, out, width);
+            ClassificationMetrics::compute(&labels, &probs, classes).scalars()
+        }
+    };
+    scalars
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// Probabilities from either raw logits (width 1 or k) or already-finished probabilities (2 or k).
+fn probabilities(task: Task, out: &[f32], width: usize) -> (Vec<f32>, usize) {
+    match (task, width) {
+        (Task::BinaryClassification, 1) => (
+            out.iter()
+                .flat_map(|z| {
+                    let p = 1.0 / (1.0 + (-z).exp());
+                    [1.0 - p, p]
+                })
+                .collect(),
+            2,
+        ),
+        (Task::BinaryClassification, _) => (out.to_vec(), 2),
+        (_, k) if is_probability_rows(out, k) => (out.to_vec(), k),
+        (_, k) => {
+            let mut p = Vec::with_capacity(out.len());
+            for row in out.chunks(k) {
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
+                let s: f32 = e.iter().sum();
+                p.extend(e.iter().map(|v| v / s));
+            }
+            (p, k)
+        }
+    }
+}
+
+fn is_probability_rows(out: &[f32], k: usize) -> bool {
+    out.chunks(k).all(|r| {
+        r.iter().all(|v| (0.0..=1.0).contains(v)) && (r.iter().sum::<f32>() - 1.0).abs() < 1e-3
+    })
+}
+
+/// A loaded bundle that scores tables: the fitted transform, then the network.
+pub struct Predictor {
+    task: Task,
+    transform: FittedTransform,
+    net: Net,
+    outputs: usize,
+    device: Device,
+}
+
+impl Predictor {
+    /// Builds the network of a bundle on a device (no autodiff).
+    pub fn new(
+        manifest: &Manifest,
+        weights: &BTreeMap<String, Weight>,
+        choice: DeviceChoice,
+    ) -> Result<Predictor, TrainError> {
+        let device = device(choice)?;
+        let Architecture::Mlp {
+            inputs,
+            hidden,
+            activation,
+            outputs,
+        } = &manifest.architecture;
+        let mut sizes = vec![*inputs];
+        sizes.extend(hidden);
+        sizes.push(*outputs);
+        let net = Net::from_weights(&sizes, *activation, weights, &device)
+            .map_err(|m| TrainError::Data(format!("bundle weights: {m}")))?;
+        Ok(Predictor {
+            task: manifest.task,
+            transform: manifest.transform.clone(),
+            net,
+            outputs: *outputs,
+            device,
+        })
+    }
+
+    /// Numbers per row of [`Predictor::predict`]: 2 for binary (P(class 0), P(class 1)), k classes, or 1 value.
+    pub fn width(&self) -> usize {
+        match self.task {
+            Task::BinaryClassification => 2,
+            _ => self.outputs,
+        }
+    }
+
+    /// Class probabilities (classification) or values (regression) per row, row-major.
+    pub fn predict(&self, table: &Table) -> Result<Vec<f32>, TrainError> {
+        let x = self.transform.apply_table(table)?.dense;
+        let raw = forward_rows(&self.net, &x, self.transform.dense_width(), &self.device);
+        Ok(finish_outputs(self.task, raw, self.outputs, &self.device))
+    }
+}
