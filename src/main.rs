@@ -37,6 +37,8 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Score a file offline with a bundle or a registered model.
     Predict(cmd::train::PredictArgs),
+    /// Search hyperparameters: every trial a child run of one sweep run.
+    Sweep(cmd::train::SweepArgs),
 }
 
 /// What a command asks the process to exit with, beyond plain success.
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Models(c) => cmd::registry::models(&cli.home, c),
         Command::Train(a) => cmd::train::train(&cli.home, a),
         Command::Predict(a) => cmd::train::predict(&cli.home, a),
+        Command::Sweep(a) => cmd::train::sweep(&cli.home, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

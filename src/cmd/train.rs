@@ -385,3 +385,279 @@ fn write_csv(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()>
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
+
+/// `kiln sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The sweep (TOML): method, trials, parallel, metric, rungs, [base] options, [space].
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    target: String,
+    /// Override the number of random trials.
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Override how many trials train at once.
+    #[arg(long)]
+    parallel: Option<usize>,
+    #[arg(long, default_value = "Default")]
+    experiment: String,
+    /// Register the best trial as the next version of this model.
+    #[arg(long)]
+    register: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Each trial a child run of the sweep's run.
+struct ChildRuns<'a> {
+    reg: &'a Registry,
+    experiment: String,
+    parent: u64,
+    runs: std::sync::Mutex<BTreeMap<usize, u64>>,
+    total: usize,
+}
+
+impl kiln_trainer::sweep::TrialSink for ChildRuns<'_> {
+    fn start(
+        &self,
+        trial: usize,
+        params: &BTreeMap<String, serde_json::Value>,
+    ) -> Box<dyn RunLogger + '_> {
+        let params: BTreeMap<String, String> = params
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        o => o.to_string(),
+                    },
+                )
+            })
+            .collect();
+        let run = self.reg.create_run(NewRun {
+            experiment: self.experiment.clone(),
+            name: format!("trial-{trial}"),
+            params,
+            tags: BTreeMap::new(),
+            parent: Some(self.parent),
+            lineage: Lineage::default(),
+        });
+        match run {
+            Ok(run) => {
+                if let Ok(mut m) = self.runs.lock() {
+                    m.insert(trial, run.id);
+                }
+                Box::new(EpochLog {
+                    reg: self.reg,
+                    run: run.id,
+                    epochs: 0,
+                    quiet: true,
+                })
+            }
+            Err(e) => {
+                tracing::warn!("creating the run of trial {trial}: {e}");
+                Box::new(kiln_trainer::NoLogger)
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        trial: usize,
+        result: &Result<(kiln_trainer::TrainOutcome, f64), kiln_trainer::TrainError>,
+    ) {
+        let Some(run) = self.runs.lock().ok().and_then(|m| m.get(&trial).copied()) else {
+            return;
+        };
+        let done = (|| -> Result<()> {
+            match result {
+                Ok((outcome, _)) => {
+                    let mut manifest = outcome.manifest.clone();
+                    manifest.lineage.run_id = Some(run_id_text(run));
+                    let scratch = tempfile::tempdir()?;
+                    let dir = scratch.path().join("bundle");
+                    bundle::write(&dir, &manifest, &outcome.weights)?;
+                    self.reg.log_artifact(run, "model", &dir)?;
+                    self.reg.end_run(run, RunStatus::Finished)?;
+                    eprintln!(
+                        "trial {} of {}: run {} finished",
+                        trial + 1,
+                        self.total,
+                        run_id_text(run)
+                    );
+                }
+                Err(e) => {
+                    self.reg.end_run(run, RunStatus::Failed)?;
+                    eprintln!(
+                        "trial {} of {}: run {} failed: {e}",
+                        trial + 1,
+                        self.total,
+                        run_id_text(run)
+                    );
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = done {
+            tracing::warn!("recording trial {trial}: {e:#}");
+        }
+    }
+}
+
+pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let mut config: kiln_trainer::sweep::SweepConfig =
+        toml::from_str(&text).with_context(|| args.config.display().to_string())?;
+    if let Some(t) = args.trials {
+        config.trials = t;
+    }
+    if let Some(p) = args.parallel {
+        config.parallel = p;
+    }
+    let table = kiln_core::data::read_with_progress(&args.data, &Default::default(), &Bar::new())?;
+    if table.column_index(&args.target).is_none() {
+        bail!(
+            "{}: target column `{}` is not in the data{}",
+            args.data.display(),
+            args.target,
+            kiln_core::suggest::hint(&args.target, table.names())
+        );
+    }
+    let total = config.trial_params()?.len();
+    let reg = Registry::open(&home.dir)?;
+    let mut params = BTreeMap::new();
+    params.insert(
+        "sweep".to_string(),
+        serde_json::to_string(&config).unwrap_or_default(),
+    );
+    params.insert("target".to_string(), args.target.clone());
+    let parent = reg.create_run(NewRun {
+        experiment: args.experiment.clone(),
+        name: format!(
+            "sweep-{}",
+            args.config
+                .file_stem()
+                .map_or("".into(), |s| s.to_string_lossy())
+        ),
+        params,
+        tags: BTreeMap::new(),
+        parent: None,
+        lineage: Lineage {
+            dataset_fingerprint: Some(table.fingerprint().to_string()),
+            ..Default::default()
+        },
+    })?;
+    let sink = ChildRuns {
+        reg: &reg,
+        experiment: args.experiment.clone(),
+        parent: parent.id,
+        runs: std::sync::Mutex::new(BTreeMap::new()),
+        total,
+    };
+    eprintln!(
+        "sweep run {}: {} trials, {} at a time",
+        run_id_text(parent.id),
+        total,
+        config.parallel
+    );
+    let trials = match kiln_trainer::sweep::sweep(&table, &args.target, &config, &sink) {
+        Ok(t) => t,
+        Err(e) => {
+            reg.end_run(parent.id, RunStatus::Failed)?;
+            return Err(e.into());
+        }
+    };
+    let runs = sink.runs.lock().map(|m| m.clone()).unwrap_or_default();
+    let minimised = kiln_trainer::sweep::is_minimised(&config.metric);
+    let figure = |s: f64| if minimised { -s } else { s };
+    let best = trials.iter().find(|t| t.score.is_some());
+    if let Some(b) = best {
+        reg.log_metrics(
+            parent.id,
+            &[(
+                &format!("best_validation_{}", config.metric),
+                0,
+                figure(b.score.unwrap_or(0.0)),
+            )],
+        )?;
+    }
+    reg.end_run(parent.id, RunStatus::Finished)?;
+    let registered = match (&args.register, best.and_then(|b| runs.get(&b.index))) {
+        (Some(name), Some(run)) => {
+            Some(reg.register_version(name, *run, "model", "best sweep trial", None)?)
+        }
+        _ => None,
+    };
+    if args.json {
+        let rows: Vec<serde_json::Value> = trials
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "trial": t.index,
+                    "run": runs.get(&t.index).map(|r| run_id_text(*r)),
+                    "params": t.params,
+                    "validation": t.score.map(figure),
+                    "epochs": t.epochs,
+                    "error": t.error,
+                })
+            })
+            .collect();
+        ui::print_json(&serde_json::json!({
+            "parent": run_id_text(parent.id),
+            "metric": config.metric,
+            "trials": rows,
+            "registered": registered.as_ref().map(|v| serde_json::json!({"model": v.model, "version": v.version})),
+        }))?;
+        return Ok(Outcome::Ok);
+    }
+    let rows = trials
+        .iter()
+        .take(20)
+        .enumerate()
+        .map(|(rank, t)| {
+            vec![
+                (rank + 1).to_string(),
+                runs.get(&t.index).map_or("-".into(), |r| run_id_text(*r)),
+                t.score
+                    .map_or_else(|| "failed".to_string(), |s| num(figure(s))),
+                t.epochs.to_string(),
+                t.params
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", compact(v)))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]
+        })
+        .collect();
+    let metric = format!("validation {}", config.metric);
+    println!(
+        "{}",
+        ui::table(
+            &["rank", "run", &metric, "epochs", "params"],
+            rows,
+            &[0, 2, 3]
+        )
+    );
+    println!(
+        "\nsweep run {}: {} trials{}",
+        run_id_text(parent.id),
+        trials.len(),
+        registered.map_or(String::new(), |v| format!(
+            "; registered {} version {} from the best trial",
+            v.model, v.version
+        ))
+    );
+    Ok(Outcome::Ok)
+}
+
+fn compact(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64().map_or(n.to_string(), num),
+        other => other.to_string(),
+    }
+}

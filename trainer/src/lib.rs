@@ -7,6 +7,7 @@
 //! ([`DeviceChoice`]); nothing else knows which it is.
 
 mod model;
+pub mod sweep;
 
 use std::collections::BTreeMap;
 
@@ -570,7 +571,7 @@ pub fn train(
             since_best = 0;
         } else {
             since_best += 1;
-            if config.patience.is_some_and(|p| since_best >= p) {
+            if config.patience.is_some_and(|p| p > 0 && since_best >= p) {
                 break;
             }
         }

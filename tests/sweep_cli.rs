@@ -1,0 +1,116 @@
+//! `kiln sweep`: one command, trials in parallel, every trial a child run of the sweep's run.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use serde_json::Value;
+use util::Kiln;
+
+fn kiln(k: &Kiln, args: &[&str]) -> util::Run {
+    let home = k.path("home").display().to_string();
+    let mut all = vec!["--home", home.as_str()];
+    all.extend_from_slice(args);
+    k.run(&all)
+}
+
+#[test]
+fn a_24_trial_random_sweep_two_at_a_time() {
+    let k = Kiln::new();
+    let r = kiln(
+        &k,
+        &[
+            "sweep",
+            "--config",
+            "examples/breast_cancer.sweep.toml",
+            "--data",
+            "examples/data/breast_cancer.csv",
+            "--target",
+            "label",
+            "--register",
+            "bc",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let trials = out["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 24);
+    let scores: Vec<f64> = trials
+        .iter()
+        .map(|t| t["validation"].as_f64().unwrap())
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] <= w[1]),
+        "best (lowest loss) first: {scores:?}"
+    );
+    assert_eq!(out["registered"]["version"], 1);
+
+    let runs: Value =
+        serde_json::from_str(&kiln(&k, &["runs", "list", "--limit", "100", "--json"]).stdout)
+            .unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 25);
+    let parent = out["parent"].as_str().unwrap();
+    let children = runs.iter().filter(|r| r["parent"] == parent).count();
+    assert_eq!(children, 24);
+    let best_run = trials[0]["run"].as_str().unwrap();
+    let versions: Value =
+        serde_json::from_str(&kiln(&k, &["models", "versions", "bc", "--json"]).stdout).unwrap();
+    assert_eq!(
+        versions["versions"][0]["version"]["run_id"],
+        u64::from_str_radix(best_run, 16).unwrap()
+    );
+}
+
+#[test]
+fn grid_with_successive_halving() {
+    let k = Kiln::new();
+    let config = k.file(
+        "grid.toml",
+        "method = \"grid\"\nparallel = 2\nrungs = 2\neta = 2\nmetric = \"accuracy\"\n\n[base]\nmodel = \"logistic\"\nepochs = 8\npatience = 0\n\n[space]\nlr = { choice = [0.001, 0.01, 0.1] }\nbatch_size = { choice = [32, 128] }\n",
+    );
+    let r = kiln(
+        &k,
+        &[
+            "sweep",
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            "examples/data/breast_cancer.csv",
+            "--target",
+            "label",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let trials = out["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 6, "every grid point is a trial");
+    // Rung 1 trains all 6 for 4 epochs; the best 3 go on to 8 epochs.
+    let full = trials.iter().filter(|t| t["epochs"] == 8).count();
+    assert_eq!(full, 3, "{trials:?}");
+
+    let bad = k.file(
+        "bad.toml",
+        "method = \"grid\"\n[space]\nlr = { log_uniform = [0.001, 0.1] }\n",
+    );
+    let r = kiln(
+        &k,
+        &[
+            "sweep",
+            "--config",
+            bad.to_str().unwrap(),
+            "--data",
+            "examples/data/breast_cancer.csv",
+            "--target",
+            "label",
+        ],
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("grid search takes `choice` lists; `lr` is a range"),
+        "{}",
+        r.stderr
+    );
+}

@@ -1,0 +1,321 @@
+//! Hyperparameter sweeps: grid or random search over any training option, trials in parallel,
+//! optional successive halving, each trial reported to a [`TrialSink`] (the binary makes each a
+//! child run of one parent run).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kiln_core::data::Table;
+use kiln_core::progress::NoProgress;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{RunLogger, TrainConfig, TrainError, TrainOutcome, train};
+
+/// How values of one option are drawn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Domain {
+    /// One of these values (any JSON/TOML value: numbers, strings, lists such as hidden sizes).
+    Choice(Vec<Value>),
+    /// Uniform in `[lo, hi]`.
+    Uniform([f64; 2]),
+    /// Log-uniform in `[lo, hi]` (both positive), for learning rates and decays.
+    LogUniform([f64; 2]),
+    /// An integer uniform in `[lo, hi]`.
+    IntUniform([i64; 2]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Grid,
+    Random,
+}
+
+/// A sweep: the base training options, the space to search, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    #[serde(default = "random")]
+    pub method: Method,
+    /// Trials of a random search (a grid has as many as its points).
+    #[serde(default = "default_trials")]
+    pub trials: usize,
+    /// Trials trained at the same time.
+    #[serde(default = "one")]
+    pub parallel: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// The validation figure to optimise: `loss` (minimised) or a metric such as `accuracy`,
+    /// `roc_auc`, `f1`, `r2` (maximised) or `rmse`, `mae`, `log_loss` (minimised).
+    #[serde(default = "default_metric")]
+    pub metric: String,
+    /// Successive halving: train every trial for `epochs / eta^(rungs-1)` epochs, keep the best
+    /// `1/eta`, and so on for `rungs` rungs; 1 rung means no halving.
+    #[serde(default = "one")]
+    pub rungs: usize,
+    #[serde(default = "default_eta")]
+    pub eta: usize,
+    #[serde(default)]
+    pub base: TrainConfig,
+    pub space: BTreeMap<String, Domain>,
+}
+
+fn random() -> Method {
+    Method::Random
+}
+fn default_trials() -> usize {
+    10
+}
+fn one() -> usize {
+    1
+}
+fn default_eta() -> usize {
+    3
+}
+fn default_metric() -> String {
+    "loss".to_string()
+}
+
+/// Receives trials as they start and end.
+pub trait TrialSink: Sync {
+    /// A trial starts with these options; returns the logger for its epochs.
+    fn start(&self, trial: usize, params: &BTreeMap<String, Value>) -> Box<dyn RunLogger + '_>;
+    /// A trial ended, with its score (higher is better) or its error.
+    fn finish(&self, trial: usize, result: &Result<(TrainOutcome, f64), TrainError>);
+}
+
+/// One finished trial.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    pub index: usize,
+    pub params: BTreeMap<String, Value>,
+    /// Higher is better (minimised figures are negated).
+    pub score: Option<f64>,
+    pub error: Option<String>,
+    pub epochs: usize,
+}
+
+/// Whether a metric is minimised.
+fn minimised(metric: &str) -> bool {
+    matches!(metric, "loss" | "log_loss" | "rmse" | "mae")
+}
+
+/// The trial's score: the best epoch's validation figure, higher is better.
+fn score(outcome: &TrainOutcome, metric: &str) -> Option<f64> {
+    let values = outcome.history.iter().filter_map(|e| {
+        if metric == "loss" {
+            Some(e.validation_loss)
+        } else {
+            e.validation_metrics.get(metric).copied()
+        }
+    });
+    if minimised(metric) {
+        values
+            .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v))))
+            .map(|v| -v)
+    } else {
+        values.fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v))))
+    }
+}
+
+impl SweepConfig {
+    /// The options of every trial, in order.
+    pub fn trial_params(&self) -> Result<Vec<BTreeMap<String, Value>>, TrainError> {
+        for (name, domain) in &self.space {
+            let bad = match domain {
+                Domain::Choice(v) => v.is_empty(),
+                Domain::Uniform([lo, hi]) => lo > hi || lo.is_nan() || hi.is_nan(),
+                Domain::LogUniform([lo, hi]) => !(*lo > 0.0 && lo <= hi),
+                Domain::IntUniform([lo, hi]) => lo > hi,
+            };
+            if bad {
+                return Err(TrainError::Config(format!(
+                    "sweep space `{name}`: an empty or inverted range"
+                )));
+            }
+        }
+        match self.method {
+            Method::Grid => {
+                let mut points = vec![BTreeMap::new()];
+                for (name, domain) in &self.space {
+                    let Domain::Choice(values) = domain else {
+                        return Err(TrainError::Config(format!(
+                            "grid search takes `choice` lists; `{name}` is a range (use method = \"random\")"
+                        )));
+                    };
+                    points = points
+                        .into_iter()
+                        .flat_map(|p| {
+                            values.iter().map(move |v| {
+                                let mut q = p.clone();
+                                q.insert(name.clone(), v.clone());
+                                q
+                            })
+                        })
+                        .collect();
+                }
+                Ok(points)
+            }
+            Method::Random => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+                Ok((0..self.trials)
+                    .map(|_| {
+                        self.space
+                            .iter()
+                            .map(|(name, d)| {
+                                let v = match d {
+                                    Domain::Choice(values) => {
+                                        values[rng.random_range(0..values.len())].clone()
+                                    }
+                                    Domain::Uniform([lo, hi]) => {
+                                        Value::from(lo + (hi - lo) * rng.random::<f64>())
+                                    }
+                                    Domain::LogUniform([lo, hi]) => Value::from(
+                                        (lo.ln() + (hi.ln() - lo.ln()) * rng.random::<f64>()).exp(),
+                                    ),
+                                    Domain::IntUniform([lo, hi]) => {
+                                        Value::from(rng.random_range(*lo..=*hi))
+                                    }
+                                };
+                                (name.clone(), v)
+                            })
+                            .collect()
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// The training options of one trial: the base with the trial's values set.
+    pub fn trial_config(
+        &self,
+        params: &BTreeMap<String, Value>,
+        epochs: Option<usize>,
+    ) -> Result<TrainConfig, TrainError> {
+        let mut base =
+            serde_json::to_value(&self.base).map_err(|e| TrainError::Config(e.to_string()))?;
+        if let Value::Object(m) = &mut base {
+            for (k, v) in params {
+                m.insert(k.clone(), v.clone());
+            }
+            if let Some(e) = epochs {
+                m.insert("epochs".into(), Value::from(e));
+            }
+        }
+        serde_json::from_value(base).map_err(|e| TrainError::Config(format!("sweep space: {e}")))
+    }
+}
+
+/// Runs a sweep; trials that fail are reported and skipped. Returns every trial, best first.
+pub fn sweep(
+    table: &Table,
+    target: &str,
+    config: &SweepConfig,
+    sink: &dyn TrialSink,
+) -> Result<Vec<Trial>, TrainError> {
+    let all = config.trial_params()?;
+    if all.is_empty() {
+        return Err(TrainError::Config("the sweep has no trials".to_string()));
+    }
+    for p in &all {
+        config.trial_config(p, None)?;
+    }
+    let rungs = config.rungs.max(1);
+    let eta = config.eta.max(2);
+    let mut alive: Vec<usize> = (0..all.len()).collect();
+    let mut results: BTreeMap<usize, Trial> = BTreeMap::new();
+    for rung in 0..rungs {
+        let factor = eta.pow((rungs - 1 - rung) as u32);
+        let epochs = (config.base.epochs / factor).max(1);
+        let done = run_rung(table, target, config, &all, &alive, epochs, sink);
+        for t in done {
+            results.insert(t.index, t);
+        }
+        if rung + 1 < rungs {
+            let mut ranked: Vec<usize> = alive
+                .iter()
+                .copied()
+                .filter(|i| results[i].score.is_some())
+                .collect();
+            ranked.sort_by(|a, b| {
+                results[b]
+                    .score
+                    .unwrap_or(f64::MIN)
+                    .total_cmp(&results[a].score.unwrap_or(f64::MIN))
+            });
+            ranked.truncate((ranked.len() / eta).max(1));
+            alive = ranked;
+        }
+    }
+    let mut out: Vec<Trial> = results.into_values().collect();
+    out.sort_by(|a, b| {
+        b.score
+            .unwrap_or(f64::MIN)
+            .total_cmp(&a.score.unwrap_or(f64::MIN))
+    });
+    Ok(out)
+}
+
+fn run_rung(
+    table: &Table,
+    target: &str,
+    config: &SweepConfig,
+    all: &[BTreeMap<String, Value>],
+    alive: &[usize],
+    epochs: usize,
+    sink: &dyn TrialSink,
+) -> Vec<Trial> {
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(Vec::new());
+    let workers = config.parallel.clamp(1, alive.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(&index) = alive.get(k) else { break };
+                    let params = &all[index];
+                    let logger = sink.start(index, params);
+                    let result = config
+                        .trial_config(params, Some(epochs))
+                        .and_then(|c| train(table, target, &c, &NoProgress, logger.as_ref()))
+                        .map(|o| {
+                            let s = score(&o, &config.metric).unwrap_or(f64::MIN);
+                            (o, s)
+                        });
+                    drop(logger);
+                    sink.finish(index, &result);
+                    let trial = match &result {
+                        Ok((o, s)) => Trial {
+                            index,
+                            params: params.clone(),
+                            score: Some(*s),
+                            error: None,
+                            epochs: o.history.len(),
+                        },
+                        Err(e) => Trial {
+                            index,
+                            params: params.clone(),
+                            score: None,
+                            error: Some(e.to_string()),
+                            epochs: 0,
+                        },
+                    };
+                    if let Ok(mut d) = done.lock() {
+                        d.push(trial);
+                    }
+                }
+            });
+        }
+    });
+    done.into_inner().unwrap_or_default()
+}
+
+/// Whether higher scores of `metric` mean lower raw values (for showing scores as figures).
+pub fn is_minimised(metric: &str) -> bool {
+    minimised(metric)
+}
