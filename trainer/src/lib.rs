@@ -450,6 +450,107 @@ pub fn train(
     sizes.extend(&hidden);
     sizes.push(outputs);
 
+    let (weights, history) = fit_network(
+        &Dense {
+            x: &x_train,
+            y: &y_train,
+            d,
+        },
+        &Dense {
+            x: &x_val,
+            y: &y_val,
+            d,
+        },
+        &sizes,
+        task,
+        config,
+        progress,
+        logger,
+    )?;
+
+    let architecture = Architecture::Mlp {
+        inputs: d,
+        hidden: hidden.clone(),
+        activation: config.activation,
+        outputs,
+    };
+    let mut hyperparameters = BTreeMap::new();
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
+        transform: None,
+        ..config.clone()
+    }) {
+        hyperparameters.extend(m);
+    }
+    let mut manifest = Manifest {
+        magic: BUNDLE_MAGIC.to_string(),
+        format_version: BUNDLE_FORMAT_VERSION,
+        task,
+        target: target.to_string(),
+        labels,
+        signature: fitted.inputs().to_vec(),
+        transform: fitted.clone(),
+        architecture,
+        hyperparameters,
+        training_statistics: DatasetStatistics::compute(&train_t),
+        metrics: BTreeMap::new(),
+        lineage: BundleLineage {
+            dataset_fingerprint: Some(table.fingerprint().to_string()),
+            transform_digest: Some(fitted.digest()),
+            ..Default::default()
+        },
+    };
+
+    // Test metrics from the saved weights, through the same path a reloaded bundle takes.
+    let predictor = Predictor::new(&manifest, &weights, config.device)?;
+    let test_predictions = predictor.predict(&test_t)?;
+    let test_metrics = if n_test > 0 {
+        metrics_of(task, &test_predictions, &y_test, predictor.width())
+    } else {
+        BTreeMap::new()
+    };
+    let refs: Vec<(String, f64)> = test_metrics
+        .iter()
+        .map(|(k, v)| (format!("test_{k}"), *v))
+        .collect();
+    let refs: Vec<(&str, f64)> = refs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    logger.log(history.len() as i64, &refs);
+    manifest.metrics = test_metrics
+        .iter()
+        .map(|(k, v)| (format!("test_{k}"), *v))
+        .collect();
+    Ok(TrainOutcome {
+        manifest,
+        weights,
+        test_metrics,
+        history,
+        test_predictions,
+        rows: splits,
+    })
+}
+
+/// Rows of dense features with their targets (class ids or values), row-major.
+pub struct Dense<'a> {
+    pub x: &'a [f32],
+    pub y: &'a [f32],
+    pub d: usize,
+}
+
+/// The training loop alone: trains a network of `sizes` on dense features and returns the weights
+/// of the epoch with the best validation loss, and every epoch's figures.
+pub fn fit_network(
+    train: &Dense<'_>,
+    validation: &Dense<'_>,
+    sizes: &[usize],
+    task: Task,
+    config: &TrainConfig,
+    progress: &dyn Progress,
+    logger: &dyn RunLogger,
+) -> Result<(BTreeMap<String, Weight>, Vec<EpochReport>), TrainError> {
+    let (x_train, y_train, d) = (train.x, train.y, train.d);
+    let (x_val, y_val) = (validation.x, validation.y);
+    let n_train = y_train.len();
+    let n_val = y_val.len();
+    let outputs = sizes[sizes.len() - 1];
     let plain = device(config.device)?;
     plain.seed(config.seed);
     let ad = plain.clone().autodiff();
@@ -581,65 +682,7 @@ pub fn train(
         Some((_, w)) => w,
         None => net.valid().weights(),
     };
-
-    let architecture = Architecture::Mlp {
-        inputs: d,
-        hidden: hidden.clone(),
-        activation: config.activation,
-        outputs,
-    };
-    let mut hyperparameters = BTreeMap::new();
-    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
-        transform: None,
-        ..config.clone()
-    }) {
-        hyperparameters.extend(m);
-    }
-    let mut manifest = Manifest {
-        magic: BUNDLE_MAGIC.to_string(),
-        format_version: BUNDLE_FORMAT_VERSION,
-        task,
-        target: target.to_string(),
-        labels,
-        signature: fitted.inputs().to_vec(),
-        transform: fitted.clone(),
-        architecture,
-        hyperparameters,
-        training_statistics: DatasetStatistics::compute(&train_t),
-        metrics: BTreeMap::new(),
-        lineage: BundleLineage {
-            dataset_fingerprint: Some(table.fingerprint().to_string()),
-            transform_digest: Some(fitted.digest()),
-            ..Default::default()
-        },
-    };
-
-    // Test metrics from the saved weights, through the same path a reloaded bundle takes.
-    let predictor = Predictor::new(&manifest, &weights, config.device)?;
-    let test_predictions = predictor.predict(&test_t)?;
-    let test_metrics = if n_test > 0 {
-        metrics_of(task, &test_predictions, &y_test, predictor.width())
-    } else {
-        BTreeMap::new()
-    };
-    let refs: Vec<(String, f64)> = test_metrics
-        .iter()
-        .map(|(k, v)| (format!("test_{k}"), *v))
-        .collect();
-    let refs: Vec<(&str, f64)> = refs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    logger.log(history.len() as i64, &refs);
-    manifest.metrics = test_metrics
-        .iter()
-        .map(|(k, v)| (format!("test_{k}"), *v))
-        .collect();
-    Ok(TrainOutcome {
-        manifest,
-        weights,
-        test_metrics,
-        history,
-        test_predictions,
-        rows: splits,
-    })
+    Ok((weights, history))
 }
 
 fn kiln_core_hint(target: &str, table: &Table) -> String {
