@@ -588,7 +588,6 @@ pub fn fit_network(
     let mut history = Vec::new();
     let mut best: Option<(f64, BTreeMap<String, Weight>)> = None;
     let mut since_best = 0usize;
-    let batches_per_epoch = n_train.div_ceil(config.batch_size);
     let mut xb: Vec<f32> = Vec::with_capacity(config.batch_size * d);
     let mut yb: Vec<f32> = Vec::with_capacity(config.batch_size);
     progress.start(
@@ -637,7 +636,6 @@ pub fn fit_network(
                 (epoch * n_train + (b + 1) * config.batch_size).min((epoch + 1) * n_train) as u64,
             );
         }
-        let _ = batches_per_epoch;
         let train_loss = loss_sum / n_train as f64;
 
         // Validation on the weights as they are now.
