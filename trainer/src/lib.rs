@@ -554,7 +554,7 @@ pub fn fit_network(
     let plain = device(config.device)?;
     plain.seed(config.seed);
     let ad = plain.clone().autodiff();
-    let mut net = Net::new(&sizes, config.activation, config.dropout, &ad);
+    let mut net = Net::new(sizes, config.activation, config.dropout, &ad);
     let mut optim = match config.optimizer {
         OptimizerKind::Adam => {
             let mut c = AdamConfig::new();
@@ -641,9 +641,9 @@ pub fn fit_network(
         // Validation on the weights as they are now.
         let eval = net.valid();
         let (validation_loss, validation_metrics) = if n_val > 0 {
-            let out = forward_rows(&eval, &x_val, d, &plain);
-            let loss = loss_value(task, &out, &y_val, outputs);
-            (loss, metrics_of(task, &out, &y_val, outputs))
+            let out = forward_rows(&eval, x_val, d, &plain);
+            let loss = loss_value(task, &out, y_val, outputs);
+            (loss, metrics_of(task, &out, y_val, outputs))
         } else {
             (train_loss, BTreeMap::new())
         };
