@@ -8,7 +8,7 @@
 use std::io::BufWriter;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use kiln_core::bundle::Task;
+use kiln_core::bundle::{Activation, Architecture, Task};
 use kiln_core::data::{self, ReadOptions};
 use kiln_core::progress::NoProgress;
 use kiln_core::transform::TransformSpec;
@@ -37,8 +37,20 @@ fn training(c: &mut Criterion) {
         .map(|v| v.unwrap_or(0.0) as f32)
         .collect();
     let d = fitted.dense_width();
-    let data = Dense { x: &x, y: &y, d };
-    let none = Dense { x: &[], y: &[], d };
+    let data = Dense {
+        x: &x,
+        ids: &[],
+        y: &y,
+        d,
+        k: 0,
+    };
+    let none = Dense {
+        x: &[],
+        ids: &[],
+        y: &[],
+        d,
+        k: 0,
+    };
 
     let mut g = c.benchmark_group("train_one_epoch");
     g.sample_size(10);
@@ -55,15 +67,18 @@ fn training(c: &mut Criterion) {
             patience: None,
             ..TrainConfig::default()
         };
-        let mut sizes = vec![d];
-        sizes.extend(&hidden);
-        sizes.push(1);
+        let architecture = Architecture::Mlp {
+            inputs: d,
+            hidden: hidden.clone(),
+            activation: Activation::Relu,
+            outputs: 1,
+        };
         g.bench_function(name, |b| {
             b.iter(|| {
                 fit_network(
                     &data,
                     &none,
-                    &sizes,
+                    &architecture,
                     Task::BinaryClassification,
                     &config,
                     &NoProgress,

@@ -7,7 +7,8 @@
 //!
 //! Tensor naming, so any framework can produce or read a bundle: dense layer `i` of the network
 //! has `dense.{i}.weight` with shape `[inputs, outputs]` and `dense.{i}.bias` with `[outputs]`;
-//! embedding tables are `embedding.{column}` with shape `[ids, width]`.
+//! a wide-and-deep model adds `embedding.{j}` with shape `[ids, width]` for the `j`-th id column
+//! of the transform, and its wide part `wide.weight` `[inputs, outputs]` and `wide.bias`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -56,6 +57,24 @@ pub enum Architecture {
         activation: Activation,
         outputs: usize,
     },
+    /// Wide and deep: outputs = wide(dense features) + deep(dense features ‖ embeddings of the
+    /// id columns), the deep part being dense layers as in `Mlp` whose first layer takes
+    /// `inputs + Σ width` values.
+    WideDeep {
+        inputs: usize,
+        embeddings: Vec<EmbeddingShape>,
+        hidden: Vec<usize>,
+        activation: Activation,
+        outputs: usize,
+    },
+}
+
+/// One embedding table of a wide-and-deep model, for one id column of the transform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbeddingShape {
+    pub column: String,
+    pub ids: usize,
+    pub width: usize,
 }
 
 /// Where a bundle came from.

@@ -17,8 +17,8 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{log_softmax, sigmoid, softmax};
 use kiln_core::bundle::{
-    Activation, Architecture, BUNDLE_FORMAT_VERSION, BUNDLE_MAGIC, BundleLineage, Manifest, Task,
-    Weight,
+    Activation, Architecture, BUNDLE_FORMAT_VERSION, BUNDLE_MAGIC, BundleLineage, EmbeddingShape,
+    Manifest, Task, Weight,
 };
 use kiln_core::data::{ColumnType, Table, category_of_number};
 use kiln_core::metrics::{ClassificationMetrics, RegressionMetrics};
@@ -38,7 +38,8 @@ pub enum ModelKind {
     /// Logistic regression (classification) or linear regression: no hidden layers.
     Logistic,
     Mlp,
-    /// Wide-and-deep with embeddings; not available yet.
+    /// Wide and deep: a linear part plus an MLP over the features and embeddings of the
+    /// transform's id columns (vocabulary or hashed ids).
     WideDeep,
 }
 
@@ -309,11 +310,6 @@ pub fn train(
             name: target.to_string(),
             hint: kiln_core_hint(target, table),
         })?;
-    if config.model == ModelKind::WideDeep {
-        return Err(TrainError::Config(
-            "--model wide-deep is not available yet; use logistic or mlp".to_string(),
-        ));
-    }
     if config.batch_size == 0 || config.epochs == 0 {
         return Err(TrainError::Config(
             "--batch-size and --epochs must be at least 1".to_string(),
@@ -423,14 +419,14 @@ pub fn train(
         )));
     }
     let fitted = spec.fit(&train_t)?;
-    if fitted.id_width() > 0 {
+    if fitted.id_width() > 0 && config.model != ModelKind::WideDeep {
         return Err(TrainError::Config(format!(
-            "the transform has id outputs ({}); they feed embeddings, which need --model wide-deep (not available yet); use output = \"one_hot\"",
+            "the transform has id outputs ({}) that feed embeddings; train with --model wide-deep, or use output = \"one_hot\"",
             fitted.id_names().join(", ")
         )));
     }
-    let x_train = fitted.apply_table(&train_t)?.dense;
-    let x_val = fitted.apply_table(&val_t)?.dense;
+    let f_train = fitted.apply_table(&train_t)?;
+    let f_val = fitted.apply_table(&val_t)?;
     let d = fitted.dense_width();
     if d == 0 {
         return Err(TrainError::Config(
@@ -441,39 +437,59 @@ pub fn train(
         Task::MultiClassification => labels.len(),
         _ => 1,
     };
-    let hidden: Vec<usize> = if config.model == ModelKind::Mlp {
-        config.hidden.clone()
-    } else {
+    let hidden: Vec<usize> = if config.model == ModelKind::Logistic {
         vec![]
+    } else {
+        config.hidden.clone()
     };
-    let mut sizes = vec![d];
-    sizes.extend(&hidden);
-    sizes.push(outputs);
+    let architecture = match config.model {
+        ModelKind::WideDeep => Architecture::WideDeep {
+            inputs: d,
+            embeddings: fitted
+                .id_names()
+                .iter()
+                .zip(fitted.id_cardinalities())
+                .map(|(column, ids)| EmbeddingShape {
+                    column: column.clone(),
+                    ids: *ids as usize,
+                    // A common rule of thumb: about six times the fourth root of the vocabulary.
+                    width: ((6.0 * f64::from(*ids).powf(0.25)).ceil() as usize).clamp(2, 16),
+                })
+                .collect(),
+            hidden: hidden.clone(),
+            activation: config.activation,
+            outputs,
+        },
+        _ => Architecture::Mlp {
+            inputs: d,
+            hidden: hidden.clone(),
+            activation: config.activation,
+            outputs,
+        },
+    };
 
     let (weights, history) = fit_network(
         &Dense {
-            x: &x_train,
+            x: &f_train.dense,
+            ids: &f_train.ids,
             y: &y_train,
             d,
+            k: fitted.id_width(),
         },
         &Dense {
-            x: &x_val,
+            x: &f_val.dense,
+            ids: &f_val.ids,
             y: &y_val,
             d,
+            k: fitted.id_width(),
         },
-        &sizes,
+        &architecture,
         task,
         config,
         progress,
         logger,
     )?;
 
-    let architecture = Architecture::Mlp {
-        inputs: d,
-        hidden: hidden.clone(),
-        activation: config.activation,
-        outputs,
-    };
     let mut hyperparameters = BTreeMap::new();
     if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
         transform: None,
@@ -528,33 +544,38 @@ pub fn train(
     })
 }
 
-/// Rows of dense features with their targets (class ids or values), row-major.
+/// Rows of dense features, id columns and targets (class ids or values), row-major.
 pub struct Dense<'a> {
     pub x: &'a [f32],
+    /// `rows × k` ids (empty when `k` is 0).
+    pub ids: &'a [u32],
     pub y: &'a [f32],
     pub d: usize,
+    pub k: usize,
 }
 
-/// The training loop alone: trains a network of `sizes` on dense features and returns the weights
+/// The training loop alone: trains a network of `architecture` on features and returns the weights
 /// of the epoch with the best validation loss, and every epoch's figures.
 pub fn fit_network(
     train: &Dense<'_>,
     validation: &Dense<'_>,
-    sizes: &[usize],
+    architecture: &Architecture,
     task: Task,
     config: &TrainConfig,
     progress: &dyn Progress,
     logger: &dyn RunLogger,
 ) -> Result<(BTreeMap<String, Weight>, Vec<EpochReport>), TrainError> {
-    let (x_train, y_train, d) = (train.x, train.y, train.d);
-    let (x_val, y_val) = (validation.x, validation.y);
+    let (x_train, y_train, d, k) = (train.x, train.y, train.d, train.k);
+    let y_val = validation.y;
     let n_train = y_train.len();
     let n_val = y_val.len();
-    let outputs = sizes[sizes.len() - 1];
+    let outputs = match architecture {
+        Architecture::Mlp { outputs, .. } | Architecture::WideDeep { outputs, .. } => *outputs,
+    };
     let plain = device(config.device)?;
     plain.seed(config.seed);
     let ad = plain.clone().autodiff();
-    let mut net = Net::new(sizes, config.activation, config.dropout, &ad);
+    let mut net = Net::new(architecture, config.dropout, &ad);
     let mut optim = match config.optimizer {
         OptimizerKind::Adam => {
             let mut c = AdamConfig::new();
@@ -590,6 +611,7 @@ pub fn fit_network(
     let mut since_best = 0usize;
     let mut xb: Vec<f32> = Vec::with_capacity(config.batch_size * d);
     let mut yb: Vec<f32> = Vec::with_capacity(config.batch_size);
+    let mut ib: Vec<i64> = Vec::with_capacity(config.batch_size * k);
     progress.start(
         "training",
         Some((config.epochs * n_train) as u64),
@@ -609,14 +631,18 @@ pub fn fit_network(
         for (b, chunk) in order.chunks(config.batch_size).enumerate() {
             xb.clear();
             yb.clear();
+            ib.clear();
             for &r in chunk {
                 xb.extend_from_slice(&x_train[r * d..(r + 1) * d]);
+                ib.extend(train.ids[r * k..(r + 1) * k].iter().map(|v| i64::from(*v)));
                 yb.push(y_train[r]);
             }
             let rows = chunk.len();
             let x = Tensor::<2>::from_data(TensorData::new(xb.clone(), [rows, d]), &ad);
+            let ids = (k > 0)
+                .then(|| Tensor::<2, Int>::from_data(TensorData::new(ib.clone(), [rows, k]), &ad));
             let y = Tensor::<1>::from_data(TensorData::new(yb.clone(), [rows]), &ad);
-            let loss = loss_of(task, net.forward(x), y, outputs);
+            let loss = loss_of(task, net.forward(x, ids), y, outputs);
             let value = model::to_vec(loss.clone().into_data())
                 .first()
                 .copied()
@@ -641,7 +667,7 @@ pub fn fit_network(
         // Validation on the weights as they are now.
         let eval = net.valid();
         let (validation_loss, validation_metrics) = if n_val > 0 {
-            let out = forward_rows(&eval, x_val, d, &plain);
+            let out = forward_rows(&eval, validation, &plain);
             let loss = loss_value(task, &out, y_val, outputs);
             (loss, metrics_of(task, &out, y_val, outputs))
         } else {
@@ -745,19 +771,27 @@ fn loss_of(task: Task, out: Tensor<2>, y: Tensor<1>, outputs: usize) -> Tensor<1
     }
 }
 
-/// Runs the network over row-major features in chunks; returns probabilities or values.
-fn forward_rows(net: &Net, x: &[f32], d: usize, device: &Device) -> Vec<f32> {
-    let rows = x.len() / d.max(1);
+/// Runs the network over row-major features in chunks; returns its raw outputs.
+fn forward_rows(net: &Net, data: &Dense<'_>, device: &Device) -> Vec<f32> {
+    let (d, k) = (data.d, data.k);
+    let rows = data.x.len() / d.max(1);
     let mut out = Vec::new();
     let chunk = 4096;
     let mut start = 0;
     while start < rows {
         let end = (start + chunk).min(rows);
-        let t = Tensor::<2>::from_data(
-            TensorData::new(x[start * d..end * d].to_vec(), [end - start, d]),
+        let x = Tensor::<2>::from_data(
+            TensorData::new(data.x[start * d..end * d].to_vec(), [end - start, d]),
             device,
         );
-        out.extend(model::to_vec(net.forward(t).into_data()));
+        let ids = (k > 0).then(|| {
+            let v: Vec<i64> = data.ids[start * k..end * k]
+                .iter()
+                .map(|v| i64::from(*v))
+                .collect();
+            Tensor::<2, Int>::from_data(TensorData::new(v, [end - start, k]), device)
+        });
+        out.extend(model::to_vec(net.forward(x, ids).into_data()));
         start = end;
     }
     out
@@ -889,22 +923,16 @@ impl Predictor {
         choice: DeviceChoice,
     ) -> Result<Predictor, TrainError> {
         let device = device(choice)?;
-        let Architecture::Mlp {
-            inputs,
-            hidden,
-            activation,
-            outputs,
-        } = &manifest.architecture;
-        let mut sizes = vec![*inputs];
-        sizes.extend(hidden);
-        sizes.push(*outputs);
-        let net = Net::from_weights(&sizes, *activation, weights, &device)
+        let outputs = match &manifest.architecture {
+            Architecture::Mlp { outputs, .. } | Architecture::WideDeep { outputs, .. } => *outputs,
+        };
+        let net = Net::from_weights(&manifest.architecture, weights, &device)
             .map_err(|m| TrainError::Data(format!("bundle weights: {m}")))?;
         Ok(Predictor {
             task: manifest.task,
             transform: manifest.transform.clone(),
             net,
-            outputs: *outputs,
+            outputs,
             device,
         })
     }
@@ -919,8 +947,15 @@ impl Predictor {
 
     /// Class probabilities (classification) or values (regression) per row, row-major.
     pub fn predict(&self, table: &Table) -> Result<Vec<f32>, TrainError> {
-        let x = self.transform.apply_table(table)?.dense;
-        let raw = forward_rows(&self.net, &x, self.transform.dense_width(), &self.device);
+        let f = self.transform.apply_table(table)?;
+        let data = Dense {
+            x: &f.dense,
+            ids: &f.ids,
+            y: &[],
+            d: f.dense_width,
+            k: f.id_width,
+        };
+        let raw = forward_rows(&self.net, &data, &self.device);
         Ok(finish_outputs(self.task, raw, self.outputs, &self.device))
     }
 }

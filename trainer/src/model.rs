@@ -3,24 +3,89 @@
 use std::collections::BTreeMap;
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{gelu, relu, tanh};
-use kiln_core::bundle::{Activation, Weight};
+use kiln_core::bundle::{Activation, Architecture, Weight};
 
-/// Dense layers with an activation and dropout between them; no hidden layers is a linear model.
+/// Dense layers with an activation and dropout between them (no hidden layers is a linear
+/// model); for wide and deep, embeddings of the id columns join the dense features at the input
+/// of the layers, and a linear "wide" part of the dense features is added to the output.
 #[derive(Module, Debug)]
 pub struct Net {
+    embeddings: Vec<Embedding>,
+    wide: Option<Linear>,
     layers: Vec<Linear>,
     dropout: Dropout,
     #[module(skip)]
     activation: Activation,
 }
 
+/// The parts of an architecture, as burn layers need them.
+struct Shape {
+    /// Sizes of the dense stack, input first.
+    sizes: Vec<usize>,
+    /// `(ids, width)` of each embedding table.
+    tables: Vec<(usize, usize)>,
+    /// `(inputs, outputs)` of the wide part.
+    wide: Option<(usize, usize)>,
+    activation: Activation,
+}
+
+fn shape(arch: &Architecture) -> Shape {
+    match arch {
+        Architecture::Mlp {
+            inputs,
+            hidden,
+            activation,
+            outputs,
+        } => {
+            let mut sizes = vec![*inputs];
+            sizes.extend(hidden);
+            sizes.push(*outputs);
+            Shape {
+                sizes,
+                tables: vec![],
+                wide: None,
+                activation: *activation,
+            }
+        }
+        Architecture::WideDeep {
+            inputs,
+            embeddings,
+            hidden,
+            activation,
+            outputs,
+        } => {
+            let mut sizes = vec![inputs + embeddings.iter().map(|e| e.width).sum::<usize>()];
+            sizes.extend(hidden);
+            sizes.push(*outputs);
+            let tables = embeddings.iter().map(|e| (e.ids, e.width)).collect();
+            Shape {
+                sizes,
+                tables,
+                wide: Some((*inputs, *outputs)),
+                activation: *activation,
+            }
+        }
+    }
+}
+
 impl Net {
-    pub fn new(sizes: &[usize], activation: Activation, dropout: f64, device: &Device) -> Net {
+    pub fn new(arch: &Architecture, dropout: f64, device: &Device) -> Net {
+        let Shape {
+            sizes,
+            tables,
+            wide,
+            activation,
+        } = shape(arch);
         Net {
+            embeddings: tables
+                .iter()
+                .map(|(ids, width)| EmbeddingConfig::new(*ids, *width).init(device))
+                .collect(),
+            wide: wide.map(|(i, o)| LinearConfig::new(i, o).init(device)),
             layers: sizes
                 .windows(2)
                 .map(|w| LinearConfig::new(w[0], w[1]).init(device))
@@ -30,8 +95,24 @@ impl Net {
         }
     }
 
-    /// Logits (classification) or values (regression), `[rows, outputs]`.
-    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+    /// Logits (classification) or values (regression), `[rows, outputs]`, from dense features
+    /// `[rows, inputs]` and, for wide and deep, ids `[rows, id columns]`.
+    pub fn forward(&self, x: Tensor<2>, ids: Option<Tensor<2, Int>>) -> Tensor<2> {
+        let rows = x.dims()[0];
+        let wide = self.wide.as_ref().map(|w| w.forward(x.clone()));
+        let mut x = match ids {
+            Some(ids) if !self.embeddings.is_empty() => {
+                let mut parts = vec![x];
+                for (j, table) in self.embeddings.iter().enumerate() {
+                    let column = ids.clone().slice([0..rows, j..j + 1]);
+                    let e = table.forward(column);
+                    let width = e.dims()[2];
+                    parts.push(e.reshape([rows, width]));
+                }
+                Tensor::cat(parts, 1)
+            }
+            _ => x,
+        };
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x);
@@ -44,12 +125,48 @@ impl Net {
                 x = self.dropout.forward(x);
             }
         }
-        x
+        match wide {
+            Some(w) => x + w,
+            None => x,
+        }
     }
 
     /// The weights as a bundle names them: `dense.{i}.weight` `[in, out]`, `dense.{i}.bias` `[out]`.
     pub fn weights(&self) -> BTreeMap<String, Weight> {
         let mut out = BTreeMap::new();
+        for (j, table) in self.embeddings.iter().enumerate() {
+            let w = table.weight.val();
+            let shape = w.dims().to_vec();
+            out.insert(
+                format!("embedding.{j}"),
+                Weight {
+                    shape,
+                    data: to_vec(w.into_data()),
+                },
+            );
+        }
+        if let Some(wide) = &self.wide {
+            let w = wide.weight.val();
+            let shape = w.dims().to_vec();
+            out.insert(
+                "wide.weight".to_string(),
+                Weight {
+                    shape,
+                    data: to_vec(w.into_data()),
+                },
+            );
+            if let Some(b) = &wide.bias {
+                let b = b.val();
+                let shape = b.dims().to_vec();
+                out.insert(
+                    "wide.bias".to_string(),
+                    Weight {
+                        shape,
+                        data: to_vec(b.into_data()),
+                    },
+                );
+            }
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let w = layer.weight.val();
             let shape = w.dims().to_vec();
@@ -77,12 +194,34 @@ impl Net {
 
     /// Rebuilds a network from a bundle's tensors; `None` names the first missing or misshapen one.
     pub fn from_weights(
-        sizes: &[usize],
-        activation: Activation,
+        arch: &Architecture,
         weights: &BTreeMap<String, Weight>,
         device: &Device,
     ) -> Result<Net, String> {
-        let mut net = Net::new(sizes, activation, 0.0, device);
+        let mut net = Net::new(arch, 0.0, device);
+        let Shape {
+            sizes,
+            tables,
+            wide,
+            ..
+        } = shape(arch);
+        for (j, (table, (ids, width))) in net.embeddings.iter_mut().zip(&tables).enumerate() {
+            let w = take(weights, &format!("embedding.{j}"), &[*ids, *width])?;
+            table.weight = Param::from_tensor(Tensor::from_data(
+                TensorData::new(w, [*ids, *width]),
+                device,
+            ));
+        }
+        if let (Some(layer), Some((inp, out))) = (net.wide.as_mut(), wide) {
+            let w = take(weights, "wide.weight", &[inp, out])?;
+            let b = take(weights, "wide.bias", &[out])?;
+            layer.weight =
+                Param::from_tensor(Tensor::from_data(TensorData::new(w, [inp, out]), device));
+            layer.bias = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(b, [out]),
+                device,
+            )));
+        }
         for (i, layer) in net.layers.iter_mut().enumerate() {
             let (inp, out) = (sizes[i], sizes[i + 1]);
             let w = take(weights, &format!("dense.{i}.weight"), &[inp, out])?;
