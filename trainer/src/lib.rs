@@ -199,13 +199,16 @@ pub fn device(choice: DeviceChoice) -> Result<Device, TrainError> {
 
 #[cfg(feature = "gpu")]
 fn gpu_device() -> Result<Device, TrainError> {
-    match Device::wgpu_options().init() {
-        Ok(device) => Ok(device),
-        Err(e) => Err(TrainError::Device(format!(
-            "--device gpu: no GPU adapter found ({e}); install a Vulkan, Metal or DirectX driver, \
-             or train with --device cpu"
-        ))),
-    }
+    // burn registers the wgpu runtime once per process; later calls reuse that device.
+    static GPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| {
+            TrainError::Device(format!(
+                "--device gpu: no GPU adapter found ({e}); install a Vulkan, Metal or DirectX \
+                 driver, or train with --device cpu"
+            ))
+        })
 }
 
 #[cfg(not(feature = "gpu"))]
@@ -308,7 +311,7 @@ pub fn train(
         .column_index(target)
         .ok_or_else(|| TrainError::TargetMissing {
             name: target.to_string(),
-            hint: kiln_core_hint(target, table),
+            hint: target_hint(target, table),
         })?;
     if config.batch_size == 0 || config.epochs == 0 {
         return Err(TrainError::Config(
@@ -709,7 +712,7 @@ pub fn fit_network(
     Ok((weights, history))
 }
 
-fn kiln_core_hint(target: &str, table: &Table) -> String {
+fn target_hint(target: &str, table: &Table) -> String {
     let hint = kiln_core::suggest::hint(target, table.names());
     if !hint.is_empty() {
         return hint;
