@@ -615,12 +615,14 @@ pub fn fit_network(
     let mut xb: Vec<f32> = Vec::with_capacity(config.batch_size * d);
     let mut yb: Vec<f32> = Vec::with_capacity(config.batch_size);
     let mut ib: Vec<i64> = Vec::with_capacity(config.batch_size * k);
-    progress.start(
-        "training",
-        Some((config.epochs * n_train) as u64),
-        Unit::Rows,
-    );
+    let mut last_loss: Option<f64> = None;
     for epoch in 0..config.epochs {
+        // One bar per epoch: its number, the previous epoch's validation loss, rows and rows/s.
+        let phase = match last_loss {
+            Some(l) => format!("epoch {}/{} (loss {l:.4})", epoch + 1, config.epochs),
+            None => format!("epoch {}/{}", epoch + 1, config.epochs),
+        };
+        progress.start(&phase, Some(n_train as u64), Unit::Rows);
         let lr = match config.schedule {
             Schedule::Constant => config.lr,
             Schedule::Cosine => {
@@ -661,10 +663,9 @@ pub fn fit_network(
             loss_sum += f64::from(value) * rows as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             net = optim.step(lr, net, grads);
-            progress.set(
-                (epoch * n_train + (b + 1) * config.batch_size).min((epoch + 1) * n_train) as u64,
-            );
+            progress.set(((b + 1) * config.batch_size).min(n_train) as u64);
         }
+        progress.finish();
         let train_loss = loss_sum / n_train as f64;
 
         // Validation on the weights as they are now.
@@ -693,6 +694,7 @@ pub fn fit_network(
             validation_loss,
             validation_metrics,
         });
+        last_loss = Some(validation_loss);
 
         if best.as_ref().is_none_or(|(b, _)| validation_loss < *b) {
             best = Some((validation_loss, eval.weights()));
@@ -704,7 +706,6 @@ pub fn fit_network(
             }
         }
     }
-    progress.finish();
     let weights = match best {
         Some((_, w)) => w,
         None => net.valid().weights(),
