@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kiln's main job on bundled data: describe a dataset, infer and check its schema, fit feature
 # transforms and write model-ready features; then the same on synthetic click-through data;
-# then record it all in the registry: a run with lineage, an artifact, a version in production.
+# then train a model on it, register it, promote it to production and score the file with it.
 #
 #   KILN   the kiln binary (default: the release build in $CARGO_TARGET_DIR or target/)
 #   OUT    where results go (default: target/quickstart)
@@ -33,17 +33,11 @@ echo; echo "== synthetic click-through data: numbers, vocabularies, hashing"
 "$KILN" data transform "$OUT/ctr.csv" --spec examples/ctr.spec.toml \
   --fit-out "$OUT/ctr.fitted.json" -o "$OUT/ctr.features.csv"
 
-echo; echo "== track it: a run with lineage and an artifact, registered and promoted"
+echo; echo "== train, register, promote and score"
 HOME_DIR="$OUT/home"
 rm -rf "$HOME_DIR"
-RUN=$("$KILN" --home "$HOME_DIR" runs create --experiment quickstart --param spec=breast_cancer \
-  --dataset "$data" --transform "$OUT/breast_cancer.fitted.json")
-"$KILN" --home "$HOME_DIR" runs log "$RUN" --metric features=38 --metric rows=569
-mkdir -p "$OUT/bundle"
-cp "$OUT/breast_cancer.fitted.json" "$OUT/bundle/transform.json"
-"$KILN" --home "$HOME_DIR" runs artifact "$RUN" "$OUT/bundle" --name model
-"$KILN" --home "$HOME_DIR" runs end "$RUN"
-"$KILN" --home "$HOME_DIR" models register breast-cancer --run "$RUN"
+"$KILN" --home "$HOME_DIR" train --data "$data" --target label --experiment quickstart \
+  --spec examples/breast_cancer.spec.toml --epochs 40 --register breast-cancer
 "$KILN" --home "$HOME_DIR" models promote breast-cancer 1 --expect none --reason "first version"
-"$KILN" --home "$HOME_DIR" runs show "$RUN"
 "$KILN" --home "$HOME_DIR" models show breast-cancer
+"$KILN" --home "$HOME_DIR" predict --model breast-cancer@production --data "$data" -o "$OUT/breast_cancer.predictions.csv"

@@ -30,6 +30,7 @@ fn quickstart_runs_end_to_end() {
         "breast_cancer.features.parquet",
         "ctr.fitted.json",
         "ctr.features.csv",
+        "breast_cancer.predictions.csv",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
