@@ -7,10 +7,7 @@ use serde_json::Value;
 use util::Kiln;
 
 fn kiln(k: &Kiln, args: &[&str]) -> util::Run {
-    let home = k.path("home").display().to_string();
-    let mut all = vec!["--home", home.as_str()];
-    all.extend_from_slice(args);
-    k.run(&all)
+    k.run_home(args)
 }
 
 #[test]

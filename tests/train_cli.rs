@@ -9,10 +9,7 @@ use util::Kiln;
 const BC: &str = "examples/data/breast_cancer.csv";
 
 fn kiln(k: &Kiln, args: &[&str]) -> util::Run {
-    let home = k.path("home").display().to_string();
-    let mut all = vec!["--home", home.as_str()];
-    all.extend_from_slice(args);
-    k.run(&all)
+    k.run_home(args)
 }
 
 #[test]

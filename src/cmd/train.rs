@@ -201,15 +201,7 @@ impl RunLogger for EpochLog<'_> {
 
 pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
     let config = args.config()?;
-    let table = kiln_core::data::read_with_progress(&args.data, &Default::default(), &Bar::new())?;
-    if table.column_index(&args.target).is_none() {
-        bail!(
-            "{}: target column `{}` is not in the data{}",
-            args.data.display(),
-            args.target,
-            kiln_core::suggest::hint(&args.target, table.names())
-        );
-    }
+    let table = read_with_target(&args.data, &args.target)?;
     let reg = Registry::open(&home.dir)?;
     let mut params: BTreeMap<String, String> = BTreeMap::new();
     if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
@@ -376,6 +368,19 @@ pub fn predict(home: &Home, args: PredictArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// Reads training data, checking that the target column is there before any run is created.
+fn read_with_target(data: &Path, target: &str) -> Result<kiln_core::data::Table> {
+    let table = kiln_core::data::read_with_progress(data, &Default::default(), &Bar::new())?;
+    if table.column_index(target).is_none() {
+        bail!(
+            "{}: target column `{target}` is not in the data{}",
+            data.display(),
+            kiln_core::suggest::hint(target, table.names())
+        );
+    }
+    Ok(table)
+}
+
 fn write_csv(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
     let mut text = header.join(",");
     text.push('\n');
@@ -519,15 +524,7 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
     if let Some(p) = args.parallel {
         config.parallel = p;
     }
-    let table = kiln_core::data::read_with_progress(&args.data, &Default::default(), &Bar::new())?;
-    if table.column_index(&args.target).is_none() {
-        bail!(
-            "{}: target column `{}` is not in the data{}",
-            args.data.display(),
-            args.target,
-            kiln_core::suggest::hint(&args.target, table.names())
-        );
-    }
+    let table = read_with_target(&args.data, &args.target)?;
     let total = config.trial_params()?.len();
     let reg = Registry::open(&home.dir)?;
     let mut params = BTreeMap::new();

@@ -66,6 +66,14 @@ impl Kiln {
         }
     }
 
+    /// Runs with `--home` set to this test's `KILN_HOME`.
+    pub fn run_home(&self, args: &[&str]) -> Run {
+        let home = self.path("home").display().to_string();
+        let mut all = vec!["--home", home.as_str()];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
     /// Runs and expects success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let r = self.run(args);

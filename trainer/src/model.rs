@@ -131,68 +131,23 @@ impl Net {
         }
     }
 
-    /// The weights as a bundle names them: `dense.{i}.weight` `[in, out]`, `dense.{i}.bias` `[out]`.
+    /// The weights as a bundle names them: `embedding.{j}`, `wide.weight`/`wide.bias`,
+    /// `dense.{i}.weight` `[in, out]` and `dense.{i}.bias` `[out]`.
     pub fn weights(&self) -> BTreeMap<String, Weight> {
         let mut out = BTreeMap::new();
         for (j, table) in self.embeddings.iter().enumerate() {
-            let w = table.weight.val();
-            let shape = w.dims().to_vec();
-            out.insert(
-                format!("embedding.{j}"),
-                Weight {
-                    shape,
-                    data: to_vec(w.into_data()),
-                },
-            );
+            out.insert(format!("embedding.{j}"), weight(table.weight.val()));
         }
         if let Some(wide) = &self.wide {
-            let w = wide.weight.val();
-            let shape = w.dims().to_vec();
-            out.insert(
-                "wide.weight".to_string(),
-                Weight {
-                    shape,
-                    data: to_vec(w.into_data()),
-                },
-            );
-            if let Some(b) = &wide.bias {
-                let b = b.val();
-                let shape = b.dims().to_vec();
-                out.insert(
-                    "wide.bias".to_string(),
-                    Weight {
-                        shape,
-                        data: to_vec(b.into_data()),
-                    },
-                );
-            }
+            export_linear(&mut out, "wide", wide);
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            let w = layer.weight.val();
-            let shape = w.dims().to_vec();
-            out.insert(
-                format!("dense.{i}.weight"),
-                Weight {
-                    shape,
-                    data: to_vec(w.into_data()),
-                },
-            );
-            if let Some(b) = &layer.bias {
-                let b = b.val();
-                let shape = b.dims().to_vec();
-                out.insert(
-                    format!("dense.{i}.bias"),
-                    Weight {
-                        shape,
-                        data: to_vec(b.into_data()),
-                    },
-                );
-            }
+            export_linear(&mut out, &format!("dense.{i}"), layer);
         }
         out
     }
 
-    /// Rebuilds a network from a bundle's tensors; `None` names the first missing or misshapen one.
+    /// Rebuilds a network from a bundle's tensors; the error names the first missing or misshapen one.
     pub fn from_weights(
         arch: &Architecture,
         weights: &BTreeMap<String, Weight>,
@@ -213,28 +168,52 @@ impl Net {
             ));
         }
         if let (Some(layer), Some((inp, out))) = (net.wide.as_mut(), wide) {
-            let w = take(weights, "wide.weight", &[inp, out])?;
-            let b = take(weights, "wide.bias", &[out])?;
-            layer.weight =
-                Param::from_tensor(Tensor::from_data(TensorData::new(w, [inp, out]), device));
-            layer.bias = Some(Param::from_tensor(Tensor::from_data(
-                TensorData::new(b, [out]),
-                device,
-            )));
+            import_linear(layer, "wide", [inp, out], weights, device)?;
         }
         for (i, layer) in net.layers.iter_mut().enumerate() {
-            let (inp, out) = (sizes[i], sizes[i + 1]);
-            let w = take(weights, &format!("dense.{i}.weight"), &[inp, out])?;
-            let b = take(weights, &format!("dense.{i}.bias"), &[out])?;
-            layer.weight =
-                Param::from_tensor(Tensor::from_data(TensorData::new(w, [inp, out]), device));
-            layer.bias = Some(Param::from_tensor(Tensor::from_data(
-                TensorData::new(b, [out]),
+            import_linear(
+                layer,
+                &format!("dense.{i}"),
+                [sizes[i], sizes[i + 1]],
+                weights,
                 device,
-            )));
+            )?;
         }
         Ok(net)
     }
+}
+
+fn weight<const D: usize>(t: Tensor<D>) -> Weight {
+    let shape = t.dims().to_vec();
+    Weight {
+        shape,
+        data: to_vec(t.into_data()),
+    }
+}
+
+/// `{prefix}.weight` and `{prefix}.bias` of a dense layer.
+fn export_linear(out: &mut BTreeMap<String, Weight>, prefix: &str, layer: &Linear) {
+    out.insert(format!("{prefix}.weight"), weight(layer.weight.val()));
+    if let Some(b) = &layer.bias {
+        out.insert(format!("{prefix}.bias"), weight(b.val()));
+    }
+}
+
+fn import_linear(
+    layer: &mut Linear,
+    prefix: &str,
+    [inp, out]: [usize; 2],
+    weights: &BTreeMap<String, Weight>,
+    device: &Device,
+) -> Result<(), String> {
+    let w = take(weights, &format!("{prefix}.weight"), &[inp, out])?;
+    let b = take(weights, &format!("{prefix}.bias"), &[out])?;
+    layer.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, [inp, out]), device));
+    layer.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(b, [out]),
+        device,
+    )));
+    Ok(())
 }
 
 fn take(
