@@ -544,15 +544,10 @@ fn width(cardinality: u32, output: kiln_core::transform::Output) -> String {
 fn synth(rows: u64, seed: u64, output: Option<&Path>) -> Result<Outcome> {
     match output {
         Some(path) => {
-            let tmp = path.with_extension("csv.tmp");
-            let file =
-                fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            let mut out = std::io::BufWriter::new(file);
-            kiln_core::synth::write_ctr_csv(&mut out, rows, seed, &Bar::new())
-                .and_then(|_| out.flush())
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            drop(out);
-            fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+            data::write_atomically(path, |out| {
+                kiln_core::synth::write_ctr_csv(out, rows, seed, &Bar::new())?;
+                Ok(())
+            })?;
             eprintln!(
                 "wrote {rows} rows of synthetic CTR data (seed {seed}) to {}",
                 path.display()
@@ -573,13 +568,8 @@ fn synth(rows: u64, seed: u64, output: Option<&Path>) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Writes a file through a temporary path renamed into place.
+/// Writes a whole file atomically (through a temporary file renamed into place).
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("kiln")
-    ));
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    data::write_atomically(path, |out| Ok(out.write_all(bytes)?))?;
     Ok(())
 }

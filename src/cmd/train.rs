@@ -350,7 +350,7 @@ pub fn predict(home: &Home, args: PredictArgs) -> Result<Outcome> {
         .collect();
     match &args.output {
         Some(path) => {
-            write_csv(path, &header, &rows)?;
+            kiln_core::data::write_csv_rows(path, &header, rows.iter().cloned())?;
             eprintln!("wrote {} predictions to {}", rows.len(), path.display());
         }
         None => {
@@ -379,16 +379,6 @@ fn read_with_target(data: &Path, target: &str) -> Result<kiln_core::data::Table>
         );
     }
     Ok(table)
-}
-
-fn write_csv(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
-    let mut text = header.join(",");
-    text.push('\n');
-    for r in rows {
-        text.push_str(&r.join(","));
-        text.push('\n');
-    }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// `kiln sweep`.

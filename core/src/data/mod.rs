@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::progress::{NoProgress, Progress};
 
 pub use self::csv::read_csv_str;
-pub use self::write::write_features;
+pub use self::write::{write_atomically, write_csv_rows, write_features};
 
 /// Rows per record batch when kiln builds batches itself.
 pub const BATCH_ROWS: usize = 65_536;

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,64 +12,86 @@ use arrow_schema::{DataType, Field, Schema};
 use super::{DataError, Format};
 use crate::transform::Features;
 
-/// Writes features with their names to `.csv` or `.parquet` (by extension), through a temporary
-/// file renamed into place, so a failed write never leaves half a file under the final name.
+type FillError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Writes a file through a temporary file beside it, renamed into place once `fill` has written
+/// everything, so a failed write never leaves half a file under the final name.
+pub fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> Result<(), FillError>,
+) -> Result<(), DataError> {
+    let shown = path.display().to_string();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("kiln");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let file = File::create(&tmp).map_err(|source| DataError::Io {
+        path: tmp.display().to_string(),
+        source,
+    })?;
+    let mut out = BufWriter::new(file);
+    let result = fill(&mut out)
+        .and_then(|()| out.flush().map_err(FillError::from))
+        .map_err(|e| DataError::file(&shown, e.to_string()));
+    drop(out);
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(|source| DataError::Io {
+        path: shown,
+        source,
+    })
+}
+
+/// Writes rows of text cells as CSV (quoted where a cell needs it), atomically.
+pub fn write_csv_rows(
+    path: &Path,
+    header: &[String],
+    rows: impl IntoIterator<Item = Vec<String>>,
+) -> Result<(), DataError> {
+    write_atomically(path, |out| {
+        let mut w = csv::Writer::from_writer(out);
+        w.write_record(header)?;
+        for row in rows {
+            w.write_record(&row)?;
+        }
+        w.flush()?;
+        Ok(())
+    })
+}
+
+/// Writes features with their names to `.csv` or `.parquet` (by extension), atomically.
 pub fn write_features(
     path: &Path,
     dense_names: &[String],
     id_names: &[String],
     features: &Features,
 ) -> Result<(), DataError> {
-    let shown = path.display().to_string();
-    let io = |source| DataError::Io {
-        path: shown.clone(),
-        source,
-    };
-    let format = Format::from_path(path);
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("out")
-    ));
-    let file = File::create(&tmp).map_err(io)?;
-    let result = match format {
-        Some(Format::Parquet) => write_parquet(file, dense_names, id_names, features)
-            .map_err(|e| DataError::file(&shown, e)),
+    match Format::from_path(path) {
+        Some(Format::Parquet) => write_atomically(path, |out| {
+            write_parquet(out, dense_names, id_names, features).map_err(FillError::from)
+        }),
         Some(Format::Csv) | None => {
-            write_csv(BufWriter::new(file), dense_names, id_names, features).map_err(io)
+            let header: Vec<String> = dense_names.iter().chain(id_names).cloned().collect();
+            let rows = (0..features.rows).map(|row| {
+                let mut cells: Vec<String> = features
+                    .dense_row(row)
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect();
+                cells.extend(features.id_row(row).iter().map(|v| v.to_string()));
+                cells
+            });
+            write_csv_rows(path, &header, rows)
         }
         Some(Format::JsonLines) => Err(DataError::file(
-            &shown,
+            &path.display().to_string(),
             "features are written as .csv or .parquet",
         )),
-    };
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
     }
-    std::fs::rename(&tmp, path).map_err(io)
-}
-
-fn write_csv(
-    out: impl Write,
-    dense_names: &[String],
-    id_names: &[String],
-    f: &Features,
-) -> std::io::Result<()> {
-    let mut w = csv::Writer::from_writer(out);
-    w.write_record(dense_names.iter().chain(id_names))?;
-    let mut cells = Vec::with_capacity(f.dense_width + f.id_width);
-    for row in 0..f.rows {
-        cells.clear();
-        cells.extend(f.dense_row(row).iter().map(|v| v.to_string()));
-        cells.extend(f.id_row(row).iter().map(|v| v.to_string()));
-        w.write_record(&cells)?;
-    }
-    w.flush()?;
-    Ok(())
 }
 
 fn write_parquet(
-    file: File,
+    file: &mut BufWriter<File>,
     dense_names: &[String],
     id_names: &[String],
     f: &Features,
