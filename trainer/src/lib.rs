@@ -378,8 +378,7 @@ pub fn train(
     } else {
         task
     };
-    let encode_targets = |t: &Table, first: usize| -> Result<Vec<f32>, TrainError> {
-        let raw = targets(t, target_index, first)?;
+    let encode_targets = |raw: &[Result<String, f64>]| -> Result<Vec<f32>, TrainError> {
         raw.iter()
             .map(|v| {
                 if task == Task::Regression {
@@ -403,9 +402,9 @@ pub fn train(
             })
             .collect()
     };
-    let y_train = encode_targets(&train_t, 0)?;
-    let y_val = encode_targets(&val_t, n_train)?;
-    let y_test = encode_targets(&test_t, n_trainval)?;
+    let y_train = encode_targets(&raw_train)?;
+    let y_val = encode_targets(&targets(&val_t, target_index, n_train)?)?;
+    let y_test = encode_targets(&targets(&test_t, target_index, n_trainval)?)?;
 
     // Features: fitted on the training split only.
     let spec = match &config.transform {

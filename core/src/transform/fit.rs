@@ -7,7 +7,7 @@ use super::spec::{Encode, FeatureSpec, Fill, Impute, TransformSpec};
 use super::{
     FittedFeature, FittedOn, FittedOp, FittedTransform, InputColumn, Scale, TransformError,
 };
-use crate::data::{ColumnType, Table, numeric_value};
+use crate::data::{ColumnType, Table};
 use crate::stats::quantile_sorted;
 
 impl TransformSpec {
@@ -67,10 +67,7 @@ impl TransformSpec {
 }
 
 fn fit_numeric(spec: &FeatureSpec, table: &Table, index: usize) -> Result<FittedOp, String> {
-    let mut raw: Vec<Option<f64>> = Vec::with_capacity(table.num_rows());
-    for chunk in table.chunks(index) {
-        raw.extend((0..chunk.len()).map(|row| numeric_value(chunk.as_ref(), row)));
-    }
+    let raw = table.numbers(index);
     let mut present: Vec<f64> = raw.iter().flatten().copied().collect();
     let missing = raw.len() - present.len();
     let impute = match spec.impute.unwrap_or(Impute::Mean) {
