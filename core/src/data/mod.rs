@@ -236,7 +236,8 @@ pub struct Table {
     types: Vec<ColumnType>,
     batches: Vec<RecordBatch>,
     rows: usize,
-    fingerprint: String,
+    /// Computed on first use: reading for scoring, or slicing into splits, never needs it.
+    fingerprint: std::sync::OnceLock<String>,
 }
 
 impl Table {
@@ -262,16 +263,14 @@ impl Table {
             types.push(ty);
         }
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        let mut table = Table {
+        Ok(Table {
             source,
             schema,
             types,
             batches,
             rows,
-            fingerprint: String::new(),
-        };
-        table.fingerprint = table.compute_fingerprint();
-        Ok(table)
+            fingerprint: std::sync::OnceLock::new(),
+        })
     }
 
     /// Where the table came from (a path, or a name for tables built in memory).
@@ -320,7 +319,7 @@ impl Table {
     /// It depends on the data, not on the file format or batch boundaries, so the same rows read
     /// from CSV and from Parquet have the same fingerprint.
     pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
+        self.fingerprint.get_or_init(|| self.compute_fingerprint())
     }
 
     /// Every value of a column as a number (integer, float, boolean); `None` where missing.
