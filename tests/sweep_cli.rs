@@ -50,6 +50,10 @@ fn a_24_trial_random_sweep_two_at_a_time() {
     let parent = out["parent"].as_str().unwrap();
     let children = runs.iter().filter(|r| r["parent"] == parent).count();
     assert_eq!(children, 24);
+    let listed: Value =
+        serde_json::from_str(&kiln(&k, &["runs", "list", "--parent", parent, "--json"]).stdout)
+            .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 24);
     let best_run = trials[0]["run"].as_str().unwrap();
     let versions: Value =
         serde_json::from_str(&kiln(&k, &["models", "versions", "bc", "--json"]).stdout).unwrap();

@@ -60,6 +60,9 @@ pub enum RunsCommand {
         experiment: Option<String>,
         #[arg(long, value_parser = parse_status)]
         status: Option<RunStatus>,
+        /// Only the child runs of this run (a sweep's trials).
+        #[arg(long)]
+        parent: Option<String>,
         /// A filter such as `metrics.auc > 0.8 and params.lr = 0.01`.
         #[arg(long = "where", value_name = "FILTER")]
         filter: Option<String>,
@@ -392,6 +395,7 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
         RunsCommand::List {
             experiment,
             status,
+            parent,
             filter,
             order_by,
             limit,
@@ -407,9 +411,12 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
                 .transpose()
                 .map_err(anyhow::Error::msg)
                 .context("--order-by")?;
+            let parent = parent.map(|p| run_id(&p)).transpose()?;
             let mut views = Vec::new();
             for run in reg.runs(experiment.as_deref())? {
-                if status.is_some_and(|s| s != run.status) {
+                if status.is_some_and(|s| s != run.status)
+                    || parent.is_some_and(|p| run.parent != Some(p))
+                {
                     continue;
                 }
                 let v = view(&reg, run)?;
