@@ -208,15 +208,7 @@ pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
         transform: None,
         ..config.clone()
     }) {
-        for (k, v) in m {
-            params.insert(
-                k,
-                match v {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                },
-            );
-        }
+        params.extend(m.iter().map(|(k, v)| (k.clone(), param_text(v))));
     }
     params.insert("target".into(), args.target.clone());
     params.insert("data".into(), args.data.display().to_string());
@@ -423,15 +415,7 @@ impl kiln_trainer::sweep::TrialSink for ChildRuns<'_> {
     ) -> Box<dyn RunLogger + '_> {
         let params: BTreeMap<String, String> = params
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    match v {
-                        serde_json::Value::String(s) => s.clone(),
-                        o => o.to_string(),
-                    },
-                )
-            })
+            .map(|(k, v)| (k.clone(), param_text(v)))
             .collect();
         let run = self.reg.create_run(NewRun {
             experiment: self.experiment.clone(),
@@ -640,6 +624,14 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
         ))
     );
     Ok(Outcome::Ok)
+}
+
+/// A run parameter's text: strings as they are, anything else as JSON.
+fn param_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn compact(v: &serde_json::Value) -> String {
