@@ -99,8 +99,8 @@ pub struct Trial {
     pub epochs: usize,
 }
 
-/// Whether a metric is minimised.
-fn minimised(metric: &str) -> bool {
+/// Whether a metric is minimised (its scores are the negated figures).
+pub fn is_minimised(metric: &str) -> bool {
     matches!(metric, "loss" | "log_loss" | "rmse" | "mae")
 }
 
@@ -113,7 +113,7 @@ fn score(outcome: &TrainOutcome, metric: &str) -> Option<f64> {
             e.validation_metrics.get(metric).copied()
         }
     });
-    if minimised(metric) {
+    if is_minimised(metric) {
         values
             .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v))))
             .map(|v| -v)
@@ -313,9 +313,4 @@ fn run_rung(
         }
     });
     done.into_inner().unwrap_or_default()
-}
-
-/// Whether higher scores of `metric` mean lower raw values (for showing scores as figures).
-pub fn is_minimised(metric: &str) -> bool {
-    minimised(metric)
 }

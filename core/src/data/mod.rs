@@ -354,22 +354,6 @@ impl Table {
         out
     }
 
-    /// The first `n` rows as a new table.
-    pub fn head(&self, n: usize) -> Table {
-        let mut left = n;
-        let mut batches = Vec::new();
-        for b in &self.batches {
-            if left == 0 {
-                break;
-            }
-            let take = left.min(b.num_rows());
-            batches.push(b.slice(0, take));
-            left -= take;
-        }
-        Table::from_batches(self.source.clone(), self.schema.clone(), batches)
-            .unwrap_or_else(|_| unreachable!("slices keep kiln's column types"))
-    }
-
     /// Rows `start..end` as a new table (batches are sliced, not copied).
     pub fn slice(&self, start: usize, end: usize) -> Table {
         let end = end.min(self.rows);

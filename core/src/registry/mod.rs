@@ -714,11 +714,6 @@ impl Registry {
         Ok(out)
     }
 
-    /// The metric keys a run has logged.
-    pub fn metric_keys(&self, id: u64) -> Result<Vec<String>, RegistryError> {
-        Ok(self.latest_metrics(id)?.into_keys().collect())
-    }
-
     /// A metric series in step order (points logged at the same step in logging order). With
     /// `max_points`, long series are downsampled to that many points, evenly spaced, keeping the
     /// first and the last.

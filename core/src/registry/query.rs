@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use super::{MetricPoint, Run, RunStatus};
+use super::{MetricPoint, Run};
 
 /// A run with what filters and ordering look at.
 #[derive(Debug, Clone)]
@@ -229,14 +229,10 @@ fn compare(a: &Literal, b: &Literal) -> Option<Ordering> {
     }
 }
 
-/// Parses a status filter value.
-pub fn parse_status(s: &str) -> Result<RunStatus, String> {
-    s.parse()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::RunStatus;
 
     fn view(auc: f64, lr: &str) -> RunView {
         let mut metrics = BTreeMap::new();
