@@ -39,6 +39,10 @@ enum Command {
     Predict(cmd::train::PredictArgs),
     /// Search hyperparameters: every trial a child run of one sweep run.
     Sweep(cmd::train::SweepArgs),
+    /// Serve registered models over HTTP (Open Inference Protocol V2, TF Serving, MLflow).
+    Serve(cmd::serve::ServeArgs),
+    /// Route a model's traffic: split between versions, a shadow version, dynamic batching.
+    Deploy(cmd::serve::DeployArgs),
 }
 
 /// What a command asks the process to exit with, beyond plain success.
@@ -65,6 +69,8 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::train(&cli.home, a),
         Command::Predict(a) => cmd::train::predict(&cli.home, a),
         Command::Sweep(a) => cmd::train::sweep(&cli.home, a),
+        Command::Serve(a) => cmd::serve::serve(&cli.home, a),
+        Command::Deploy(a) => cmd::serve::deploy(&cli.home, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

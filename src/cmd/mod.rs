@@ -1,4 +1,5 @@
 //! The subcommands of the `kiln` binary, one module per group.
 pub mod data;
 pub mod registry;
+pub mod serve;
 pub mod train;

@@ -31,6 +31,10 @@ impl Home {
     fn open(&self) -> Result<Registry> {
         Ok(Registry::open(&self.dir)?)
     }
+
+    pub fn open_registry(&self) -> Result<Registry> {
+        self.open()
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,6 +15,7 @@
 //! single sled transactions: after a crash either all of a change is there or none of it.
 
 mod artifacts;
+mod deployments;
 pub mod query;
 mod records;
 
@@ -26,10 +27,11 @@ use std::path::{Path, PathBuf};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use self::artifacts::ArtifactStore;
+pub use self::deployments::{MAX_BATCH_DELAY_US, MAX_BATCH_ROWS};
 pub use self::artifacts::{Manifest, ManifestEntry};
 pub use self::records::{
-    AliasEvent, ArtifactKind, ArtifactRef, Experiment, Lineage, MetricPoint, Millis, Model,
-    ModelVersion, RECORD_FORMAT_VERSION, Run, RunStatus,
+    AliasEvent, ArtifactKind, ArtifactRef, Batching, Deployment, Experiment, Lineage, MetricPoint,
+    Millis, Model, ModelVersion, RECORD_FORMAT_VERSION, Route, Run, RunStatus,
 };
 use self::records::{decode, decode_point, encode, encode_point, now_ms};
 
@@ -166,6 +168,7 @@ pub enum RegistryEvent {
     AliasMoved(AliasEvent),
     VersionCreated { model: String, version: u32 },
     VersionDeleted { model: String, version: u32 },
+    DeploymentChanged { model: String },
 }
 
 /// What a new run starts with.
@@ -195,6 +198,7 @@ pub struct Registry {
     aliases: sled::Tree,
     history: sled::Tree,
     artifact_refs: sled::Tree,
+    deployments: sled::Tree,
     artifacts: ArtifactStore,
     _lock: File,
 }
@@ -354,6 +358,7 @@ impl Registry {
             aliases: db.open_tree("aliases")?,
             history: db.open_tree("alias_history")?,
             artifact_refs: db.open_tree("artifact_refs")?,
+            deployments: db.open_tree("deployments")?,
             artifacts: ArtifactStore::open(home.join("artifacts"))?,
             db,
             _lock: lock,

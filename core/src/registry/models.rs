@@ -375,6 +375,21 @@ impl Registry {
                 aliases: pointing,
             });
         }
+        if let Some(bytes) = self.deployments.get(model.as_bytes())? {
+            let d: super::Deployment = decode("deployment", &bytes)?;
+            let named = d
+                .targets()
+                .any(|t| t.strip_prefix('v').unwrap_or(t).parse::<u32>() == Ok(version));
+            if named && !force {
+                return Err(RegistryError::Invalid(format!(
+                    "version {version} of model `{model}` is in its deployment; change the traffic \
+                     split first (`kiln models deploy {model}`) or delete with --force"
+                )));
+            }
+            if named {
+                self.deployments.remove(model.as_bytes())?;
+            }
+        }
         for alias in &pointing {
             self.delete_alias(
                 model,
@@ -413,6 +428,7 @@ impl Registry {
             self.delete_version(model, v.version, true, by)?;
         }
         self.models.remove(model.as_bytes())?;
+        self.deployments.remove(model.as_bytes())?;
         self.flush()?;
         Ok(versions.len())
     }
@@ -423,7 +439,17 @@ impl Registry {
         let (tx, rx) = mpsc::channel();
         let mut history = self.history.watch_prefix(b"");
         let mut versions = self.versions.watch_prefix(b"");
+        let mut deployments = self.deployments.watch_prefix(b"");
         let tx2 = tx.clone();
+        let tx3 = tx.clone();
+        std::thread::spawn(move || {
+            for event in &mut deployments {
+                let model = String::from_utf8_lossy(event.key()).into_owned();
+                if tx3.send(RegistryEvent::DeploymentChanged { model }).is_err() {
+                    return;
+                }
+            }
+        });
         std::thread::spawn(move || {
             for event in &mut history {
                 if let sled::Event::Insert { value, .. } = event

@@ -227,3 +227,62 @@ pub(crate) fn decode_point(step: i64, bytes: &[u8]) -> Result<MetricPoint, Regis
         value: f64::from_bits(u64::from_be_bytes(v)),
     })
 }
+
+/// How servers route the traffic of one model: weighted targets, an optional shadow, and
+/// optional dynamic batching. A model without a record is served as its `champion` alias.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub model: String,
+    /// Where requests for the bare model name go, by percentage (summing to 100).
+    pub routes: Vec<Route>,
+    /// An alias or version that receives a copy of the traffic; its answers are only compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<String>,
+    /// Merge concurrent requests into one forward pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<Batching>,
+    #[serde(default)]
+    pub updated_ms: Millis,
+    #[serde(default)]
+    pub updated_by: String,
+}
+
+/// One weighted target of a deployment: an alias (followed as it moves) or a version number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub target: String,
+    pub percent: u32,
+}
+
+/// Dynamic batching of one model: a batch runs when it holds `max_batch` rows or when its
+/// first request has waited `max_delay_us` microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batching {
+    pub max_batch: usize,
+    pub max_delay_us: u64,
+}
+
+impl Deployment {
+    /// The deployment a model has when none was set: all traffic to its `champion` alias.
+    pub fn default_for(model: &str) -> Deployment {
+        Deployment {
+            model: model.to_string(),
+            routes: vec![Route {
+                target: "champion".to_string(),
+                percent: 100,
+            }],
+            shadow: None,
+            batching: None,
+            updated_ms: 0,
+            updated_by: String::new(),
+        }
+    }
+
+    /// Every alias or version this deployment names, routes first, then the shadow.
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        self.routes
+            .iter()
+            .map(|r| r.target.as_str())
+            .chain(self.shadow.as_deref())
+    }
+}

@@ -43,9 +43,10 @@ impl Features {
     }
 }
 
-/// One raw value, from either path.
-#[derive(Debug, Clone, Copy)]
-enum Raw<'a> {
+/// One raw value of one column of one row, however a caller holds its rows (see
+/// [`FittedTransform::apply_cells_into`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell<'a> {
     Missing,
     Number(f64),
     Text(&'a str),
@@ -123,7 +124,7 @@ fn is_missing_text(s: &str) -> bool {
 impl FittedTransform {
     /// The one function that turns a raw value of feature `fi` into what it emits.
     #[inline]
-    fn emit(&self, fi: usize, raw: Raw<'_>) -> Result<Emit, String> {
+    fn emit(&self, fi: usize, raw: Cell<'_>) -> Result<Emit, String> {
         let input_type = || self.inputs[self.layout.input[fi]].column_type;
         match &self.features[fi].op {
             FittedOp::Numeric {
@@ -223,14 +224,14 @@ impl FittedTransform {
         for fi in 0..self.features.len() {
             let column = &self.features[fi].column;
             let raw = match row.get(column) {
-                None | Some(Value::Null) => Raw::Missing,
+                None | Some(Value::Null) => Cell::Missing,
                 Some(Value::Number(n)) => match n.as_f64() {
-                    Some(v) => Raw::Number(v),
-                    None => Raw::Missing,
+                    Some(v) => Cell::Number(v),
+                    None => Cell::Missing,
                 },
-                Some(Value::Bool(b)) => Raw::Number(if *b { 1.0 } else { 0.0 }),
-                Some(Value::String(s)) if is_missing_text(s) => Raw::Missing,
-                Some(Value::String(s)) => Raw::Text(s),
+                Some(Value::Bool(b)) => Cell::Number(if *b { 1.0 } else { 0.0 }),
+                Some(Value::String(s)) if is_missing_text(s) => Cell::Missing,
+                Some(Value::String(s)) => Cell::Text(s),
                 Some(other) => {
                     return Err(value_error(
                         0,
@@ -243,6 +244,30 @@ impl FittedTransform {
                 }
             };
             let emit = self.emit(fi, raw).map_err(|m| value_error(0, column, m))?;
+            self.write(fi, emit, dense, ids);
+        }
+        Ok(())
+    }
+
+    /// Applies the transform to one row whose values `cell` gives by input index (the position
+    /// of the column in [`FittedTransform::inputs`]), into caller-owned buffers of `dense_width`
+    /// and `id_width`. `row` only labels errors. For callers that hold rows in their own form,
+    /// such as a server's decoded request tensors.
+    pub fn apply_cells_into<'a>(
+        &self,
+        row: usize,
+        cell: impl Fn(usize) -> Cell<'a>,
+        dense: &mut [f32],
+        ids: &mut [u32],
+    ) -> Result<(), TransformError> {
+        assert_eq!(dense.len(), self.dense_width(), "dense buffer width");
+        assert_eq!(ids.len(), self.id_width(), "id buffer width");
+        dense.fill(0.0);
+        for fi in 0..self.features.len() {
+            let raw = cell(self.layout.input[fi]);
+            let emit = self
+                .emit(fi, raw)
+                .map_err(|m| value_error(row, &self.features[fi].column, m))?;
             self.write(fi, emit, dense, ids);
         }
         Ok(())
@@ -332,7 +357,7 @@ impl FittedTransform {
                                 Some(e) => e,
                                 None => {
                                     let e =
-                                        self.emit(fi, Raw::Missing).map_err(|m| fail(row, m))?;
+                                        self.emit(fi, Cell::Missing).map_err(|m| fail(row, m))?;
                                     missing = Some(e);
                                     e
                                 }
@@ -342,9 +367,9 @@ impl FittedTransform {
                                 None => {
                                     let text = values.value(k as usize);
                                     let raw = if is_missing_text(text) {
-                                        Raw::Missing
+                                        Cell::Missing
                                     } else {
-                                        Raw::Text(text)
+                                        Cell::Text(text)
                                     };
                                     let e = self.emit(fi, raw).map_err(|m| fail(row, m))?;
                                     cache.put(k, e);
@@ -409,8 +434,8 @@ impl FittedTransform {
         }
         for (row, v) in values.enumerate() {
             let raw = match v {
-                Some(v) if !v.is_nan() => Raw::Number(v),
-                _ => Raw::Missing,
+                Some(v) if !v.is_nan() => Cell::Number(v),
+                _ => Cell::Missing,
             };
             let emit = self.emit(fi, raw).map_err(|m| (row, m))?;
             self.write(fi, emit, &mut dense[row * dw..], &mut ids[row * iw..]);
@@ -468,11 +493,11 @@ fn discrete(i: u32, output: Output) -> Emit {
 }
 
 #[inline]
-fn as_number(raw: Raw<'_>) -> Result<Option<f64>, String> {
+fn as_number(raw: Cell<'_>) -> Result<Option<f64>, String> {
     match raw {
-        Raw::Missing => Ok(None),
-        Raw::Number(v) => Ok((!v.is_nan()).then_some(v)),
-        Raw::Text(s) => match s.trim().parse::<f64>() {
+        Cell::Missing => Ok(None),
+        Cell::Number(v) => Ok((!v.is_nan()).then_some(v)),
+        Cell::Text(s) => match s.trim().parse::<f64>() {
             Ok(v) if !v.is_nan() => Ok(Some(v)),
             _ => Err(format!("expected a number, found {s:?}")),
         },
@@ -482,15 +507,15 @@ fn as_number(raw: Raw<'_>) -> Result<Option<f64>, String> {
 /// The category key of a raw value; `None` when missing and not imputed.
 #[inline]
 fn as_key<'a>(
-    raw: Raw<'a>,
+    raw: Cell<'a>,
     ty: ColumnType,
     impute: Option<&'a str>,
 ) -> Option<std::borrow::Cow<'a, str>> {
     match raw {
-        Raw::Missing => impute.map(std::borrow::Cow::Borrowed),
-        Raw::Number(v) if v.is_nan() => impute.map(std::borrow::Cow::Borrowed),
-        Raw::Number(v) => Some(std::borrow::Cow::Owned(category_text(ty, v))),
-        Raw::Text(s) => Some(std::borrow::Cow::Borrowed(s)),
+        Cell::Missing => impute.map(std::borrow::Cow::Borrowed),
+        Cell::Number(v) if v.is_nan() => impute.map(std::borrow::Cow::Borrowed),
+        Cell::Number(v) => Some(std::borrow::Cow::Owned(category_text(ty, v))),
+        Cell::Text(s) => Some(std::borrow::Cow::Borrowed(s)),
     }
 }
 

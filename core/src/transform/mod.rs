@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::ColumnType;
 
-pub use self::apply::Features;
+pub use self::apply::{Cell, Features};
 pub use self::spec::{Encode, FeatureSpec, Fill, Impute, Output, TransformSpec};
 
 /// The version of the fitted-transform format; readers refuse newer ones.

@@ -1,0 +1,393 @@
+//! kiln's management API under `/api/`: models, versions, aliases and deployments to read;
+//! traffic splits, alias moves and promotion to change (the command line's operations, for a
+//! running server that owns its `KILN_HOME`). Changes take effect before the answer is sent.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use kiln_core::registry::{Batching, Deployment, Expect, Route, Stage};
+
+use crate::app::{AppState, body, parse_json};
+use crate::error::{ApiError, ServeError};
+use crate::models::{Live, Models};
+
+/// Endpoints that only read.
+pub fn reads() -> Router<AppState> {
+    Router::new()
+        .route("/api/models", get(list_models))
+        .route("/api/models/{name}", get(show_model))
+        .route("/api/models/{name}/deployment", get(show_deployment))
+        .route("/api/deployments", get(list_deployments))
+}
+
+/// Endpoints that change state; they need the token when one is set.
+pub fn writes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/models/{name}/deployment",
+            put(set_deployment).delete(reset_deployment),
+        )
+        .route(
+            "/api/models/{name}/aliases/{alias}",
+            put(set_alias).delete(delete_alias),
+        )
+        .route("/api/models/{name}/promote", post(promote))
+}
+
+/// Runs registry work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Models) -> Result<T, ServeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let models = state.models.clone();
+    tokio::task::spawn_blocking(move || f(&models))
+        .await
+        .map_err(|e| ServeError::Internal(format!("management task: {e}")))?
+        .map_err(ApiError::from)
+}
+
+fn live_json(live: &Live, models: &Models) -> Value {
+    let metrics = models.metrics();
+    let routes: Vec<Value> = live
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "target": r.target,
+                "percent": r.percent,
+                "version": r.version.version,
+                "batching": r.batcher.is_some(),
+                "load_ms": r.version.load_time.as_secs_f64() * 1000.0,
+            })
+        })
+        .collect();
+    let shadow = live.shadow.as_ref().map(|s| {
+        let labels = [s.model.as_str(), s.label.as_str()];
+        let requests = metrics.shadow_requests.with_label_values(&labels).get();
+        let agreements = metrics.shadow_agreements.with_label_values(&labels).get();
+        json!({
+            "target": live.deployment.shadow,
+            "version": s.version,
+            "requests": requests,
+            "agreements": agreements,
+            "agreement_rate": if requests == 0 { Value::Null } else { json!(agreements as f64 / requests as f64) },
+        })
+    });
+    json!({ "routes": routes, "shadow": shadow, "batching": live.deployment.batching })
+}
+
+async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    blocking(&state, |models| {
+        let mut out = Vec::new();
+        for name in models.names()? {
+            let registry = models.registry();
+            let model = registry.model(&name)?;
+            let versions = registry.versions(&name)?;
+            out.push(json!({
+                "name": name,
+                "description": model.description,
+                "versions": versions.len(),
+                "latest_version": versions.last().map(|v| v.version),
+                "aliases": registry.aliases(&name)?,
+                "live": models.live(&name).map(|l| live_json(&l, models)),
+                "problem": models.problem(&name),
+            }));
+        }
+        Ok(Json(json!({ "models": out })))
+    })
+    .await
+}
+
+async fn show_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&state, move |models| {
+        if !models.serves(&name) {
+            return Err(models.unknown(&name));
+        }
+        let registry = models.registry();
+        let model = registry.model(&name)?;
+        let versions: Vec<Value> = registry
+            .versions(&name)?
+            .iter()
+            .map(|v| {
+                Ok(json!({
+                    "version": v.version,
+                    "created_ms": v.created_ms,
+                    "run_id": kiln_core::registry::run_id_text(v.run_id),
+                    "stage": registry.stage(&name, v.version)?.to_string(),
+                    "metrics": v.metrics,
+                    "description": v.description,
+                }))
+            })
+            .collect::<Result<_, ServeError>>()?;
+        Ok(Json(json!({
+            "name": name,
+            "description": model.description,
+            "versions": versions,
+            "aliases": registry.aliases(&name)?,
+            "deployment": registry.deployment(&name)?,
+            "live": models.live(&name).map(|l| live_json(&l, models)),
+            "problem": models.problem(&name),
+        })))
+    })
+    .await
+}
+
+async fn show_deployment(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&state, move |models| {
+        if !models.serves(&name) {
+            return Err(models.unknown(&name));
+        }
+        Ok(Json(json!(models.registry().deployment(&name)?)))
+    })
+    .await
+}
+
+async fn list_deployments(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    blocking(&state, |models| {
+        let mut out = Vec::new();
+        for name in models.names()? {
+            out.push(json!({
+                "model": name,
+                "deployment": models.registry().deployment(&name)?,
+                "live": models.live(&name).map(|l| live_json(&l, models)),
+                "problem": models.problem(&name),
+            }));
+        }
+        let loaded: Vec<Value> = models
+            .loaded()
+            .iter()
+            .map(|(m, v, t)| json!({ "model": m, "version": v, "load_ms": t.as_secs_f64() * 1000.0 }))
+            .collect();
+        Ok(Json(json!({ "deployments": out, "loaded": loaded })))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentBody {
+    routes: Vec<Route>,
+    #[serde(default)]
+    shadow: Option<String>,
+    #[serde(default)]
+    batching: Option<Batching>,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+async fn set_deployment(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = body(bytes, state.config.max_body)?;
+    let actor = state.config.actor.clone();
+    blocking(&state, move |models| {
+        let b: DeploymentBody = parse_json(&bytes)?;
+        if !models.serves(&name) {
+            return Err(models.unknown(&name));
+        }
+        let d = models.registry().set_deployment(
+            Deployment {
+                model: name.clone(),
+                routes: b.routes,
+                shadow: b.shadow,
+                batching: b.batching,
+                updated_ms: 0,
+                updated_by: String::new(),
+            },
+            &b.by.unwrap_or(actor),
+        )?;
+        models.reconcile(&name);
+        if let Some(problem) = models.problem(&name) {
+            return Err(ServeError::Load(problem));
+        }
+        Ok(Json(json!({
+            "deployment": d,
+            "live": models.live(&name).map(|l| live_json(&l, models)),
+        })))
+    })
+    .await
+}
+
+async fn reset_deployment(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&state, move |models| {
+        if !models.serves(&name) {
+            return Err(models.unknown(&name));
+        }
+        models.registry().reset_deployment(&name)?;
+        models.reconcile(&name);
+        Ok(Json(json!({
+            "deployment": models.registry().deployment(&name)?,
+            "live": models.live(&name).map(|l| live_json(&l, models)),
+            "problem": models.problem(&name),
+        })))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasBody {
+    version: u32,
+    /// A version number, or `"none"` (the alias must not exist yet).
+    #[serde(default)]
+    expect: Option<Value>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+fn expect_of(v: &Option<Value>) -> Result<Expect, ServeError> {
+    Ok(match v {
+        None | Some(Value::Null) => Expect::Any,
+        Some(Value::String(s)) if s == "none" => Expect::Absent,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v <= u64::from(u32::MAX)) => {
+            Expect::Version(n.as_u64().unwrap_or_default() as u32)
+        }
+        Some(other) => {
+            return Err(ServeError::BadInput(format!(
+                "`expect` must be a version number or \"none\", not {other}"
+            )));
+        }
+    })
+}
+
+async fn set_alias(
+    State(state): State<AppState>,
+    Path((name, alias)): Path<(String, String)>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = body(bytes, state.config.max_body)?;
+    let actor = state.config.actor.clone();
+    blocking(&state, move |models| {
+        let b: AliasBody = parse_json(&bytes)?;
+        if !models.serves(&name) {
+            return Err(models.unknown(&name));
+        }
+        let e = models.registry().set_alias(
+            &name,
+            &alias,
+            b.version,
+            expect_of(&b.expect)?,
+            &b.by.unwrap_or(actor),
+            &b.reason,
+        )?;
+        models.reconcile(&name);
+        Ok(Json(json!({
+            "event": e,
+            "live": models.live(&name).map(|l| live_json(&l, models)),
+        })))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    #[serde(default)]
+    expect: Option<Value>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+async fn delete_alias(
+    State(state): State<AppState>,
+    Path((name, alias)): Path<(String, String)>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = body(bytes, state.config.max_body)?;
+    let actor = state.config.actor.clone();
+    blocking(&state, move |models| {
+        let b: ChangeBody = if bytes.is_empty() {
+            ChangeBody {
+                expect: None,
+                reason: String::new(),
+                by: None,
+            }
+        } else {
+            parse_json(&bytes)?
+        };
+        if !models.serves(&name) {
+            return Err(models.unknown(&name));
+        }
+        let e = models.registry().delete_alias(
+            &name,
+            &alias,
+            expect_of(&b.expect)?,
+            &b.by.unwrap_or(actor),
+            &b.reason,
+        )?;
+        models.reconcile(&name);
+        Ok(Json(json!({ "event": e, "problem": models.problem(&name) })))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    version: u32,
+    /// `production` (default) or `staging`.
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    expect: Option<Value>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+async fn promote(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = body(bytes, state.config.max_body)?;
+    let actor = state.config.actor.clone();
+    blocking(&state, move |models| {
+        let b: PromoteBody = parse_json(&bytes)?;
+        let stage = match b.to.as_deref() {
+            None | Some("production") => Stage::Production,
+            Some("staging") => Stage::Staging,
+            Some(other) => {
+                return Err(ServeError::BadInput(format!(
+                    "`to` must be \"production\" or \"staging\", not {other:?}"
+                )));
+            }
+        };
+        if !models.serves(&name) {
+            return Err(models.unknown(&name));
+        }
+        let alias = stage.alias().unwrap_or("production");
+        let e = models.registry().set_alias(
+            &name,
+            alias,
+            b.version,
+            expect_of(&b.expect)?,
+            &b.by.unwrap_or(actor),
+            &b.reason,
+        )?;
+        models.reconcile(&name);
+        Ok(Json(json!({ "event": e, "stage": stage.to_string() })))
+    })
+    .await
+}

@@ -1,0 +1,204 @@
+//! The one inference path every protocol shares: route the request to a version, decode and
+//! transform its rows and run the network on a blocking thread (or through the version's batch
+//! queue), copy it to the shadow version, and count it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::ServeError;
+use crate::models::{Models, Version};
+use crate::runtime::{Features, Rows, Runtime};
+
+/// Outputs of one request.
+pub struct Prediction {
+    pub version: Arc<Version>,
+    pub rows: usize,
+    /// Numbers per row: class probabilities, or one value.
+    pub width: usize,
+    pub values: Vec<f32>,
+}
+
+impl Prediction {
+    /// The most probable class of each row (classification only).
+    pub fn labels(&self) -> Option<Vec<&str>> {
+        let labels = &self.version.runtime.manifest().labels;
+        if labels.is_empty() {
+            return None;
+        }
+        Some(
+            self.values
+                .chunks(self.width)
+                .map(|row| labels.get(argmax(row)).map_or("", String::as_str))
+                .collect(),
+        )
+    }
+
+    pub fn classifies(&self) -> bool {
+        !self.version.runtime.manifest().labels.is_empty()
+    }
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(0, |best, (i, v)| if *v > row[best] { i } else { best })
+}
+
+/// Runs one request for `model`: the live routes when `which` is `None`, else the alias or
+/// version it names. `decode` turns the request body into rows for the chosen version (it runs on
+/// a blocking thread, so parsing happens there too) and returns whatever the response needs.
+pub async fn predict<T: Send + 'static>(
+    models: &Arc<Models>,
+    model: &str,
+    which: Option<&str>,
+    protocol: &'static str,
+    decode: impl FnOnce(&Runtime) -> Result<(Rows, T), ServeError> + Send + 'static,
+) -> Result<(Prediction, T), ServeError> {
+    let started = Instant::now();
+    let (version, batcher, shadow) = route(models, model, which).await?;
+    let v = version.clone();
+    let keep_rows = shadow.is_some();
+    let step = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+        let (rows, extra) = decode(&v.runtime)?;
+        let features = v.runtime.features(&rows)?;
+        let n = rows.rows;
+        let rows = keep_rows.then_some(rows);
+        if batcher.is_some() {
+            Ok((n, Step::Queue(features, batcher), rows, extra))
+        } else {
+            Ok((n, Step::Done(v.runtime.forward(&features)?), rows, extra))
+        }
+    })
+    .await
+    .map_err(|e| ServeError::Internal(format!("inference task: {e}")))??;
+    let (n, step, rows, extra) = step;
+    let values = match step {
+        Step::Done(values) => values,
+        Step::Queue(features, Some(b)) => b.submit(features).await?,
+        Step::Queue(features, None) => version.runtime.forward(&features)?,
+    };
+    let metrics = models.metrics();
+    metrics
+        .requests
+        .with_label_values(&[model, &version.label, protocol])
+        .inc();
+    metrics
+        .rows
+        .with_label_values(&[model, &version.label])
+        .inc_by(n as u64);
+    metrics
+        .latency
+        .with_label_values(&[model, &version.label])
+        .observe(started.elapsed().as_secs_f64());
+    if let (Some(shadow), Some(rows)) = (shadow, rows) {
+        copy_to_shadow(models.clone(), shadow, rows, values.clone());
+    }
+    Ok((
+        Prediction {
+            width: version.runtime.width(),
+            version,
+            rows: n,
+            values,
+        },
+        extra,
+    ))
+}
+
+/// A number in `0..100` for picking a route: a splitmix64 sequence over a process-wide counter,
+/// so that concurrent requests spread by percentage without a shared random generator lock.
+fn roll() -> u32 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let mut z = NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) % 100) as u32
+}
+
+enum Step {
+    Done(Vec<f32>),
+    Queue(Features, Option<crate::batch::Batcher>),
+}
+
+type Routed = (
+    Arc<Version>,
+    Option<crate::batch::Batcher>,
+    Option<Arc<Version>>,
+);
+
+async fn route(models: &Arc<Models>, model: &str, which: Option<&str>) -> Result<Routed, ServeError> {
+    match which {
+        None => match models.live(model) {
+            Some(live) => {
+                let r = live.pick(roll());
+                Ok((r.version.clone(), r.batcher.clone(), live.shadow.clone()))
+            }
+            None => Err(not_live(models, model).await),
+        },
+        Some(which) => {
+            let version = match models.cached(model, which) {
+                Some(v) => v,
+                None => {
+                    let (m, w, name) = (models.clone(), which.to_string(), model.to_string());
+                    tokio::task::spawn_blocking(move || m.version(&name, &w))
+                        .await
+                        .map_err(|e| ServeError::Internal(format!("loading task: {e}")))??
+                }
+            };
+            let batcher = models.live(model).and_then(|live| {
+                live.routes
+                    .iter()
+                    .find(|r| r.version.version == version.version)
+                    .and_then(|r| r.batcher.clone())
+            });
+            Ok((version, batcher, None))
+        }
+    }
+}
+
+/// Why a bare model name has no live version: unknown, or known but not ready.
+pub async fn not_live(models: &Arc<Models>, model: &str) -> ServeError {
+    if let Some(problem) = models.problem(model) {
+        return ServeError::NotReady(problem);
+    }
+    let (m, name) = (models.clone(), model.to_string());
+    let serves = tokio::task::spawn_blocking(move || m.serves(&name))
+        .await
+        .unwrap_or(false);
+    if serves {
+        ServeError::NotReady(format!("model `{model}` is loading; try again shortly"))
+    } else {
+        models.unknown(model)
+    }
+}
+
+/// Runs the shadow version on the same rows off the response path and records whether it
+/// agreed with the live answer on every row.
+fn copy_to_shadow(models: Arc<Models>, shadow: Arc<Version>, rows: Rows, live: Vec<f32>) {
+    tokio::task::spawn_blocking(move || {
+        let metrics = models.metrics();
+        let labels = [shadow.model.as_str(), shadow.label.as_str()];
+        metrics.shadow_requests.with_label_values(&labels).inc();
+        match shadow.runtime.predict(&rows) {
+            Ok(out) => {
+                let width = shadow.runtime.width();
+                let classify = !shadow.runtime.manifest().labels.is_empty();
+                let agree = out.len() == live.len()
+                    && out
+                        .chunks(width)
+                        .zip(live.chunks(width))
+                        .all(|(a, b)| {
+                            if classify {
+                                argmax(a) == argmax(b)
+                            } else {
+                                (a[0] - b[0]).abs() <= 1e-3 * a[0].abs().max(1.0)
+                            }
+                        });
+                if agree {
+                    metrics.shadow_agreements.with_label_values(&labels).inc();
+                }
+            }
+            Err(e) => tracing::warn!(model = %shadow.model, version = shadow.version, error = %e, "shadow request failed"),
+        }
+    });
+}

@@ -1,0 +1,49 @@
+//! kiln's model server: bundles loaded on candle with their fitted transforms, answering the
+//! Open Inference Protocol V2, TF Serving's REST API and MLflow's scoring protocol, with traffic
+//! splits, shadow traffic, hot swap on alias moves, dynamic batching, a management API and
+//! Prometheus metrics.
+//!
+//! The HTTP layer is async (axum on tokio); everything that computes or touches the registry
+//! runs on blocking threads.
+
+mod api;
+pub mod app;
+pub mod batch;
+pub mod decode;
+pub mod error;
+pub mod infer;
+mod metrics;
+mod mlflow;
+pub mod models;
+pub mod runtime;
+mod tfserving;
+pub mod v2;
+
+use std::sync::Arc;
+
+use kiln_core::registry::Registry;
+
+pub use crate::app::{AppState, ServerConfig, router, serve};
+pub use crate::error::{ApiError, ServeError};
+pub use crate::metrics::Metrics;
+pub use crate::models::{Models, Selection};
+pub use crate::runtime::Runtime;
+
+/// Loads the selected models (on a blocking thread), starts following the registry for hot
+/// swaps, and returns the state the router serves. Must run inside a tokio runtime.
+pub async fn start(
+    registry: Arc<Registry>,
+    selection: Selection,
+    config: ServerConfig,
+) -> Result<AppState, ServeError> {
+    let models = Arc::new(Models::new(registry, selection, Arc::new(Metrics::new())));
+    let m = models.clone();
+    tokio::task::spawn_blocking(move || m.load_all())
+        .await
+        .map_err(|e| ServeError::Internal(format!("loading models: {e}")))??;
+    models.follow();
+    Ok(AppState {
+        models,
+        config: Arc::new(config),
+    })
+}

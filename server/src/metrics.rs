@@ -1,0 +1,116 @@
+//! Prometheus metrics of the server, in the text exposition format on `/metrics`: requests,
+//! errors, latency and batch sizes per model and version, loaded models, swaps and shadow agreement.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the server keeps, registered in its own registry (not the process-global one,
+/// so several servers in one test process do not share counts).
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub latency: HistogramVec,
+    pub batch_rows: HistogramVec,
+    pub rows: IntCounterVec,
+    pub loaded: IntGauge,
+    pub swaps: IntCounterVec,
+    pub shadow_requests: IntCounterVec,
+    pub shadow_agreements: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+            registry
+                .register(Box::new(h.clone()))
+                .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+            h
+        };
+        let latency_buckets = vec![
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            0.25, 0.5, 1.0, 2.5,
+        ];
+        let batch_buckets = vec![
+            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+        ];
+        let loaded = IntGauge::new("kiln_models_loaded", "Model versions loaded in memory")
+            .unwrap_or_else(|e| unreachable!("metric: {e}"));
+        registry
+            .register(Box::new(loaded.clone()))
+            .unwrap_or_else(|e| unreachable!("metric: {e}"));
+        Metrics {
+            requests: counter(
+                "kiln_requests_total",
+                "Inference requests answered, by model, version and protocol",
+                &["model", "version", "protocol"],
+            ),
+            errors: counter(
+                "kiln_request_errors_total",
+                "Inference requests refused or failed, by model, protocol and status code",
+                &["model", "protocol", "status"],
+            ),
+            latency: histogram(
+                "kiln_request_duration_seconds",
+                "Time from routing an inference request to its answer",
+                &["model", "version"],
+                latency_buckets,
+            ),
+            batch_rows: histogram(
+                "kiln_batch_rows",
+                "Rows per forward pass",
+                &["model", "version"],
+                batch_buckets,
+            ),
+            rows: counter(
+                "kiln_rows_total",
+                "Rows predicted, by model and version",
+                &["model", "version"],
+            ),
+            loaded,
+            swaps: counter(
+                "kiln_model_swaps_total",
+                "Times a model's live versions changed",
+                &["model"],
+            ),
+            shadow_requests: counter(
+                "kiln_shadow_requests_total",
+                "Requests copied to a shadow version, by model and shadow version",
+                &["model", "version"],
+            ),
+            shadow_agreements: counter(
+                "kiln_shadow_agreements_total",
+                "Shadow answers that agreed with the live answer for every row",
+                &["model", "version"],
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

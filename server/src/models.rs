@@ -1,0 +1,418 @@
+//! The models a server answers for: which versions are loaded, where a bare model name routes
+//! (traffic split, shadow, batching), and hot swap when an alias or a deployment changes.
+//!
+//! **Requests never wait for a load of a live version.** A change is reconciled on another
+//! thread: the new version is loaded and warmed up, then the model's routes are replaced in one
+//! pointer swap; requests in flight keep the old version (an `Arc`) until they finish.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use kiln_core::registry::{Deployment, Registry, RegistryError, RegistryEvent};
+
+use crate::batch::{Batcher, Forward, OnBatch};
+use crate::error::ServeError;
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+
+/// One loaded version of a model.
+pub struct Version {
+    pub model: String,
+    pub version: u32,
+    pub runtime: Arc<Runtime>,
+    pub load_time: Duration,
+    /// The label value of this version in metrics.
+    pub label: String,
+}
+
+/// A live target of a model's bare name.
+pub struct Route {
+    /// The alias or version text the deployment gave.
+    pub target: String,
+    pub percent: u32,
+    pub version: Arc<Version>,
+    pub batcher: Option<Batcher>,
+}
+
+/// Where a model's bare name goes now.
+pub struct Live {
+    pub deployment: Deployment,
+    pub routes: Vec<Route>,
+    pub shadow: Option<Arc<Version>>,
+    /// The model's aliases when this was built.
+    pub aliases: BTreeMap<String, u32>,
+}
+
+impl Live {
+    /// Picks a route by percentage with `roll` in `0..100`.
+    pub fn pick(&self, roll: u32) -> &Route {
+        let mut acc = 0;
+        for r in &self.routes {
+            acc += r.percent;
+            if roll < acc {
+                return r;
+            }
+        }
+        &self.routes[self.routes.len() - 1]
+    }
+}
+
+/// Which models a server answers for.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// Every registered model, including those registered while serving.
+    All,
+    Only(BTreeSet<String>),
+}
+
+/// How many explicitly requested versions stay loaded besides the live ones.
+const EXTRA_LOADED: usize = 4;
+
+/// The serving state of every model.
+pub struct Models {
+    registry: Arc<Registry>,
+    selection: Selection,
+    metrics: Arc<Metrics>,
+    live: RwLock<HashMap<String, Arc<Live>>>,
+    /// Why a selected model is not live (no champion yet, a load failed).
+    problems: RwLock<HashMap<String, String>>,
+    loaded: Mutex<HashMap<(String, u32), Arc<Version>>>,
+    extra: Mutex<VecDeque<(String, u32)>>,
+    reconciling: Mutex<()>,
+    /// Where batching tasks run.
+    tokio: tokio::runtime::Handle,
+}
+
+impl Models {
+    /// Serving state on the current tokio runtime (batching tasks run there).
+    pub fn new(registry: Arc<Registry>, selection: Selection, metrics: Arc<Metrics>) -> Models {
+        Models {
+            tokio: tokio::runtime::Handle::current(),
+            registry,
+            selection,
+            metrics,
+            live: RwLock::new(HashMap::new()),
+            problems: RwLock::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
+            extra: Mutex::new(VecDeque::new()),
+            reconciling: Mutex::new(()),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The names this server answers for now.
+    pub fn names(&self) -> Result<Vec<String>, RegistryError> {
+        Ok(match &self.selection {
+            Selection::All => self.registry.models()?.into_iter().map(|m| m.name).collect(),
+            Selection::Only(names) => names.iter().cloned().collect(),
+        })
+    }
+
+    pub fn serves(&self, model: &str) -> bool {
+        match &self.selection {
+            Selection::All => self.registry.model(model).is_ok(),
+            Selection::Only(names) => names.contains(model),
+        }
+    }
+
+    /// Loads every selected model (blocking). A model that cannot go live is recorded as a problem,
+    /// not an error: the server starts and reports it as not ready.
+    pub fn load_all(&self) -> Result<(), ServeError> {
+        if let Selection::Only(names) = &self.selection {
+            for name in names {
+                self.registry.model(name)?;
+            }
+        }
+        for name in self.names()? {
+            self.reconcile(&name);
+        }
+        Ok(())
+    }
+
+    /// Where a bare model name routes now, if it is live.
+    pub fn live(&self, model: &str) -> Option<Arc<Live>> {
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .cloned()
+    }
+
+    pub fn problem(&self, model: &str) -> Option<String> {
+        self.problems
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .cloned()
+    }
+
+    /// Loaded versions, as `(model, version, load time)`.
+    pub fn loaded(&self) -> Vec<(String, u32, Duration)> {
+        let mut out: Vec<_> = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|v| (v.model.clone(), v.version, v.load_time))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The error for a model this server does not answer for.
+    pub fn unknown(&self, model: &str) -> ServeError {
+        let names = self.names().unwrap_or_default();
+        let hint = kiln_core::suggest::hint(model, names.iter().map(String::as_str));
+        ServeError::NotFound(format!("no model `{model}` is served here{hint}"))
+    }
+
+    /// A version already in memory, without touching the registry: a live route's target
+    /// (`"champion"`, `"3"`), or a loaded version number.
+    pub fn cached(&self, model: &str, which: &str) -> Option<Arc<Version>> {
+        let number = which.strip_prefix('v').unwrap_or(which).parse::<u32>().ok();
+        if let Some(live) = self.live(model) {
+            for r in &live.routes {
+                if r.target == which || Some(r.version.version) == number {
+                    return Some(r.version.clone());
+                }
+            }
+            if number.is_none()
+                && let Some(v) = live.aliases.get(which)
+            {
+                return self.get_loaded(model, *v);
+            }
+        }
+        number.and_then(|n| self.get_loaded(model, n))
+    }
+
+    fn get_loaded(&self, model: &str, version: u32) -> Option<Arc<Version>> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(model.to_string(), version))
+            .cloned()
+    }
+
+    /// A version by alias or number, loading it when needed (blocking).
+    pub fn version(&self, model: &str, which: &str) -> Result<Arc<Version>, ServeError> {
+        if !self.serves(model) {
+            return Err(self.unknown(model));
+        }
+        if let Some(v) = self.cached(model, which) {
+            return Ok(v);
+        }
+        let mv = self.registry.resolve(model, which)?;
+        let v = self.load(model, mv.version)?;
+        let mut extra = self.extra.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (model.to_string(), mv.version);
+        if !extra.contains(&key) {
+            extra.push_back(key);
+            if extra.len() > EXTRA_LOADED {
+                extra.pop_front();
+            }
+        }
+        drop(extra);
+        self.evict();
+        Ok(v)
+    }
+
+    /// Loads (or finds loaded) one version: exported from the artifact store, read, warmed up.
+    fn load(&self, model: &str, version: u32) -> Result<Arc<Version>, ServeError> {
+        if let Some(v) = self.get_loaded(model, version) {
+            return Ok(v);
+        }
+        let started = Instant::now();
+        let mv = self.registry.version(model, version)?;
+        let scratch = tempfile::tempdir()
+            .map_err(|e| ServeError::Internal(format!("creating a temporary directory: {e}")))?;
+        let dir = scratch.path().join("bundle");
+        self.registry.export_artifact(&mv.artifact, &dir)?;
+        let runtime = Runtime::load(&dir)?;
+        runtime.warm_up()?;
+        let v = Arc::new(Version {
+            model: model.to_string(),
+            version,
+            runtime: Arc::new(runtime),
+            load_time: started.elapsed(),
+            label: version.to_string(),
+        });
+        tracing::info!(model, version, ms = v.load_time.as_millis() as u64, "loaded model version");
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let v = loaded
+            .entry((model.to_string(), version))
+            .or_insert(v)
+            .clone();
+        self.metrics.loaded.set(loaded.len() as i64);
+        Ok(v)
+    }
+
+    /// Drops loaded versions that are neither live nor among the recent explicit ones. Requests
+    /// holding them finish first (they hold an `Arc`).
+    fn evict(&self) {
+        let mut keep: BTreeSet<(String, u32)> = self
+            .extra
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for (name, live) in self.live.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            for r in &live.routes {
+                keep.insert((name.clone(), r.version.version));
+            }
+            if let Some(s) = &live.shadow {
+                keep.insert((name.clone(), s.version));
+            }
+        }
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|k, _| keep.contains(k));
+        self.metrics.loaded.set(loaded.len() as i64);
+    }
+
+    /// Brings one model's live routes in line with the registry (blocking): resolves its
+    /// deployment's targets, loads and warms up what is new, then swaps. Errors are kept as the
+    /// model's problem and the old routes stay.
+    pub fn reconcile(&self, model: &str) {
+        let _one_at_a_time = self.reconciling.lock().unwrap_or_else(|e| e.into_inner());
+        match self.build_live(model) {
+            Ok(Some(live)) => {
+                let before = self.live(model);
+                let changed = before.as_ref().is_none_or(|b| {
+                    versions_of(b) != versions_of(&live) || b.deployment != live.deployment
+                });
+                self.live
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(model.to_string(), Arc::new(live));
+                self.problems
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(model);
+                if changed && before.is_some() {
+                    self.metrics.swaps.with_label_values(&[model]).inc();
+                    tracing::info!(model, "swapped live versions");
+                }
+            }
+            Ok(None) => {
+                self.live
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(model);
+            }
+            Err(e) => {
+                tracing::warn!(model, error = %e, "model is not live");
+                self.problems
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(model.to_string(), e.to_string());
+            }
+        }
+        self.evict();
+    }
+
+    fn build_live(&self, model: &str) -> Result<Option<Live>, ServeError> {
+        if !self.serves(model) {
+            return Ok(None);
+        }
+        let deployment = self.registry.deployment(model)?;
+        let aliases = self.registry.aliases(model)?;
+        let mut routes = Vec::new();
+        for r in &deployment.routes {
+            let mv = self.registry.resolve(model, &r.target).map_err(|e| match e {
+                RegistryError::NotFound { .. } if r.target == "champion" => ServeError::NotReady(
+                    format!(
+                        "model `{model}` has no `champion` yet; promote a version \
+                         (`kiln models promote {model} VERSION`) or set a deployment"
+                    ),
+                ),
+                e => e.into(),
+            })?;
+            let version = self.load(model, mv.version)?;
+            let batcher = deployment.batching.map(|b| {
+                let runtime = version.runtime.clone();
+                let forward: Forward = Arc::new(move |f| runtime.forward(f));
+                let histogram = self
+                    .metrics
+                    .batch_rows
+                    .with_label_values(&[model, &version.label]);
+                let on_batch: OnBatch = Arc::new(move |n| histogram.observe(n as f64));
+                Batcher::start(
+                    &self.tokio,
+                    forward,
+                    version.runtime.width(),
+                    b.max_batch,
+                    Duration::from_micros(b.max_delay_us),
+                    on_batch,
+                )
+            });
+            routes.push(Route {
+                target: r.target.clone(),
+                percent: r.percent,
+                version,
+                batcher,
+            });
+        }
+        let shadow = match &deployment.shadow {
+            Some(t) => Some(self.load(model, self.registry.resolve(model, t)?.version)?),
+            None => None,
+        };
+        Ok(Some(Live {
+            deployment,
+            routes,
+            shadow,
+            aliases,
+        }))
+    }
+
+    /// Follows the registry's change feed on this thread until the registry stops sending:
+    /// an alias move, a deployment change or a new or deleted version of a served model
+    /// reconciles that model.
+    pub fn follow(self: &Arc<Self>) {
+        let events = self.registry.watch();
+        let models = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("kiln-hot-swap".into())
+            .spawn(move || {
+                for event in events {
+                    let Some(models) = models.upgrade() else {
+                        return;
+                    };
+                    let model = match &event {
+                        RegistryEvent::AliasMoved(e) => &e.model,
+                        RegistryEvent::VersionCreated { model, .. }
+                        | RegistryEvent::VersionDeleted { model, .. }
+                        | RegistryEvent::DeploymentChanged { model } => model,
+                    };
+                    if let RegistryEvent::VersionDeleted { model, version } = &event {
+                        models
+                            .extra
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .retain(|(m, v)| !(m == model && v == version));
+                    }
+                    if models.serves(model) || models.live(model).is_some() {
+                        models.reconcile(model);
+                    }
+                }
+            })
+            .unwrap_or_else(|e| panic!("starting the hot-swap thread: {e}"));
+    }
+}
+
+fn versions_of(live: &Live) -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> = live
+        .routes
+        .iter()
+        .map(|r| (r.version.version, r.percent))
+        .collect();
+    v.extend(live.shadow.as_ref().map(|s| (s.version, 0)));
+    v
+}

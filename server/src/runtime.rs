@@ -1,0 +1,351 @@
+//! The inference runtime: a kiln model bundle rebuilt on candle, and the raw rows → fitted
+//! transform → network → outputs path. Everything here is synchronous; the HTTP layer calls it on
+//! blocking threads.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use kiln_core::bundle::{self, Activation, Architecture, Manifest, Task, Weight};
+use kiln_core::data::ColumnType;
+use kiln_core::transform::Cell;
+
+use crate::error::ServeError;
+
+/// The network of a bundle as candle tensors.
+struct Network {
+    /// `[ids, width]` tables, one per id column of the transform.
+    embeddings: Vec<Tensor>,
+    wide: Option<(Tensor, Tensor)>,
+    /// `(weight [in, out], bias [out])` per dense layer.
+    layers: Vec<(Tensor, Tensor)>,
+    activation: Activation,
+}
+
+/// One column of decoded request rows, in the model's signature order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Column {
+    /// A numeric or boolean column; `None` is a missing value.
+    Numbers(Vec<Option<f64>>),
+    /// A categorical column; `None` is a missing value.
+    Texts(Vec<Option<String>>),
+}
+
+impl Column {
+    pub fn len(&self) -> usize {
+        match self {
+            Column::Numbers(v) => v.len(),
+            Column::Texts(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn cell(&self, row: usize) -> Cell<'_> {
+        match self {
+            Column::Numbers(v) => v[row].map_or(Cell::Missing, Cell::Number),
+            Column::Texts(v) => v[row].as_deref().map_or(Cell::Missing, Cell::Text),
+        }
+    }
+}
+
+/// Request rows, one column per signature column, all of one length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    pub rows: usize,
+    pub columns: Vec<Column>,
+}
+
+/// Model features of some rows, ready for the network.
+#[derive(Debug, Clone, Default)]
+pub struct Features {
+    pub rows: usize,
+    pub dense: Vec<f32>,
+    pub ids: Vec<u32>,
+}
+
+impl Features {
+    /// Appends another block of rows (for dynamic batching).
+    pub fn extend(&mut self, other: &Features) {
+        self.rows += other.rows;
+        self.dense.extend_from_slice(&other.dense);
+        self.ids.extend_from_slice(&other.ids);
+    }
+}
+
+/// A bundle loaded for serving.
+pub struct Runtime {
+    manifest: Manifest,
+    network: Network,
+    /// Numbers per output row: class probabilities, or one value.
+    width: usize,
+    outputs: usize,
+}
+
+impl Runtime {
+    /// Loads a bundle directory (manifest and safetensors weights).
+    pub fn load(dir: &Path) -> Result<Runtime, ServeError> {
+        let (manifest, weights) = bundle::read(dir).map_err(|e| ServeError::Load(e.to_string()))?;
+        Runtime::new(manifest, &weights)
+    }
+
+    /// Builds the runtime from a manifest and its tensors.
+    pub fn new(
+        manifest: Manifest,
+        weights: &BTreeMap<String, Weight>,
+    ) -> Result<Runtime, ServeError> {
+        let network = Network::new(&manifest.architecture, weights)
+            .map_err(|m| ServeError::Load(format!("bundle weights: {m}")))?;
+        let outputs = match &manifest.architecture {
+            Architecture::Mlp { outputs, .. } | Architecture::WideDeep { outputs, .. } => *outputs,
+        };
+        let t = &manifest.transform;
+        let expected = match &manifest.architecture {
+            Architecture::Mlp { inputs, .. } | Architecture::WideDeep { inputs, .. } => *inputs,
+        };
+        if expected != t.dense_width() {
+            return Err(ServeError::Load(format!(
+                "the network takes {expected} inputs but the transform makes {} features",
+                t.dense_width()
+            )));
+        }
+        let width = match manifest.task {
+            Task::BinaryClassification => 2,
+            _ => outputs,
+        };
+        Ok(Runtime {
+            manifest,
+            network,
+            width,
+            outputs,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Numbers per row of [`Runtime::forward`].
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Applies the fitted transform to decoded rows.
+    pub fn features(&self, rows: &Rows) -> Result<Features, ServeError> {
+        let t = &self.manifest.transform;
+        let (dw, iw) = (t.dense_width(), t.id_width());
+        let mut out = Features {
+            rows: rows.rows,
+            dense: vec![0.0; rows.rows * dw],
+            ids: vec![0; rows.rows * iw],
+        };
+        for r in 0..rows.rows {
+            t.apply_cells_into(
+                r,
+                |i| rows.columns[i].cell(r),
+                &mut out.dense[r * dw..(r + 1) * dw],
+                &mut out.ids[r * iw..(r + 1) * iw],
+            )
+            .map_err(|e| ServeError::BadInput(e.to_string()))?;
+        }
+        Ok(out)
+    }
+
+    /// Class probabilities (classification) or values (regression), `width()` per row.
+    pub fn forward(&self, f: &Features) -> Result<Vec<f32>, ServeError> {
+        if f.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let raw = self
+            .network
+            .forward(f, self.manifest.transform.dense_width())
+            .map_err(|e| ServeError::Internal(format!("forward pass: {e}")))?;
+        Ok(finish(self.manifest.task, raw, self.outputs))
+    }
+
+    /// Rows → features → outputs.
+    pub fn predict(&self, rows: &Rows) -> Result<Vec<f32>, ServeError> {
+        self.forward(&self.features(rows)?)
+    }
+
+    /// A row of typical values (training medians and most frequent categories), for warm-up
+    /// and infrastructure checks.
+    pub fn typical_rows(&self, n: usize) -> Rows {
+        let stats = &self.manifest.training_statistics;
+        let columns = self
+            .manifest
+            .signature
+            .iter()
+            .map(|c| {
+                let s = stats.columns.iter().find(|s| s.name == c.name);
+                match c.column_type {
+                    ColumnType::Categorical => {
+                        let top = s
+                            .and_then(|s| s.categorical.as_ref())
+                            .and_then(|c| c.top.first())
+                            .map(|t| t.value.clone());
+                        Column::Texts(vec![top; n])
+                    }
+                    _ => {
+                        let mid = s
+                            .and_then(|s| s.numeric.as_ref())
+                            .and_then(|n| n.quantile(0.5))
+                            .or(Some(0.0));
+                        Column::Numbers(vec![mid; n])
+                    }
+                }
+            })
+            .collect();
+        Rows { rows: n, columns }
+    }
+
+    /// Runs the network once on typical rows so that the first request does not pay for
+    /// first-use allocations.
+    pub fn warm_up(&self) -> Result<(), ServeError> {
+        for n in [1, 8] {
+            self.predict(&self.typical_rows(n))?;
+        }
+        Ok(())
+    }
+}
+
+/// Logits → probabilities for classification; values pass through.
+fn finish(task: Task, raw: Vec<f32>, outputs: usize) -> Vec<f32> {
+    match task {
+        Task::BinaryClassification => raw
+            .iter()
+            .flat_map(|z| {
+                let p = 1.0 / (1.0 + (-z).exp());
+                [1.0 - p, p]
+            })
+            .collect(),
+        Task::MultiClassification => {
+            let mut out = raw;
+            for row in out.chunks_mut(outputs) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for v in row.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                for v in row.iter_mut() {
+                    *v /= sum;
+                }
+            }
+            out
+        }
+        Task::Regression => raw,
+    }
+}
+
+impl Network {
+    fn new(arch: &Architecture, weights: &BTreeMap<String, Weight>) -> Result<Network, String> {
+        let (inputs, tables, hidden, activation, outputs, wide) = match arch {
+            Architecture::Mlp {
+                inputs,
+                hidden,
+                activation,
+                outputs,
+            } => (*inputs, vec![], hidden, *activation, *outputs, false),
+            Architecture::WideDeep {
+                inputs,
+                embeddings,
+                hidden,
+                activation,
+                outputs,
+            } => (
+                *inputs,
+                embeddings.iter().map(|e| (e.ids, e.width)).collect(),
+                hidden,
+                *activation,
+                *outputs,
+                true,
+            ),
+        };
+        let mut sizes = vec![inputs + tables.iter().map(|(_, w)| w).sum::<usize>()];
+        sizes.extend(hidden);
+        sizes.push(outputs);
+        let embeddings = tables
+            .iter()
+            .enumerate()
+            .map(|(j, (ids, width))| tensor(weights, &format!("embedding.{j}"), &[*ids, *width]))
+            .collect::<Result<_, _>>()?;
+        let wide = if wide {
+            Some(linear(weights, "wide", inputs, outputs)?)
+        } else {
+            None
+        };
+        let layers = sizes
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| linear(weights, &format!("dense.{i}"), w[0], w[1]))
+            .collect::<Result<_, _>>()?;
+        Ok(Network {
+            embeddings,
+            wide,
+            layers,
+            activation,
+        })
+    }
+
+    fn forward(&self, f: &Features, dense_width: usize) -> candle_core::Result<Vec<f32>> {
+        let x = Tensor::from_slice(&f.dense, (f.rows, dense_width), &Device::Cpu)?;
+        let wide = match &self.wide {
+            Some((w, b)) => Some(x.matmul(w)?.broadcast_add(b)?),
+            None => None,
+        };
+        let mut x = if self.embeddings.is_empty() {
+            x
+        } else {
+            let k = self.embeddings.len();
+            let ids = Tensor::from_slice(&f.ids, (f.rows, k), &Device::Cpu)?;
+            let mut parts = vec![x];
+            for (j, table) in self.embeddings.iter().enumerate() {
+                let column = ids.narrow(1, j, 1)?.flatten_all()?;
+                parts.push(table.index_select(&column, 0)?);
+            }
+            Tensor::cat(&parts, 1)?
+        };
+        let last = self.layers.len() - 1;
+        for (i, (w, b)) in self.layers.iter().enumerate() {
+            x = x.matmul(w)?.broadcast_add(b)?;
+            if i < last {
+                x = match self.activation {
+                    Activation::Relu => x.relu()?,
+                    Activation::Tanh => x.tanh()?,
+                    Activation::Gelu => x.gelu_erf()?,
+                };
+            }
+        }
+        if let Some(w) = wide {
+            x = (x + w)?;
+        }
+        x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
+    }
+}
+
+fn linear(
+    weights: &BTreeMap<String, Weight>,
+    prefix: &str,
+    inputs: usize,
+    outputs: usize,
+) -> Result<(Tensor, Tensor), String> {
+    Ok((
+        tensor(weights, &format!("{prefix}.weight"), &[inputs, outputs])?,
+        tensor(weights, &format!("{prefix}.bias"), &[outputs])?,
+    ))
+}
+
+fn tensor(weights: &BTreeMap<String, Weight>, name: &str, shape: &[usize]) -> Result<Tensor, String> {
+    match weights.get(name) {
+        Some(w) if w.shape == shape => Tensor::from_slice(&w.data, shape, &Device::Cpu)
+            .map_err(|e| format!("tensor `{name}`: {e}")),
+        Some(w) => Err(format!(
+            "tensor `{name}` has shape {:?}, expected {shape:?}",
+            w.shape
+        )),
+        None => Err(format!("tensor `{name}` is missing")),
+    }
+}

@@ -1,0 +1,250 @@
+//! `kiln serve` (the model server on a socket) and `kiln models deploy` (traffic split, shadow
+//! and batching of a model, in the registry or through a running server's API).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use kiln_core::registry::{Batching, Deployment, Registry, Route};
+use kiln_server::{Selection, ServerConfig};
+
+use crate::Outcome;
+use crate::cmd::registry::Home;
+use crate::ui;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Serve only these models (comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with = "all")]
+    models: Vec<String>,
+    /// Serve every registered model, including those registered while running (the default).
+    #[arg(long)]
+    all: bool,
+    /// Require `Authorization: Bearer TOKEN` for management calls that change state.
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Require the token for inference, metadata and metrics too (health stays open).
+    #[arg(long, requires = "token")]
+    protect_reads: bool,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body: usize,
+    /// How long a request may take before it is answered with 408 (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
+    let registry = Arc::new(Registry::open(&home.dir)?);
+    let selection = if args.models.is_empty() {
+        Selection::All
+    } else {
+        Selection::Only(args.models.iter().cloned().collect::<BTreeSet<_>>())
+    };
+    let config = ServerConfig {
+        token: args.token.filter(|t| !t.is_empty()),
+        protect_reads: args.protect_reads,
+        max_body: args.max_body,
+        timeout: args.timeout,
+        actor: std::env::var("USER").unwrap_or_else(|_| "kiln-server".into()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kiln-http")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let state = kiln_server::start(registry, selection, config).await?;
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("listening on {}", args.addr))?;
+        let addr = listener.local_addr()?;
+        let names = state.models.names()?;
+        let live = names.iter().filter(|n| state.models.live(n).is_some()).count();
+        eprintln!(
+            "kiln serving {live} of {} models on http://{addr} (V2 /v2, TF Serving /v1, MLflow /invocations, /api, /metrics)",
+            names.len()
+        );
+        for name in &names {
+            if let Some(problem) = state.models.problem(name) {
+                eprintln!("  {name}: not live: {problem}");
+            }
+        }
+        kiln_server::serve(listener, kiln_server::router(state), shutdown_signal()).await?;
+        eprintln!("kiln server stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(Outcome::Ok)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    eprintln!("shutting down: finishing requests in flight");
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    name: String,
+    /// Traffic split as TARGET=PERCENT pairs, targets being aliases or versions, e.g.
+    /// champion=90,challenger=10 or 3=50,4=50. Default: champion=100.
+    #[arg(long, value_delimiter = ',')]
+    split: Vec<String>,
+    /// An alias or version that gets a copy of the traffic; its answers are only compared.
+    #[arg(long)]
+    shadow: Option<String>,
+    /// Merge concurrent requests into batches of up to this many rows.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// How long the first request of a batch waits for more, in microseconds.
+    #[arg(long, default_value_t = 500, requires = "batch")]
+    batch_delay_us: u64,
+    /// Remove the deployment: all traffic to `champion`, no shadow, no batching.
+    #[arg(long, conflicts_with_all = ["split", "shadow", "batch"])]
+    reset: bool,
+    /// Change a running server through its API instead of the registry (which it owns).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The server's token, for --server.
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_split(split: &[String]) -> Result<Vec<Route>> {
+    if split.is_empty() {
+        return Ok(vec![Route {
+            target: "champion".into(),
+            percent: 100,
+        }]);
+    }
+    split
+        .iter()
+        .map(|s| {
+            let (target, percent) = s
+                .split_once('=')
+                .with_context(|| format!("--split {s}: expected TARGET=PERCENT"))?;
+            let percent: u32 = percent
+                .trim_end_matches('%')
+                .parse()
+                .with_context(|| format!("--split {s}: {percent:?} is not a whole percentage"))?;
+            Ok(Route {
+                target: target.to_string(),
+                percent,
+            })
+        })
+        .collect()
+}
+
+pub fn deploy(home: &Home, args: DeployArgs) -> Result<Outcome> {
+    let deployment = Deployment {
+        model: args.name.clone(),
+        routes: parse_split(&args.split)?,
+        shadow: args.shadow.clone(),
+        batching: args.batch.map(|max_batch| Batching {
+            max_batch,
+            max_delay_us: args.batch_delay_us,
+        }),
+        updated_ms: 0,
+        updated_by: String::new(),
+    };
+    let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let stored: serde_json::Value = match &args.server {
+        Some(url) => {
+            let url = format!(
+                "{}/api/models/{}/deployment",
+                url.trim_end_matches('/'),
+                args.name
+            );
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(120)))
+                .build()
+                .into();
+            let mut request = if args.reset {
+                agent.delete(&url).force_send_body()
+            } else {
+                agent.put(&url)
+            };
+            if let Some(t) = &args.token {
+                request = request.header("Authorization", &format!("Bearer {t}"));
+            }
+            let body = serde_json::json!({
+                "routes": deployment.routes,
+                "shadow": deployment.shadow,
+                "batching": deployment.batching,
+                "by": by,
+            });
+            let mut response = request
+                .send_json(&body)
+                .with_context(|| format!("calling {url}"))?;
+            let status = response.status();
+            let answer: serde_json::Value = response
+                .body_mut()
+                .read_json()
+                .with_context(|| format!("reading the answer of {url}"))?;
+            if !status.is_success() {
+                bail!(
+                    "{url}: {status}: {}",
+                    answer["error"].as_str().unwrap_or("no message")
+                );
+            }
+            answer["deployment"].clone()
+        }
+        None => {
+            let reg = home.open_registry()?;
+            let d = if args.reset {
+                reg.reset_deployment(&args.name)?;
+                reg.deployment(&args.name)?
+            } else {
+                reg.set_deployment(deployment, &by)?
+            };
+            serde_json::to_value(&d)?
+        }
+    };
+    if args.json {
+        ui::print_json(&stored)?;
+        return Ok(Outcome::Ok);
+    }
+    let d: Deployment = serde_json::from_value(stored).context("reading the deployment")?;
+    let rows: Vec<Vec<String>> = d
+        .routes
+        .iter()
+        .map(|r| vec![r.target.clone(), format!("{}%", r.percent)])
+        .collect();
+    println!("{}", ui::table(&["target", "traffic"], rows, &[1]));
+    if let Some(s) = &d.shadow {
+        println!("shadow: {s} (gets a copy of every request; its answers are only compared)");
+    }
+    if let Some(b) = d.batching {
+        println!(
+            "batching: up to {} rows, waiting at most {} µs",
+            b.max_batch, b.max_delay_us
+        );
+    }
+    Ok(Outcome::Ok)
+}
