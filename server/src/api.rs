@@ -336,7 +336,9 @@ async fn delete_alias(
             &b.reason,
         )?;
         models.reconcile(&name);
-        Ok(Json(json!({ "event": e, "problem": models.problem(&name) })))
+        Ok(Json(
+            json!({ "event": e, "problem": models.problem(&name) }),
+        ))
     })
     .await
 }

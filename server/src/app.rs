@@ -65,18 +65,28 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{name}", get(v2::model_metadata))
         .route("/v2/models/{name}/ready", get(v2::model_ready))
         .route("/v2/models/{name}/infer", post(v2::infer))
-        .route("/v2/models/{name}/versions/{version}", get(v2::version_metadata))
-        .route("/v2/models/{name}/versions/{version}/ready", get(v2::version_ready))
-        .route("/v2/models/{name}/versions/{version}/infer", post(v2::version_infer))
-        .route("/v1/models/{*rest}", get(tfserving::get).post(tfserving::post))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(v2::version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(v2::version_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2::version_infer),
+        )
+        .route(
+            "/v1/models/{*rest}",
+            get(tfserving::get).post(tfserving::post),
+        )
         .route("/invocations", post(mlflow::invocations))
         .route("/metrics", get(metrics))
         .merge(api::reads())
         .route_layer(middleware::from_fn_with_state(state.clone(), check_read));
-    let writes = api::writes().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        check_write,
-    ));
+    let writes =
+        api::writes().route_layer(middleware::from_fn_with_state(state.clone(), check_write));
     let config = state.config.clone();
     Router::new()
         .merge(open)
@@ -163,16 +173,23 @@ pub fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, 
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 status,
-                format!("the request body is over the server's limit of {limit} bytes (--max-body)"),
+                format!(
+                    "the request body is over the server's limit of {limit} bytes (--max-body)"
+                ),
             )
         } else {
-            ApiError::new(status, format!("reading the request body: {}", r.body_text()))
+            ApiError::new(
+                status,
+                format!("reading the request body: {}", r.body_text()),
+            )
         }
     })
 }
 
 /// Parses a JSON body into `T` with a message that says where it went wrong.
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, crate::error::ServeError> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, crate::error::ServeError> {
     serde_json::from_slice(bytes)
         .map_err(|e| crate::error::ServeError::BadInput(format!("malformed JSON body: {e}")))
 }

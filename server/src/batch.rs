@@ -39,7 +39,14 @@ impl Batcher {
         on_batch: OnBatch,
     ) -> Batcher {
         let (tx, rx) = mpsc::channel(4 * max_batch.max(16));
-        runtime.spawn(run(rx, forward, width, max_batch.max(1), max_delay, on_batch));
+        runtime.spawn(run(
+            rx,
+            forward,
+            width,
+            max_batch.max(1),
+            max_delay,
+            on_batch,
+        ));
         Batcher { tx }
     }
 
@@ -128,7 +135,8 @@ mod tests {
 
     /// A forward pass that doubles the first dense value of each row and records batch sizes.
     fn doubling(sizes: Arc<Mutex<Vec<usize>>>) -> (Forward, OnBatch) {
-        let forward: Forward = Arc::new(|f: &Features| Ok(f.dense.iter().map(|x| 2.0 * x).collect()));
+        let forward: Forward =
+            Arc::new(|f: &Features| Ok(f.dense.iter().map(|x| 2.0 * x).collect()));
         let on_batch: OnBatch = Arc::new(move |n| sizes.lock().unwrap().push(n));
         (forward, on_batch)
     }
@@ -145,7 +153,14 @@ mod tests {
     async fn a_lone_request_waits_for_the_delay_then_runs_alone() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let (forward, on_batch) = doubling(sizes.clone());
-        let b = Batcher::start(&tokio::runtime::Handle::current(), forward, 1, 8, Duration::from_millis(5), on_batch);
+        let b = Batcher::start(
+            &tokio::runtime::Handle::current(),
+            forward,
+            1,
+            8,
+            Duration::from_millis(5),
+            on_batch,
+        );
         let start = Instant::now();
         let out = b.submit(one_row(3.0)).await.unwrap();
         assert_eq!(out, vec![6.0]);
@@ -157,7 +172,14 @@ mod tests {
     async fn concurrent_requests_merge_and_get_their_own_rows_back() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let (forward, on_batch) = doubling(sizes.clone());
-        let b = Batcher::start(&tokio::runtime::Handle::current(), forward, 1, 4, Duration::from_secs(1), on_batch);
+        let b = Batcher::start(
+            &tokio::runtime::Handle::current(),
+            forward,
+            1,
+            4,
+            Duration::from_secs(1),
+            on_batch,
+        );
         let tasks: Vec<_> = (0..8)
             .map(|i| {
                 let b = b.clone();
@@ -175,7 +197,14 @@ mod tests {
     async fn a_request_that_does_not_fit_starts_the_next_batch() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let (forward, on_batch) = doubling(sizes.clone());
-        let b = Batcher::start(&tokio::runtime::Handle::current(), forward, 1, 4, Duration::from_millis(2), on_batch);
+        let b = Batcher::start(
+            &tokio::runtime::Handle::current(),
+            forward,
+            1,
+            4,
+            Duration::from_millis(2),
+            on_batch,
+        );
         let three = Features {
             rows: 3,
             dense: vec![1.0, 2.0, 3.0],

@@ -125,10 +125,14 @@ fn check_rows(n: usize) -> Result<(), ServeError> {
 pub fn unknown_column(signature: &[InputColumn], name: &str, row: Option<usize>) -> ServeError {
     let hint = kiln_core::suggest::hint(name, signature.iter().map(|c| c.name.as_str()));
     let at = row.map_or(String::new(), |r| format!("row {r}: "));
-    ServeError::BadInput(format!(
-        "{at}unknown column `{name}`{hint}; the model takes {}",
-        column_list(signature)
-    ))
+    if hint.is_empty() {
+        ServeError::BadInput(format!(
+            "{at}unknown column `{name}`; the model takes {}",
+            column_list(signature)
+        ))
+    } else {
+        ServeError::BadInput(format!("{at}unknown column `{name}`{hint}"))
+    }
 }
 
 /// The error for a column that the request lacks.
@@ -197,7 +201,10 @@ pub fn from_records(signature: &[InputColumn], records: &[Value]) -> Result<Rows
 }
 
 /// Rows given column by column: each column name → an array of values, all of one length.
-pub fn from_columns(signature: &[InputColumn], columns: &Map<String, Value>) -> Result<Rows, ServeError> {
+pub fn from_columns(
+    signature: &[InputColumn],
+    columns: &Map<String, Value>,
+) -> Result<Rows, ServeError> {
     for key in columns.keys() {
         if !signature.iter().any(|c| &c.name == key) {
             return Err(unknown_column(signature, key, None));

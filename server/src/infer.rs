@@ -126,7 +126,11 @@ type Routed = (
     Option<Arc<Version>>,
 );
 
-async fn route(models: &Arc<Models>, model: &str, which: Option<&str>) -> Result<Routed, ServeError> {
+async fn route(
+    models: &Arc<Models>,
+    model: &str,
+    which: Option<&str>,
+) -> Result<Routed, ServeError> {
     match which {
         None => match models.live(model) {
             Some(live) => {
@@ -184,21 +188,20 @@ fn copy_to_shadow(models: Arc<Models>, shadow: Arc<Version>, rows: Rows, live: V
                 let width = shadow.runtime.width();
                 let classify = !shadow.runtime.manifest().labels.is_empty();
                 let agree = out.len() == live.len()
-                    && out
-                        .chunks(width)
-                        .zip(live.chunks(width))
-                        .all(|(a, b)| {
-                            if classify {
-                                argmax(a) == argmax(b)
-                            } else {
-                                (a[0] - b[0]).abs() <= 1e-3 * a[0].abs().max(1.0)
-                            }
-                        });
+                    && out.chunks(width).zip(live.chunks(width)).all(|(a, b)| {
+                        if classify {
+                            argmax(a) == argmax(b)
+                        } else {
+                            (a[0] - b[0]).abs() <= 1e-3 * a[0].abs().max(1.0)
+                        }
+                    });
                 if agree {
                     metrics.shadow_agreements.with_label_values(&labels).inc();
                 }
             }
-            Err(e) => tracing::warn!(model = %shadow.model, version = shadow.version, error = %e, "shadow request failed"),
+            Err(e) => {
+                tracing::warn!(model = %shadow.model, version = shadow.version, error = %e, "shadow request failed")
+            }
         }
     });
 }

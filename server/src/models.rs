@@ -111,7 +111,12 @@ impl Models {
     /// The names this server answers for now.
     pub fn names(&self) -> Result<Vec<String>, RegistryError> {
         Ok(match &self.selection {
-            Selection::All => self.registry.models()?.into_iter().map(|m| m.name).collect(),
+            Selection::All => self
+                .registry
+                .models()?
+                .into_iter()
+                .map(|m| m.name)
+                .collect(),
             Selection::Only(names) => names.iter().cloned().collect(),
         })
     }
@@ -244,7 +249,12 @@ impl Models {
             load_time: started.elapsed(),
             label: version.to_string(),
         });
-        tracing::info!(model, version, ms = v.load_time.as_millis() as u64, "loaded model version");
+        tracing::info!(
+            model,
+            version,
+            ms = v.load_time.as_millis() as u64,
+            "loaded model version"
+        );
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         let v = loaded
             .entry((model.to_string(), version))
@@ -279,7 +289,7 @@ impl Models {
 
     /// Brings one model's live routes in line with the registry (blocking): resolves its
     /// deployment's targets, loads and warms up what is new, then swaps. Errors are kept as the
-    /// model's problem and the old routes stay.
+    /// model's problem; the old routes stay unless the deployment's targets are gone.
     pub fn reconcile(&self, model: &str) {
         let _one_at_a_time = self.reconciling.lock().unwrap_or_else(|e| e.into_inner());
         match self.build_live(model) {
@@ -308,6 +318,14 @@ impl Models {
                     .remove(model);
             }
             Err(e) => {
+                // Nothing to route to (the alias is gone): stop answering. A version that
+                // fails to load leaves the routes that work in place.
+                if matches!(e, ServeError::NotReady(_)) {
+                    self.live
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(model);
+                }
                 tracing::warn!(model, error = %e, "model is not live");
                 self.problems
                     .write()
@@ -326,15 +344,18 @@ impl Models {
         let aliases = self.registry.aliases(model)?;
         let mut routes = Vec::new();
         for r in &deployment.routes {
-            let mv = self.registry.resolve(model, &r.target).map_err(|e| match e {
-                RegistryError::NotFound { .. } if r.target == "champion" => ServeError::NotReady(
-                    format!(
-                        "model `{model}` has no `champion` yet; promote a version \
+            let mv = self
+                .registry
+                .resolve(model, &r.target)
+                .map_err(|e| match e {
+                    RegistryError::NotFound { .. } if r.target == "champion" => {
+                        ServeError::NotReady(format!(
+                            "model `{model}` has no `champion` yet; promote a version \
                          (`kiln models promote {model} VERSION`) or set a deployment"
-                    ),
-                ),
-                e => e.into(),
-            })?;
+                        ))
+                    }
+                    e => e.into(),
+                })?;
             let version = self.load(model, mv.version)?;
             let batcher = deployment.batching.map(|b| {
                 let runtime = version.runtime.clone();

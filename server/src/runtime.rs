@@ -338,7 +338,11 @@ fn linear(
     ))
 }
 
-fn tensor(weights: &BTreeMap<String, Weight>, name: &str, shape: &[usize]) -> Result<Tensor, String> {
+fn tensor(
+    weights: &BTreeMap<String, Weight>,
+    name: &str,
+    shape: &[usize],
+) -> Result<Tensor, String> {
     match weights.get(name) {
         Some(w) if w.shape == shape => Tensor::from_slice(&w.data, shape, &Device::Cpu)
             .map_err(|e| format!("tensor `{name}`: {e}")),

@@ -109,7 +109,10 @@ fn dtype(t: ColumnType) -> &'static str {
 fn metadata(v: &crate::models::Version) -> Value {
     let m = v.runtime.manifest();
     let tensor = |name: &str, dt: &str, dims: &[i64]| {
-        let dim: Vec<Value> = dims.iter().map(|d| json!({ "size": d.to_string() })).collect();
+        let dim: Vec<Value> = dims
+            .iter()
+            .map(|d| json!({ "size": d.to_string() }))
+            .collect();
         json!({ "dtype": dt, "tensor_shape": { "dim": dim }, "name": name })
     };
     let inputs: serde_json::Map<String, Value> = m
@@ -196,7 +199,11 @@ pub async fn post(
             .models
             .metrics()
             .errors
-            .with_label_values(&[path.split(['/', ':']).next().unwrap_or(""), "tfserving", e.status.as_str()])
+            .with_label_values(&[
+                path.split(['/', ':']).next().unwrap_or(""),
+                "tfserving",
+                e.status.as_str(),
+            ])
             .inc();
         e.into_response()
     })
@@ -223,7 +230,9 @@ fn encode(p: &Prediction, columnar: bool) -> Response {
         }
         (Some(labels), true) => {
             let probabilities: Vec<&[f32]> = p.values.chunks(p.width).collect();
-            serde_json::to_vec(&json!({ "outputs": { "label": labels, "probabilities": probabilities } }))
+            serde_json::to_vec(
+                &json!({ "outputs": { "label": labels, "probabilities": probabilities } }),
+            )
         }
         (None, false) => serde_json::to_vec(&json!({ "predictions": p.values })),
         (None, true) => serde_json::to_vec(&json!({ "outputs": p.values })),

@@ -3,12 +3,12 @@
 //! extension (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data_output`) that
 //! `tritonclient.http` uses by default.
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -17,7 +17,9 @@ use kiln_core::data::ColumnType;
 use kiln_core::transform::InputColumn;
 
 use crate::app::{AppState, body, parse_json};
-use crate::decode::{ColumnBuilder, column_list, from_matrix, json_kind, missing_column, unknown_column};
+use crate::decode::{
+    ColumnBuilder, column_list, from_matrix, json_kind, missing_column, unknown_column,
+};
 use crate::error::{ApiError, ServeError};
 use crate::infer::{Prediction, not_live, predict};
 use crate::models::Version;
@@ -97,7 +99,9 @@ pub async fn version_ready(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let v = version_of(&state, &name, Some(&version)).await?;
-    Ok(Json(json!({ "name": name, "version": v.label, "ready": true })))
+    Ok(Json(
+        json!({ "name": name, "version": v.label, "ready": true }),
+    ))
 }
 
 pub async fn infer(
@@ -285,7 +289,11 @@ async fn run(
     })
 }
 
-fn decode(rt: &Runtime, bytes: &[u8], header_length: Option<usize>) -> Result<(Rows, Echo), ServeError> {
+fn decode(
+    rt: &Runtime,
+    bytes: &[u8],
+    header_length: Option<usize>,
+) -> Result<(Rows, Echo), ServeError> {
     let (json_part, mut binary) = match header_length {
         Some(n) if n <= bytes.len() => (&bytes[..n], &bytes[n..]),
         Some(n) => {
@@ -394,7 +402,9 @@ fn shape_count(name: &str, shape: &[i64]) -> Result<usize, ServeError> {
     let mut n: usize = 1;
     for d in shape {
         let d = usize::try_from(*d).map_err(|_| {
-            ServeError::BadInput(format!("input `{name}`: shape {shape:?} has a negative dimension"))
+            ServeError::BadInput(format!(
+                "input `{name}`: shape {shape:?} has a negative dimension"
+            ))
         })?;
         n = n.checked_mul(d).ok_or_else(|| {
             ServeError::BadInput(format!("input `{name}`: shape {shape:?} is too large"))
@@ -518,7 +528,7 @@ fn binary_elements(name: &str, datatype: &str, bytes: &[u8]) -> Result<Elements,
         }
         return Ok(Elements::Texts(out));
     }
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(ServeError::BadInput(format!(
             "input `{name}`: {} bytes is not a whole number of {datatype} values",
             bytes.len()
@@ -532,8 +542,12 @@ fn binary_elements(name: &str, datatype: &str, bytes: &[u8]) -> Result<Elements,
                 "FP64" => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
                 "INT32" => f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
                 "UINT32" => f64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                "INT64" => i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64,
-                "UINT64" => u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64,
+                "INT64" => {
+                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64
+                }
+                "UINT64" => {
+                    u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64
+                }
                 "INT16" => f64::from(i16::from_le_bytes([c[0], c[1]])),
                 "UINT16" => f64::from(u16::from_le_bytes([c[0], c[1]])),
                 "FP16" => half_to_f64(u16::from_le_bytes([c[0], c[1]])),
@@ -561,7 +575,10 @@ fn half_to_f64(h: u16) -> f64 {
 
 /// Input tensors → rows: one `[N, columns]` numeric tensor in signature order, or one `[N]`
 /// tensor per signature column.
-fn to_rows(signature: &[InputColumn], tensors: &[(&InputTensor, Elements)]) -> Result<Rows, ServeError> {
+fn to_rows(
+    signature: &[InputColumn],
+    tensors: &[(&InputTensor, Elements)],
+) -> Result<Rows, ServeError> {
     if tensors.is_empty() {
         return Err(ServeError::BadInput(format!(
             "the request has no inputs; the model takes {}",
@@ -745,7 +762,9 @@ fn encode(p: &Prediction, echo: Echo) -> Result<Response, ApiError> {
         if *as_binary {
             let start = binary.len();
             match &data {
-                Data::Numbers(v) => v.iter().for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
+                Data::Numbers(v) => v
+                    .iter()
+                    .for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
                 Data::Texts(v) => v.iter().for_each(|s| {
                     binary.extend_from_slice(&(s.len() as u32).to_le_bytes());
                     binary.extend_from_slice(s.as_bytes());

@@ -74,10 +74,7 @@ fn check_deployment(d: &Deployment) -> Result<(), RegistryError> {
     let mut seen = std::collections::BTreeSet::new();
     for r in &d.routes {
         if r.percent == 0 {
-            return invalid(format!(
-                "route `{}` has 0%; leave it out instead",
-                r.target
-            ));
+            return invalid(format!("route `{}` has 0%; leave it out instead", r.target));
         }
         if !seen.insert(r.target.trim_start_matches('v')) {
             return invalid(format!("route `{}` appears twice", r.target));

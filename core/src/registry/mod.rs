@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use self::artifacts::ArtifactStore;
-pub use self::deployments::{MAX_BATCH_DELAY_US, MAX_BATCH_ROWS};
 pub use self::artifacts::{Manifest, ManifestEntry};
+pub use self::deployments::{MAX_BATCH_DELAY_US, MAX_BATCH_ROWS};
 pub use self::records::{
     AliasEvent, ArtifactKind, ArtifactRef, Batching, Deployment, Experiment, Lineage, MetricPoint,
     Millis, Model, ModelVersion, RECORD_FORMAT_VERSION, Route, Run, RunStatus,

@@ -445,7 +445,10 @@ impl Registry {
         std::thread::spawn(move || {
             for event in &mut deployments {
                 let model = String::from_utf8_lossy(event.key()).into_owned();
-                if tx3.send(RegistryEvent::DeploymentChanged { model }).is_err() {
+                if tx3
+                    .send(RegistryEvent::DeploymentChanged { model })
+                    .is_err()
+                {
                     return;
                 }
             }

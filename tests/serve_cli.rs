@@ -1,0 +1,330 @@
+//! `kiln serve` end to end on a real socket: models trained by the trainer (burn) answer over
+//! the three protocols exactly as `kiln predict` scores them offline; `kiln deploy` changes a
+//! running server; SIGTERM shuts it down cleanly.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+
+use serde_json::{Value, json};
+use util::Kiln;
+
+/// A running `kiln serve` on a free port, stopped (SIGTERM) on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(k: &Kiln, extra: &[&str]) -> Server {
+        let home = k.path("home").display().to_string();
+        let mut args = vec!["--home", home.as_str(), "serve", "--addr", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut child = k
+            .command()
+            .args(&args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        // Keep draining the server's log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url }
+    }
+
+    fn stop(mut self) -> i32 {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn post(url: &str, body: &Value) -> (u16, Value) {
+    let mut r = agent().post(url).send_json(body).unwrap();
+    (r.status().as_u16(), r.body_mut().read_json().unwrap())
+}
+
+/// `kiln predict`'s output: label and class-1 probability per row.
+fn offline(k: &Kiln, model: &str, data: &str) -> Vec<(String, f64)> {
+    let out = k
+        .path(&format!("{model}.predictions.csv"))
+        .display()
+        .to_string();
+    let home = k.path("home").display().to_string();
+    k.ok(&[
+        "--home",
+        &home,
+        "predict",
+        "--model",
+        &format!("{model}@champion"),
+        "--data",
+        data,
+        "-o",
+        &out,
+    ]);
+    let mut reader = csv::Reader::from_path(&out).unwrap();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].to_string(), r[2].parse().unwrap())
+        })
+        .collect()
+}
+
+fn records(path: &str, skip: &str, n: usize) -> (Vec<String>, Vec<Value>) {
+    let mut reader = csv::Reader::from_path(util::repo_root().join(path)).unwrap();
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let rows = reader
+        .records()
+        .take(n)
+        .map(|r| {
+            let r = r.unwrap();
+            let mut m = serde_json::Map::new();
+            for (h, v) in header.iter().zip(r.iter()) {
+                if h == skip {
+                    continue;
+                }
+                let value = v.parse::<f64>().map_or_else(|_| json!(v), |x| json!(x));
+                m.insert(h.clone(), value);
+            }
+            Value::Object(m)
+        })
+        .collect();
+    (header.into_iter().filter(|h| h != skip).collect(), rows)
+}
+
+fn assert_matches(what: &str, got: &[(String, f64)], want: &[(String, f64)]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.0, w.0, "{what}: row {i} label");
+        assert!(
+            (g.1 - w.1).abs() < 1e-5,
+            "{what}: row {i}: {} vs {} offline",
+            g.1,
+            w.1
+        );
+    }
+}
+
+#[test]
+fn served_predictions_equal_offline_predictions_over_every_protocol() {
+    let k = Kiln::new();
+    let data = "examples/data/breast_cancer.csv";
+    k.ok(&[
+        "train",
+        "--data",
+        data,
+        "--target",
+        "label",
+        "--spec",
+        "examples/breast_cancer.spec.toml",
+        "--hidden",
+        "8",
+        "--epochs",
+        "5",
+        "--register",
+        "bc",
+    ]);
+    k.ok(&["models", "alias", "set", "bc", "champion", "1"]);
+    let n = 25;
+    let want: Vec<(String, f64)> = offline(&k, "bc", data).into_iter().take(n).collect();
+    let (columns, rows) = records(data, "label", n);
+
+    let server = Server::start(&k, &["--models", "bc"]);
+    let url = &server.url;
+
+    // Open Inference Protocol V2: one FP64 tensor in signature order.
+    let flat: Vec<Value> = rows
+        .iter()
+        .flat_map(|r| columns.iter().map(|c| r[c].clone()).collect::<Vec<_>>())
+        .collect();
+    let (status, body) = post(
+        &format!("{url}/v2/models/bc/infer"),
+        &json!({ "inputs": [{ "name": "x", "shape": [n, columns.len()], "datatype": "FP64", "data": flat }] }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let labels = body["outputs"][0]["data"].as_array().unwrap();
+    let probs = body["outputs"][1]["data"].as_array().unwrap();
+    let v2: Vec<(String, f64)> = labels
+        .iter()
+        .zip(probs.chunks(2))
+        .map(|(l, p)| (l.as_str().unwrap().to_string(), p[1].as_f64().unwrap()))
+        .collect();
+    assert_matches("V2", &v2, &want);
+
+    // TF Serving, row format.
+    let (status, body) = post(
+        &format!("{url}/v1/models/bc:predict"),
+        &json!({ "instances": rows }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let tf: Vec<(String, f64)> = body["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["label"].as_str().unwrap().to_string(),
+                p["probabilities"][1].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_matches("TF Serving", &tf, &want);
+
+    // MLflow, dataframe_split: labels.
+    let data_rows: Vec<Value> = rows
+        .iter()
+        .map(|r| json!(columns.iter().map(|c| r[c].clone()).collect::<Vec<_>>()))
+        .collect();
+    let (status, body) = post(
+        &format!("{url}/invocations"),
+        &json!({ "dataframe_split": { "columns": columns, "data": data_rows } }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let ml: Vec<String> = body["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ml, want.iter().map(|w| w.0.clone()).collect::<Vec<_>>());
+
+    // The registry belongs to the server: the command line says so and points at the API.
+    let r = k.run_home(&["deploy", "bc", "--split", "champion=100"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("in use by") && r.stderr.contains("HTTP"),
+        "{}",
+        r.stderr
+    );
+    // Through the API it works.
+    let out = k.ok(&[
+        "deploy", "bc", "--split", "1=100", "--batch", "16", "--server", url,
+    ]);
+    assert!(
+        out.contains("100%") && out.contains("batching: up to 16 rows"),
+        "{out}"
+    );
+    let (status, _) = post(
+        &format!("{url}/v1/models/bc:predict"),
+        &json!({ "instances": rows }),
+    );
+    assert_eq!(status, 200);
+
+    assert_eq!(server.stop(), 0, "SIGTERM ends the server cleanly");
+    // Afterwards the registry is free again and has the deployment.
+    let out = k.ok(&["deploy", "bc", "--reset", "--json"]);
+    assert!(out.contains("\"champion\""), "{out}");
+}
+
+#[test]
+fn a_wide_and_deep_model_with_categories_serves_as_it_scores_offline() {
+    let k = Kiln::new();
+    let data = k.path("ctr.csv").display().to_string();
+    k.ok(&[
+        "data", "synth", "ctr", "--rows", "3000", "--seed", "3", "-o", &data,
+    ]);
+    k.ok(&[
+        "train",
+        "--data",
+        &data,
+        "--target",
+        "click",
+        "--spec",
+        "examples/ctr.spec.toml",
+        "--model",
+        "wide-deep",
+        "--hidden",
+        "16",
+        "--epochs",
+        "2",
+        "--register",
+        "ctr",
+    ]);
+    k.ok(&["models", "alias", "set", "ctr", "champion", "1"]);
+    let n = 30;
+    let want: Vec<(String, f64)> = offline(&k, "ctr", &data).into_iter().take(n).collect();
+    let (_, rows) = {
+        let mut reader = csv::Reader::from_path(&data).unwrap();
+        let header: Vec<String> = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .map(str::to_string)
+            .collect();
+        let rows: Vec<Value> = reader
+            .records()
+            .take(n)
+            .map(|r| {
+                let r = r.unwrap();
+                let mut m = serde_json::Map::new();
+                for (h, v) in header.iter().zip(r.iter()) {
+                    if h == "click" {
+                        continue;
+                    }
+                    // Categorical columns stay text; empty fields are missing values.
+                    let value = if v.is_empty() {
+                        Value::Null
+                    } else if h.starts_with('c') {
+                        json!(v)
+                    } else {
+                        json!(v.parse::<f64>().unwrap())
+                    };
+                    m.insert(h.clone(), value);
+                }
+                Value::Object(m)
+            })
+            .collect();
+        (header, rows)
+    };
+    let server = Server::start(&k, &[]);
+    let (status, body) = post(
+        &format!("{}/v1/models/ctr:predict", server.url),
+        &json!({ "instances": rows }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<(String, f64)> = body["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["label"].as_str().unwrap().to_string(),
+                p["probabilities"][1].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_matches("wide and deep", &got, &want);
+    assert_eq!(server.stop(), 0);
+}
