@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # kiln's main job on bundled data: describe a dataset, infer and check its schema, fit feature
 # transforms and write model-ready features; then the same on synthetic click-through data;
-# then train a model on it, register it, promote it to production and score the file with it.
+# then train a model on it, register it, promote it to production and score the file with it;
+# then serve it over HTTP and ask it over TF Serving's and MLflow's protocols.
 #
 #   KILN   the kiln binary (default: the release build in $CARGO_TARGET_DIR or target/)
 #   OUT    where results go (default: target/quickstart)
@@ -41,3 +42,24 @@ rm -rf "$HOME_DIR"
 "$KILN" --home "$HOME_DIR" models promote breast-cancer 1 --expect none --reason "first version"
 "$KILN" --home "$HOME_DIR" models show breast-cancer
 "$KILN" --home "$HOME_DIR" predict --model breast-cancer@production --data "$data" -o "$OUT/breast_cancer.predictions.csv"
+
+echo; echo "== serve it: the same model over HTTP (V2, TF Serving, MLflow), then stop"
+"$KILN" --home "$HOME_DIR" models alias set breast-cancer champion 1 --reason "serve it"
+"$KILN" --home "$HOME_DIR" serve --addr 127.0.0.1:0 2>"$OUT/serve.log" &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+url=""
+for _ in $(seq 100); do
+  url=$(grep -o 'http://[0-9.:]*' "$OUT/serve.log" | head -n 1 || true)
+  [ -n "$url" ] && break
+  sleep 0.1
+done
+[ -n "$url" ] || { cat "$OUT/serve.log" >&2; exit 1; }
+row=$(awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) name[i] = $i }
+  NR == 2 { s = ""; for (i = 1; i <= NF; i++) if (name[i] != "label") s = s (s == "" ? "" : ", ") "\"" name[i] "\": " $i
+    print "{" s "}"; exit }' "$data")
+echo "TF Serving:  $(curl -sf "$url/v1/models/breast-cancer:predict" -d "{\"instances\": [$row]}")"
+echo "MLflow:      $(curl -sf "$url/invocations" -H 'content-type: application/json' -d "{\"dataframe_records\": [$row]}")"
+echo "V2 metadata: $(curl -sf "$url/v2/models/breast-cancer" | head -c 120)…"
+kill -TERM "$server"
+wait "$server"

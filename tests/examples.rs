@@ -24,6 +24,14 @@ fn quickstart_runs_end_to_end() {
         stdout.contains("breast-cancer version 1 is now in Production"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(r#"TF Serving:  {"predictions":[{"label":"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"MLflow:      {"predictions":["#),
+        "{stdout}"
+    );
     for f in [
         "breast_cancer.schema.json",
         "breast_cancer.fitted.json",

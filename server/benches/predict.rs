@@ -1,0 +1,181 @@
+//! The serving hot path in process, without a network: a V2 `infer` request through the router
+//! (decode, transform, forward on a blocking thread, encode) against the router answering a
+//! health check (the cost of the HTTP layer alone); and the runtime's rows → outputs step against
+//! the fitted transform alone.
+//!
+//! `cargo bench -p kiln-server --bench predict`
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use criterion::{Criterion, criterion_group, criterion_main};
+use kiln_core::bundle::{
+    self, Activation, Architecture, BUNDLE_FORMAT_VERSION, BUNDLE_MAGIC, Manifest, Task, Weight,
+};
+use kiln_core::data::ReadOptions;
+use kiln_core::registry::{Expect, NewRun, Registry};
+use kiln_core::stats::DatasetStatistics;
+use kiln_core::transform::TransformSpec;
+use kiln_server::{Runtime, Selection, ServerConfig};
+use tower::ServiceExt;
+
+fn logistic_bundle(dir: &Path) -> Vec<String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let table = kiln_core::data::read(
+        &repo.join("examples/data/breast_cancer.csv"),
+        &ReadOptions::default(),
+    )
+    .unwrap();
+    let columns: Vec<String> = table
+        .names()
+        .filter(|n| *n != "label")
+        .map(str::to_string)
+        .collect();
+    let quoted: Vec<String> = columns.iter().map(|c| format!("{c:?}")).collect();
+    let spec = format!(
+        "[[features]]\ncolumns = [{}]\nimpute = \"median\"\nencode = \"standardize\"\n",
+        quoted.join(", ")
+    );
+    let fitted = TransformSpec::from_toml(&spec)
+        .unwrap()
+        .fit(&table)
+        .unwrap();
+    let d = fitted.dense_width();
+    let mut w = BTreeMap::new();
+    w.insert(
+        "dense.0.weight".into(),
+        Weight {
+            shape: vec![d, 1],
+            data: (0..d).map(|i| (i as f32 - 15.0) / 30.0).collect(),
+        },
+    );
+    w.insert(
+        "dense.0.bias".into(),
+        Weight {
+            shape: vec![1],
+            data: vec![0.1],
+        },
+    );
+    let manifest = Manifest {
+        magic: BUNDLE_MAGIC.into(),
+        format_version: BUNDLE_FORMAT_VERSION,
+        task: Task::BinaryClassification,
+        target: "label".into(),
+        labels: vec!["0".into(), "1".into()],
+        signature: fitted.inputs().to_vec(),
+        transform: fitted,
+        architecture: Architecture::Mlp {
+            inputs: d,
+            hidden: vec![],
+            activation: Activation::Relu,
+            outputs: 1,
+        },
+        hyperparameters: BTreeMap::new(),
+        training_statistics: DatasetStatistics::compute(&table),
+        metrics: BTreeMap::new(),
+        lineage: Default::default(),
+    };
+    bundle::write(dir, &manifest, &w).unwrap();
+    columns
+}
+
+fn body(rows: usize, width: usize) -> Vec<u8> {
+    let data: Vec<f64> = (0..rows * width).map(|i| 1.0 + (i % 7) as f64).collect();
+    serde_json::to_vec(&serde_json::json!({
+        "inputs": [{ "name": "x", "shape": [rows, width], "datatype": "FP32", "data": data }]
+    }))
+    .unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("bc");
+    let columns = logistic_bundle(&dir);
+    let width = columns.len();
+
+    let runtime = Runtime::load(&dir).unwrap();
+    let signature = runtime.manifest().signature.clone();
+    let one: Vec<f64> = (0..width).map(|i| 1.0 + i as f64).collect();
+    let mut g = c.benchmark_group("runtime");
+    g.bench_function("transform only, 1 row (baseline)", |b| {
+        b.iter(|| {
+            let rows = kiln_server::decode::from_matrix(&signature, &one, 1).unwrap();
+            runtime.features(&rows).unwrap()
+        })
+    });
+    g.bench_function("transform + candle forward, 1 row", |b| {
+        b.iter(|| {
+            let rows = kiln_server::decode::from_matrix(&signature, &one, 1).unwrap();
+            runtime.predict(&rows).unwrap()
+        })
+    });
+    let many: Vec<f64> = (0..32 * width).map(|i| 1.0 + (i % 7) as f64).collect();
+    g.bench_function("transform + candle forward, 32 rows", |b| {
+        b.iter(|| {
+            let rows = kiln_server::decode::from_matrix(&signature, &many, 32).unwrap();
+            runtime.predict(&rows).unwrap()
+        })
+    });
+    g.finish();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = Arc::new(Registry::open(&scratch.path().join("home")).unwrap());
+    let run = registry.create_run(NewRun::default()).unwrap();
+    registry.log_artifact(run.id, "model", &dir).unwrap();
+    registry
+        .register_version("bc", run.id, "model", "", None)
+        .unwrap();
+    registry
+        .set_alias("bc", "champion", 1, Expect::Any, "bench", "")
+        .unwrap();
+    let state = rt
+        .block_on(kiln_server::start(
+            registry,
+            Selection::All,
+            ServerConfig::default(),
+        ))
+        .unwrap();
+    let router = kiln_server::router(state);
+    let one_row = body(1, width);
+    let mut g = c.benchmark_group("router");
+    g.bench_function("GET /v2/health/live (baseline)", |b| {
+        b.to_async(&rt).iter(|| {
+            let r = router.clone();
+            async move {
+                r.oneshot(Request::get("/v2/health/live").body(Body::empty()).unwrap())
+                    .await
+                    .unwrap()
+            }
+        })
+    });
+    g.bench_function("POST /v2/models/bc/infer, 1 row", |b| {
+        b.to_async(&rt).iter(|| {
+            let r = router.clone();
+            let body = one_row.clone();
+            async move {
+                let response = r
+                    .oneshot(
+                        Request::post("/v2/models/bc/infer")
+                            .header("content-type", "application/json")
+                            .body(Body::from(body))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success());
+                response
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
