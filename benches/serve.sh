@@ -16,6 +16,15 @@ TARGET=${CARGO_TARGET_DIR:-target}
 KILN=${KILN:-$TARGET/release/kiln}
 CEILING=${CEILING:-$TARGET/release/examples/ceiling}
 DURATION=${DURATION:-10s}
+# On a small machine the load generator and the server fight over the same cores, and the
+# scheduler's noise swamps both servers' tail latency; by default each server gets core 0 and
+# wrk core 1 (set SERVER_CPUS and LOAD_CPUS, or empty to not pin).
+SERVER_CPUS=${SERVER_CPUS-0}
+LOAD_CPUS=${LOAD_CPUS-1}
+on_server=()
+on_load=()
+[ -n "$SERVER_CPUS" ] && on_server=(taskset -c "$SERVER_CPUS")
+[ -n "$LOAD_CPUS" ] && on_load=(taskset -c "$LOAD_CPUS")
 KILN_ADDR=127.0.0.1:18180
 CEILING_ADDR=127.0.0.1:18181
 
@@ -52,9 +61,9 @@ f:close()
 LUA
 done
 
-"$KILN" --home "$home" serve --addr "$KILN_ADDR" 2>"$work/kiln.log" &
+"${on_server[@]}" "$KILN" --home "$home" serve --addr "$KILN_ADDR" >/dev/null 2>"$work/kiln.log" &
 pids+=($!)
-"$CEILING" "$CEILING_ADDR" 2>"$work/ceiling.log" &
+"${on_server[@]}" "$CEILING" "$CEILING_ADDR" >/dev/null 2>"$work/ceiling.log" &
 pids+=($!)
 for _ in $(seq 100); do
   curl -sf "http://$KILN_ADDR/v2/health/ready" >/dev/null 2>&1 && curl -s -o /dev/null "http://$CEILING_ADDR/" && break
@@ -65,7 +74,7 @@ done
 load() {
   local addr=$1 rows=$2 conns=$3 threads=2
   [ "$conns" = 1 ] && threads=1
-  wrk -t"$threads" -c"$conns" -d"$DURATION" --latency -s "$work/rows$rows.lua" \
+  "${on_load[@]}" wrk -t"$threads" -c"$conns" -d"$DURATION" --latency -s "$work/rows$rows.lua" \
     "http://$addr/v2/models/bc/infer" >"$work/wrk.out"
   if grep -q "Non-2xx" "$work/wrk.out"; then
     echo "non-2xx answers:" >&2

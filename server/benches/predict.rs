@@ -103,20 +103,20 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("runtime");
     g.bench_function("transform only, 1 row (baseline)", |b| {
         b.iter(|| {
-            let rows = kiln_server::decode::from_matrix(&signature, &one, 1).unwrap();
+            let rows = kiln_server::decode::from_matrix(&signature, one.clone(), 1).unwrap();
             runtime.features(&rows).unwrap()
         })
     });
     g.bench_function("transform + candle forward, 1 row", |b| {
         b.iter(|| {
-            let rows = kiln_server::decode::from_matrix(&signature, &one, 1).unwrap();
+            let rows = kiln_server::decode::from_matrix(&signature, one.clone(), 1).unwrap();
             runtime.predict(&rows).unwrap()
         })
     });
     let many: Vec<f64> = (0..32 * width).map(|i| 1.0 + (i % 7) as f64).collect();
     g.bench_function("transform + candle forward, 32 rows", |b| {
         b.iter(|| {
-            let rows = kiln_server::decode::from_matrix(&signature, &many, 32).unwrap();
+            let rows = kiln_server::decode::from_matrix(&signature, many.clone(), 32).unwrap();
             runtime.predict(&rows).unwrap()
         })
     });

@@ -194,10 +194,10 @@ pub fn from_records(signature: &[InputColumn], records: &[Value]) -> Result<Rows
             }
         }
     }
-    Ok(Rows {
-        rows: records.len(),
-        columns: builders.into_iter().map(ColumnBuilder::finish).collect(),
-    })
+    Ok(Rows::from_columns(
+        records.len(),
+        builders.into_iter().map(ColumnBuilder::finish).collect(),
+    ))
 }
 
 /// Rows given column by column: each column name → an array of values, all of one length.
@@ -244,10 +244,7 @@ pub fn from_columns(
         }
         out.push(b.finish());
     }
-    Ok(Rows {
-        rows: rows.unwrap_or(0),
-        columns: out,
-    })
+    Ok(Rows::from_columns(rows.unwrap_or(0), out))
 }
 
 /// Rows as a header of column names and rows of values in that order (pandas' `split` orient).
@@ -291,16 +288,16 @@ pub fn from_split(
             b.push_json(r, &values[*p])?;
         }
     }
-    Ok(Rows {
-        rows: data.len(),
-        columns: builders.into_iter().map(ColumnBuilder::finish).collect(),
-    })
+    Ok(Rows::from_columns(
+        data.len(),
+        builders.into_iter().map(ColumnBuilder::finish).collect(),
+    ))
 }
 
 /// Rows of a numeric matrix `[rows, columns]` in signature order (one input tensor).
 pub fn from_matrix(
     signature: &[InputColumn],
-    values: &[f64],
+    values: Vec<f64>,
     rows: usize,
 ) -> Result<Rows, ServeError> {
     check_rows(rows)?;
@@ -322,17 +319,14 @@ pub fn from_matrix(
             values.len()
         )));
     }
-    let mut builders: Vec<ColumnBuilder> = signature
-        .iter()
-        .map(|c| ColumnBuilder::new(c, rows))
-        .collect();
-    for r in 0..rows {
-        for (j, b) in builders.iter_mut().enumerate() {
-            b.push_number(r, values[r * width + j])?;
+    for (i, x) in values.iter().enumerate() {
+        if !x.is_finite() {
+            return Err(ServeError::BadInput(format!(
+                "row {}, column `{}`: {x} is not a value; send null in JSON rows for a missing value",
+                i / width,
+                signature[i % width].name
+            )));
         }
     }
-    Ok(Rows {
-        rows,
-        columns: builders.into_iter().map(ColumnBuilder::finish).collect(),
-    })
+    Ok(Rows::from_matrix(rows, width, values))
 }

@@ -58,7 +58,7 @@ pub async fn predict<T: Send + 'static>(
     let (version, batcher, shadow) = route(models, model, which).await?;
     let v = version.clone();
     let keep_rows = shadow.is_some();
-    let step = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+    let step = crate::compute::run(move || -> Result<_, ServeError> {
         let (rows, extra) = decode(&v.runtime)?;
         let features = v.runtime.features(&rows)?;
         let n = rows.rows;
@@ -69,26 +69,18 @@ pub async fn predict<T: Send + 'static>(
             Ok((n, Step::Done(v.runtime.forward(&features)?), rows, extra))
         }
     })
-    .await
-    .map_err(|e| ServeError::Internal(format!("inference task: {e}")))??;
+    .await??;
     let (n, step, rows, extra) = step;
     let values = match step {
         Step::Done(values) => values,
         Step::Queue(features, Some(b)) => b.submit(features).await?,
         Step::Queue(features, None) => version.runtime.forward(&features)?,
     };
-    let metrics = models.metrics();
-    metrics
-        .requests
-        .with_label_values(&[model, &version.label, protocol])
-        .inc();
-    metrics
-        .rows
-        .with_label_values(&[model, &version.label])
-        .inc_by(n as u64);
-    metrics
+    version.metrics.answered(protocol);
+    version.metrics.rows.inc_by(n as u64);
+    version
+        .metrics
         .latency
-        .with_label_values(&[model, &version.label])
         .observe(started.elapsed().as_secs_f64());
     if let (Some(shadow), Some(rows)) = (shadow, rows) {
         copy_to_shadow(models.clone(), shadow, rows, values.clone());
@@ -179,7 +171,7 @@ pub async fn not_live(models: &Arc<Models>, model: &str) -> ServeError {
 /// Runs the shadow version on the same rows off the response path and records whether it
 /// agreed with the live answer on every row.
 fn copy_to_shadow(models: Arc<Models>, shadow: Arc<Version>, rows: Rows, live: Vec<f32>) {
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(crate::compute::run(move || {
         let metrics = models.metrics();
         let labels = [shadow.model.as_str(), shadow.label.as_str()];
         metrics.shadow_requests.with_label_values(&labels).inc();
@@ -203,5 +195,5 @@ fn copy_to_shadow(models: Arc<Models>, shadow: Arc<Version>, rows: Rows, live: V
                 tracing::warn!(model = %shadow.model, version = shadow.version, error = %e, "shadow request failed")
             }
         }
-    });
+    }));
 }

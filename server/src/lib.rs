@@ -9,6 +9,7 @@
 mod api;
 pub mod app;
 pub mod batch;
+mod compute;
 pub mod decode;
 pub mod error;
 pub mod infer;
@@ -36,6 +37,12 @@ pub async fn start(
     selection: Selection,
     config: ServerConfig,
 ) -> Result<AppState, ServeError> {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        tracing::warn!(
+            "RAYON_NUM_THREADS is not set: candle looks up the CPU topology on every matrix \
+             product (about 30 µs); set it to the number of cores for fast small requests"
+        );
+    }
     let models = Arc::new(Models::new(registry, selection, Arc::new(Metrics::new())));
     let m = models.clone();
     tokio::task::spawn_blocking(move || m.load_all())

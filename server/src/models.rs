@@ -24,6 +24,33 @@ pub struct Version {
     pub load_time: Duration,
     /// The label value of this version in metrics.
     pub label: String,
+    /// This version's metric series, looked up once rather than per request.
+    pub metrics: VersionMetrics,
+}
+
+/// The metric series one version's requests update.
+pub struct VersionMetrics {
+    requests: [(&'static str, prometheus::IntCounter); 3],
+    pub rows: prometheus::IntCounter,
+    pub latency: prometheus::Histogram,
+}
+
+impl VersionMetrics {
+    fn new(metrics: &Metrics, model: &str, version: &str) -> VersionMetrics {
+        let request = |p| metrics.requests.with_label_values(&[model, version, p]);
+        VersionMetrics {
+            requests: ["v2", "tfserving", "mlflow"].map(|p| (p, request(p))),
+            rows: metrics.rows.with_label_values(&[model, version]),
+            latency: metrics.latency.with_label_values(&[model, version]),
+        }
+    }
+
+    /// Counts a request answered over `protocol`.
+    pub fn answered(&self, protocol: &str) {
+        if let Some((_, c)) = self.requests.iter().find(|(p, _)| *p == protocol) {
+            c.inc();
+        }
+    }
 }
 
 /// A live target of a model's bare name.
@@ -80,15 +107,11 @@ pub struct Models {
     loaded: Mutex<HashMap<(String, u32), Arc<Version>>>,
     extra: Mutex<VecDeque<(String, u32)>>,
     reconciling: Mutex<()>,
-    /// Where batching tasks run.
-    tokio: tokio::runtime::Handle,
 }
 
 impl Models {
-    /// Serving state on the current tokio runtime (batching tasks run there).
     pub fn new(registry: Arc<Registry>, selection: Selection, metrics: Arc<Metrics>) -> Models {
         Models {
-            tokio: tokio::runtime::Handle::current(),
             registry,
             selection,
             metrics,
@@ -242,12 +265,14 @@ impl Models {
         self.registry.export_artifact(&mv.artifact, &dir)?;
         let runtime = Runtime::load(&dir)?;
         runtime.warm_up()?;
+        let label = version.to_string();
         let v = Arc::new(Version {
             model: model.to_string(),
             version,
             runtime: Arc::new(runtime),
             load_time: started.elapsed(),
-            label: version.to_string(),
+            metrics: VersionMetrics::new(&self.metrics, model, &label),
+            label,
         });
         tracing::info!(
             model,
@@ -357,23 +382,25 @@ impl Models {
                     e => e.into(),
                 })?;
             let version = self.load(model, mv.version)?;
-            let batcher = deployment.batching.map(|b| {
-                let runtime = version.runtime.clone();
-                let forward: Forward = Arc::new(move |f| runtime.forward(f));
-                let histogram = self
-                    .metrics
-                    .batch_rows
-                    .with_label_values(&[model, &version.label]);
-                let on_batch: OnBatch = Arc::new(move |n| histogram.observe(n as f64));
-                Batcher::start(
-                    &self.tokio,
-                    forward,
-                    version.runtime.width(),
-                    b.max_batch,
-                    Duration::from_micros(b.max_delay_us),
-                    on_batch,
-                )
-            });
+            let batcher = match deployment.batching {
+                Some(b) => {
+                    let runtime = version.runtime.clone();
+                    let forward: Forward = Arc::new(move |f| runtime.forward(f));
+                    let histogram = self
+                        .metrics
+                        .batch_rows
+                        .with_label_values(&[model, &version.label]);
+                    let on_batch: OnBatch = Arc::new(move |n| histogram.observe(n as f64));
+                    Some(Batcher::start(
+                        forward,
+                        version.runtime.width(),
+                        b.max_batch,
+                        Duration::from_micros(b.max_delay_us),
+                        on_batch,
+                    )?)
+                }
+                None => None,
+            };
             routes.push(Route {
                 target: r.target.clone(),
                 percent: r.percent,

@@ -51,11 +51,45 @@ impl Column {
     }
 }
 
-/// Request rows, one column per signature column, all of one length.
+/// Request rows in a model's signature order: one column per signature column, or (for a
+/// numeric tensor, without copying it apart) a row-major matrix of finite numbers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rows {
     pub rows: usize,
-    pub columns: Vec<Column>,
+    data: RowData,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum RowData {
+    Columns(Vec<Column>),
+    Matrix { values: Vec<f64>, width: usize },
+}
+
+impl Rows {
+    /// Rows from columns of equal length, in signature order.
+    pub fn from_columns(rows: usize, columns: Vec<Column>) -> Rows {
+        debug_assert!(columns.iter().all(|c| c.len() == rows));
+        Rows {
+            rows,
+            data: RowData::Columns(columns),
+        }
+    }
+
+    /// Rows from a row-major matrix of `width` values per row, in signature order.
+    pub fn from_matrix(rows: usize, width: usize, values: Vec<f64>) -> Rows {
+        debug_assert_eq!(values.len(), rows * width);
+        Rows {
+            rows,
+            data: RowData::Matrix { values, width },
+        }
+    }
+
+    fn cell(&self, row: usize, input: usize) -> Cell<'_> {
+        match &self.data {
+            RowData::Columns(columns) => columns[input].cell(row),
+            RowData::Matrix { values, width } => Cell::Number(values[row * width + input]),
+        }
+    }
 }
 
 /// Model features of some rows, ready for the network.
@@ -144,7 +178,7 @@ impl Runtime {
         for r in 0..rows.rows {
             t.apply_cells_into(
                 r,
-                |i| rows.columns[i].cell(r),
+                |i| rows.cell(r, i),
                 &mut out.dense[r * dw..(r + 1) * dw],
                 &mut out.ids[r * iw..(r + 1) * iw],
             )
@@ -198,7 +232,7 @@ impl Runtime {
                 }
             })
             .collect();
-        Rows { rows: n, columns }
+        Rows::from_columns(n, columns)
     }
 
     /// Runs the network once on typical rows so that the first request does not pay for

@@ -622,7 +622,7 @@ fn to_rows(
                 }
             }
         }
-        return from_matrix(signature, &flat, rows);
+        return from_matrix(signature, flat, rows);
     }
     for (t, _) in tensors {
         if !signature.iter().any(|c| c.name == t.name) {
@@ -695,7 +695,7 @@ fn to_rows(
     if rows == 0 {
         return Err(ServeError::BadInput("the request has no rows".into()));
     }
-    Ok(Rows { rows, columns })
+    Ok(Rows::from_columns(rows, columns))
 }
 
 #[derive(Serialize)]

@@ -41,6 +41,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
+    pin_compute_threads()?;
     let registry = Arc::new(Registry::open(&home.dir)?);
     let selection = if args.models.is_empty() {
         Selection::All
@@ -81,6 +82,30 @@ pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
         anyhow::Ok(())
     })?;
     Ok(Outcome::Ok)
+}
+
+/// candle 0.11 asks for its thread count on every matrix product, and unless `RAYON_NUM_THREADS`
+/// is set that means reading the CPU topology from `/proc`: 30 µs per call, 14 times the whole
+/// forward pass of a one-row request (`cargo bench -p kiln-server --bench predict`). The
+/// variable can only be set safely before the process starts, so `kiln serve` starts itself
+/// again (same process id, same arguments) with it set to the machine's parallelism, which is
+/// rayon's own default.
+fn pin_compute_threads() -> Result<()> {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let exe = std::env::current_exe().context("finding the kiln executable")?;
+        let e = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            .exec();
+        tracing::warn!(error = %e, "could not restart with RAYON_NUM_THREADS set; small requests will be slower");
+    }
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM.
