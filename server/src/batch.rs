@@ -9,7 +9,7 @@
 //! so it is tested on a virtual clock.
 
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -99,13 +99,10 @@ impl Source for Channel {
     fn next(&mut self, deadline: Option<Instant>) -> Option<Job> {
         match deadline {
             None => self.0.recv().ok(),
-            Some(d) => match self
+            Some(d) => self
                 .0
                 .recv_timeout(d.saturating_duration_since(Instant::now()))
-            {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            },
+                .ok(),
         }
     }
 
