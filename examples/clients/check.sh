@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Trains a small model, serves it with `kiln serve` on loopback, and asks it with the standard
+# Python clients of the protocols kiln speaks (tritonclient.http for the Open Inference Protocol).
+# CI runs it; locally: python3 -m pip install "tritonclient[http]" numpy, then
+#
+#   KILN=target/debug/kiln PYTHON=python3 examples/clients/check.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+KILN="${KILN:-${CARGO_TARGET_DIR:-target}/debug/kiln}"
+PYTHON="${PYTHON:-python3}"
+work=$(mktemp -d)
+server=""
+cleanup() {
+  [ -n "$server" ] && kill "$server" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+data=examples/data/breast_cancer.csv
+"$KILN" --home "$work/home" train --data "$data" --target label --model logistic --epochs 5 \
+  --register bc >/dev/null 2>&1
+"$KILN" --home "$work/home" models alias set bc champion 1 >/dev/null
+"$KILN" --home "$work/home" serve --addr 127.0.0.1:0 >/dev/null 2>"$work/serve.log" &
+server=$!
+url=""
+for _ in $(seq 100); do
+  url=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -n 1 || true)
+  [ -n "$url" ] && break
+  sleep 0.1
+done
+[ -n "$url" ] || { cat "$work/serve.log" >&2; exit 1; }
+"$PYTHON" examples/clients/tritonclient_check.py "$url" bc "$data" label
+kill -TERM "$server"
+wait "$server"
+server=""
