@@ -63,18 +63,16 @@ pub async fn predict<T: Send + 'static>(
         let features = v.runtime.features(&rows)?;
         let n = rows.rows;
         let rows = keep_rows.then_some(rows);
-        if batcher.is_some() {
-            Ok((n, Step::Queue(features, batcher), rows, extra))
-        } else {
-            Ok((n, Step::Done(v.runtime.forward(&features)?), rows, extra))
+        match batcher {
+            Some(b) => Ok((n, Step::Queue(features, b), rows, extra)),
+            None => Ok((n, Step::Done(v.runtime.forward(&features)?), rows, extra)),
         }
     })
     .await??;
     let (n, step, rows, extra) = step;
     let values = match step {
         Step::Done(values) => values,
-        Step::Queue(features, Some(b)) => b.submit(features).await?,
-        Step::Queue(features, None) => version.runtime.forward(&features)?,
+        Step::Queue(features, b) => b.submit(features).await?,
     };
     version.metrics.answered(protocol);
     version.metrics.rows.inc_by(n as u64);
@@ -109,7 +107,7 @@ fn roll() -> u32 {
 
 enum Step {
     Done(Vec<f32>),
-    Queue(Features, Option<crate::batch::Batcher>),
+    Queue(Features, crate::batch::Batcher),
 }
 
 type Routed = (
@@ -158,14 +156,15 @@ pub async fn not_live(models: &Arc<Models>, model: &str) -> ServeError {
         return ServeError::NotReady(problem);
     }
     let (m, name) = (models.clone(), model.to_string());
-    let serves = tokio::task::spawn_blocking(move || m.serves(&name))
-        .await
-        .unwrap_or(false);
-    if serves {
-        ServeError::NotReady(format!("model `{model}` is loading; try again shortly"))
-    } else {
-        models.unknown(model)
-    }
+    tokio::task::spawn_blocking(move || {
+        if m.serves(&name) {
+            ServeError::NotReady(format!("model `{name}` is loading; try again shortly"))
+        } else {
+            m.unknown(&name)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| ServeError::Internal(format!("registry task: {e}")))
 }
 
 /// Runs the shadow version on the same rows off the response path and records whether it
