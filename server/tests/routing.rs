@@ -412,3 +412,60 @@ fn hot_swap_under_load_drops_no_request() {
     assert_eq!(seen.len(), 2, "both versions answered: {seen:?}");
     assert!(sent.load(Ordering::Relaxed) >= 200);
 }
+
+/// Shutting down stops accepting connections but answers the requests already in flight: one
+/// waits (up to a second) in a batch queue while the shutdown starts, and still gets its answer.
+#[test]
+fn graceful_shutdown_finishes_requests_in_flight() {
+    let f = fixture();
+    f.registry
+        .set_deployment(
+            kiln_core::registry::Deployment {
+                batching: Some(kiln_core::registry::Batching {
+                    max_batch: 64,
+                    max_delay_us: 1_000_000,
+                }),
+                ..kiln_core::registry::Deployment::default_for("bc")
+            },
+            "test",
+        )
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, server) = runtime.block_on(async {
+        let s = state(&f, ServerConfig::default()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(kiln_server::serve(
+            listener,
+            kiln_server::router(s),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        (addr, server)
+    });
+    let client = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut r = agent
+            .post(&format!("http://{addr}/v2/models/bc/infer"))
+            .send_json(v2_body(1))
+            .unwrap();
+        (r.status(), r.body_mut().read_json::<Value>().unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    tx.send(()).unwrap();
+    let (status, body) = client.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_version"], "1");
+    runtime.block_on(server).unwrap().unwrap();
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
