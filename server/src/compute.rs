@@ -40,6 +40,11 @@ fn pool() -> &'static Mutex<Sender<Task>> {
     })
 }
 
+/// Starts the inference threads now rather than on the first request.
+pub fn start() {
+    pool();
+}
+
 /// Runs `f` on an inference thread and waits for it without blocking the async workers.
 pub async fn run<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,

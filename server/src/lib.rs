@@ -43,6 +43,7 @@ pub async fn start(
              product (about 30 µs); set it to the number of cores for fast small requests"
         );
     }
+    compute::start();
     let models = Arc::new(Models::new(registry, selection, Arc::new(Metrics::new())));
     let m = models.clone();
     tokio::task::spawn_blocking(move || m.load_all())
