@@ -141,10 +141,7 @@ pub async fn invocations(
     result.unwrap_or_else(|e: ApiError| {
         state
             .models
-            .metrics()
-            .errors
-            .with_label_values(&[&model_label, "mlflow", e.status.as_str()])
-            .inc();
+            .count_error(&model_label, "mlflow", e.status.as_str());
         e.styled(ErrorStyle::Mlflow).into_response()
     })
 }

@@ -195,6 +195,17 @@ impl Models {
         out
     }
 
+    /// Counts a refused or failed request. Names that are not live models are counted together
+    /// as `(unknown)`, so requests for made-up names cannot grow the metrics without bound.
+    pub fn count_error(&self, model: &str, protocol: &str, status: &str) {
+        let known = self.live(model).is_some() || self.problem(model).is_some();
+        let model = if known { model } else { "(unknown)" };
+        self.metrics
+            .errors
+            .with_label_values(&[model, protocol, status])
+            .inc();
+    }
+
     /// The error for a model this server does not answer for.
     pub fn unknown(&self, model: &str) -> ServeError {
         let names = self.names().unwrap_or_default();

@@ -195,16 +195,11 @@ pub async fn post(
     }
     .await;
     result.unwrap_or_else(|e: ApiError| {
-        state
-            .models
-            .metrics()
-            .errors
-            .with_label_values(&[
-                path.split(['/', ':']).next().unwrap_or(""),
-                "tfserving",
-                e.status.as_str(),
-            ])
-            .inc();
+        state.models.count_error(
+            path.split(['/', ':']).next().unwrap_or(""),
+            "tfserving",
+            e.status.as_str(),
+        );
         e.into_response()
     })
 }

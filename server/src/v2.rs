@@ -279,12 +279,7 @@ async fn run(
     }
     .await;
     result.unwrap_or_else(|e: ApiError| {
-        state
-            .models
-            .metrics()
-            .errors
-            .with_label_values(&[&model, "v2", e.status.as_str()])
-            .inc();
+        state.models.count_error(&model, "v2", e.status.as_str());
         e.into_response()
     })
 }

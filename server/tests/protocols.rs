@@ -705,4 +705,10 @@ async fn bad_input_is_refused_with_a_reason_and_serving_goes_on() {
         m.contains("kiln_requests_total{model=\"bc\",protocol=\"tfserving\",version=\"1\"}"),
         "{m}"
     );
+    // Made-up model names are counted together, not as labels of their own.
+    assert!(
+        m.contains("kiln_request_errors_total{model=\"(unknown)\",protocol=\"v2\",status=\"404\"}"),
+        "{m}"
+    );
+    assert!(!m.contains("ctrr"), "{m}");
 }
