@@ -152,15 +152,14 @@ async fn route(
 
 /// Why a bare model name has no live version: unknown, or known but not ready.
 pub async fn not_live(models: &Arc<Models>, model: &str) -> ServeError {
-    if let Some(problem) = models.problem(model) {
-        return ServeError::NotReady(problem);
-    }
     let (m, name) = (models.clone(), model.to_string());
     tokio::task::spawn_blocking(move || {
-        if m.serves(&name) {
-            ServeError::NotReady(format!("model `{name}` is loading; try again shortly"))
-        } else {
+        if !m.serves(&name) {
             m.unknown(&name)
+        } else if let Some(problem) = m.problem(&name) {
+            ServeError::NotReady(problem)
+        } else {
+            ServeError::NotReady(format!("model `{name}` is loading; try again shortly"))
         }
     })
     .await

@@ -352,11 +352,18 @@ impl Models {
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(model);
+                self.problems
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(model);
             }
             Err(e) => {
                 // Nothing to route to (the alias is gone): stop answering. A version that
                 // fails to load leaves the routes that work in place.
-                if matches!(e, ServeError::NotReady(_)) {
+                if matches!(
+                    e,
+                    ServeError::NotReady(_) | ServeError::Registry(RegistryError::NotFound { .. })
+                ) {
                     self.live
                         .write()
                         .unwrap_or_else(|e| e.into_inner())

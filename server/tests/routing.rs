@@ -175,6 +175,23 @@ async fn management_api_lists_and_changes_deployments() {
     );
     let (status, r) = get(&s, "/v2/health/ready").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{r}");
+
+    // A deleted model stops being served and becomes unknown.
+    f.registry.delete_model("ctr", true, "test").unwrap();
+    for _ in 0..100 {
+        if s.models.live("ctr").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, e) = json(
+        &s,
+        "POST",
+        "/v1/models/ctr:predict",
+        json!({ "instances": [] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
 }
 
 #[tokio::test]
