@@ -76,7 +76,13 @@ fn check_deployment(d: &Deployment) -> Result<(), RegistryError> {
         if r.percent == 0 {
             return invalid(format!("route `{}` has 0%; leave it out instead", r.target));
         }
-        if !seen.insert(r.target.trim_start_matches('v')) {
+        let number = r.target.strip_prefix('v').unwrap_or(&r.target);
+        let key = if number.parse::<u32>().is_ok() {
+            number
+        } else {
+            r.target.as_str()
+        };
+        if !seen.insert(key) {
             return invalid(format!("route `{}` appears twice", r.target));
         }
     }
