@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use kiln_core::data::ColumnType;
+use kiln_core::data::{ColumnType, DEFAULT_MISSING};
 use kiln_core::transform::InputColumn;
 
 use crate::error::ServeError;
@@ -38,7 +38,7 @@ impl<'a> ColumnBuilder<'a> {
                 _ => return Err(self.wrong(row, "a number that is not finite")),
             },
             (Column::Numbers(out), Value::Bool(b)) => out.push(Some(if *b { 1.0 } else { 0.0 })),
-            (Column::Texts(out), Value::String(s)) => out.push(Some(s.clone())),
+            (Column::Texts(out), Value::String(s)) => out.push(text(s)),
             (Column::Texts(out), Value::Number(n)) => out.push(Some(n.to_string())),
             (Column::Texts(out), Value::Bool(b)) => out.push(Some(b.to_string())),
             (Column::Numbers(_), Value::String(s)) => {
@@ -67,7 +67,7 @@ impl<'a> ColumnBuilder<'a> {
     /// Adds text from a `BYTES` tensor.
     pub fn push_text(&mut self, row: usize, s: &str) -> Result<(), ServeError> {
         match &mut self.column {
-            Column::Texts(out) => out.push(Some(s.to_string())),
+            Column::Texts(out) => out.push(text(s)),
             Column::Numbers(_) => return Err(self.wrong(row, &format!("the string {s:?}"))),
         }
         Ok(())
@@ -88,6 +88,12 @@ impl<'a> ColumnBuilder<'a> {
     pub fn finish(self) -> Column {
         self.column
     }
+}
+
+/// A categorical value, or a missing one for the tokens that mean missing in kiln's files
+/// (`""`, `NA`, `null`, …), so that a served row is read as its training file was.
+fn text(s: &str) -> Option<String> {
+    (!DEFAULT_MISSING.contains(&s.trim())).then(|| s.to_string())
 }
 
 fn number_text(x: f64) -> String {

@@ -301,6 +301,25 @@ async fn categorical_columns_as_bytes_tensors_and_json_rows_agree() {
     let v2: Vec<f64> = probabilities(&body).chunks(2).map(|p| p[1]).collect();
     close(&v2, &tf);
 
+    // The tokens that mean missing in kiln's files mean missing here too.
+    let ask = |c4: Value| {
+        let s = s.clone();
+        async move {
+            let row = json!({"i1": 1, "i2": 2, "i5": 3, "c1": "c1_0", "c3": "c3_0", "c4": c4});
+            let (_, body) = json(
+                &s,
+                "POST",
+                "/v1/models/ctr:predict",
+                json!({ "instances": [row] }),
+            )
+            .await;
+            body["predictions"][0]["probabilities"].clone()
+        }
+    };
+    assert_eq!(ask(json!("NA")).await, ask(Value::Null).await);
+    assert_eq!(ask(json!("")).await, ask(Value::Null).await);
+    assert_ne!(ask(json!("c4_1")).await, ask(Value::Null).await);
+
     // One numeric tensor cannot carry categorical columns.
     let (status, body) = json(
         &s,
