@@ -39,6 +39,9 @@ enum Command {
     Predict(cmd::train::PredictArgs),
     /// Search hyperparameters: every trial a child run of one sweep run.
     Sweep(cmd::train::SweepArgs),
+    /// Retraining pipelines: steps as a DAG, on a schedule.
+    #[command(subcommand)]
+    Pipeline(cmd::pipeline::PipelineCommand),
     /// Serve registered models over HTTP (Open Inference Protocol V2, TF Serving, MLflow).
     Serve(cmd::serve::ServeArgs),
     /// Route a model's traffic: split between versions, a shadow version, dynamic batching.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::train(&cli.home, a),
         Command::Predict(a) => cmd::train::predict(&cli.home, a),
         Command::Sweep(a) => cmd::train::sweep(&cli.home, a),
+        Command::Pipeline(c) => cmd::pipeline::run(c),
         Command::Serve(a) => cmd::serve::serve(&cli.home, a),
         Command::Deploy(a) => cmd::serve::deploy(&cli.home, a),
     };

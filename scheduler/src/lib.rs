@@ -1,0 +1,6 @@
+//! kiln's pipelines: pipeline files with their diagnostics, and the plan of a pipeline's steps
+//! in levels that can run in parallel.
+
+pub mod pipeline;
+
+pub use crate::pipeline::{Diagnostic, Parsed, Pipeline, Severity, levels, parse};

@@ -1,0 +1,641 @@
+//! Pipeline files: TOML with a name, parameters, an optional cron schedule and steps.
+//!
+//! **Parsing never fails**: [`parse`] returns the pipeline (when the file has its shape) and
+//! every diagnostic at once, each with its line: a step that needs an unknown step, a cycle with
+//! its path, an unknown component or argument, a template naming an unknown parameter or step,
+//! a bad cron expression or duration.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// How bad a diagnostic is: errors stop a run, warnings do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding about a pipeline file, at a line (1-based) and column (1-based).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    pub severity: Severity,
+    pub message: String,
+}
+
+/// What runs when a schedule's fires were missed while kiln was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Catchup {
+    /// Nothing; wait for the next fire.
+    #[default]
+    Skip,
+    /// One run for the most recent missed fire.
+    Latest,
+    /// One run per missed fire.
+    All,
+}
+
+/// What happens when a fire comes while the previous run is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    #[default]
+    Skip,
+    Queue,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Schedule {
+    pub cron: String,
+    pub catchup: Catchup,
+    pub overlap: Overlap,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A built-in component with its arguments.
+    Uses {
+        component: String,
+        with: BTreeMap<String, toml::Value>,
+    },
+    /// Any command, run by the shell.
+    Run { command: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    pub id: String,
+    pub needs: Vec<String>,
+    pub action: Action,
+    pub retries: u32,
+    #[serde(with = "humantime_serde_opt")]
+    pub timeout: Option<Duration>,
+    /// A condition on earlier steps' outputs; the step is skipped when it is false.
+    pub condition: Option<String>,
+    /// The line of the step's `id`.
+    pub line: usize,
+}
+
+mod humantime_serde_opt {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pipeline {
+    pub name: String,
+    pub params: BTreeMap<String, toml::Value>,
+    pub schedule: Option<Schedule>,
+    pub steps: Vec<Step>,
+}
+
+/// A parsed file: the pipeline when the file has a pipeline's shape, and every diagnostic.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Parsed {
+    pub pipeline: Option<Pipeline>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Parsed {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// The built-in components, mirroring TFX's, and the arguments each takes (required first,
+/// marked with `!`).
+pub const COMPONENTS: &[(&str, &[&str])] = &[
+    ("ingest", &["!path", "format", "delimiter"]),
+    ("statistics", &["!data"]),
+    ("validate", &["!data", "schema", "fail_on"]),
+    ("transform", &["!data", "!spec"]),
+    (
+        "train",
+        &[
+            "!data",
+            "!target",
+            "model",
+            "hidden",
+            "epochs",
+            "lr",
+            "batch_size",
+            "optimizer",
+            "weight_decay",
+            "dropout",
+            "patience",
+            "seed",
+            "device",
+            "spec",
+            "experiment",
+        ],
+    ),
+    ("tune", &["!data", "!target", "!sweep", "experiment"]),
+    (
+        "evaluate",
+        &[
+            "!model",
+            "!data",
+            "baseline",
+            "thresholds",
+            "min_improvement",
+        ],
+    ),
+    ("infra-validate", &["!model", "requests"]),
+    ("push", &["!model", "!name", "alias", "blessing"]),
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    name: Spanned<String>,
+    #[serde(default)]
+    params: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    schedule: Option<Spanned<RawSchedule>>,
+    #[serde(default)]
+    steps: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: Spanned<String>,
+    #[serde(default)]
+    catchup: Catchup,
+    #[serde(default)]
+    overlap: Overlap,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    id: Spanned<String>,
+    #[serde(default)]
+    needs: Vec<Spanned<String>>,
+    #[serde(default)]
+    uses: Option<Spanned<String>>,
+    #[serde(default)]
+    with: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    run: Option<Spanned<String>>,
+    #[serde(default)]
+    retries: u32,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    #[serde(default, rename = "if")]
+    condition: Option<Spanned<String>>,
+}
+
+/// Where a byte offset is, as (line, column), both 1-based.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |n| before.len() - n - 1)
+        + 1;
+    (line, column)
+}
+
+struct Findings<'a> {
+    text: &'a str,
+    out: Vec<Diagnostic>,
+}
+
+impl Findings<'_> {
+    fn error(&mut self, offset: usize, message: String) {
+        self.push(offset, Severity::Error, message);
+    }
+    fn warning(&mut self, offset: usize, message: String) {
+        self.push(offset, Severity::Warning, message);
+    }
+    fn push(&mut self, offset: usize, severity: Severity, message: String) {
+        let (line, column) = position(self.text, offset);
+        self.out.push(Diagnostic {
+            line,
+            column,
+            severity,
+            message,
+        });
+    }
+}
+
+/// Parses a pipeline file's text.
+pub fn parse(text: &str) -> Parsed {
+    let mut f = Findings {
+        text,
+        out: Vec::new(),
+    };
+    let raw: RawFile = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            let message = e.message().trim().to_string();
+            f.error(offset, message);
+            return Parsed {
+                pipeline: None,
+                diagnostics: f.out,
+            };
+        }
+    };
+    let name = raw.name.get_ref().clone();
+    if name.trim().is_empty() {
+        f.error(raw.name.span().start, "the pipeline's name is empty".into());
+    }
+    let schedule = raw.schedule.map(|s| {
+        let s = s.into_inner();
+        if let Err(e) = s.cron.get_ref().parse::<croner::Cron>() {
+            f.error(
+                s.cron.span().start,
+                format!(
+                    "cron expression {:?}: {e} (five fields: minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\")",
+                    s.cron.get_ref()
+                ),
+            );
+        }
+        Schedule {
+            cron: s.cron.into_inner(),
+            catchup: s.catchup,
+            overlap: s.overlap,
+        }
+    });
+    if raw.steps.is_empty() {
+        f.error(0, "the pipeline has no steps; add [[steps]] tables".into());
+    }
+    let ids: Vec<String> = raw
+        .steps
+        .iter()
+        .map(|s| s.get_ref().id.get_ref().clone())
+        .collect();
+    let mut seen = BTreeSet::new();
+    let mut steps = Vec::new();
+    for spanned in &raw.steps {
+        let s = spanned.get_ref();
+        let id = s.id.get_ref().clone();
+        if !seen.insert(id.clone()) {
+            f.error(s.id.span().start, format!("step id `{id}` is used twice"));
+        }
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            f.error(
+                s.id.span().start,
+                format!("step id {id:?} must be letters, digits, `-` and `_`"),
+            );
+        }
+        for need in &s.needs {
+            if !ids.contains(need.get_ref()) {
+                let hint = kiln_core::suggest::hint(need.get_ref(), ids.iter().map(String::as_str));
+                f.error(
+                    need.span().start,
+                    format!("step `{id}` needs unknown step `{}`{hint}", need.get_ref()),
+                );
+            } else if need.get_ref() == &id {
+                f.error(need.span().start, format!("step `{id}` needs itself"));
+            }
+        }
+        let action = match (&s.uses, &s.run) {
+            (Some(uses), None) => {
+                check_component(&mut f, &id, uses, &s.with);
+                Action::Uses {
+                    component: uses.get_ref().clone(),
+                    with: s
+                        .with
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                        .collect(),
+                }
+            }
+            (None, Some(run)) => {
+                if let Some((k, v)) = s.with.iter().next() {
+                    f.error(
+                        v.span().start,
+                        format!("step `{id}` runs a command; `with.{k}` is for `uses` steps (pass values through the command line or ${{params.…}})"),
+                    );
+                }
+                if run.get_ref().trim().is_empty() {
+                    f.error(run.span().start, format!("step `{id}` has an empty `run`"));
+                }
+                Action::Run {
+                    command: run.get_ref().clone(),
+                }
+            }
+            (Some(uses), Some(_)) => {
+                f.error(
+                    uses.span().start,
+                    format!("step `{id}` has both `uses` and `run`; give one"),
+                );
+                Action::Run {
+                    command: String::new(),
+                }
+            }
+            (None, None) => {
+                f.error(
+                    s.id.span().start,
+                    format!("step `{id}` has neither `uses` (a component) nor `run` (a command)"),
+                );
+                Action::Run {
+                    command: String::new(),
+                }
+            }
+        };
+        let timeout = s.timeout.as_ref().and_then(|t| {
+            humantime::parse_duration(t.get_ref())
+                .map_err(|e| {
+                    f.error(
+                        t.span().start,
+                        format!(
+                            "step `{id}`: timeout {:?}: {e} (e.g. \"10m\", \"90s\")",
+                            t.get_ref()
+                        ),
+                    );
+                })
+                .ok()
+        });
+        if s.retries > 20 {
+            f.warning(
+                spanned.span().start,
+                format!(
+                    "step `{id}` retries {} times; with exponential backoff that can take days",
+                    s.retries
+                ),
+            );
+        }
+        // Templates in arguments, commands and conditions.
+        let ancestors = ancestors_of(&raw.steps, &id);
+        let mut texts: Vec<(usize, String)> = s
+            .with
+            .values()
+            .flat_map(|v| {
+                strings(v.get_ref())
+                    .into_iter()
+                    .map(move |t| (v.span().start, t))
+            })
+            .collect();
+        if let Some(run) = &s.run {
+            texts.push((run.span().start, run.get_ref().clone()));
+        }
+        if let Some(c) = &s.condition {
+            texts.push((c.span().start, c.get_ref().clone()));
+        }
+        for (offset, t) in texts {
+            check_templates(&mut f, offset, &id, &t, &raw.params, &ids, &ancestors);
+        }
+        steps.push(Step {
+            id,
+            needs: s.needs.iter().map(|n| n.get_ref().clone()).collect(),
+            action,
+            retries: s.retries,
+            timeout,
+            condition: s.condition.as_ref().map(|c| c.get_ref().clone()),
+            line: position(text, s.id.span().start).0,
+        });
+    }
+    for cycle in cycles(&steps) {
+        let line = steps
+            .iter()
+            .find(|s| s.id == cycle[0])
+            .map_or(1, |s| s.line);
+        f.out.push(Diagnostic {
+            line,
+            column: 1,
+            severity: Severity::Error,
+            message: format!("the steps form a cycle: {}", cycle.join(" → ")),
+        });
+    }
+    f.out.sort_by_key(|d| (d.line, d.column));
+    Parsed {
+        pipeline: Some(Pipeline {
+            name,
+            params: raw.params,
+            schedule,
+            steps,
+        }),
+        diagnostics: f.out,
+    }
+}
+
+fn check_component(
+    f: &mut Findings<'_>,
+    id: &str,
+    uses: &Spanned<String>,
+    with: &BTreeMap<String, Spanned<toml::Value>>,
+) {
+    let Some((_, args)) = COMPONENTS.iter().find(|(c, _)| c == uses.get_ref()) else {
+        let hint = kiln_core::suggest::hint(uses.get_ref(), COMPONENTS.iter().map(|(c, _)| *c));
+        let names: Vec<&str> = COMPONENTS.iter().map(|(c, _)| *c).collect();
+        f.error(
+            uses.span().start,
+            format!(
+                "step `{id}` uses unknown component `{}`{hint}; the components are {}",
+                uses.get_ref(),
+                names.join(", ")
+            ),
+        );
+        return;
+    };
+    let names: Vec<&str> = args.iter().map(|a| a.trim_start_matches('!')).collect();
+    for (k, v) in with {
+        if !names.contains(&k.as_str()) {
+            let hint = kiln_core::suggest::hint(k, names.iter().copied());
+            f.error(
+                v.span().start,
+                format!(
+                    "step `{id}`: component `{}` takes no argument `{k}`{hint}; it takes {}",
+                    uses.get_ref(),
+                    names.join(", ")
+                ),
+            );
+        }
+    }
+    for a in args.iter().filter_map(|a| a.strip_prefix('!')) {
+        if !with.contains_key(a) {
+            f.error(
+                uses.span().start,
+                format!(
+                    "step `{id}`: component `{}` needs `with.{a}`",
+                    uses.get_ref()
+                ),
+            );
+        }
+    }
+}
+
+/// Every string inside a TOML value.
+fn strings(v: &toml::Value) -> Vec<String> {
+    match v {
+        toml::Value::String(s) => vec![s.clone()],
+        toml::Value::Array(a) => a.iter().flat_map(strings).collect(),
+        toml::Value::Table(t) => t.values().flat_map(strings).collect(),
+        _ => vec![],
+    }
+}
+
+/// Checks `${params.NAME}`, `${steps.ID.OUTPUT}` and `${date}`-style references.
+fn check_templates(
+    f: &mut Findings<'_>,
+    offset: usize,
+    id: &str,
+    text: &str,
+    params: &BTreeMap<String, toml::Value>,
+    ids: &[String],
+    ancestors: &BTreeSet<String>,
+) {
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            f.error(
+                offset,
+                format!("step `{id}`: `${{` without a closing `}}` in {text:?}"),
+            );
+            return;
+        };
+        let reference = after[..end].trim();
+        let parts: Vec<&str> = reference.split('.').collect();
+        match parts.as_slice() {
+            ["params", name] => {
+                if !params.contains_key(*name) {
+                    let hint = kiln_core::suggest::hint(name, params.keys().map(String::as_str));
+                    f.error(offset, format!("step `{id}`: unknown parameter `{name}`{hint}"));
+                }
+            }
+            ["steps", step, output @ ..] if !output.is_empty() => {
+                if !ids.iter().any(|i| i == step) {
+                    let hint = kiln_core::suggest::hint(step, ids.iter().map(String::as_str));
+                    f.error(offset, format!("step `{id}`: `${{{reference}}}` names unknown step `{step}`{hint}"));
+                } else if !ancestors.contains(*step) {
+                    f.error(
+                        offset,
+                        format!("step `{id}` uses `${{{reference}}}` but does not need `{step}` (add it to `needs`)"),
+                    );
+                }
+            }
+            ["date"] | ["run_id"] | ["pipeline"] | ["inputs"] | ["outputs"] => {}
+            _ => f.error(
+                offset,
+                format!(
+                    "step `{id}`: unknown reference `${{{reference}}}`; use ${{params.NAME}}, ${{steps.ID.OUTPUT}}, ${{date}}, ${{run_id}}"
+                ),
+            ),
+        }
+        rest = &after[end + 1..];
+    }
+}
+
+/// The steps that `id` needs, directly or through others.
+fn ancestors_of(steps: &[Spanned<RawStep>], id: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut todo = vec![id.to_string()];
+    while let Some(current) = todo.pop() {
+        for s in steps
+            .iter()
+            .filter(|s| *s.get_ref().id.get_ref() == current)
+        {
+            for n in &s.get_ref().needs {
+                if out.insert(n.get_ref().clone()) {
+                    todo.push(n.get_ref().clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Each cycle among the steps' `needs`, as the path that closes it (first id repeated last).
+fn cycles(steps: &[Step]) -> Vec<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    let index: BTreeMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let mut mark = vec![Mark::New; steps.len()];
+    let mut out = Vec::new();
+    fn visit(
+        i: usize,
+        steps: &[Step],
+        index: &BTreeMap<&str, usize>,
+        mark: &mut [Mark],
+        path: &mut Vec<usize>,
+        out: &mut Vec<Vec<String>>,
+    ) {
+        mark[i] = Mark::Open;
+        path.push(i);
+        for need in &steps[i].needs {
+            let Some(&j) = index.get(need.as_str()) else {
+                continue;
+            };
+            match mark[j] {
+                Mark::New => visit(j, steps, index, mark, path, out),
+                Mark::Open if j != i => {
+                    let start = path.iter().position(|p| *p == j).unwrap_or(0);
+                    let mut cycle: Vec<String> =
+                        path[start..].iter().map(|p| steps[*p].id.clone()).collect();
+                    cycle.push(steps[j].id.clone());
+                    out.push(cycle);
+                }
+                _ => {}
+            }
+        }
+        path.pop();
+        mark[i] = Mark::Done;
+    }
+    for i in 0..steps.len() {
+        if mark[i] == Mark::New {
+            visit(i, steps, &index, &mut mark, &mut Vec::new(), &mut out);
+        }
+    }
+    out
+}
+
+/// The steps in levels: each level's steps need only steps of earlier levels, so a level's
+/// steps can run in parallel. `None` when the steps have a cycle or an unknown need.
+pub fn levels(pipeline: &Pipeline) -> Option<Vec<Vec<String>>> {
+    let ids: BTreeSet<&str> = pipeline.steps.iter().map(|s| s.id.as_str()).collect();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut out = Vec::new();
+    while done.len() < pipeline.steps.len() {
+        let level: Vec<String> = pipeline
+            .steps
+            .iter()
+            .filter(|s| !done.contains(&s.id))
+            .filter(|s| {
+                s.needs
+                    .iter()
+                    .all(|n| done.contains(n) && ids.contains(n.as_str()))
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        if level.is_empty() {
+            return None;
+        }
+        done.extend(level.iter().cloned());
+        out.push(level);
+    }
+    Some(out)
+}

@@ -1,0 +1,137 @@
+//! Pipeline files: every diagnostic at once, each at its line; the plan in parallel levels.
+#![allow(clippy::unwrap_used)]
+
+use kiln_scheduler::{Severity, levels, parse};
+
+/// Parses `text` and checks that its errors are exactly `expected`: (line, part of the message).
+fn check(text: &str, expected: &[(usize, &str)]) {
+    let parsed = parse(text);
+    let errors: Vec<(usize, String)> = parsed
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.line, d.message.clone()))
+        .collect();
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    for ((line, message), (want_line, want)) in errors.iter().zip(expected) {
+        assert_eq!(line, want_line, "{message}");
+        assert!(message.contains(want), "{message:?} does not say {want:?}");
+    }
+}
+
+#[test]
+fn the_example_pipeline_is_clean_and_plans_in_levels() {
+    let text = include_str!("../../examples/pipelines/retrain.toml");
+    let parsed = parse(text);
+    assert!(parsed.diagnostics.is_empty(), "{:#?}", parsed.diagnostics);
+    let p = parsed.pipeline.unwrap();
+    assert_eq!(p.name, "retrain-ctr");
+    assert_eq!(p.steps.len(), 10);
+    assert_eq!(p.schedule.as_ref().unwrap().cron, "0 3 * * *");
+    let levels = levels(&p).unwrap();
+    assert_eq!(levels[0], ["generate"]);
+    assert_eq!(levels.last().unwrap(), &["push"]);
+    // `report` and `infra-validate` both only need `evaluate` and earlier steps: one level.
+    assert!(levels.iter().any(|l| l.contains(&"report".to_string()) && l.contains(&"infra-validate".to_string())));
+}
+
+#[test]
+fn every_problem_is_reported_at_its_line() {
+    check(
+        r#"name = "p"
+[params]
+rows = 10
+
+[schedule]
+cron = "0 25 * * *"
+
+[[steps]]
+id = "a"
+uses = "ingest"
+with = { path = "${params.row}" }
+
+[[steps]]
+id = "b"
+needs = ["a", "zz"]
+uses = "trian"
+
+[[steps]]
+id = "c"
+needs = ["d"]
+uses = "statistics"
+with = { data = "${steps.a.data}", bins = 3 }
+
+[[steps]]
+id = "d"
+needs = ["c"]
+run = "echo ${steps.b.x}"
+timeout = "ten minutes"
+
+[[steps]]
+id = "a"
+run = "true"
+"#,
+        &[
+            (6, "cron expression \"0 25 * * *\""),
+            (11, "unknown parameter `row`; did you mean `rows`?"),
+            (15, "needs unknown step `zz`"),
+            (16, "unknown component `trian`; did you mean `train`?"),
+            (19, "the steps form a cycle: c → d → c"),
+            (22, "but does not need `a`"),
+            (22, "takes no argument `bins`"),
+            (27, "does not need `b`"),
+            (28, "timeout \"ten minutes\""),
+            (31, "step id `a` is used twice"),
+        ],
+    );
+}
+
+#[test]
+fn shape_errors_give_no_pipeline_but_a_line() {
+    let parsed = parse("name = \"p\"\n[[steps]]\nid = \"a\"\nuse = \"ingest\"\n");
+    assert!(parsed.pipeline.is_none());
+    assert_eq!(parsed.diagnostics.len(), 1);
+    assert_eq!(parsed.diagnostics[0].line, 4);
+    assert!(
+        parsed.diagnostics[0]
+            .message
+            .contains("unknown field `use`"),
+        "{:?}",
+        parsed.diagnostics
+    );
+    let parsed = parse("name = \"p\"\n[[steps]\n");
+    assert_eq!(parsed.diagnostics[0].line, 2);
+}
+
+#[test]
+fn uses_and_run_and_required_arguments() {
+    check(
+        r#"name = "p"
+
+[[steps]]
+id = "both"
+uses = "ingest"
+run = "true"
+
+[[steps]]
+id = "neither"
+
+[[steps]]
+id = "bare"
+uses = "train"
+with = { data = "x" }
+
+[[steps]]
+id = "cmd"
+run = "true"
+with = { x = 1 }
+"#,
+        &[
+            (5, "has both `uses` and `run`"),
+            (9, "has neither `uses`"),
+            (13, "needs `with.target`"),
+            (19, "`with.x` is for `uses` steps"),
+        ],
+    );
+    check("name = \"p\"\n", &[(1, "no steps")]);
+}
