@@ -1,6 +1,7 @@
 //! kiln's pipelines: pipeline files with their diagnostics, and the plan of a pipeline's steps
-//! in levels that can run in parallel.
+//! in levels that can run in parallel, and the executor that runs them (retries, timeouts).
 
+pub mod executor;
 pub mod pipeline;
 
 pub use crate::pipeline::{Diagnostic, Parsed, Pipeline, Severity, levels, parse};
