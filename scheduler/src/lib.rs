@@ -1,6 +1,7 @@
 //! kiln's pipelines: pipeline files with their diagnostics, and the plan of a pipeline's steps
 //! in levels that can run in parallel, and the executor that runs them (retries, timeouts).
 
+pub mod command;
 pub mod executor;
 pub mod pipeline;
 
