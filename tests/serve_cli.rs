@@ -115,7 +115,12 @@ fn records(path: &str, skip: &str, n: usize) -> (Vec<String>, Vec<Value>) {
                 if h == skip {
                     continue;
                 }
-                let value = v.parse::<f64>().map_or_else(|_| json!(v), |x| json!(x));
+                // Numbers as numbers, other text as text, empty fields as missing values.
+                let value = if v.is_empty() {
+                    Value::Null
+                } else {
+                    v.parse::<f64>().map_or_else(|_| json!(v), |x| json!(x))
+                };
                 m.insert(h.clone(), value);
             }
             Value::Object(m)
@@ -275,39 +280,7 @@ fn a_wide_and_deep_model_with_categories_serves_as_it_scores_offline() {
     k.ok(&["models", "alias", "set", "ctr", "champion", "1"]);
     let n = 30;
     let want: Vec<(String, f64)> = offline(&k, "ctr", &data).into_iter().take(n).collect();
-    let (_, rows) = {
-        let mut reader = csv::Reader::from_path(&data).unwrap();
-        let header: Vec<String> = reader
-            .headers()
-            .unwrap()
-            .iter()
-            .map(str::to_string)
-            .collect();
-        let rows: Vec<Value> = reader
-            .records()
-            .take(n)
-            .map(|r| {
-                let r = r.unwrap();
-                let mut m = serde_json::Map::new();
-                for (h, v) in header.iter().zip(r.iter()) {
-                    if h == "click" {
-                        continue;
-                    }
-                    // Categorical columns stay text; empty fields are missing values.
-                    let value = if v.is_empty() {
-                        Value::Null
-                    } else if h.starts_with('c') {
-                        json!(v)
-                    } else {
-                        json!(v.parse::<f64>().unwrap())
-                    };
-                    m.insert(h.clone(), value);
-                }
-                Value::Object(m)
-            })
-            .collect();
-        (header, rows)
-    };
+    let (_, rows) = records(&data, "click", n);
     let server = Server::start(&k, &[]);
     let (status, body) = post(
         &format!("{}/v1/models/ctr:predict", server.url),

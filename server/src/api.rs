@@ -108,9 +108,7 @@ async fn show_model(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     blocking(&state, move |models| {
-        if !models.serves(&name) {
-            return Err(models.unknown(&name));
-        }
+        models.require(&name)?;
         let registry = models.registry();
         let model = registry.model(&name)?;
         let versions: Vec<Value> = registry
@@ -145,9 +143,7 @@ async fn show_deployment(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     blocking(&state, move |models| {
-        if !models.serves(&name) {
-            return Err(models.unknown(&name));
-        }
+        models.require(&name)?;
         Ok(Json(json!(models.registry().deployment(&name)?)))
     })
     .await
@@ -195,9 +191,7 @@ async fn set_deployment(
     let actor = state.config.actor.clone();
     blocking(&state, move |models| {
         let b: DeploymentBody = parse_json(&bytes)?;
-        if !models.serves(&name) {
-            return Err(models.unknown(&name));
-        }
+        models.require(&name)?;
         let d = models.registry().set_deployment(
             Deployment {
                 model: name.clone(),
@@ -226,9 +220,7 @@ async fn reset_deployment(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     blocking(&state, move |models| {
-        if !models.serves(&name) {
-            return Err(models.unknown(&name));
-        }
+        models.require(&name)?;
         models.registry().reset_deployment(&name)?;
         models.reconcile(&name);
         Ok(Json(json!({
@@ -277,9 +269,7 @@ async fn set_alias(
     let actor = state.config.actor.clone();
     blocking(&state, move |models| {
         let b: AliasBody = parse_json(&bytes)?;
-        if !models.serves(&name) {
-            return Err(models.unknown(&name));
-        }
+        models.require(&name)?;
         let e = models.registry().set_alias(
             &name,
             &alias,
@@ -325,9 +315,7 @@ async fn delete_alias(
         } else {
             parse_json(&bytes)?
         };
-        if !models.serves(&name) {
-            return Err(models.unknown(&name));
-        }
+        models.require(&name)?;
         let e = models.registry().delete_alias(
             &name,
             &alias,
@@ -376,9 +364,7 @@ async fn promote(
                 )));
             }
         };
-        if !models.serves(&name) {
-            return Err(models.unknown(&name));
-        }
+        models.require(&name)?;
         let alias = stage.alias().unwrap_or("production");
         let e = models.registry().set_alias(
             &name,

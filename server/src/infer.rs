@@ -32,10 +32,6 @@ impl Prediction {
                 .collect(),
         )
     }
-
-    pub fn classifies(&self) -> bool {
-        !self.version.runtime.manifest().labels.is_empty()
-    }
 }
 
 fn argmax(row: &[f32]) -> usize {

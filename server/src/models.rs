@@ -206,6 +206,15 @@ impl Models {
             .inc();
     }
 
+    /// `Ok` when this server answers for `model`, else the error that says so (blocking).
+    pub fn require(&self, model: &str) -> Result<(), ServeError> {
+        if self.serves(model) {
+            Ok(())
+        } else {
+            Err(self.unknown(model))
+        }
+    }
+
     /// The error for a model this server does not answer for.
     pub fn unknown(&self, model: &str) -> ServeError {
         let names = self.names().unwrap_or_default();
@@ -242,9 +251,7 @@ impl Models {
 
     /// A version by alias or number, loading it when needed (blocking).
     pub fn version(&self, model: &str, which: &str) -> Result<Arc<Version>, ServeError> {
-        if !self.serves(model) {
-            return Err(self.unknown(model));
-        }
+        self.require(model)?;
         if let Some(v) = self.cached(model, which) {
             return Ok(v);
         }

@@ -178,7 +178,7 @@ impl Runtime {
         for r in 0..rows.rows {
             t.apply_cells_into(
                 r,
-                |i| rows.cell(r, i),
+                |i| Ok(rows.cell(r, i)),
                 &mut out.dense[r * dw..(r + 1) * dw],
                 &mut out.ids[r * iw..(r + 1) * iw],
             )

@@ -218,45 +218,32 @@ impl FittedTransform {
         dense: &mut [f32],
         ids: &mut [u32],
     ) -> Result<(), TransformError> {
-        assert_eq!(dense.len(), self.dense_width(), "dense buffer width");
-        assert_eq!(ids.len(), self.id_width(), "id buffer width");
-        dense.fill(0.0);
-        for fi in 0..self.features.len() {
-            let column = &self.features[fi].column;
-            let raw = match row.get(column) {
-                None | Some(Value::Null) => Cell::Missing,
-                Some(Value::Number(n)) => match n.as_f64() {
-                    Some(v) => Cell::Number(v),
-                    None => Cell::Missing,
-                },
-                Some(Value::Bool(b)) => Cell::Number(if *b { 1.0 } else { 0.0 }),
-                Some(Value::String(s)) if is_missing_text(s) => Cell::Missing,
-                Some(Value::String(s)) => Cell::Text(s),
-                Some(other) => {
-                    return Err(value_error(
-                        0,
-                        column,
-                        format!(
-                            "expected a number, string, boolean or null, found {}",
-                            json_kind(other)
-                        ),
-                    ));
-                }
-            };
-            let emit = self.emit(fi, raw).map_err(|m| value_error(0, column, m))?;
-            self.write(fi, emit, dense, ids);
-        }
-        Ok(())
+        self.apply_cells_into(
+            0,
+            |i| match row.get(&self.inputs[i].name) {
+                None | Some(Value::Null) => Ok(Cell::Missing),
+                Some(Value::Number(n)) => Ok(n.as_f64().map_or(Cell::Missing, Cell::Number)),
+                Some(Value::Bool(b)) => Ok(Cell::Number(if *b { 1.0 } else { 0.0 })),
+                Some(Value::String(s)) if is_missing_text(s) => Ok(Cell::Missing),
+                Some(Value::String(s)) => Ok(Cell::Text(s)),
+                Some(other) => Err(format!(
+                    "expected a number, string, boolean or null, found {}",
+                    json_kind(other)
+                )),
+            },
+            dense,
+            ids,
+        )
     }
 
     /// Applies the transform to one row whose values `cell` gives by input index (the position
-    /// of the column in [`FittedTransform::inputs`]), into caller-owned buffers of `dense_width`
-    /// and `id_width`. `row` only labels errors. For callers that hold rows in their own form,
-    /// such as a server's decoded request tensors.
+    /// of the column in [`FittedTransform::inputs`]), or says why a value cannot be read, into
+    /// caller-owned buffers of `dense_width` and `id_width`. `row` only labels errors. For
+    /// callers that hold rows in their own form: JSON objects, a server's decoded tensors.
     pub fn apply_cells_into<'a>(
         &self,
         row: usize,
-        cell: impl Fn(usize) -> Cell<'a>,
+        cell: impl Fn(usize) -> Result<Cell<'a>, String>,
         dense: &mut [f32],
         ids: &mut [u32],
     ) -> Result<(), TransformError> {
@@ -264,9 +251,8 @@ impl FittedTransform {
         assert_eq!(ids.len(), self.id_width(), "id buffer width");
         dense.fill(0.0);
         for fi in 0..self.features.len() {
-            let raw = cell(self.layout.input[fi]);
-            let emit = self
-                .emit(fi, raw)
+            let emit = cell(self.layout.input[fi])
+                .and_then(|raw| self.emit(fi, raw))
                 .map_err(|m| value_error(row, &self.features[fi].column, m))?;
             self.write(fi, emit, dense, ids);
         }
