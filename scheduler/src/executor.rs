@@ -1,6 +1,8 @@
 //! The executor: runs a pipeline's steps as soon as what they need has succeeded, several at
 //! once (bounded), each with its timeout and its retries with exponential backoff; a step whose
-//! needs failed does not run. What a step does is a [`StepRunner`]'s business, so the executor
+//! needs failed does not run, and one whose needs were skipped is skipped. A run can be
+//! cancelled: running steps are stopped (their futures dropped, which kills their processes)
+//! and recorded as cancelled. What a step does is a [`StepRunner`]'s business, so the executor
 //! is tested on tokio's paused clock with runners that only pretend.
 
 use std::collections::BTreeMap;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -19,6 +21,10 @@ use crate::pipeline::{Pipeline, Step};
 pub enum Attempt {
     Succeeded,
     Failed(String),
+    /// Not run: its condition is false (the reason says which).
+    Skipped(String),
+    /// Not run: an earlier execution's result is reused (the reason says which).
+    Cached(String),
 }
 
 /// Runs one attempt of one step. Implementations run commands, or call the trainer, the
@@ -36,6 +42,16 @@ pub enum StepState {
     TimedOut,
     /// Not run because a step it needs did not succeed.
     UpstreamFailed,
+    Skipped,
+    Cached,
+    Cancelled,
+}
+
+impl StepState {
+    /// Whether the steps that need this one may run.
+    pub fn produced(&self) -> bool {
+        matches!(self, StepState::Succeeded | StepState::Cached)
+    }
 }
 
 /// The record of one step's execution.
@@ -47,6 +63,8 @@ pub struct StepRecord {
     pub attempts: u32,
     /// The last failure's message.
     pub error: Option<String>,
+    /// Why a step was skipped, cached or not run.
+    pub reason: Option<String>,
     /// Since the run started.
     pub started: Option<Duration>,
     pub finished: Option<Duration>,
@@ -82,6 +100,13 @@ pub fn backoff(limits: &Limits, retry: u32) -> Duration {
         .min(limits.max_backoff)
 }
 
+/// Something the executor reports while it runs.
+#[derive(Debug, Clone)]
+pub enum Event<'a> {
+    Started { id: &'a str },
+    Ended(&'a StepRecord),
+}
+
 /// Runs every step of `pipeline` whose needs succeed, and records each. The pipeline must be
 /// free of errors (see [`crate::parse`]).
 pub async fn execute<R: StepRunner>(
@@ -89,13 +114,41 @@ pub async fn execute<R: StepRunner>(
     runner: Arc<R>,
     limits: Limits,
 ) -> Vec<StepRecord> {
+    let (_keep, cancel) = watch::channel(false);
+    execute_with(pipeline, runner, limits, cancel, &|_| {}).await
+}
+
+fn not_run(id: &str, state: StepState, reason: String) -> StepRecord {
+    StepRecord {
+        id: id.to_string(),
+        state,
+        attempts: 0,
+        error: None,
+        reason: Some(reason),
+        started: None,
+        finished: None,
+    }
+}
+
+/// [`execute`], reporting each step's start and end to `observe`, until `cancel` turns true:
+/// then running steps are stopped and every step not ended is recorded as cancelled.
+pub async fn execute_with<R: StepRunner>(
+    pipeline: &Pipeline,
+    runner: Arc<R>,
+    limits: Limits,
+    mut cancel: watch::Receiver<bool>,
+    observe: &(dyn Fn(Event<'_>) + Sync),
+) -> Vec<StepRecord> {
     let start = Instant::now();
     let permits = Arc::new(Semaphore::new(limits.parallel.max(1)));
     let mut records: BTreeMap<String, StepRecord> = BTreeMap::new();
     let mut running = JoinSet::new();
-    let mut started: Vec<String> = Vec::new();
-    loop {
-        // Start every step whose needs have all ended; mark those whose needs failed.
+    let mut started: std::collections::BTreeSet<String> = Default::default();
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut cancelled = *cancel.borrow();
+    let mut watching = true;
+    while !cancelled {
+        // Start every step whose needs have all ended; settle those whose needs did not produce.
         let mut progress = true;
         while progress {
             progress = false;
@@ -108,41 +161,75 @@ pub async fn execute<R: StepRunner>(
                 if needs.iter().any(Option::is_none) {
                     continue;
                 }
-                started.push(step.id.clone());
+                started.insert(step.id.clone());
                 progress = true;
-                if needs
-                    .iter()
-                    .flatten()
-                    .any(|r| r.state != StepState::Succeeded)
-                {
-                    records.insert(
-                        step.id.clone(),
-                        StepRecord {
-                            id: step.id.clone(),
-                            state: StepState::UpstreamFailed,
-                            attempts: 0,
-                            error: None,
-                            started: None,
-                            finished: None,
-                        },
-                    );
+                let unproduced = needs.iter().flatten().find(|r| !r.state.produced());
+                if let Some(need) = unproduced {
+                    let record = if need.state == StepState::Skipped {
+                        not_run(
+                            &step.id,
+                            StepState::Skipped,
+                            format!("`{}` was skipped", need.id),
+                        )
+                    } else {
+                        not_run(
+                            &step.id,
+                            StepState::UpstreamFailed,
+                            format!("`{}` did not succeed", need.id),
+                        )
+                    };
+                    observe(Event::Ended(&record));
+                    records.insert(step.id.clone(), record);
                     continue;
                 }
                 let (step, runner, permits) = (step.clone(), runner.clone(), permits.clone());
+                let started_tx = started_tx.clone();
                 running.spawn(async move {
                     let _permit = permits.acquire_owned().await;
+                    let _ = started_tx.send(step.id.clone());
                     run_step(&step, runner.as_ref(), limits, start).await
                 });
             }
         }
-        match running.join_next().await {
-            Some(Ok(record)) => {
-                records.insert(record.id.clone(), record);
+        tokio::select! {
+            joined = running.join_next() => match joined {
+                Some(Ok(record)) => {
+                    while let Ok(id) = started_rx.try_recv() {
+                        observe(Event::Started { id: &id });
+                    }
+                    observe(Event::Ended(&record));
+                    records.insert(record.id.clone(), record);
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "a step task failed");
+                }
+                None => break,
+            },
+            Some(id) = started_rx.recv() => observe(Event::Started { id: &id }),
+            changed = cancel.changed(), if watching => match changed {
+                Ok(()) => cancelled = *cancel.borrow(),
+                // Nobody can cancel any more: go on without watching.
+                Err(_) => watching = false,
             }
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "a step task failed");
+        }
+    }
+    if cancelled {
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+        let now = start.elapsed();
+        for step in &pipeline.steps {
+            if !records.contains_key(&step.id) {
+                let mut record = not_run(
+                    &step.id,
+                    StepState::Cancelled,
+                    "the run was cancelled".into(),
+                );
+                if started.contains(&step.id) {
+                    record.finished = Some(now);
+                }
+                observe(Event::Ended(&record));
+                records.insert(step.id.clone(), record);
             }
-            None => break,
         }
     }
     pipeline
@@ -169,17 +256,21 @@ async fn run_step<R: StepRunner>(
             },
             None => Ok(runner.run(step, attempts).await),
         };
-        let (state, error) = match outcome {
-            Ok(Attempt::Succeeded) => (StepState::Succeeded, None),
-            Ok(Attempt::Failed(m)) => (StepState::Failed, Some(m)),
-            Err(m) => (StepState::TimedOut, Some(m)),
+        let (state, error, reason) = match outcome {
+            Ok(Attempt::Succeeded) => (StepState::Succeeded, None, None),
+            Ok(Attempt::Failed(m)) => (StepState::Failed, Some(m), None),
+            Ok(Attempt::Skipped(r)) => (StepState::Skipped, None, Some(r)),
+            Ok(Attempt::Cached(r)) => (StepState::Cached, None, Some(r)),
+            Err(m) => (StepState::TimedOut, Some(m), None),
         };
-        if state == StepState::Succeeded || attempts > step.retries {
+        let done = !matches!(state, StepState::Failed | StepState::TimedOut);
+        if done || attempts > step.retries {
             return StepRecord {
                 id: step.id.clone(),
                 state,
                 attempts,
                 error,
+                reason,
                 started: Some(started),
                 finished: Some(start.elapsed()),
             };

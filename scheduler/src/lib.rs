@@ -4,5 +4,7 @@
 pub mod command;
 pub mod executor;
 pub mod pipeline;
+pub mod run;
+pub mod schedule;
 
 pub use crate::pipeline::{Diagnostic, Parsed, Pipeline, Severity, levels, parse};

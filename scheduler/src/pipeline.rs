@@ -80,6 +80,9 @@ pub struct Step {
     pub timeout: Option<Duration>,
     /// A condition on earlier steps' outputs; the step is skipped when it is false.
     pub condition: Option<String>,
+    /// Whether an earlier execution with the same definition and inputs may stand in for this
+    /// one (`cache = false` for steps that read what kiln cannot see, such as the network).
+    pub cache: bool,
     /// The line of the step's `id`.
     pub line: usize,
 }
@@ -201,6 +204,12 @@ struct RawStep {
     timeout: Option<Spanned<String>>,
     #[serde(default, rename = "if")]
     condition: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    cache: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where a byte offset is, as (line, column), both 1-based.
@@ -407,6 +416,7 @@ pub fn parse(text: &str) -> Parsed {
             retries: s.retries,
             timeout,
             condition: s.condition.as_ref().map(|c| c.get_ref().clone()),
+            cache: s.cache,
             line: position(text, s.id.span().start).0,
         });
     }

@@ -16,6 +16,7 @@
 
 mod artifacts;
 mod deployments;
+mod pipelines;
 pub mod query;
 mod records;
 
@@ -29,6 +30,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use self::artifacts::ArtifactStore;
 pub use self::artifacts::{Manifest, ManifestEntry};
 pub use self::deployments::{MAX_BATCH_DELAY_US, MAX_BATCH_ROWS};
+pub use self::pipelines::{
+    CacheEntry, PipelineRun, PipelineRunState, ScheduleState, StepExecState, StepExecution,
+};
 pub use self::records::{
     AliasEvent, ArtifactKind, ArtifactRef, Batching, Deployment, Experiment, Lineage, MetricPoint,
     Millis, Model, ModelVersion, RECORD_FORMAT_VERSION, Route, Run, RunStatus,
@@ -199,6 +203,9 @@ pub struct Registry {
     history: sled::Tree,
     artifact_refs: sled::Tree,
     deployments: sled::Tree,
+    pipeline_runs: sled::Tree,
+    step_cache: sled::Tree,
+    schedules: sled::Tree,
     artifacts: ArtifactStore,
     _lock: File,
 }
@@ -359,6 +366,9 @@ impl Registry {
             history: db.open_tree("alias_history")?,
             artifact_refs: db.open_tree("artifact_refs")?,
             deployments: db.open_tree("deployments")?,
+            pipeline_runs: db.open_tree("pipeline_runs")?,
+            step_cache: db.open_tree("step_cache")?,
+            schedules: db.open_tree("schedules")?,
             artifacts: ArtifactStore::open(home.join("artifacts"))?,
             db,
             _lock: lock,

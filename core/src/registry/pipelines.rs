@@ -1,0 +1,270 @@
+//! Pipeline runs, their step executions, the cache index of step results, and schedule state.
+//! A pipeline run is one record, rewritten as its steps end, so a reader sees the whole run at
+//! once; the cache maps a step's cache key (its definition and the digests of its inputs) to the
+//! run whose execution of it succeeded.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::records::{Millis, decode, encode, now_ms};
+use super::{Registry, RegistryError};
+
+/// Where a pipeline run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineRunState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl PipelineRunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineRunState::Running => "running",
+            PipelineRunState::Succeeded => "succeeded",
+            PipelineRunState::Failed => "failed",
+            PipelineRunState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Where one step of a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepExecState {
+    Pending,
+    Running,
+    Succeeded,
+    /// Not run: an earlier execution with the same cache key is reused.
+    Cached,
+    /// Not run: its `if` was false, or a step it needs was skipped.
+    Skipped,
+    Failed,
+    TimedOut,
+    /// Not run: a step it needs failed.
+    UpstreamFailed,
+    Cancelled,
+}
+
+impl StepExecState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepExecState::Pending => "pending",
+            StepExecState::Running => "running",
+            StepExecState::Succeeded => "succeeded",
+            StepExecState::Cached => "cached",
+            StepExecState::Skipped => "skipped",
+            StepExecState::Failed => "failed",
+            StepExecState::TimedOut => "timed_out",
+            StepExecState::UpstreamFailed => "upstream_failed",
+            StepExecState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the step's outputs exist for the steps that need it.
+    pub fn produced(self) -> bool {
+        matches!(self, StepExecState::Succeeded | StepExecState::Cached)
+    }
+}
+
+/// One step's execution within a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepExecution {
+    pub id: String,
+    pub state: StepExecState,
+    #[serde(default)]
+    pub attempts: u32,
+    pub started_ms: Option<Millis>,
+    pub ended_ms: Option<Millis>,
+    /// Digest of the step's definition and its inputs' digests.
+    #[serde(default)]
+    pub cache_key: Option<String>,
+    /// The run whose execution a cached step reuses.
+    #[serde(default)]
+    pub cached_from: Option<u64>,
+    /// Why the step was cached, skipped or not run, in words.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The directory holding the step's output files.
+    #[serde(default)]
+    pub outputs_dir: Option<String>,
+    /// Named values the step reported (`blessed`, metrics, a registered version…).
+    #[serde(default)]
+    pub values: BTreeMap<String, String>,
+    /// Digest of the step's outputs (files and values): what its dependents' cache keys hold.
+    #[serde(default)]
+    pub output_digest: Option<String>,
+    /// Log files of the attempts, oldest first.
+    #[serde(default)]
+    pub logs: Vec<String>,
+}
+
+impl StepExecution {
+    pub fn pending(id: &str) -> StepExecution {
+        StepExecution {
+            id: id.to_string(),
+            state: StepExecState::Pending,
+            attempts: 0,
+            started_ms: None,
+            ended_ms: None,
+            cache_key: None,
+            cached_from: None,
+            reason: None,
+            error: None,
+            outputs_dir: None,
+            values: BTreeMap::new(),
+            output_digest: None,
+            logs: Vec::new(),
+        }
+    }
+}
+
+/// One run of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRun {
+    pub id: u64,
+    pub pipeline: String,
+    /// The pipeline file as given, and the digest of its text.
+    pub file: String,
+    pub file_digest: String,
+    pub params: BTreeMap<String, String>,
+    /// `manual`, `schedule` or `backfill`.
+    pub trigger: String,
+    /// The date the run is for (`${date}`), `YYYY-MM-DD`.
+    pub logical_date: String,
+    pub state: PipelineRunState,
+    pub started_ms: Millis,
+    pub ended_ms: Option<Millis>,
+    /// The run's working directory (step outputs and logs).
+    pub dir: String,
+    pub steps: Vec<StepExecution>,
+}
+
+/// Where a cache key's result lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheEntry {
+    pub run: u64,
+    pub step: String,
+}
+
+/// What kiln remembers of a pipeline's schedule between restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    pub pipeline: String,
+    pub file: String,
+    pub cron: String,
+    pub paused: bool,
+    /// The last fire that was handled (run, skipped or caught up), Unix ms.
+    pub last_fire_ms: Option<Millis>,
+}
+
+impl Registry {
+    /// Starts recording a pipeline run; its id is the next pipeline run number.
+    pub fn create_pipeline_run(&self, mut run: PipelineRun) -> Result<PipelineRun, RegistryError> {
+        run.id = self.next_id("next_pipeline_run_id")?;
+        run.started_ms = now_ms();
+        self.pipeline_runs
+            .insert(run.id.to_be_bytes(), encode(&run))?;
+        self.flush()?;
+        Ok(run)
+    }
+
+    /// Rewrites a run's record (its steps moved on); durable when the run has ended.
+    pub fn save_pipeline_run(&self, run: &PipelineRun) -> Result<(), RegistryError> {
+        self.pipeline_runs
+            .insert(run.id.to_be_bytes(), encode(run))?;
+        if run.state != PipelineRunState::Running {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn pipeline_run(&self, id: u64) -> Result<PipelineRun, RegistryError> {
+        match self.pipeline_runs.get(id.to_be_bytes())? {
+            Some(bytes) => decode("pipeline run", &bytes),
+            None => Err(RegistryError::NotFound {
+                what: "pipeline run",
+                name: id.to_string(),
+                hint: "; `kiln pipeline runs` lists them".to_string(),
+            }),
+        }
+    }
+
+    /// Pipeline runs, newest first, of one pipeline or of all.
+    pub fn pipeline_runs(
+        &self,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PipelineRun>, RegistryError> {
+        let mut out = Vec::new();
+        for item in self.pipeline_runs.iter().rev() {
+            let (_, bytes) = item?;
+            let run: PipelineRun = decode("pipeline run", &bytes)?;
+            if pipeline.is_none_or(|p| p == run.pipeline) {
+                out.push(run);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs recorded as running: after a restart, runs that a stopped process left behind.
+    pub fn running_pipeline_runs(&self) -> Result<Vec<PipelineRun>, RegistryError> {
+        let mut out = Vec::new();
+        for item in self.pipeline_runs.iter() {
+            let (_, bytes) = item?;
+            let run: PipelineRun = decode("pipeline run", &bytes)?;
+            if run.state == PipelineRunState::Running {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The successful execution a cache key names, if any.
+    pub fn cached_step(&self, key: &str) -> Result<Option<CacheEntry>, RegistryError> {
+        match self.step_cache.get(key.as_bytes())? {
+            Some(bytes) => Ok(Some(decode("cache entry", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn remember_step(&self, key: &str, entry: &CacheEntry) -> Result<(), RegistryError> {
+        self.step_cache.insert(key.as_bytes(), encode(entry))?;
+        Ok(())
+    }
+
+    pub fn forget_step(&self, key: &str) -> Result<(), RegistryError> {
+        self.step_cache.remove(key.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn schedule_state(&self, pipeline: &str) -> Result<Option<ScheduleState>, RegistryError> {
+        match self.schedules.get(pipeline.as_bytes())? {
+            Some(bytes) => Ok(Some(decode("schedule", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn schedule_states(&self) -> Result<Vec<ScheduleState>, RegistryError> {
+        self.schedules
+            .iter()
+            .values()
+            .map(|v| decode("schedule", &v?))
+            .collect()
+    }
+
+    /// Stores a schedule's state durably (a fire handled must not fire again after a crash).
+    pub fn save_schedule_state(&self, state: &ScheduleState) -> Result<(), RegistryError> {
+        self.schedules
+            .insert(state.pipeline.as_bytes(), encode(state))?;
+        self.flush()
+    }
+}

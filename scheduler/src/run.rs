@@ -1,0 +1,755 @@
+//! One pipeline run: its record in the registry, its steps' outputs and values passed on through
+//! templates, caching, and the built-in components reached through [`Components`].
+//!
+//! **Artifacts between steps.** Each step gets an empty output directory
+//! (`KILN_HOME/pipelines/NAME/RUN/steps/ID/outputs`) and may report named values (a component's
+//! return, or `NAME=VALUE` lines a command writes to `$KILN_VALUES`). `${steps.ID.NAME}` is the
+//! value `NAME` of step `ID` when it reported one, else the path of the file `NAME` in its output
+//! directory.
+//!
+//! **Caching.** A step's cache key is the digest of its definition (parameters, `${date}` and
+//! `${run_id}` filled in; references to other steps left as written), the output digests of
+//! the steps it needs or names, and the content of every file or directory a component argument
+//! names outside the run. When an earlier execution with that key succeeded, the step is
+//! *cached*: its outputs and values are that execution's, and the record says which run they
+//! came from. `cache = false` on a step, or forcing it, makes it run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kiln_core::registry::{
+    CacheEntry, PipelineRun, PipelineRunState, Registry, StepExecState, StepExecution,
+};
+use tokio::sync::watch;
+
+use crate::command::run_command;
+use crate::executor::{Attempt, Event, Limits, StepRunner, StepState, execute_with};
+use crate::pipeline::{Action, Pipeline, Step, parse};
+
+/// One call of a built-in component.
+#[derive(Clone)]
+pub struct ComponentCall {
+    pub registry: Arc<Registry>,
+    pub pipeline: String,
+    pub run: u64,
+    pub step: String,
+    pub component: String,
+    /// The step's `with`, templates filled in. Relative paths are relative to `workdir`.
+    pub args: BTreeMap<String, toml::Value>,
+    /// The pipeline file's directory.
+    pub workdir: PathBuf,
+    /// The step's (empty) output directory.
+    pub outputs: PathBuf,
+    /// The attempt's log file, for lines people will want to read.
+    pub log: PathBuf,
+}
+
+impl ComponentCall {
+    /// A path argument, resolved against the pipeline file's directory.
+    pub fn path(&self, arg: &str) -> Option<PathBuf> {
+        self.args.get(arg).and_then(toml::Value::as_str).map(|p| {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                self.workdir.join(p)
+            }
+        })
+    }
+
+    /// Appends a line to the attempt's log.
+    pub fn log_line(&self, line: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// The built-in components (`uses = "…"`). The binary implements them with the trainer, the
+/// serving runtime and the registry; the scheduler knows them only through this trait.
+pub trait Components: Send + Sync + 'static {
+    /// Runs one component step to its end (on a blocking thread) and returns the values it
+    /// reports, or why it failed.
+    fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, String>;
+}
+
+/// Components for pipelines made only of `run` steps.
+pub struct NoComponents;
+
+impl Components for NoComponents {
+    fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, String> {
+        Err(format!(
+            "component `{}` is not available in this program",
+            call.component
+        ))
+    }
+}
+
+/// Which steps run even when the cache holds their result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Force {
+    #[default]
+    Nothing,
+    All,
+    Steps(BTreeSet<String>),
+}
+
+impl Force {
+    fn covers(&self, id: &str) -> bool {
+        match self {
+            Force::Nothing => false,
+            Force::All => true,
+            Force::Steps(s) => s.contains(id),
+        }
+    }
+}
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The pipeline file (its directory is where commands run and relative paths start).
+    pub file: PathBuf,
+    pub text: String,
+    /// Parameters given for this run, over the file's defaults.
+    pub params: BTreeMap<String, String>,
+    /// `manual`, `schedule` or `backfill`.
+    pub trigger: String,
+    /// `${date}`, `YYYY-MM-DD`.
+    pub logical_date: String,
+    pub force: Force,
+    pub limits: Limits,
+    /// Directories put before `PATH` for commands (where the `kiln` binary is).
+    pub path_prefix: Vec<PathBuf>,
+}
+
+/// A pipeline file that cannot run, or a run that could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{file} has {count} error(s):\n{list}")]
+    Invalid {
+        file: String,
+        count: usize,
+        list: String,
+    },
+    #[error("{0}")]
+    Params(String),
+    #[error("{0}")]
+    Store(#[from] kiln_core::registry::RegistryError),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The parameters of a run: the file's defaults as text, overridden by `given`.
+pub fn run_params(
+    pipeline: &Pipeline,
+    given: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, RunError> {
+    let mut params: BTreeMap<String, String> = pipeline
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), value_text(v)))
+        .collect();
+    for (k, v) in given {
+        if !params.contains_key(k) {
+            let known: Vec<&str> = params.keys().map(String::as_str).collect();
+            return Err(RunError::Params(format!(
+                "pipeline `{}` has no parameter `{k}`{}",
+                pipeline.name,
+                if known.is_empty() {
+                    "; it takes none".to_string()
+                } else {
+                    format!("; it has {}", known.join(", "))
+                }
+            )));
+        }
+        params.insert(k.clone(), v.clone());
+    }
+    Ok(params)
+}
+
+/// A TOML value as it reads in a template: strings bare, everything else as TOML writes it.
+pub fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Parses the request's file, records a run and executes it, reporting the record to `on_change`
+/// whenever a step starts or ends. Returns the finished record.
+pub async fn run_pipeline<C: Components>(
+    registry: Arc<Registry>,
+    components: Arc<C>,
+    request: RunRequest,
+    cancel: watch::Receiver<bool>,
+    on_change: &(dyn Fn(&PipelineRun) + Sync),
+) -> Result<PipelineRun, RunError> {
+    let parsed = parse(&request.text);
+    let file = request.file.display().to_string();
+    let errors: Vec<String> = parsed
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == crate::Severity::Error)
+        .map(|d| format!("  {file}:{}:{}: {}", d.line, d.column, d.message))
+        .collect();
+    let pipeline = match parsed.pipeline {
+        Some(p) if errors.is_empty() => p,
+        _ => {
+            return Err(RunError::Invalid {
+                count: errors.len(),
+                list: errors.join("\n"),
+                file,
+            });
+        }
+    };
+    let params = run_params(&pipeline, &request.params)?;
+    let record = registry.create_pipeline_run(PipelineRun {
+        id: 0,
+        pipeline: pipeline.name.clone(),
+        file: file.clone(),
+        file_digest: blake3::hash(request.text.as_bytes()).to_hex().to_string(),
+        params: params.clone(),
+        trigger: request.trigger.clone(),
+        logical_date: request.logical_date.clone(),
+        state: PipelineRunState::Running,
+        started_ms: 0,
+        ended_ms: None,
+        dir: String::new(),
+        steps: pipeline
+            .steps
+            .iter()
+            .map(|s| StepExecution::pending(&s.id))
+            .collect(),
+    })?;
+    let dir = run_dir(registry.home(), &pipeline.name, record.id);
+    std::fs::create_dir_all(&dir).map_err(|e| RunError::Io(format!("{}: {e}", dir.display())))?;
+    let mut record = record;
+    record.dir = dir.display().to_string();
+    registry.save_pipeline_run(&record)?;
+    let workdir = request
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let workdir = std::fs::canonicalize(&workdir).unwrap_or(workdir);
+    let runner = Arc::new(Runner {
+        registry: registry.clone(),
+        components,
+        record: Mutex::new(record),
+        pipeline: pipeline.clone(),
+        params,
+        date: request.logical_date.clone(),
+        dir,
+        workdir,
+        force: request.force.clone(),
+        path: search_path(&request.path_prefix),
+    });
+    let observe = |event: Event<'_>| {
+        let mut record = runner.lock();
+        let now = now_ms();
+        match event {
+            Event::Started { id } => {
+                if let Some(s) = record.steps.iter_mut().find(|s| s.id == id) {
+                    s.state = StepExecState::Running;
+                    s.started_ms = Some(now);
+                }
+            }
+            Event::Ended(r) => {
+                if let Some(s) = record.steps.iter_mut().find(|s| s.id == r.id) {
+                    s.state = match r.state {
+                        StepState::Succeeded => StepExecState::Succeeded,
+                        StepState::Failed => StepExecState::Failed,
+                        StepState::TimedOut => StepExecState::TimedOut,
+                        StepState::UpstreamFailed => StepExecState::UpstreamFailed,
+                        StepState::Skipped => StepExecState::Skipped,
+                        StepState::Cached => StepExecState::Cached,
+                        StepState::Cancelled => StepExecState::Cancelled,
+                    };
+                    s.attempts = r.attempts;
+                    s.error.clone_from(&r.error);
+                    s.reason.clone_from(&r.reason);
+                    if r.finished.is_some() || s.started_ms.is_some() {
+                        s.ended_ms = Some(now);
+                    }
+                }
+            }
+        }
+        if let Err(e) = runner.registry.save_pipeline_run(&record) {
+            tracing::warn!("recording pipeline run {}: {e}", record.id);
+        }
+        on_change(&record);
+    };
+    execute_with(&pipeline, runner.clone(), request.limits, cancel, &observe).await;
+    let mut record = runner.lock().clone();
+    let states: Vec<StepExecState> = record.steps.iter().map(|s| s.state).collect();
+    record.state = if states.contains(&StepExecState::Cancelled) {
+        PipelineRunState::Cancelled
+    } else if states.iter().any(|s| {
+        matches!(
+            s,
+            StepExecState::Failed | StepExecState::TimedOut | StepExecState::UpstreamFailed
+        )
+    }) {
+        PipelineRunState::Failed
+    } else {
+        PipelineRunState::Succeeded
+    };
+    record.ended_ms = Some(now_ms());
+    registry.save_pipeline_run(&record)?;
+    on_change(&record);
+    Ok(record)
+}
+
+/// Where a run keeps its steps' outputs and logs.
+pub fn run_dir(home: &Path, pipeline: &str, run: u64) -> PathBuf {
+    home.join("pipelines").join(pipeline).join(run.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn search_path(prefix: &[PathBuf]) -> OsString {
+    let mut dirs: Vec<PathBuf> = prefix.to_vec();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+struct Runner<C> {
+    registry: Arc<Registry>,
+    components: Arc<C>,
+    record: Mutex<PipelineRun>,
+    pipeline: Pipeline,
+    params: BTreeMap<String, String>,
+    date: String,
+    dir: PathBuf,
+    workdir: PathBuf,
+    force: Force,
+    path: OsString,
+}
+
+impl<C: Components> Runner<C> {
+    fn lock(&self) -> MutexGuard<'_, PipelineRun> {
+        self.record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn step_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("steps").join(id)
+    }
+
+    fn update(&self, id: &str, change: impl FnOnce(&mut StepExecution)) {
+        let mut record = self.lock();
+        if let Some(s) = record.steps.iter_mut().find(|s| s.id == id) {
+            change(s);
+        }
+        if let Err(e) = self.registry.save_pipeline_run(&record) {
+            tracing::warn!("recording pipeline run {}: {e}", record.id);
+        }
+    }
+
+    fn execution(&self, id: &str) -> Option<StepExecution> {
+        self.lock().steps.iter().find(|s| s.id == id).cloned()
+    }
+
+    /// `text` with templates filled in; with `steps_too` false, `${steps.…}` and `${outputs}`
+    /// stay as written (the form that goes into cache keys).
+    fn fill(&self, step: &str, text: &str, steps_too: bool) -> Result<String, String> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("`${{` without `}}` in {text:?}"))?;
+            let whole = &rest[start..start + 2 + end + 1];
+            let reference = after[..end].trim();
+            let parts: Vec<&str> = reference.splitn(3, '.').collect();
+            let value = match parts.as_slice() {
+                ["params", name] => self
+                    .params
+                    .get(*name)
+                    .cloned()
+                    .ok_or_else(|| format!("no parameter `{name}`"))?,
+                ["date"] => self.date.clone(),
+                ["run_id"] => self.lock().id.to_string(),
+                _ if !steps_too => whole.to_string(),
+                ["outputs"] => self.step_dir(step).join("outputs").display().to_string(),
+                ["steps", id, name] => {
+                    let exec = self
+                        .execution(id)
+                        .ok_or_else(|| format!("no step `{id}`"))?;
+                    match exec.values.get(*name) {
+                        Some(v) => v.clone(),
+                        None => {
+                            let dir = exec.outputs_dir.ok_or_else(|| {
+                                format!("step `{id}` has no outputs (it did not run)")
+                            })?;
+                            Path::new(&dir).join(name).display().to_string()
+                        }
+                    }
+                }
+                _ => return Err(format!("unknown reference `{whole}`")),
+            };
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// A `with` value with templates filled in; a string that is one template whose value reads
+    /// as a number or boolean becomes that number or boolean.
+    fn fill_value(&self, step: &str, v: &toml::Value) -> Result<toml::Value, String> {
+        Ok(match v {
+            toml::Value::String(s) => {
+                let filled = self.fill(step, s, true)?;
+                let single =
+                    s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
+                if single {
+                    if let Ok(i) = filled.parse::<i64>() {
+                        toml::Value::Integer(i)
+                    } else if let Ok(f) = filled.parse::<f64>() {
+                        toml::Value::Float(f)
+                    } else if let Ok(b) = filled.parse::<bool>() {
+                        toml::Value::Boolean(b)
+                    } else {
+                        toml::Value::String(filled)
+                    }
+                } else {
+                    toml::Value::String(filled)
+                }
+            }
+            toml::Value::Array(a) => toml::Value::Array(
+                a.iter()
+                    .map(|x| self.fill_value(step, x))
+                    .collect::<Result<_, _>>()?,
+            ),
+            toml::Value::Table(t) => toml::Value::Table(
+                t.iter()
+                    .map(|(k, x)| Ok((k.clone(), self.fill_value(step, x)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
+    fn cache_key(&self, step: &Step) -> Result<String, String> {
+        let mut h = blake3::Hasher::new();
+        h.update(b"kiln step 1\0");
+        let mut referenced: BTreeSet<String> = step.needs.iter().cloned().collect();
+        let mut externals: Vec<PathBuf> = Vec::new();
+        match &step.action {
+            Action::Run { command } => {
+                h.update(b"run\0");
+                h.update(self.fill(&step.id, command, false)?.as_bytes());
+                referenced.extend(step_refs(command));
+            }
+            Action::Uses { component, with } => {
+                h.update(b"uses\0");
+                h.update(component.as_bytes());
+                for (k, v) in with {
+                    h.update(b"\0");
+                    h.update(k.as_bytes());
+                    h.update(b"=");
+                    for text in strings_in(v) {
+                        let partial = self.fill(&step.id, &text, false)?;
+                        h.update(partial.as_bytes());
+                        h.update(b"\x1f");
+                        referenced.extend(step_refs(&text));
+                        if !text.contains("${steps.") && !text.contains("${outputs}") {
+                            let p = self.workdir.join(&partial);
+                            if p.exists() && !p.starts_with(self.registry.home()) {
+                                externals.push(p);
+                            }
+                        }
+                    }
+                    if !matches!(v, toml::Value::String(_)) {
+                        h.update(v.to_string().as_bytes());
+                    }
+                }
+            }
+        }
+        for id in &referenced {
+            let digest = self
+                .execution(id)
+                .and_then(|e| e.output_digest)
+                .unwrap_or_default();
+            h.update(b"\0need\0");
+            h.update(id.as_bytes());
+            h.update(digest.as_bytes());
+        }
+        for p in externals {
+            h.update(b"\0file\0");
+            h.update(digest_path(&p)?.as_bytes());
+        }
+        Ok(h.finalize().to_hex().to_string())
+    }
+
+    /// The earlier execution a key names, when its outputs are still there.
+    fn lookup(&self, key: &str) -> Result<Option<(u64, StepExecution)>, String> {
+        let Some(entry) = self.registry.cached_step(key).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let found = self.registry.pipeline_run(entry.run).ok().and_then(|run| {
+            run.steps.into_iter().find(|s| {
+                s.id == entry.step
+                    && s.output_digest.is_some()
+                    && s.outputs_dir
+                        .as_deref()
+                        .is_some_and(|d| Path::new(d).is_dir())
+            })
+        });
+        match found {
+            Some(exec) => Ok(Some((exec.cached_from.unwrap_or(entry.run), exec))),
+            None => {
+                let _ = self.registry.forget_step(key);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn attempt(&self, step: &Step, attempt: u32) -> Result<Attempt, String> {
+        if attempt == 1 {
+            if let Some(condition) = &step.condition {
+                let value = self.fill(&step.id, condition, true)?;
+                match value.trim() {
+                    "true" | "1" | "yes" => {}
+                    "false" | "0" | "no" | "" => {
+                        return Ok(Attempt::Skipped(format!(
+                            "`if = \"{condition}\"` is {}",
+                            value.trim()
+                        )));
+                    }
+                    other => {
+                        return Err(format!(
+                            "`if = \"{condition}\"` is {other:?}, neither true nor false"
+                        ));
+                    }
+                }
+            }
+        }
+        let key = self.cache_key(step)?;
+        {
+            let key = key.clone();
+            self.update(&step.id, |e| e.cache_key = Some(key));
+        }
+        if attempt == 1 && step.cache && !self.force.covers(&step.id) {
+            if let Some((from, exec)) = self.lookup(&key)? {
+                let reason = format!(
+                    "cached: same definition and inputs as in run {from} (rerun with --force {})",
+                    step.id
+                );
+                self.update(&step.id, |e| {
+                    e.cached_from = Some(from);
+                    e.values = exec.values;
+                    e.outputs_dir = exec.outputs_dir;
+                    e.output_digest = exec.output_digest;
+                    e.logs = exec.logs;
+                });
+                return Ok(Attempt::Cached(reason));
+            }
+        }
+        let step_dir = self.step_dir(&step.id);
+        let outputs = step_dir.join("outputs");
+        if outputs.exists() {
+            std::fs::remove_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?;
+        }
+        std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?;
+        let log = step_dir.join(format!("attempt-{attempt}.log"));
+        {
+            let (log, outputs) = (log.display().to_string(), outputs.display().to_string());
+            self.update(&step.id, |e| {
+                e.logs.push(log);
+                e.outputs_dir = Some(outputs);
+                e.values.clear();
+                e.output_digest = None;
+                e.cached_from = None;
+            });
+        }
+        let values = match &step.action {
+            Action::Run { command } => {
+                let command = self.fill(&step.id, command, true)?;
+                let values_file = step_dir.join(format!("values-{attempt}"));
+                let run_id = self.lock().id.to_string();
+                let attempt_text = attempt.to_string();
+                let env: [(&str, &std::ffi::OsStr); 7] = [
+                    ("KILN_OUTPUTS", outputs.as_os_str()),
+                    ("KILN_VALUES", values_file.as_os_str()),
+                    ("KILN_STEP", step.id.as_ref()),
+                    ("KILN_RUN_ID", run_id.as_ref()),
+                    ("KILN_ATTEMPT", attempt_text.as_ref()),
+                    ("KILN_PIPELINE", self.pipeline.name.as_ref()),
+                    ("PATH", self.path.as_os_str()),
+                ];
+                match run_command(&command, &self.workdir, &env, &log).await {
+                    Attempt::Succeeded => read_values(&values_file)?,
+                    other => return Ok(other),
+                }
+            }
+            Action::Uses { component, with } => {
+                let args = with
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), self.fill_value(&step.id, v)?)))
+                    .collect::<Result<BTreeMap<_, _>, String>>()?;
+                let call = ComponentCall {
+                    registry: self.registry.clone(),
+                    pipeline: self.pipeline.name.clone(),
+                    run: self.lock().id,
+                    step: step.id.clone(),
+                    component: component.clone(),
+                    args,
+                    workdir: self.workdir.clone(),
+                    outputs: outputs.clone(),
+                    log: log.clone(),
+                };
+                let components = self.components.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let result = components.run(&call);
+                    if let Err(e) = &result {
+                        call.log_line(&format!("error: {e}"));
+                    }
+                    result
+                })
+                .await;
+                match result {
+                    Ok(Ok(values)) => values,
+                    Ok(Err(e)) => return Ok(Attempt::Failed(e)),
+                    Err(e) => {
+                        return Ok(Attempt::Failed(format!(
+                            "component `{component}` stopped: {e}"
+                        )));
+                    }
+                }
+            }
+        };
+        let digest = output_digest(&outputs, &values)?;
+        self.update(&step.id, |e| {
+            e.values = values;
+            e.output_digest = Some(digest);
+        });
+        if step.cache {
+            let entry = CacheEntry {
+                run: self.lock().id,
+                step: step.id.clone(),
+            };
+            self.registry
+                .remember_step(&key, &entry)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Attempt::Succeeded)
+    }
+}
+
+impl<C: Components> StepRunner for Runner<C> {
+    async fn run(&self, step: &Step, attempt: u32) -> Attempt {
+        match self.attempt(step, attempt).await {
+            Ok(a) => a,
+            Err(e) => Attempt::Failed(format!("step `{}`: {e}", step.id)),
+        }
+    }
+}
+
+/// The step ids a text names in `${steps.ID.…}`.
+fn step_refs(text: &str) -> Vec<String> {
+    text.split("${steps.")
+        .skip(1)
+        .filter_map(|rest| rest.split(['.', '}']).next())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+fn strings_in(v: &toml::Value) -> Vec<String> {
+    match v {
+        toml::Value::String(s) => vec![s.clone()],
+        toml::Value::Array(a) => a.iter().flat_map(strings_in).collect(),
+        toml::Value::Table(t) => t
+            .iter()
+            .flat_map(|(k, x)| {
+                let mut out = vec![k.clone()];
+                out.extend(strings_in(x));
+                out
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `NAME=VALUE` lines a command wrote to `$KILN_VALUES` (none when it wrote nothing).
+fn read_values(path: &Path) -> Result<BTreeMap<String, String>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("$KILN_VALUES line {}: {line:?} is not NAME=VALUE", n + 1))?;
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// The digest of a step's outputs: every file under its directory (path and content) and its
+/// values.
+fn output_digest(dir: &Path, values: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut h = blake3::Hasher::new();
+    h.update(digest_path(dir)?.as_bytes());
+    for (k, v) in values {
+        // Values that are paths inside the run differ per run; their files are digested above.
+        if v.starts_with(&*dir.to_string_lossy()) {
+            h.update(format!("\0{k}=<output>").as_bytes());
+        } else {
+            h.update(format!("\0{k}={v}").as_bytes());
+        }
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// The digest of a file's content, or of a directory's files (relative paths and contents, in
+/// order).
+pub fn digest_path(path: &Path) -> Result<String, String> {
+    let mut h = blake3::Hasher::new();
+    let mut stack = vec![path.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&p).map_err(|e| format!("{}: {e}", p.display()))? {
+                stack.push(entry.map_err(|e| format!("{}: {e}", p.display()))?.path());
+            }
+        } else {
+            files.push(p);
+        }
+    }
+    files.sort();
+    for f in files {
+        let rel = f.strip_prefix(path).unwrap_or(&f);
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update(b"\0");
+        let mut file = std::fs::File::open(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        h.update_reader(&mut file)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        h.update(b"\0");
+    }
+    Ok(h.finalize().to_hex().to_string())
+}

@@ -1,0 +1,338 @@
+//! Whole pipeline runs with real shell commands and a real registry: outputs and values flow
+//! between steps, failures are retried and keep their logs, a command over its timeout is killed
+//! with everything it started, an unchanged second run is cached step by step (and says why),
+//! changed inputs rerun what depends on them, `if` skips, and a cancelled run stops its steps.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_core::registry::{PipelineRun, PipelineRunState, Registry, StepExecState, StepExecution};
+use kiln_scheduler::executor::Limits;
+use kiln_scheduler::run::{
+    ComponentCall, Components, Force, NoComponents, RunRequest, run_pipeline,
+};
+use tokio::sync::watch;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    work: PathBuf,
+    registry: Arc<Registry>,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let registry = Arc::new(Registry::open(&dir.path().join("home")).unwrap());
+    Setup {
+        _dir: dir,
+        work,
+        registry,
+    }
+}
+
+fn request(s: &Setup, text: &str) -> RunRequest {
+    let file = s.work.join("p.toml");
+    std::fs::write(&file, text).unwrap();
+    RunRequest {
+        file,
+        text: text.to_string(),
+        params: BTreeMap::new(),
+        trigger: "manual".into(),
+        logical_date: "2026-11-28".into(),
+        force: Force::Nothing,
+        limits: Limits {
+            backoff: Duration::from_millis(10),
+            ..Limits::default()
+        },
+        path_prefix: Vec::new(),
+    }
+}
+
+async fn run_with<C: Components>(s: &Setup, c: C, r: RunRequest) -> PipelineRun {
+    let (_keep, cancel) = watch::channel(false);
+    run_pipeline(s.registry.clone(), Arc::new(c), r, cancel, &|_| {})
+        .await
+        .unwrap()
+}
+
+async fn run(s: &Setup, r: RunRequest) -> PipelineRun {
+    run_with(s, NoComponents, r).await
+}
+
+fn step<'a>(run: &'a PipelineRun, id: &str) -> &'a StepExecution {
+    run.steps.iter().find(|x| x.id == id).unwrap()
+}
+
+fn output(run: &PipelineRun, id: &str, name: &str) -> String {
+    let dir = step(run, id).outputs_dir.clone().unwrap();
+    std::fs::read_to_string(Path::new(&dir).join(name)).unwrap()
+}
+
+const FLOW: &str = r#"name = "p"
+[params]
+who = "kiln"
+
+[[steps]]
+id = "hello"
+run = "printf 'hello %s on %s' '${params.who}' '${date}' > ${outputs}/greeting; echo size=$(wc -c < ${outputs}/greeting) >> $KILN_VALUES"
+
+[[steps]]
+id = "shout"
+needs = ["hello"]
+run = "tr a-z A-Z < ${steps.hello.greeting} > $KILN_OUTPUTS/loud; echo ${steps.hello.size} > ${outputs}/size"
+
+[[steps]]
+id = "flaky"
+run = "echo attempt $KILN_ATTEMPT; exit 3"
+retries = 1
+
+[[steps]]
+id = "never"
+needs = ["flaky"]
+run = "true"
+"#;
+
+#[tokio::test]
+async fn outputs_and_values_flow_between_steps_and_failures_keep_their_logs() {
+    let s = setup();
+    let r = run(&s, request(&s, FLOW)).await;
+    assert_eq!(r.state, PipelineRunState::Failed);
+    assert_eq!(step(&r, "hello").state, StepExecState::Succeeded);
+    assert_eq!(step(&r, "hello").values["size"], "24");
+    assert_eq!(output(&r, "shout", "loud"), "HELLO KILN ON 2026-11-28");
+    assert_eq!(output(&r, "shout", "size"), "24\n");
+    let flaky = step(&r, "flaky");
+    assert_eq!((flaky.state, flaky.attempts), (StepExecState::Failed, 2));
+    let error = flaky.error.as_deref().unwrap();
+    assert!(
+        error.contains("exit status: 3") && error.ends_with("ends: attempt 2"),
+        "{error}"
+    );
+    assert_eq!(flaky.logs.len(), 2);
+    assert_eq!(
+        std::fs::read_to_string(&flaky.logs[0]).unwrap(),
+        "attempt 1\n"
+    );
+    assert_eq!(step(&r, "never").state, StepExecState::UpstreamFailed);
+    assert_eq!(step(&r, "never").attempts, 0);
+    // The record is in the registry as returned.
+    assert_eq!(s.registry.pipeline_run(r.id).unwrap(), r);
+}
+
+#[tokio::test]
+async fn an_unchanged_run_is_cached_and_changes_rerun_what_depends_on_them() {
+    let s = setup();
+    let text = r#"name = "c"
+[params]
+n = 3
+
+[[steps]]
+id = "make"
+run = "seq ${params.n} > ${outputs}/numbers"
+
+[[steps]]
+id = "count"
+needs = ["make"]
+run = "wc -l < ${steps.make.numbers} > ${outputs}/count"
+
+[[steps]]
+id = "stamp"
+run = "date +%s%N > ${outputs}/now"
+cache = false
+"#;
+    let first = run(&s, request(&s, text)).await;
+    assert_eq!(first.state, PipelineRunState::Succeeded);
+    let second = run(&s, request(&s, text)).await;
+    for id in ["make", "count"] {
+        let e = step(&second, id);
+        assert_eq!(e.state, StepExecState::Cached, "{id}");
+        assert_eq!(e.cached_from, Some(first.id));
+        assert!(
+            e.reason
+                .as_deref()
+                .unwrap()
+                .contains(&format!("run {}", first.id)),
+            "{:?}",
+            e.reason
+        );
+    }
+    assert_eq!(output(&second, "count", "count").trim(), "3");
+    // `cache = false` always runs.
+    assert_eq!(step(&second, "stamp").state, StepExecState::Succeeded);
+
+    // A changed parameter reruns `make`; its output changed, so `count` reruns too.
+    let mut changed = request(&s, text);
+    changed.params.insert("n".into(), "5".into());
+    let third = run(&s, changed).await;
+    assert_eq!(step(&third, "make").state, StepExecState::Succeeded);
+    assert_eq!(step(&third, "count").state, StepExecState::Succeeded);
+    assert_eq!(output(&third, "count", "count").trim(), "5");
+
+    // Forcing one step reruns it; its output is the same, so its dependent stays cached.
+    let mut forced = request(&s, text);
+    forced.force = Force::Steps(["make".to_string()].into());
+    let fourth = run(&s, forced).await;
+    assert_eq!(step(&fourth, "make").state, StepExecState::Succeeded);
+    assert_eq!(step(&fourth, "count").state, StepExecState::Cached);
+}
+
+/// A component that counts its calls and writes its argument's content to its outputs.
+struct Copy(std::sync::atomic::AtomicUsize);
+
+impl Components for Copy {
+    fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, String> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let from = call.path("path").unwrap();
+        let text = std::fs::read_to_string(&from).map_err(|e| e.to_string())?;
+        std::fs::write(call.outputs.join("copy"), &text).unwrap();
+        Ok(BTreeMap::from([(
+            "lines".to_string(),
+            text.lines().count().to_string(),
+        )]))
+    }
+}
+
+#[tokio::test]
+async fn changed_files_that_components_read_rerun_them() {
+    let s = setup();
+    std::fs::write(s.work.join("data.txt"), "a\nb\n").unwrap();
+    let text = "name = \"f\"\n[[steps]]\nid = \"ingest\"\nuses = \"ingest\"\nwith = { path = \"data.txt\" }\n\n[[steps]]\nid = \"big\"\nneeds = [\"ingest\"]\nif = \"${steps.ingest.lines}\"\nrun = \"true\"\n";
+    let first = run_with(&s, Copy(0.into()), request(&s, text)).await;
+    // `if` needs true or false: 2 is neither.
+    assert_eq!(step(&first, "ingest").values["lines"], "2");
+    assert_eq!(step(&first, "big").state, StepExecState::Failed);
+    assert!(
+        step(&first, "big")
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("neither true nor false")
+    );
+
+    let copy = Copy(0.into());
+    let again = run_with(&s, copy, request(&s, text)).await;
+    assert_eq!(step(&again, "ingest").state, StepExecState::Cached);
+    std::fs::write(s.work.join("data.txt"), "a\nb\nc\n").unwrap();
+    let changed = run_with(&s, Copy(0.into()), request(&s, text)).await;
+    assert_eq!(step(&changed, "ingest").state, StepExecState::Succeeded);
+    assert_eq!(output(&changed, "ingest", "copy"), "a\nb\nc\n");
+}
+
+#[tokio::test]
+async fn a_false_condition_skips_the_step_and_its_dependents() {
+    let s = setup();
+    let text = "name = \"s\"\n[[steps]]\nid = \"check\"\nrun = \"echo ok=false >> $KILN_VALUES\"\n\n[[steps]]\nid = \"push\"\nneeds = [\"check\"]\nif = \"${steps.check.ok}\"\nrun = \"touch ${outputs}/pushed\"\n\n[[steps]]\nid = \"announce\"\nneeds = [\"push\"]\nrun = \"true\"\n";
+    let r = run(&s, request(&s, text)).await;
+    assert_eq!(r.state, PipelineRunState::Succeeded);
+    let push = step(&r, "push");
+    assert_eq!(push.state, StepExecState::Skipped);
+    assert!(
+        push.reason.as_deref().unwrap().contains("is false"),
+        "{:?}",
+        push.reason
+    );
+    assert_eq!(step(&r, "announce").state, StepExecState::Skipped);
+}
+
+#[tokio::test]
+async fn a_command_over_its_timeout_is_killed_with_its_children() {
+    let s = setup();
+    let text = "name = \"p\"\n[[steps]]\nid = \"slow\"\nrun = \"echo $$ > ${outputs}/pid; sleep 30; echo late > ${outputs}/late\"\ntimeout = \"300ms\"\n";
+    let r = run(&s, request(&s, text)).await;
+    assert_eq!(step(&r, "slow").state, StepExecState::TimedOut);
+    assert_gone(&r, "slow").await;
+}
+
+async fn assert_gone(r: &PipelineRun, id: &str) {
+    let group = output(r, id, "pid");
+    let group = format!("-{}", group.trim());
+    // Nothing of the process group is left (allowing a moment for the kernel to reap it).
+    let mut alive = true;
+    for _ in 0..40 {
+        alive = std::process::Command::new("kill")
+            .args(["-0", "--", &group])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive, "process group {group} still runs");
+    let dir = step(r, id).outputs_dir.clone().unwrap();
+    assert!(!Path::new(&dir).join("late").exists());
+}
+
+#[tokio::test]
+async fn a_cancelled_run_stops_its_steps_and_records_them_as_cancelled() {
+    let s = setup();
+    let text = "name = \"x\"\n[[steps]]\nid = \"long\"\nrun = \"echo $$ > ${outputs}/pid; sleep 30; echo late > ${outputs}/late\"\n\n[[steps]]\nid = \"after\"\nneeds = [\"long\"]\nrun = \"true\"\n";
+    let (tx, cancel) = watch::channel(false);
+    let registry = s.registry.clone();
+    let req = request(&s, text);
+    let task = tokio::spawn(async move {
+        run_pipeline(registry, Arc::new(NoComponents), req, cancel, &|_| {}).await
+    });
+    // Wait for the step to start, then cancel.
+    let mut started = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let runs = s.registry.pipeline_runs(Some("x"), 1).unwrap();
+        let pid = runs
+            .first()
+            .and_then(|r| step(r, "long").outputs_dir.clone())
+            .map(|d| Path::new(&d).join("pid"));
+        if pid.is_some_and(|p| p.exists()) {
+            started = true;
+            break;
+        }
+    }
+    assert!(started);
+    tx.send(true).unwrap();
+    let r = task.await.unwrap().unwrap();
+    assert_eq!(r.state, PipelineRunState::Cancelled);
+    assert_eq!(step(&r, "long").state, StepExecState::Cancelled);
+    assert_eq!(step(&r, "after").state, StepExecState::Cancelled);
+    assert_gone(&r, "long").await;
+}
+
+#[tokio::test]
+async fn unknown_parameters_and_invalid_files_are_refused_before_a_run_is_recorded() {
+    let s = setup();
+    let mut r = request(&s, FLOW);
+    r.params.insert("whom".into(), "x".into());
+    let (_keep, cancel) = watch::channel(false);
+    let e = run_pipeline(
+        s.registry.clone(),
+        Arc::new(NoComponents),
+        r,
+        cancel.clone(),
+        &|_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no parameter `whom`; it has who"), "{e}");
+    let bad = request(
+        &s,
+        "name = \"b\"\n[[steps]]\nid = \"a\"\nneeds = [\"zz\"]\nrun = \"true\"\n",
+    );
+    let e = run_pipeline(
+        s.registry.clone(),
+        Arc::new(NoComponents),
+        bad,
+        cancel,
+        &|_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("p.toml:4:") && e.contains("zz"), "{e}");
+    assert!(s.registry.pipeline_runs(None, 10).unwrap().is_empty());
+}
