@@ -524,22 +524,22 @@ impl<C: Components> Runner<C> {
     }
 
     async fn attempt(&self, step: &Step, attempt: u32) -> Result<Attempt, String> {
-        if attempt == 1 {
-            if let Some(condition) = &step.condition {
-                let value = self.fill(&step.id, condition, true)?;
-                match value.trim() {
-                    "true" | "1" | "yes" => {}
-                    "false" | "0" | "no" | "" => {
-                        return Ok(Attempt::Skipped(format!(
-                            "`if = \"{condition}\"` is {}",
-                            value.trim()
-                        )));
-                    }
-                    other => {
-                        return Err(format!(
-                            "`if = \"{condition}\"` is {other:?}, neither true nor false"
-                        ));
-                    }
+        if attempt == 1
+            && let Some(condition) = &step.condition
+        {
+            let value = self.fill(&step.id, condition, true)?;
+            match value.trim() {
+                "true" | "1" | "yes" => {}
+                "false" | "0" | "no" | "" => {
+                    return Ok(Attempt::Skipped(format!(
+                        "`if = \"{condition}\"` is {}",
+                        value.trim()
+                    )));
+                }
+                other => {
+                    return Err(format!(
+                        "`if = \"{condition}\"` is {other:?}, neither true nor false"
+                    ));
                 }
             }
         }
@@ -548,21 +548,23 @@ impl<C: Components> Runner<C> {
             let key = key.clone();
             self.update(&step.id, |e| e.cache_key = Some(key));
         }
-        if attempt == 1 && step.cache && !self.force.covers(&step.id) {
-            if let Some((from, exec)) = self.lookup(&key)? {
-                let reason = format!(
-                    "cached: same definition and inputs as in run {from} (rerun with --force {})",
-                    step.id
-                );
-                self.update(&step.id, |e| {
-                    e.cached_from = Some(from);
-                    e.values = exec.values;
-                    e.outputs_dir = exec.outputs_dir;
-                    e.output_digest = exec.output_digest;
-                    e.logs = exec.logs;
-                });
-                return Ok(Attempt::Cached(reason));
-            }
+        if attempt == 1
+            && step.cache
+            && !self.force.covers(&step.id)
+            && let Some((from, exec)) = self.lookup(&key)?
+        {
+            let reason = format!(
+                "cached: same definition and inputs as in run {from} (rerun with --force {})",
+                step.id
+            );
+            self.update(&step.id, |e| {
+                e.cached_from = Some(from);
+                e.values = exec.values;
+                e.outputs_dir = exec.outputs_dir;
+                e.output_digest = exec.output_digest;
+                e.logs = exec.logs;
+            });
+            return Ok(Attempt::Cached(reason));
         }
         let step_dir = self.step_dir(&step.id);
         let outputs = step_dir.join("outputs");

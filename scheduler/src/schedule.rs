@@ -127,10 +127,10 @@ impl<L: Launcher> ScheduleLoop<L> {
         self.save(&state);
         let mut active: Option<tokio::task::JoinHandle<()>> = None;
         loop {
-            if active.is_none() {
-                if let Some(fire) = queue.pop_front() {
-                    active = Some(self.start(fire));
-                }
+            if active.is_none()
+                && let Some(fire) = queue.pop_front()
+            {
+                active = Some(self.start(fire));
             }
             let last = from_ms(state.last_fire_ms.unwrap_or_default());
             let next = match cron.find_next_occurrence(&last, false) {

@@ -126,15 +126,15 @@ async fn after_downtime(catchup: Catchup) -> Vec<(DateTime<Utc>, DateTime<Utc>)>
         last_fire_ms: Some(t(6, 0, 0).timestamp_millis()),
     })
     .unwrap();
-    let runs = drive(
+
+    drive(
         &reg,
         schedule("0 * * * *", catchup, Overlap::Queue),
         t(9, 30, 0),
         45 * 60,
         60,
     )
-    .await;
-    runs
+    .await
 }
 
 #[tokio::test(start_paused = true)]
