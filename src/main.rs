@@ -44,6 +44,8 @@ enum Command {
     Pipeline(cmd::pipeline::PipelineCommand),
     /// Serve registered models over HTTP (Open Inference Protocol V2, TF Serving, MLflow).
     Serve(cmd::serve::ServeArgs),
+    /// Registry, scheduler and model server in one process, on one port.
+    Up(cmd::up::UpArgs),
     /// Route a model's traffic: split between versions, a shadow version, dynamic batching.
     Deploy(cmd::serve::DeployArgs),
 }
@@ -73,9 +75,10 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::train(&cli.home, a),
         Command::Predict(a) => cmd::train::predict(&cli.home, a),
         Command::Sweep(a) => cmd::train::sweep(&cli.home, a),
-        Command::Pipeline(c) => cmd::pipeline::run(c),
+        Command::Pipeline(c) => cmd::pipeline::run(&cli.home, c),
         Command::Serve(a) => cmd::serve::serve(&cli.home, a),
         Command::Deploy(a) => cmd::serve::deploy(&cli.home, a),
+        Command::Up(a) => cmd::up::up(&cli.home, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -49,3 +49,212 @@ fn the_example_validates_and_a_broken_file_lists_every_problem() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("reading no-such.toml"), "{}", r.stderr);
 }
+
+fn run_json(k: &util::Kiln, id: u64) -> serde_json::Value {
+    let out = k.ok(&["pipeline", "show", &id.to_string(), "--json"]);
+    serde_json::from_str(&out).unwrap()
+}
+
+fn step<'a>(run: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap()
+}
+
+fn champion(k: &util::Kiln) -> serde_json::Value {
+    let out = k.ok(&["models", "show", "ctr", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["aliases"]["champion"].clone()
+}
+
+/// Small and quick: 3,000 rows, 3 epochs.
+const SMALL: [&str; 6] = [
+    "--param",
+    "rows=3000",
+    "--param",
+    "epochs=3",
+    "--param",
+    "min_auc=0.6",
+];
+
+#[test]
+fn the_example_pipeline_pushes_caches_retrains_and_keeps_a_worse_model_out() {
+    let k = util::Kiln::new();
+    let file = "examples/pipelines/retrain.toml";
+    let mut args = vec!["pipeline", "run", file];
+    args.extend_from_slice(&SMALL);
+    let out = k.ok(&args);
+    assert!(
+        out.contains("pipeline `retrain-ctr` run 1 succeeded"),
+        "{out}"
+    );
+    let first = run_json(&k, 1);
+    assert_eq!(step(&first, "push")["values"]["version"], "1");
+    assert_eq!(step(&first, "evaluate")["values"]["blessed"], "true");
+    assert_eq!(champion(&k), 1);
+    // Lineage: the version's run carries the pipeline run that made it.
+    let version: serde_json::Value =
+        serde_json::from_str(&k.ok(&["models", "versions", "ctr", "--json"])).unwrap();
+    let run_id = version["versions"][0]["version"]["run_id"]
+        .as_u64()
+        .unwrap();
+    let run: serde_json::Value =
+        serde_json::from_str(&k.ok(&["runs", "show", &format!("{run_id:08x}"), "--json"])).unwrap();
+    assert_eq!(run["tags"]["kiln.pipeline_run"], "1", "{run}");
+    assert!(run["lineage"]["dataset_fingerprint"].is_string());
+
+    // Unchanged: every step is cached, from run 1, and says so.
+    let out = k.ok(&args);
+    assert!(out.contains("(10 of 10 steps cached"), "{out}");
+    let second = run_json(&k, 2);
+    for s in second["steps"].as_array().unwrap() {
+        assert_eq!(s["state"], "cached", "{s}");
+        assert_eq!(s["cached_from"], 1);
+        assert!(s["reason"].as_str().unwrap().contains("as in run 1"), "{s}");
+    }
+    assert_eq!(champion(&k), 1);
+
+    // Changed data: generated anew, so ingested, trained and evaluated anew.
+    let mut changed = args.clone();
+    changed.extend_from_slice(&["--param", "seed=8"]);
+    k.ok(&changed);
+    let third = run_json(&k, 3);
+    for id in ["generate", "ingest", "train", "evaluate"] {
+        assert_eq!(step(&third, id)["state"], "succeeded", "{id}");
+    }
+    let champion_now = champion(&k);
+
+    // A deliberately worse model (almost no learning) loses to the champion on the same rows
+    // and is not pushed, though it passes the absolute threshold set to 0.
+    let worse = [
+        "pipeline",
+        "run",
+        file,
+        "--param",
+        "rows=3000",
+        "--param",
+        "epochs=1",
+        "--param",
+        "lr=0.000001",
+        "--param",
+        "seed=9",
+        "--param",
+        "min_auc=0",
+    ];
+    k.ok(&worse);
+    let fourth = run_json(&k, 4);
+    let evaluate = step(&fourth, "evaluate");
+    assert_eq!(evaluate["values"]["blessed"], "false", "{evaluate}");
+    assert!(
+        evaluate["values"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("misses the minimum"),
+        "{evaluate}"
+    );
+    assert_eq!(step(&fourth, "push")["state"], "skipped");
+    assert_eq!(champion(&k), champion_now);
+
+    // Forcing a step reruns it.
+    let mut forced = args.clone();
+    forced.extend_from_slice(&["--force", "statistics"]);
+    k.ok(&forced);
+    let fifth = run_json(&k, 5);
+    assert_eq!(step(&fifth, "statistics")["state"], "succeeded");
+    assert_eq!(step(&fifth, "validate")["state"], "cached");
+
+    let runs = k.ok(&["pipeline", "runs"]);
+    assert!(
+        runs.contains("retrain-ctr") && runs.lines().count() >= 6,
+        "{runs}"
+    );
+}
+
+#[test]
+fn a_failing_step_is_retried_keeps_its_logs_and_stops_its_dependents() {
+    let k = util::Kiln::new();
+    let p = k.file(
+        "p.toml",
+        "name = \"f\"\n[[steps]]\nid = \"fail\"\nrun = \"echo boom $KILN_ATTEMPT; exit 2\"\nretries = 1\n\n[[steps]]\nid = \"after\"\nneeds = [\"fail\"]\nrun = \"true\"\n",
+    );
+    let p = p.display().to_string();
+    let r = k.run(&["pipeline", "run", &p]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("pipeline run 1 failed at step `fail`"),
+        "{}",
+        r.stderr
+    );
+    let logs = k.ok(&["pipeline", "logs", "1", "fail"]);
+    assert!(
+        logs.contains("== fail attempt 1") && logs.contains("boom 1"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("== fail attempt 2") && logs.contains("boom 2"),
+        "{logs}"
+    );
+    let run = run_json(&k, 1);
+    assert_eq!(step(&run, "fail")["attempts"], 2);
+    assert_eq!(step(&run, "after")["state"], "upstream_failed");
+    // Unknown step, parameter and run: clear errors.
+    let r = k.run(&["pipeline", "logs", "1", "fial"]);
+    assert!(r.stderr.contains("did you mean `fail`?"), "{}", r.stderr);
+    let r = k.run(&["pipeline", "run", &p, "--param", "x=1"]);
+    assert!(
+        r.stderr
+            .contains("pipeline `f` has no parameter `x`; it takes none"),
+        "{}",
+        r.stderr
+    );
+    let r = k.run(&["pipeline", "show", "99"]);
+    assert!(r.stderr.contains("no pipeline run `99`"), "{}", r.stderr);
+}
+
+#[test]
+fn backfill_runs_once_per_fire_with_its_date() {
+    let k = util::Kiln::new();
+    let p = k.file(
+        "daily.toml",
+        "name = \"daily\"\n[schedule]\ncron = \"30 2 * * *\"\n[[steps]]\nid = \"stamp\"\nrun = \"echo ${date} > ${outputs}/date\"\n",
+    );
+    let p = p.display().to_string();
+    let out = k.ok(&[
+        "pipeline",
+        "backfill",
+        &p,
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-03",
+    ]);
+    assert_eq!(out.matches("backfill").count(), 3, "{out}");
+    let runs: serde_json::Value =
+        serde_json::from_str(&k.ok(&["pipeline", "runs", "--json"])).unwrap();
+    let dates: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["logical_date"].as_str().unwrap())
+        .collect();
+    assert_eq!(dates, ["2026-11-03", "2026-11-02", "2026-11-01"]);
+    let r = k.run(&[
+        "pipeline",
+        "backfill",
+        &p,
+        "--from",
+        "2026-11-03",
+        "--to",
+        "2026-11-01",
+    ]);
+    assert!(r.stderr.contains("is before --from"), "{}", r.stderr);
+    let r = k.run(&["pipeline", "schedule", "pause", "daily"]);
+    assert!(
+        r.stderr.contains("no schedule for pipeline `daily`"),
+        "{}",
+        r.stderr
+    );
+}

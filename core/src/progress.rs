@@ -8,6 +8,11 @@ pub trait Progress: Sync {
     fn set(&self, done: u64);
     /// The current phase is finished.
     fn finish(&self);
+    /// Whether whoever waits for the operation has given up on it (a cancelled pipeline step):
+    /// long loops stop early when it turns true.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// What a progress count counts.

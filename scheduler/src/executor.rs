@@ -264,6 +264,10 @@ async fn run_step<R: StepRunner>(
             Err(m) => (StepState::TimedOut, Some(m), None),
         };
         let done = !matches!(state, StepState::Failed | StepState::TimedOut);
+        if matches!(state, StepState::Skipped | StepState::Cached) {
+            // Nothing ran.
+            attempts = 0;
+        }
         if done || attempts > step.retries {
             return StepRecord {
                 id: step.id.clone(),

@@ -44,6 +44,9 @@ pub struct ComponentCall {
     pub outputs: PathBuf,
     /// The attempt's log file, for lines people will want to read.
     pub log: PathBuf,
+    /// Turns true when the step is cancelled or over its timeout: stop early (the result is
+    /// not used).
+    pub cancelled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ComponentCall {
@@ -618,7 +621,10 @@ impl<C: Components> Runner<C> {
                     workdir: self.workdir.clone(),
                     outputs: outputs.clone(),
                     log: log.clone(),
+                    cancelled: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 };
+                // Dropped when the attempt is given up on (cancel, timeout): tells the component.
+                let _flag = CancelOnDrop(call.cancelled.clone());
                 let components = self.components.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let result = components.run(&call);
@@ -663,6 +669,15 @@ impl<C: Components> StepRunner for Runner<C> {
             Ok(a) => a,
             Err(e) => Attempt::Failed(format!("step `{}`: {e}", step.id)),
         }
+    }
+}
+
+/// Sets a flag when dropped.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

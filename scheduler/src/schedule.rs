@@ -198,3 +198,11 @@ impl<L: Launcher> ScheduleLoop<L> {
         }
     }
 }
+
+/// The first fire of `cron` after `now`, if the expression parses and fires again.
+pub fn next_fire(cron: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    cron.parse::<Cron>()
+        .ok()?
+        .find_next_occurrence(&now, false)
+        .ok()
+}

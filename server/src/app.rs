@@ -57,6 +57,22 @@ pub struct AppState {
 
 /// The whole HTTP surface of a server.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new(), Router::new())
+}
+
+/// The server's router with more routes of the embedding program (`kiln up` adds its pipeline
+/// API): `reads` under the read check (`--protect-reads`), `writes` under the token check.
+pub fn router_with(state: AppState, reads_extra: Router, writes_extra: Router) -> Router {
+    let reads_extra = if reads_extra.has_routes() {
+        reads_extra.route_layer(middleware::from_fn_with_state(state.clone(), check_read))
+    } else {
+        reads_extra
+    };
+    let writes_extra = if writes_extra.has_routes() {
+        writes_extra.route_layer(middleware::from_fn_with_state(state.clone(), check_write))
+    } else {
+        writes_extra
+    };
     let open = Router::new()
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::ready))
@@ -94,8 +110,10 @@ pub fn router(state: AppState) -> Router {
         .merge(open)
         .merge(reads)
         .merge(writes)
-        .fallback(not_found)
         .with_state(state)
+        .merge(reads_extra)
+        .merge(writes_extra)
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use kiln_core::registry::Registry;
 
-pub use crate::app::{AppState, ServerConfig, router, serve};
+pub use crate::app::{AppState, ServerConfig, router, router_with, serve};
 pub use crate::error::{ApiError, ServeError};
 pub use crate::metrics::Metrics;
 pub use crate::models::{Models, Selection};

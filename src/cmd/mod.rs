@@ -1,6 +1,9 @@
 //! The subcommands of the `kiln` binary, one module per group.
+pub mod components;
 pub mod data;
 pub mod pipeline;
 pub mod registry;
 pub mod serve;
+pub mod service;
 pub mod train;
+pub mod up;

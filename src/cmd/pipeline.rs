@@ -1,12 +1,24 @@
-//! `kiln pipeline …`: pipeline files from the command line.
+//! `kiln pipeline …`: validate, run, inspect, cancel and backfill pipelines, and their
+//! schedules. Against a running `kiln up` (which owns `KILN_HOME`), `--server URL` does the same
+//! through its API.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::Subcommand;
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Subcommand};
+use kiln_core::registry::{PipelineRun, PipelineRunState, StepExecState};
 use kiln_scheduler::pipeline::{Action, Severity};
+use kiln_scheduler::run::Force;
+use kiln_scheduler::schedule::{fires_between, from_ms, next_fire};
+use tokio::sync::watch;
 
 use crate::Outcome;
+use crate::cmd::registry::{Home, when};
+use crate::cmd::service::Service;
 use crate::ui;
 
 #[derive(Debug, Subcommand)]
@@ -17,93 +29,811 @@ pub enum PipelineCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a pipeline now; its steps' states show as they change.
+    Run(RunArgs),
+    /// Recent pipeline runs, newest first.
+    Runs {
+        /// Only this pipeline's runs.
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// One run: each step's state, attempts, timing, cache hits and values.
+    Show {
+        run: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// The logs of a run's steps (every attempt), or of one step.
+    Logs {
+        run: u64,
+        step: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Cancel a run: running steps are stopped and recorded as cancelled.
+    Cancel {
+        run: u64,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Run a pipeline once per schedule fire (daily without a schedule) between two dates.
+    Backfill {
+        file: PathBuf,
+        /// First date, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: NaiveDate,
+        /// Last date, YYYY-MM-DD, included.
+        #[arg(long)]
+        to: NaiveDate,
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pipeline schedules: list them, pause or resume one.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
 }
 
-pub fn run(command: PipelineCommand) -> Result<Outcome> {
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Every schedule kiln knows: cron, paused, last and next fire.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Stop a pipeline's schedule from firing (missed fires are not caught up later).
+    Pause {
+        pipeline: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    Resume {
+        pipeline: String,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+/// A running `kiln up` to ask instead of opening `KILN_HOME`.
+#[derive(Debug, Args, Clone)]
+pub struct Server {
+    /// The URL of a running `kiln up` (e.g. http://127.0.0.1:8080).
+    #[arg(long, env = "KILN_SERVER")]
+    server: Option<String>,
+    /// Its token, for calls that change state.
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    file: PathBuf,
+    /// Set a parameter for this run (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    /// Run this step even if the cache holds its result (repeatable).
+    #[arg(long = "force", value_name = "STEP")]
+    force: Vec<String>,
+    /// Run every step, ignoring the cache.
+    #[arg(long, conflicts_with = "force")]
+    force_all: bool,
+    /// The run's date (`${date}`), YYYY-MM-DD; today (UTC) by default.
+    #[arg(long)]
+    date: Option<NaiveDate>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
     match command {
-        PipelineCommand::Validate { file, json } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let parsed = kiln_scheduler::parse(&text);
-            let outcome = if parsed.has_errors() {
-                Outcome::Anomalies
-            } else {
-                Outcome::Ok
-            };
-            if json {
-                ui::print_json(&parsed)?;
-                return Ok(outcome);
-            }
-            for d in &parsed.diagnostics {
-                let severity = match d.severity {
-                    Severity::Error => "error",
-                    Severity::Warning => "warning",
-                };
-                eprintln!(
-                    "{}:{}:{}: {severity}: {}",
-                    file.display(),
-                    d.line,
-                    d.column,
-                    d.message
-                );
-            }
-            let Some(p) = &parsed.pipeline else {
-                return Ok(outcome);
-            };
-            if parsed.has_errors() {
-                let errors = parsed
-                    .diagnostics
-                    .iter()
-                    .filter(|d| d.severity == Severity::Error)
-                    .count();
-                eprintln!("pipeline `{}`: {errors} errors", p.name);
-                return Ok(outcome);
-            }
-            let levels = kiln_scheduler::levels(p).unwrap_or_default();
-            let mut rows = Vec::new();
-            for (i, level) in levels.iter().enumerate() {
-                for id in level {
-                    let Some(step) = p.steps.iter().find(|s| &s.id == id) else {
-                        continue;
-                    };
-                    let what = match &step.action {
-                        Action::Uses { component, .. } => format!("uses {component}"),
-                        Action::Run { command } => {
-                            let short: String = command.chars().take(48).collect();
-                            if short.len() < command.len() {
-                                format!("run {short}…")
-                            } else {
-                                format!("run {short}")
-                            }
-                        }
-                    };
-                    rows.push(vec![
-                        (i + 1).to_string(),
-                        id.clone(),
-                        what,
-                        step.needs.join(", "),
-                    ]);
+        PipelineCommand::Validate { file, json } => validate(&file, json),
+        PipelineCommand::Run(args) => run_now(home, args),
+        PipelineCommand::Runs {
+            pipeline,
+            limit,
+            json,
+            server,
+        } => {
+            let runs: Vec<PipelineRun> = match &server.server {
+                Some(_) => {
+                    let mut path = format!("/api/pipeline-runs?limit={limit}");
+                    if let Some(p) = &pipeline {
+                        path.push_str(&format!("&pipeline={p}"));
+                    }
+                    call(&server, "GET", &path)?
                 }
+                None => home
+                    .open_registry()?
+                    .pipeline_runs(pipeline.as_deref(), limit)?,
+            };
+            print_runs(&runs, json)
+        }
+        PipelineCommand::Show { run, json, server } => {
+            let record = fetch_run(home, &server, run)?;
+            if json {
+                ui::print_json(&record)?;
+            } else {
+                print_run(&record);
             }
-            println!(
-                "{}",
-                ui::table(&["level", "step", "does", "needs"], rows, &[0])
+            Ok(Outcome::Ok)
+        }
+        PipelineCommand::Logs { run, step, server } => logs(home, &server, run, step.as_deref()),
+        PipelineCommand::Cancel { run, server } => cancel(home, &server, run),
+        PipelineCommand::Backfill {
+            file,
+            from,
+            to,
+            params,
+            json,
+        } => backfill(home, &file, from, to, &params, json),
+        PipelineCommand::Schedule(c) => schedule(home, c),
+    }
+}
+
+fn validate(file: &Path, json: bool) -> Result<Outcome> {
+    {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let parsed = kiln_scheduler::parse(&text);
+        let outcome = if parsed.has_errors() {
+            Outcome::Anomalies
+        } else {
+            Outcome::Ok
+        };
+        if json {
+            ui::print_json(&parsed)?;
+            return Ok(outcome);
+        }
+        for d in &parsed.diagnostics {
+            let severity = match d.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            eprintln!(
+                "{}:{}:{}: {severity}: {}",
+                file.display(),
+                d.line,
+                d.column,
+                d.message
             );
-            let schedule = p.schedule.as_ref().map_or("no schedule".to_string(), |s| {
-                format!(
-                    "schedule `{}` (catch-up {}, overlap {})",
-                    s.cron,
-                    format!("{:?}", s.catchup).to_lowercase(),
-                    format!("{:?}", s.overlap).to_lowercase()
-                )
-            });
-            println!(
-                "pipeline `{}` is valid: {} steps in {} levels; {schedule}",
-                p.name,
-                p.steps.len(),
-                levels.len()
+        }
+        let Some(p) = &parsed.pipeline else {
+            return Ok(outcome);
+        };
+        if parsed.has_errors() {
+            let errors = parsed
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            eprintln!("pipeline `{}`: {errors} errors", p.name);
+            return Ok(outcome);
+        }
+        let levels = kiln_scheduler::levels(p).unwrap_or_default();
+        let mut rows = Vec::new();
+        for (i, level) in levels.iter().enumerate() {
+            for id in level {
+                let Some(step) = p.steps.iter().find(|s| &s.id == id) else {
+                    continue;
+                };
+                let what = match &step.action {
+                    Action::Uses { component, .. } => format!("uses {component}"),
+                    Action::Run { command } => {
+                        let short: String = command.chars().take(48).collect();
+                        if short.len() < command.len() {
+                            format!("run {short}…")
+                        } else {
+                            format!("run {short}")
+                        }
+                    }
+                };
+                rows.push(vec![
+                    (i + 1).to_string(),
+                    id.clone(),
+                    what,
+                    step.needs.join(", "),
+                ]);
+            }
+        }
+        println!(
+            "{}",
+            ui::table(&["level", "step", "does", "needs"], rows, &[0])
+        );
+        let schedule = p.schedule.as_ref().map_or("no schedule".to_string(), |s| {
+            format!(
+                "schedule `{}` (catch-up {}, overlap {})",
+                s.cron,
+                format!("{:?}", s.catchup).to_lowercase(),
+                format!("{:?}", s.overlap).to_lowercase()
+            )
+        });
+        println!(
+            "pipeline `{}` is valid: {} steps in {} levels; {schedule}",
+            p.name,
+            p.steps.len(),
+            levels.len()
+        );
+        Ok(outcome)
+    }
+}
+
+fn parse_params(given: &[String]) -> Result<BTreeMap<String, String>> {
+    given
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("--param {p:?}: give NAME=VALUE"))
+        })
+        .collect()
+}
+
+fn date_time(d: NaiveDate) -> DateTime<Utc> {
+    d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()
+}
+
+/// An async runtime for the pipeline commands, with Ctrl-C turning `stop` true.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kiln-pipeline")
+        .build()
+        .context("starting the async runtime")
+}
+
+fn on_ctrl_c(tx: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("cancelling: stopping running steps");
+            let _ = tx.send(true);
+        }
+    });
+}
+
+/// Prints each step's state when it changes.
+struct Live {
+    seen: Mutex<BTreeMap<String, StepExecState>>,
+    quiet: bool,
+}
+
+impl Live {
+    fn show(&self, run: &PipelineRun) {
+        if self.quiet {
+            return;
+        }
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for s in &run.steps {
+            if seen.get(&s.id) == Some(&s.state) || s.state == StepExecState::Pending {
+                continue;
+            }
+            seen.insert(s.id.clone(), s.state);
+            let took = match (s.started_ms, s.ended_ms) {
+                (Some(a), Some(b)) => format!(" in {}", seconds(b - a)),
+                _ => String::new(),
+            };
+            let note = match s.state {
+                StepExecState::Running => String::new(),
+                StepExecState::Failed | StepExecState::TimedOut => {
+                    format!(": {}", s.error.as_deref().unwrap_or(""))
+                }
+                _ => s
+                    .reason
+                    .as_deref()
+                    .map_or(String::new(), |r| format!(": {r}")),
+            };
+            eprintln!(
+                "  {} {:<16} {}{took}{note}",
+                mark(s.state),
+                s.id,
+                s.state.as_str()
             );
-            Ok(outcome)
         }
     }
+}
+
+fn mark(state: StepExecState) -> &'static str {
+    match state {
+        StepExecState::Pending => "·",
+        StepExecState::Running => "▶",
+        StepExecState::Succeeded => "✓",
+        StepExecState::Cached => "≡",
+        StepExecState::Skipped => "–",
+        StepExecState::Failed | StepExecState::TimedOut => "✗",
+        StepExecState::UpstreamFailed | StepExecState::Cancelled => "○",
+    }
+}
+
+fn seconds(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+fn run_now(home: &Home, args: RunArgs) -> Result<Outcome> {
+    let params = parse_params(&args.params)?;
+    let force = if args.force_all {
+        Force::All
+    } else if args.force.is_empty() {
+        Force::Nothing
+    } else {
+        Force::Steps(args.force.iter().cloned().collect())
+    };
+    let date = args.date.map_or_else(Utc::now, date_time);
+    let registry = Arc::new(home.open_registry()?);
+    let rt = runtime()?;
+    let record = rt.block_on(async {
+        let (tx, stop) = watch::channel(false);
+        on_ctrl_c(tx);
+        let service = Service::new(registry, stop);
+        service.recover()?;
+        let request = service.request(&args.file, params, "manual", date, force)?;
+        let live = Live {
+            seen: Mutex::new(BTreeMap::new()),
+            quiet: args.json,
+        };
+        let mut announced = false;
+        let announce = Mutex::new(&mut announced);
+        let record = service
+            .run(request, &|run| {
+                let mut a = announce
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !**a && !args.json {
+                    eprintln!("pipeline `{}` run {} ({})", run.pipeline, run.id, run.dir);
+                    **a = true;
+                }
+                live.show(run);
+            })
+            .await?;
+        anyhow::Ok(record)
+    })?;
+    finish(&record, args.json)
+}
+
+/// Prints a finished run's summary; a run that did not succeed is an error.
+fn finish(record: &PipelineRun, json: bool) -> Result<Outcome> {
+    if json {
+        ui::print_json(record)?;
+    } else {
+        print_run(record);
+    }
+    match record.state {
+        PipelineRunState::Succeeded => Ok(Outcome::Ok),
+        PipelineRunState::Cancelled => bail!("pipeline run {} was cancelled", record.id),
+        _ => {
+            let failed: Vec<String> = record
+                .steps
+                .iter()
+                .filter(|s| matches!(s.state, StepExecState::Failed | StepExecState::TimedOut))
+                .map(|s| format!("`{}`", s.id))
+                .collect();
+            bail!(
+                "pipeline run {} failed at step {}; see `kiln pipeline logs {} STEP`",
+                record.id,
+                failed.join(", "),
+                record.id
+            )
+        }
+    }
+}
+
+fn duration_of(run: &PipelineRun) -> String {
+    run.ended_ms
+        .map_or("running".to_string(), |e| seconds(e - run.started_ms))
+}
+
+fn print_run(run: &PipelineRun) {
+    let rows = run
+        .steps
+        .iter()
+        .map(|s| {
+            let took = match (s.started_ms, s.ended_ms) {
+                (Some(a), Some(b)) => seconds(b - a),
+                _ => "-".to_string(),
+            };
+            let note = match s.state {
+                StepExecState::Failed | StepExecState::TimedOut => {
+                    s.error.clone().unwrap_or_default()
+                }
+                _ => {
+                    let mut parts: Vec<String> = s.reason.iter().cloned().collect();
+                    let shown: Vec<String> = s
+                        .values
+                        .iter()
+                        .filter(|(_, v)| !v.starts_with('/') && v.len() <= 40)
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .take(4)
+                        .collect();
+                    if !shown.is_empty() {
+                        parts.push(shown.join(" "));
+                    }
+                    parts.join("; ")
+                }
+            };
+            let note: String = if note.chars().count() > 100 {
+                format!("{}…", note.chars().take(99).collect::<String>())
+            } else {
+                note
+            };
+            vec![
+                format!("{} {}", mark(s.state), s.id),
+                s.state.as_str().to_string(),
+                s.attempts.to_string(),
+                took,
+                note,
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        ui::table(
+            &["step", "state", "attempts", "took", "note"],
+            rows,
+            &[2, 3]
+        )
+    );
+    let cached = run
+        .steps
+        .iter()
+        .filter(|s| s.state == StepExecState::Cached)
+        .count();
+    println!(
+        "\npipeline `{}` run {} {} in {} ({} of {} steps cached; {}, date {}, started {})",
+        run.pipeline,
+        run.id,
+        run.state.as_str(),
+        duration_of(run),
+        cached,
+        run.steps.len(),
+        run.trigger,
+        run.logical_date,
+        when(run.started_ms)
+    );
+}
+
+fn print_runs(runs: &[PipelineRun], json: bool) -> Result<Outcome> {
+    if json {
+        ui::print_json(&runs)?;
+        return Ok(Outcome::Ok);
+    }
+    let rows = runs
+        .iter()
+        .map(|r| {
+            let count =
+                |f: &dyn Fn(StepExecState) -> bool| r.steps.iter().filter(|s| f(s.state)).count();
+            vec![
+                r.id.to_string(),
+                r.pipeline.clone(),
+                r.state.as_str().to_string(),
+                r.trigger.clone(),
+                r.logical_date.clone(),
+                when(r.started_ms),
+                duration_of(r),
+                format!(
+                    "{} ran, {} cached, {} failed",
+                    count(&|s| s == StepExecState::Succeeded),
+                    count(&|s| s == StepExecState::Cached),
+                    count(&|s| matches!(s, StepExecState::Failed | StepExecState::TimedOut))
+                ),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        ui::table(
+            &[
+                "run", "pipeline", "state", "trigger", "date", "started", "took", "steps"
+            ],
+            rows,
+            &[0]
+        )
+    );
+    Ok(Outcome::Ok)
+}
+
+fn fetch_run(home: &Home, server: &Server, id: u64) -> Result<PipelineRun> {
+    match &server.server {
+        Some(_) => call(server, "GET", &format!("/api/pipeline-runs/{id}")),
+        None => Ok(home.open_registry()?.pipeline_run(id)?),
+    }
+}
+
+fn logs(home: &Home, server: &Server, id: u64, step: Option<&str>) -> Result<Outcome> {
+    let run = fetch_run(home, server, id)?;
+    if let Some(s) = step
+        && !run.steps.iter().any(|x| x.id == s)
+    {
+        bail!(
+            "run {id} has no step `{s}`{}",
+            kiln_core::suggest::hint(s, run.steps.iter().map(|x| x.id.as_str()))
+        );
+    }
+    for s in run.steps.iter().filter(|x| step.is_none_or(|w| w == x.id)) {
+        if s.logs.is_empty() {
+            if step.is_some() {
+                println!("== {} ({}): no log; it did not run", s.id, s.state.as_str());
+            }
+            continue;
+        }
+        for (n, path) in s.logs.iter().enumerate() {
+            let from = s
+                .cached_from
+                .map_or(String::new(), |r| format!(", cached from run {r}"));
+            println!("== {} attempt {}{from} ({path})", s.id, n + 1);
+            let text = match &server.server {
+                Some(_) => call_text(
+                    server,
+                    &format!("/api/pipeline-runs/{id}/logs/{}/{}", s.id, n + 1),
+                )?,
+                None => {
+                    std::fs::read_to_string(path).unwrap_or_else(|e| format!("(unreadable: {e})\n"))
+                }
+            };
+            print!("{text}");
+            if !text.ends_with('\n') && !text.is_empty() {
+                println!();
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn cancel(home: &Home, server: &Server, id: u64) -> Result<Outcome> {
+    if server.server.is_some() {
+        let answer: serde_json::Value =
+            call(server, "POST", &format!("/api/pipeline-runs/{id}/cancel"))?;
+        println!("{}", answer["message"].as_str().unwrap_or("cancelling"));
+        return Ok(Outcome::Ok);
+    }
+    // Opening the registry means no other process runs this run: it was left behind.
+    let registry = home.open_registry()?;
+    let run = registry.pipeline_run(id)?;
+    if run.state != PipelineRunState::Running {
+        bail!("run {id} is not running: it {}", run.state.as_str());
+    }
+    let (_tx, stop) = watch::channel(false);
+    let recovered = Service::new(Arc::new(registry), stop).recover()?;
+    println!(
+        "run {id} was left running by a stopped kiln; recorded as cancelled ({} runs)",
+        recovered.len()
+    );
+    Ok(Outcome::Ok)
+}
+
+fn backfill(
+    home: &Home,
+    file: &Path,
+    from: NaiveDate,
+    to: NaiveDate,
+    params: &[String],
+    json: bool,
+) -> Result<Outcome> {
+    if to < from {
+        bail!("--to {to} is before --from {from}");
+    }
+    let params = parse_params(params)?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let parsed = kiln_scheduler::parse(&text);
+    let has_errors = parsed.has_errors();
+    let pipeline = parsed.pipeline.filter(|_| !has_errors).ok_or_else(|| {
+        anyhow!(
+            "{} has errors; `kiln pipeline validate {}` lists them",
+            file.display(),
+            file.display()
+        )
+    })?;
+    let start = date_time(from) - chrono::Duration::milliseconds(1);
+    let end = date_time(to) + chrono::Duration::days(1) - chrono::Duration::milliseconds(1);
+    let fires: Vec<DateTime<Utc>> = match &pipeline.schedule {
+        Some(s) => {
+            let cron = s.cron.parse().map_err(|e| anyhow!("cron: {e}"))?;
+            fires_between(&cron, start, end, 10_000)
+        }
+        None => from
+            .iter_days()
+            .take_while(|d| *d <= to)
+            .map(date_time)
+            .collect(),
+    };
+    if fires.is_empty() {
+        bail!(
+            "the schedule of `{}` does not fire between {from} and {to}",
+            pipeline.name
+        );
+    }
+    let registry = Arc::new(home.open_registry()?);
+    let rt = runtime()?;
+    let runs = rt.block_on(async {
+        let (tx, stop) = watch::channel(false);
+        on_ctrl_c(tx);
+        let service = Service::new(registry, stop.clone());
+        service.recover()?;
+        let mut runs = Vec::new();
+        for (n, fire) in fires.iter().enumerate() {
+            if *stop.borrow() {
+                break;
+            }
+            if !json {
+                eprintln!(
+                    "backfill {}/{}: {}",
+                    n + 1,
+                    fires.len(),
+                    fire.format("%Y-%m-%d %H:%M")
+                );
+            }
+            let request =
+                service.request(file, params.clone(), "backfill", *fire, Force::Nothing)?;
+            let live = Live {
+                seen: Mutex::new(BTreeMap::new()),
+                quiet: json,
+            };
+            runs.push(service.run(request, &|r| live.show(r)).await?);
+        }
+        anyhow::Ok(runs)
+    })?;
+    let failed = runs
+        .iter()
+        .filter(|r| r.state != PipelineRunState::Succeeded)
+        .count();
+    print_runs(&runs, json)?;
+    if failed > 0 {
+        bail!("{failed} of {} backfill runs did not succeed", runs.len());
+    }
+    Ok(Outcome::Ok)
+}
+
+fn schedule(home: &Home, command: ScheduleCommand) -> Result<Outcome> {
+    let (pipeline, paused, server) = match command {
+        ScheduleCommand::List { json, server } => {
+            let states: Vec<kiln_core::registry::ScheduleState> = match &server.server {
+                Some(_) => call(&server, "GET", "/api/pipelines")?,
+                None => home.open_registry()?.schedule_states()?,
+            };
+            if json {
+                ui::print_json(&states)?;
+                return Ok(Outcome::Ok);
+            }
+            let now = Utc::now();
+            let rows = states
+                .iter()
+                .map(|s| {
+                    let next = next_fire(&s.cron, now).map_or("-".to_string(), |t| {
+                        t.format("%Y-%m-%d %H:%M UTC").to_string()
+                    });
+                    vec![
+                        s.pipeline.clone(),
+                        s.cron.clone(),
+                        if s.paused { "paused" } else { "active" }.to_string(),
+                        s.last_fire_ms.map_or("-".to_string(), |m| {
+                            from_ms(m).format("%Y-%m-%d %H:%M UTC").to_string()
+                        }),
+                        if s.paused { "-".to_string() } else { next },
+                        s.file.clone(),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                ui::table(
+                    &[
+                        "pipeline",
+                        "cron",
+                        "state",
+                        "last fire",
+                        "next fire",
+                        "file"
+                    ],
+                    rows,
+                    &[]
+                )
+            );
+            return Ok(Outcome::Ok);
+        }
+        ScheduleCommand::Pause { pipeline, server } => (pipeline, true, server),
+        ScheduleCommand::Resume { pipeline, server } => (pipeline, false, server),
+    };
+    let verb = if paused { "pause" } else { "resume" };
+    if server.server.is_some() {
+        let _: serde_json::Value = call(
+            &server,
+            "POST",
+            &format!("/api/pipelines/{pipeline}/schedule/{verb}"),
+        )?;
+    } else {
+        let registry = home.open_registry()?;
+        let mut state = registry.schedule_state(&pipeline)?.ok_or_else(|| {
+            let known: BTreeSet<String> = registry
+                .schedule_states()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| s.pipeline)
+                .collect();
+            anyhow!(
+                "no schedule for pipeline `{pipeline}`{}; schedules start with `kiln up --pipeline FILE`",
+                kiln_core::suggest::hint(&pipeline, known.iter().map(String::as_str))
+            )
+        })?;
+        state.paused = paused;
+        registry.save_schedule_state(&state)?;
+    }
+    println!("schedule of `{pipeline}` {verb}d");
+    Ok(Outcome::Ok)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+fn send(server: &Server, method: &str, path: &str) -> Result<ureq::http::Response<ureq::Body>> {
+    let base = server
+        .server
+        .as_deref()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    let url = format!("{base}{path}");
+    let agent = agent();
+    let response = match method {
+        "GET" => {
+            let mut r = agent.get(&url);
+            if let Some(t) = &server.token {
+                r = r.header("Authorization", &format!("Bearer {t}"));
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = agent.post(&url);
+            if let Some(t) = &server.token {
+                r = r.header("Authorization", &format!("Bearer {t}"));
+            }
+            r.send_empty()
+        }
+    }
+    .with_context(|| format!("calling {url}"))?;
+    Ok(response)
+}
+
+/// Calls the pipeline API of a running `kiln up`; an error answer becomes an error.
+fn call<T: serde::de::DeserializeOwned>(server: &Server, method: &str, path: &str) -> Result<T> {
+    let mut response = send(server, method, path)?;
+    let status = response.status();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        bail!("{status}: {message}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("reading the answer to {path}"))
+}
+
+fn call_text(server: &Server, path: &str) -> Result<String> {
+    let mut response = send(server, "GET", path)?;
+    let status = response.status();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    if !status.is_success() {
+        bail!("{status}: {text}");
+    }
+    Ok(text)
 }

@@ -292,7 +292,7 @@ fn parse_metric(s: &str) -> Result<(String, f64), String> {
     Ok((k, v))
 }
 
-fn when(ms: i64) -> String {
+pub(crate) fn when(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }

@@ -40,21 +40,48 @@ pub struct ServeArgs {
     timeout: Duration,
 }
 
+impl ServeArgs {
+    /// The address, the models to serve and the server's settings.
+    pub fn parts(&self) -> (SocketAddr, Selection, ServerConfig) {
+        let selection = if self.models.is_empty() {
+            Selection::All
+        } else {
+            Selection::Only(self.models.iter().cloned().collect::<BTreeSet<_>>())
+        };
+        let config = ServerConfig {
+            token: self.token.clone().filter(|t| !t.is_empty()),
+            protect_reads: self.protect_reads,
+            max_body: self.max_body,
+            timeout: self.timeout,
+            actor: std::env::var("USER").unwrap_or_else(|_| "kiln-server".into()),
+        };
+        (self.addr, selection, config)
+    }
+}
+
+/// Prints which models are live, and why the others are not.
+pub fn announce(state: &kiln_server::AppState, addr: SocketAddr, what: &str) -> Result<()> {
+    let names = state.models.names()?;
+    let live = names
+        .iter()
+        .filter(|n| state.models.live(n).is_some())
+        .count();
+    eprintln!(
+        "{what} serving {live} of {} models on http://{addr} (V2 /v2, TF Serving /v1, MLflow /invocations, /api, /metrics)",
+        names.len()
+    );
+    for name in &names {
+        if let Some(problem) = state.models.problem(name) {
+            eprintln!("  {name}: not live: {problem}");
+        }
+    }
+    Ok(())
+}
+
 pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
     pin_compute_threads()?;
     let registry = Arc::new(Registry::open(&home.dir)?);
-    let selection = if args.models.is_empty() {
-        Selection::All
-    } else {
-        Selection::Only(args.models.iter().cloned().collect::<BTreeSet<_>>())
-    };
-    let config = ServerConfig {
-        token: args.token.filter(|t| !t.is_empty()),
-        protect_reads: args.protect_reads,
-        max_body: args.max_body,
-        timeout: args.timeout,
-        actor: std::env::var("USER").unwrap_or_else(|_| "kiln-server".into()),
-    };
+    let (addr, selection, config) = args.parts();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiln-http")
@@ -62,21 +89,10 @@ pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let state = kiln_server::start(registry, selection, config).await?;
-        let listener = tokio::net::TcpListener::bind(args.addr)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("listening on {}", args.addr))?;
-        let addr = listener.local_addr()?;
-        let names = state.models.names()?;
-        let live = names.iter().filter(|n| state.models.live(n).is_some()).count();
-        eprintln!(
-            "kiln serving {live} of {} models on http://{addr} (V2 /v2, TF Serving /v1, MLflow /invocations, /api, /metrics)",
-            names.len()
-        );
-        for name in &names {
-            if let Some(problem) = state.models.problem(name) {
-                eprintln!("  {name}: not live: {problem}");
-            }
-        }
+            .with_context(|| format!("listening on {addr}"))?;
+        announce(&state, listener.local_addr()?, "kiln")?;
         kiln_server::serve(listener, kiln_server::router(state), shutdown_signal()).await?;
         eprintln!("kiln server stopped");
         anyhow::Ok(())
@@ -90,7 +106,7 @@ pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
 /// variable can only be set safely before the process starts, so `kiln serve` starts itself
 /// again (same process id, same arguments) with it set to the machine's parallelism, which is
 /// rayon's own default.
-fn pin_compute_threads() -> Result<()> {
+pub fn pin_compute_threads() -> Result<()> {
     if std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return Ok(());
     }
@@ -109,7 +125,7 @@ fn pin_compute_threads() -> Result<()> {
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

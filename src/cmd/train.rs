@@ -199,10 +199,36 @@ impl RunLogger for EpochLog<'_> {
     }
 }
 
-pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
-    let config = args.config()?;
-    let table = read_with_target(&args.data, &args.target)?;
-    let reg = Registry::open(&home.dir)?;
+/// A finished training run: its id in the registry (with the bundle as its `model` artifact),
+/// what training produced, and the bundle's manifest.
+pub struct Trained {
+    pub run: u64,
+    pub outcome: kiln_trainer::TrainOutcome,
+    pub manifest: kiln_core::bundle::Manifest,
+}
+
+impl Trained {
+    /// Writes the bundle to `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        bundle::write(dir, &self.manifest, &self.outcome.weights)?;
+        Ok(())
+    }
+}
+
+/// Trains on `table` as a new run of `experiment`: parameters, per-epoch metrics, lineage and the
+/// bundle (artifact `model`) go into the registry.
+#[allow(clippy::too_many_arguments)]
+pub fn train_into(
+    reg: &Registry,
+    table: &kiln_core::data::Table,
+    data: &Path,
+    target: &str,
+    config: &TrainConfig,
+    experiment: &str,
+    tags: BTreeMap<String, String>,
+    progress: &dyn kiln_core::progress::Progress,
+    quiet: bool,
+) -> Result<Trained> {
     let mut params: BTreeMap<String, String> = BTreeMap::new();
     if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
         transform: None,
@@ -210,13 +236,13 @@ pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
     }) {
         params.extend(m.iter().map(|(k, v)| (k.clone(), param_text(v))));
     }
-    params.insert("target".into(), args.target.clone());
-    params.insert("data".into(), args.data.display().to_string());
+    params.insert("target".into(), target.to_string());
+    params.insert("data".into(), data.display().to_string());
     let run = reg.create_run(NewRun {
-        experiment: args.experiment.clone(),
+        experiment: experiment.to_string(),
         name: String::new(),
         params,
-        tags: BTreeMap::new(),
+        tags,
         parent: None,
         lineage: Lineage {
             dataset_fingerprint: Some(table.fingerprint().to_string()),
@@ -224,12 +250,12 @@ pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
         },
     })?;
     let logger = EpochLog {
-        reg: &reg,
+        reg,
         run: run.id,
         epochs: config.epochs,
-        quiet: args.json,
+        quiet,
     };
-    let outcome = match kiln_trainer::train(&table, &args.target, &config, &Bar::new(), &logger) {
+    let outcome = match kiln_trainer::train(table, target, config, progress, &logger) {
         Ok(o) => o,
         Err(e) => {
             reg.end_run(run.id, RunStatus::Failed)?;
@@ -240,18 +266,45 @@ pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
     };
     let mut manifest = outcome.manifest.clone();
     manifest.lineage.run_id = Some(run_id_text(run.id));
+    let trained = Trained {
+        run: run.id,
+        outcome,
+        manifest,
+    };
     let scratch = tempfile::tempdir().context("creating a temporary directory")?;
     let bundle_dir = scratch.path().join("bundle");
-    bundle::write(&bundle_dir, &manifest, &outcome.weights)?;
+    trained.write(&bundle_dir)?;
     reg.log_artifact(run.id, "model", &bundle_dir)?;
+    reg.end_run(run.id, RunStatus::Finished)?;
+    Ok(trained)
+}
+
+pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
+    let config = args.config()?;
+    let table = read_with_target(&args.data, &args.target)?;
+    let reg = Registry::open(&home.dir)?;
+    let Trained {
+        run,
+        outcome,
+        manifest,
+    } = train_into(
+        &reg,
+        &table,
+        &args.data,
+        &args.target,
+        &config,
+        &args.experiment,
+        BTreeMap::new(),
+        &Bar::new(),
+        args.json,
+    )?;
     if let Some(out) = &args.out {
         bundle::write(out, &manifest, &outcome.weights)?;
     }
-    reg.end_run(run.id, RunStatus::Finished)?;
     let version = match &args.register {
         Some(name) => Some(reg.register_version(
             name,
-            run.id,
+            run,
             "model",
             "",
             Some(serde_json::json!(manifest.signature)),
@@ -260,7 +313,7 @@ pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
     };
     if args.json {
         ui::print_json(&serde_json::json!({
-            "run": run_id_text(run.id),
+            "run": run_id_text(run),
             "rows": outcome.rows,
             "epochs": outcome.history.len(),
             "test_metrics": outcome.test_metrics,
@@ -276,7 +329,7 @@ pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
     println!("{}", ui::table(&["test metric", "value"], rows, &[1]));
     println!(
         "\nrun {} ({} train / {} validation / {} test rows, {} epochs){}",
-        run_id_text(run.id),
+        run_id_text(run),
         outcome.rows.train,
         outcome.rows.validation,
         outcome.rows.test,
@@ -499,68 +552,32 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
         config.parallel = p;
     }
     let table = read_with_target(&args.data, &args.target)?;
-    let total = config.trial_params()?.len();
     let reg = Registry::open(&home.dir)?;
-    let mut params = BTreeMap::new();
-    params.insert(
-        "sweep".to_string(),
-        serde_json::to_string(&config).unwrap_or_default(),
+    let name = format!(
+        "sweep-{}",
+        args.config
+            .file_stem()
+            .map_or("".into(), |s| s.to_string_lossy())
     );
-    params.insert("target".to_string(), args.target.clone());
-    let parent = reg.create_run(NewRun {
-        experiment: args.experiment.clone(),
-        name: format!(
-            "sweep-{}",
-            args.config
-                .file_stem()
-                .map_or("".into(), |s| s.to_string_lossy())
-        ),
-        params,
-        tags: BTreeMap::new(),
-        parent: None,
-        lineage: Lineage {
-            dataset_fingerprint: Some(table.fingerprint().to_string()),
-            ..Default::default()
-        },
-    })?;
-    let sink = ChildRuns {
-        reg: &reg,
-        experiment: args.experiment.clone(),
-        parent: parent.id,
-        runs: std::sync::Mutex::new(BTreeMap::new()),
-        total,
-    };
-    eprintln!(
-        "sweep run {}: {} trials, {} at a time",
-        run_id_text(parent.id),
-        total,
-        config.parallel
-    );
-    let trials = match kiln_trainer::sweep::sweep(&table, &args.target, &config, &sink) {
-        Ok(t) => t,
-        Err(e) => {
-            reg.end_run(parent.id, RunStatus::Failed)?;
-            return Err(e.into());
-        }
-    };
-    let runs = sink.runs.lock().map(|m| m.clone()).unwrap_or_default();
+    let Swept {
+        parent,
+        trials,
+        runs,
+        best,
+    } = sweep_into(
+        &reg,
+        &table,
+        &args.target,
+        &config,
+        &args.experiment,
+        &name,
+        BTreeMap::new(),
+    )?;
     let minimised = kiln_trainer::sweep::is_minimised(&config.metric);
     let figure = |s: f64| if minimised { -s } else { s };
-    let best = trials.iter().find(|t| t.score.is_some());
-    if let Some(b) = best {
-        reg.log_metrics(
-            parent.id,
-            &[(
-                &format!("best_validation_{}", config.metric),
-                0,
-                figure(b.score.unwrap_or(0.0)),
-            )],
-        )?;
-    }
-    reg.end_run(parent.id, RunStatus::Finished)?;
-    let registered = match (&args.register, best.and_then(|b| runs.get(&b.index))) {
+    let registered = match (&args.register, best) {
         (Some(name), Some(run)) => {
-            Some(reg.register_version(name, *run, "model", "best sweep trial", None)?)
+            Some(reg.register_version(name, run, "model", "best sweep trial", None)?)
         }
         _ => None,
     };
@@ -579,7 +596,7 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
             })
             .collect();
         ui::print_json(&serde_json::json!({
-            "parent": run_id_text(parent.id),
+            "parent": run_id_text(parent),
             "metric": config.metric,
             "trials": rows,
             "registered": registered.as_ref().map(|v| serde_json::json!({"model": v.model, "version": v.version})),
@@ -616,7 +633,7 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
     );
     println!(
         "\nsweep run {}: {} trials{}",
-        run_id_text(parent.id),
+        run_id_text(parent),
         trials.len(),
         registered.map_or(String::new(), |v| format!(
             "; registered {} version {} from the best trial",
@@ -624,6 +641,86 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
         ))
     );
     Ok(Outcome::Ok)
+}
+
+/// A finished sweep: the parent run, the trials best first, each trial's run, the best run.
+pub struct Swept {
+    pub parent: u64,
+    pub trials: Vec<kiln_trainer::sweep::Trial>,
+    pub runs: BTreeMap<usize, u64>,
+    pub best: Option<u64>,
+}
+
+/// Runs a sweep as a parent run with one child run per trial.
+pub fn sweep_into(
+    reg: &Registry,
+    table: &kiln_core::data::Table,
+    target: &str,
+    config: &kiln_trainer::sweep::SweepConfig,
+    experiment: &str,
+    name: &str,
+    tags: BTreeMap<String, String>,
+) -> Result<Swept> {
+    let total = config.trial_params()?.len();
+    let mut params = BTreeMap::new();
+    params.insert(
+        "sweep".to_string(),
+        serde_json::to_string(config).unwrap_or_default(),
+    );
+    params.insert("target".to_string(), target.to_string());
+    let parent = reg.create_run(NewRun {
+        experiment: experiment.to_string(),
+        name: name.to_string(),
+        params,
+        tags,
+        parent: None,
+        lineage: Lineage {
+            dataset_fingerprint: Some(table.fingerprint().to_string()),
+            ..Default::default()
+        },
+    })?;
+    let sink = ChildRuns {
+        reg,
+        experiment: experiment.to_string(),
+        parent: parent.id,
+        runs: std::sync::Mutex::new(BTreeMap::new()),
+        total,
+    };
+    eprintln!(
+        "sweep run {}: {} trials, {} at a time",
+        run_id_text(parent.id),
+        total,
+        config.parallel
+    );
+    let trials = match kiln_trainer::sweep::sweep(table, target, config, &sink) {
+        Ok(t) => t,
+        Err(e) => {
+            reg.end_run(parent.id, RunStatus::Failed)?;
+            return Err(e.into());
+        }
+    };
+    let runs = sink.runs.lock().map(|m| m.clone()).unwrap_or_default();
+    let minimised = kiln_trainer::sweep::is_minimised(&config.metric);
+    let figure = |s: f64| if minimised { -s } else { s };
+    let best = trials.iter().find(|t| t.score.is_some());
+    if let Some(b) = best {
+        reg.log_metrics(
+            parent.id,
+            &[(
+                &format!("best_validation_{}", config.metric),
+                0,
+                figure(b.score.unwrap_or(0.0)),
+            )],
+        )?;
+    }
+    reg.end_run(parent.id, RunStatus::Finished)?;
+    let best = best.and_then(|b| runs.get(&b.index)).copied();
+    Ok(Swept {
+        parent: parent.id,
+        trials,
+        runs,
+        best,
+    })
 }
 
 /// A run parameter's text: strings as they are, anything else as JSON.

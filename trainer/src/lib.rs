@@ -143,6 +143,8 @@ pub enum TrainError {
     },
     #[error("{0}")]
     Device(String),
+    #[error("training was cancelled")]
+    Cancelled,
     #[error(transparent)]
     Transform(#[from] kiln_core::transform::TransformError),
 }
@@ -663,6 +665,9 @@ pub fn fit_network(
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             net = optim.step(lr, net, grads);
             progress.set(((b + 1) * config.batch_size).min(n_train) as u64);
+            if progress.cancelled() {
+                return Err(TrainError::Cancelled);
+            }
         }
         progress.finish();
         let train_loss = loss_sum / n_train as f64;
@@ -961,4 +966,67 @@ impl Predictor {
         let raw = forward_rows(&self.net, &data, &self.device);
         Ok(finish_outputs(self.task, raw, self.outputs, &self.device))
     }
+}
+
+/// The test split of `table` under `test_fraction`: its last rows, as training holds them out.
+pub fn test_split(table: &Table, test_fraction: f64) -> Table {
+    let n = table.num_rows();
+    let n_test = ((n as f64 * test_fraction).round() as usize).min(n);
+    table.slice(n - n_test, n)
+}
+
+/// The test fraction a bundle was trained with (training's default when it does not say).
+pub fn test_fraction_of(manifest: &Manifest) -> f64 {
+    manifest
+        .hyperparameters
+        .get("test_fraction")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or_else(|| TrainConfig::default().test_fraction)
+}
+
+/// The metrics of a bundle on rows whose targets are known: the figures training reports for
+/// its test split, for any rows (an evaluation set, or the rows another model is judged on).
+pub fn evaluate(
+    manifest: &Manifest,
+    weights: &BTreeMap<String, Weight>,
+    table: &Table,
+    choice: DeviceChoice,
+) -> Result<BTreeMap<String, f64>, TrainError> {
+    let target = &manifest.target;
+    let index = table
+        .column_index(target)
+        .ok_or_else(|| TrainError::TargetMissing {
+            name: target.clone(),
+            hint: target_hint(target, table),
+        })?;
+    if table.num_rows() == 0 {
+        return Err(TrainError::Data("no rows to evaluate on".to_string()));
+    }
+    let target_type = table.column_type(index);
+    let y = targets(table, index, 0)?
+        .iter()
+        .map(|v| match (manifest.task, v) {
+            (Task::Regression, Err(x)) => Ok(*x as f32),
+            (Task::Regression, Ok(s)) => Err(TrainError::Data(format!(
+                "regression needs a numeric target, found {s:?}"
+            ))),
+            _ => {
+                let text = label_text(v, target_type);
+                manifest
+                    .labels
+                    .iter()
+                    .position(|l| *l == text)
+                    .map(|i| i as f32)
+                    .ok_or_else(|| {
+                        TrainError::Data(format!(
+                            "class {text:?} of `{target}` is not one the model knows ({})",
+                            manifest.labels.join(", ")
+                        ))
+                    })
+            }
+        })
+        .collect::<Result<Vec<f32>, TrainError>>()?;
+    let predictor = Predictor::new(manifest, weights, choice)?;
+    let out = predictor.predict(table)?;
+    Ok(metrics_of(manifest.task, &out, &y, predictor.width()))
 }

@@ -1,0 +1,587 @@
+//! The built-in pipeline components, mirroring TFX's: the scheduler calls them through
+//! [`kiln_scheduler::run::Components`]; here they are wired to the data layer, the trainer, the
+//! serving runtime and the registry.
+//!
+//! Each writes its files to the step's output directory and reports values:
+//! `ingest` → `data`, `fingerprint`, `rows`; `statistics` → `statistics`; `validate` →
+//! `anomalies`, `schema`; `transform` → `transform`, `digest`; `train` and `tune` → `model`
+//! (a bundle directory), `run`, `test_*`; `evaluate` → `blessed`, `metric`, `candidate`,
+//! `baseline`, `reason`; `infra-validate` → `requests`, `latency_us`; `push` → `pushed`,
+//! `version`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, anyhow, bail};
+use kiln_core::bundle;
+use kiln_core::data::{self, Format, ReadOptions, Table};
+use kiln_core::progress::{Progress, Unit};
+use kiln_core::registry::{Expect, Lineage, NewRun, RunStatus, parse_run_id, run_id_text};
+use kiln_core::schema::{Schema, Severity};
+use kiln_core::stats::DatasetStatistics;
+use kiln_core::transform::TransformSpec;
+use kiln_scheduler::run::{ComponentCall, Components};
+use kiln_trainer::{DeviceChoice, TrainConfig};
+
+use crate::cmd::train::{sweep_into, train_into};
+
+/// kiln's components. At most one step trains on the GPU at a time.
+#[derive(Default)]
+pub struct Builtins {
+    gpu: Mutex<()>,
+}
+
+type Values = BTreeMap<String, String>;
+
+/// Progress that only carries the step's cancellation to the trainer.
+struct Watch<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Progress for Watch<'_> {
+    fn start(&self, _phase: &str, _total: Option<u64>, _unit: Unit) {}
+    fn set(&self, _done: u64) {}
+    fn finish(&self) {}
+    fn cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Components for Builtins {
+    fn run(&self, call: &ComponentCall) -> Result<Values, String> {
+        let result = match call.component.as_str() {
+            "ingest" => ingest(call),
+            "statistics" => statistics(call),
+            "validate" => validate(call),
+            "transform" => transform(call),
+            "train" => self.train(call),
+            "tune" => tune(call),
+            "evaluate" => evaluate(call),
+            "infra-validate" => infra_validate(call),
+            "push" => push(call),
+            other => Err(anyhow!("no component `{other}`")),
+        };
+        result.map_err(|e| format!("{e:#}"))
+    }
+}
+
+fn text<'a>(call: &'a ComponentCall, arg: &str) -> Option<&'a str> {
+    call.args.get(arg).and_then(toml::Value::as_str)
+}
+
+fn required_path(call: &ComponentCall, arg: &str) -> Result<PathBuf> {
+    let p = call
+        .path(arg)
+        .ok_or_else(|| anyhow!("`with.{arg}` must be a path (a string)"))?;
+    if !p.exists() {
+        bail!("`with.{arg}`: {} does not exist", p.display());
+    }
+    Ok(p)
+}
+
+fn read_data(call: &ComponentCall, arg: &str) -> Result<(PathBuf, Table)> {
+    let path = required_path(call, arg)?;
+    let table = data::read(&path, &ReadOptions::default())
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok((path, table))
+}
+
+fn values<const N: usize>(pairs: [(&str, String); N]) -> Values {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The tags that tie a registry run to the pipeline run that made it.
+fn lineage_tags(call: &ComponentCall) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("kiln.pipeline".to_string(), call.pipeline.clone()),
+        ("kiln.pipeline_run".to_string(), call.run.to_string()),
+        ("kiln.pipeline_step".to_string(), call.step.clone()),
+    ])
+}
+
+/// Reads a dataset (checking every row), fingerprints it and keeps a copy as the run's input.
+fn ingest(call: &ComponentCall) -> Result<Values> {
+    let path = required_path(call, "path")?;
+    let mut options = ReadOptions::default();
+    if let Some(f) = text(call, "format") {
+        options.format = Some(match f {
+            "csv" => Format::Csv,
+            "jsonl" | "json-lines" => Format::JsonLines,
+            "parquet" => Format::Parquet,
+            other => bail!("`with.format` {other:?}: use csv, jsonl or parquet"),
+        });
+    }
+    if let Some(d) = text(call, "delimiter") {
+        match d.as_bytes() {
+            [b] => options.delimiter = Some(*b),
+            _ => bail!("`with.delimiter` {d:?} must be one character"),
+        }
+    }
+    let table =
+        data::read(&path, &options).with_context(|| format!("reading {}", path.display()))?;
+    let extension = match options.format.or_else(|| Format::from_path(&path)) {
+        Some(Format::JsonLines) => "jsonl",
+        Some(Format::Parquet) => "parquet",
+        _ if path.extension().is_some_and(|e| e == "tsv") => "tsv",
+        _ => "csv",
+    };
+    let copy = call.outputs.join(format!("data.{extension}"));
+    std::fs::copy(&path, &copy)
+        .with_context(|| format!("copying {} to {}", path.display(), copy.display()))?;
+    call.log_line(&format!(
+        "{}: {} rows, {} columns, fingerprint {}",
+        path.display(),
+        table.num_rows(),
+        table.num_columns(),
+        table.fingerprint()
+    ));
+    Ok(values([
+        ("data", copy.display().to_string()),
+        ("fingerprint", table.fingerprint().to_string()),
+        ("rows", table.num_rows().to_string()),
+        ("columns", table.num_columns().to_string()),
+    ]))
+}
+
+fn statistics(call: &ComponentCall) -> Result<Values> {
+    let (_, table) = read_data(call, "data")?;
+    let stats = DatasetStatistics::compute(&table);
+    let out = call.outputs.join("statistics.json");
+    write_json(&out, &stats)?;
+    call.log_line(&format!(
+        "{} rows, {} columns",
+        stats.rows,
+        table.num_columns()
+    ));
+    Ok(values([
+        ("statistics", out.display().to_string()),
+        ("rows", stats.rows.to_string()),
+    ]))
+}
+
+/// Checks the data against a schema; anomalies at or above `fail_on` stop the run. Without a
+/// schema, one is inferred from the data and written out (to pin in the pipeline afterwards).
+fn validate(call: &ComponentCall) -> Result<Values> {
+    let (path, table) = read_data(call, "data")?;
+    let stats = DatasetStatistics::compute(&table);
+    let fail_on = text(call, "fail_on").unwrap_or("error");
+    let failing = |s: Severity| match fail_on {
+        "error" => Ok(s == Severity::Error),
+        "warning" => Ok(true),
+        "never" => Ok(false),
+        other => Err(anyhow!(
+            "`with.fail_on` {other:?}: use error, warning or never"
+        )),
+    };
+    failing(Severity::Error)?;
+    let (schema, schema_path) = match call.path("schema") {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("reading the schema {}", p.display()))?;
+            let toml = p.extension().is_some_and(|e| e == "toml");
+            (Schema::parse(&p.display().to_string(), &text, toml)?, p)
+        }
+        None => {
+            let schema = Schema::infer(&table, &stats);
+            let p = call.outputs.join("schema.toml");
+            std::fs::write(&p, schema.to_text(true))?;
+            call.log_line(&format!(
+                "no schema given: inferred {} from this data; pin it with `schema = \"…\"`",
+                p.display()
+            ));
+            (schema, p)
+        }
+    };
+    let anomalies = schema.validate(&table, &stats);
+    write_json(&call.outputs.join("anomalies.json"), &anomalies)?;
+    let mut stop = Vec::new();
+    for a in &anomalies {
+        call.log_line(&format!("{}: {}: {}", a.severity, a.column, a.message));
+        if failing(a.severity)? {
+            stop.push(format!("{}: {}", a.column, a.message));
+        }
+    }
+    if !stop.is_empty() {
+        bail!(
+            "{}: {} anomalies against {} (fail_on = {fail_on}): {}",
+            path.display(),
+            stop.len(),
+            schema_path.display(),
+            stop.join("; ")
+        );
+    }
+    Ok(values([
+        ("anomalies", anomalies.len().to_string()),
+        ("schema", schema_path.display().to_string()),
+    ]))
+}
+
+fn transform(call: &ComponentCall) -> Result<Values> {
+    let (_, table) = read_data(call, "data")?;
+    let spec_path = required_path(call, "spec")?;
+    let spec = TransformSpec::from_toml(&std::fs::read_to_string(&spec_path)?)
+        .with_context(|| spec_path.display().to_string())?;
+    let fitted = spec.fit(&table)?;
+    let out = call.outputs.join("transform.json");
+    write_json(&out, &fitted)?;
+    call.log_line(&format!(
+        "fitted {} on {} rows",
+        spec_path.display(),
+        table.num_rows()
+    ));
+    Ok(values([
+        ("transform", out.display().to_string()),
+        ("digest", fitted.digest()),
+    ]))
+}
+
+/// The `with` keys that are the trainer's options.
+fn train_config(call: &ComponentCall, skip: &[&str]) -> Result<TrainConfig> {
+    let mut table = toml::Table::new();
+    for (k, v) in &call.args {
+        if !skip.contains(&k.as_str()) {
+            table.insert(k.clone(), v.clone());
+        }
+    }
+    let mut config: TrainConfig = toml::Value::Table(table)
+        .try_into()
+        .context("training options in `with`")?;
+    if let Some(spec) = call.path("spec") {
+        let text = std::fs::read_to_string(&spec)
+            .with_context(|| format!("reading {}", spec.display()))?;
+        config.transform =
+            Some(TransformSpec::from_toml(&text).with_context(|| spec.display().to_string())?);
+    }
+    Ok(config)
+}
+
+impl Builtins {
+    fn train(&self, call: &ComponentCall) -> Result<Values> {
+        let (path, table) = read_data(call, "data")?;
+        let target =
+            text(call, "target").ok_or_else(|| anyhow!("`with.target` must be a column name"))?;
+        if table.column_index(target).is_none() {
+            bail!(
+                "{}: target column `{target}` is not in the data{}",
+                path.display(),
+                kiln_core::suggest::hint(target, table.names())
+            );
+        }
+        let config = train_config(call, &["data", "target", "spec", "experiment"])?;
+        let experiment = text(call, "experiment").unwrap_or(&call.pipeline);
+        let _gpu = (config.device == DeviceChoice::Gpu).then(|| {
+            self.gpu
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
+        let trained = train_into(
+            &call.registry,
+            &table,
+            &path,
+            target,
+            &config,
+            experiment,
+            lineage_tags(call),
+            &Watch(&call.cancelled),
+            true,
+        )?;
+        for e in &trained.outcome.history {
+            call.log_line(&format!(
+                "epoch {}: train_loss {:.5} validation_loss {:.5}",
+                e.epoch, e.train_loss, e.validation_loss
+            ));
+        }
+        let model = call.outputs.join("model");
+        trained.write(&model)?;
+        let mut out = values([
+            ("model", model.display().to_string()),
+            ("run", run_id_text(trained.run)),
+        ]);
+        for (k, v) in &trained.outcome.test_metrics {
+            call.log_line(&format!("test {k}: {v}"));
+            out.insert(format!("test_{k}"), v.to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// A sweep; the best trial's bundle is the step's `model`.
+fn tune(call: &ComponentCall) -> Result<Values> {
+    let (_, table) = read_data(call, "data")?;
+    let target =
+        text(call, "target").ok_or_else(|| anyhow!("`with.target` must be a column name"))?;
+    let sweep_path = required_path(call, "sweep")?;
+    let config: kiln_trainer::sweep::SweepConfig =
+        toml::from_str(&std::fs::read_to_string(&sweep_path)?)
+            .with_context(|| sweep_path.display().to_string())?;
+    let experiment = text(call, "experiment").unwrap_or(&call.pipeline);
+    let swept = sweep_into(
+        &call.registry,
+        &table,
+        target,
+        &config,
+        experiment,
+        &format!("{}-{}", call.pipeline, call.step),
+        lineage_tags(call),
+    )?;
+    let best = swept.best.ok_or_else(|| {
+        anyhow!(
+            "every trial of the sweep failed; see run {}",
+            run_id_text(swept.parent)
+        )
+    })?;
+    let run = call.registry.run(best)?;
+    let artifact = run
+        .artifacts
+        .iter()
+        .find(|a| a.name == "model")
+        .ok_or_else(|| anyhow!("the best trial's run {} has no model", run_id_text(best)))?;
+    let model = call.outputs.join("model");
+    call.registry.export_artifact(artifact, &model)?;
+    call.log_line(&format!(
+        "{} trials; best run {}",
+        swept.trials.len(),
+        run_id_text(best)
+    ));
+    Ok(values([
+        ("model", model.display().to_string()),
+        ("run", run_id_text(best)),
+        ("sweep_run", run_id_text(swept.parent)),
+    ]))
+}
+
+/// The metric a model is judged by when none is named.
+fn primary_metric(task: bundle::Task) -> &'static str {
+    match task {
+        bundle::Task::BinaryClassification => "roc_auc",
+        bundle::Task::MultiClassification => "accuracy",
+        bundle::Task::Regression => "rmse",
+    }
+}
+
+/// `NAME`, `NAME@ALIAS` or `NAME:VERSION`.
+fn model_ref(spec: &str) -> (&str, String) {
+    match (spec.split_once('@'), spec.split_once(':')) {
+        (Some((n, a)), _) => (n, a.to_string()),
+        (None, Some((n, v))) => (n, v.to_string()),
+        (None, None) => (spec, "champion".to_string()),
+    }
+}
+
+/// Judges the candidate on its test rows against absolute thresholds and against the version
+/// the baseline alias holds now (on the same rows): blessed or not, and why.
+fn evaluate(call: &ComponentCall) -> Result<Values> {
+    let model = required_path(call, "model")?;
+    let (manifest, weights) = bundle::read(&model)?;
+    let (_, table) = read_data(call, "data")?;
+    let rows = kiln_trainer::test_split(&table, kiln_trainer::test_fraction_of(&manifest));
+    let candidate = kiln_trainer::evaluate(&manifest, &weights, &rows, DeviceChoice::Cpu)?;
+    let metric = text(call, "metric")
+        .unwrap_or(primary_metric(manifest.task))
+        .to_string();
+    let minimised = kiln_trainer::sweep::is_minimised(&metric);
+    let value = |m: &BTreeMap<String, f64>, k: &str| -> Result<f64> {
+        m.get(k).copied().ok_or_else(|| {
+            anyhow!(
+                "no metric `{k}` for this model{}",
+                kiln_core::suggest::hint(k, m.keys().map(String::as_str))
+            )
+        })
+    };
+    let mut reasons = Vec::new();
+    let mut blessed = true;
+    if let Some(t) = call.args.get("thresholds") {
+        let t = t
+            .as_table()
+            .ok_or_else(|| anyhow!("`with.thresholds` must be a table of metric = bound"))?;
+        for (k, bound) in t {
+            let bound = bound
+                .as_float()
+                .or_else(|| bound.as_integer().map(|i| i as f64))
+                .or_else(|| bound.as_str().and_then(|s| s.parse().ok()))
+                .ok_or_else(|| anyhow!("threshold `{k}` must be a number, not {bound}"))?;
+            let v = value(&candidate, k)?;
+            let ok = if kiln_trainer::sweep::is_minimised(k) {
+                v <= bound
+            } else {
+                v >= bound
+            };
+            let cmp = if kiln_trainer::sweep::is_minimised(k) {
+                "≤"
+            } else {
+                "≥"
+            };
+            reasons.push(format!(
+                "{k} {v:.4} {} {cmp} {bound}",
+                if ok { "is" } else { "is not" }
+            ));
+            blessed &= ok;
+        }
+    }
+    let min_improvement = call
+        .args
+        .get("min_improvement")
+        .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
+        .unwrap_or(0.0);
+    let mut baseline_value = None;
+    let mut baseline_version = None;
+    if let Some(spec) = text(call, "baseline") {
+        let (name, which) = model_ref(spec);
+        match call.registry.resolve(name, &which) {
+            Ok(version) => {
+                let scratch = tempfile::tempdir()?;
+                let dir = scratch.path().join("bundle");
+                call.registry.export_artifact(&version.artifact, &dir)?;
+                let (bm, bw) = bundle::read(&dir)?;
+                let base = kiln_trainer::evaluate(&bm, &bw, &rows, DeviceChoice::Cpu)
+                    .with_context(|| {
+                        format!("evaluating the baseline {name} version {}", version.version)
+                    })?;
+                let (c, b) = (value(&candidate, &metric)?, value(&base, &metric)?);
+                let gain = if minimised { b - c } else { c - b };
+                let ok = gain >= min_improvement;
+                reasons.push(format!(
+                    "{metric} {c:.4} against {b:.4} of {name} version {} ({which}): {} {gain:+.4} {} the minimum {min_improvement}",
+                    version.version,
+                    if minimised { "lower by" } else { "higher by" },
+                    if ok { "meets" } else { "misses" }
+                ));
+                blessed &= ok;
+                baseline_value = Some(b);
+                baseline_version = Some(version.version);
+            }
+            Err(e) => reasons.push(format!("no baseline ({e}); judged on thresholds alone")),
+        }
+    }
+    let reason = reasons.join("; ");
+    call.log_line(&format!(
+        "{}: {reason}",
+        if blessed { "blessed" } else { "not blessed" }
+    ));
+    write_json(
+        &call.outputs.join("evaluation.json"),
+        &serde_json::json!({
+            "blessed": blessed,
+            "metric": metric,
+            "rows": rows.num_rows(),
+            "candidate": candidate,
+            "baseline": baseline_value,
+            "baseline_version": baseline_version,
+            "reasons": reasons,
+        }),
+    )?;
+    let mut out = values([
+        ("blessed", blessed.to_string()),
+        ("metric", metric.clone()),
+        ("candidate", value(&candidate, &metric)?.to_string()),
+        ("reason", reason),
+    ]);
+    if let Some(b) = baseline_value {
+        out.insert("baseline".into(), b.to_string());
+    }
+    Ok(out)
+}
+
+/// Loads the bundle in the serving runtime, warms it up and answers requests built from its
+/// training statistics, as a server would before taking traffic.
+fn infra_validate(call: &ComponentCall) -> Result<Values> {
+    let model = required_path(call, "model")?;
+    let requests = call
+        .args
+        .get("requests")
+        .and_then(toml::Value::as_integer)
+        .unwrap_or(16)
+        .clamp(1, 100_000) as usize;
+    let runtime = kiln_server::runtime::Runtime::load(&model)
+        .map_err(|e| anyhow!("loading {} for serving: {e}", model.display()))?;
+    runtime.warm_up().map_err(|e| anyhow!("warm-up: {e}"))?;
+    let start = std::time::Instant::now();
+    for i in 0..requests {
+        let rows = runtime.typical_rows(1 + i % 8);
+        let out = runtime
+            .predict(&rows)
+            .map_err(|e| anyhow!("request {}: {e}", i + 1))?;
+        if out.iter().any(|v| !v.is_finite()) {
+            bail!("request {} answered a value that is not finite", i + 1);
+        }
+    }
+    let per = start.elapsed().as_micros() as f64 / requests as f64;
+    call.log_line(&format!("{requests} requests answered, {per:.1} µs each"));
+    Ok(values([
+        ("requests", requests.to_string()),
+        ("latency_us", format!("{per:.1}")),
+    ]))
+}
+
+/// Registers the bundle as the next version of a model and moves the alias to it, when blessed.
+fn push(call: &ComponentCall) -> Result<Values> {
+    let model = required_path(call, "model")?;
+    let name = text(call, "name").ok_or_else(|| anyhow!("`with.name` must be a model name"))?;
+    let alias = text(call, "alias").unwrap_or("champion");
+    match call.args.get("blessing") {
+        None | Some(toml::Value::Boolean(true)) => {}
+        Some(toml::Value::Boolean(false)) => {
+            call.log_line("not blessed: nothing pushed");
+            return Ok(values([("pushed", "false".into())]));
+        }
+        Some(other) => bail!("`with.blessing` must be true or false, not {other}"),
+    }
+    let reg = &call.registry;
+    let (manifest, _) = bundle::read(&model)?;
+    // The training run that logged this bundle, or a new run holding it.
+    let logged = manifest
+        .lineage
+        .run_id
+        .as_deref()
+        .and_then(|id| parse_run_id(id).ok())
+        .and_then(|id| reg.run(id).ok())
+        .filter(|r| r.artifacts.iter().any(|a| a.name == "model"));
+    let run = match logged {
+        Some(r) => r.id,
+        None => {
+            let r = reg.create_run(NewRun {
+                experiment: call.pipeline.clone(),
+                name: format!("{}-{}", call.pipeline, call.step),
+                params: BTreeMap::new(),
+                tags: lineage_tags(call),
+                parent: None,
+                lineage: Lineage {
+                    dataset_fingerprint: manifest.lineage.dataset_fingerprint.clone(),
+                    ..Default::default()
+                },
+            })?;
+            reg.log_artifact(r.id, "model", &model)?;
+            reg.end_run(r.id, RunStatus::Finished)?;
+            r.id
+        }
+    };
+    let description = format!("pipeline {} run {}", call.pipeline, call.run);
+    let version = reg.register_version(
+        name,
+        run,
+        "model",
+        &description,
+        Some(serde_json::json!(manifest.signature)),
+    )?;
+    reg.set_alias(
+        name,
+        alias,
+        version.version,
+        Expect::Any,
+        &format!("pipeline {}", call.pipeline),
+        &format!("pushed by run {} step {}", call.run, call.step),
+    )?;
+    call.log_line(&format!(
+        "registered {name} version {} and moved `{alias}` to it",
+        version.version
+    ));
+    Ok(values([
+        ("pushed", "true".into()),
+        ("version", version.version.to_string()),
+        ("run", run_id_text(run)),
+    ]))
+}

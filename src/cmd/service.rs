@@ -1,0 +1,168 @@
+//! Pipeline runs inside one kiln process: started from the command line, by a schedule or over
+//! the API; each cancellable by id, and all cancelled when the process shuts down.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use kiln_core::registry::{PipelineRun, PipelineRunState, Registry, StepExecState};
+use kiln_scheduler::executor::Limits;
+use kiln_scheduler::run::{Force, RunError, RunRequest, run_pipeline};
+use kiln_scheduler::schedule::Launcher;
+use tokio::sync::watch;
+
+use crate::cmd::components::Builtins;
+
+pub struct Service {
+    pub registry: Arc<Registry>,
+    components: Arc<Builtins>,
+    /// Turns true when the process shuts down: every run is cancelled.
+    stop: watch::Receiver<bool>,
+    active: Mutex<BTreeMap<u64, Arc<watch::Sender<bool>>>>,
+    path_prefix: Vec<PathBuf>,
+}
+
+impl Service {
+    pub fn new(registry: Arc<Registry>, stop: watch::Receiver<bool>) -> Arc<Service> {
+        let path_prefix = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+            .into_iter()
+            .collect();
+        Arc::new(Service {
+            registry,
+            components: Arc::new(Builtins::default()),
+            stop,
+            active: Mutex::new(BTreeMap::new()),
+            path_prefix,
+        })
+    }
+
+    /// Records runs that a stopped process left as running: their steps did not finish.
+    pub fn recover(&self) -> anyhow::Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        for mut run in self.registry.running_pipeline_runs()? {
+            for s in &mut run.steps {
+                if matches!(s.state, StepExecState::Running | StepExecState::Pending) {
+                    s.state = StepExecState::Cancelled;
+                    s.reason = Some("kiln stopped while the run went on".into());
+                }
+            }
+            run.state = PipelineRunState::Cancelled;
+            run.ended_ms = run.ended_ms.or(Some(run.started_ms));
+            self.registry.save_pipeline_run(&run)?;
+            ids.push(run.id);
+        }
+        Ok(ids)
+    }
+
+    /// A request for `file` with the process's defaults.
+    pub fn request(
+        &self,
+        file: &Path,
+        params: BTreeMap<String, String>,
+        trigger: &str,
+        date: DateTime<Utc>,
+        force: Force,
+    ) -> Result<RunRequest, RunError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| RunError::Io(format!("reading {}: {e}", file.display())))?;
+        Ok(RunRequest {
+            file: file.to_path_buf(),
+            text,
+            params,
+            trigger: trigger.to_string(),
+            logical_date: date.format("%Y-%m-%d").to_string(),
+            force,
+            limits: Limits::default(),
+            path_prefix: self.path_prefix.clone(),
+        })
+    }
+
+    /// Runs a pipeline to its end; `on_change` sees the record whenever a step moves.
+    pub async fn run(
+        &self,
+        request: RunRequest,
+        on_change: &(dyn Fn(&PipelineRun) + Sync),
+    ) -> Result<PipelineRun, RunError> {
+        let (tx, cancel) = watch::channel(*self.stop.borrow());
+        let tx = Arc::new(tx);
+        let mut stop = self.stop.clone();
+        let forward = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while stop.changed().await.is_ok() {
+                    if *stop.borrow() {
+                        let _ = tx.send(true);
+                        break;
+                    }
+                }
+            })
+        };
+        let registered = std::sync::atomic::AtomicU64::new(0);
+        let observe = |run: &PipelineRun| {
+            if registered.swap(run.id, std::sync::atomic::Ordering::Relaxed) != run.id {
+                self.lock().insert(run.id, tx.clone());
+            }
+            on_change(run);
+        };
+        let result = run_pipeline(
+            self.registry.clone(),
+            self.components.clone(),
+            request,
+            cancel,
+            &observe,
+        )
+        .await;
+        forward.abort();
+        let id = registered.load(std::sync::atomic::Ordering::Relaxed);
+        self.lock().remove(&id);
+        result
+    }
+
+    /// Cancels a run of this process; false when it is not running here.
+    pub fn cancel(&self, id: u64) -> bool {
+        match self.lock().get(&id) {
+            Some(tx) => tx.send(true).is_ok(),
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<watch::Sender<bool>>>> {
+        self.active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A schedule's runs of one pipeline file.
+pub struct Scheduled {
+    pub service: Arc<Service>,
+    pub file: PathBuf,
+}
+
+impl Launcher for Scheduled {
+    async fn launch(&self, fire: DateTime<Utc>) {
+        let request = match self.service.request(
+            &self.file,
+            BTreeMap::new(),
+            "schedule",
+            fire,
+            Force::Nothing,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(file = %self.file.display(), "scheduled run: {e}");
+                return;
+            }
+        };
+        match self.service.run(request, &|_| {}).await {
+            Ok(run) => tracing::info!(
+                pipeline = %run.pipeline, run = run.id, state = run.state.as_str(),
+                "scheduled run ended"
+            ),
+            Err(e) => tracing::error!(file = %self.file.display(), "scheduled run: {e}"),
+        }
+    }
+}
