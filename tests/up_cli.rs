@@ -1,0 +1,159 @@
+//! `kiln up`: one process with the registry, the scheduler and the server. A pipeline run
+//! started over the API pushes a model that the same process then serves; the CLI inspects runs
+//! through `--server`; SIGTERM cancels a running step and records it as cancelled.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Up {
+    child: Child,
+    url: String,
+}
+
+impl Up {
+    fn start(k: &util::Kiln) -> Up {
+        let home = k.path("home").display().to_string();
+        let mut child = k
+            .command()
+            .args([
+                "--home",
+                &home,
+                "up",
+                "--pipeline",
+                "examples/pipelines/retrain.toml",
+                "--addr",
+                "127.0.0.1:0",
+                "--token",
+                "s3cret",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        std::thread::spawn(move || for _ in lines {});
+        Up { child, url }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn get(url: &str) -> (u16, Value) {
+    let mut r = agent().get(url).call().unwrap();
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+fn start_run(up: &Up, body: &Value, token: Option<&str>) -> (u16, Value) {
+    let mut r = agent().post(format!("{}/api/pipelines/retrain-ctr/runs", up.url));
+    if let Some(t) = token {
+        r = r.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut r = r.send_json(body).unwrap();
+    (r.status().as_u16(), r.body_mut().read_json().unwrap())
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(240), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn state_of(up: &Up, run: u64) -> Value {
+    get(&format!("{}/api/pipeline-runs/{run}", up.url)).1
+}
+
+#[test]
+fn a_run_over_the_api_pushes_a_model_that_is_served_and_sigterm_cancels_steps() {
+    let k = util::Kiln::new();
+    let up = Up::start(&k);
+    let (status, pipelines) = get(&format!("{}/api/pipelines", up.url));
+    assert_eq!(status, 200);
+    assert_eq!(pipelines[0]["pipeline"], "retrain-ctr");
+    assert_eq!(pipelines[0]["cron"], "0 3 * * *");
+    assert!(pipelines[0]["next_fire"].as_str().unwrap().contains("T03:00:00"));
+
+    let small = serde_json::json!({"params": {"rows": 3000, "epochs": 3, "min_auc": 0.6}});
+    let (status, answer) = start_run(&up, &small, None);
+    assert_eq!(status, 401, "{answer}");
+    let (status, answer) = start_run(&up, &serde_json::json!({"params": {"rowz": 1}}), Some("s3cret"));
+    assert_eq!(status, 400);
+    assert!(answer["error"].as_str().unwrap().contains("no parameter `rowz`"), "{answer}");
+    let (status, answer) = start_run(&up, &small, Some("s3cret"));
+    assert_eq!(status, 202, "{answer}");
+    let run = answer["run"].as_u64().unwrap();
+    wait_for("the run", || state_of(&up, run)["state"] != "running");
+    let record = state_of(&up, run);
+    assert_eq!(record["state"], "succeeded", "{record}");
+
+    // The pushed model is served by the same process.
+    wait_for("the model to go live", || {
+        get(&format!("{}/v2/models/ctr/ready", up.url)).0 == 200
+    });
+
+    // The command line reads runs through the API (the process owns KILN_HOME).
+    let server = up.url.clone();
+    let out = k.ok(&["pipeline", "runs", "--server", &server]);
+    assert!(out.contains("retrain-ctr") && out.contains("succeeded"), "{out}");
+    let out = k.ok(&["pipeline", "logs", &run.to_string(), "train", "--server", &server]);
+    assert!(out.contains("== train attempt 1") && out.contains("test roc_auc"), "{out}");
+    let r = k.run(&["pipeline", "runs"]);
+    assert!(r.stderr.contains("is in use by process"), "{}", r.stderr);
+
+    // A long run; SIGTERM while it trains cancels the step and the process exits cleanly.
+    let long = serde_json::json!({"params": {"rows": 20000, "epochs": 500, "seed": 3}});
+    let (status, answer) = start_run(&up, &long, Some("s3cret"));
+    assert_eq!(status, 202);
+    let long_run = answer["run"].as_u64().unwrap();
+    wait_for("training to start", || {
+        state_of(&up, long_run)["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == "train" && s["state"] == "running")
+    });
+    let mut up = up;
+    std::process::Command::new("kill")
+        .args(["-TERM", &up.child.id().to_string()])
+        .status()
+        .unwrap();
+    let start = Instant::now();
+    let code = up.child.wait().unwrap().code();
+    assert_eq!(code, Some(0));
+    assert!(start.elapsed() < Duration::from_secs(30), "took {:?} to stop", start.elapsed());
+    let out = k.ok(&["pipeline", "show", &long_run.to_string(), "--json"]);
+    let record: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["state"], "cancelled", "{record}");
+    let train = record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "train")
+        .unwrap();
+    assert_eq!(train["state"], "cancelled", "{train}");
+}
