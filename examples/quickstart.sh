@@ -2,10 +2,14 @@
 # kiln's main job on bundled data: describe a dataset, infer and check its schema, fit feature
 # transforms and write model-ready features; then the same on synthetic click-through data;
 # then train a model on it, register it, promote it to production and score the file with it;
-# then serve it over HTTP and ask it over TF Serving's and MLflow's protocols.
+# then run the retraining pipeline (examples/pipelines/retrain.toml: generate, ingest, statistics,
+# validate, transform, train, evaluate, infra-validate, push) twice, the second time from its cache;
+# then start `kiln up` (registry, scheduler and server on one port) and ask both models over
+# TF Serving's, MLflow's and the Open Inference Protocol, and the pipeline API.
 #
-#   KILN   the kiln binary (default: the release build in $CARGO_TARGET_DIR or target/)
-#   OUT    where results go (default: target/quickstart)
+#   KILN           the kiln binary (default: the release build in $CARGO_TARGET_DIR or target/)
+#   OUT            where results go (default: target/quickstart)
+#   PIPELINE_ARGS  extra arguments for `kiln pipeline run` (e.g. --param rows=3000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KILN="${KILN:-${CARGO_TARGET_DIR:-target}/release/kiln}"
@@ -43,9 +47,17 @@ rm -rf "$HOME_DIR"
 "$KILN" --home "$HOME_DIR" models show breast-cancer
 "$KILN" --home "$HOME_DIR" predict --model breast-cancer@production --data "$data" -o "$OUT/breast_cancer.predictions.csv"
 
-echo; echo "== serve it: the same model over HTTP (V2, TF Serving, MLflow), then stop"
+echo; echo "== the retraining pipeline: every step, then the same run again from the cache"
+pipeline=examples/pipelines/retrain.toml
+# shellcheck disable=SC2086
+"$KILN" --home "$HOME_DIR" pipeline run "$pipeline" ${PIPELINE_ARGS:-}
+# shellcheck disable=SC2086
+"$KILN" --home "$HOME_DIR" pipeline run "$pipeline" ${PIPELINE_ARGS:-}
+"$KILN" --home "$HOME_DIR" pipeline runs
+
+echo; echo "== kiln up: both models served, the pipeline scheduled, then stop"
 "$KILN" --home "$HOME_DIR" models alias set breast-cancer champion 1 --reason "serve it"
-"$KILN" --home "$HOME_DIR" serve --addr 127.0.0.1:0 2>"$OUT/serve.log" &
+"$KILN" --home "$HOME_DIR" up --pipeline "$pipeline" --addr 127.0.0.1:0 2>"$OUT/serve.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 url=""
@@ -59,7 +71,10 @@ row=$(awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) name[i] = $i }
   NR == 2 { s = ""; for (i = 1; i <= NF; i++) if (name[i] != "label") s = s (s == "" ? "" : ", ") "\"" name[i] "\": " $i
     print "{" s "}"; exit }' "$data")
 echo "TF Serving:  $(curl -sf "$url/v1/models/breast-cancer:predict" -d "{\"instances\": [$row]}")"
-echo "MLflow:      $(curl -sf "$url/invocations" -H 'content-type: application/json' -d "{\"dataframe_records\": [$row]}")"
+echo "MLflow:      $(curl -sf "$url/invocations?model=breast-cancer" -H 'content-type: application/json' -d "{\"dataframe_records\": [$row]}")"
 echo "V2 metadata: $(curl -sf "$url/v2/models/breast-cancer" | head -c 120)…"
+ctr='{"i1": 1, "i2": 3, "i3": 0.3, "i4": null, "i5": 120, "i6": 4, "i7": 900, "i8": 0.001, "c1": "c1_0", "c2": "c2_0", "c3": "c3_3", "c4": "c4_1", "c5": "c5_d"}'
+echo "ctr (pushed by the pipeline), MLflow: $(curl -sf "$url/invocations?model=ctr" -H 'content-type: application/json' -d "{\"dataframe_records\": [$ctr]}")"
+echo "pipelines:   $(curl -sf "$url/api/pipelines")"
 kill -TERM "$server"
 wait "$server"

@@ -10,6 +10,11 @@ fn quickstart_runs_end_to_end() {
     let r = k
         .script("examples/quickstart.sh")
         .env("OUT", &out)
+        // A small, quick pipeline run in the unoptimised build the tests use.
+        .env(
+            "PIPELINE_ARGS",
+            "--param rows=3000 --param epochs=3 --param min_auc=0.6",
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&r.stdout);
@@ -30,6 +35,20 @@ fn quickstart_runs_end_to_end() {
     );
     assert!(
         stdout.contains(r#"MLflow:      {"predictions":["#),
+        "{stdout}"
+    );
+    // The pipeline ran, then ran again from its cache, and its model is served.
+    assert!(
+        stdout.contains("pipeline `retrain-ctr` run 1 succeeded"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(10 of 10 steps cached"), "{stdout}");
+    assert!(
+        stdout.contains(r#"ctr (pushed by the pipeline), MLflow: {"predictions":["#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"pipelines:   [{"pipeline":"retrain-ctr""#),
         "{stdout}"
     );
     for f in [

@@ -19,7 +19,7 @@ fn the_example_validates_and_a_broken_file_lists_every_problem() {
 
     let broken = k.file(
         "broken.toml",
-        "name = \"p\"\n[schedule]\ncron = \"every day\"\n\n[[steps]]\nid = \"a\"\nneeds = [\"b\"]\nuses = \"ingest\"\nwith = { path = \"x\" }\n\n[[steps]]\nid = \"b\"\nneeds = [\"a\"]\nrun = \"true\"\n",
+        "name = \"p\"\n[schedule]\ncron = \"every day\"\n\n[[steps]]\nid = \"a\"\nneeds = [\"b\"]\nuses = \"ingest\"\nwith = { path = \"no-such.csv\" }\n\n[[steps]]\nid = \"b\"\nneeds = [\"a\"]\nrun = \"true\"\n",
     );
     let broken = broken.display().to_string();
     let r = k.run(&["pipeline", "validate", &broken]);
@@ -38,12 +38,26 @@ fn the_example_validates_and_a_broken_file_lists_every_problem() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("pipeline `p`: 2 errors"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("error: step `a`: `with.path` names no-such.csv, which does not exist"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("pipeline `p`: 3 errors"), "{}", r.stderr);
 
     let r = k.run(&["pipeline", "validate", "--json", &broken]);
     assert_eq!(r.code, 3);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!(v["diagnostics"].as_array().unwrap().len(), 2);
+    assert_eq!(v["diagnostics"].as_array().unwrap().len(), 3);
+    // Running it refuses before anything runs, with the same problems.
+    let r = k.run(&["pipeline", "run", &broken]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("has 3 error(s)") && r.stderr.contains("no-such.csv"),
+        "{}",
+        r.stderr
+    );
 
     let r = k.run(&["pipeline", "validate", "no-such.toml"]);
     assert_eq!(r.code, 1);

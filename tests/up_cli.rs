@@ -79,7 +79,10 @@ fn start_run(up: &Up, body: &Value, token: Option<&str>) -> (u16, Value) {
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < Duration::from_secs(240), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -96,14 +99,29 @@ fn a_run_over_the_api_pushes_a_model_that_is_served_and_sigterm_cancels_steps() 
     assert_eq!(status, 200);
     assert_eq!(pipelines[0]["pipeline"], "retrain-ctr");
     assert_eq!(pipelines[0]["cron"], "0 3 * * *");
-    assert!(pipelines[0]["next_fire"].as_str().unwrap().contains("T03:00:00"));
+    assert!(
+        pipelines[0]["next_fire"]
+            .as_str()
+            .unwrap()
+            .contains("T03:00:00")
+    );
 
     let small = serde_json::json!({"params": {"rows": 3000, "epochs": 3, "min_auc": 0.6}});
     let (status, answer) = start_run(&up, &small, None);
     assert_eq!(status, 401, "{answer}");
-    let (status, answer) = start_run(&up, &serde_json::json!({"params": {"rowz": 1}}), Some("s3cret"));
+    let (status, answer) = start_run(
+        &up,
+        &serde_json::json!({"params": {"rowz": 1}}),
+        Some("s3cret"),
+    );
     assert_eq!(status, 400);
-    assert!(answer["error"].as_str().unwrap().contains("no parameter `rowz`"), "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("no parameter `rowz`"),
+        "{answer}"
+    );
     let (status, answer) = start_run(&up, &small, Some("s3cret"));
     assert_eq!(status, 202, "{answer}");
     let run = answer["run"].as_u64().unwrap();
@@ -119,9 +137,22 @@ fn a_run_over_the_api_pushes_a_model_that_is_served_and_sigterm_cancels_steps() 
     // The command line reads runs through the API (the process owns KILN_HOME).
     let server = up.url.clone();
     let out = k.ok(&["pipeline", "runs", "--server", &server]);
-    assert!(out.contains("retrain-ctr") && out.contains("succeeded"), "{out}");
-    let out = k.ok(&["pipeline", "logs", &run.to_string(), "train", "--server", &server]);
-    assert!(out.contains("== train attempt 1") && out.contains("test roc_auc"), "{out}");
+    assert!(
+        out.contains("retrain-ctr") && out.contains("succeeded"),
+        "{out}"
+    );
+    let out = k.ok(&[
+        "pipeline",
+        "logs",
+        &run.to_string(),
+        "train",
+        "--server",
+        &server,
+    ]);
+    assert!(
+        out.contains("== train attempt 1") && out.contains("test roc_auc"),
+        "{out}"
+    );
     let r = k.run(&["pipeline", "runs"]);
     assert!(r.stderr.contains("is in use by process"), "{}", r.stderr);
 
@@ -145,7 +176,11 @@ fn a_run_over_the_api_pushes_a_model_that_is_served_and_sigterm_cancels_steps() 
     let start = Instant::now();
     let code = up.child.wait().unwrap().code();
     assert_eq!(code, Some(0));
-    assert!(start.elapsed() < Duration::from_secs(30), "took {:?} to stop", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?} to stop",
+        start.elapsed()
+    );
     let out = k.ok(&["pipeline", "show", &long_run.to_string(), "--json"]);
     let record: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(record["state"], "cancelled", "{record}");

@@ -140,72 +140,95 @@ pub async fn execute_with<R: StepRunner>(
     observe: &(dyn Fn(Event<'_>) + Sync),
 ) -> Vec<StepRecord> {
     let start = Instant::now();
+    let steps = &pipeline.steps;
     let permits = Arc::new(Semaphore::new(limits.parallel.max(1)));
-    let mut records: BTreeMap<String, StepRecord> = BTreeMap::new();
+    // Each step's position, the positions of the steps that need it, and how many of its own
+    // needs have not ended: a step is settled once, when the last of its needs ends.
+    let index: BTreeMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    let mut waiting: Vec<usize> = vec![0; steps.len()];
+    for (i, s) in steps.iter().enumerate() {
+        for need in &s.needs {
+            if let Some(&n) = index.get(need.as_str()) {
+                dependents[n].push(i);
+                waiting[i] += 1;
+            }
+        }
+    }
+    let mut ready: std::collections::VecDeque<usize> =
+        (0..steps.len()).filter(|&i| waiting[i] == 0).collect();
+    let mut records: Vec<Option<StepRecord>> = vec![None; steps.len()];
+    let mut spawned = vec![false; steps.len()];
     let mut running = JoinSet::new();
-    let mut started: std::collections::BTreeSet<String> = Default::default();
-    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
     let mut cancelled = *cancel.borrow();
     let mut watching = true;
-    while !cancelled {
-        // Start every step whose needs have all ended; settle those whose needs did not produce.
-        let mut progress = true;
-        while progress {
-            progress = false;
-            for step in &pipeline.steps {
-                if started.contains(&step.id) {
-                    continue;
-                }
-                let needs: Vec<Option<&StepRecord>> =
-                    step.needs.iter().map(|n| records.get(n)).collect();
-                if needs.iter().any(Option::is_none) {
-                    continue;
-                }
-                started.insert(step.id.clone());
-                progress = true;
-                let unproduced = needs.iter().flatten().find(|r| !r.state.produced());
-                if let Some(need) = unproduced {
-                    let record = if need.state == StepState::Skipped {
-                        not_run(
-                            &step.id,
-                            StepState::Skipped,
-                            format!("`{}` was skipped", need.id),
-                        )
-                    } else {
-                        not_run(
-                            &step.id,
-                            StepState::UpstreamFailed,
-                            format!("`{}` did not succeed", need.id),
-                        )
-                    };
-                    observe(Event::Ended(&record));
-                    records.insert(step.id.clone(), record);
-                    continue;
-                }
-                let (step, runner, permits) = (step.clone(), runner.clone(), permits.clone());
-                let started_tx = started_tx.clone();
-                running.spawn(async move {
-                    let _permit = permits.acquire_owned().await;
-                    let _ = started_tx.send(step.id.clone());
-                    run_step(&step, runner.as_ref(), limits, start).await
-                });
+    let mut end = |i: usize,
+                   record: StepRecord,
+                   records: &mut Vec<Option<StepRecord>>,
+                   ready: &mut std::collections::VecDeque<usize>| {
+        observe(Event::Ended(&record));
+        records[i] = Some(record);
+        for &d in &dependents[i] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.push_back(d);
             }
+        }
+    };
+    while !cancelled {
+        // Settle every step whose needs have all ended: run it, or record why it does not run.
+        while let Some(i) = ready.pop_front() {
+            let step = &steps[i];
+            let unproduced = step
+                .needs
+                .iter()
+                .filter_map(|n| index.get(n.as_str()).and_then(|&j| records[j].as_ref()))
+                .find(|r| !r.state.produced());
+            if let Some(need) = unproduced {
+                let record = if need.state == StepState::Skipped {
+                    not_run(
+                        &step.id,
+                        StepState::Skipped,
+                        format!("`{}` was skipped", need.id),
+                    )
+                } else {
+                    not_run(
+                        &step.id,
+                        StepState::UpstreamFailed,
+                        format!("`{}` did not succeed", need.id),
+                    )
+                };
+                end(i, record, &mut records, &mut ready);
+                continue;
+            }
+            spawned[i] = true;
+            let (step, runner, permits) = (step.clone(), runner.clone(), permits.clone());
+            let started_tx = started_tx.clone();
+            running.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let _ = started_tx.send(i);
+                (i, run_step(&step, runner.as_ref(), limits, start).await)
+            });
         }
         tokio::select! {
             joined = running.join_next() => match joined {
-                Some(Ok(record)) => {
-                    while let Ok(id) = started_rx.try_recv() {
-                        observe(Event::Started { id: &id });
+                Some(Ok((i, record))) => {
+                    while let Ok(s) = started_rx.try_recv() {
+                        observe(Event::Started { id: &steps[s].id });
                     }
-                    observe(Event::Ended(&record));
-                    records.insert(record.id.clone(), record);
+                    end(i, record, &mut records, &mut ready);
                 }
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "a step task failed");
                 }
                 None => break,
             },
-            Some(id) = started_rx.recv() => observe(Event::Started { id: &id }),
+            Some(s) = started_rx.recv() => observe(Event::Started { id: &steps[s].id }),
             changed = cancel.changed(), if watching => match changed {
                 Ok(()) => cancelled = *cancel.borrow(),
                 // Nobody can cancel any more: go on without watching.
@@ -217,26 +240,22 @@ pub async fn execute_with<R: StepRunner>(
         running.abort_all();
         while running.join_next().await.is_some() {}
         let now = start.elapsed();
-        for step in &pipeline.steps {
-            if !records.contains_key(&step.id) {
+        for (i, step) in steps.iter().enumerate() {
+            if records[i].is_none() {
                 let mut record = not_run(
                     &step.id,
                     StepState::Cancelled,
                     "the run was cancelled".into(),
                 );
-                if started.contains(&step.id) {
+                if spawned[i] {
                     record.finished = Some(now);
                 }
                 observe(Event::Ended(&record));
-                records.insert(step.id.clone(), record);
+                records[i] = Some(record);
             }
         }
     }
-    pipeline
-        .steps
-        .iter()
-        .filter_map(|s| records.remove(&s.id))
-        .collect()
+    records.into_iter().flatten().collect()
 }
 
 async fn run_step<R: StepRunner>(

@@ -300,6 +300,17 @@ pub fn parse(text: &str) -> Parsed {
         .iter()
         .map(|s| s.get_ref().id.get_ref().clone())
         .collect();
+    let needs_of: BTreeMap<&str, Vec<&str>> = raw
+        .steps
+        .iter()
+        .map(|s| {
+            let s = s.get_ref();
+            (
+                s.id.get_ref().as_str(),
+                s.needs.iter().map(|n| n.get_ref().as_str()).collect(),
+            )
+        })
+        .collect();
     let mut seen = BTreeSet::new();
     let mut steps = Vec::new();
     for spanned in &raw.steps {
@@ -397,7 +408,6 @@ pub fn parse(text: &str) -> Parsed {
             );
         }
         // Templates in arguments, commands and conditions.
-        let ancestors = ancestors_of(&raw.steps, &id);
         let mut texts: Vec<(usize, String)> = s
             .with
             .values()
@@ -413,8 +423,9 @@ pub fn parse(text: &str) -> Parsed {
         if let Some(c) = &s.condition {
             texts.push((c.span().start, c.get_ref().clone()));
         }
+        let is_ancestor = |step: &str| reaches(&needs_of, &id, step);
         for (offset, t) in texts {
-            check_templates(&mut f, offset, &id, &t, &raw.params, &ids, &ancestors);
+            check_templates(&mut f, offset, &id, &t, &raw.params, &ids, &is_ancestor);
         }
         steps.push(Step {
             id,
@@ -515,7 +526,7 @@ fn check_templates(
     text: &str,
     params: &BTreeMap<String, toml::Value>,
     ids: &[String],
-    ancestors: &BTreeSet<String>,
+    is_ancestor: &dyn Fn(&str) -> bool,
 ) {
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -540,14 +551,14 @@ fn check_templates(
                 if !ids.iter().any(|i| i == step) {
                     let hint = kiln_core::suggest::hint(step, ids.iter().map(String::as_str));
                     f.error(offset, format!("step `{id}`: `${{{reference}}}` names unknown step `{step}`{hint}"));
-                } else if !ancestors.contains(*step) {
+                } else if !is_ancestor(step) {
                     f.error(
                         offset,
                         format!("step `{id}` uses `${{{reference}}}` but does not need `{step}` (add it to `needs`)"),
                     );
                 }
             }
-            ["date"] | ["run_id"] | ["pipeline"] | ["inputs"] | ["outputs"] => {}
+            ["date"] | ["run_id"] | ["pipeline"] | ["outputs"] => {}
             _ => f.error(
                 offset,
                 format!(
@@ -560,25 +571,23 @@ fn check_templates(
 }
 
 /// The steps that `id` needs, directly or through others.
-fn ancestors_of(steps: &[Spanned<RawStep>], id: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut todo = vec![id.to_string()];
+/// Whether `target` is among the steps `from` needs, directly or through others.
+fn reaches(needs_of: &BTreeMap<&str, Vec<&str>>, from: &str, target: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![from];
     while let Some(current) = todo.pop() {
-        for s in steps
-            .iter()
-            .filter(|s| *s.get_ref().id.get_ref() == current)
-        {
-            for n in &s.get_ref().needs {
-                if out.insert(n.get_ref().clone()) {
-                    todo.push(n.get_ref().clone());
-                }
+        for &n in needs_of.get(current).map_or(&[][..], Vec::as_slice) {
+            if n == target {
+                return true;
+            }
+            if seen.insert(n) {
+                todo.push(n);
             }
         }
     }
-    out
+    false
 }
 
-/// Each cycle among the steps' `needs`, as the path that closes it (first id repeated last).
 fn cycles(steps: &[Step]) -> Vec<Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
@@ -655,4 +664,40 @@ pub fn levels(pipeline: &Pipeline) -> Option<Vec<Vec<String>>> {
         out.push(level);
     }
     Some(out)
+}
+
+/// Component arguments that name files or directories.
+const PATH_ARGS: &[&str] = &["path", "data", "spec", "schema", "sweep", "model"];
+
+/// Every component argument that names a file (without templates) which does not exist,
+/// relative to `dir` (the pipeline file's directory), as an error at the step's line.
+pub fn missing_files(pipeline: &Pipeline, dir: &std::path::Path) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for step in &pipeline.steps {
+        let Action::Uses { with, .. } = &step.action else {
+            continue;
+        };
+        for arg in PATH_ARGS {
+            let Some(toml::Value::String(p)) = with.get(*arg) else {
+                continue;
+            };
+            if p.contains("${") {
+                continue;
+            }
+            let path = dir.join(p);
+            if !path.exists() {
+                out.push(Diagnostic {
+                    line: step.line,
+                    column: 1,
+                    severity: Severity::Error,
+                    message: format!(
+                        "step `{}`: `with.{arg}` names {p}, which does not exist ({})",
+                        step.id,
+                        path.display()
+                    ),
+                });
+            }
+        }
+    }
+    out
 }

@@ -194,8 +194,19 @@ pub async fn run_pipeline<C: Components>(
     cancel: watch::Receiver<bool>,
     on_change: &(dyn Fn(&PipelineRun) + Sync),
 ) -> Result<PipelineRun, RunError> {
-    let parsed = parse(&request.text);
+    let mut parsed = parse(&request.text);
     let file = request.file.display().to_string();
+    let workdir = request
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    if let Some(p) = &parsed.pipeline {
+        parsed
+            .diagnostics
+            .extend(crate::pipeline::missing_files(p, &workdir));
+    }
     let errors: Vec<String> = parsed
         .diagnostics
         .iter()
@@ -236,12 +247,6 @@ pub async fn run_pipeline<C: Components>(
     let mut record = record;
     record.dir = dir.display().to_string();
     registry.save_pipeline_run(&record)?;
-    let workdir = request
-        .file
-        .parent()
-        .map(Path::to_path_buf)
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from("."));
     let workdir = std::fs::canonicalize(&workdir).unwrap_or(workdir);
     let runner = Arc::new(Runner {
         registry: registry.clone(),
@@ -258,36 +263,38 @@ pub async fn run_pipeline<C: Components>(
     let observe = |event: Event<'_>| {
         let mut record = runner.lock();
         let now = now_ms();
+        let id = match &event {
+            Event::Started { id } => *id,
+            Event::Ended(r) => r.id.as_str(),
+        };
+        let Some(index) = record.steps.iter().position(|s| s.id == id) else {
+            return;
+        };
+        let s = &mut record.steps[index];
         match event {
-            Event::Started { id } => {
-                if let Some(s) = record.steps.iter_mut().find(|s| s.id == id) {
-                    s.state = StepExecState::Running;
-                    s.started_ms = Some(now);
-                }
+            Event::Started { .. } => {
+                s.state = StepExecState::Running;
+                s.started_ms = Some(now);
             }
             Event::Ended(r) => {
-                if let Some(s) = record.steps.iter_mut().find(|s| s.id == r.id) {
-                    s.state = match r.state {
-                        StepState::Succeeded => StepExecState::Succeeded,
-                        StepState::Failed => StepExecState::Failed,
-                        StepState::TimedOut => StepExecState::TimedOut,
-                        StepState::UpstreamFailed => StepExecState::UpstreamFailed,
-                        StepState::Skipped => StepExecState::Skipped,
-                        StepState::Cached => StepExecState::Cached,
-                        StepState::Cancelled => StepExecState::Cancelled,
-                    };
-                    s.attempts = r.attempts;
-                    s.error.clone_from(&r.error);
-                    s.reason.clone_from(&r.reason);
-                    if r.finished.is_some() || s.started_ms.is_some() {
-                        s.ended_ms = Some(now);
-                    }
+                s.state = match r.state {
+                    StepState::Succeeded => StepExecState::Succeeded,
+                    StepState::Failed => StepExecState::Failed,
+                    StepState::TimedOut => StepExecState::TimedOut,
+                    StepState::UpstreamFailed => StepExecState::UpstreamFailed,
+                    StepState::Skipped => StepExecState::Skipped,
+                    StepState::Cached => StepExecState::Cached,
+                    StepState::Cancelled => StepExecState::Cancelled,
+                };
+                s.attempts = r.attempts;
+                s.error.clone_from(&r.error);
+                s.reason.clone_from(&r.reason);
+                if r.finished.is_some() || s.started_ms.is_some() {
+                    s.ended_ms = Some(now);
                 }
             }
         }
-        if let Err(e) = runner.registry.save_pipeline_run(&record) {
-            tracing::warn!("recording pipeline run {}: {e}", record.id);
-        }
+        runner.save_step(&record, index);
         on_change(&record);
     };
     execute_with(&pipeline, runner.clone(), request.limits, cancel, &observe).await;
@@ -356,10 +363,19 @@ impl<C: Components> Runner<C> {
 
     fn update(&self, id: &str, change: impl FnOnce(&mut StepExecution)) {
         let mut record = self.lock();
-        if let Some(s) = record.steps.iter_mut().find(|s| s.id == id) {
-            change(s);
+        if let Some(index) = record.steps.iter().position(|s| s.id == id) {
+            change(&mut record.steps[index]);
+            self.save_step(&record, index);
         }
-        if let Err(e) = self.registry.save_pipeline_run(&record) {
+    }
+
+    /// Records one step of the run (not the whole run: a step's change costs the same in a
+    /// run of any size).
+    fn save_step(&self, record: &PipelineRun, index: usize) {
+        if let Err(e) = self
+            .registry
+            .save_pipeline_step(record.id, index, &record.steps[index])
+        {
             tracing::warn!("recording pipeline run {}: {e}", record.id);
         }
     }
@@ -389,6 +405,7 @@ impl<C: Components> Runner<C> {
                     .cloned()
                     .ok_or_else(|| format!("no parameter `{name}`"))?,
                 ["date"] => self.date.clone(),
+                ["pipeline"] => self.pipeline.name.clone(),
                 ["run_id"] => self.lock().id.to_string(),
                 _ if !steps_too => whole.to_string(),
                 ["outputs"] => self.step_dir(step).join("outputs").display().to_string(),

@@ -184,7 +184,17 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
 fn validate(file: &Path, json: bool) -> Result<Outcome> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let parsed = kiln_scheduler::parse(&text);
+    let mut parsed = kiln_scheduler::parse(&text);
+    if let Some(p) = &parsed.pipeline {
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        parsed
+            .diagnostics
+            .extend(kiln_scheduler::pipeline::missing_files(p, dir));
+        parsed.diagnostics.sort_by_key(|d| (d.line, d.column));
+    }
     let outcome = if parsed.has_errors() {
         Outcome::Anomalies
     } else {

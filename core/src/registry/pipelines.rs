@@ -1,6 +1,7 @@
 //! Pipeline runs, their step executions, the cache index of step results, and schedule state.
-//! A pipeline run is one record, rewritten as its steps end, so a reader sees the whole run at
-//! once; the cache maps a step's cache key (its definition and the digests of its inputs) to the
+//! A run's header and each of its steps are separate records (key: run id, then the step's
+//! position), so a step that moves rewrites only itself, whatever the size of the run; the cache
+//! maps a step's cache key (its definition and the digests of its inputs) to the
 //! run whose execution of it succeeded.
 
 use std::collections::BTreeMap;
@@ -145,6 +146,13 @@ pub struct PipelineRun {
     pub steps: Vec<StepExecution>,
 }
 
+fn step_key(run: u64, position: usize) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&run.to_be_bytes());
+    key[8..].copy_from_slice(&(position as u32).to_be_bytes());
+    key
+}
+
 /// Where a cache key's result lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheEntry {
@@ -168,25 +176,57 @@ impl Registry {
     pub fn create_pipeline_run(&self, mut run: PipelineRun) -> Result<PipelineRun, RegistryError> {
         run.id = self.next_id("next_pipeline_run_id")?;
         run.started_ms = now_ms();
-        self.pipeline_runs
-            .insert(run.id.to_be_bytes(), encode(&run))?;
+        self.save_pipeline_run(&run)?;
         self.flush()?;
         Ok(run)
     }
 
-    /// Rewrites a run's record (its steps moved on); durable when the run has ended.
+    /// Writes a run's header and all its steps; durable when the run has ended.
     pub fn save_pipeline_run(&self, run: &PipelineRun) -> Result<(), RegistryError> {
+        let header = PipelineRun {
+            steps: Vec::new(),
+            ..run.clone()
+        };
         self.pipeline_runs
-            .insert(run.id.to_be_bytes(), encode(run))?;
+            .insert(run.id.to_be_bytes(), encode(&header))?;
+        for (i, step) in run.steps.iter().enumerate() {
+            self.save_pipeline_step(run.id, i, step)?;
+        }
         if run.state != PipelineRunState::Running {
             self.flush()?;
         }
         Ok(())
     }
 
+    /// Writes one step of a run (at its position in the pipeline).
+    pub fn save_pipeline_step(
+        &self,
+        run: u64,
+        position: usize,
+        step: &StepExecution,
+    ) -> Result<(), RegistryError> {
+        self.pipeline_steps
+            .insert(step_key(run, position), encode(step))?;
+        Ok(())
+    }
+
+    fn steps_of(&self, run: u64) -> Result<Vec<StepExecution>, RegistryError> {
+        self.pipeline_steps
+            .scan_prefix(run.to_be_bytes())
+            .values()
+            .map(|v| decode("pipeline step", &v?))
+            .collect()
+    }
+
+    fn whole_run(&self, bytes: &[u8]) -> Result<PipelineRun, RegistryError> {
+        let mut run: PipelineRun = decode("pipeline run", bytes)?;
+        run.steps = self.steps_of(run.id)?;
+        Ok(run)
+    }
+
     pub fn pipeline_run(&self, id: u64) -> Result<PipelineRun, RegistryError> {
         match self.pipeline_runs.get(id.to_be_bytes())? {
-            Some(bytes) => decode("pipeline run", &bytes),
+            Some(bytes) => self.whole_run(&bytes),
             None => Err(RegistryError::NotFound {
                 what: "pipeline run",
                 name: id.to_string(),
@@ -204,9 +244,9 @@ impl Registry {
         let mut out = Vec::new();
         for item in self.pipeline_runs.iter().rev() {
             let (_, bytes) = item?;
-            let run: PipelineRun = decode("pipeline run", &bytes)?;
-            if pipeline.is_none_or(|p| p == run.pipeline) {
-                out.push(run);
+            let header: PipelineRun = decode("pipeline run", &bytes)?;
+            if pipeline.is_none_or(|p| p == header.pipeline) {
+                out.push(self.whole_run(&bytes)?);
                 if out.len() >= limit {
                     break;
                 }
@@ -220,9 +260,9 @@ impl Registry {
         let mut out = Vec::new();
         for item in self.pipeline_runs.iter() {
             let (_, bytes) = item?;
-            let run: PipelineRun = decode("pipeline run", &bytes)?;
-            if run.state == PipelineRunState::Running {
-                out.push(run);
+            let header: PipelineRun = decode("pipeline run", &bytes)?;
+            if header.state == PipelineRunState::Running {
+                out.push(self.whole_run(&bytes)?);
             }
         }
         Ok(out)
