@@ -666,18 +666,31 @@ pub fn levels(pipeline: &Pipeline) -> Option<Vec<Vec<String>>> {
     Some(out)
 }
 
-/// Component arguments that name files or directories.
-const PATH_ARGS: &[&str] = &["path", "data", "spec", "schema", "sweep", "model"];
+/// Component arguments that name files or directories (`*` for every component).
+const PATH_ARGS: &[(&str, &str)] = &[
+    ("*", "data"),
+    ("ingest", "path"),
+    ("validate", "schema"),
+    ("transform", "spec"),
+    ("train", "spec"),
+    ("tune", "sweep"),
+    ("evaluate", "model"),
+    ("infra-validate", "model"),
+    ("push", "model"),
+];
 
 /// Every component argument that names a file (without templates) which does not exist,
 /// relative to `dir` (the pipeline file's directory), as an error at the step's line.
 pub fn missing_files(pipeline: &Pipeline, dir: &std::path::Path) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for step in &pipeline.steps {
-        let Action::Uses { with, .. } = &step.action else {
+        let Action::Uses { component, with } = &step.action else {
             continue;
         };
-        for arg in PATH_ARGS {
+        for (_, arg) in PATH_ARGS
+            .iter()
+            .filter(|(c, _)| *c == "*" || c == component)
+        {
             let Some(toml::Value::String(p)) = with.get(*arg) else {
                 continue;
             };

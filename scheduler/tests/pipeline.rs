@@ -135,3 +135,22 @@ with = { x = 1 }
     );
     check("name = \"p\"\n", &[(1, "no steps")]);
 }
+
+#[test]
+fn files_that_components_read_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.toml"), "").unwrap();
+    let p = kiln_scheduler::parse(
+        "name = \"m\"\n[[steps]]\nid = \"t\"\nuses = \"train\"\nwith = { data = \"gone.csv\", target = \"y\", model = \"mlp\", spec = \"spec.toml\" }\n\n[[steps]]\nid = \"e\"\nneeds = [\"t\"]\nuses = \"evaluate\"\nwith = { model = \"${steps.t.model}\", data = \"gone.csv\" }\n",
+    );
+    assert!(!p.has_errors(), "{:?}", p.diagnostics);
+    let missing = kiln_scheduler::pipeline::missing_files(p.pipeline.as_ref().unwrap(), dir.path());
+    let messages: Vec<&str> = missing.iter().map(|d| d.message.as_str()).collect();
+    // `model = "mlp"` is a model kind for `train`, not a file; templated paths are not checked.
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages[0].starts_with("step `t`: `with.data` names gone.csv"),
+        "{messages:?}"
+    );
+    assert_eq!((missing[0].line, missing[1].line), (3, 8));
+}
