@@ -7,7 +7,7 @@ mod ui;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// kiln: an ML platform in one binary.
 #[derive(Debug, Parser)]
@@ -15,8 +15,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(flatten)]
     home: cmd::registry::Home,
+    /// With no command in a terminal, kiln starts its REPL.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,8 +47,28 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Registry, scheduler and model server in one process, on one port.
     Up(cmd::up::UpArgs),
+    /// The interactive console: every command as a line, with datasets and models kept.
+    Repl(cmd::repl::ReplArgs),
     /// Route a model's traffic: split between versions, a shadow version, dynamic batching.
     Deploy(cmd::serve::DeployArgs),
+}
+
+/// Runs one command (from the command line or a REPL line).
+fn dispatch(home: &cmd::registry::Home, command: Command) -> anyhow::Result<Outcome> {
+    match command {
+        Command::Data(c) => cmd::data::run(c),
+        Command::Experiments(c) => cmd::registry::experiments(home, c),
+        Command::Runs(c) => cmd::registry::runs(home, c),
+        Command::Models(c) => cmd::registry::models(home, c),
+        Command::Train(a) => cmd::train::train(home, a),
+        Command::Predict(a) => cmd::train::predict(home, a),
+        Command::Sweep(a) => cmd::train::sweep(home, a),
+        Command::Pipeline(c) => cmd::pipeline::run(home, c),
+        Command::Serve(a) => cmd::serve::serve(home, a),
+        Command::Deploy(a) => cmd::serve::deploy(home, a),
+        Command::Up(a) => cmd::up::up(home, a),
+        Command::Repl(a) => cmd::repl::repl(home, a),
+    }
 }
 
 /// What a command asks the process to exit with, beyond plain success.
@@ -68,17 +89,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Data(c) => cmd::data::run(c),
-        Command::Experiments(c) => cmd::registry::experiments(&cli.home, c),
-        Command::Runs(c) => cmd::registry::runs(&cli.home, c),
-        Command::Models(c) => cmd::registry::models(&cli.home, c),
-        Command::Train(a) => cmd::train::train(&cli.home, a),
-        Command::Predict(a) => cmd::train::predict(&cli.home, a),
-        Command::Sweep(a) => cmd::train::sweep(&cli.home, a),
-        Command::Pipeline(c) => cmd::pipeline::run(&cli.home, c),
-        Command::Serve(a) => cmd::serve::serve(&cli.home, a),
-        Command::Deploy(a) => cmd::serve::deploy(&cli.home, a),
-        Command::Up(a) => cmd::up::up(&cli.home, a),
+        Some(command) => dispatch(&cli.home, command),
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            cmd::repl::repl(&cli.home, cmd::repl::ReplArgs::default())
+        }
+        None => {
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

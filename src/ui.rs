@@ -8,6 +8,9 @@ use comfy_table::{CellAlignment, Table, presets};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_core::progress::{Progress, Unit};
 
+/// Set by Ctrl-C while the REPL runs a line: long operations that report progress stop early.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Draws kiln's progress on stderr when it is a terminal; silent otherwise.
 pub struct Bar {
     bar: Mutex<Option<ProgressBar>>,
@@ -62,6 +65,10 @@ impl Progress for Bar {
         {
             bar.finish_and_clear();
         }
+    }
+
+    fn cancelled(&self) -> bool {
+        INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

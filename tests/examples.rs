@@ -62,3 +62,19 @@ fn quickstart_runs_end_to_end() {
         assert!(out.join(f).is_file(), "{f} missing");
     }
 }
+
+#[test]
+fn the_repl_session_example_replays() {
+    let k = util::Kiln::new();
+    let out = k.ok(&["repl", "--script", "examples/session.kiln"]);
+    assert!(out.contains("bc: 569 rows, 31 columns"), "{out}");
+    assert!(out.contains("kiln> runs compare $prev $last"), "{out}");
+    assert!(out.contains("≠  params.model"), "{out}");
+    assert!(out.contains("train_loss"), "{out}");
+    assert!(
+        out.contains("breast-cancer version 1 is now in Production"),
+        "{out}"
+    );
+    assert!(out.contains("predicted_label"), "{out}");
+    assert!(out.contains("best of the session"), "{out}");
+}

@@ -155,6 +155,41 @@ fn a_run_over_the_api_pushes_a_model_that_is_served_and_sigterm_cancels_steps() 
     );
     let r = k.run(&["pipeline", "runs"]);
     assert!(r.stderr.contains("is in use by process"), "{}", r.stderr);
+    // The REPL talks to it over HTTP too.
+    let script = k.file(
+        "up.kiln",
+        "pipeline runs
+pipeline show 1
+",
+    );
+    let out = k.ok(&[
+        "repl",
+        "--server",
+        &server,
+        "--script",
+        &script.display().to_string(),
+    ]);
+    assert!(
+        out.contains("pipeline `retrain-ctr` run 1 succeeded"),
+        "{out}"
+    );
+    let script = k.file(
+        "train.kiln",
+        "train --data x --target y
+",
+    );
+    let r = k.run(&[
+        "repl",
+        "--server",
+        &server,
+        "--script",
+        &script.display().to_string(),
+    ]);
+    assert!(
+        r.stderr.contains("belongs to the kiln up at"),
+        "{}",
+        r.stderr
+    );
 
     // A long run; SIGTERM while it trains cancels the step and the process exits cleanly.
     let long = serde_json::json!({"params": {"rows": 20000, "epochs": 500, "seed": 3}});

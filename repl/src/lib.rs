@@ -141,9 +141,9 @@ pub fn run_script<S: Shell>(
 /// The candidates for the word at `pos` of `line`: where it starts and what it may become.
 pub fn completions<S: Shell>(shell: &S, line: &str, pos: usize) -> (usize, Vec<String>) {
     let before = &line[..pos];
-    let start = before
-        .rfind(char::is_whitespace)
-        .map_or(0, |i| i + before[i..].chars().next().map_or(1, char::len_utf8));
+    let start = before.rfind(char::is_whitespace).map_or(0, |i| {
+        i + before[i..].chars().next().map_or(1, char::len_utf8)
+    });
     let partial = &before[start..];
     let words = split(&before[..start]).unwrap_or_default();
     let mut candidates: Vec<String> = shell

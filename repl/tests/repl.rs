@@ -63,7 +63,10 @@ fn scripts_run_entries_and_stop_at_the_first_error_with_its_line() {
     assert!(shell.lines[1][1].contains("\"c1\": \"x\""));
 
     let mut shell = Record::default();
-    assert_eq!(run_script(&mut shell, "runs list\nexit\nfail\n", "s").unwrap(), 1);
+    assert_eq!(
+        run_script(&mut shell, "runs list\nexit\nfail\n", "s").unwrap(),
+        1
+    );
     let e = run_script(&mut shell, "predict {\n", "t").unwrap_err();
     assert_eq!(e.line, 1);
     assert!(e.message.contains("ends inside a JSON value"));

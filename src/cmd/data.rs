@@ -210,14 +210,19 @@ pub fn run(command: DataCommand) -> Result<Outcome> {
 
 fn describe(file: &Path, read: &ReadArgs, json: bool) -> Result<Outcome> {
     let table = read.read(file)?;
-    let stats = DatasetStatistics::compute(&table);
+    describe_table(&file.display().to_string(), &table, json)
+}
+
+/// Prints a table's statistics: numeric and categorical columns, or JSON.
+pub fn describe_table(name: &str, table: &kiln_core::data::Table, json: bool) -> Result<Outcome> {
+    let stats = DatasetStatistics::compute(table);
     if json {
         ui::print_json(&stats)?;
         return Ok(Outcome::Ok);
     }
     println!(
         "{}: {} rows, {} columns, fingerprint {}",
-        file.display(),
+        name,
         stats.rows,
         stats.columns.len(),
         short_digest(&stats.fingerprint)

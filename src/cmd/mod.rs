@@ -3,6 +3,7 @@ pub mod components;
 pub mod data;
 pub mod pipeline;
 pub mod registry;
+pub mod repl;
 pub mod serve;
 pub mod service;
 pub mod train;

@@ -39,7 +39,7 @@ pub enum DeviceArg {
 pub struct TrainArgs {
     /// The training data (CSV, JSON Lines or Parquet); the last rows are the test set.
     #[arg(long)]
-    data: PathBuf,
+    pub data: PathBuf,
     /// The column to predict.
     #[arg(long)]
     target: String,
@@ -280,8 +280,33 @@ pub fn train_into(
 }
 
 pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
+    train_on(home, args, None)
+}
+
+/// `kiln train` on a table already in memory (the REPL's loaded datasets), or on `--data`.
+pub fn train_on(
+    home: &Home,
+    args: TrainArgs,
+    loaded: Option<&kiln_core::data::Table>,
+) -> Result<Outcome> {
     let config = args.config()?;
-    let table = read_with_target(&args.data, &args.target)?;
+    let read;
+    let table = match loaded {
+        Some(t) => {
+            if t.column_index(&args.target).is_none() {
+                bail!(
+                    "target column `{}` is not in the data{}",
+                    args.target,
+                    kiln_core::suggest::hint(&args.target, t.names())
+                );
+            }
+            t
+        }
+        None => {
+            read = read_with_target(&args.data, &args.target)?;
+            &read
+        }
+    };
     let reg = Registry::open(&home.dir)?;
     let Trained {
         run,
@@ -289,7 +314,7 @@ pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
         manifest,
     } = train_into(
         &reg,
-        &table,
+        table,
         &args.data,
         &args.target,
         &config,

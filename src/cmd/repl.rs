@@ -1,0 +1,604 @@
+//! `kiln repl` (and `kiln` alone in a terminal): every command-line command as a REPL line, with
+//! the same words and options (parsed by the same clap definitions), plus session state: named
+//! datasets loaded once (`load ctr examples/data/ctr.csv`), the current model (`use ctr`) and
+//! the last run as defaults, `predict` with inline JSON rows, `describe` of a loaded dataset.
+//! Against a running `kiln up` (`--server URL`), pipeline and deploy lines go to its API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use clap::{Args, CommandFactory, Parser};
+use kiln_core::data::Table;
+use kiln_core::registry::{Registry, run_id_text};
+use kiln_repl::Shell;
+
+use crate::cmd::registry::Home;
+use crate::ui;
+use crate::{Cli, Command, Outcome};
+
+#[derive(Debug, Args, Default)]
+pub struct ReplArgs {
+    /// Run the lines of this file, stopping at the first error (with its line number).
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// A running `kiln up` to send pipeline and deploy lines to (it owns KILN_HOME).
+    #[arg(long, env = "KILN_SERVER")]
+    server: Option<String>,
+}
+
+/// The REPL's own words, with what they do.
+const OWN: &[(&str, &str)] = &[
+    (
+        "load",
+        "load NAME FILE: read a dataset once; use NAME wherever a command takes --data",
+    ),
+    ("datasets", "datasets: the loaded datasets"),
+    (
+        "describe",
+        "describe NAME: statistics of a loaded dataset (or `data describe FILE`)",
+    ),
+    ("use", "use MODEL[@ALIAS]: the model `predict` uses"),
+    (
+        "predict",
+        "predict {JSON row} or [rows]: score inline rows with the current model",
+    ),
+    ("show", "show: the session's datasets, model and last run"),
+    (
+        "$last",
+        "$last, $prev, $model: the session's last two runs and current model, in any line",
+    ),
+    ("help", "help [COMMAND]: this list, or a command's options"),
+    ("exit", "exit (or Ctrl-D): leave"),
+];
+
+pub struct Session {
+    home: PathBuf,
+    server: Option<String>,
+    datasets: BTreeMap<String, (PathBuf, Table)>,
+    model: Option<String>,
+    last_run: Option<String>,
+    /// Runs trained in this session, oldest first (`$last`, `$prev`).
+    trained: Vec<String>,
+}
+
+pub fn repl(home: &Home, args: ReplArgs) -> Result<Outcome> {
+    let mut session = Session {
+        home: home.dir.clone(),
+        server: args.server.clone(),
+        datasets: BTreeMap::new(),
+        model: None,
+        last_run: None,
+        trained: Vec::new(),
+    };
+    let stdin_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    match &args.script {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kiln_repl::run_script(&mut session, &text, &path.display().to_string())?;
+        }
+        None if !stdin_is_terminal => {
+            let text = std::io::read_to_string(std::io::stdin()).context("reading stdin")?;
+            kiln_repl::run_script(&mut session, &text, "stdin")?;
+        }
+        None => {
+            watch_ctrl_c();
+            std::fs::create_dir_all(&home.dir)
+                .with_context(|| format!("creating {}", home.dir.display()))?;
+            eprintln!(
+                "kiln {} — `help` lists commands, Tab completes, Ctrl-D leaves",
+                env!("CARGO_PKG_VERSION")
+            );
+            kiln_repl::interactive(session, &home.dir.join("repl_history"))?;
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Ctrl-C while a line runs stops long work (training stops at its next batch) instead of the
+/// process; at the prompt, rustyline reads it as a key and drops the line being typed.
+fn watch_ctrl_c() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                ui::INTERRUPTED.store(true, Ordering::Relaxed);
+                eprintln!("\ninterrupting…");
+            }
+        });
+    });
+}
+
+fn subcommand_names() -> Vec<String> {
+    Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect()
+}
+
+impl Session {
+    fn registry(&self) -> Result<Registry> {
+        Ok(Registry::open(&self.home)?)
+    }
+
+    fn cli(&mut self, words: &[String]) -> Result<()> {
+        let mut words = words.to_vec();
+        // Loaded datasets by name wherever a file is asked for.
+        let mut loaded: Option<String> = None;
+        for i in 1..words.len() {
+            if words[i - 1] == "--data"
+                && let Some((path, _)) = self.datasets.get(&words[i])
+            {
+                loaded = Some(words[i].clone());
+                words[i] = path.display().to_string();
+            }
+        }
+        let first = words.first().cloned().unwrap_or_default();
+        let first = first.as_str();
+        // Defaults from the session.
+        if words.len() == 2
+            && first == "runs"
+            && words[1] == "show"
+            && let Some(r) = &self.last_run
+        {
+            words.push(r.clone());
+        }
+        if first == "predict"
+            && !words.iter().any(|w| w == "--model" || w == "--bundle")
+            && let Some(m) = &self.model
+        {
+            words.extend(["--model".to_string(), m.clone()]);
+        }
+        if let Some(url) = &self.server {
+            let over_http = first == "deploy"
+                || (first == "pipeline"
+                    && words
+                        .get(1)
+                        .is_some_and(|w| w != "validate" && w != "run" && w != "backfill"));
+            if !over_http {
+                anyhow::bail!(
+                    "this kiln's KILN_HOME belongs to the kiln up at {url}; over HTTP the REPL runs \
+                     `pipeline runs|show|logs|cancel|schedule` and `deploy` (start a run with \
+                     POST /api/pipelines/NAME/runs)"
+                );
+            }
+            words.extend(["--server".to_string(), url.clone()]);
+        }
+        let cli = match Cli::try_parse_from(
+            std::iter::once("kiln".to_string()).chain(words.iter().cloned()),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                use clap::error::ErrorKind;
+                if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                    print!("{e}");
+                    return Ok(());
+                }
+                if e.kind() == ErrorKind::InvalidSubcommand
+                    && !subcommand_names().iter().any(|n| n == first)
+                {
+                    let mut names = subcommand_names();
+                    names.extend(OWN.iter().map(|(n, _)| n.to_string()));
+                    anyhow::bail!(
+                        "no command `{first}`{}; `help` lists them",
+                        kiln_core::suggest::hint(first, names.iter().map(String::as_str))
+                    );
+                }
+                let text = e.render().to_string();
+                anyhow::bail!("{}", text.trim_start_matches("error: ").trim_end());
+            }
+        };
+        let home = Home {
+            dir: self.home.clone(),
+        };
+        let Some(command) = cli.command else {
+            return Ok(());
+        };
+        let trains = matches!(command, Command::Train(_) | Command::Sweep(_));
+        ui::INTERRUPTED.store(false, Ordering::Relaxed);
+        let outcome = match (command, loaded.as_ref().and_then(|n| self.datasets.get(n))) {
+            (Command::Repl(_), _) => anyhow::bail!("this is the REPL already"),
+            (Command::Train(args), Some((_, table))) => {
+                crate::cmd::train::train_on(&home, args, Some(table))
+            }
+            (command, _) => crate::dispatch(&home, command),
+        };
+        if trains {
+            self.after_training();
+        }
+        match outcome? {
+            Outcome::Ok => Ok(()),
+            Outcome::Anomalies => anyhow::bail!("anomalies at or above the failing severity"),
+        }
+    }
+
+    /// Remembers the newest run and draws its loss curves.
+    fn after_training(&mut self) {
+        let Ok(reg) = self.registry() else { return };
+        let Some(run) = reg
+            .runs(None)
+            .ok()
+            .and_then(|r| r.into_iter().max_by_key(|r| r.id))
+        else {
+            return;
+        };
+        self.last_run = Some(run_id_text(run.id));
+        self.trained.push(run_id_text(run.id));
+        for key in ["train_loss", "validation_loss"] {
+            if let Ok(points) = reg.metric_history(run.id, key, Some(60))
+                && points.len() > 1
+            {
+                let values: Vec<f64> = points.iter().map(|p| p.value).collect();
+                println!(
+                    "{key:>16} {} {} → {}",
+                    ui::sparkline(&values),
+                    ui::num(values[0]),
+                    ui::num(values[values.len() - 1])
+                );
+            }
+        }
+    }
+
+    fn load(&mut self, name: &str, path: &str) -> Result<()> {
+        let path = PathBuf::from(path);
+        let table =
+            kiln_core::data::read_with_progress(&path, &Default::default(), &ui::Bar::new())?;
+        println!(
+            "{name}: {} rows, {} columns ({})",
+            table.num_rows(),
+            table.num_columns(),
+            table.names().collect::<Vec<_>>().join(", ")
+        );
+        self.datasets.insert(name.to_string(), (path, table));
+        Ok(())
+    }
+
+    fn use_model(&mut self, spec: &str) -> Result<()> {
+        let name = spec.split(['@', ':']).next().unwrap_or(spec);
+        let reg = self.registry()?;
+        let model = reg.model(name)?;
+        self.model = Some(spec.to_string());
+        println!("using {spec} (model `{}`)", model.name);
+        Ok(())
+    }
+
+    fn predict_inline(&mut self, json: &str) -> Result<()> {
+        let value: serde_json::Value =
+            serde_json::from_str(json).context("the rows are not valid JSON")?;
+        let rows = match value {
+            serde_json::Value::Object(_) => vec![value],
+            serde_json::Value::Array(a) if !a.is_empty() && a.iter().all(|v| v.is_object()) => a,
+            _ => anyhow::bail!("give one row as a JSON object, or several as an array of objects"),
+        };
+        let model = self.model.clone().ok_or_else(|| {
+            anyhow::anyhow!("no current model; `use NAME` first (`models list` shows them)")
+        })?;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("rows.jsonl");
+        let text: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        std::fs::write(&file, text.join("\n") + "\n")?;
+        let words: Vec<String> = [
+            "predict",
+            "--model",
+            &model,
+            "--data",
+            &file.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.cli(&words)
+    }
+
+    fn help(&self, topic: Option<&str>) -> Result<()> {
+        match topic {
+            None => {
+                println!("REPL commands:");
+                for (_, text) in OWN {
+                    println!("  {text}");
+                }
+                println!("\nkiln commands (the same words and options as on the command line):");
+                for c in Cli::command().get_subcommands() {
+                    println!(
+                        "  {:<12} {}",
+                        c.get_name(),
+                        c.get_about().map(|a| a.to_string()).unwrap_or_default()
+                    );
+                }
+                println!(
+                    "\n`help COMMAND` shows a command's options; Tab completes commands, options, columns, models and runs."
+                );
+            }
+            Some(t) => {
+                if let Some((_, text)) = OWN.iter().find(|(n, _)| *n == t) {
+                    println!("{text}");
+                    return Ok(());
+                }
+                let mut cmd = Cli::command();
+                match cmd.find_subcommand_mut(t) {
+                    Some(sub) => println!("{}", sub.render_long_help()),
+                    None => {
+                        let mut names = subcommand_names();
+                        names.extend(OWN.iter().map(|(n, _)| n.to_string()));
+                        anyhow::bail!(
+                            "no command `{t}`{}",
+                            kiln_core::suggest::hint(t, names.iter().map(String::as_str))
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn show(&self) {
+        let rows = self
+            .datasets
+            .iter()
+            .map(|(n, (p, t))| {
+                vec![
+                    n.clone(),
+                    p.display().to_string(),
+                    t.num_rows().to_string(),
+                    t.num_columns().to_string(),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            ui::table(&["dataset", "file", "rows", "columns"], rows, &[2, 3])
+        );
+        println!(
+            "model: {}\nlast run: {}\nhome: {}{}",
+            self.model.as_deref().unwrap_or("(none; `use NAME`)"),
+            self.last_run.as_deref().unwrap_or("(none)"),
+            self.home.display(),
+            self.server
+                .as_ref()
+                .map_or(String::new(), |s| format!(" (through {s})"))
+        );
+    }
+
+    /// `$last` and `$prev` (the session's last two runs) and `$model` in a line.
+    fn expand(&self, words: &[String]) -> Result<Vec<String>> {
+        words
+            .iter()
+            .map(|w| {
+                let pick = |n: usize, what: &str| {
+                    self.trained
+                        .len()
+                        .checked_sub(n)
+                        .and_then(|i| self.trained.get(i))
+                        .cloned()
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "`{what}`: this session has trained {} runs",
+                                self.trained.len()
+                            )
+                        })
+                };
+                match w.as_str() {
+                    "$last" => pick(1, w),
+                    "$prev" => pick(2, w),
+                    "$model" => self.model.clone().ok_or_else(|| {
+                        anyhow::anyhow!("`$model`: no current model; `use NAME` first")
+                    }),
+                    _ => Ok(w.clone()),
+                }
+            })
+            .collect()
+    }
+
+    fn dispatch_line(&mut self, words: &[String]) -> Result<()> {
+        let words = &self.expand(words)?;
+        let first = words[0].as_str();
+        match (first, words.len()) {
+            ("help", 1) => self.help(None),
+            ("help", 2) => self.help(Some(&words[1])),
+            ("load", 3) => self.load(&words[1], &words[2]),
+            ("load", _) => anyhow::bail!("load NAME FILE: give a name and a file"),
+            ("datasets", 1) | ("show", 1) => {
+                self.show();
+                Ok(())
+            }
+            ("describe", 2) => match self.datasets.get(&words[1]) {
+                Some((_, table)) => {
+                    crate::cmd::data::describe_table(&words[1], table, false).map(|_| ())
+                }
+                None if std::path::Path::new(&words[1]).exists() => {
+                    self.cli(&["data".into(), "describe".into(), words[1].clone()])
+                }
+                None => anyhow::bail!(
+                    "no dataset `{}`{}; `load NAME FILE` first",
+                    words[1],
+                    kiln_core::suggest::hint(&words[1], self.datasets.keys().map(String::as_str))
+                ),
+            },
+            ("use", 2) => self.use_model(&words[1]),
+            ("predict", 2) if words[1].starts_with(['{', '[']) => self.predict_inline(&words[1]),
+            _ => self.cli(words),
+        }
+    }
+}
+
+impl Shell for Session {
+    fn run(&mut self, words: &[String]) -> Result<(), String> {
+        if words.is_empty() {
+            return Ok(());
+        }
+        self.dispatch_line(words).map_err(|e| format!("{e:#}"))
+    }
+
+    fn prompt(&self) -> String {
+        match &self.model {
+            Some(m) => format!("kiln ({m})> "),
+            None => "kiln> ".to_string(),
+        }
+    }
+
+    fn complete(&self, words: &[String], partial: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let Some(first) = words.first() else {
+            out.extend(subcommand_names());
+            out.extend(
+                OWN.iter()
+                    .filter(|(n, _)| !n.starts_with('$'))
+                    .map(|(n, _)| n.to_string()),
+            );
+            return out;
+        };
+        let previous = words.last().map(String::as_str).unwrap_or("");
+        if partial.starts_with('-') {
+            // Options of the subcommand the words name.
+            let mut current = Cli::command();
+            for w in words {
+                match current.find_subcommand(w) {
+                    Some(sub) => current = sub.clone(),
+                    None => break,
+                }
+            }
+            out.extend(
+                current
+                    .get_arguments()
+                    .filter_map(|a| a.get_long().map(|l| format!("--{l}"))),
+            );
+            return out;
+        }
+        match (first.as_str(), previous) {
+            ("help", _) if words.len() == 1 => {
+                out.extend(subcommand_names());
+                out.extend(OWN.iter().map(|(n, _)| n.to_string()));
+            }
+            (_, "--data") | ("describe", "describe") => out.extend(self.datasets.keys().cloned()),
+            (_, "--target") => {
+                for (_, table) in self.datasets.values() {
+                    out.extend(table.names().map(str::to_string));
+                }
+            }
+            ("use", "use") | (_, "--model") => out.extend(self.model_candidates(partial)),
+            ("models", _) if words.len() >= 2 && words.len() <= 3 && previous != "models" => {
+                out.extend(self.model_candidates(partial));
+            }
+            ("runs", "show" | "compare" | "delete" | "end" | "log" | "artifact") => {
+                if let Ok(reg) = self.registry()
+                    && let Ok(runs) = reg.runs(None)
+                {
+                    out.extend(runs.iter().map(|r| run_id_text(r.id)));
+                }
+            }
+            _ if words.len() == 1 => {
+                // A command's subcommands.
+                if let Some(sub) = Cli::command().find_subcommand(first) {
+                    out.extend(sub.get_subcommands().map(|c| c.get_name().to_string()));
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+impl Session {
+    /// Model names, or `NAME@ALIAS` once `@` is typed.
+    fn model_candidates(&self, partial: &str) -> Vec<String> {
+        let Ok(reg) = self.registry() else {
+            return Vec::new();
+        };
+        match partial.split_once('@') {
+            Some((name, _)) => reg
+                .aliases(name)
+                .map(|a| a.keys().map(|k| format!("{name}@{k}")).collect())
+                .unwrap_or_default(),
+            None => reg
+                .models()
+                .map(|m| m.into_iter().map(|m| m.name).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn session() -> (tempfile::TempDir, Session) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Session {
+            home: dir.path().join("home"),
+            server: None,
+            datasets: BTreeMap::new(),
+            model: None,
+            last_run: None,
+            trained: Vec::new(),
+        };
+        (dir, s)
+    }
+
+    fn words(line: &str) -> Vec<String> {
+        kiln_repl::split(line).unwrap()
+    }
+
+    #[test]
+    fn completion_knows_commands_options_columns_and_datasets() {
+        let (_d, mut s) = session();
+        let data = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/data/breast_cancer.csv"
+        );
+        s.run(&words(&format!("load bc {data}"))).unwrap();
+        let (_, c) = kiln_repl::completions(&s, "tr", 2);
+        assert_eq!(c, ["train"]);
+        let (_, c) = kiln_repl::completions(&s, "lo", 2);
+        assert_eq!(c, ["load"]);
+        let line = "train --data bc --tar";
+        let (start, c) = kiln_repl::completions(&s, line, line.len());
+        assert_eq!((start, c), (16, vec!["--target".to_string()]));
+        let line = "train --data bc --target la";
+        let (_, c) = kiln_repl::completions(&s, line, line.len());
+        assert_eq!(c, ["label"]);
+        let line = "train --data ";
+        let (_, c) = kiln_repl::completions(&s, line, line.len());
+        assert_eq!(c, ["bc"]);
+        let line = "runs s";
+        let (_, c) = kiln_repl::completions(&s, line, line.len());
+        assert_eq!(c, ["show"]);
+    }
+
+    #[test]
+    fn bad_lines_give_a_message_and_the_session_goes_on() {
+        let (_d, mut s) = session();
+        let e = s.run(&words("trian --data x")).unwrap_err();
+        assert!(
+            e.contains("no command `trian`; did you mean `train`?"),
+            "{e}"
+        );
+        let e = s.run(&words("lod x y z")).unwrap_err();
+        assert!(e.contains("did you mean `load`?"), "{e}");
+        let e = s.run(&words("describe nothing")).unwrap_err();
+        assert!(e.contains("no dataset `nothing`"), "{e}");
+        let e = s
+            .run(&words("train --data x --target y --epochs many"))
+            .unwrap_err();
+        assert!(e.contains("--epochs") && e.contains("many"), "{e}");
+        let e = s.run(&words("predict {\"a\": ")).unwrap_err();
+        assert!(e.contains("not valid JSON"), "{e}");
+        let e = s.run(&words("predict {\"a\": 1}")).unwrap_err();
+        assert!(e.contains("no current model"), "{e}");
+        // Still working.
+        let data = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/data/breast_cancer.csv"
+        );
+        s.run(&words(&format!("load bc {data}"))).unwrap();
+        s.run(&words("describe bc")).unwrap();
+        s.run(&words("help train")).unwrap();
+    }
+}
