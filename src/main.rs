@@ -47,6 +47,9 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Registry, scheduler and model server in one process, on one port.
     Up(cmd::up::UpArgs),
+    /// Watch served models: drift of each feature against the training statistics.
+    #[command(subcommand)]
+    Monitor(cmd::monitor::MonitorCommand),
     /// The interactive console: every command as a line, with datasets and models kept.
     Repl(cmd::repl::ReplArgs),
     /// Route a model's traffic: split between versions, a shadow version, dynamic batching.
@@ -68,6 +71,7 @@ fn dispatch(home: &cmd::registry::Home, command: Command) -> anyhow::Result<Outc
         Command::Deploy(a) => cmd::serve::deploy(home, a),
         Command::Up(a) => cmd::up::up(home, a),
         Command::Repl(a) => cmd::repl::repl(home, a),
+        Command::Monitor(c) => cmd::monitor::run(home, c),
     }
 }
 

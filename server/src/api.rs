@@ -23,6 +23,28 @@ pub fn reads() -> Router<AppState> {
         .route("/api/models/{name}", get(show_model))
         .route("/api/models/{name}/deployment", get(show_deployment))
         .route("/api/deployments", get(list_deployments))
+        .route("/api/models/{name}/drift", get(show_drift))
+}
+
+async fn show_drift(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&state, move |models| {
+        let reports = models.drift(&name)?;
+        let alarms: Vec<String> = reports
+            .iter()
+            .flat_map(|r| r.alarms().into_iter().map(|f| f.feature.clone()))
+            .collect();
+        Ok(Json(json!({
+            "model": name,
+            "sample": models.log_config().sample,
+            "window": models.log_config().window,
+            "alarms": alarms,
+            "versions": reports,
+        })))
+    })
+    .await
 }
 
 /// Endpoints that change state; they need the token when one is set.

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub timeout: Duration,
     /// Who management calls are recorded as (alias history), besides the caller's own note.
     pub actor: String,
+    /// The prediction log and drift windows.
+    pub log: crate::predlog::LogConfig,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +46,7 @@ impl Default for ServerConfig {
             max_body: 16 << 20,
             timeout: Duration::from_secs(30),
             actor: "kiln-server".into(),
+            log: crate::predlog::LogConfig::default(),
         }
     }
 }
@@ -143,6 +146,7 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state.models.refresh_drift_metrics();
     (
         [(
             header::CONTENT_TYPE,

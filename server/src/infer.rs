@@ -53,7 +53,8 @@ pub async fn predict<T: Send + 'static>(
     let started = Instant::now();
     let (version, batcher, shadow) = route(models, model, which).await?;
     let v = version.clone();
-    let keep_rows = shadow.is_some();
+    let log = models.log().filter(|l| l.sampled());
+    let keep_rows = shadow.is_some() || log.is_some();
     let step = crate::compute::run(move || -> Result<_, ServeError> {
         let (rows, extra) = decode(&v.runtime)?;
         let features = v.runtime.features(&rows)?;
@@ -76,8 +77,16 @@ pub async fn predict<T: Send + 'static>(
         .metrics
         .latency
         .observe(started.elapsed().as_secs_f64());
-    if let (Some(shadow), Some(rows)) = (shadow, rows) {
-        copy_to_shadow(models.clone(), shadow, rows, values.clone());
+    match (shadow, log, rows) {
+        (Some(shadow), Some(log), Some(rows)) => {
+            log.offer(version.clone(), rows.clone(), values.clone());
+            copy_to_shadow(models.clone(), shadow, rows, values.clone());
+        }
+        (Some(shadow), None, Some(rows)) => {
+            copy_to_shadow(models.clone(), shadow, rows, values.clone());
+        }
+        (None, Some(log), Some(rows)) => log.offer(version.clone(), rows, values.clone()),
+        _ => {}
     }
     Ok((
         Prediction {
@@ -99,6 +108,11 @@ fn roll() -> u32 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) % 100) as u32
+}
+
+/// A number in `0..1000`, for sampling.
+pub(crate) fn roll_permille() -> u32 {
+    roll() * 10 + roll() / 10
 }
 
 enum Step {

@@ -11,11 +11,13 @@ pub mod app;
 pub mod batch;
 mod compute;
 pub mod decode;
+pub mod drift;
 pub mod error;
 pub mod infer;
 mod metrics;
 mod mlflow;
 pub mod models;
+pub mod predlog;
 pub mod runtime;
 mod tfserving;
 pub mod v2;
@@ -44,7 +46,9 @@ pub async fn start(
         );
     }
     compute::start();
-    let models = Arc::new(Models::new(registry, selection, Arc::new(Metrics::new())));
+    let models = Arc::new(
+        Models::new(registry, selection, Arc::new(Metrics::new())).with_log(config.log.clone()),
+    );
     let m = models.clone();
     tokio::task::spawn_blocking(move || m.load_all())
         .await

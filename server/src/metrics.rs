@@ -1,8 +1,10 @@
 //! Prometheus metrics of the server, in the text exposition format on `/metrics`: requests,
-//! errors, latency and batch sizes per model and version, loaded models, swaps and shadow agreement.
+//! errors, latency and batch sizes per model and version, loaded models, swaps, shadow agreement,
+//! the prediction log, and drift per feature.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the server keeps, registered in its own registry (not the process-global one,
@@ -18,6 +20,10 @@ pub struct Metrics {
     pub swaps: IntCounterVec,
     pub shadow_requests: IntCounterVec,
     pub shadow_agreements: IntCounterVec,
+    pub logged: IntCounterVec,
+    pub log_dropped: IntCounterVec,
+    pub drift: GaugeVec,
+    pub drift_alarm: IntGaugeVec,
 }
 
 impl Metrics {
@@ -51,7 +57,43 @@ impl Metrics {
         registry
             .register(Box::new(loaded.clone()))
             .unwrap_or_else(|e| unreachable!("metric: {e}"));
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+            registry
+                .register(Box::new(g.clone()))
+                .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+            g
+        };
+        let drift_alarm = IntGaugeVec::new(
+            Opts::new(
+                "kiln_drift_alarm",
+                "1 when a feature (or the prediction) of a served version crosses a drift threshold",
+            ),
+            &["model", "version", "feature"],
+        )
+        .unwrap_or_else(|e| unreachable!("metric: {e}"));
+        registry
+            .register(Box::new(drift_alarm.clone()))
+            .unwrap_or_else(|e| unreachable!("metric: {e}"));
         Metrics {
+            logged: counter(
+                "kiln_predictions_logged_total",
+                "Requests sampled into the prediction log, by model and version",
+                &["model", "version"],
+            ),
+            log_dropped: counter(
+                "kiln_predictions_log_dropped_total",
+                "Sampled requests dropped because the prediction log's queue was full",
+                &["model"],
+            ),
+            drift: gauge(
+                "kiln_drift",
+                "Drift of a feature of a served version over the window: psi and js for numbers, \
+                 linf and unseen for categories, missing for every feature",
+                &["model", "version", "feature", "measure"],
+            ),
+            drift_alarm,
             requests: counter(
                 "kiln_requests_total",
                 "Inference requests answered, by model, version and protocol",

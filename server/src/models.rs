@@ -26,6 +26,8 @@ pub struct Version {
     pub label: String,
     /// This version's metric series, looked up once rather than per request.
     pub metrics: VersionMetrics,
+    /// Its drift window, fed by the prediction log.
+    pub monitor: crate::drift::Monitor,
 }
 
 /// The metric series one version's requests update.
@@ -107,6 +109,8 @@ pub struct Models {
     loaded: Mutex<HashMap<(String, u32), Arc<Version>>>,
     extra: Mutex<VecDeque<(String, u32)>>,
     reconciling: Mutex<()>,
+    log: Option<Arc<crate::predlog::PredictionLog>>,
+    log_config: crate::predlog::LogConfig,
 }
 
 impl Models {
@@ -120,6 +124,99 @@ impl Models {
             loaded: Mutex::new(HashMap::new()),
             extra: Mutex::new(VecDeque::new()),
             reconciling: Mutex::new(()),
+            log: None,
+            log_config: crate::predlog::LogConfig::default(),
+        }
+    }
+
+    /// Logs a sample of requests under `KILN_HOME/predictions` and keeps drift windows.
+    pub fn with_log(mut self, config: crate::predlog::LogConfig) -> Models {
+        if config.sample > 0.0 {
+            self.log = Some(Arc::new(crate::predlog::PredictionLog::start(
+                self.registry.home().join("predictions"),
+                &config,
+                self.metrics.clone(),
+            )));
+        }
+        self.log_config = config;
+        self
+    }
+
+    pub fn log(&self) -> Option<&Arc<crate::predlog::PredictionLog>> {
+        self.log.as_ref()
+    }
+
+    pub fn log_config(&self) -> &crate::predlog::LogConfig {
+        &self.log_config
+    }
+
+    /// Drift reports of a model's live versions (routes, then the shadow).
+    pub fn drift(&self, model: &str) -> Result<Vec<crate::drift::DriftReport>, ServeError> {
+        self.require(model)?;
+        let Some(live) = self.live(model) else {
+            return Ok(Vec::new());
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let c = &self.log_config;
+        Ok(live
+            .routes
+            .iter()
+            .map(|r| &r.version)
+            .chain(live.shadow.as_ref())
+            .filter(|v| seen.insert(v.version))
+            .map(|v| {
+                v.monitor
+                    .report(model, v.version, &c.thresholds, &c.feature_thresholds)
+            })
+            .collect())
+    }
+
+    /// Sets the drift gauges of every loaded version (before `/metrics` is rendered).
+    pub fn refresh_drift_metrics(&self) {
+        if self.log.is_none() {
+            return;
+        }
+        let loaded: Vec<Arc<Version>> = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let c = &self.log_config;
+        for v in loaded {
+            let report =
+                v.monitor
+                    .report(&v.model, v.version, &c.thresholds, &c.feature_thresholds);
+            for f in report.features.iter().chain(report.prediction.as_ref()) {
+                let labels = |m: &'static str| {
+                    [
+                        v.model.clone(),
+                        v.label.clone(),
+                        f.feature.clone(),
+                        m.to_string(),
+                    ]
+                };
+                for (measure, value) in [
+                    ("psi", f.psi),
+                    ("js", f.js),
+                    ("linf", f.linf),
+                    ("unseen", f.unseen),
+                    ("missing", Some(f.missing)),
+                ] {
+                    if let Some(x) = value {
+                        let l = labels(measure);
+                        self.metrics
+                            .drift
+                            .with_label_values(&[&l[0], &l[1], &l[2], &l[3]])
+                            .set(x);
+                    }
+                }
+                self.metrics
+                    .drift_alarm
+                    .with_label_values(&[&v.model, &v.label, &f.feature])
+                    .set(i64::from(f.alarm));
+            }
         }
     }
 
@@ -284,9 +381,11 @@ impl Models {
         let runtime = Runtime::load(&dir)?;
         runtime.warm_up()?;
         let label = version.to_string();
+        let monitor = crate::drift::Monitor::new(runtime.manifest(), self.log_config.window);
         let v = Arc::new(Version {
             model: model.to_string(),
             version,
+            monitor,
             runtime: Arc::new(runtime),
             load_time: started.elapsed(),
             metrics: VersionMetrics::new(&self.metrics, model, &label),

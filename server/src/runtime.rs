@@ -84,7 +84,7 @@ impl Rows {
         }
     }
 
-    fn cell(&self, row: usize, input: usize) -> Cell<'_> {
+    pub(crate) fn cell(&self, row: usize, input: usize) -> Cell<'_> {
         match &self.data {
             RowData::Columns(columns) => columns[input].cell(row),
             RowData::Matrix { values, width } => Cell::Number(values[row * width + input]),

@@ -1,6 +1,7 @@
 //! The subcommands of the `kiln` binary, one module per group.
 pub mod components;
 pub mod data;
+pub mod monitor;
 pub mod pipeline;
 pub mod registry;
 pub mod repl;

@@ -38,11 +38,67 @@ pub struct ServeArgs {
     /// How long a request may take before it is answered with 408 (e.g. 30s, 500ms).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// The share of requests logged to KILN_HOME/predictions and watched for drift (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    log_sample: f64,
+    /// Rows in each served version's drift window.
+    #[arg(long, default_value_t = 10_000)]
+    drift_window: usize,
+    /// Drift thresholds (TOML): psi, js, linf, unseen, missing, min_rows at the top, and
+    /// `[features.NAME]` tables for single features.
+    #[arg(long)]
+    drift_thresholds: Option<std::path::PathBuf>,
+}
+
+/// Reads a drift thresholds file: defaults at the top (over kiln's), then per feature (over
+/// those).
+pub fn read_thresholds(
+    path: &std::path::Path,
+) -> Result<(
+    kiln_server::drift::Thresholds,
+    std::collections::BTreeMap<String, kiln_server::drift::Thresholds>,
+)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| path.display().to_string())?;
+    let features = table.remove("features");
+    let merge = |base: toml::Table,
+                 over: &toml::Table|
+     -> Result<(kiln_server::drift::Thresholds, toml::Table)> {
+        let mut merged = base;
+        for (k, v) in over {
+            merged.insert(k.clone(), v.clone());
+        }
+        let t: kiln_server::drift::Thresholds = toml::Value::Table(merged.clone())
+            .try_into()
+            .with_context(|| format!("{}: thresholds", path.display()))?;
+        Ok((t, merged))
+    };
+    let base = toml::Table::try_from(kiln_server::drift::Thresholds::default())
+        .context("default thresholds")?;
+    let (defaults, default_table) = merge(base, &table)?;
+    let mut per = std::collections::BTreeMap::new();
+    if let Some(f) = features {
+        let f = f
+            .as_table()
+            .ok_or_else(|| anyhow::anyhow!("{}: `features` must be tables", path.display()))?;
+        for (name, t) in f {
+            let t = t.as_table().ok_or_else(|| {
+                anyhow::anyhow!("{}: `features.{name}` must be a table", path.display())
+            })?;
+            per.insert(name.clone(), merge(default_table.clone(), t)?.0);
+        }
+    }
+    Ok((defaults, per))
 }
 
 impl ServeArgs {
     /// The address, the models to serve and the server's settings.
-    pub fn parts(&self) -> (SocketAddr, Selection, ServerConfig) {
+    pub fn parts(&self) -> Result<(SocketAddr, Selection, ServerConfig)> {
+        if !(0.0..=1.0).contains(&self.log_sample) {
+            bail!("--log-sample {} must be between 0 and 1", self.log_sample);
+        }
         let selection = if self.models.is_empty() {
             Selection::All
         } else {
@@ -54,8 +110,19 @@ impl ServeArgs {
             max_body: self.max_body,
             timeout: self.timeout,
             actor: std::env::var("USER").unwrap_or_else(|_| "kiln-server".into()),
+            log: kiln_server::predlog::LogConfig {
+                sample: self.log_sample,
+                window: self.drift_window,
+                ..Default::default()
+            },
         };
-        (self.addr, selection, config)
+        let mut config = config;
+        if let Some(path) = &self.drift_thresholds {
+            let (defaults, per) = read_thresholds(path)?;
+            config.log.thresholds = defaults;
+            config.log.feature_thresholds = per;
+        }
+        Ok((self.addr, selection, config))
     }
 }
 
@@ -81,7 +148,7 @@ pub fn announce(state: &kiln_server::AppState, addr: SocketAddr, what: &str) -> 
 pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
     pin_compute_threads()?;
     let registry = Arc::new(Registry::open(&home.dir)?);
-    let (addr, selection, config) = args.parts();
+    let (addr, selection, config) = args.parts()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiln-http")

@@ -106,7 +106,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
             ),
         }
     }
-    let (addr, selection, config) = args.serve.parts();
+    let (addr, selection, config) = args.serve.parts()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiln-up")

@@ -1,0 +1,240 @@
+//! `kiln monitor drift MODEL`: each feature's drift against the training statistics, from a
+//! running server's windows (`--server`) or from the prediction log in `KILN_HOME`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use kiln_core::bundle;
+use kiln_core::registry::Registry;
+use kiln_server::drift::{DriftReport, Monitor, Thresholds};
+use kiln_server::runtime::{Column, Rows};
+
+use crate::Outcome;
+use crate::cmd::registry::Home;
+use crate::ui::{self, num};
+
+#[derive(Debug, Subcommand)]
+pub enum MonitorCommand {
+    /// Drift per feature and of the predictions; exit code 3 when a threshold is crossed.
+    Drift(DriftArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DriftArgs {
+    model: String,
+    /// The version to judge (default: the one `champion` points to).
+    #[arg(long)]
+    version: Option<u32>,
+    /// Ask a running `kiln serve` or `kiln up` for its live windows instead of reading the log.
+    #[arg(long, env = "KILN_SERVER")]
+    server: Option<String>,
+    /// Rows of the log to judge, newest first (reading the log).
+    #[arg(long, default_value_t = 10_000)]
+    window: usize,
+    /// Thresholds (TOML, as for `kiln serve --drift-thresholds`), when reading the log.
+    #[arg(long)]
+    thresholds: Option<std::path::PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(home: &Home, command: MonitorCommand) -> Result<Outcome> {
+    let MonitorCommand::Drift(args) = command;
+    let reports = match &args.server {
+        Some(url) => from_server(url, &args.model)?,
+        None => vec![from_log(home, &args)?],
+    };
+    if args.json {
+        ui::print_json(&reports)?;
+    } else {
+        for r in &reports {
+            print(r);
+        }
+    }
+    let alarms = reports.iter().any(|r| !r.alarms().is_empty());
+    Ok(if alarms {
+        Outcome::Anomalies
+    } else {
+        Outcome::Ok
+    })
+}
+
+fn from_server(url: &str, model: &str) -> Result<Vec<DriftReport>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let url = format!("{}/api/models/{model}/drift", url.trim_end_matches('/'));
+    let mut response = agent
+        .get(&url)
+        .call()
+        .with_context(|| format!("calling {url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("reading the answer of {url}"))?;
+    if !status.is_success() {
+        bail!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("the server refused")
+        );
+    }
+    serde_json::from_value(body["versions"].clone()).context("the server's drift report")
+}
+
+/// Replays the newest logged rows of a version through a fresh window.
+fn from_log(home: &Home, args: &DriftArgs) -> Result<DriftReport> {
+    let reg = Registry::open(&home.dir)?;
+    let version = match args.version {
+        Some(v) => reg.version(&args.model, v)?,
+        None => reg.resolve(&args.model, "champion")?,
+    };
+    let scratch = tempfile::tempdir()?;
+    let dir = scratch.path().join("bundle");
+    reg.export_artifact(&version.artifact, &dir)?;
+    let (manifest, _) = bundle::read(&dir)?;
+    let logs = home
+        .dir
+        .join("predictions")
+        .join(&args.model)
+        .join(version.version.to_string());
+    let mut lines: Vec<String> = Vec::new();
+    for name in ["current.jsonl", "previous.jsonl"] {
+        let path = logs.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut file_lines: Vec<String> = text.lines().map(str::to_string).collect();
+        file_lines.reverse();
+        lines.extend(file_lines);
+        if lines.len() >= args.window {
+            break;
+        }
+    }
+    lines.truncate(args.window);
+    lines.reverse();
+    if lines.is_empty() {
+        bail!(
+            "no logged predictions of {} version {} in {}; serve it (`kiln serve`, logging is on by default) or ask a running server with --server",
+            args.model,
+            version.version,
+            logs.display()
+        );
+    }
+    let (thresholds, per) = match &args.thresholds {
+        Some(p) => crate::cmd::serve::read_thresholds(p)?,
+        None => (Thresholds::default(), Default::default()),
+    };
+    let monitor = Monitor::new(&manifest, args.window);
+    let (rows, outputs, width) = rows_of(&manifest, &lines, &logs)?;
+    monitor.observe(&rows, &outputs, width);
+    Ok(monitor.report(&args.model, version.version, &thresholds, &per))
+}
+
+fn rows_of(
+    manifest: &bundle::Manifest,
+    lines: &[String],
+    logs: &Path,
+) -> Result<(Rows, Vec<f32>, usize)> {
+    let mut columns: Vec<Column> = manifest
+        .signature
+        .iter()
+        .map(|c| {
+            if c.column_type == kiln_core::data::ColumnType::Categorical {
+                Column::Texts(Vec::with_capacity(lines.len()))
+            } else {
+                Column::Numbers(Vec::with_capacity(lines.len()))
+            }
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    let mut width = 0;
+    for (n, line) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow!("{}: line {}: {e}", logs.display(), n + 1))?;
+        for (c, col) in manifest.signature.iter().zip(columns.iter_mut()) {
+            let x = &v["inputs"][&c.name];
+            match col {
+                Column::Numbers(values) => values.push(x.as_f64()),
+                Column::Texts(values) => values.push(x.as_str().map(str::to_string)),
+            }
+        }
+        let out: Vec<f32> = v["outputs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64().map(|f| f as f32))
+                    .collect()
+            })
+            .unwrap_or_default();
+        width = out.len();
+        outputs.extend(out);
+    }
+    Ok((Rows::from_columns(lines.len(), columns), outputs, width))
+}
+
+fn print(r: &DriftReport) {
+    let fmt = |x: Option<f64>| x.map_or("-".to_string(), num);
+    let rows = r
+        .features
+        .iter()
+        .chain(r.prediction.as_ref())
+        .map(|f| {
+            vec![
+                if f.alarm {
+                    format!("! {}", f.feature)
+                } else {
+                    format!("  {}", f.feature)
+                },
+                f.kind.clone(),
+                fmt(f.psi),
+                fmt(f.js),
+                fmt(f.linf),
+                fmt(f.unseen),
+                format!("{} ({})", num(f.missing), num(f.missing_train)),
+                f.reasons.join("; "),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        ui::table(
+            &[
+                "feature",
+                "kind",
+                "psi",
+                "js",
+                "linf",
+                "unseen",
+                "missing (train)",
+                "alarm"
+            ],
+            rows,
+            &[2, 3, 4, 5]
+        )
+    );
+    let alarms = r.alarms().len();
+    println!(
+        "\n{} version {}: {} rows in the window ({} observed){}",
+        r.model,
+        r.version,
+        r.rows,
+        r.observed,
+        if !r.judged {
+            format!(
+                "; fewer than {} rows, nothing judged yet",
+                r.thresholds.min_rows
+            )
+        } else if alarms == 0 {
+            "; no drift".to_string()
+        } else {
+            format!("; {alarms} in alarm")
+        }
+    );
+}
