@@ -227,3 +227,162 @@ pipeline show 1
         .unwrap();
     assert_eq!(train["state"], "cancelled", "{train}");
 }
+
+/// Answers one HTTP request with 200 and hands its body over.
+fn webhook() -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            let mut data = Vec::new();
+            let mut buf = [0u8; 65536];
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&data);
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if data.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            let text = String::from_utf8_lossy(&data).into_owned();
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            let _ = tx.send(body);
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn drifting_traffic_triggers_retraining_and_the_webhook() {
+    let k = util::Kiln::new();
+    let (hook, received) = webhook();
+    let home = k.path("home").display().to_string();
+    let mut child = k
+        .command()
+        .args([
+            "--home",
+            &home,
+            "up",
+            "--pipeline",
+            "examples/pipelines/retrain.toml",
+            "--addr",
+            "127.0.0.1:0",
+            "--retrain-on-drift",
+            "ctr=retrain-ctr",
+            "--drift-webhook",
+            &hook,
+            "--drift-check",
+            "200ms",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    std::thread::spawn(move || for _ in lines {});
+    let up = Up { child, url };
+    let small = serde_json::json!({"params": {"rows": 3000, "epochs": 3, "min_auc": 0.6}});
+    let (status, answer) = start_run(&up, &small, None);
+    assert_eq!(status, 202, "{answer}");
+    wait_for("the first run", || state_of(&up, 1)["state"] == "succeeded");
+    wait_for("ctr to go live", || {
+        get(&format!("{}/v2/models/ctr/ready", up.url)).0 == 200
+    });
+
+    // Traffic whose `i2` is far outside anything seen in training.
+    let data = k.path("ctr.csv");
+    k.ok(&[
+        "data",
+        "synth",
+        "ctr",
+        "--rows",
+        "600",
+        "--seed",
+        "11",
+        "-o",
+        &data.display().to_string(),
+    ]);
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut rows = text.lines();
+    let header: Vec<&str> = rows.next().unwrap().split(',').collect();
+    let columns: Vec<&str> = header.iter().copied().filter(|c| *c != "click").collect();
+    let records: Vec<Vec<Value>> = rows
+        .map(|line| {
+            header
+                .iter()
+                .zip(line.split(','))
+                .filter(|(c, _)| **c != "click")
+                .map(|(c, v)| match (c.starts_with('c'), v.parse::<f64>()) {
+                    (_, _) if v.is_empty() => Value::Null,
+                    (false, Ok(x)) if *c == "i2" => serde_json::json!(x * 1000.0 + 1e6),
+                    (false, Ok(x)) => serde_json::json!(x),
+                    _ => Value::String(v.to_string()),
+                })
+                .collect()
+        })
+        .collect();
+    for chunk in records.chunks(100) {
+        let body = serde_json::json!({"dataframe_split": {"columns": columns, "data": chunk}});
+        let mut r = agent()
+            .post(format!("{}/invocations?model=ctr", up.url))
+            .send_json(&body)
+            .unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            200,
+            "{}",
+            r.body_mut().read_to_string().unwrap()
+        );
+    }
+    let (_, drift) = get(&format!("{}/api/models/ctr/drift", up.url));
+    assert!(
+        drift["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "i2"),
+        "{drift}"
+    );
+    let posted = received.recv_timeout(Duration::from_secs(60)).unwrap();
+    let posted: Value = serde_json::from_str(&posted).unwrap();
+    assert_eq!(posted["model"], "ctr");
+    assert!(
+        posted["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "i2"),
+        "{posted}"
+    );
+    wait_for("a run started by the drift", || {
+        get(&format!("{}/api/pipeline-runs", up.url))
+            .1
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["trigger"] == "drift")
+    });
+}

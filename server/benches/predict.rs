@@ -1,7 +1,8 @@
 //! The serving hot path in process, without a network: a V2 `infer` request through the router
 //! (decode, transform, forward on a blocking thread, encode) against the router answering a
 //! health check (the cost of the HTTP layer alone); and the runtime's rows → outputs step against
-//! the fitted transform alone.
+//! the fitted transform alone; and 16 concurrent requests with the prediction log off, logging
+//! every request, and logging one in ten (the log's cost at full load).
 //!
 //! `cargo bench -p kiln-server --bench predict`
 #![allow(clippy::unwrap_used)]
@@ -174,6 +175,65 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    g.finish();
+
+    // The prediction log at full load: 16 requests at once, against the same with logging off.
+    let mut g = c.benchmark_group("logging");
+    g.throughput(criterion::Throughput::Elements(16));
+    for (name, sample) in [
+        ("16 concurrent infers, log off (baseline)", 0.0),
+        ("16 concurrent infers, log every request", 1.0),
+        ("16 concurrent infers, log 1 in 10", 0.1),
+    ] {
+        let home = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::open(home.path()).unwrap());
+        let run = registry.create_run(NewRun::default()).unwrap();
+        registry.log_artifact(run.id, "model", &dir).unwrap();
+        registry
+            .register_version("bc", run.id, "model", "", None)
+            .unwrap();
+        registry
+            .set_alias("bc", "champion", 1, Expect::Any, "bench", "")
+            .unwrap();
+        let config = ServerConfig {
+            log: kiln_server::predlog::LogConfig {
+                sample,
+                ..Default::default()
+            },
+            ..ServerConfig::default()
+        };
+        let state = rt
+            .block_on(kiln_server::start(registry, Selection::All, config))
+            .unwrap();
+        let router = kiln_server::router(state);
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let router = router.clone();
+                let body = one_row.clone();
+                async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    for _ in 0..16 {
+                        let r = router.clone();
+                        let body = body.clone();
+                        set.spawn(async move {
+                            let response = r
+                                .oneshot(
+                                    Request::post("/v2/models/bc/infer")
+                                        .header("content-type", "application/json")
+                                        .body(Body::from(body))
+                                        .unwrap(),
+                                )
+                                .await
+                                .unwrap();
+                            assert!(response.status().is_success());
+                        });
+                    }
+                    while set.join_next().await.is_some() {}
+                }
+            })
+        });
+        drop(home);
+    }
     g.finish();
 }
 

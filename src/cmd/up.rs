@@ -42,6 +42,15 @@ pub struct UpArgs {
     /// an earlier `kiln up` are scheduled again while their files exist.
     #[arg(long = "pipeline", value_name = "FILE")]
     pipelines: Vec<PathBuf>,
+    /// Run a pipeline when a model's features drift: MODEL=PIPELINE (repeatable).
+    #[arg(long = "retrain-on-drift", value_name = "MODEL=PIPELINE")]
+    retrain_on_drift: Vec<String>,
+    /// POST each new drift alarm (the model's drift report as JSON) to this URL.
+    #[arg(long, value_name = "URL")]
+    drift_webhook: Option<String>,
+    /// How often drift is checked for alarms.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drift_check: std::time::Duration,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -106,6 +115,19 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
             ),
         }
     }
+    let mut on_drift: BTreeMap<String, String> = BTreeMap::new();
+    for pair in &args.retrain_on_drift {
+        let (model, pipeline) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--retrain-on-drift {pair:?}: give MODEL=PIPELINE"))?;
+        if !pipelines.contains_key(pipeline) {
+            bail!(
+                "--retrain-on-drift {pair}: no pipeline `{pipeline}`{}; add it with --pipeline FILE",
+                kiln_core::suggest::hint(pipeline, pipelines.keys().map(String::as_str))
+            );
+        }
+        on_drift.insert(model.to_string(), pipeline.to_string());
+    }
     let (addr, selection, config) = args.serve.parts()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -159,6 +181,16 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
         eprintln!(
             "kiln up: {count} pipelines ({scheduled} scheduled) at http://{bound}/api/pipelines"
         );
+        if !on_drift.is_empty() || args.drift_webhook.is_some() {
+            let watcher = DriftWatch {
+                api: api.clone(),
+                models: state.models.clone(),
+                on_drift: on_drift.clone(),
+                webhook: args.drift_webhook.clone(),
+                every: args.drift_check,
+            };
+            schedules.push(tokio::spawn(watcher.run(stop.clone())));
+        }
         let router = kiln_server::router_with(state, reads(api.clone()), writes(api.clone()));
         let shutdown = async move {
             shutdown_signal().await;
@@ -183,6 +215,89 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     eprintln!("kiln stopped");
     Ok(Outcome::Ok)
+}
+
+/// Checks served models' drift; on a new alarm (none the check before), starts the model's
+/// retraining pipeline and calls the webhook.
+struct DriftWatch {
+    api: Arc<Api>,
+    models: Arc<kiln_server::Models>,
+    on_drift: BTreeMap<String, String>,
+    webhook: Option<String>,
+    every: std::time::Duration,
+}
+
+impl DriftWatch {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut alarmed: BTreeMap<String, bool> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.every) => {}
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+            let names = self.models.names().unwrap_or_default();
+            for name in names {
+                let Ok(reports) = self.models.drift(&name) else {
+                    continue;
+                };
+                let features: Vec<String> = reports
+                    .iter()
+                    .flat_map(|r| r.alarms().into_iter().map(|f| f.feature.clone()))
+                    .collect();
+                let now = !features.is_empty();
+                let before = alarmed.insert(name.clone(), now).unwrap_or(false);
+                if !now || before {
+                    continue;
+                }
+                tracing::warn!(model = %name, ?features, "drift alarm");
+                if let Some(url) = &self.webhook {
+                    let body =
+                        serde_json::json!({"model": name, "alarms": features, "versions": reports});
+                    let url = url.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let agent: ureq::Agent = ureq::Agent::config_builder()
+                            .timeout_global(Some(std::time::Duration::from_secs(10)))
+                            .build()
+                            .into();
+                        if let Err(e) = agent.post(&url).send_json(&body) {
+                            tracing::warn!(%url, error = %e, "drift webhook failed");
+                        }
+                    });
+                }
+                if let Some(pipeline) = self.on_drift.get(&name)
+                    && let Some(known) = self.api.pipelines.get(pipeline)
+                {
+                    let request = self.api.service.request(
+                        &known.file,
+                        BTreeMap::new(),
+                        "drift",
+                        Utc::now(),
+                        Force::Nothing,
+                    );
+                    let service = self.api.service.clone();
+                    let pipeline = pipeline.clone();
+                    let handle = tokio::spawn(async move {
+                        match request {
+                            Ok(r) => match service.run(r, &|_| {}).await {
+                                Ok(run) => {
+                                    tracing::info!(%pipeline, run = run.id, state = run.state.as_str(), "retraining on drift ended")
+                                }
+                                Err(e) => tracing::error!(%pipeline, "retraining on drift: {e}"),
+                            },
+                            Err(e) => tracing::error!(%pipeline, "retraining on drift: {e}"),
+                        }
+                    });
+                    if let Ok(mut runs) = self.api.runs.lock() {
+                        runs.push(handle);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn reads(api: Arc<Api>) -> axum::Router {
