@@ -251,6 +251,18 @@ fn served_predictions_equal_offline_predictions_over_every_protocol() {
     // Afterwards the registry is free again and has the deployment.
     let out = k.ok(&["deploy", "bc", "--reset", "--json"]);
     assert!(out.contains("\"champion\""), "{out}");
+    // Every request was logged; the drift report replays the log (too few rows to judge).
+    let out = k.ok(&["monitor", "drift", "bc"]);
+    assert!(
+        out.contains("mean radius") && out.contains("label"),
+        "{out}"
+    );
+    assert!(out.contains("nothing judged yet"), "{out}");
+    let out = k.ok(&["monitor", "drift", "bc", "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert!(report[0]["rows"].as_u64().unwrap() >= 25, "{report}");
+    let r = k.run(&["monitor", "drift", "nope"]);
+    assert!(r.stderr.contains("no model `nope`"), "{}", r.stderr);
 }
 
 #[test]
