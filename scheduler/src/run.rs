@@ -239,7 +239,7 @@ pub async fn run_pipeline<C: Components>(
         steps: pipeline
             .steps
             .iter()
-            .map(|s| StepExecution::pending(&s.id))
+            .map(|s| StepExecution::pending(&s.id, &s.needs))
             .collect(),
     })?;
     let dir = run_dir(registry.home(), &pipeline.name, record.id);

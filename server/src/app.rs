@@ -56,6 +56,18 @@ impl Default for ServerConfig {
 pub struct AppState {
     pub models: Arc<Models>,
     pub config: Arc<ServerConfig>,
+    /// Request totals sampled for the UI's charts.
+    pub traffic: Arc<crate::ui::Traffic>,
+    /// Pipelines, when the process runs them (`kiln up`).
+    pub pipelines: Option<Arc<dyn crate::ui::PipelineControl>>,
+}
+
+impl AppState {
+    /// Lets the UI list, trigger and cancel the process's pipelines.
+    pub fn with_pipelines(mut self, control: Arc<dyn crate::ui::PipelineControl>) -> AppState {
+        self.pipelines = Some(control);
+        self
+    }
 }
 
 /// The whole HTTP surface of a server.
@@ -77,6 +89,8 @@ pub fn router_with(state: AppState, reads_extra: Router, writes_extra: Router) -
         writes_extra
     };
     let open = Router::new()
+        .merge(crate::ui::open())
+        .merge(crate::ui::writes())
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::ready))
         .route("/ping", get(mlflow::ping))
@@ -105,6 +119,7 @@ pub fn router_with(state: AppState, reads_extra: Router, writes_extra: Router) -
         .route("/invocations", post(mlflow::invocations))
         .route("/metrics", get(metrics))
         .merge(api::reads())
+        .merge(crate::ui::reads())
         .route_layer(middleware::from_fn_with_state(state.clone(), check_read));
     let writes =
         api::writes().route_layer(middleware::from_fn_with_state(state.clone(), check_write));
@@ -138,7 +153,7 @@ async fn not_found(request: Request) -> ApiError {
         StatusCode::NOT_FOUND,
         format!(
             "no endpoint {} {}; kiln speaks /v2 (Open Inference Protocol), /v1/models (TF Serving), \
-             /invocations (MLflow), /api and /metrics",
+             /invocations (MLflow), /api, /metrics and /ui (the web UI)",
             request.method(),
             request.uri().path()
         ),
@@ -192,6 +207,11 @@ fn authorized(config: &ServerConfig, headers: &HeaderMap) -> Result<(), ApiError
             "this endpoint needs `Authorization: Bearer <token>` (the server's --token or KILN_TOKEN)",
         )),
     }
+}
+
+/// Compares a given token with the server's in constant time.
+pub(crate) fn same(given: &str, token: &str) -> bool {
+    constant_time_eq(given.as_bytes(), token.as_bytes())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

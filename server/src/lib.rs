@@ -20,6 +20,7 @@ pub mod models;
 pub mod predlog;
 pub mod runtime;
 mod tfserving;
+pub mod ui;
 pub mod v2;
 
 use std::sync::Arc;
@@ -54,8 +55,12 @@ pub async fn start(
         .await
         .map_err(|e| ServeError::Internal(format!("loading models: {e}")))??;
     models.follow();
-    Ok(AppState {
+    let state = AppState {
         models,
         config: Arc::new(config),
-    })
+        traffic: Arc::new(ui::Traffic::default()),
+        pipelines: None,
+    };
+    ui::start_sampling(&state);
+    Ok(state)
 }

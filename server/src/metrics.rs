@@ -151,6 +151,68 @@ impl Metrics {
     }
 }
 
+/// One model's running totals: requests, errors, and the latency histogram's sum and count.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    pub requests: f64,
+    pub errors: f64,
+    pub latency_sum: f64,
+    pub latency_count: f64,
+}
+
+impl Metrics {
+    /// Per model: requests copied to a shadow and the answers that agreed.
+    pub fn shadow_totals(&self) -> std::collections::BTreeMap<String, (f64, f64)> {
+        let mut out: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+        for family in self.registry.gather() {
+            let which = match family.name() {
+                "kiln_shadow_requests_total" => 0,
+                "kiln_shadow_agreements_total" => 1,
+                _ => continue,
+            };
+            for m in family.get_metric() {
+                if let Some(model) = m.get_label().iter().find(|l| l.name() == "model") {
+                    let e = out.entry(model.value().to_string()).or_default();
+                    if which == 0 {
+                        e.0 += m.get_counter().get_value();
+                    } else {
+                        e.1 += m.get_counter().get_value();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every model's totals now.
+    pub fn totals(&self) -> std::collections::BTreeMap<String, Totals> {
+        let mut out: std::collections::BTreeMap<String, Totals> = Default::default();
+        for family in self.registry.gather() {
+            for m in family.get_metric() {
+                let Some(model) = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "model")
+                    .map(|l| l.value().to_string())
+                else {
+                    continue;
+                };
+                let t = out.entry(model).or_default();
+                match family.name() {
+                    "kiln_requests_total" => t.requests += m.get_counter().get_value(),
+                    "kiln_request_errors_total" => t.errors += m.get_counter().get_value(),
+                    "kiln_request_duration_seconds" => {
+                        t.latency_sum += m.get_histogram().get_sample_sum();
+                        t.latency_count += m.get_histogram().get_sample_count() as f64;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()

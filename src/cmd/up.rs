@@ -191,6 +191,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
             };
             schedules.push(tokio::spawn(watcher.run(stop.clone())));
         }
+        let state = state.with_pipelines(api.clone());
         let router = kiln_server::router_with(state, reads(api.clone()), writes(api.clone()));
         let shutdown = async move {
             shutdown_signal().await;
@@ -296,6 +297,86 @@ impl DriftWatch {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Api {
+    /// Starts a run of a known pipeline; its id once recorded.
+    async fn start(
+        &self,
+        name: &str,
+        params: BTreeMap<String, String>,
+        date: chrono::DateTime<Utc>,
+        force: Force,
+        trigger: &str,
+    ) -> Result<u64, String> {
+        let known = self.pipelines.get(name).ok_or_else(|| {
+            format!(
+                "no pipeline `{name}` in this kiln{}",
+                kiln_core::suggest::hint(name, self.pipelines.keys().map(String::as_str))
+            )
+        })?;
+        let request = self
+            .service
+            .request(&known.file, params, trigger, date, force)
+            .map_err(|e| e.to_string())?;
+        let (id_tx, id_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
+        let service = self.service.clone();
+        let handle = tokio::spawn(async move {
+            let id_tx = Mutex::new(Some(id_tx));
+            let send = |r: Result<u64, String>| {
+                if let Some(tx) = id_tx.lock().ok().and_then(|mut t| t.take()) {
+                    let _ = tx.send(r);
+                }
+            };
+            match service.run(request, &|run| send(Ok(run.id))).await {
+                Ok(run) => {
+                    tracing::info!(pipeline = %run.pipeline, run = run.id, state = run.state.as_str(), "run ended")
+                }
+                Err(e) => send(Err(e.to_string())),
+            }
+        });
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.retain(|h| !h.is_finished());
+            runs.push(handle);
+        }
+        id_rx
+            .await
+            .map_err(|_| "the run stopped before it was recorded".to_string())?
+    }
+}
+
+impl kiln_server::ui::PipelineControl for Api {
+    fn pipelines(&self) -> Vec<(String, String, Option<String>)> {
+        self.pipelines
+            .iter()
+            .map(|(n, k)| {
+                (
+                    n.clone(),
+                    k.file.display().to_string(),
+                    k.pipeline.schedule.as_ref().map(|s| s.cron.clone()),
+                )
+            })
+            .collect()
+    }
+
+    fn trigger(
+        &self,
+        pipeline: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>> {
+        let pipeline = pipeline.to_string();
+        Box::pin(async move {
+            self.start(&pipeline, BTreeMap::new(), Utc::now(), Force::Nothing, "ui")
+                .await
+        })
+    }
+
+    fn cancel(&self, run: u64) -> Result<(), String> {
+        if self.service.cancel(run) {
+            Ok(())
+        } else {
+            Err(format!("run {run} is not running in this kiln"))
         }
     }
 }
@@ -452,7 +533,8 @@ async fn start_run(
     UrlPath(name): UrlPath<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let known = api.pipelines.get(&name).ok_or_else(|| {
+    // Unknown pipelines are 404 before the body is looked at.
+    api.pipelines.get(&name).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
@@ -505,38 +587,13 @@ async fn start_run(
             .unwrap_or_default()
             .and_utc(),
     };
-    let request = api
-        .service
-        .request(&known.file, params, "api", date, force)
-        .map_err(|e| bad(e.to_string()))?;
-    let (id_tx, id_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
-    let service = api.service.clone();
-    let handle = tokio::spawn(async move {
-        let id_tx = Mutex::new(Some(id_tx));
-        let send = |r: Result<u64, String>| {
-            if let Some(tx) = id_tx.lock().ok().and_then(|mut t| t.take()) {
-                let _ = tx.send(r);
-            }
-        };
-        match service.run(request, &|run| send(Ok(run.id))).await {
-            Ok(run) => {
-                tracing::info!(pipeline = %run.pipeline, run = run.id, state = run.state.as_str(), "run ended")
-            }
-            Err(e) => send(Err(e.to_string())),
-        }
-    });
-    if let Ok(mut runs) = api.runs.lock() {
-        runs.retain(|h| !h.is_finished());
-        runs.push(handle);
-    }
-    match id_rx.await {
-        Ok(Ok(id)) => Ok((
+    match api.start(&name, params, date, force, "api").await {
+        Ok(id) => Ok((
             StatusCode::ACCEPTED,
             Json(serde_json::json!({"pipeline": name, "run": id, "status": format!("/api/pipeline-runs/{id}")})),
         )
             .into_response()),
-        Ok(Err(e)) => Err(bad(e)),
-        Err(_) => Err(internal("the run stopped before it was recorded")),
+        Err(e) => Err(bad(e)),
     }
 }
 

@@ -75,6 +75,9 @@ impl StepExecState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepExecution {
     pub id: String,
+    /// The steps this one needs (the DAG's edges).
+    #[serde(default)]
+    pub needs: Vec<String>,
     pub state: StepExecState,
     #[serde(default)]
     pub attempts: u32,
@@ -106,9 +109,10 @@ pub struct StepExecution {
 }
 
 impl StepExecution {
-    pub fn pending(id: &str) -> StepExecution {
+    pub fn pending(id: &str, needs: &[String]) -> StepExecution {
         StepExecution {
             id: id.to_string(),
+            needs: needs.to_vec(),
             state: StepExecState::Pending,
             attempts: 0,
             started_ms: None,
