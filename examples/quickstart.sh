@@ -76,5 +76,6 @@ echo "V2 metadata: $(curl -sf "$url/v2/models/breast-cancer" | head -c 120)…"
 ctr='{"i1": 1, "i2": 3, "i3": 0.3, "i4": null, "i5": 120, "i6": 4, "i7": 900, "i8": 0.001, "c1": "c1_0", "c2": "c2_0", "c3": "c3_3", "c4": "c4_1", "c5": "c5_d"}'
 echo "ctr (pushed by the pipeline), MLflow: $(curl -sf "$url/invocations?model=ctr" -H 'content-type: application/json' -d "{\"dataframe_records\": [$ctr]}")"
 echo "pipelines:   $(curl -sf "$url/api/pipelines")"
+echo "web UI:      $url/ui ($(curl -sf -o /dev/null -w '%{http_code}' "$url/ui/models"))"
 kill -TERM "$server"
 wait "$server"
