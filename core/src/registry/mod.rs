@@ -321,16 +321,37 @@ fn check_key(what: &str, key: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
+/// Opens sled. Holding `kiln.lock` means no other process has the store open, so a lock error
+/// from sled can only be this process's previous handle, whose background flusher lets go a
+/// moment after it is dropped (one REPL line after another): wait for it, briefly.
+fn open_sled(path: &Path) -> Result<sled::Db, RegistryError> {
+    let mut wait = std::time::Duration::from_millis(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(std::time::Duration::from_millis(100));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 impl Registry {
     /// Opens (creating if needed) the registry in `home`, taking ownership of it.
     pub fn open(home: &Path) -> Result<Registry, RegistryError> {
         fs::create_dir_all(home)
             .map_err(|e| RegistryError::Io(format!("{}: {e}", home.display())))?;
         let lock = take_lock(home)?;
-        let db = sled::Config::new()
-            .path(home.join("registry"))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_sled(&home.join("registry"))?;
         let meta = db.open_tree("meta")?;
         match meta.get("store_format")? {
             Some(v) if v.len() == 4 => {
