@@ -259,7 +259,19 @@ fn a_store_from_a_newer_kiln_is_refused() {
     let home = tempfile::tempdir().unwrap();
     drop(Registry::open(home.path()).unwrap());
     {
-        let db = sled::open(home.path().join("registry")).unwrap();
+        // sled's flusher lets go of the store a moment after the registry is dropped.
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(home.path().join("registry")) {
+                Ok(db) => break db,
+                Err(e) if tries < 200 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         db.open_tree("meta")
             .unwrap()
             .insert("store_format", &99u32.to_be_bytes())
