@@ -5,55 +5,17 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-
 use serde_json::{Value, json};
 use util::Kiln;
 
-/// A running `kiln serve` on a free port, stopped (SIGTERM) on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
+/// A running `kiln serve` on a free port.
+struct Server;
 
 impl Server {
-    fn start(k: &Kiln, extra: &[&str]) -> Server {
-        let home = k.path("home").display().to_string();
-        let mut args = vec!["--home", home.as_str(), "serve", "--addr", "127.0.0.1:0"];
+    fn start(k: &Kiln, extra: &[&str]) -> util::Served {
+        let mut args = vec!["serve", "--addr", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut child = k
-            .command()
-            .args(&args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let url = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .to_string();
-        // Keep draining the server's log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
-    }
-
-    fn stop(mut self) -> i32 {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        self.child.wait().unwrap().code().unwrap_or(-1)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        util::Served::start(k, &args)
     }
 }
 

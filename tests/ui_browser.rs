@@ -222,18 +222,6 @@ fn decode_base64(s: &str) -> Vec<u8> {
     out
 }
 
-struct Up {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn api(url: &str) -> Value {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -282,12 +270,9 @@ fn the_ui_lists_models_promotes_on_click_and_draws_a_pipeline_run() {
     let pipeline = pipeline.display().to_string();
     k.ok(&["pipeline", "run", &pipeline]);
 
-    let home = k.path("home").display().to_string();
-    let mut child = k
-        .command()
-        .args([
-            "--home",
-            &home,
+    let up = util::Served::start(
+        &k,
+        &[
             "up",
             "--pipeline",
             &pipeline,
@@ -295,19 +280,8 @@ fn the_ui_lists_models_promotes_on_click_and_draws_a_pipeline_run() {
             "127.0.0.1:0",
             "--token",
             "s3cret",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
-    std::thread::spawn(move || for _ in lines {});
-    let up = Up { child, url };
+        ],
+    );
     let mut b = Browser::start(&binary);
 
     // The models page lists the model and what is served.

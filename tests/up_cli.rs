@@ -5,53 +5,22 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-struct Up {
-    child: Child,
-    url: String,
-}
+type Up = util::Served;
 
-impl Up {
-    fn start(k: &util::Kiln) -> Up {
-        let home = k.path("home").display().to_string();
-        let mut child = k
-            .command()
-            .args([
-                "--home",
-                &home,
-                "up",
-                "--pipeline",
-                "examples/pipelines/retrain.toml",
-                "--addr",
-                "127.0.0.1:0",
-                "--token",
-                "s3cret",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let url = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .to_string();
-        std::thread::spawn(move || for _ in lines {});
-        Up { child, url }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_up(k: &util::Kiln, extra: &[&str]) -> Up {
+    let mut args = vec![
+        "up",
+        "--pipeline",
+        "examples/pipelines/retrain.toml",
+        "--addr",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    util::Served::start(k, &args)
 }
 
 fn agent() -> ureq::Agent {
@@ -94,7 +63,7 @@ fn state_of(up: &Up, run: u64) -> Value {
 #[test]
 fn a_run_over_the_api_pushes_a_model_that_is_served_and_sigterm_cancels_steps() {
     let k = util::Kiln::new();
-    let up = Up::start(&k);
+    let up = start_up(&k, &["--token", "s3cret"]);
     let (status, pipelines) = get(&format!("{}/api/pipelines", up.url));
     assert_eq!(status, 200);
     assert_eq!(pipelines[0]["pipeline"], "retrain-ctr");
@@ -274,36 +243,17 @@ fn webhook() -> (String, std::sync::mpsc::Receiver<String>) {
 fn drifting_traffic_triggers_retraining_and_the_webhook() {
     let k = util::Kiln::new();
     let (hook, received) = webhook();
-    let home = k.path("home").display().to_string();
-    let mut child = k
-        .command()
-        .args([
-            "--home",
-            &home,
-            "up",
-            "--pipeline",
-            "examples/pipelines/retrain.toml",
-            "--addr",
-            "127.0.0.1:0",
+    let up = start_up(
+        &k,
+        &[
             "--retrain-on-drift",
             "ctr=retrain-ctr",
             "--drift-webhook",
             &hook,
             "--drift-check",
             "200ms",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
-    std::thread::spawn(move || for _ in lines {});
-    let up = Up { child, url };
+        ],
+    );
     let small = serde_json::json!({"params": {"rows": 3000, "epochs": 3, "min_auc": 0.6}});
     let (status, answer) = start_run(&up, &small, None);
     assert_eq!(status, 202, "{answer}");

@@ -85,3 +85,48 @@ impl Kiln {
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// A `kiln` process answering HTTP (`serve` or `up`) in a test's `KILN_HOME`; killed when dropped.
+pub struct Served {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Served {
+    /// Starts `kiln --home HOME ARGS` and waits for the first line of its log, which names the
+    /// address; the rest of the log is drained so the process never blocks on it.
+    pub fn start(k: &Kiln, args: &[&str]) -> Served {
+        use std::io::{BufRead, BufReader};
+        let home = k.path("home").display().to_string();
+        let mut child = k
+            .command()
+            .args(["--home", home.as_str()])
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        std::thread::spawn(move || for _ in lines {});
+        Served { child, url }
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub fn stop(mut self) -> i32 {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
