@@ -65,10 +65,10 @@ fn registry_lines_in_quick_succession_all_open_the_store() {
     // Each line opens and drops the registry; sled's flusher lets go of the store a moment
     // after, and the next line must wait for it rather than fail.
     let k = util::Kiln::new();
-    let lines: String = (0..40)
+    let lines: String = (0..150)
         .map(|i| format!("runs create --experiment quick --name r{i}\nexperiments list\n"))
         .collect();
     let script = k.file("quick.kiln", lines);
     let out = k.ok(&["repl", "--script", &script.display().to_string()]);
-    assert_eq!(out.matches("kiln> runs create").count(), 40);
+    assert_eq!(out.matches("kiln> runs create").count(), 150);
 }

@@ -333,8 +333,9 @@ fn open_sled(path: &Path) -> Result<sled::Db, RegistryError> {
             .mode(sled::Mode::HighThroughput)
             .open()
         {
+            // sled reports the lock as an `Other` error whose text names it.
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
+                if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(wait);
