@@ -128,7 +128,7 @@ fn served_predictions_equal_offline_predictions_over_every_protocol() {
     let want: Vec<(String, f64)> = offline(&k, "bc", data).into_iter().take(n).collect();
     let (columns, rows) = records(data, "label", n);
 
-    let server = Server::start(&k, &["--models", "bc"]);
+    let server = Server::start(&k, &["--models", "bc", "--log-sample", "1"]);
     let url = &server.url;
 
     // Open Inference Protocol V2: one FP64 tensor in signature order.

@@ -252,6 +252,8 @@ fn drifting_traffic_triggers_retraining_and_the_webhook() {
             &hook,
             "--drift-check",
             "200ms",
+            "--log-sample",
+            "1",
         ],
     );
     let small = serde_json::json!({"params": {"rows": 3000, "epochs": 3, "min_auc": 0.6}});

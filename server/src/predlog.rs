@@ -36,7 +36,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> LogConfig {
         LogConfig {
-            sample: 1.0,
+            sample: 0.1,
             queue: 4096,
             max_bytes: 64 << 20,
             window: 10_000,
@@ -88,7 +88,6 @@ impl PredictionLog {
 
     /// Offers a sampled request; drops it (counted) when the queue is full.
     pub fn offer(&self, version: Arc<Version>, rows: Rows, outputs: Vec<f32>) {
-        let model = version.model.clone();
         let sample = Sample {
             version,
             rows,
@@ -97,8 +96,11 @@ impl PredictionLog {
         };
         match self.tx.try_send(sample) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.metrics.log_dropped.with_label_values(&[&model]).inc();
+            Err(TrySendError::Full(s)) => {
+                self.metrics
+                    .log_dropped
+                    .with_label_values(&[&s.version.model])
+                    .inc();
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
@@ -115,9 +117,11 @@ struct File {
     out: std::io::BufWriter<std::fs::File>,
     bytes: u64,
     dir: PathBuf,
+    /// `"NAME":` of each signature column, JSON-escaped once.
+    keys: Vec<String>,
 }
 
-fn open(dir: &std::path::Path) -> std::io::Result<File> {
+fn open(dir: &std::path::Path, keys: Vec<String>) -> std::io::Result<File> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("current.jsonl");
     let f = std::fs::OpenOptions::new()
@@ -126,104 +130,165 @@ fn open(dir: &std::path::Path) -> std::io::Result<File> {
         .open(&path)?;
     let bytes = f.metadata().map_or(0, |m| m.len());
     Ok(File {
-        out: std::io::BufWriter::new(f),
+        out: std::io::BufWriter::with_capacity(256 << 10, f),
         bytes,
         dir: dir.to_path_buf(),
+        keys,
     })
 }
+
+/// How often the log's thread wakes to take what the requests left. Waking per request would
+/// cost every request a wake-up of this thread; a tick costs none of them anything.
+const TICK: Duration = Duration::from_millis(20);
 
 fn write_loop(rx: &Receiver<Sample>, root: &std::path::Path, max_bytes: u64, metrics: &Metrics) {
     let mut files: HashMap<(String, u32), File> = HashMap::new();
     let mut broken: HashMap<(String, u32), String> = HashMap::new();
+    let mut line = String::new();
+    // Written since the last flush, and for how long.
+    let mut dirty = false;
+    let mut since_flush = Duration::ZERO;
     loop {
-        let sample = match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(s) => s,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                for f in files.values_mut() {
-                    let _ = f.out.flush();
+        std::thread::sleep(TICK);
+        let mut took = 0;
+        loop {
+            let sample = match rx.try_recv() {
+                Ok(s) => s,
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    for f in files.values_mut() {
+                        let _ = f.out.flush();
+                    }
+                    return;
                 }
-                continue;
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let v = &sample.version;
-        let width = v.runtime.width();
-        v.monitor.observe(&sample.rows, &sample.outputs, width);
-        metrics
-            .logged
-            .with_label_values(&[&v.model, &v.label])
-            .inc();
-        let key = (v.model.clone(), v.version);
-        if broken.contains_key(&key) {
-            continue;
+            };
+            took += 1;
+            write_sample(
+                &sample,
+                root,
+                max_bytes,
+                metrics,
+                &mut files,
+                &mut broken,
+                &mut line,
+            );
         }
-        if !files.contains_key(&key) {
-            match open(&root.join(&v.model).join(&v.label)) {
-                Ok(f) => {
-                    files.insert(key.clone(), f);
-                }
-                Err(e) => {
-                    tracing::warn!(model = %v.model, version = v.version, error = %e, "prediction log not written");
-                    broken.insert(key, e.to_string());
-                    continue;
-                }
+        dirty |= took > 0;
+        since_flush += TICK;
+        // Flush when the requests pause, and at least every half second while they go on.
+        if dirty && (took == 0 || since_flush >= Duration::from_millis(500)) {
+            for f in files.values_mut() {
+                let _ = f.out.flush();
             }
+            dirty = false;
+            since_flush = Duration::ZERO;
         }
-        let Some(file) = files.get_mut(&key) else {
-            continue;
-        };
-        let names: Vec<&str> = v
+    }
+}
+
+/// JSON text of a number (`null` for what JSON cannot hold).
+fn push_number(line: &mut String, x: f64) {
+    use std::fmt::Write as _;
+    if x.is_finite() {
+        let _ = write!(line, "{x}");
+    } else {
+        line.push_str("null");
+    }
+}
+
+fn write_sample(
+    sample: &Sample,
+    root: &std::path::Path,
+    max_bytes: u64,
+    metrics: &Metrics,
+    files: &mut HashMap<(String, u32), File>,
+    broken: &mut HashMap<(String, u32), String>,
+    line: &mut String,
+) {
+    use std::fmt::Write as _;
+    let v = &sample.version;
+    let width = v.runtime.width();
+    v.monitor.observe(&sample.rows, &sample.outputs, width);
+    metrics
+        .logged
+        .with_label_values(&[&v.model, &v.label])
+        .inc();
+    let key = (v.model.clone(), v.version);
+    if broken.contains_key(&key) {
+        return;
+    }
+    if !files.contains_key(&key) {
+        let keys = v
             .runtime
             .manifest()
             .signature
             .iter()
-            .map(|c| c.name.as_str())
+            .map(|c| format!("{}:", serde_json::Value::String(c.name.clone())))
             .collect();
-        let mut text = String::new();
-        for r in 0..sample.rows.rows {
-            let inputs: serde_json::Map<String, serde_json::Value> = names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| {
-                    let value = match sample.rows.cell(r, i) {
-                        Cell::Missing => serde_json::Value::Null,
-                        Cell::Number(x) => serde_json::json!(x),
-                        Cell::Text(t) => serde_json::Value::String(t.to_string()),
-                    };
-                    ((*n).to_string(), value)
-                })
-                .collect();
-            let outputs = sample
-                .outputs
-                .get(r * width..(r + 1) * width)
-                .unwrap_or(&[]);
-            let line =
-                serde_json::json!({"at_ms": sample.at_ms, "inputs": inputs, "outputs": outputs});
-            text.push_str(&line.to_string());
-            text.push('\n');
+        match open(&root.join(&v.model).join(&v.label), keys) {
+            Ok(f) => {
+                files.insert(key.clone(), f);
+            }
+            Err(e) => {
+                tracing::warn!(model = %v.model, version = v.version, error = %e, "prediction log not written");
+                broken.insert(key, e.to_string());
+                return;
+            }
         }
-        if file.bytes + text.len() as u64 > max_bytes / 2 {
-            // Keep two halves: the current file becomes the previous one, replacing it.
-            let _ = file.out.flush();
-            let _ = std::fs::rename(
-                file.dir.join("current.jsonl"),
-                file.dir.join("previous.jsonl"),
-            );
-            match open(&file.dir.clone()) {
-                Ok(f) => *file = f,
-                Err(e) => {
-                    broken.insert(key.clone(), e.to_string());
-                    files.remove(&key);
-                    continue;
+    }
+    let Some(file) = files.get_mut(&key) else {
+        return;
+    };
+    line.clear();
+    for r in 0..sample.rows.rows {
+        let _ = write!(line, "{{\"at_ms\":{},\"inputs\":{{", sample.at_ms);
+        for (i, k) in file.keys.iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            line.push_str(k);
+            match sample.rows.cell(r, i) {
+                Cell::Missing => line.push_str("null"),
+                Cell::Number(x) => push_number(line, x),
+                Cell::Text(t) => {
+                    let _ = write!(line, "{}", serde_json::Value::String(t.to_string()));
                 }
             }
         }
-        if let Err(e) = file.out.write_all(text.as_bytes()) {
-            tracing::warn!(model = %v.model, version = v.version, error = %e, "writing the prediction log");
+        line.push_str("},\"outputs\":[");
+        for (j, o) in sample
+            .outputs
+            .get(r * width..(r + 1) * width)
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            if j > 0 {
+                line.push(',');
+            }
+            push_number(line, f64::from(*o));
         }
-        file.bytes += text.len() as u64;
+        line.push_str("]}\n");
     }
-    for f in files.values_mut() {
-        let _ = f.out.flush();
+    if file.bytes + line.len() as u64 > max_bytes / 2 {
+        // Keep two halves: the current file becomes the previous one, replacing it.
+        let _ = file.out.flush();
+        let _ = std::fs::rename(
+            file.dir.join("current.jsonl"),
+            file.dir.join("previous.jsonl"),
+        );
+        let keys = std::mem::take(&mut file.keys);
+        match open(&file.dir.clone(), keys) {
+            Ok(f) => *file = f,
+            Err(e) => {
+                broken.insert(key.clone(), e.to_string());
+                files.remove(&key);
+                return;
+            }
+        }
     }
+    if let Err(e) = file.out.write_all(line.as_bytes()) {
+        tracing::warn!(model = %v.model, version = v.version, error = %e, "writing the prediction log");
+    }
+    file.bytes += line.len() as u64;
 }
