@@ -224,7 +224,9 @@ pub async fn run_pipeline<C: Components>(
         }
     };
     let params = run_params(&pipeline, &request.params)?;
-    let record = registry.create_pipeline_run(PipelineRun {
+    // Durable writes (fsync) run on a blocking thread, not on the async workers.
+    let reg = registry.clone();
+    let new = PipelineRun {
         id: 0,
         pipeline: pipeline.name.clone(),
         file: file.clone(),
@@ -241,7 +243,10 @@ pub async fn run_pipeline<C: Components>(
             .iter()
             .map(|s| StepExecution::pending(&s.id, &s.needs))
             .collect(),
-    })?;
+    };
+    let record = tokio::task::spawn_blocking(move || reg.create_pipeline_run(new))
+        .await
+        .map_err(|e| RunError::Io(format!("recording the run: {e}")))??;
     let dir = run_dir(registry.home(), &pipeline.name, record.id);
     std::fs::create_dir_all(&dir).map_err(|e| RunError::Io(format!("{}: {e}", dir.display())))?;
     let mut record = record;
@@ -313,7 +318,10 @@ pub async fn run_pipeline<C: Components>(
         PipelineRunState::Succeeded
     };
     record.ended_ms = Some(now_ms());
-    registry.save_pipeline_run(&record)?;
+    let (reg, done) = (registry.clone(), record.clone());
+    tokio::task::spawn_blocking(move || reg.save_pipeline_run(&done))
+        .await
+        .map_err(|e| RunError::Io(format!("recording the run: {e}")))??;
     on_change(&record);
     Ok(record)
 }

@@ -401,6 +401,17 @@ fn writes(api: Arc<Api>) -> axum::Router {
         .with_state(api)
 }
 
+/// Runs registry and file work off the async workers.
+async fn off<T: Send + 'static>(
+    api: &Arc<Api>,
+    f: impl FnOnce(&Api) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let api = api.clone();
+    tokio::task::spawn_blocking(move || f(&api))
+        .await
+        .map_err(internal)?
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
@@ -426,34 +437,37 @@ struct PipelineInfo {
 }
 
 async fn list_pipelines(State(api): State<Arc<Api>>) -> Result<Json<Vec<PipelineInfo>>, ApiError> {
-    let now = Utc::now();
-    let mut out = Vec::new();
-    for (name, known) in &api.pipelines {
-        let state = api
-            .service
-            .registry
-            .schedule_state(name)
-            .map_err(internal)?;
-        let cron = known
-            .pipeline
-            .schedule
-            .as_ref()
-            .map_or(String::new(), |s| s.cron.clone());
-        let paused = state.as_ref().is_some_and(|s| s.paused);
-        out.push(PipelineInfo {
-            pipeline: name.clone(),
-            file: known.file.display().to_string(),
-            steps: known.pipeline.steps.len(),
-            next_fire: (!paused)
-                .then(|| next_fire(&cron, now))
-                .flatten()
-                .map(|t| t.to_rfc3339()),
-            cron,
-            paused,
-            last_fire_ms: state.and_then(|s| s.last_fire_ms),
-        });
-    }
-    Ok(Json(out))
+    off(&api, |api| {
+        let now = Utc::now();
+        let mut out = Vec::new();
+        for (name, known) in &api.pipelines {
+            let state = api
+                .service
+                .registry
+                .schedule_state(name)
+                .map_err(internal)?;
+            let cron = known
+                .pipeline
+                .schedule
+                .as_ref()
+                .map_or(String::new(), |s| s.cron.clone());
+            let paused = state.as_ref().is_some_and(|s| s.paused);
+            out.push(PipelineInfo {
+                pipeline: name.clone(),
+                file: known.file.display().to_string(),
+                steps: known.pipeline.steps.len(),
+                next_fire: (!paused)
+                    .then(|| next_fire(&cron, now))
+                    .flatten()
+                    .map(|t| t.to_rfc3339()),
+                cron,
+                paused,
+                last_fire_ms: state.and_then(|s| s.last_fire_ms),
+            });
+        }
+        Ok(Json(out))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -466,55 +480,64 @@ async fn list_runs(
     State(api): State<Arc<Api>>,
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<Vec<PipelineRun>>, ApiError> {
-    let runs = api
-        .service
-        .registry
-        .pipeline_runs(q.pipeline.as_deref(), q.limit.unwrap_or(20).min(1000))
-        .map_err(internal)?;
-    Ok(Json(runs))
+    off(&api, move |api| {
+        let runs = api
+            .service
+            .registry
+            .pipeline_runs(q.pipeline.as_deref(), q.limit.unwrap_or(20).min(1000))
+            .map_err(internal)?;
+        Ok(Json(runs))
+    })
+    .await
 }
 
 async fn show_run(
     State(api): State<Arc<Api>>,
     UrlPath(id): UrlPath<u64>,
 ) -> Result<Json<PipelineRun>, ApiError> {
-    Ok(Json(
-        api.service
-            .registry
-            .pipeline_run(id)
-            .map_err(registry_error)?,
-    ))
+    off(&api, move |api| {
+        Ok(Json(
+            api.service
+                .registry
+                .pipeline_run(id)
+                .map_err(registry_error)?,
+        ))
+    })
+    .await
 }
 
 async fn step_log(
     State(api): State<Arc<Api>>,
     UrlPath((id, step, attempt)): UrlPath<(u64, String, usize)>,
 ) -> Result<Response, ApiError> {
-    let run = api
-        .service
-        .registry
-        .pipeline_run(id)
-        .map_err(registry_error)?;
-    let exec = run.steps.iter().find(|s| s.id == step).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("run {id} has no step `{step}`"),
-        )
-    })?;
-    let path = attempt
-        .checked_sub(1)
-        .and_then(|i| exec.logs.get(i))
-        .ok_or_else(|| {
+    off(&api, move |api| {
+        let run = api
+            .service
+            .registry
+            .pipeline_run(id)
+            .map_err(registry_error)?;
+        let exec = run.steps.iter().find(|s| s.id == step).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!(
-                    "step `{step}` of run {id} has {} attempt logs",
-                    exec.logs.len()
-                ),
+                format!("run {id} has no step `{step}`"),
             )
         })?;
-    let text = std::fs::read_to_string(path).map_err(internal)?;
-    Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response())
+        let path = attempt
+            .checked_sub(1)
+            .and_then(|i| exec.logs.get(i))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "step `{step}` of run {id} has {} attempt logs",
+                        exec.logs.len()
+                    ),
+                )
+            })?;
+        let text = std::fs::read_to_string(path).map_err(internal)?;
+        Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response())
+    })
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -601,22 +624,25 @@ async fn cancel_run(
     State(api): State<Arc<Api>>,
     UrlPath(id): UrlPath<u64>,
 ) -> Result<Response, ApiError> {
-    let run = api
-        .service
-        .registry
-        .pipeline_run(id)
-        .map_err(registry_error)?;
-    if run.state != PipelineRunState::Running || !api.service.cancel(id) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("run {id} is not running (it {})", run.state.as_str()),
-        ));
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({"run": id, "message": format!("cancelling run {id}: its running steps are stopped")})),
-    )
-        .into_response())
+    off(&api, move |api| {
+        let run = api
+            .service
+            .registry
+            .pipeline_run(id)
+            .map_err(registry_error)?;
+        if run.state != PipelineRunState::Running || !api.service.cancel(id) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("run {id} is not running (it {})", run.state.as_str()),
+            ));
+        }
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"run": id, "message": format!("cancelling run {id}: its running steps are stopped")})),
+        )
+            .into_response())
+    })
+    .await
 }
 
 async fn set_paused(
@@ -633,21 +659,24 @@ async fn set_paused(
             ));
         }
     };
-    let registry = &api.service.registry;
-    let mut state = registry
-        .schedule_state(&name)
-        .map_err(internal)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("pipeline `{name}` has no schedule in this kiln"),
-            )
-        })?;
-    state.paused = paused;
-    registry.save_schedule_state(&state).map_err(internal)?;
-    Ok(Json(serde_json::json!({
-        "pipeline": name,
-        "paused": paused,
-        "last_fire": state.last_fire_ms.map(|m| from_ms(m).to_rfc3339()),
-    })))
+    off(&api, move |api| {
+        let registry = &api.service.registry;
+        let mut state = registry
+            .schedule_state(&name)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("pipeline `{name}` has no schedule in this kiln"),
+                )
+            })?;
+        state.paused = paused;
+        registry.save_schedule_state(&state).map_err(internal)?;
+        Ok(Json(serde_json::json!({
+            "pipeline": name,
+            "paused": paused,
+            "last_fire": state.last_fire_ms.map(|m| from_ms(m).to_rfc3339()),
+        })))
+    })
+    .await
 }
