@@ -124,7 +124,7 @@ impl<L: Launcher> ScheduleLoop<L> {
             None => state.last_fire_ms = Some(now.timestamp_millis()),
         }
         state.cron.clone_from(&self.schedule.cron);
-        self.save(&state);
+        self.save(&state).await;
         let mut active: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             if active.is_none()
@@ -147,7 +147,7 @@ impl<L: Launcher> ScheduleLoop<L> {
                         .ok()
                         .flatten()
                         .is_some_and(|s| s.paused);
-                    self.save(&state);
+                    self.save(&state).await;
                     if state.paused {
                         tracing::info!(pipeline = %self.pipeline, %next, "schedule paused; fire skipped");
                     } else if active.is_some() {
@@ -192,9 +192,16 @@ impl<L: Launcher> ScheduleLoop<L> {
         tokio::spawn(async move { launcher.launch(fire).await })
     }
 
-    fn save(&self, state: &ScheduleState) {
-        if let Err(e) = self.registry.save_schedule_state(state) {
-            tracing::warn!(pipeline = %self.pipeline, "saving the schedule's state: {e}");
+    /// Stores the state durably, on a blocking thread (it flushes to disk).
+    async fn save(&self, state: &ScheduleState) {
+        let (registry, state) = (self.registry.clone(), state.clone());
+        let saved = tokio::task::spawn_blocking(move || registry.save_schedule_state(&state)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(pipeline = %self.pipeline, "saving the schedule's state: {e}")
+            }
+            Err(e) => tracing::warn!(pipeline = %self.pipeline, "saving the schedule's state: {e}"),
         }
     }
 }
