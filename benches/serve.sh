@@ -7,6 +7,7 @@
 #
 #   cargo build --release --bin kiln && cargo build --release -p kiln-server --example ceiling
 #   DURATION=10s benches/serve.sh
+#   SERVE_ARGS="--log-sample 0" benches/serve.sh    # extra `kiln serve` options (the prediction log)
 #
 # wrk comes from Debian's packages (apt-get install wrk). Both servers listen on 127.0.0.1 only,
 # each load runs for DURATION, and every process started here is stopped on exit.
@@ -16,6 +17,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 KILN=${KILN:-$TARGET/release/kiln}
 CEILING=${CEILING:-$TARGET/release/examples/ceiling}
 DURATION=${DURATION:-10s}
+read -r -a serve_args <<<"${SERVE_ARGS:-}"
 # On a small machine the load generator and the server fight over the same cores, and the
 # scheduler's noise swamps both servers' tail latency; by default each server gets core 0 and
 # wrk core 1 (set SERVER_CPUS and LOAD_CPUS, or empty to not pin).
@@ -61,7 +63,7 @@ f:close()
 LUA
 done
 
-"${on_server[@]}" "$KILN" --home "$home" serve --addr "$KILN_ADDR" >/dev/null 2>"$work/kiln.log" &
+"${on_server[@]}" "$KILN" --home "$home" serve --addr "$KILN_ADDR" "${serve_args[@]}" >/dev/null 2>"$work/kiln.log" &
 pids+=($!)
 "${on_server[@]}" "$CEILING" "$CEILING_ADDR" >/dev/null 2>"$work/ceiling.log" &
 pids+=($!)
