@@ -272,3 +272,35 @@ fn backfill_runs_once_per_fire_with_its_date() {
         r.stderr
     );
 }
+
+#[test]
+fn a_relative_kiln_home_still_gives_commands_paths_that_work() {
+    let k = util::Kiln::new();
+    std::fs::create_dir_all(k.path("pipes")).unwrap();
+    let p = k.file(
+        "pipes/rel.toml",
+        "name = \"rel\"\n[[steps]]\nid = \"make\"\nrun = \"seq 3 > ${outputs}/n\"\n\n[[steps]]\nid = \"use\"\nneeds = [\"make\"]\nrun = \"wc -l < ${steps.make.n} > ${outputs}/count\"\n",
+    );
+    // KILN_HOME relative to where kiln starts; commands run in the pipeline file's directory.
+    let out = k
+        .command()
+        .current_dir(k.dir.path())
+        .env_remove("KILN_HOME")
+        .args([
+            "--home",
+            "relhome",
+            "pipeline",
+            "run",
+            &p.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count =
+        std::fs::read_to_string(k.path("relhome/pipelines/rel/1/steps/use/outputs/count")).unwrap();
+    assert_eq!(count.trim(), "3");
+}

@@ -249,6 +249,8 @@ pub async fn run_pipeline<C: Components>(
         .map_err(|e| RunError::Io(format!("recording the run: {e}")))??;
     let dir = run_dir(registry.home(), &pipeline.name, record.id);
     std::fs::create_dir_all(&dir).map_err(|e| RunError::Io(format!("{}: {e}", dir.display())))?;
+    // Commands run in the pipeline file's directory: every path handed to them is absolute.
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
     let mut record = record;
     record.dir = dir.display().to_string();
     registry.save_pipeline_run(&record)?;
