@@ -22,6 +22,9 @@ use crate::runtime::Rows;
 pub struct LogConfig {
     /// The share of requests logged, `0.0..=1.0` (0 turns logging and drift off).
     pub sample: f64,
+    /// The most rows logged per second (0: no limit); beyond it sampled requests are skipped,
+    /// so the log's cost stays bounded whatever the load and the request sizes.
+    pub max_rows_per_s: u64,
     /// Samples waiting for the log's thread; beyond it they are dropped.
     pub queue: usize,
     /// Bytes of log files kept per version (two files of half this, the older replaced).
@@ -37,6 +40,7 @@ impl Default for LogConfig {
     fn default() -> LogConfig {
         LogConfig {
             sample: 0.1,
+            max_rows_per_s: 5_000,
             queue: 4096,
             max_bytes: 64 << 20,
             window: 10_000,
@@ -58,6 +62,9 @@ pub struct PredictionLog {
     tx: SyncSender<Sample>,
     sample: f64,
     metrics: Arc<Metrics>,
+    max_rows_per_s: u64,
+    /// The current second (high 32 bits) and the rows logged in it (low 32 bits).
+    budget: std::sync::atomic::AtomicU64,
 }
 
 impl PredictionLog {
@@ -76,18 +83,67 @@ impl PredictionLog {
             tx,
             sample: config.sample.clamp(0.0, 1.0),
             metrics,
+            max_rows_per_s: config.max_rows_per_s,
+            budget: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Whether this request is sampled.
     pub fn sampled(&self) -> bool {
-        self.sample >= 1.0
+        let drawn = self.sample >= 1.0
             || (self.sample > 0.0
-                && f64::from(crate::infer::roll_permille()) < self.sample * 1000.0)
+                && f64::from(crate::infer::roll_permille()) < self.sample * 1000.0);
+        drawn && self.budget_left()
     }
 
-    /// Offers a sampled request; drops it (counted) when the queue is full.
+    /// Whether this second's row budget is not yet spent (checked before a request keeps its
+    /// rows; `offer` takes the rows from it).
+    fn budget_left(&self) -> bool {
+        if self.max_rows_per_s == 0 {
+            return true;
+        }
+        let current = self.budget.load(std::sync::atomic::Ordering::Relaxed);
+        let second = (now_ms() / 1000) as u64 & 0xFFFF_FFFF;
+        current >> 32 != second || (current & 0xFFFF_FFFF) < self.max_rows_per_s
+    }
+
+    /// Takes `rows` from this second's budget; false when it is spent.
+    fn within_budget(&self, rows: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.max_rows_per_s == 0 {
+            return true;
+        }
+        let second = (now_ms() / 1000) as u64 & 0xFFFF_FFFF;
+        let rows = rows as u64;
+        let mut current = self.budget.load(Ordering::Relaxed);
+        loop {
+            let used = if current >> 32 == second {
+                current & 0xFFFF_FFFF
+            } else {
+                0
+            };
+            if used + rows > self.max_rows_per_s {
+                return false;
+            }
+            let next = (second << 32) | (used + rows);
+            match self.budget.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Offers a sampled request; skips it when this second's row budget is spent, and drops it
+    /// (counted) when the queue is full.
     pub fn offer(&self, version: Arc<Version>, rows: Rows, outputs: Vec<f32>) {
+        if !self.within_budget(rows.rows) {
+            return;
+        }
         let sample = Sample {
             version,
             rows,

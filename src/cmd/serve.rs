@@ -39,9 +39,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// The share of requests logged to KILN_HOME/predictions and watched for drift (0: off).
-    /// One in ten costs about 3% of throughput at full load, every request about 13%.
     #[arg(long, default_value_t = 0.1)]
     log_sample: f64,
+    /// The most rows logged per second (0: no limit), which bounds the log's cost at any load.
+    #[arg(long, default_value_t = 5_000)]
+    log_max_rows: u64,
     /// Rows in each served version's drift window.
     #[arg(long, default_value_t = 10_000)]
     drift_window: usize,
@@ -113,6 +115,7 @@ impl ServeArgs {
             actor: std::env::var("USER").unwrap_or_else(|_| "kiln-server".into()),
             log: kiln_server::predlog::LogConfig {
                 sample: self.log_sample,
+                max_rows_per_s: self.log_max_rows,
                 window: self.drift_window,
                 ..Default::default()
             },
