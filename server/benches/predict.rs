@@ -92,6 +92,43 @@ fn body(rows: usize, width: usize) -> Vec<u8> {
     .unwrap()
 }
 
+/// A server for the bundle in `dir` (registered as `bc`, champion 1) in a registry under `home`.
+fn serve_bc(
+    rt: &tokio::runtime::Runtime,
+    home: &Path,
+    dir: &Path,
+    config: ServerConfig,
+) -> axum::Router {
+    let registry = Arc::new(Registry::open(home).unwrap());
+    let run = registry.create_run(NewRun::default()).unwrap();
+    registry.log_artifact(run.id, "model", dir).unwrap();
+    registry
+        .register_version("bc", run.id, "model", "", None)
+        .unwrap();
+    registry
+        .set_alias("bc", "champion", 1, Expect::Any, "bench", "")
+        .unwrap();
+    let state = rt
+        .block_on(kiln_server::start(registry, Selection::All, config))
+        .unwrap();
+    kiln_server::router(state)
+}
+
+/// One V2 infer through the router; panics unless it succeeds.
+async fn infer(router: axum::Router, body: Vec<u8>) -> axum::response::Response {
+    let response = router
+        .oneshot(
+            Request::post("/v2/models/bc/infer")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    response
+}
+
 fn bench(c: &mut Criterion) {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("bc");
@@ -127,23 +164,12 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let registry = Arc::new(Registry::open(&scratch.path().join("home")).unwrap());
-    let run = registry.create_run(NewRun::default()).unwrap();
-    registry.log_artifact(run.id, "model", &dir).unwrap();
-    registry
-        .register_version("bc", run.id, "model", "", None)
-        .unwrap();
-    registry
-        .set_alias("bc", "champion", 1, Expect::Any, "bench", "")
-        .unwrap();
-    let state = rt
-        .block_on(kiln_server::start(
-            registry,
-            Selection::All,
-            ServerConfig::default(),
-        ))
-        .unwrap();
-    let router = kiln_server::router(state);
+    let router = serve_bc(
+        &rt,
+        &scratch.path().join("home"),
+        &dir,
+        ServerConfig::default(),
+    );
     let one_row = body(1, width);
     let mut g = c.benchmark_group("router");
     g.bench_function("GET /v2/health/live (baseline)", |b| {
@@ -157,23 +183,8 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("POST /v2/models/bc/infer, 1 row", |b| {
-        b.to_async(&rt).iter(|| {
-            let r = router.clone();
-            let body = one_row.clone();
-            async move {
-                let response = r
-                    .oneshot(
-                        Request::post("/v2/models/bc/infer")
-                            .header("content-type", "application/json")
-                            .body(Body::from(body))
-                            .unwrap(),
-                    )
-                    .await
-                    .unwrap();
-                assert!(response.status().is_success());
-                response
-            }
-        })
+        b.to_async(&rt)
+            .iter(|| infer(router.clone(), one_row.clone()))
     });
     g.finish();
 
@@ -186,15 +197,6 @@ fn bench(c: &mut Criterion) {
         ("16 concurrent infers, log 1 in 10", 0.1),
     ] {
         let home = tempfile::tempdir().unwrap();
-        let registry = Arc::new(Registry::open(home.path()).unwrap());
-        let run = registry.create_run(NewRun::default()).unwrap();
-        registry.log_artifact(run.id, "model", &dir).unwrap();
-        registry
-            .register_version("bc", run.id, "model", "", None)
-            .unwrap();
-        registry
-            .set_alias("bc", "champion", 1, Expect::Any, "bench", "")
-            .unwrap();
         let config = ServerConfig {
             log: kiln_server::predlog::LogConfig {
                 sample,
@@ -202,10 +204,7 @@ fn bench(c: &mut Criterion) {
             },
             ..ServerConfig::default()
         };
-        let state = rt
-            .block_on(kiln_server::start(registry, Selection::All, config))
-            .unwrap();
-        let router = kiln_server::router(state);
+        let router = serve_bc(&rt, home.path(), &dir, config);
         g.bench_function(name, |b| {
             b.to_async(&rt).iter(|| {
                 let router = router.clone();
@@ -213,20 +212,7 @@ fn bench(c: &mut Criterion) {
                 async move {
                     let mut set = tokio::task::JoinSet::new();
                     for _ in 0..16 {
-                        let r = router.clone();
-                        let body = body.clone();
-                        set.spawn(async move {
-                            let response = r
-                                .oneshot(
-                                    Request::post("/v2/models/bc/infer")
-                                        .header("content-type", "application/json")
-                                        .body(Body::from(body))
-                                        .unwrap(),
-                                )
-                                .await
-                                .unwrap();
-                            assert!(response.status().is_success());
-                        });
+                        set.spawn(infer(router.clone(), body.clone()));
                     }
                     while set.join_next().await.is_some() {}
                 }

@@ -199,6 +199,28 @@ impl RunLogger for EpochLog<'_> {
     }
 }
 
+/// A new top-level run of `experiment` on `table` (its fingerprint as the run's lineage).
+fn top_run(
+    reg: &Registry,
+    experiment: &str,
+    name: &str,
+    params: BTreeMap<String, String>,
+    tags: BTreeMap<String, String>,
+    table: &kiln_core::data::Table,
+) -> Result<kiln_core::registry::Run> {
+    Ok(reg.create_run(NewRun {
+        experiment: experiment.to_string(),
+        name: name.to_string(),
+        params,
+        tags,
+        parent: None,
+        lineage: Lineage {
+            dataset_fingerprint: Some(table.fingerprint().to_string()),
+            ..Default::default()
+        },
+    })?)
+}
+
 /// A finished training run: its id in the registry (with the bundle as its `model` artifact),
 /// what training produced, and the bundle's manifest.
 pub struct Trained {
@@ -238,17 +260,7 @@ pub fn train_into(
     }
     params.insert("target".into(), target.to_string());
     params.insert("data".into(), data.display().to_string());
-    let run = reg.create_run(NewRun {
-        experiment: experiment.to_string(),
-        name: String::new(),
-        params,
-        tags,
-        parent: None,
-        lineage: Lineage {
-            dataset_fingerprint: Some(table.fingerprint().to_string()),
-            ..Default::default()
-        },
-    })?;
+    let run = top_run(reg, experiment, "", params, tags, table)?;
     let logger = EpochLog {
         reg,
         run: run.id,
@@ -693,17 +705,7 @@ pub fn sweep_into(
         serde_json::to_string(config).unwrap_or_default(),
     );
     params.insert("target".to_string(), target.to_string());
-    let parent = reg.create_run(NewRun {
-        experiment: experiment.to_string(),
-        name: name.to_string(),
-        params,
-        tags,
-        parent: None,
-        lineage: Lineage {
-            dataset_fingerprint: Some(table.fingerprint().to_string()),
-            ..Default::default()
-        },
-    })?;
+    let parent = top_run(reg, experiment, name, params, tags, table)?;
     let sink = ChildRuns {
         reg,
         experiment: experiment.to_string(),
