@@ -146,6 +146,13 @@ impl Models {
         self.log.as_ref()
     }
 
+    /// Writes out the prediction log (when the server stops).
+    pub fn flush_log(&self) {
+        if let Some(log) = &self.log {
+            log.flush(std::time::Duration::from_secs(5));
+        }
+    }
+
     pub fn log_config(&self) -> &crate::predlog::LogConfig {
         &self.log_config
     }

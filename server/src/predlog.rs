@@ -57,9 +57,15 @@ struct Sample {
     at_ms: i64,
 }
 
+enum Message {
+    Sample(Sample),
+    /// Write out everything offered before this, then answer.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 /// The request path's side of the log.
 pub struct PredictionLog {
-    tx: SyncSender<Sample>,
+    tx: SyncSender<Message>,
     sample: f64,
     metrics: Arc<Metrics>,
     max_rows_per_s: u64,
@@ -150,16 +156,35 @@ impl PredictionLog {
             outputs,
             at_ms: now_ms(),
         };
-        match self.tx.try_send(sample) {
+        match self.tx.try_send(Message::Sample(sample)) {
             Ok(()) => {}
-            Err(TrySendError::Full(s)) => {
+            Err(TrySendError::Full(Message::Sample(s))) => {
                 self.metrics
                     .log_dropped
                     .with_label_values(&[&s.version.model])
                     .inc();
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(_) => {}
         }
+    }
+
+    /// Writes out everything offered so far (a server that stops calls it, so no logged
+    /// request is lost); waits at most `limit`.
+    pub fn flush(&self, limit: Duration) {
+        let (ack, done) = std::sync::mpsc::channel();
+        let deadline = std::time::Instant::now() + limit;
+        let mut message = Message::Flush(ack);
+        loop {
+            match self.tx.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    message = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = done.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 }
 
@@ -197,7 +222,7 @@ fn open(dir: &std::path::Path, keys: Vec<String>) -> std::io::Result<File> {
 /// cost every request a wake-up of this thread; a tick costs none of them anything.
 const TICK: Duration = Duration::from_millis(20);
 
-fn write_loop(rx: &Receiver<Sample>, root: &std::path::Path, max_bytes: u64, metrics: &Metrics) {
+fn write_loop(rx: &Receiver<Message>, root: &std::path::Path, max_bytes: u64, metrics: &Metrics) {
     let mut files: HashMap<(String, u32), File> = HashMap::new();
     let mut broken: HashMap<(String, u32), String> = HashMap::new();
     let mut line = String::new();
@@ -209,7 +234,15 @@ fn write_loop(rx: &Receiver<Sample>, root: &std::path::Path, max_bytes: u64, met
         let mut took = 0;
         loop {
             let sample = match rx.try_recv() {
-                Ok(s) => s,
+                Ok(Message::Sample(s)) => s,
+                Ok(Message::Flush(ack)) => {
+                    for f in files.values_mut() {
+                        let _ = f.out.flush();
+                    }
+                    dirty = false;
+                    let _ = ack.send(());
+                    continue;
+                }
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     for f in files.values_mut() {

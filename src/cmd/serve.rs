@@ -164,7 +164,9 @@ pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
             .await
             .with_context(|| format!("listening on {addr}"))?;
         announce(&state, listener.local_addr()?, "kiln")?;
+        let models = state.models.clone();
         kiln_server::serve(listener, kiln_server::router(state), shutdown_signal()).await?;
+        tokio::task::spawn_blocking(move || models.flush_log()).await?;
         eprintln!("kiln server stopped");
         anyhow::Ok(())
     })?;

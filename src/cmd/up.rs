@@ -192,6 +192,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
             schedules.push(tokio::spawn(watcher.run(stop.clone())));
         }
         let state = state.with_pipelines(api.clone());
+        let models = state.models.clone();
         let router = kiln_server::router_with(state, reads(api.clone()), writes(api.clone()));
         let shutdown = async move {
             shutdown_signal().await;
@@ -199,6 +200,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
             let _ = stop_tx.send(true);
         };
         kiln_server::serve(listener, router, shutdown).await?;
+        tokio::task::spawn_blocking(move || models.flush_log()).await?;
         for s in schedules {
             let _ = s.await;
         }
