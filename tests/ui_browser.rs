@@ -279,7 +279,7 @@ fn the_ui_lists_models_promotes_on_click_and_draws_a_pipeline_run() {
             "--addr",
             "127.0.0.1:0",
             "--token",
-            "s3cret",
+            "s3 cret;x",
         ],
     );
     let mut b = Browser::start(&binary);
@@ -308,7 +308,7 @@ fn the_ui_lists_models_promotes_on_click_and_draws_a_pipeline_run() {
     // Log in, then promote with a click: the alias moves.
     b.open(&format!("{}/ui/login", up.url));
     b.click("#token");
-    b.type_text("s3cret");
+    b.type_text("s3 cret;x");
     b.click("button[type=submit]");
     b.wait_for("the models page", "location.pathname === '/ui/models'");
     b.open(&format!("{}/ui/models/breast-cancer", up.url));

@@ -1158,7 +1158,8 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().strip_prefix("kiln_token="))
-        .any(|t| crate::app::same(t, token));
+        // The cookie holds the token percent-encoded (as `login` set it).
+        .any(|t| crate::app::same(t, &url(token)));
     let from_header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
