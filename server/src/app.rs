@@ -196,6 +196,10 @@ fn authorized(config: &ServerConfig, headers: &HeaderMap) -> Result<(), ApiError
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    // A browser logged in at /ui/login carries the token as a cookie instead.
+    if given.is_none() && crate::ui::cookie_matches(headers, token) {
+        return Ok(());
+    }
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::new(

@@ -1147,19 +1147,24 @@ async fn drift_page(State(state): State<AppState>) -> UiResult {
 
 // ----- actions -----
 
-/// Whether a browser request carries the token (cookie or header), when one is set.
-fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
-    let Some(token) = &state.config.token else {
-        return Ok(());
-    };
-    let from_cookie = headers
+/// Whether the request carries the `kiln_token` cookie that `/ui/login` sets for `token`
+/// (percent-encoded there).
+pub(crate) fn cookie_matches(headers: &HeaderMap, token: &str) -> bool {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().strip_prefix("kiln_token="))
-        // The cookie holds the token percent-encoded (as `login` set it).
-        .any(|t| crate::app::same(t, &url(token)));
+        .any(|t| crate::app::same(t, &url(token)))
+}
+
+/// Whether a browser request carries the token (cookie or header), when one is set.
+fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(token) = &state.config.token else {
+        return Ok(());
+    };
+    let from_cookie = cookie_matches(headers, token);
     let from_header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -339,6 +339,43 @@ async fn tokens_protect_changes_and_optionally_reads() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    // The web UI: closed too, but the login page is open and its cookie opens the rest.
+    assert_eq!(get(&s, "/ui/models").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(get(&s, "/ui/login").await.0, StatusCode::OK);
+    let (status, headers, _) = call(
+        &s,
+        "POST",
+        "/ui/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "token=s3cret",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (status, _, _) = call(
+        &s,
+        "GET",
+        "/ui/models",
+        &[("cookie", &cookie)],
+        axum::body::Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call(
+        &s,
+        "POST",
+        "/ui/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "token=wrong",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 /// A client loop sends requests continuously over a real socket while the alias moves between
