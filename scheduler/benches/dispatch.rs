@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
             .unwrap();
         g.bench_with_input(BenchmarkId::new("executor", shape), &p, |b, p| {
             b.to_async(&rt)
-                .iter(|| async { black_box(execute(p, Arc::new(Nothing), limits).await) });
+                .iter(|| async { black_box(execute(p, Arc::new(Nothing), limits.clone()).await) });
         });
         let dir = tempfile::tempdir().unwrap();
         let registry = Arc::new(Registry::open(&dir.path().join("home")).unwrap());
@@ -91,7 +91,7 @@ fn bench(c: &mut Criterion) {
                     trigger: "bench".into(),
                     logical_date: "2026-11-28".into(),
                     force: Force::All,
-                    limits,
+                    limits: limits.clone(),
                     path_prefix: Vec::new(),
                 };
                 black_box(

@@ -2,8 +2,9 @@
 //! once (bounded), each with its timeout and its retries with exponential backoff; a step whose
 //! needs failed does not run, and one whose needs were skipped is skipped. A run can be
 //! cancelled: running steps are stopped (their futures dropped, which kills their processes)
-//! and recorded as cancelled. What a step does is a [`StepRunner`]'s business, so the executor
-//! is tested on tokio's paused clock with runners that only pretend.
+//! and recorded as cancelled. Steps that hold the GPU run one at a time. What a step does is a
+//! [`StepRunner`]'s business, so the executor is tested on tokio's paused clock with runners
+//! that only pretend.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,7 +72,7 @@ pub struct StepRecord {
 }
 
 /// Limits of an execution.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Steps running at once.
     pub parallel: usize,
@@ -79,6 +80,9 @@ pub struct Limits {
     pub backoff: Duration,
     /// The longest wait between retries.
     pub max_backoff: Duration,
+    /// The GPU, one permit: steps that hold it ([`Step::gpu`]) run one at a time. The runs of
+    /// one process share it by cloning one `Limits`.
+    pub gpu: Arc<Semaphore>,
 }
 
 impl Default for Limits {
@@ -87,6 +91,7 @@ impl Default for Limits {
             parallel: 4,
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
+            gpu: Arc::new(Semaphore::new(1)),
         }
     }
 }
@@ -208,11 +213,17 @@ pub async fn execute_with<R: StepRunner>(
             }
             spawned[i] = true;
             let (step, runner, permits) = (step.clone(), runner.clone(), permits.clone());
-            let started_tx = started_tx.clone();
+            let gpu = step.gpu.then(|| limits.gpu.clone());
+            let (backoff, started_tx) = (limits.clone(), started_tx.clone());
             running.spawn(async move {
+                // A step waiting for the GPU takes no slot from steps that could run meanwhile.
+                let _gpu = match gpu {
+                    Some(gpu) => Some(gpu.acquire_owned().await),
+                    None => None,
+                };
                 let _permit = permits.acquire_owned().await;
                 let _ = started_tx.send(i);
-                (i, run_step(&step, runner.as_ref(), limits, start).await)
+                (i, run_step(&step, runner.as_ref(), &backoff, start).await)
             });
         }
         tokio::select! {
@@ -261,7 +272,7 @@ pub async fn execute_with<R: StepRunner>(
 async fn run_step<R: StepRunner>(
     step: &Step,
     runner: &R,
-    limits: Limits,
+    limits: &Limits,
     start: Instant,
 ) -> StepRecord {
     let started = start.elapsed();
@@ -298,6 +309,6 @@ async fn run_step<R: StepRunner>(
                 finished: Some(start.elapsed()),
             };
         }
-        tokio::time::sleep(backoff(&limits, attempts)).await;
+        tokio::time::sleep(backoff(limits, attempts)).await;
     }
 }

@@ -70,6 +70,16 @@ pub enum Action {
     Run { command: String },
 }
 
+impl Action {
+    /// The `device` argument of a component, as written.
+    pub fn device(&self) -> Option<&str> {
+        match self {
+            Action::Uses { with, .. } => with.get("device").and_then(toml::Value::as_str),
+            Action::Run { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Step {
     pub id: String,
@@ -83,6 +93,10 @@ pub struct Step {
     /// Whether an earlier execution with the same definition and inputs may stand in for this
     /// one (`cache = false` for steps that read what kiln cannot see, such as the network).
     pub cache: bool,
+    /// Whether the step holds the GPU while it runs, so that no other such step runs beside
+    /// it: `gpu = true` (a command that trains on the GPU, a sweep whose trials do), or a
+    /// component whose `device` argument is `gpu` (as written, or once parameters are filled in).
+    pub gpu: bool,
     /// The line of the step's `id`.
     pub line: usize,
 }
@@ -104,6 +118,8 @@ pub struct Pipeline {
     pub name: String,
     pub params: BTreeMap<String, toml::Value>,
     pub schedule: Option<Schedule>,
+    /// Steps of one run running at once (`parallel = N`; the executor's default otherwise).
+    pub parallel: Option<usize>,
     pub steps: Vec<Step>,
 }
 
@@ -180,6 +196,8 @@ struct RawFile {
     #[serde(default)]
     schedule: Option<Spanned<RawSchedule>>,
     #[serde(default)]
+    parallel: Option<Spanned<i64>>,
+    #[serde(default)]
     steps: Vec<Spanned<RawStep>>,
 }
 
@@ -213,6 +231,8 @@ struct RawStep {
     condition: Option<Spanned<String>>,
     #[serde(default = "yes")]
     cache: bool,
+    #[serde(default)]
+    gpu: bool,
 }
 
 fn yes() -> bool {
@@ -292,6 +312,21 @@ pub fn parse(text: &str) -> Parsed {
             overlap: s.overlap,
         }
     });
+    let parallel = raw
+        .parallel
+        .and_then(|n| match usize::try_from(*n.get_ref()) {
+            Ok(p @ 1..=256) => Some(p),
+            _ => {
+                f.error(
+                    n.span().start,
+                    format!(
+                        "parallel = {}: give how many steps may run at once, 1 to 256",
+                        n.get_ref()
+                    ),
+                );
+                None
+            }
+        });
     if raw.steps.is_empty() {
         f.error(0, "the pipeline has no steps; add [[steps]] tables".into());
     }
@@ -427,6 +462,10 @@ pub fn parse(text: &str) -> Parsed {
         for (offset, t) in texts {
             check_templates(&mut f, offset, &id, &t, &raw.params, &ids, &is_ancestor);
         }
+        let gpu = s.gpu
+            || action
+                .device()
+                .is_some_and(|d| d.eq_ignore_ascii_case("gpu"));
         steps.push(Step {
             id,
             needs: s.needs.iter().map(|n| n.get_ref().clone()).collect(),
@@ -435,6 +474,7 @@ pub fn parse(text: &str) -> Parsed {
             timeout,
             condition: s.condition.as_ref().map(|c| c.get_ref().clone()),
             cache: s.cache,
+            gpu,
             line: position(text, s.id.span().start).0,
         });
     }
@@ -456,6 +496,7 @@ pub fn parse(text: &str) -> Parsed {
             name,
             params: raw.params,
             schedule,
+            parallel,
             steps,
         }),
         diagnostics: f.out,

@@ -304,7 +304,20 @@ pub async fn run_pipeline<C: Components>(
         runner.save_step(&record, index);
         on_change(&record);
     };
-    execute_with(&pipeline, runner.clone(), request.limits, cancel, &observe).await;
+    // A device given by a parameter (`device = "${params.device}"`) is known only now.
+    let mut pipeline = pipeline;
+    for step in &mut pipeline.steps {
+        if let Some(device) = step.action.device() {
+            step.gpu |= runner
+                .fill(&step.id, device, false)
+                .is_ok_and(|d| d.eq_ignore_ascii_case("gpu"));
+        }
+    }
+    let mut limits = request.limits;
+    if let Some(parallel) = pipeline.parallel {
+        limits.parallel = parallel;
+    }
+    execute_with(&pipeline, runner.clone(), limits, cancel, &observe).await;
     let mut record = runner.lock().clone();
     let states: Vec<StepExecState> = record.steps.iter().map(|s| s.state).collect();
     record.state = if states.contains(&StepExecState::Cancelled) {

@@ -1,6 +1,6 @@
 //! The executor on tokio's paused clock: retries wait 1 s, 2 s, 4 s…; a step over its timeout is
 //! stopped; a failed step's dependents do not run while independent ones do; at most `parallel`
-//! steps run at once.
+//! steps run at once, and at most one that holds the GPU.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -108,4 +108,41 @@ async fn independent_steps_run_in_parallel_within_the_limit() {
     // `d` starts when the last of its needs ends.
     assert_eq!(r["d"].started, Some(Duration::from_secs(20)));
     assert_eq!(r["d"].finished, Some(Duration::from_secs(25)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn steps_that_hold_the_gpu_run_one_at_a_time_beside_the_others() {
+    // `a` and `b` train on the GPU (one declared, one by its device argument), `c` and `d` do
+    // not; all four are independent and the limit would let them all run at once.
+    let p = pipeline(
+        "[[steps]]\nid = \"a\"\nrun = \"x\"\ngpu = true\n\n[[steps]]\nid = \"b\"\nuses = \"train\"\nwith = { data = \"d.csv\", target = \"y\", device = \"gpu\" }\n\n[[steps]]\nid = \"c\"\nrun = \"x\"\n\n[[steps]]\nid = \"d\"\nuses = \"train\"\nwith = { data = \"d.csv\", target = \"y\", device = \"cpu\" }\n",
+    );
+    let gpu: Vec<bool> = p.steps.iter().map(|s| s.gpu).collect();
+    assert_eq!(gpu, [true, true, false, false]);
+    let runner = Arc::new(Pretend {
+        seconds: [("a", 10), ("b", 10), ("c", 10), ("d", 10)].into(),
+        ..Default::default()
+    });
+    let limits = Limits::default();
+    let r = by_id(&execute(&p, runner.clone(), limits.clone()).await);
+    assert_eq!(
+        runner.running.lock().unwrap().1,
+        3,
+        "c and d beside one GPU step"
+    );
+    let mut gpu_ends = [r["a"].finished.unwrap(), r["b"].finished.unwrap()];
+    gpu_ends.sort();
+    assert_eq!(gpu_ends, [Duration::from_secs(10), Duration::from_secs(20)]);
+    assert_eq!(r["c"].finished, Some(Duration::from_secs(10)));
+    assert_eq!(r["d"].finished, Some(Duration::from_secs(10)));
+
+    // Two runs sharing one `Limits` (as the runs of one process do) share the GPU too.
+    let one = pipeline("[[steps]]\nid = \"a\"\nrun = \"x\"\ngpu = true\n");
+    let (first, second) = tokio::join!(
+        execute(&one, runner.clone(), limits.clone()),
+        execute(&one, runner.clone(), limits.clone()),
+    );
+    let mut ends = [first[0].finished.unwrap(), second[0].finished.unwrap()];
+    ends.sort();
+    assert_eq!(ends, [Duration::from_secs(10), Duration::from_secs(20)]);
 }

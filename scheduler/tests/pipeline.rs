@@ -154,3 +154,21 @@ fn files_that_components_read_must_exist() {
     );
     assert_eq!((missing[0].line, missing[1].line), (3, 8));
 }
+
+#[test]
+fn parallel_is_a_count_of_steps() {
+    let step = "\n[[steps]]\nid = \"a\"\nrun = \"true\"\n";
+    check(
+        &format!("name = \"p\"\nparallel = 0\n{step}"),
+        &[(
+            2,
+            "parallel = 0: give how many steps may run at once, 1 to 256",
+        )],
+    );
+    check(
+        &format!("name = \"p\"\nparallel = -3\n{step}"),
+        &[(2, "1 to 256")],
+    );
+    let parsed = parse(&format!("name = \"p\"\nparallel = 2\n{step}"));
+    assert_eq!(parsed.pipeline.unwrap().parallel, Some(2));
+}

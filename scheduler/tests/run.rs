@@ -336,3 +336,84 @@ async fn unknown_parameters_and_invalid_files_are_refused_before_a_run_is_record
     assert!(e.contains("p.toml:4:") && e.contains("zz"), "{e}");
     assert!(s.registry.pipeline_runs(None, 10).unwrap().is_empty());
 }
+
+/// Counts how many calls run at once, each taking 300 ms.
+#[derive(Default)]
+struct Overlap {
+    running: std::sync::Mutex<(usize, usize)>,
+}
+
+impl Overlap {
+    /// The most calls that ran at once.
+    fn most(&self) -> usize {
+        self.running.lock().unwrap().1
+    }
+}
+
+impl Components for Overlap {
+    fn run(&self, _call: &ComponentCall) -> Result<BTreeMap<String, String>, String> {
+        {
+            let mut r = self.running.lock().unwrap();
+            r.0 += 1;
+            r.1 = r.1.max(r.0);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        self.running.lock().unwrap().0 -= 1;
+        Ok(BTreeMap::new())
+    }
+}
+
+#[tokio::test]
+async fn the_gpu_and_the_files_parallel_limit_bound_what_runs_at_once() {
+    let s = setup();
+    std::fs::write(s.work.join("d.csv"), "x,y\n1,0\n").unwrap();
+    let text = r#"name = "g"
+[params]
+device = "gpu"
+
+[[steps]]
+id = "one"
+uses = "train"
+with = { data = "d.csv", target = "y", device = "${params.device}" }
+
+[[steps]]
+id = "two"
+uses = "train"
+with = { data = "d.csv", target = "y", device = "${params.device}", seed = 2 }
+"#;
+    let most_at_once = |params: &[(&str, &str)]| {
+        let mut r = request(&s, text);
+        r.params = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let components = Arc::new(Overlap::default());
+        let (components2, registry) = (components.clone(), s.registry.clone());
+        async move {
+            let (_keep, cancel) = watch::channel(false);
+            let run = run_pipeline(registry, components2, r, cancel, &|_| {})
+                .await
+                .unwrap();
+            assert_eq!(run.state, PipelineRunState::Succeeded);
+            components.most()
+        }
+    };
+    assert_eq!(most_at_once(&[]).await, 1, "both on the GPU: one at a time");
+    assert_eq!(
+        most_at_once(&[("device", "cpu")]).await,
+        2,
+        "on the CPU: together"
+    );
+    // The file's `parallel` bounds the run's steps whatever the device.
+    let text = format!("parallel = 1\n{text}");
+    let mut r = request(&s, &text);
+    r.params = BTreeMap::from([("device".to_string(), "cpu".to_string())]);
+    r.force = Force::All;
+    let components = Arc::new(Overlap::default());
+    let (_keep, cancel) = watch::channel(false);
+    let run = run_pipeline(s.registry.clone(), components.clone(), r, cancel, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(run.state, PipelineRunState::Succeeded);
+    assert_eq!(components.most(), 1);
+}

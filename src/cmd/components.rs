@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::{Context, Result, anyhow, bail};
 use kiln_core::bundle;
@@ -26,11 +25,9 @@ use kiln_trainer::{DeviceChoice, TrainConfig};
 
 use crate::cmd::train::{sweep_into, train_into};
 
-/// kiln's components. At most one step trains on the GPU at a time.
-#[derive(Default)]
-pub struct Builtins {
-    gpu: Mutex<()>,
-}
+/// kiln's components. (A `train` step on the GPU holds the executor's GPU permit, so at most
+/// one trains there at a time.)
+pub struct Builtins;
 
 type Values = BTreeMap<String, String>;
 
@@ -273,11 +270,6 @@ impl Builtins {
         }
         let config = train_config(call, &["data", "target", "spec", "experiment"])?;
         let experiment = text(call, "experiment").unwrap_or(&call.pipeline);
-        let _gpu = (config.device == DeviceChoice::Gpu).then(|| {
-            self.gpu
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        });
         let trained = train_into(
             &call.registry,
             &table,

@@ -247,6 +247,11 @@ fn validate(file: &Path, json: bool) -> Result<Outcome> {
                     }
                 }
             };
+            let what = if step.gpu {
+                format!("{what} (holds the GPU)")
+            } else {
+                what
+            };
             rows.push(vec![
                 (i + 1).to_string(),
                 id.clone(),

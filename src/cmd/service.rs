@@ -21,6 +21,8 @@ pub struct Service {
     stop: watch::Receiver<bool>,
     active: Mutex<BTreeMap<u64, Arc<watch::Sender<bool>>>>,
     path_prefix: Vec<PathBuf>,
+    /// Every run's limits: one GPU permit for the whole process.
+    limits: Limits,
 }
 
 impl Service {
@@ -32,10 +34,11 @@ impl Service {
             .collect();
         Arc::new(Service {
             registry,
-            components: Arc::new(Builtins::default()),
+            components: Arc::new(Builtins),
             stop,
             active: Mutex::new(BTreeMap::new()),
             path_prefix,
+            limits: Limits::default(),
         })
     }
 
@@ -75,7 +78,7 @@ impl Service {
             trigger: trigger.to_string(),
             logical_date: date.format("%Y-%m-%d").to_string(),
             force,
-            limits: Limits::default(),
+            limits: self.limits.clone(),
             path_prefix: self.path_prefix.clone(),
         })
     }
