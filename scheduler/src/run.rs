@@ -7,6 +7,11 @@
 //! value `NAME` of step `ID` when it reported one, else the path of the file `NAME` in its output
 //! directory.
 //!
+//! **Metrics of commands.** `NAME=NUMBER` lines a command appends to `$KILN_METRICS` become a
+//! tracking run (experiment: the pipeline's name; tagged with the pipeline run and step), a
+//! name given several times a series in the order written (a loss per epoch); the step's values
+//! get `run` and each metric's last value.
+//!
 //! **Caching.** A step's cache key is the digest of its definition (parameters, `${date}` and
 //! `${run_id}` filled in; references to other steps left as written), the output digests of
 //! the steps it needs or names, and the content of every file or directory a component argument
@@ -20,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kiln_core::registry::{
-    CacheEntry, PipelineRun, PipelineRunState, Registry, StepExecState, StepExecution,
+    CacheEntry, Lineage, NewRun, PipelineRun, PipelineRunState, Registry, RunStatus, StepExecState,
+    StepExecution, run_id_text,
 };
 use tokio::sync::watch;
 
@@ -630,11 +636,13 @@ impl<C: Components> Runner<C> {
             Action::Run { command } => {
                 let command = self.fill(&step.id, command, true)?;
                 let values_file = step_dir.join(format!("values-{attempt}"));
+                let metrics_file = step_dir.join(format!("metrics-{attempt}"));
                 let run_id = self.lock().id.to_string();
                 let attempt_text = attempt.to_string();
-                let env: [(&str, &std::ffi::OsStr); 7] = [
+                let env: [(&str, &std::ffi::OsStr); 8] = [
                     ("KILN_OUTPUTS", outputs.as_os_str()),
                     ("KILN_VALUES", values_file.as_os_str()),
+                    ("KILN_METRICS", metrics_file.as_os_str()),
                     ("KILN_STEP", step.id.as_ref()),
                     ("KILN_RUN_ID", run_id.as_ref()),
                     ("KILN_ATTEMPT", attempt_text.as_ref()),
@@ -642,7 +650,20 @@ impl<C: Components> Runner<C> {
                     ("PATH", self.path.as_os_str()),
                 ];
                 match run_command(&command, &self.workdir, &env, &log).await {
-                    Attempt::Succeeded => read_values(&values_file)?,
+                    Attempt::Succeeded => {
+                        let mut values = read_values(&values_file)?;
+                        let metrics = read_metrics(&metrics_file)?;
+                        if !metrics.is_empty() {
+                            let run = self.track(step, &command, &metrics).await?;
+                            values.entry("run".into()).or_insert(run_id_text(run));
+                            for (name, series) in metrics {
+                                if let Some(last) = series.last() {
+                                    values.entry(name).or_insert(last.to_string());
+                                }
+                            }
+                        }
+                        values
+                    }
                     other => return Ok(other),
                 }
             }
@@ -700,6 +721,52 @@ impl<C: Components> Runner<C> {
                 .map_err(|e| e.to_string())?;
         }
         Ok(Attempt::Succeeded)
+    }
+}
+
+impl<C: Components> Runner<C> {
+    /// Records a command's metrics as a finished tracking run; returns its id.
+    async fn track(
+        &self,
+        step: &Step,
+        command: &str,
+        metrics: &BTreeMap<String, Vec<f64>>,
+    ) -> Result<u64, String> {
+        let new = NewRun {
+            experiment: self.pipeline.name.clone(),
+            name: step.id.clone(),
+            params: BTreeMap::from([("command".to_string(), command.to_string())]),
+            tags: BTreeMap::from([
+                ("kiln.pipeline".to_string(), self.pipeline.name.clone()),
+                ("kiln.pipeline_run".to_string(), self.lock().id.to_string()),
+                ("kiln.pipeline_step".to_string(), step.id.clone()),
+            ]),
+            parent: None,
+            lineage: Lineage::default(),
+        };
+        let points: Vec<(String, i64, f64)> = metrics
+            .iter()
+            .flat_map(|(name, series)| {
+                series
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, v)| (name.clone(), i as i64, *v))
+            })
+            .collect();
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || {
+            let run = registry.create_run(new)?;
+            let points: Vec<(&str, i64, f64)> = points
+                .iter()
+                .map(|(n, i, v)| (n.as_str(), *i, *v))
+                .collect();
+            registry.log_metrics(run.id, &points)?;
+            registry.end_run(run.id, RunStatus::Finished)?;
+            Ok::<u64, kiln_core::registry::RegistryError>(run.id)
+        })
+        .await
+        .map_err(|e| format!("recording metrics: {e}"))?
+        .map_err(|e| format!("recording metrics: {e}"))
     }
 }
 
@@ -762,6 +829,26 @@ fn read_values(path: &Path) -> Result<BTreeMap<String, String>, String> {
             .split_once('=')
             .ok_or_else(|| format!("$KILN_VALUES line {}: {line:?} is not NAME=VALUE", n + 1))?;
         out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// `NAME=NUMBER` lines: each name's values in the order written.
+fn read_metrics(path: &Path) -> Result<BTreeMap<String, Vec<f64>>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = || format!("$KILN_METRICS line {}: {line:?} is not NAME=NUMBER", n + 1);
+        let (k, v) = line.split_once('=').ok_or_else(bad)?;
+        let v: f64 = v.trim().parse().map_err(|_| bad())?;
+        out.entry(k.trim().to_string()).or_default().push(v);
     }
     Ok(out)
 }

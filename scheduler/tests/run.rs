@@ -1,7 +1,8 @@
 //! Whole pipeline runs with real shell commands and a real registry: outputs and values flow
 //! between steps, failures are retried and keep their logs, a command over its timeout is killed
 //! with everything it started, an unchanged second run is cached step by step (and says why),
-//! changed inputs rerun what depends on them, `if` skips, and a cancelled run stops its steps.
+//! changed inputs rerun what depends on them, `if` skips, a cancelled run stops its steps, and a
+//! command's metrics become a tracking run.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -416,4 +417,57 @@ with = { data = "d.csv", target = "y", device = "${params.device}", seed = 2 }
         .unwrap();
     assert_eq!(run.state, PipelineRunState::Succeeded);
     assert_eq!(components.most(), 1);
+}
+
+#[tokio::test]
+async fn metrics_a_command_reports_become_a_tracking_run_and_values() {
+    let s = setup();
+    let text = r#"name = "m"
+
+[[steps]]
+id = "fit"
+run = "for l in 0.9 0.5 0.25; do echo loss=$l >> $KILN_METRICS; done; echo auc = 0.81 >> $KILN_METRICS"
+
+[[steps]]
+id = "gate"
+needs = ["fit"]
+run = "echo ${steps.fit.auc} ${steps.fit.loss} > ${outputs}/seen"
+
+[[steps]]
+id = "broken"
+run = "echo auc=high >> $KILN_METRICS"
+"#;
+    let r = run(&s, request(&s, text)).await;
+    let fit = step(&r, "fit");
+    assert_eq!(fit.state, StepExecState::Succeeded);
+    assert_eq!(fit.values["auc"], "0.81");
+    assert_eq!(fit.values["loss"], "0.25");
+    assert_eq!(output(&r, "gate", "seen"), "0.81 0.25\n");
+
+    let id = kiln_core::registry::parse_run_id(&fit.values["run"]).unwrap();
+    let tracked = s.registry.run(id).unwrap();
+    assert_eq!(tracked.name, "fit");
+    assert_eq!(tracked.status, kiln_core::registry::RunStatus::Finished);
+    assert_eq!(tracked.tags["kiln.pipeline_run"], r.id.to_string());
+    assert_eq!(tracked.tags["kiln.pipeline_step"], "fit");
+    assert_eq!(
+        s.registry.experiment("m").unwrap().id,
+        tracked.experiment_id
+    );
+    let loss: Vec<(i64, f64)> = s
+        .registry
+        .metric_history(id, "loss", None)
+        .unwrap()
+        .iter()
+        .map(|p| (p.step, p.value))
+        .collect();
+    assert_eq!(loss, [(0, 0.9), (1, 0.5), (2, 0.25)]);
+
+    let broken = step(&r, "broken");
+    assert_eq!(broken.state, StepExecState::Failed);
+    let error = broken.error.as_deref().unwrap();
+    assert!(
+        error.contains("$KILN_METRICS line 1: \"auc=high\" is not NAME=NUMBER"),
+        "{error}"
+    );
 }
