@@ -265,7 +265,7 @@ fn the_ui_lists_models_promotes_on_click_and_draws_a_pipeline_run() {
     k.ok(&["models", "alias", "set", "breast-cancer", "champion", "1"]);
     let pipeline = k.file(
         "fan.toml",
-        "name = \"fan\"\n[[steps]]\nid = \"make\"\nrun = \"seq 5 > ${outputs}/n\"\n\n[[steps]]\nid = \"count\"\nneeds = [\"make\"]\nrun = \"wc -l < ${steps.make.n}\"\n\n[[steps]]\nid = \"sum\"\nneeds = [\"make\"]\nrun = \"paste -sd+ ${steps.make.n} | bc || true\"\n",
+        "name = \"fan\"\n[[steps]]\nid = \"make\"\nrun = \"seq 5 > ${outputs}/n\"\n\n[[steps]]\nid = \"count\"\nneeds = [\"make\"]\nrun = \"wc -l < ${steps.make.n}\"\n\n[[steps]]\nid = \"sum\"\nneeds = [\"make\"]\nrun = \"echo total=$(($(paste -sd+ ${steps.make.n}))) >> $KILN_METRICS\"\n",
     );
     let pipeline = pipeline.display().to_string();
     k.ok(&["pipeline", "run", &pipeline]);
@@ -327,6 +327,15 @@ fn the_ui_lists_models_promotes_on_click_and_draws_a_pipeline_run() {
     assert_eq!(steps, "count:succeeded,make:succeeded,sum:succeeded");
     assert_eq!(b.eval("document.querySelectorAll('svg line').length"), 2);
     b.screenshot("pipeline-run");
+    // `sum` reported a metric: the step links to its tracking run, whose page shows it.
+    assert!(b.text().contains("total=15"), "{}", b.text());
+    b.click("a[href^='/ui/runs/']");
+    b.wait_for(
+        "the step's tracking run",
+        "location.pathname.startsWith('/ui/runs/')",
+    );
+    let text = b.text();
+    assert!(text.contains("total") && text.contains("15"), "{text}");
 
     // Trigger a run from the pipelines page; it opens the new run's page.
     b.open(&format!("{}/ui/pipelines", up.url));

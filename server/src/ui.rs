@@ -1029,7 +1029,17 @@ async fn pipeline_run_page(
                 .values
                 .iter()
                 .filter(|(_, v)| !v.starts_with('/') && v.len() <= 40)
-                .map(|(k, v)| format!("<span class=\"badge\">{}={}</span>", esc(k), esc(v)))
+                .map(|(k, v)| {
+                    // A step's tracking run (train, a command's metrics) links to its page.
+                    if k == "run" && kiln_core::registry::parse_run_id(v).is_ok() {
+                        format!(
+                            "<span class=\"badge\">run=<a href=\"/ui/runs/{0}\">{0}</a></span>",
+                            esc(v)
+                        )
+                    } else {
+                        format!("<span class=\"badge\">{}={}</span>", esc(k), esc(v))
+                    }
+                })
                 .collect();
             let _ = write!(
                 rows,
