@@ -214,6 +214,31 @@ fn a_failing_step_is_retried_keeps_its_logs_and_stops_its_dependents() {
     let run = run_json(&k, 1);
     assert_eq!(step(&run, "fail")["attempts"], 2);
     assert_eq!(step(&run, "after")["state"], "upstream_failed");
+    // A component's wrong argument is not retried: the step fails at its first attempt.
+    let data = k.file("d.csv", "x,y\n1,0\n2,1\n3,0\n");
+    let q = k.file(
+        "q.toml",
+        &format!(
+            "name = \"q\"\n[[steps]]\nid = \"train\"\nuses = \"train\"\nwith = {{ data = \"{}\", target = \"label\" }}\nretries = 2\n",
+            data.display()
+        ),
+    );
+    let r = k.run(&["pipeline", "run", &q.display().to_string()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let run = run_json(&k, 2);
+    let train = step(&run, "train");
+    assert_eq!(train["attempts"], 1, "{train}");
+    assert!(
+        train["error"]
+            .as_str()
+            .unwrap()
+            .contains("target column `label` is not in the data"),
+        "{train}"
+    );
+    assert!(
+        train["reason"].as_str().unwrap().starts_with("not retried"),
+        "{train}"
+    );
     // Unknown step, parameter and run: clear errors.
     let r = k.run(&["pipeline", "logs", "1", "fial"]);
     assert!(r.stderr.contains("did you mean `fail`?"), "{}", r.stderr);

@@ -13,7 +13,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use kiln_core::registry::Registry;
 use kiln_scheduler::executor::{Attempt, Limits, StepRunner, execute};
 use kiln_scheduler::pipeline::Step;
-use kiln_scheduler::run::{ComponentCall, Components, Force, RunRequest, run_pipeline};
+use kiln_scheduler::run::{
+    ComponentCall, ComponentError, Components, Force, RunRequest, run_pipeline,
+};
 use tokio::sync::watch;
 
 const STEPS: usize = 1000;
@@ -38,7 +40,7 @@ impl StepRunner for Nothing {
 }
 
 impl Components for Nothing {
-    fn run(&self, _call: &ComponentCall) -> Result<BTreeMap<String, String>, String> {
+    fn run(&self, _call: &ComponentCall) -> Result<BTreeMap<String, String>, ComponentError> {
         Ok(BTreeMap::new())
     }
 }

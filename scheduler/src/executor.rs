@@ -21,7 +21,11 @@ use crate::pipeline::{Pipeline, Step};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Attempt {
     Succeeded,
+    /// Failed; another attempt may go differently (it is retried while retries are left).
     Failed(String),
+    /// Failed in a way no further attempt changes (a wrong argument, a malformed file): not
+    /// retried.
+    Refused(String),
     /// Not run: its condition is false (the reason says which).
     Skipped(String),
     /// Not run: an earlier execution's result is reused (the reason says which).
@@ -286,14 +290,20 @@ async fn run_step<R: StepRunner>(
             },
             None => Ok(runner.run(step, attempts).await),
         };
+        let refused = matches!(outcome, Ok(Attempt::Refused(_)));
         let (state, error, reason) = match outcome {
             Ok(Attempt::Succeeded) => (StepState::Succeeded, None, None),
             Ok(Attempt::Failed(m)) => (StepState::Failed, Some(m), None),
+            Ok(Attempt::Refused(m)) => (
+                StepState::Failed,
+                Some(m),
+                Some("not retried: another attempt would fail the same way".to_string()),
+            ),
             Ok(Attempt::Skipped(r)) => (StepState::Skipped, None, Some(r)),
             Ok(Attempt::Cached(r)) => (StepState::Cached, None, Some(r)),
             Err(m) => (StepState::TimedOut, Some(m), None),
         };
-        let done = !matches!(state, StepState::Failed | StepState::TimedOut);
+        let done = refused || !matches!(state, StepState::Failed | StepState::TimedOut);
         if matches!(state, StepState::Skipped | StepState::Cached) {
             // Nothing ran.
             attempts = 0;

@@ -86,18 +86,40 @@ impl ComponentCall {
 pub trait Components: Send + Sync + 'static {
     /// Runs one component step to its end (on a blocking thread) and returns the values it
     /// reports, or why it failed.
-    fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, String>;
+    fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, ComponentError>;
+}
+
+/// Why a component failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentError {
+    pub message: String,
+    /// Whether another attempt could go differently: false for a wrong argument, a malformed
+    /// file, a model the trainer refuses; the step then fails without using its retries.
+    pub retry: bool,
+}
+
+impl From<String> for ComponentError {
+    /// A failure worth another attempt.
+    fn from(message: String) -> ComponentError {
+        ComponentError {
+            message,
+            retry: true,
+        }
+    }
 }
 
 /// Components for pipelines made only of `run` steps.
 pub struct NoComponents;
 
 impl Components for NoComponents {
-    fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, String> {
-        Err(format!(
-            "component `{}` is not available in this program",
-            call.component
-        ))
+    fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, ComponentError> {
+        Err(ComponentError {
+            message: format!(
+                "component `{}` is not available in this program",
+                call.component
+            ),
+            retry: false,
+        })
     }
 }
 
@@ -690,14 +712,15 @@ impl<C: Components> Runner<C> {
                 let result = tokio::task::spawn_blocking(move || {
                     let result = components.run(&call);
                     if let Err(e) = &result {
-                        call.log_line(&format!("error: {e}"));
+                        call.log_line(&format!("error: {}", e.message));
                     }
                     result
                 })
                 .await;
                 match result {
                     Ok(Ok(values)) => values,
-                    Ok(Err(e)) => return Ok(Attempt::Failed(e)),
+                    Ok(Err(e)) if e.retry => return Ok(Attempt::Failed(e.message)),
+                    Ok(Err(e)) => return Ok(Attempt::Refused(e.message)),
                     Err(e) => {
                         return Ok(Attempt::Failed(format!(
                             "component `{component}` stopped: {e}"

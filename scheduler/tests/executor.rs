@@ -146,3 +146,33 @@ async fn steps_that_hold_the_gpu_run_one_at_a_time_beside_the_others() {
     ends.sort();
     assert_eq!(ends, [Duration::from_secs(10), Duration::from_secs(20)]);
 }
+
+/// Refuses every attempt: a failure no retry can change.
+struct Refuse;
+
+impl StepRunner for Refuse {
+    async fn run(&self, _step: &Step, _attempt: u32) -> Attempt {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Attempt::Refused("`with.target` must be a column name".into())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_step_fails_at_once_without_its_retries() {
+    let p = pipeline(
+        "[[steps]]\nid = \"a\"\nrun = \"x\"\nretries = 3\n\n[[steps]]\nid = \"b\"\nneeds = [\"a\"]\nrun = \"x\"\n",
+    );
+    let r = by_id(&execute(&p, Arc::new(Refuse), Limits::default()).await);
+    assert_eq!(r["a"].state, StepState::Failed);
+    assert_eq!(r["a"].attempts, 1);
+    assert_eq!(
+        r["a"].finished,
+        Some(Duration::from_secs(1)),
+        "no backoff waited"
+    );
+    assert_eq!(
+        r["a"].reason.as_deref(),
+        Some("not retried: another attempt would fail the same way")
+    );
+    assert_eq!(r["b"].state, StepState::UpstreamFailed);
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use kiln_core::registry::{PipelineRun, PipelineRunState, Registry, StepExecState, StepExecution};
 use kiln_scheduler::executor::Limits;
 use kiln_scheduler::run::{
-    ComponentCall, Components, Force, NoComponents, RunRequest, run_pipeline,
+    ComponentCall, ComponentError, Components, Force, NoComponents, RunRequest, run_pipeline,
 };
 use tokio::sync::watch;
 
@@ -185,7 +185,7 @@ cache = false
 struct Copy(std::sync::atomic::AtomicUsize);
 
 impl Components for Copy {
-    fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, String> {
+    fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, ComponentError> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let from = call.path("path").unwrap();
         let text = std::fs::read_to_string(&from).map_err(|e| e.to_string())?;
@@ -352,7 +352,7 @@ impl Overlap {
 }
 
 impl Components for Overlap {
-    fn run(&self, _call: &ComponentCall) -> Result<BTreeMap<String, String>, String> {
+    fn run(&self, _call: &ComponentCall) -> Result<BTreeMap<String, String>, ComponentError> {
         {
             let mut r = self.running.lock().unwrap();
             r.0 += 1;

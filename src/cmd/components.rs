@@ -20,8 +20,8 @@ use kiln_core::registry::{Expect, Lineage, NewRun, RunStatus, parse_run_id, run_
 use kiln_core::schema::{Schema, Severity};
 use kiln_core::stats::DatasetStatistics;
 use kiln_core::transform::TransformSpec;
-use kiln_scheduler::run::{ComponentCall, Components};
-use kiln_trainer::{DeviceChoice, TrainConfig};
+use kiln_scheduler::run::{ComponentCall, ComponentError, Components};
+use kiln_trainer::{DeviceChoice, TrainConfig, TrainError};
 
 use crate::cmd::train::{sweep_into, train_into};
 
@@ -44,7 +44,7 @@ impl Progress for Watch<'_> {
 }
 
 impl Components for Builtins {
-    fn run(&self, call: &ComponentCall) -> Result<Values, String> {
+    fn run(&self, call: &ComponentCall) -> Result<Values, ComponentError> {
         let result = match call.component.as_str() {
             "ingest" => ingest(call),
             "statistics" => statistics(call),
@@ -55,10 +55,42 @@ impl Components for Builtins {
             "evaluate" => evaluate(call),
             "infra-validate" => infra_validate(call),
             "push" => push(call),
-            other => Err(anyhow!("no component `{other}`")),
+            other => Err(invalid(format!("no component `{other}`"))),
         };
-        result.map_err(|e| format!("{e:#}"))
+        result.map_err(|e| ComponentError {
+            retry: !settled(&e),
+            message: format!("{e:#}"),
+        })
     }
+}
+
+/// A wrong argument: no further attempt changes it.
+#[derive(Debug)]
+struct Invalid(String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+fn invalid(message: String) -> anyhow::Error {
+    anyhow::Error::new(Invalid(message))
+}
+
+/// Whether a failure would repeat on every further attempt: a wrong argument, a malformed
+/// data file, training options that do not parse, anything the trainer refused (a missing
+/// target, a diverging loss with a fixed seed, no GPU); not I/O, the registry, or cancellation.
+fn settled(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<Invalid>()
+            || c.is::<kiln_core::data::DataError>()
+            || c.is::<toml::de::Error>()
+            || c.downcast_ref::<TrainError>()
+                .is_some_and(|t| !matches!(t, TrainError::Cancelled))
+    })
 }
 
 fn text<'a>(call: &'a ComponentCall, arg: &str) -> Option<&'a str> {
@@ -68,7 +100,7 @@ fn text<'a>(call: &'a ComponentCall, arg: &str) -> Option<&'a str> {
 fn required_path(call: &ComponentCall, arg: &str) -> Result<PathBuf> {
     let p = call
         .path(arg)
-        .ok_or_else(|| anyhow!("`with.{arg}` must be a path (a string)"))?;
+        .ok_or_else(|| invalid(format!("`with.{arg}` must be a path (a string)")))?;
     if !p.exists() {
         bail!("`with.{arg}`: {} does not exist", p.display());
     }
@@ -109,13 +141,21 @@ fn ingest(call: &ComponentCall) -> Result<Values> {
             "csv" => Format::Csv,
             "jsonl" | "json-lines" => Format::JsonLines,
             "parquet" => Format::Parquet,
-            other => bail!("`with.format` {other:?}: use csv, jsonl or parquet"),
+            other => {
+                return Err(invalid(format!(
+                    "`with.format` {other:?}: use csv, jsonl or parquet"
+                )));
+            }
         });
     }
     if let Some(d) = text(call, "delimiter") {
         match d.as_bytes() {
             [b] => options.delimiter = Some(*b),
-            _ => bail!("`with.delimiter` {d:?} must be one character"),
+            _ => {
+                return Err(invalid(format!(
+                    "`with.delimiter` {d:?} must be one character"
+                )));
+            }
         }
     }
     let table =
@@ -170,9 +210,9 @@ fn validate(call: &ComponentCall) -> Result<Values> {
         "error" => Ok(s == Severity::Error),
         "warning" => Ok(true),
         "never" => Ok(false),
-        other => Err(anyhow!(
+        other => Err(invalid(format!(
             "`with.fail_on` {other:?}: use error, warning or never"
-        )),
+        ))),
     };
     failing(Severity::Error)?;
     let (schema, schema_path) = match call.path("schema") {
@@ -203,13 +243,13 @@ fn validate(call: &ComponentCall) -> Result<Values> {
         }
     }
     if !stop.is_empty() {
-        bail!(
+        return Err(invalid(format!(
             "{}: {} anomalies against {} (fail_on = {fail_on}): {}",
             path.display(),
             stop.len(),
             schema_path.display(),
             stop.join("; ")
-        );
+        )));
     }
     Ok(values([
         ("anomalies", anomalies.len().to_string()),
@@ -259,14 +299,14 @@ fn train_config(call: &ComponentCall, skip: &[&str]) -> Result<TrainConfig> {
 impl Builtins {
     fn train(&self, call: &ComponentCall) -> Result<Values> {
         let (path, table) = read_data(call, "data")?;
-        let target =
-            text(call, "target").ok_or_else(|| anyhow!("`with.target` must be a column name"))?;
+        let target = text(call, "target")
+            .ok_or_else(|| invalid("`with.target` must be a column name".into()))?;
         if table.column_index(target).is_none() {
-            bail!(
+            return Err(invalid(format!(
                 "{}: target column `{target}` is not in the data{}",
                 path.display(),
                 kiln_core::suggest::hint(target, table.names())
-            );
+            )));
         }
         let config = train_config(call, &["data", "target", "spec", "experiment"])?;
         let experiment = text(call, "experiment").unwrap_or(&call.pipeline);
@@ -304,8 +344,8 @@ impl Builtins {
 /// A sweep; the best trial's bundle is the step's `model`.
 fn tune(call: &ComponentCall) -> Result<Values> {
     let (_, table) = read_data(call, "data")?;
-    let target =
-        text(call, "target").ok_or_else(|| anyhow!("`with.target` must be a column name"))?;
+    let target = text(call, "target")
+        .ok_or_else(|| invalid("`with.target` must be a column name".into()))?;
     let sweep_path = required_path(call, "sweep")?;
     let config: kiln_trainer::sweep::SweepConfig =
         toml::from_str(&std::fs::read_to_string(&sweep_path)?)
@@ -378,10 +418,10 @@ fn evaluate(call: &ComponentCall) -> Result<Values> {
     let minimised = kiln_trainer::sweep::is_minimised(&metric);
     let value = |m: &BTreeMap<String, f64>, k: &str| -> Result<f64> {
         m.get(k).copied().ok_or_else(|| {
-            anyhow!(
+            invalid(format!(
                 "no metric `{k}` for this model{}",
                 kiln_core::suggest::hint(k, m.keys().map(String::as_str))
-            )
+            ))
         })
     };
     let mut reasons = Vec::new();
@@ -389,13 +429,13 @@ fn evaluate(call: &ComponentCall) -> Result<Values> {
     if let Some(t) = call.args.get("thresholds") {
         let t = t
             .as_table()
-            .ok_or_else(|| anyhow!("`with.thresholds` must be a table of metric = bound"))?;
+            .ok_or_else(|| invalid("`with.thresholds` must be a table of metric = bound".into()))?;
         for (k, bound) in t {
             let bound = bound
                 .as_float()
                 .or_else(|| bound.as_integer().map(|i| i as f64))
                 .or_else(|| bound.as_str().and_then(|s| s.parse().ok()))
-                .ok_or_else(|| anyhow!("threshold `{k}` must be a number, not {bound}"))?;
+                .ok_or_else(|| invalid(format!("threshold `{k}` must be a number, not {bound}")))?;
             let v = value(&candidate, k)?;
             let ok = if kiln_trainer::sweep::is_minimised(k) {
                 v <= bound
@@ -512,7 +552,8 @@ fn infra_validate(call: &ComponentCall) -> Result<Values> {
 /// Registers the bundle as the next version of a model and moves the alias to it, when blessed.
 fn push(call: &ComponentCall) -> Result<Values> {
     let model = required_path(call, "model")?;
-    let name = text(call, "name").ok_or_else(|| anyhow!("`with.name` must be a model name"))?;
+    let name =
+        text(call, "name").ok_or_else(|| invalid("`with.name` must be a model name".into()))?;
     let alias = text(call, "alias").unwrap_or("champion");
     match call.args.get("blessing") {
         None | Some(toml::Value::Boolean(true)) => {}
@@ -520,7 +561,11 @@ fn push(call: &ComponentCall) -> Result<Values> {
             call.log_line("not blessed: nothing pushed");
             return Ok(values([("pushed", "false".into())]));
         }
-        Some(other) => bail!("`with.blessing` must be true or false, not {other}"),
+        Some(other) => {
+            return Err(invalid(format!(
+                "`with.blessing` must be true or false, not {other}"
+            )));
+        }
     }
     let reg = &call.registry;
     let (manifest, _) = bundle::read(&model)?;
