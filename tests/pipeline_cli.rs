@@ -218,7 +218,7 @@ fn a_failing_step_is_retried_keeps_its_logs_and_stops_its_dependents() {
     let data = k.file("d.csv", "x,y\n1,0\n2,1\n3,0\n");
     let q = k.file(
         "q.toml",
-        &format!(
+        format!(
             "name = \"q\"\n[[steps]]\nid = \"train\"\nuses = \"train\"\nwith = {{ data = \"{}\", target = \"label\" }}\nretries = 2\n",
             data.display()
         ),
