@@ -745,9 +745,7 @@ impl<C: Components> Runner<C> {
         }
         Ok(Attempt::Succeeded)
     }
-}
 
-impl<C: Components> Runner<C> {
     /// Records a command's metrics as a finished tracking run; returns its id.
     async fn track(
         &self,

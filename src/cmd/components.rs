@@ -64,17 +64,10 @@ impl Components for Builtins {
     }
 }
 
-/// A wrong argument: no further attempt changes it.
-#[derive(Debug)]
+/// A failure no further attempt changes: a wrong argument, data that breaks its schema.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 struct Invalid(String);
-
-impl std::fmt::Display for Invalid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Invalid {}
 
 fn invalid(message: String) -> anyhow::Error {
     anyhow::Error::new(Invalid(message))
