@@ -77,4 +77,9 @@ fn the_repl_session_example_replays() {
     );
     assert!(out.contains("predicted_label"), "{out}");
     assert!(out.contains("best of the session"), "{out}");
+    assert!(out.contains(": 4 trials"), "{out}");
+    assert!(
+        out.contains("pipeline `retrain-ctr` run 1 succeeded"),
+        "{out}"
+    );
 }
