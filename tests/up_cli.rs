@@ -124,11 +124,41 @@ fn a_run_over_the_api_pushes_a_model_that_is_served_and_sigterm_cancels_steps() 
     );
     let r = k.run(&["pipeline", "runs"]);
     assert!(r.stderr.contains("is in use by process"), "{}", r.stderr);
+    // `pipeline run --server` starts the run in the server and follows it: the same
+    // parameters as the API's run, so every step comes from the cache.
+    let run_args = [
+        "pipeline",
+        "run",
+        "examples/pipelines/retrain.toml",
+        "--param",
+        "rows=3000",
+        "--param",
+        "epochs=3",
+        "--param",
+        "min_auc=0.6",
+        "--server",
+        &server,
+    ];
+    let r = k.run(&run_args);
+    assert!(r.stderr.contains("401"), "{}", r.stderr);
+    let mut with_token = run_args.to_vec();
+    with_token.extend(["--token", "s3cret"]);
+    let r = k.run(&with_token);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("pipeline `retrain-ctr` run 2 succeeded")
+            && r.stdout.contains("(10 of 10 steps cached")
+            && r.stderr.contains("run 2 started in the kiln up at"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     // The REPL talks to it over HTTP too.
     let script = k.file(
         "up.kiln",
         "pipeline runs
 pipeline show 1
+pipeline validate examples/pipelines/retrain.toml
 ",
     );
     let out = k.ok(&[
@@ -139,7 +169,8 @@ pipeline show 1
         &script.display().to_string(),
     ]);
     assert!(
-        out.contains("pipeline `retrain-ctr` run 1 succeeded"),
+        out.contains("pipeline `retrain-ctr` run 1 succeeded")
+            && out.contains("pipeline `retrain-ctr` is valid"),
         "{out}"
     );
     let script = k.file(

@@ -133,6 +133,10 @@ pub struct RunArgs {
     date: Option<NaiveDate>,
     #[arg(long)]
     json: bool,
+    /// With --server, the run starts in that `kiln up` and runs its copy of the pipeline (the
+    /// file it was given with --pipeline; FILE names which); its steps show here as they change.
+    #[command(flatten)]
+    server: Server,
 }
 
 pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
@@ -379,6 +383,9 @@ fn seconds(ms: i64) -> String {
 }
 
 fn run_now(home: &Home, args: RunArgs) -> Result<Outcome> {
+    if args.server.server.is_some() {
+        return run_on_server(&args);
+    }
     let params = parse_params(&args.params)?;
     let force = if args.force_all {
         Force::All
@@ -417,6 +424,82 @@ fn run_now(home: &Home, args: RunArgs) -> Result<Outcome> {
         anyhow::Ok(record)
     })?;
     finish(&record, args.json)
+}
+
+/// Starts a run in a running `kiln up` and follows it to its end; Ctrl-C in the REPL cancels it.
+fn run_on_server(args: &RunArgs) -> Result<Outcome> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let name = kiln_scheduler::parse(&text)
+        .pipeline
+        .map(|p| p.name)
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: not a pipeline file; `kiln pipeline validate {0}` says why",
+                args.file.display()
+            )
+        })?;
+    let force = if args.force_all {
+        serde_json::json!("all")
+    } else if args.force.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!(args.force)
+    };
+    let body = serde_json::json!({
+        "params": parse_params(&args.params)?,
+        "force": force,
+        "date": args.date.map(|d| d.to_string()),
+    });
+    let started: serde_json::Value = call_with(
+        &args.server,
+        "POST",
+        &format!("/api/pipelines/{}/runs", url_part(&name)),
+        Some(&body),
+    )?;
+    let id = started["run"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("the server did not say which run it started: {started}"))?;
+    if !args.json {
+        eprintln!(
+            "pipeline `{name}` run {id} started in the kiln up at {}",
+            base(&args.server)
+        );
+    }
+    let live = Live {
+        seen: Mutex::new(BTreeMap::new()),
+        quiet: args.json,
+    };
+    let mut cancelled = false;
+    loop {
+        let run: PipelineRun = call(&args.server, "GET", &format!("/api/pipeline-runs/{id}"))?;
+        live.show(&run);
+        if run.state != PipelineRunState::Running {
+            return finish(&run, args.json);
+        }
+        if !cancelled && ui::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("cancelling run {id}");
+            let _: serde_json::Value = call(
+                &args.server,
+                "POST",
+                &format!("/api/pipeline-runs/{id}/cancel"),
+            )?;
+            cancelled = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A path segment with the characters that URLs reserve escaped.
+fn url_part(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Prints a finished run's summary; a run that did not succeed is an error.
@@ -798,13 +881,21 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn send(server: &Server, method: &str, path: &str) -> Result<ureq::http::Response<ureq::Body>> {
-    let base = server
+fn base(server: &Server) -> &str {
+    server
         .server
         .as_deref()
         .unwrap_or_default()
-        .trim_end_matches('/');
-    let url = format!("{base}{path}");
+        .trim_end_matches('/')
+}
+
+fn send(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<ureq::http::Response<ureq::Body>> {
+    let url = format!("{}{path}", base(server));
     let agent = agent();
     let response = match method {
         "GET" => {
@@ -819,7 +910,10 @@ fn send(server: &Server, method: &str, path: &str) -> Result<ureq::http::Respons
             if let Some(t) = &server.token {
                 r = r.header("Authorization", &format!("Bearer {t}"));
             }
-            r.send_empty()
+            match body {
+                Some(b) => r.send_json(b),
+                None => r.send_empty(),
+            }
         }
     }
     .with_context(|| format!("calling {url}"))?;
@@ -828,7 +922,16 @@ fn send(server: &Server, method: &str, path: &str) -> Result<ureq::http::Respons
 
 /// Calls the pipeline API of a running `kiln up`; an error answer becomes an error.
 fn call<T: serde::de::DeserializeOwned>(server: &Server, method: &str, path: &str) -> Result<T> {
-    let mut response = send(server, method, path)?;
+    call_with(server, method, path, None)
+}
+
+fn call_with<T: serde::de::DeserializeOwned>(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<T> {
+    let mut response = send(server, method, path, body)?;
     let status = response.status();
     let text = response.body_mut().read_to_string().unwrap_or_default();
     if !status.is_success() {
@@ -842,7 +945,7 @@ fn call<T: serde::de::DeserializeOwned>(server: &Server, method: &str, path: &st
 }
 
 fn call_text(server: &Server, path: &str) -> Result<String> {
-    let mut response = send(server, "GET", path)?;
+    let mut response = send(server, "GET", path, None)?;
     let status = response.status();
     let text = response.body_mut().read_to_string().unwrap_or_default();
     if !status.is_success() {

@@ -157,19 +157,20 @@ impl Session {
             words.extend(["--model".to_string(), m.clone()]);
         }
         if let Some(url) = &self.server {
-            let over_http = first == "deploy"
-                || (first == "pipeline"
-                    && words
-                        .get(1)
-                        .is_some_and(|w| w != "validate" && w != "run" && w != "backfill"));
-            if !over_http {
+            let second = words.get(1).map(String::as_str);
+            // Lines that only read files, and lines the server's API answers.
+            let local = first == "data" || (first == "pipeline" && second == Some("validate"));
+            let over_http =
+                first == "deploy" || (first == "pipeline" && !local && second != Some("backfill"));
+            if over_http {
+                words.extend(["--server".to_string(), url.clone()]);
+            } else if !local {
                 anyhow::bail!(
                     "this kiln's KILN_HOME belongs to the kiln up at {url}; over HTTP the REPL runs \
-                     `pipeline runs|show|logs|cancel|schedule` and `deploy` (start a run with \
-                     POST /api/pipelines/NAME/runs)"
+                     `pipeline run|runs|show|logs|cancel|schedule` and `deploy`, and `data` and \
+                     `pipeline validate` read files here"
                 );
             }
-            words.extend(["--server".to_string(), url.clone()]);
         }
         let cli = match Cli::try_parse_from(
             std::iter::once("kiln".to_string()).chain(words.iter().cloned()),
