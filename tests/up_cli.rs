@@ -159,6 +159,11 @@ fn a_run_over_the_api_pushes_a_model_that_is_served_and_sigterm_cancels_steps() 
         "pipeline runs
 pipeline show 1
 pipeline validate examples/pipelines/retrain.toml
+models list
+models show ctr
+use ctr@champion
+predict {\"i1\": 1, \"i2\": 38.1, \"i3\": 0.37, \"i4\": null, \"i5\": 256.6, \"i6\": 34, \"i7\": 983, \"i8\": 0.0006,
+  \"c1\": \"c1_0\", \"c2\": \"c2_0\", \"c3\": \"c3_3\", \"c4\": \"c4_1\", \"c5\": \"c5_d\"}
 ",
     );
     let out = k.ok(&[
@@ -173,6 +178,23 @@ pipeline validate examples/pipelines/retrain.toml
             && out.contains("pipeline `retrain-ctr` is valid"),
         "{out}"
     );
+    assert!(
+        out.contains("champion→1") && out.contains("test_roc_auc"),
+        "{out}"
+    );
+    assert!(out.contains("{\"label\":\""), "{out}");
+    // Promotion through the API, from the command line.
+    let r = k.run(&["models", "promote", "ctr", "1", "--server", &server]);
+    assert!(r.stderr.contains("401"), "{}", r.stderr);
+    let out = k.ok(&[
+        "models", "promote", "ctr", "1", "--server", &server, "--token", "s3cret",
+    ]);
+    assert!(
+        out.contains("ctr version 1 is now in Production (was none)"),
+        "{out}"
+    );
+    let out = k.ok(&["models", "list", "--server", &server]);
+    assert!(out.contains("production→1"), "{out}");
     let script = k.file(
         "train.kiln",
         "train --data x --target y

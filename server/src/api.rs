@@ -113,6 +113,7 @@ async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
             out.push(json!({
                 "name": name,
                 "description": model.description,
+                "created_ms": model.created_ms,
                 "versions": versions.len(),
                 "latest_version": versions.last().map(|v| v.version),
                 "aliases": registry.aliases(&name)?,

@@ -4,6 +4,7 @@ pub mod data;
 pub mod monitor;
 pub mod pipeline;
 pub mod registry;
+pub mod remote;
 pub mod repl;
 pub mod serve;
 pub mod service;

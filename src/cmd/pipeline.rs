@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::Outcome;
 use crate::cmd::registry::{Home, when};
+use crate::cmd::remote::{Server, base, call, call_text, call_with, url_part};
 use crate::cmd::service::Service;
 use crate::ui;
 
@@ -103,17 +104,6 @@ pub enum ScheduleCommand {
         #[command(flatten)]
         server: Server,
     },
-}
-
-/// A running `kiln up` to ask instead of opening `KILN_HOME`.
-#[derive(Debug, Args, Clone)]
-pub struct Server {
-    /// The URL of a running `kiln up` (e.g. http://127.0.0.1:8080).
-    #[arg(long, env = "KILN_SERVER")]
-    server: Option<String>,
-    /// Its token, for calls that change state.
-    #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -490,18 +480,6 @@ fn run_on_server(args: &RunArgs) -> Result<Outcome> {
     }
 }
 
-/// A path segment with the characters that URLs reserve escaped.
-fn url_part(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Prints a finished run's summary; a run that did not succeed is an error.
 fn finish(record: &PipelineRun, json: bool) -> Result<Outcome> {
     if json {
@@ -871,85 +849,4 @@ fn schedule(home: &Home, command: ScheduleCommand) -> Result<Outcome> {
     }
     println!("schedule of `{pipeline}` {verb}d");
     Ok(Outcome::Ok)
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
-fn base(server: &Server) -> &str {
-    server
-        .server
-        .as_deref()
-        .unwrap_or_default()
-        .trim_end_matches('/')
-}
-
-fn send(
-    server: &Server,
-    method: &str,
-    path: &str,
-    body: Option<&serde_json::Value>,
-) -> Result<ureq::http::Response<ureq::Body>> {
-    let url = format!("{}{path}", base(server));
-    let agent = agent();
-    let response = match method {
-        "GET" => {
-            let mut r = agent.get(&url);
-            if let Some(t) = &server.token {
-                r = r.header("Authorization", &format!("Bearer {t}"));
-            }
-            r.call()
-        }
-        _ => {
-            let mut r = agent.post(&url);
-            if let Some(t) = &server.token {
-                r = r.header("Authorization", &format!("Bearer {t}"));
-            }
-            match body {
-                Some(b) => r.send_json(b),
-                None => r.send_empty(),
-            }
-        }
-    }
-    .with_context(|| format!("calling {url}"))?;
-    Ok(response)
-}
-
-/// Calls the pipeline API of a running `kiln up`; an error answer becomes an error.
-fn call<T: serde::de::DeserializeOwned>(server: &Server, method: &str, path: &str) -> Result<T> {
-    call_with(server, method, path, None)
-}
-
-fn call_with<T: serde::de::DeserializeOwned>(
-    server: &Server,
-    method: &str,
-    path: &str,
-    body: Option<&serde_json::Value>,
-) -> Result<T> {
-    let mut response = send(server, method, path, body)?;
-    let status = response.status();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or(text);
-        bail!("{status}: {message}");
-    }
-    serde_json::from_str(&text).with_context(|| format!("reading the answer to {path}"))
-}
-
-fn call_text(server: &Server, path: &str) -> Result<String> {
-    let mut response = send(server, "GET", path, None)?;
-    let status = response.status();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    if !status.is_success() {
-        bail!("{status}: {text}");
-    }
-    Ok(text)
 }

@@ -12,6 +12,7 @@ use kiln_core::registry::{
 use serde::Serialize;
 
 use crate::Outcome;
+use crate::cmd::remote::{self, Server};
 use crate::ui::{self, num};
 
 /// Where the registry lives, for every registry command.
@@ -149,18 +150,24 @@ pub enum ModelsCommand {
     List {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Show a model: versions with stage, aliases and metrics side by side.
     Show {
         name: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// List a model's versions.
     Versions {
         name: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Register a run's artifact as the model's next version.
     Register {
@@ -183,6 +190,8 @@ pub enum ModelsCommand {
         to: StageArg,
         #[command(flatten)]
         change: Change,
+        #[command(flatten)]
+        server: Server,
     },
     /// Every alias move of a model; with --at, what an alias pointed to at that time.
     History {
@@ -695,38 +704,204 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// One line of `models list`.
+struct ModelLine {
+    name: String,
+    versions: usize,
+    aliases: BTreeMap<String, u32>,
+    created_ms: i64,
+}
+
+fn print_models(models: &[ModelLine]) {
+    let rows = models
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.versions.to_string(),
+                m.aliases
+                    .iter()
+                    .map(|(a, v)| format!("{a}→{v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                when(m.created_ms),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        ui::table(&["model", "versions", "aliases", "created"], rows, &[1])
+    );
+}
+
+/// One line of `models show`.
+struct VersionLine {
+    version: u32,
+    /// Empty when the version is in no stage.
+    stage: String,
+    run: String,
+    created_ms: i64,
+    metrics: BTreeMap<String, f64>,
+}
+
+fn print_versions(versions: &[VersionLine], aliases: &BTreeMap<String, u32>) {
+    let keys: BTreeSet<&String> = versions.iter().flat_map(|v| v.metrics.keys()).collect();
+    let mut header: Vec<String> = ["version", "stage", "aliases", "run", "created"]
+        .map(String::from)
+        .to_vec();
+    header.extend(keys.iter().map(|k| k.to_string()));
+    let rows = versions
+        .iter()
+        .map(|v| {
+            let mut row = vec![
+                v.version.to_string(),
+                v.stage.clone(),
+                aliases
+                    .iter()
+                    .filter(|(_, t)| **t == v.version)
+                    .map(|(a, _)| a.clone())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                v.run.clone(),
+                when(v.created_ms),
+            ];
+            row.extend(
+                keys.iter()
+                    .map(|k| v.metrics.get(*k).map_or("-".into(), |m| num(*m))),
+            );
+            row
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let right: Vec<usize> = (5..header.len()).collect();
+    println!("{}", ui::table(&header, rows, &right));
+}
+
+/// The `models` commands that a running server answers, when `--server` is given.
+fn models_over_http(command: &ModelsCommand) -> Result<Option<Outcome>> {
+    match command {
+        ModelsCommand::List { json, server } if server.server.is_some() => {
+            let answer: serde_json::Value = remote::call(server, "GET", "/api/models")?;
+            if *json {
+                ui::print_json(&answer)?;
+                return Ok(Some(Outcome::Ok));
+            }
+            let lines: Vec<ModelLine> = answer["models"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| ModelLine {
+                    name: m["name"].as_str().unwrap_or_default().to_string(),
+                    versions: m["versions"].as_u64().unwrap_or(0) as usize,
+                    aliases: serde_json::from_value(m["aliases"].clone()).unwrap_or_default(),
+                    created_ms: m["created_ms"].as_i64().unwrap_or(0),
+                })
+                .collect();
+            print_models(&lines);
+            Ok(Some(Outcome::Ok))
+        }
+        ModelsCommand::Show { name, json, server }
+        | ModelsCommand::Versions { name, json, server }
+            if server.server.is_some() =>
+        {
+            let answer: serde_json::Value = remote::call(
+                server,
+                "GET",
+                &format!("/api/models/{}", remote::url_part(name)),
+            )?;
+            if *json {
+                ui::print_json(&answer)?;
+                return Ok(Some(Outcome::Ok));
+            }
+            let versions: Vec<VersionLine> = answer["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| VersionLine {
+                    version: v["version"].as_u64().unwrap_or(0) as u32,
+                    stage: v["stage"]
+                        .as_str()
+                        .filter(|s| *s != Stage::None.to_string())
+                        .unwrap_or_default()
+                        .to_string(),
+                    run: v["run_id"].as_str().unwrap_or_default().to_string(),
+                    created_ms: v["created_ms"].as_i64().unwrap_or(0),
+                    metrics: serde_json::from_value(v["metrics"].clone()).unwrap_or_default(),
+                })
+                .collect();
+            let aliases = serde_json::from_value(answer["aliases"].clone()).unwrap_or_default();
+            print_versions(&versions, &aliases);
+            Ok(Some(Outcome::Ok))
+        }
+        ModelsCommand::Promote {
+            name,
+            version,
+            to,
+            change,
+            server,
+        } if server.server.is_some() => {
+            let expect = match change.expect()? {
+                Expect::Any => serde_json::Value::Null,
+                Expect::Absent => serde_json::json!("none"),
+                Expect::Version(v) => serde_json::json!(v),
+            };
+            let stage = match to {
+                StageArg::Production => "production",
+                StageArg::Staging => "staging",
+            };
+            let answer: serde_json::Value = remote::call_with(
+                server,
+                "POST",
+                &format!("/api/models/{}/promote", remote::url_part(name)),
+                Some(&serde_json::json!({
+                    "version": version,
+                    "to": stage,
+                    "expect": expect,
+                    "reason": change.reason,
+                    "by": change.by(),
+                })),
+            )?;
+            let from = answer["event"]["from"]
+                .as_u64()
+                .map_or("none".to_string(), |v| format!("version {v}"));
+            println!(
+                "{name} version {version} is now in {} (was {from})",
+                answer["stage"].as_str().unwrap_or(stage)
+            );
+            Ok(Some(Outcome::Ok))
+        }
+        _ => Ok(None),
+    }
+}
+
 pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
+    if let Some(outcome) = models_over_http(&command)? {
+        return Ok(outcome);
+    }
     let reg = home.open()?;
     match command {
-        ModelsCommand::List { json } => {
+        ModelsCommand::List { json, .. } => {
             let models = reg.models()?;
-            let mut rows = Vec::new();
+            let mut lines = Vec::new();
             let mut out = Vec::new();
             for m in &models {
                 let aliases = reg.aliases(&m.name)?;
                 let versions = reg.versions(&m.name)?.len();
-                rows.push(vec![
-                    m.name.clone(),
-                    versions.to_string(),
-                    aliases
-                        .iter()
-                        .map(|(a, v)| format!("{a}→{v}"))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    when(m.created_ms),
-                ]);
                 out.push(serde_json::json!({"model": m, "versions": versions, "aliases": aliases}));
+                lines.push(ModelLine {
+                    name: m.name.clone(),
+                    versions,
+                    aliases,
+                    created_ms: m.created_ms,
+                });
             }
             if json {
                 ui::print_json(&out)?;
             } else {
-                println!(
-                    "{}",
-                    ui::table(&["model", "versions", "aliases", "created"], rows, &[1])
-                );
+                print_models(&lines);
             }
         }
-        ModelsCommand::Show { name, json } | ModelsCommand::Versions { name, json } => {
+        ModelsCommand::Show { name, json, .. } | ModelsCommand::Versions { name, json, .. } => {
             let versions = reg.versions(&name)?;
             let aliases = reg.aliases(&name)?;
             let mut stages = Vec::new();
@@ -742,41 +917,22 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
                 return ui::print_json(&serde_json::json!({"model": reg.model(&name)?, "aliases": aliases, "versions": rows}))
                     .map(|_| Outcome::Ok);
             }
-            let keys: BTreeSet<&String> = versions.iter().flat_map(|v| v.metrics.keys()).collect();
-            let mut header: Vec<String> = ["version", "stage", "aliases", "run", "created"]
-                .map(String::from)
-                .to_vec();
-            header.extend(keys.iter().map(|k| k.to_string()));
-            let rows = versions
+            let lines: Vec<VersionLine> = versions
                 .iter()
                 .zip(&stages)
-                .map(|(v, s)| {
-                    let mut row = vec![
-                        v.version.to_string(),
-                        if *s == Stage::None {
-                            String::new()
-                        } else {
-                            s.to_string()
-                        },
-                        aliases
-                            .iter()
-                            .filter(|(_, t)| **t == v.version)
-                            .map(|(a, _)| a.clone())
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                        run_id_text(v.run_id),
-                        when(v.created_ms),
-                    ];
-                    row.extend(
-                        keys.iter()
-                            .map(|k| v.metrics.get(*k).map_or("-".into(), |m| num(*m))),
-                    );
-                    row
+                .map(|(v, s)| VersionLine {
+                    version: v.version,
+                    stage: if *s == Stage::None {
+                        String::new()
+                    } else {
+                        s.to_string()
+                    },
+                    run: run_id_text(v.run_id),
+                    created_ms: v.created_ms,
+                    metrics: v.metrics.clone(),
                 })
                 .collect();
-            let header: Vec<&str> = header.iter().map(String::as_str).collect();
-            let right: Vec<usize> = (5..header.len()).collect();
-            println!("{}", ui::table(&header, rows, &right));
+            print_versions(&lines, &aliases);
         }
         ModelsCommand::Register {
             name,
@@ -829,6 +985,7 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
             version,
             to,
             change,
+            ..
         } => {
             let stage = match to {
                 StageArg::Production => Stage::Production,

@@ -15,6 +15,7 @@ use kiln_core::registry::{Registry, run_id_text};
 use kiln_repl::Shell;
 
 use crate::cmd::registry::Home;
+use crate::cmd::remote::{self, Server};
 use crate::ui;
 use crate::{Cli, Command, Outcome};
 
@@ -160,15 +161,18 @@ impl Session {
             let second = words.get(1).map(String::as_str);
             // Lines that only read files, and lines the server's API answers.
             let local = first == "data" || (first == "pipeline" && second == Some("validate"));
-            let over_http =
-                first == "deploy" || (first == "pipeline" && !local && second != Some("backfill"));
+            let over_http = first == "deploy"
+                || (first == "pipeline" && !local && second != Some("backfill"))
+                || (first == "models"
+                    && matches!(second, Some("list" | "show" | "versions" | "promote")));
             if over_http {
                 words.extend(["--server".to_string(), url.clone()]);
             } else if !local {
                 anyhow::bail!(
                     "this kiln's KILN_HOME belongs to the kiln up at {url}; over HTTP the REPL runs \
-                     `pipeline run|runs|show|logs|cancel|schedule` and `deploy`, and `data` and \
-                     `pipeline validate` read files here"
+                     `models list|show|versions|promote`, `use` and `predict`, `pipeline \
+                     run|runs|show|logs|cancel|schedule` and `deploy`, and `data` and `pipeline \
+                     validate` read files here"
                 );
             }
         }
@@ -263,10 +267,58 @@ impl Session {
 
     fn use_model(&mut self, spec: &str) -> Result<()> {
         let name = spec.split(['@', ':']).next().unwrap_or(spec);
-        let reg = self.registry()?;
-        let model = reg.model(name)?;
+        if let Some(server) = self.remote() {
+            let _: serde_json::Value = remote::call(
+                &server,
+                "GET",
+                &format!("/api/models/{}", remote::url_part(name)),
+            )?;
+        } else {
+            self.registry()?.model(name)?;
+        }
         self.model = Some(spec.to_string());
-        println!("using {spec} (model `{}`)", model.name);
+        println!("using {spec} (model `{name}`)");
+        Ok(())
+    }
+
+    /// The server the session talks to, with the token from `KILN_TOKEN`.
+    fn remote(&self) -> Option<Server> {
+        self.server.as_ref().map(|url| Server {
+            server: Some(url.clone()),
+            token: std::env::var("KILN_TOKEN").ok(),
+        })
+    }
+
+    /// Scores rows with the server's model through its TF Serving API: `NAME` as served,
+    /// `NAME@ALIAS` or `NAME:VERSION` that one.
+    fn predict_remote(
+        &self,
+        server: &Server,
+        model: &str,
+        rows: Vec<serde_json::Value>,
+    ) -> Result<()> {
+        let path = match (model.split_once('@'), model.split_once(':')) {
+            (Some((n, a)), _) => format!(
+                "/v1/models/{}/labels/{}:predict",
+                remote::url_part(n),
+                remote::url_part(a)
+            ),
+            (None, Some((n, v))) => format!(
+                "/v1/models/{}/versions/{}:predict",
+                remote::url_part(n),
+                remote::url_part(v)
+            ),
+            (None, None) => format!("/v1/models/{}:predict", remote::url_part(model)),
+        };
+        let answer: serde_json::Value = remote::call_with(
+            server,
+            "POST",
+            &path,
+            Some(&serde_json::json!({ "instances": rows })),
+        )?;
+        for p in answer["predictions"].as_array().into_iter().flatten() {
+            println!("{p}");
+        }
         Ok(())
     }
 
@@ -281,6 +333,9 @@ impl Session {
         let model = self.model.clone().ok_or_else(|| {
             anyhow::anyhow!("no current model; `use NAME` first (`models list` shows them)")
         })?;
+        if let Some(server) = self.remote() {
+            return self.predict_remote(&server, &model, rows);
+        }
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("rows.jsonl");
         let text: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
