@@ -208,6 +208,11 @@ fn served_predictions_equal_offline_predictions_over_every_protocol() {
         &json!({ "instances": rows }),
     );
     assert_eq!(status, 200);
+    let out = k.ok(&["deploy", "bc", "--reset", "--server", url]);
+    assert!(
+        out.contains("champion") && out.contains("100%") && !out.contains("batching: up to"),
+        "{out}"
+    );
 
     assert_eq!(server.stop(), 0, "SIGTERM ends the server cleanly");
     // Afterwards the registry is free again and has the deployment.

@@ -20,7 +20,7 @@ pub struct Server {
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
+        .timeout_global(Some(Duration::from_secs(120)))
         .build()
         .into()
 }
@@ -41,18 +41,23 @@ pub fn send(
 ) -> Result<ureq::http::Response<ureq::Body>> {
     let url = format!("{}{path}", base(server));
     let agent = agent();
+    let auth = server.token.as_ref().map(|t| format!("Bearer {t}"));
     let response = match method {
         "GET" => {
             let mut r = agent.get(&url);
-            if let Some(t) = &server.token {
-                r = r.header("Authorization", &format!("Bearer {t}"));
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
             }
             r.call()
         }
         _ => {
-            let mut r = agent.post(&url);
-            if let Some(t) = &server.token {
-                r = r.header("Authorization", &format!("Bearer {t}"));
+            let mut r = match method {
+                "PUT" => agent.put(&url),
+                "DELETE" => agent.delete(&url).force_send_body(),
+                _ => agent.post(&url),
+            };
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
             }
             match body {
                 Some(b) => r.send_json(b),

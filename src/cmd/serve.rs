@@ -13,6 +13,7 @@ use kiln_server::{Selection, ServerConfig};
 
 use crate::Outcome;
 use crate::cmd::registry::Home;
+use crate::cmd::remote::{self, Server};
 use crate::ui;
 
 #[derive(Debug, Args)]
@@ -240,11 +241,8 @@ pub struct DeployArgs {
     #[arg(long, conflicts_with_all = ["split", "shadow", "batch"])]
     reset: bool,
     /// Change a running server through its API instead of the registry (which it owns).
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
-    /// The server's token, for --server.
-    #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    server: Server,
     #[arg(long)]
     json: bool,
 }
@@ -287,46 +285,20 @@ pub fn deploy(home: &Home, args: DeployArgs) -> Result<Outcome> {
         updated_by: String::new(),
     };
     let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let stored: serde_json::Value = match &args.server {
-        Some(url) => {
-            let url = format!(
-                "{}/api/models/{}/deployment",
-                url.trim_end_matches('/'),
-                args.name
-            );
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(120)))
-                .build()
-                .into();
-            let mut request = if args.reset {
-                agent.delete(&url).force_send_body()
-            } else {
-                agent.put(&url)
-            };
-            if let Some(t) = &args.token {
-                request = request.header("Authorization", &format!("Bearer {t}"));
-            }
+    let stored: serde_json::Value = match &args.server.server {
+        Some(_) => {
             let body = serde_json::json!({
                 "routes": deployment.routes,
                 "shadow": deployment.shadow,
                 "batching": deployment.batching,
                 "by": by,
             });
-            let mut response = request
-                .send_json(&body)
-                .with_context(|| format!("calling {url}"))?;
-            let status = response.status();
-            let answer: serde_json::Value = response
-                .body_mut()
-                .read_json()
-                .with_context(|| format!("reading the answer of {url}"))?;
-            if !status.is_success() {
-                bail!(
-                    "{url}: {status}: {}",
-                    answer["error"].as_str().unwrap_or("no message")
-                );
-            }
+            let answer: serde_json::Value = remote::call_with(
+                &args.server,
+                if args.reset { "DELETE" } else { "PUT" },
+                &format!("/api/models/{}/deployment", remote::url_part(&args.name)),
+                Some(&body),
+            )?;
             answer["deployment"].clone()
         }
         None => {
