@@ -564,6 +564,24 @@ impl Shell for Session {
 impl Session {
     /// Model names, or `NAME@ALIAS` once `@` is typed.
     fn model_candidates(&self, partial: &str) -> Vec<String> {
+        if let Some(server) = self.remote() {
+            // The server's models, each as NAME and NAME@ALIAS.
+            let Ok(answer) = remote::call::<serde_json::Value>(&server, "GET", "/api/models")
+            else {
+                return Vec::new();
+            };
+            let mut out = Vec::new();
+            for m in answer["models"].as_array().into_iter().flatten() {
+                let name = m["name"].as_str().unwrap_or_default();
+                if partial.contains('@') {
+                    let aliases = m["aliases"].as_object().into_iter().flatten();
+                    out.extend(aliases.map(|(a, _)| format!("{name}@{a}")));
+                } else {
+                    out.push(name.to_string());
+                }
+            }
+            return out;
+        }
         let Ok(reg) = self.registry() else {
             return Vec::new();
         };
