@@ -161,6 +161,8 @@ pipeline show 1
 pipeline validate examples/pipelines/retrain.toml
 models list
 models show ctr
+runs list --where \"metrics.test_roc_auc > 0.5\"
+runs show 1
 use ctr@champion
 predict {\"i1\": 1, \"i2\": 38.1, \"i3\": 0.37, \"i4\": null, \"i5\": 256.6, \"i6\": 34, \"i7\": 983, \"i8\": 0.0006,
   \"c1\": \"c1_0\", \"c2\": \"c2_0\", \"c3\": \"c3_3\", \"c4\": \"c4_1\", \"c5\": \"c5_d\"}
@@ -182,6 +184,12 @@ predict {\"i1\": 1, \"i2\": 38.1, \"i3\": 0.37, \"i4\": null, \"i5\": 256.6, \"i
         out.contains("champion→1") && out.contains("test_roc_auc"),
         "{out}"
     );
+    // The run that trained it, listed and shown through the API (with its loss curve).
+    assert!(
+        out.contains("00000001") && out.contains("finished") && out.contains("kiln.pipeline_run"),
+        "{out}"
+    );
+    assert!(out.contains("validation_loss"), "{out}");
     assert!(out.contains("{\"label\":\""), "{out}");
     // Promotion through the API, from the command line.
     let r = k.run(&["models", "promote", "ctr", "1", "--server", &server]);
@@ -195,6 +203,23 @@ predict {\"i1\": 1, \"i2\": 38.1, \"i3\": 0.37, \"i4\": null, \"i5\": 256.6, \"i
     );
     let out = k.ok(&["models", "list", "--server", &server]);
     assert!(out.contains("production→1"), "{out}");
+    let out = k.ok(&["runs", "list", "--server", &server, "--json"]);
+    let runs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs[0]["id"], "00000001", "{runs}");
+    assert!(runs[0]["metrics"]["test_roc_auc"].as_f64().unwrap() > 0.5);
+    let r = k.run(&[
+        "runs",
+        "list",
+        "--server",
+        &server,
+        "--where",
+        "metrics.auc >",
+    ]);
+    assert!(
+        r.stderr.contains("400") && r.stderr.contains("`where`"),
+        "{}",
+        r.stderr
+    );
     let script = k.file(
         "train.kiln",
         "train --data x --target y

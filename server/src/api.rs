@@ -1,16 +1,17 @@
-//! kiln's management API under `/api/`: models, versions, aliases and deployments to read;
+//! kiln's management API under `/api/`: models, versions, aliases, deployments and runs to read;
 //! traffic splits, alias moves and promotion to change (the command line's operations, for a
 //! running server that owns its `KILN_HOME`). Changes take effect before the answer is sent.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use kiln_core::registry::{Batching, Deployment, Expect, Route, Stage};
+use kiln_core::registry::query::{Filter, OrderBy, RunSearch, run_json};
+use kiln_core::registry::{Batching, Deployment, Expect, Route, Stage, parse_run_id};
 
 use crate::app::{AppState, body, parse_json};
 use crate::error::{ApiError, ServeError};
@@ -24,6 +25,79 @@ pub fn reads() -> Router<AppState> {
         .route("/api/models/{name}/deployment", get(show_deployment))
         .route("/api/deployments", get(list_deployments))
         .route("/api/models/{name}/drift", get(show_drift))
+        .route("/api/runs", get(list_runs))
+        .route("/api/runs/{id}", get(show_run))
+}
+
+/// `?experiment=&status=&parent=&where=&order_by=&limit=` as `kiln runs list` takes them.
+async fn list_runs(
+    State(state): State<AppState>,
+    Query(q): Query<std::collections::BTreeMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&state, move |models| {
+        let bad = |what: &str, e: String| ServeError::BadInput(format!("`{what}`: {e}"));
+        let search = RunSearch {
+            experiment: q.get("experiment").cloned(),
+            status: q
+                .get("status")
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|e| bad("status", e))?,
+            parent: q
+                .get("parent")
+                .map(|p| parse_run_id(p))
+                .transpose()
+                .map_err(|e| bad("parent", e.to_string()))?,
+            filter: q
+                .get("where")
+                .map(|f| Filter::parse(f))
+                .transpose()
+                .map_err(|e| bad("where", e))?,
+            order: q
+                .get("order_by")
+                .map(|o| OrderBy::parse(o))
+                .transpose()
+                .map_err(|e| bad("order_by", e))?,
+        };
+        let limit: usize = match q.get("limit") {
+            Some(l) => l
+                .parse()
+                .map_err(|_| bad("limit", format!("{l:?} is not a count")))?,
+            None => 50,
+        };
+        let views = models.registry().search_runs(&search)?;
+        let runs: Vec<Value> = views
+            .iter()
+            .take(limit)
+            .map(|v| json!({ "run": run_json(&v.run), "metrics": v.metrics }))
+            .collect();
+        Ok(Json(json!({ "runs": runs, "total": views.len() })))
+    })
+    .await
+}
+
+/// One run with its latest metrics and each metric's curve (at most 40 points).
+async fn show_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&state, move |models| {
+        let registry = models.registry();
+        let run = registry.run(parse_run_id(&id)?)?;
+        let metrics = registry.latest_metrics(run.id)?;
+        let mut series = serde_json::Map::new();
+        for k in metrics.keys() {
+            let points = registry.metric_history(run.id, k, Some(40))?;
+            series.insert(
+                k.clone(),
+                json!(points.iter().map(|p| p.value).collect::<Vec<_>>()),
+            );
+        }
+        Ok(Json(
+            json!({ "run": run_json(&run), "metrics": metrics, "series": series }),
+        ))
+    })
+    .await
 }
 
 async fn show_drift(

@@ -21,7 +21,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use kiln_core::registry::query::{Filter, OrderBy, RunView};
+use kiln_core::registry::query::{Filter, OrderBy, RunSearch, RunView};
 use kiln_core::registry::{
     Deployment, Expect, PipelineRun, Registry, Route, StepExecState, run_id_text,
 };
@@ -646,22 +646,19 @@ async fn runs_page(
             .cloned()
             .unwrap_or_else(|| "attributes.start_ms desc".into());
         let page_no: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
-        let runs = reg.runs(experiment.as_deref()).map_err(registry_error)?;
         let filter = if filter_text.is_empty() {
             None
         } else {
             Some(Filter::parse(&filter_text).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e))?)
         };
         let order = OrderBy::parse(&order_text).map_err(|e| error_page(StatusCode::BAD_REQUEST, &e))?;
-        let mut views: Vec<RunView> = Vec::with_capacity(runs.len());
-        for run in runs {
-            let metrics = reg.latest_metrics(run.id).map_err(registry_error)?;
-            let view = RunView { run, metrics };
-            if filter.as_ref().is_none_or(|f| f.matches(&view)) {
-                views.push(view);
-            }
-        }
-        order.sort(&mut views);
+        let search = RunSearch {
+            experiment: experiment.clone(),
+            filter,
+            order: Some(order),
+            ..RunSearch::default()
+        };
+        let views = reg.search_runs(&search).map_err(registry_error)?;
         let total = views.len();
         let pages = total.div_ceil(PER_PAGE).max(1);
         let shown: Vec<&RunView> = views.iter().skip((page_no - 1) * PER_PAGE).take(PER_PAGE).collect();

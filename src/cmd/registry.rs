@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use kiln_core::registry::query::{Filter, OrderBy, RunView};
+use kiln_core::registry::query::{Filter, OrderBy, RunSearch, RunView, run_from_json, run_json};
 use kiln_core::registry::{
-    Expect, Lineage, NewRun, Registry, RunStatus, Stage, parse_run_id, run_id_text,
+    Expect, Lineage, MetricPoint, NewRun, Registry, RunStatus, Stage, parse_run_id, run_id_text,
 };
 use serde::Serialize;
 
@@ -78,12 +78,16 @@ pub enum RunsCommand {
         limit: usize,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Show one run: parameters, tags, lineage, artifacts, metrics (with a chart of each series).
     Show {
         run: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Parameters and latest metrics of several runs side by side; differing rows are marked.
     Compare {
@@ -319,15 +323,6 @@ fn parse_when(s: &str) -> Result<i64> {
 }
 
 /// A run as JSON, with ids as people see them.
-fn run_json(run: &kiln_core::registry::Run) -> serde_json::Value {
-    let mut j = serde_json::json!(run);
-    j["id"] = serde_json::json!(run_id_text(run.id));
-    if let Some(p) = run.parent {
-        j["parent"] = serde_json::json!(run_id_text(p));
-    }
-    j
-}
-
 fn run_id(s: &str) -> Result<u64> {
     Ok(parse_run_id(s)?)
 }
@@ -402,7 +397,207 @@ fn short(map: &BTreeMap<String, String>, max: usize) -> String {
     parts.join(" ")
 }
 
+/// Prints `runs list`: `views` are the first of `total` runs found.
+fn print_run_list(views: &[RunView], total: usize, json: bool) -> Result<()> {
+    if json {
+        let rows: Vec<serde_json::Value> = views
+            .iter()
+            .map(|v| {
+                let mut j = run_json(&v.run);
+                j["metrics"] = serde_json::json!(
+                    v.metrics
+                        .iter()
+                        .map(|(k, p)| (k.as_str(), p.value))
+                        .collect::<BTreeMap<_, _>>()
+                );
+                j
+            })
+            .collect();
+        return ui::print_json(&rows);
+    }
+    let rows = views
+        .iter()
+        .map(|v| {
+            let metrics: BTreeMap<String, String> = v
+                .metrics
+                .iter()
+                .map(|(k, p)| (k.clone(), num(p.value)))
+                .collect();
+            vec![
+                run_id_text(v.run.id),
+                v.run.name.clone(),
+                v.run.status.to_string(),
+                when(v.run.start_ms),
+                short(&metrics, 4),
+                short(&v.run.params, 4),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        ui::table(
+            &["run", "name", "status", "started", "metrics", "params"],
+            rows,
+            &[]
+        )
+    );
+    if total > views.len() {
+        println!(
+            "({} more; raise --limit or narrow with --where)",
+            total - views.len()
+        );
+    }
+    Ok(())
+}
+
+/// Prints `runs show`: `series` holds each metric's curve (downsampled).
+fn print_run(
+    run: &kiln_core::registry::Run,
+    metrics: &BTreeMap<String, MetricPoint>,
+    series: &BTreeMap<String, Vec<f64>>,
+    json: bool,
+) -> Result<()> {
+    if json {
+        let mut j = run_json(run);
+        j["metrics"] = serde_json::json!(metrics);
+        return ui::print_json(&j);
+    }
+    println!("run {} ({}), {}", run_id_text(run.id), run.name, run.status);
+    println!(
+        "started {}{}",
+        when(run.start_ms),
+        run.end_ms
+            .map_or(String::new(), |e| format!(", ended {}", when(e)))
+    );
+    if let Some(p) = run.parent {
+        println!("parent run {}", run_id_text(p));
+    }
+    let l = &run.lineage;
+    for (k, v) in [
+        ("dataset", &l.dataset_fingerprint),
+        ("transform", &l.transform_digest),
+        ("source commit", &l.source_commit),
+    ] {
+        if let Some(v) = v {
+            println!("{k}: {v}");
+        }
+    }
+    if !run.params.is_empty() {
+        let rows = run
+            .params
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.clone()])
+            .collect();
+        println!("\n{}", ui::table(&["parameter", "value"], rows, &[]));
+    }
+    if !run.tags.is_empty() {
+        let rows = run
+            .tags
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.clone()])
+            .collect();
+        println!("\n{}", ui::table(&["tag", "value"], rows, &[]));
+    }
+    if !metrics.is_empty() {
+        let mut rows = Vec::new();
+        for (k, p) in metrics {
+            let values = series.get(k).map_or(&[][..], Vec::as_slice);
+            rows.push(vec![
+                k.clone(),
+                num(p.value),
+                p.step.to_string(),
+                ui::sparkline(values),
+            ]);
+        }
+        println!(
+            "\n{}",
+            ui::table(&["metric", "latest", "step", "series"], rows, &[1, 2])
+        );
+    }
+    if !run.artifacts.is_empty() {
+        let rows = run
+            .artifacts
+            .iter()
+            .map(|a| {
+                vec![
+                    a.name.clone(),
+                    format!("{:?}", a.kind).to_lowercase(),
+                    a.size.to_string(),
+                    a.digest.clone(),
+                ]
+            })
+            .collect();
+        println!(
+            "\n{}",
+            ui::table(&["artifact", "kind", "bytes", "digest"], rows, &[2])
+        );
+    }
+    Ok(())
+}
+
+/// `runs list|show` through a running server's API, when `--server` is given.
+fn runs_over_http(command: &RunsCommand) -> Result<Option<Outcome>> {
+    match command {
+        RunsCommand::List {
+            experiment,
+            status,
+            parent,
+            filter,
+            order_by,
+            limit,
+            json,
+            server,
+        } if server.server.is_some() => {
+            let mut query = vec![format!("limit={limit}")];
+            let status = status.map(|s| s.to_string());
+            for (key, value) in [
+                ("experiment", experiment.as_ref()),
+                ("status", status.as_ref()),
+                ("parent", parent.as_ref()),
+                ("where", filter.as_ref()),
+                ("order_by", order_by.as_ref()),
+            ] {
+                if let Some(v) = value {
+                    query.push(format!("{key}={}", remote::url_part(v)));
+                }
+            }
+            let answer: serde_json::Value =
+                remote::call(server, "GET", &format!("/api/runs?{}", query.join("&")))?;
+            let views = answer["runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    Ok(RunView {
+                        run: run_from_json(v["run"].clone())?,
+                        metrics: serde_json::from_value(v["metrics"].clone())?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let total = answer["total"].as_u64().unwrap_or(0) as usize;
+            print_run_list(&views, total, *json)?;
+            Ok(Some(Outcome::Ok))
+        }
+        RunsCommand::Show { run, json, server } if server.server.is_some() => {
+            let answer: serde_json::Value = remote::call(
+                server,
+                "GET",
+                &format!("/api/runs/{}", remote::url_part(run)),
+            )?;
+            let run = run_from_json(answer["run"].clone())?;
+            let metrics = serde_json::from_value(answer["metrics"].clone())?;
+            let series = serde_json::from_value(answer["series"].clone())?;
+            print_run(&run, &metrics, &series, *json)?;
+            Ok(Some(Outcome::Ok))
+        }
+        _ => Ok(None),
+    }
+}
+
 pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
+    if let Some(outcome) = runs_over_http(&command)? {
+        return Ok(outcome);
+    }
     let reg = home.open()?;
     match command {
         RunsCommand::List {
@@ -413,155 +608,37 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
             order_by,
             limit,
             json,
+            ..
         } => {
-            let filter = filter
-                .map(|f| Filter::parse(&f))
-                .transpose()
-                .map_err(anyhow::Error::msg)
-                .context("--where")?;
-            let order = order_by
-                .map(|o| OrderBy::parse(&o))
-                .transpose()
-                .map_err(anyhow::Error::msg)
-                .context("--order-by")?;
-            let parent = parent.map(|p| run_id(&p)).transpose()?;
-            let mut views = Vec::new();
-            for run in reg.runs(experiment.as_deref())? {
-                if status.is_some_and(|s| s != run.status)
-                    || parent.is_some_and(|p| run.parent != Some(p))
-                {
-                    continue;
-                }
-                let v = view(&reg, run)?;
-                if filter.as_ref().is_none_or(|f| f.matches(&v)) {
-                    views.push(v);
-                }
-            }
-            if let Some(o) = &order {
-                o.sort(&mut views);
-            }
+            let search = RunSearch {
+                experiment,
+                status,
+                parent: parent.map(|p| run_id(&p)).transpose()?,
+                filter: filter
+                    .map(|f| Filter::parse(&f))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)
+                    .context("--where")?,
+                order: order_by
+                    .map(|o| OrderBy::parse(&o))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)
+                    .context("--order-by")?,
+            };
+            let mut views = reg.search_runs(&search)?;
             let total = views.len();
             views.truncate(limit);
-            if json {
-                let rows: Vec<serde_json::Value> = views
-                    .iter()
-                    .map(|v| {
-                        let mut j = run_json(&v.run);
-                        j["metrics"] = serde_json::json!(
-                            v.metrics
-                                .iter()
-                                .map(|(k, p)| (k.as_str(), p.value))
-                                .collect::<BTreeMap<_, _>>()
-                        );
-                        j
-                    })
-                    .collect();
-                return ui::print_json(&rows).map(|_| Outcome::Ok);
-            }
-            let rows = views
-                .iter()
-                .map(|v| {
-                    let metrics: BTreeMap<String, String> = v
-                        .metrics
-                        .iter()
-                        .map(|(k, p)| (k.clone(), num(p.value)))
-                        .collect();
-                    vec![
-                        run_id_text(v.run.id),
-                        v.run.name.clone(),
-                        v.run.status.to_string(),
-                        when(v.run.start_ms),
-                        short(&metrics, 4),
-                        short(&v.run.params, 4),
-                    ]
-                })
-                .collect();
-            println!(
-                "{}",
-                ui::table(
-                    &["run", "name", "status", "started", "metrics", "params"],
-                    rows,
-                    &[]
-                )
-            );
-            if total > limit {
-                println!(
-                    "({} more; raise --limit or narrow with --where)",
-                    total - limit
-                );
-            }
+            print_run_list(&views, total, json)?;
         }
-        RunsCommand::Show { run, json } => {
+        RunsCommand::Show { run, json, .. } => {
             let run = reg.run(run_id(&run)?)?;
             let metrics = reg.latest_metrics(run.id)?;
-            if json {
-                let mut j = run_json(&run);
-                j["metrics"] = serde_json::json!(metrics);
-                return ui::print_json(&j).map(|_| Outcome::Ok);
+            let mut series = BTreeMap::new();
+            for k in metrics.keys() {
+                let points = reg.metric_history(run.id, k, Some(40))?;
+                series.insert(k.clone(), points.iter().map(|p| p.value).collect());
             }
-            println!("run {} ({}), {}", run_id_text(run.id), run.name, run.status);
-            println!(
-                "started {}{}",
-                when(run.start_ms),
-                run.end_ms
-                    .map_or(String::new(), |e| format!(", ended {}", when(e)))
-            );
-            if let Some(p) = run.parent {
-                println!("parent run {}", run_id_text(p));
-            }
-            let l = &run.lineage;
-            for (k, v) in [
-                ("dataset", &l.dataset_fingerprint),
-                ("transform", &l.transform_digest),
-                ("source commit", &l.source_commit),
-            ] {
-                if let Some(v) = v {
-                    println!("{k}: {v}");
-                }
-            }
-            if !run.params.is_empty() {
-                let rows = run
-                    .params
-                    .iter()
-                    .map(|(k, v)| vec![k.clone(), v.clone()])
-                    .collect();
-                println!("\n{}", ui::table(&["parameter", "value"], rows, &[]));
-            }
-            if !metrics.is_empty() {
-                let mut rows = Vec::new();
-                for (k, p) in &metrics {
-                    let series = reg.metric_history(run.id, k, Some(40))?;
-                    let values: Vec<f64> = series.iter().map(|p| p.value).collect();
-                    rows.push(vec![
-                        k.clone(),
-                        num(p.value),
-                        p.step.to_string(),
-                        ui::sparkline(&values),
-                    ]);
-                }
-                println!(
-                    "\n{}",
-                    ui::table(&["metric", "latest", "step", "series"], rows, &[1, 2])
-                );
-            }
-            if !run.artifacts.is_empty() {
-                let rows = run
-                    .artifacts
-                    .iter()
-                    .map(|a| {
-                        vec![
-                            a.name.clone(),
-                            format!("{:?}", a.kind).to_lowercase(),
-                            a.size.to_string(),
-                            a.digest.clone(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "\n{}",
-                    ui::table(&["artifact", "kind", "bytes", "digest"], rows, &[2])
-                );
-            }
+            print_run(&run, &metrics, &series, json)?;
         }
         RunsCommand::Compare { runs, json } => {
             let mut views = Vec::new();

@@ -164,13 +164,14 @@ impl Session {
             let over_http = first == "deploy"
                 || (first == "pipeline" && !local && second != Some("backfill"))
                 || (first == "models"
-                    && matches!(second, Some("list" | "show" | "versions" | "promote")));
+                    && matches!(second, Some("list" | "show" | "versions" | "promote")))
+                || (first == "runs" && matches!(second, Some("list" | "show")));
             if over_http {
                 words.extend(["--server".to_string(), url.clone()]);
             } else if !local {
                 anyhow::bail!(
                     "this kiln's KILN_HOME belongs to the kiln up at {url}; over HTTP the REPL runs \
-                     `models list|show|versions|promote`, `use` and `predict`, `pipeline \
+                     `runs list|show`, `models list|show|versions|promote`, `use` and `predict`, `pipeline \
                      run|runs|show|logs|cancel|schedule` and `deploy`, and `data` and `pipeline \
                      validate` read files here"
                 );

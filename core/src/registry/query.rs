@@ -3,13 +3,69 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use super::{MetricPoint, Run};
+use super::{MetricPoint, Registry, RegistryError, Run, RunStatus};
 
 /// A run with what filters and ordering look at.
 #[derive(Debug, Clone)]
 pub struct RunView {
     pub run: Run,
     pub metrics: BTreeMap<String, MetricPoint>,
+}
+
+/// Which runs to list, and in what order (newest first without one).
+#[derive(Debug, Clone, Default)]
+pub struct RunSearch {
+    pub experiment: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Only the child runs of this run (a sweep's trials).
+    pub parent: Option<u64>,
+    pub filter: Option<Filter>,
+    pub order: Option<OrderBy>,
+}
+
+impl Registry {
+    /// Every run `search` selects, each with its latest metrics, in its order.
+    pub fn search_runs(&self, search: &RunSearch) -> Result<Vec<RunView>, RegistryError> {
+        let mut views = Vec::new();
+        for run in self.runs(search.experiment.as_deref())? {
+            if search.status.is_some_and(|s| s != run.status)
+                || search.parent.is_some_and(|p| run.parent != Some(p))
+            {
+                continue;
+            }
+            let view = RunView {
+                metrics: self.latest_metrics(run.id)?,
+                run,
+            };
+            if search.filter.as_ref().is_none_or(|f| f.matches(&view)) {
+                views.push(view);
+            }
+        }
+        if let Some(o) = &search.order {
+            o.sort(&mut views);
+        }
+        Ok(views)
+    }
+}
+
+/// A run as JSON, with its id (and its parent's) as people type them.
+pub fn run_json(run: &Run) -> serde_json::Value {
+    let mut j = serde_json::json!(run);
+    j["id"] = serde_json::json!(super::run_id_text(run.id));
+    if let Some(p) = run.parent {
+        j["parent"] = serde_json::json!(super::run_id_text(p));
+    }
+    j
+}
+
+/// The run [`run_json`] wrote.
+pub fn run_from_json(mut j: serde_json::Value) -> Result<Run, RegistryError> {
+    for key in ["id", "parent"] {
+        if let Some(text) = j[key].as_str() {
+            j[key] = serde_json::json!(super::parse_run_id(text)?);
+        }
+    }
+    serde_json::from_value(j).map_err(|e| RegistryError::Invalid(format!("a run's JSON: {e}")))
 }
 
 /// Which part of a run a term reads.
