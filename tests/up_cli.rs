@@ -207,6 +207,21 @@ predict {\"i1\": 1, \"i2\": 38.1, \"i3\": 0.37, \"i4\": null, \"i5\": 256.6, \"i
     let runs: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(runs[0]["id"], "00000001", "{runs}");
     assert!(runs[0]["metrics"]["test_roc_auc"].as_f64().unwrap() > 0.5);
+    let out = k.ok(&["runs", "compare", "1", "1", "--server", &server]);
+    assert!(out.contains("metrics.test_roc_auc"), "{out}");
+    let out = k.ok(&[
+        "models",
+        "alias",
+        "set",
+        "ctr",
+        "challenger",
+        "1",
+        "--server",
+        &server,
+        "--token",
+        "s3cret",
+    ]);
+    assert!(out.contains("ctr@challenger: none → 1"), "{out}");
     let r = k.run(&[
         "runs",
         "list",
@@ -387,7 +402,12 @@ fn drifting_traffic_triggers_retraining_and_the_webhook() {
             r.body_mut().read_to_string().unwrap()
         );
     }
-    let (_, drift) = get(&format!("{}/api/models/ctr/drift", up.url));
+    // The log's thread takes the rows in on its own tick: wait until it has seen them all.
+    let drift = || get(&format!("{}/api/models/ctr/drift", up.url)).1;
+    wait_for("the window to hold the 600 rows", || {
+        drift()["versions"][0]["observed"].as_u64() >= Some(600)
+    });
+    let drift = drift();
     assert!(
         drift["alarms"]
             .as_array()

@@ -95,6 +95,8 @@ pub enum RunsCommand {
         runs: Vec<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Delete runs, their metrics and the artifacts nothing else references.
     Delete {
@@ -237,6 +239,8 @@ pub enum AliasCommand {
         version: u32,
         #[command(flatten)]
         change: Change,
+        #[command(flatten)]
+        server: Server,
     },
     /// Delete an alias.
     Delete {
@@ -277,6 +281,14 @@ impl Change {
                     .parse()
                     .with_context(|| format!("--expect {v}: expected a version number or none"))?,
             ),
+        })
+    }
+    /// `--expect` as the API takes it.
+    fn expect_json(&self) -> Result<serde_json::Value> {
+        Ok(match self.expect()? {
+            Expect::Any => serde_json::Value::Null,
+            Expect::Absent => serde_json::json!("none"),
+            Expect::Version(v) => serde_json::json!(v),
         })
     }
     fn by(&self) -> String {
@@ -535,7 +547,58 @@ fn print_run(
     Ok(())
 }
 
-/// `runs list|show` through a running server's API, when `--server` is given.
+/// Prints `runs compare`: parameters and latest metrics side by side, differing rows marked.
+fn print_compare(views: &[RunView], runs: &[String], json: bool) -> Result<()> {
+    let mut fields: BTreeSet<String> = BTreeSet::new();
+    for v in views {
+        fields.extend(v.run.params.keys().map(|k| format!("params.{k}")));
+        fields.extend(v.metrics.keys().map(|k| format!("metrics.{k}")));
+    }
+    let value = |v: &RunView, f: &str| -> String {
+        if let Some(k) = f.strip_prefix("params.") {
+            v.run.params.get(k).cloned().unwrap_or_else(|| "-".into())
+        } else if let Some(k) = f.strip_prefix("metrics.") {
+            v.metrics.get(k).map_or("-".into(), |p| num(p.value))
+        } else {
+            String::new()
+        }
+    };
+    let mut table: Vec<(String, Vec<String>)> = vec![(
+        "status".into(),
+        views.iter().map(|v| v.run.status.to_string()).collect(),
+    )];
+    for f in &fields {
+        table.push((f.clone(), views.iter().map(|v| value(v, f)).collect()));
+    }
+    if json {
+        let map: BTreeMap<&str, &Vec<String>> =
+            table.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        return ui::print_json(&serde_json::json!({"runs": runs, "fields": map}));
+    }
+    let mut header: Vec<String> = vec!["".into(), "field".into()];
+    header.extend(views.iter().map(|v| run_id_text(v.run.id)));
+    let rows = table
+        .into_iter()
+        .map(|(f, vals)| {
+            let differs = vals.iter().any(|v| v != &vals[0]);
+            let mut row = vec![
+                if differs {
+                    "≠".to_string()
+                } else {
+                    String::new()
+                },
+                f,
+            ];
+            row.extend(vals);
+            row
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    println!("{}", ui::table(&header, rows, &[]));
+    Ok(())
+}
+
+/// `runs list|show|compare` through a running server's API, when `--server` is given.
 fn runs_over_http(command: &RunsCommand) -> Result<Option<Outcome>> {
     match command {
         RunsCommand::List {
@@ -576,6 +639,19 @@ fn runs_over_http(command: &RunsCommand) -> Result<Option<Outcome>> {
                 .collect::<Result<Vec<_>>>()?;
             let total = answer["total"].as_u64().unwrap_or(0) as usize;
             print_run_list(&views, total, *json)?;
+            Ok(Some(Outcome::Ok))
+        }
+        RunsCommand::Compare { runs, json, server } if server.server.is_some() => {
+            let mut views = Vec::new();
+            for r in runs {
+                let answer: serde_json::Value =
+                    remote::call(server, "GET", &format!("/api/runs/{}", remote::url_part(r)))?;
+                views.push(RunView {
+                    run: run_from_json(answer["run"].clone())?,
+                    metrics: serde_json::from_value(answer["metrics"].clone())?,
+                });
+            }
+            print_compare(&views, runs, *json)?;
             Ok(Some(Outcome::Ok))
         }
         RunsCommand::Show { run, json, server } if server.server.is_some() => {
@@ -640,58 +716,12 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
             }
             print_run(&run, &metrics, &series, json)?;
         }
-        RunsCommand::Compare { runs, json } => {
+        RunsCommand::Compare { runs, json, .. } => {
             let mut views = Vec::new();
             for r in &runs {
                 views.push(view(&reg, reg.run(run_id(r)?)?)?);
             }
-            let mut fields: BTreeSet<String> = BTreeSet::new();
-            for v in &views {
-                fields.extend(v.run.params.keys().map(|k| format!("params.{k}")));
-                fields.extend(v.metrics.keys().map(|k| format!("metrics.{k}")));
-            }
-            let value = |v: &RunView, f: &str| -> String {
-                if let Some(k) = f.strip_prefix("params.") {
-                    v.run.params.get(k).cloned().unwrap_or_else(|| "-".into())
-                } else if let Some(k) = f.strip_prefix("metrics.") {
-                    v.metrics.get(k).map_or("-".into(), |p| num(p.value))
-                } else {
-                    String::new()
-                }
-            };
-            let mut table: Vec<(String, Vec<String>)> = vec![(
-                "status".into(),
-                views.iter().map(|v| v.run.status.to_string()).collect(),
-            )];
-            for f in &fields {
-                table.push((f.clone(), views.iter().map(|v| value(v, f)).collect()));
-            }
-            if json {
-                let map: BTreeMap<&str, &Vec<String>> =
-                    table.iter().map(|(k, v)| (k.as_str(), v)).collect();
-                return ui::print_json(&serde_json::json!({"runs": runs, "fields": map}))
-                    .map(|_| Outcome::Ok);
-            }
-            let mut header: Vec<String> = vec!["".into(), "field".into()];
-            header.extend(views.iter().map(|v| run_id_text(v.run.id)));
-            let rows = table
-                .into_iter()
-                .map(|(f, vals)| {
-                    let differs = vals.iter().any(|v| v != &vals[0]);
-                    let mut row = vec![
-                        if differs {
-                            "≠".to_string()
-                        } else {
-                            String::new()
-                        },
-                        f,
-                    ];
-                    row.extend(vals);
-                    row
-                })
-                .collect();
-            let header: Vec<&str> = header.iter().map(String::as_str).collect();
-            println!("{}", ui::table(&header, rows, &[]));
+            print_compare(&views, &runs, json)?;
         }
         RunsCommand::Delete { runs } => {
             for r in runs {
@@ -917,11 +947,7 @@ fn models_over_http(command: &ModelsCommand) -> Result<Option<Outcome>> {
             change,
             server,
         } if server.server.is_some() => {
-            let expect = match change.expect()? {
-                Expect::Any => serde_json::Value::Null,
-                Expect::Absent => serde_json::json!("none"),
-                Expect::Version(v) => serde_json::json!(v),
-            };
+            let expect = change.expect_json()?;
             let stage = match to {
                 StageArg::Production => "production",
                 StageArg::Staging => "staging",
@@ -944,6 +970,36 @@ fn models_over_http(command: &ModelsCommand) -> Result<Option<Outcome>> {
             println!(
                 "{name} version {version} is now in {} (was {from})",
                 answer["stage"].as_str().unwrap_or(stage)
+            );
+            Ok(Some(Outcome::Ok))
+        }
+        ModelsCommand::Alias(AliasCommand::Set {
+            name,
+            alias,
+            version,
+            change,
+            server,
+        }) if server.server.is_some() => {
+            let answer: serde_json::Value = remote::call_with(
+                server,
+                "PUT",
+                &format!(
+                    "/api/models/{}/aliases/{}",
+                    remote::url_part(name),
+                    remote::url_part(alias)
+                ),
+                Some(&serde_json::json!({
+                    "version": version,
+                    "expect": change.expect_json()?,
+                    "reason": change.reason,
+                    "by": change.by(),
+                })),
+            )?;
+            println!(
+                "{name}@{alias}: {} → {version}",
+                answer["event"]["from"]
+                    .as_u64()
+                    .map_or("none".into(), |v| v.to_string())
             );
             Ok(Some(Outcome::Ok))
         }
@@ -1029,6 +1085,7 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
             alias,
             version,
             change,
+            ..
         }) => {
             let e = reg.set_alias(
                 &name,

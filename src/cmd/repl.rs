@@ -164,14 +164,16 @@ impl Session {
             let over_http = first == "deploy"
                 || (first == "pipeline" && !local && second != Some("backfill"))
                 || (first == "models"
-                    && matches!(second, Some("list" | "show" | "versions" | "promote")))
-                || (first == "runs" && matches!(second, Some("list" | "show")));
+                    && (matches!(second, Some("list" | "show" | "versions" | "promote"))
+                        || (second == Some("alias") && words.get(2).is_some_and(|w| w == "set"))))
+                || (first == "runs" && matches!(second, Some("list" | "show" | "compare")));
             if over_http {
                 words.extend(["--server".to_string(), url.clone()]);
             } else if !local {
                 anyhow::bail!(
                     "this kiln's KILN_HOME belongs to the kiln up at {url}; over HTTP the REPL runs \
-                     `runs list|show`, `models list|show|versions|promote`, `use` and `predict`, `pipeline \
+                     `runs list|show|compare`, `models list|show|versions|promote|alias set`, `use` and \
+                     `predict`, `pipeline \
                      run|runs|show|logs|cancel|schedule` and `deploy`, and `data` and `pipeline \
                      validate` read files here"
                 );
