@@ -207,6 +207,15 @@ predict {\"i1\": 1, \"i2\": 38.1, \"i3\": 0.37, \"i4\": null, \"i5\": 256.6, \"i
     let runs: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(runs[0]["id"], "00000001", "{runs}");
     assert!(runs[0]["metrics"]["test_roc_auc"].as_f64().unwrap() > 0.5);
+    let (status, answer) = get(&format!("{server}/api/runs?wher=x"));
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("did you mean `where`?"),
+        "{answer}"
+    );
     let out = k.ok(&["runs", "compare", "1", "1", "--server", &server]);
     assert!(out.contains("metrics.test_roc_auc"), "{out}");
     let out = k.ok(&[

@@ -36,6 +36,21 @@ async fn list_runs(
 ) -> Result<Json<Value>, ApiError> {
     blocking(&state, move |models| {
         let bad = |what: &str, e: String| ServeError::BadInput(format!("`{what}`: {e}"));
+        const KEYS: [&str; 6] = [
+            "experiment",
+            "status",
+            "parent",
+            "where",
+            "order_by",
+            "limit",
+        ];
+        if let Some(k) = q.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(ServeError::BadInput(format!(
+                "no query parameter `{k}` (it takes {}){}",
+                KEYS.join(", "),
+                kiln_core::suggest::hint(k, KEYS)
+            )));
+        }
         let search = RunSearch {
             experiment: q.get("experiment").cloned(),
             status: q

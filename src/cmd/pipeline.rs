@@ -469,11 +469,15 @@ fn run_on_server(args: &RunArgs) -> Result<Outcome> {
         }
         if !cancelled && ui::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
             eprintln!("cancelling run {id}");
-            let _: serde_json::Value = call(
+            // The run may have ended meanwhile (409): the next look says how.
+            let answer: Result<serde_json::Value> = call(
                 &args.server,
                 "POST",
                 &format!("/api/pipeline-runs/{id}/cancel"),
-            )?;
+            );
+            if let Err(e) = answer {
+                eprintln!("{e:#}");
+            }
             cancelled = true;
         }
         std::thread::sleep(Duration::from_millis(200));

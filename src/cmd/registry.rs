@@ -334,7 +334,6 @@ fn parse_when(s: &str) -> Result<i64> {
         .map_or(0, |d| d.as_millis() as i64))
 }
 
-/// A run as JSON, with ids as people see them.
 fn run_id(s: &str) -> Result<u64> {
     Ok(parse_run_id(s)?)
 }
@@ -494,21 +493,14 @@ fn print_run(
             println!("{k}: {v}");
         }
     }
-    if !run.params.is_empty() {
-        let rows = run
-            .params
-            .iter()
-            .map(|(k, v)| vec![k.clone(), v.clone()])
-            .collect();
-        println!("\n{}", ui::table(&["parameter", "value"], rows, &[]));
-    }
-    if !run.tags.is_empty() {
-        let rows = run
-            .tags
-            .iter()
-            .map(|(k, v)| vec![k.clone(), v.clone()])
-            .collect();
-        println!("\n{}", ui::table(&["tag", "value"], rows, &[]));
+    for (what, pairs) in [("parameter", &run.params), ("tag", &run.tags)] {
+        if !pairs.is_empty() {
+            let rows = pairs
+                .iter()
+                .map(|(k, v)| vec![k.clone(), v.clone()])
+                .collect();
+            println!("\n{}", ui::table(&[what, "value"], rows, &[]));
+        }
     }
     if !metrics.is_empty() {
         let mut rows = Vec::new();
@@ -598,6 +590,14 @@ fn print_compare(views: &[RunView], runs: &[String], json: bool) -> Result<()> {
     Ok(())
 }
 
+/// A run and its latest metrics as the runs API answers them.
+fn view_from_json(v: &serde_json::Value) -> Result<RunView> {
+    Ok(RunView {
+        run: run_from_json(v["run"].clone())?,
+        metrics: serde_json::from_value(v["metrics"].clone())?,
+    })
+}
+
 /// `runs list|show|compare` through a running server's API, when `--server` is given.
 fn runs_over_http(command: &RunsCommand) -> Result<Option<Outcome>> {
     match command {
@@ -630,12 +630,7 @@ fn runs_over_http(command: &RunsCommand) -> Result<Option<Outcome>> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|v| {
-                    Ok(RunView {
-                        run: run_from_json(v["run"].clone())?,
-                        metrics: serde_json::from_value(v["metrics"].clone())?,
-                    })
-                })
+                .map(view_from_json)
                 .collect::<Result<Vec<_>>>()?;
             let total = answer["total"].as_u64().unwrap_or(0) as usize;
             print_run_list(&views, total, *json)?;
@@ -646,10 +641,7 @@ fn runs_over_http(command: &RunsCommand) -> Result<Option<Outcome>> {
             for r in runs {
                 let answer: serde_json::Value =
                     remote::call(server, "GET", &format!("/api/runs/{}", remote::url_part(r)))?;
-                views.push(RunView {
-                    run: run_from_json(answer["run"].clone())?,
-                    metrics: serde_json::from_value(answer["metrics"].clone())?,
-                });
+                views.push(view_from_json(&answer)?);
             }
             print_compare(&views, runs, *json)?;
             Ok(Some(Outcome::Ok))
