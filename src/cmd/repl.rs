@@ -546,7 +546,17 @@ impl Shell for Session {
                 out.extend(self.model_candidates(partial));
             }
             ("runs", "show" | "compare" | "delete" | "end" | "log" | "artifact") => {
-                if let Ok(reg) = self.registry()
+                if let Some(server) = self.remote() {
+                    // The newest runs the server knows.
+                    if let Ok(answer) =
+                        remote::call::<serde_json::Value>(&server, "GET", "/api/runs?limit=200")
+                    {
+                        let runs = answer["runs"].as_array().into_iter().flatten();
+                        out.extend(
+                            runs.filter_map(|r| r["run"]["id"].as_str().map(str::to_string)),
+                        );
+                    }
+                } else if let Ok(reg) = self.registry()
                     && let Ok(runs) = reg.runs(None)
                 {
                     out.extend(runs.iter().map(|r| run_id_text(r.id)));
@@ -621,6 +631,49 @@ mod tests {
 
     fn words(line: &str) -> Vec<String> {
         kiln_repl::split(line).unwrap()
+    }
+
+    #[test]
+    fn completion_against_a_server_offers_its_runs() {
+        // A real server on loopback over a registry with one run.
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("served")).unwrap();
+        let run = registry
+            .create_run(kiln_core::registry::NewRun {
+                experiment: "e".into(),
+                name: "r".into(),
+                params: BTreeMap::new(),
+                tags: BTreeMap::new(),
+                parent: None,
+                lineage: Default::default(),
+            })
+            .unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = rt
+            .block_on(kiln_server::start(
+                std::sync::Arc::new(registry),
+                kiln_server::Selection::All,
+                kiln_server::ServerConfig::default(),
+            ))
+            .unwrap();
+        rt.spawn(kiln_server::serve(
+            listener,
+            kiln_server::router(state),
+            std::future::pending(),
+        ));
+        let (_d, mut s) = session();
+        s.server = Some(format!("http://{addr}"));
+        let line = "runs show ";
+        let (_, c) = kiln_repl::completions(&s, line, line.len());
+        assert_eq!(c, [run_id_text(run.id)]);
+        // No models there yet.
+        let line = "use ";
+        let (_, c) = kiln_repl::completions(&s, line, line.len());
+        assert!(c.is_empty(), "{c:?}");
     }
 
     #[test]
