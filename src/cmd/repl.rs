@@ -38,7 +38,7 @@ const OWN: &[(&str, &str)] = &[
     ("datasets", "datasets: the loaded datasets"),
     (
         "describe",
-        "describe NAME: statistics of a loaded dataset (or `data describe FILE`)",
+        "describe NAME (or show NAME): a loaded dataset's statistics, a data file's, a model's versions or a run",
     ),
     ("use", "use MODEL[@ALIAS]: the model `predict` uses"),
     (
@@ -268,6 +268,36 @@ impl Session {
         Ok(())
     }
 
+    /// `describe NAME`: a loaded dataset, a data file, a model or a run, whichever NAME is.
+    fn describe(&mut self, name: &str) -> Result<()> {
+        if let Some((_, table)) = self.datasets.get(name) {
+            return crate::cmd::data::describe_table(name, table, false).map(|_| ());
+        }
+        if std::path::Path::new(name).exists() {
+            return self.cli(&["data".into(), "describe".into(), name.to_string()]);
+        }
+        let model = name.split(['@', ':']).next().unwrap_or(name);
+        let is_model = match self.remote() {
+            Some(server) => remote::call::<serde_json::Value>(
+                &server,
+                "GET",
+                &format!("/api/models/{}", remote::url_part(model)),
+            )
+            .is_ok(),
+            None => self.registry().is_ok_and(|r| r.model(model).is_ok()),
+        };
+        if is_model {
+            return self.cli(&["models".into(), "show".into(), model.to_string()]);
+        }
+        if kiln_core::registry::parse_run_id(name).is_ok() {
+            return self.cli(&["runs".into(), "show".into(), name.to_string()]);
+        }
+        anyhow::bail!(
+            "no dataset, file, model or run `{name}`{}; `load NAME FILE` loads a dataset",
+            kiln_core::suggest::hint(name, self.datasets.keys().map(String::as_str))
+        )
+    }
+
     fn use_model(&mut self, spec: &str) -> Result<()> {
         let name = spec.split(['@', ':']).next().unwrap_or(spec);
         if let Some(server) = self.remote() {
@@ -467,19 +497,7 @@ impl Session {
                 self.show();
                 Ok(())
             }
-            ("describe", 2) => match self.datasets.get(&words[1]) {
-                Some((_, table)) => {
-                    crate::cmd::data::describe_table(&words[1], table, false).map(|_| ())
-                }
-                None if std::path::Path::new(&words[1]).exists() => {
-                    self.cli(&["data".into(), "describe".into(), words[1].clone()])
-                }
-                None => anyhow::bail!(
-                    "no dataset `{}`{}; `load NAME FILE` first",
-                    words[1],
-                    kiln_core::suggest::hint(&words[1], self.datasets.keys().map(String::as_str))
-                ),
-            },
+            ("describe" | "show", 2) => self.describe(&words[1]),
             ("use", 2) => self.use_model(&words[1]),
             ("predict", 2) if words[1].starts_with(['{', '[']) => self.predict_inline(&words[1]),
             _ => self.cli(words),
@@ -703,6 +721,31 @@ mod tests {
     }
 
     #[test]
+    fn describe_takes_a_dataset_a_model_or_a_run() {
+        let (_d, mut s) = session();
+        let data = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/data/breast_cancer.csv"
+        );
+        s.run(&words(&format!("load bc {data}"))).unwrap();
+        s.run(&words(
+            "train --data bc --target label --epochs 1 --register bcm",
+        ))
+        .unwrap();
+        for line in [
+            "describe bc",
+            "describe bcm",
+            "show bcm@champion",
+            "describe $last",
+        ] {
+            s.run(&words(line))
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+        let e = s.run(&words("describe 0000ffff")).unwrap_err();
+        assert!(e.contains("no run `0000ffff`"), "{e}");
+    }
+
+    #[test]
     fn bad_lines_give_a_message_and_the_session_goes_on() {
         let (_d, mut s) = session();
         let e = s.run(&words("trian --data x")).unwrap_err();
@@ -713,7 +756,10 @@ mod tests {
         let e = s.run(&words("lod x y z")).unwrap_err();
         assert!(e.contains("did you mean `load`?"), "{e}");
         let e = s.run(&words("describe nothing")).unwrap_err();
-        assert!(e.contains("no dataset `nothing`"), "{e}");
+        assert!(
+            e.contains("no dataset, file, model or run `nothing`"),
+            "{e}"
+        );
         let e = s
             .run(&words("train --data x --target y --epochs many"))
             .unwrap_err();
