@@ -7,6 +7,10 @@
 //! value `NAME` of step `ID` when it reported one, else the path of the file `NAME` in its output
 //! directory.
 //!
+//! **Inputs of commands.** A command finds what its needs produced in `$KILN_INPUTS` (JSON:
+//! each need's output directory and values) and each need's output directory in
+//! `$KILN_INPUT_<ID>`, besides the `${steps.…}` templates.
+//!
 //! **Metrics of commands.** `NAME=NUMBER` lines a command appends to `$KILN_METRICS` become a
 //! tracking run (experiment: the pipeline's name; tagged with the pipeline run and step), a
 //! name given several times a series in the order written (a loss per epoch); the step's values
@@ -661,16 +665,20 @@ impl<C: Components> Runner<C> {
                 let metrics_file = step_dir.join(format!("metrics-{attempt}"));
                 let run_id = self.lock().id.to_string();
                 let attempt_text = attempt.to_string();
-                let env: [(&str, &std::ffi::OsStr); 8] = [
+                let inputs_file = step_dir.join(format!("inputs-{attempt}.json"));
+                let inputs = self.write_inputs(step, &inputs_file)?;
+                let mut env: Vec<(&str, &std::ffi::OsStr)> = vec![
                     ("KILN_OUTPUTS", outputs.as_os_str()),
                     ("KILN_VALUES", values_file.as_os_str()),
                     ("KILN_METRICS", metrics_file.as_os_str()),
+                    ("KILN_INPUTS", inputs_file.as_os_str()),
                     ("KILN_STEP", step.id.as_ref()),
                     ("KILN_RUN_ID", run_id.as_ref()),
                     ("KILN_ATTEMPT", attempt_text.as_ref()),
                     ("KILN_PIPELINE", self.pipeline.name.as_ref()),
                     ("PATH", self.path.as_os_str()),
                 ];
+                env.extend(inputs.iter().map(|(k, v)| (k.as_str(), v.as_os_str())));
                 match run_command(&command, &self.workdir, &env, &log).await {
                     Attempt::Succeeded => {
                         let mut values = read_values(&values_file)?;
@@ -744,6 +752,30 @@ impl<C: Components> Runner<C> {
                 .map_err(|e| e.to_string())?;
         }
         Ok(Attempt::Succeeded)
+    }
+
+    /// Writes what a command's needs produced to `file` as JSON (`{"ID": {"outputs": DIR,
+    /// "values": {...}}}`) and returns `KILN_INPUT_<ID>` variables with each one's output
+    /// directory (the id upper-cased, `-` as `_`).
+    fn write_inputs(&self, step: &Step, file: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+        let mut json = serde_json::Map::new();
+        let mut vars = Vec::new();
+        for need in &step.needs {
+            let Some(e) = self.execution(need) else {
+                continue;
+            };
+            json.insert(
+                need.clone(),
+                serde_json::json!({ "outputs": e.outputs_dir, "values": e.values }),
+            );
+            if let Some(dir) = e.outputs_dir {
+                let name = need.to_ascii_uppercase().replace('-', "_");
+                vars.push((format!("KILN_INPUT_{name}"), PathBuf::from(dir)));
+            }
+        }
+        let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
+        std::fs::write(file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(vars)
     }
 
     /// Records a command's metrics as a finished tracking run; returns its id.

@@ -2,7 +2,7 @@
 //! between steps, failures are retried and keep their logs, a command over its timeout is killed
 //! with everything it started, an unchanged second run is cached step by step (and says why),
 //! changed inputs rerun what depends on them, `if` skips, a cancelled run stops its steps, and a
-//! command's metrics become a tracking run.
+//! command's metrics become a tracking run and its inputs arrive in variables and a file.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -470,4 +470,31 @@ run = "echo auc=high >> $KILN_METRICS"
         error.contains("$KILN_METRICS line 1: \"auc=high\" is not NAME=NUMBER"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_command_finds_its_inputs_in_environment_variables_and_a_file() {
+    let s = setup();
+    let text = r#"name = "i"
+
+[[steps]]
+id = "make-it"
+run = "echo hi > ${outputs}/greeting; echo words=1 >> $KILN_VALUES"
+
+[[steps]]
+id = "use"
+needs = ["make-it"]
+run = "cat \"$KILN_INPUT_MAKE_IT/greeting\" > ${outputs}/copy; cp \"$KILN_INPUTS\" ${outputs}/inputs.json"
+"#;
+    let r = run(&s, request(&s, text)).await;
+    assert_eq!(r.state, PipelineRunState::Succeeded, "{r:?}");
+    assert_eq!(output(&r, "use", "copy"), "hi\n");
+    let inputs: serde_json::Value =
+        serde_json::from_str(&output(&r, "use", "inputs.json")).unwrap();
+    let made = step(&r, "make-it");
+    assert_eq!(
+        inputs["make-it"]["outputs"].as_str(),
+        made.outputs_dir.as_deref()
+    );
+    assert_eq!(inputs["make-it"]["values"]["words"], "1");
 }
