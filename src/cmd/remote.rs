@@ -17,7 +17,8 @@ pub struct Server {
     pub token: Option<String>,
 }
 
-pub fn agent() -> ureq::Agent {
+/// An HTTP client that hands error statuses back as answers (their body says why).
+fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
@@ -25,6 +26,7 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// The server's URL without a trailing `/`.
 pub fn base(server: &Server) -> &str {
     server
         .server
@@ -33,7 +35,8 @@ pub fn base(server: &Server) -> &str {
         .trim_end_matches('/')
 }
 
-pub fn send(
+/// One request with the token, if any, as a bearer token.
+fn send(
     server: &Server,
     method: &str,
     path: &str,
@@ -65,7 +68,7 @@ pub fn send(
             }
         }
     }
-    .with_context(|| format!("calling {url}"))?;
+    .with_context(|| format!("calling {url} (is `kiln up` or `kiln serve` running there?)"))?;
     Ok(response)
 }
 
@@ -78,6 +81,7 @@ pub fn call<T: serde::de::DeserializeOwned>(
     call_with(server, method, path, None)
 }
 
+/// [`call`] with a JSON body (`POST`, `PUT`, `DELETE`).
 pub fn call_with<T: serde::de::DeserializeOwned>(
     server: &Server,
     method: &str,
@@ -97,6 +101,7 @@ pub fn call_with<T: serde::de::DeserializeOwned>(
     serde_json::from_str(&text).with_context(|| format!("reading the answer to {path}"))
 }
 
+/// A `GET` whose answer is text (logs).
 pub fn call_text(server: &Server, path: &str) -> Result<String> {
     let mut response = send(server, "GET", path, None)?;
     let status = response.status();

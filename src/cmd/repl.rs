@@ -277,23 +277,33 @@ impl Session {
             return self.cli(&["data".into(), "describe".into(), name.to_string()]);
         }
         let model = name.split(['@', ':']).next().unwrap_or(name);
-        let is_model = match self.remote() {
-            Some(server) => remote::call::<serde_json::Value>(
-                &server,
-                "GET",
-                &format!("/api/models/{}", remote::url_part(model)),
-            )
-            .is_ok(),
-            None => self.registry().is_ok_and(|r| r.model(model).is_ok()),
+        let run = kiln_core::registry::parse_run_id(name).ok();
+        // Which of the two the registry (or the server) knows.
+        let (is_model, is_run) = match self.remote() {
+            Some(server) => {
+                let found =
+                    |path: String| remote::call::<serde_json::Value>(&server, "GET", &path).is_ok();
+                (
+                    found(format!("/api/models/{}", remote::url_part(model))),
+                    run.is_some() && found(format!("/api/runs/{}", remote::url_part(name))),
+                )
+            }
+            None => match self.registry() {
+                Ok(r) => (
+                    r.model(model).is_ok(),
+                    run.is_some_and(|id| r.run(id).is_ok()),
+                ),
+                Err(_) => (false, false),
+            },
         };
         if is_model {
             return self.cli(&["models".into(), "show".into(), model.to_string()]);
         }
-        if kiln_core::registry::parse_run_id(name).is_ok() {
+        if is_run {
             return self.cli(&["runs".into(), "show".into(), name.to_string()]);
         }
         anyhow::bail!(
-            "no dataset, file, model or run `{name}`{}; `load NAME FILE` loads a dataset",
+            "no dataset `{name}`{} (nor a file, model or run of that name); `load NAME FILE` loads one",
             kiln_core::suggest::hint(name, self.datasets.keys().map(String::as_str))
         )
     }
@@ -742,7 +752,10 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{line}: {e}"));
         }
         let e = s.run(&words("describe 0000ffff")).unwrap_err();
-        assert!(e.contains("no run `0000ffff`"), "{e}");
+        assert!(
+            e.contains("no dataset `0000ffff` (nor a file, model or run"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -757,7 +770,7 @@ mod tests {
         assert!(e.contains("did you mean `load`?"), "{e}");
         let e = s.run(&words("describe nothing")).unwrap_err();
         assert!(
-            e.contains("no dataset, file, model or run `nothing`"),
+            e.contains("no dataset `nothing` (nor a file, model or run"),
             "{e}"
         );
         let e = s
