@@ -329,3 +329,65 @@ fn a_relative_kiln_home_still_gives_commands_paths_that_work() {
         std::fs::read_to_string(k.path("relhome/pipelines/rel/1/steps/use/outputs/count")).unwrap();
     assert_eq!(count.trim(), "3");
 }
+
+#[test]
+fn prune_deletes_old_runs_files_but_keeps_what_the_cache_reuses() {
+    let k = util::Kiln::new();
+    let p = k.file(
+        "p.toml",
+        "name = \"keep\"\n[params]\nn = 1\n\n[[steps]]\nid = \"a\"\nrun = \"echo ${params.n} > ${outputs}/x\"\n",
+    );
+    let p = p.display().to_string();
+    for n in ["1", "2", "3", "3"] {
+        k.ok(&["pipeline", "run", &p, "--param", &format!("n={n}")]);
+    }
+    let dir = |run: u64| run_json(&k, run)["dir"].as_str().unwrap().to_string();
+    let dirs: Vec<String> = (1..=4).map(dir).collect();
+    // Run 4 reused run 3's outputs from the cache.
+    assert_eq!(step(&run_json(&k, 4), "a")["cached_from"], 3);
+
+    let out = k.ok(&["pipeline", "prune", "--keep", "1", "--dry-run", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runs: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["run"].as_u64().unwrap())
+        .collect();
+    assert_eq!(runs, [2, 1], "{listed}");
+    assert!(dirs.iter().all(|d| std::path::Path::new(d).exists()));
+
+    let out = k.ok(&["pipeline", "prune", "--keep", "1"]);
+    assert!(out.contains("deleted the files of 2 runs"), "{out}");
+    assert!(!std::path::Path::new(&dirs[0]).exists());
+    assert!(!std::path::Path::new(&dirs[1]).exists());
+    assert!(
+        std::path::Path::new(&dirs[2]).exists(),
+        "run 3 backs run 4's cache hit"
+    );
+    let logs = k.ok(&["pipeline", "logs", "1", "a"]);
+    assert!(logs.contains("deleted by `kiln pipeline prune`"), "{logs}");
+    // The records stay, and the cache still serves n=3.
+    assert_eq!(run_json(&k, 1)["state"], "succeeded");
+    k.ok(&["pipeline", "run", &p, "--param", "n=3"]);
+    assert_eq!(step(&run_json(&k, 5), "a")["state"], "cached");
+
+    // A server says so too: the API and the web UI answer 404 with the reason.
+    let up = util::Served::start(&k, &["up", "--addr", "127.0.0.1:0"]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for path in [
+        "/api/pipeline-runs/1/logs/a/1",
+        "/ui/pipeline-runs/1/logs/a/1",
+    ] {
+        let mut r = agent.get(format!("{}{path}", up.url)).call().unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{path}");
+        let text = r.body_mut().read_to_string().unwrap();
+        assert!(
+            text.contains("deleted (`kiln pipeline prune`)"),
+            "{path}: {text}"
+        );
+    }
+}

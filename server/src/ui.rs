@@ -1087,7 +1087,13 @@ async fn step_log_page(
             .checked_sub(1)
             .and_then(|i| exec.logs.get(i))
             .ok_or_else(|| not_found(format!("step `{step}` has {} attempt logs", exec.logs.len())))?;
-        let text = std::fs::read_to_string(path).map_err(internal)?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                not_found("this log was deleted (`kiln pipeline prune`)")
+            } else {
+                internal(e)
+            }
+        })?;
         Ok(format!(
             "<h1>Run {id} · {} · attempt {attempt}</h1><p><a href=\"/ui/pipeline-runs/{id}\">back to the run</a></p><pre>{}</pre>",
             esc(&step),

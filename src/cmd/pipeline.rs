@@ -82,6 +82,21 @@ pub enum PipelineCommand {
     /// Pipeline schedules: list them, pause or resume one.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Delete the files (outputs and logs) of old finished runs: each pipeline keeps its newest
+    /// runs and the runs whose outputs those reuse from the cache. The run records stay.
+    Prune {
+        /// Only this pipeline's runs.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// How many of each pipeline's newest runs keep their files.
+        #[arg(long, default_value_t = 20)]
+        keep: usize,
+        /// Say what would go, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +187,106 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
             json,
         } => backfill(home, &file, from, to, &params, json),
         PipelineCommand::Schedule(c) => schedule(home, c),
+        PipelineCommand::Prune {
+            pipeline,
+            keep,
+            dry_run,
+            json,
+        } => prune(home, pipeline.as_deref(), keep, dry_run, json),
+    }
+}
+
+/// What `prune` removed (or would) of one run.
+#[derive(serde::Serialize)]
+struct Pruned {
+    pipeline: String,
+    run: u64,
+    dir: String,
+    bytes: u64,
+}
+
+fn prune(
+    home: &Home,
+    pipeline: Option<&str>,
+    keep: usize,
+    dry_run: bool,
+    json: bool,
+) -> Result<Outcome> {
+    let registry = home.open_registry()?;
+    let mut by_pipeline: BTreeMap<String, Vec<PipelineRun>> = BTreeMap::new();
+    // Newest first.
+    for run in registry.pipeline_runs(pipeline, usize::MAX)? {
+        by_pipeline
+            .entry(run.pipeline.clone())
+            .or_default()
+            .push(run);
+    }
+    let mut pruned = Vec::new();
+    for (name, runs) in &by_pipeline {
+        let kept = &runs[..keep.min(runs.len())];
+        let reused: BTreeSet<u64> = kept
+            .iter()
+            .flat_map(|r| r.steps.iter().filter_map(|s| s.cached_from))
+            .collect();
+        for run in &runs[kept.len()..] {
+            let dir = Path::new(&run.dir);
+            if run.state == PipelineRunState::Running
+                || reused.contains(&run.id)
+                || run.dir.is_empty()
+                || !dir.exists()
+            {
+                continue;
+            }
+            let bytes = size_of(dir);
+            if !dry_run {
+                std::fs::remove_dir_all(dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            pruned.push(Pruned {
+                pipeline: name.clone(),
+                run: run.id,
+                dir: run.dir.clone(),
+                bytes,
+            });
+        }
+    }
+    if json {
+        ui::print_json(&pruned)?;
+        return Ok(Outcome::Ok);
+    }
+    let total: u64 = pruned.iter().map(|p| p.bytes).sum();
+    let rows = pruned
+        .iter()
+        .map(|p| {
+            vec![
+                p.pipeline.clone(),
+                p.run.to_string(),
+                ui::num(p.bytes as f64 / 1e6),
+                p.dir.clone(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        ui::table(&["pipeline", "run", "MB", "directory"], rows, &[1, 2])
+    );
+    println!(
+        "{} the files of {} runs ({:.1} MB); their records stay",
+        if dry_run { "would delete" } else { "deleted" },
+        pruned.len(),
+        total as f64 / 1e6
+    );
+    Ok(Outcome::Ok)
+}
+
+/// The bytes of the files under `path`.
+fn size_of(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|entries| entries.flatten().map(|e| size_of(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
     }
 }
 
@@ -659,9 +774,13 @@ fn logs(home: &Home, server: &Server, id: u64, step: Option<&str>) -> Result<Out
                     server,
                     &format!("/api/pipeline-runs/{id}/logs/{}/{}", s.id, n + 1),
                 )?,
-                None => {
-                    std::fs::read_to_string(path).unwrap_or_else(|e| format!("(unreadable: {e})\n"))
-                }
+                None => match std::fs::read_to_string(path) {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        "(deleted by `kiln pipeline prune`, or by hand)\n".to_string()
+                    }
+                    Err(e) => format!("(unreadable: {e})\n"),
+                },
             };
             print!("{text}");
             if !text.ends_with('\n') && !text.is_empty() {

@@ -536,7 +536,16 @@ async fn step_log(
                     ),
                 )
             })?;
-        let text = std::fs::read_to_string(path).map_err(internal)?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("the log of step `{step}` attempt {attempt} of run {id} was deleted (`kiln pipeline prune`)"),
+                )
+            } else {
+                internal(e)
+            }
+        })?;
         Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response())
     })
     .await
