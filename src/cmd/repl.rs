@@ -162,7 +162,7 @@ impl Session {
             // Lines that only read files, and lines the server's API answers.
             let local = first == "data" || (first == "pipeline" && second == Some("validate"));
             let over_http = first == "deploy"
-                || (first == "pipeline" && !local && second != Some("backfill"))
+                || (first == "pipeline" && !local && !matches!(second, Some("backfill" | "prune")))
                 || (first == "models"
                     && (matches!(second, Some("list" | "show" | "versions" | "promote"))
                         || (second == Some("alias") && words.get(2).is_some_and(|w| w == "set"))))
