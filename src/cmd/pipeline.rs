@@ -221,6 +221,8 @@ fn prune(
             .or_default()
             .push(run);
     }
+    // Only what kiln wrote is deleted: directories under KILN_HOME/pipelines.
+    let root = std::fs::canonicalize(home.dir.join("pipelines")).ok();
     let mut pruned = Vec::new();
     for (name, runs) in &by_pipeline {
         let kept = &runs[..keep.min(runs.len())];
@@ -230,11 +232,10 @@ fn prune(
             .collect();
         for run in &runs[kept.len()..] {
             let dir = Path::new(&run.dir);
-            if run.state == PipelineRunState::Running
-                || reused.contains(&run.id)
-                || run.dir.is_empty()
-                || !dir.exists()
-            {
+            let inside = root.as_ref().is_some_and(|root| {
+                std::fs::canonicalize(dir).is_ok_and(|d| d.starts_with(root) && d != *root)
+            });
+            if run.state == PipelineRunState::Running || reused.contains(&run.id) || !inside {
                 continue;
             }
             let bytes = size_of(dir);
