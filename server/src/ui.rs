@@ -1077,23 +1077,11 @@ async fn step_log_page(
     Path((id, step, attempt)): Path<(u64, String, usize)>,
 ) -> UiResult {
     let html = blocking(&state, move |s| {
-        let run = s.models.registry().pipeline_run(id).map_err(registry_error)?;
-        let exec = run
-            .steps
-            .iter()
-            .find(|x| x.id == step)
-            .ok_or_else(|| not_found(format!("run {id} has no step `{step}`")))?;
-        let path = attempt
-            .checked_sub(1)
-            .and_then(|i| exec.logs.get(i))
-            .ok_or_else(|| not_found(format!("step `{step}` has {} attempt logs", exec.logs.len())))?;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                not_found("this log was deleted (`kiln pipeline prune`)")
-            } else {
-                internal(e)
-            }
-        })?;
+        let text = s
+            .models
+            .registry()
+            .step_log(id, &step, attempt)
+            .map_err(registry_error)?;
         Ok(format!(
             "<h1>Run {id} · {} · attempt {attempt}</h1><p><a href=\"/ui/pipeline-runs/{id}\">back to the run</a></p><pre>{}</pre>",
             esc(&step),
@@ -1255,18 +1243,10 @@ async fn set_split(
     let done = blocking(&state, move |s| {
         let mut routes = Vec::new();
         for part in f.split.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let Some((target, percent)) = part.split_once('=') else {
-                return Ok(Err(format!("{part:?}: give TARGET=PERCENT")));
-            };
-            let Ok(percent) = percent.trim().parse::<u32>() else {
-                return Ok(Err(format!(
-                    "{part:?}: the percentage must be a whole number"
-                )));
-            };
-            routes.push(Route {
-                target: target.trim().to_string(),
-                percent,
-            });
+            match part.parse::<Route>() {
+                Ok(route) => routes.push(route),
+                Err(e) => return Ok(Err(e)),
+            }
         }
         let reg = s.models.registry();
         let current = reg.deployment(&name).map_err(registry_error)?;

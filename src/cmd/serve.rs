@@ -256,19 +256,7 @@ fn parse_split(split: &[String]) -> Result<Vec<Route>> {
     }
     split
         .iter()
-        .map(|s| {
-            let (target, percent) = s
-                .split_once('=')
-                .with_context(|| format!("--split {s}: expected TARGET=PERCENT"))?;
-            let percent: u32 = percent
-                .trim_end_matches('%')
-                .parse()
-                .with_context(|| format!("--split {s}: {percent:?} is not a whole percentage"))?;
-            Ok(Route {
-                target: target.to_string(),
-                percent,
-            })
-        })
+        .map(|s| s.parse().map_err(|e| anyhow::anyhow!("--split {e}")))
         .collect()
 }
 

@@ -513,39 +513,11 @@ async fn step_log(
     UrlPath((id, step, attempt)): UrlPath<(u64, String, usize)>,
 ) -> Result<Response, ApiError> {
     off(&api, move |api| {
-        let run = api
+        let text = api
             .service
             .registry
-            .pipeline_run(id)
+            .step_log(id, &step, attempt)
             .map_err(registry_error)?;
-        let exec = run.steps.iter().find(|s| s.id == step).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("run {id} has no step `{step}`"),
-            )
-        })?;
-        let path = attempt
-            .checked_sub(1)
-            .and_then(|i| exec.logs.get(i))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "step `{step}` of run {id} has {} attempt logs",
-                        exec.logs.len()
-                    ),
-                )
-            })?;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("the log of step `{step}` attempt {attempt} of run {id} was deleted (`kiln pipeline prune`)"),
-                )
-            } else {
-                internal(e)
-            }
-        })?;
         Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response())
     })
     .await

@@ -259,6 +259,43 @@ impl Registry {
         Ok(out)
     }
 
+    /// The log of one attempt (1-based) of a run's step.
+    pub fn step_log(&self, run: u64, step: &str, attempt: usize) -> Result<String, RegistryError> {
+        let record = self.pipeline_run(run)?;
+        let exec =
+            record
+                .steps
+                .iter()
+                .find(|s| s.id == step)
+                .ok_or_else(|| RegistryError::NotFound {
+                    what: "step",
+                    name: step.to_string(),
+                    hint: format!(
+                        " in run {run}{}",
+                        crate::suggest::hint(step, record.steps.iter().map(|s| s.id.as_str()))
+                    ),
+                })?;
+        let path = attempt
+            .checked_sub(1)
+            .and_then(|i| exec.logs.get(i))
+            .ok_or_else(|| RegistryError::NotFound {
+                what: "attempt",
+                name: attempt.to_string(),
+                hint: format!(
+                    " of step `{step}` in run {run}; it has {} attempt logs",
+                    exec.logs.len()
+                ),
+            })?;
+        std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => RegistryError::NotFound {
+                what: "log",
+                name: path.clone(),
+                hint: "; it was deleted (`kiln pipeline prune`)".into(),
+            },
+            _ => RegistryError::Io(format!("{path}: {e}")),
+        })
+    }
+
     /// Runs recorded as running: after a restart, runs that a stopped process left behind.
     pub fn running_pipeline_runs(&self) -> Result<Vec<PipelineRun>, RegistryError> {
         let mut out = Vec::new();

@@ -254,6 +254,26 @@ pub struct Route {
     pub percent: u32,
 }
 
+impl std::str::FromStr for Route {
+    type Err = String;
+
+    /// `TARGET=PERCENT`, e.g. `champion=90` or `3=10%`.
+    fn from_str(s: &str) -> Result<Route, String> {
+        let (target, percent) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: give TARGET=PERCENT, e.g. champion=90"))?;
+        let percent = percent
+            .trim()
+            .trim_end_matches('%')
+            .parse()
+            .map_err(|_| format!("{s:?}: the percentage must be a whole number"))?;
+        Ok(Route {
+            target: target.trim().to_string(),
+            percent,
+        })
+    }
+}
+
 /// Dynamic batching of one model: a batch runs when it holds `max_batch` rows or when its
 /// first request has waited `max_delay_us` microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
