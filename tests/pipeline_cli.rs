@@ -374,10 +374,7 @@ fn prune_deletes_old_runs_files_but_keeps_what_the_cache_reuses() {
 
     // A server says so too: the API and the web UI answer 404 with the reason.
     let up = util::Served::start(&k, &["up", "--addr", "127.0.0.1:0"]);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = util::agent();
     for path in [
         "/api/pipeline-runs/1/logs/a/1",
         "/ui/pipeline-runs/1/logs/a/1",

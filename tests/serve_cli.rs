@@ -19,15 +19,8 @@ impl Server {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
 fn post(url: &str, body: &Value) -> (u16, Value) {
-    let mut r = agent().post(url).send_json(body).unwrap();
+    let mut r = util::agent().post(url).send_json(body).unwrap();
     (r.status().as_u16(), r.body_mut().read_json().unwrap())
 }
 

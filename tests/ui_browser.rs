@@ -223,10 +223,7 @@ fn decode_base64(s: &str) -> Vec<u8> {
 }
 
 fn api(url: &str) -> Value {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = util::agent();
     agent
         .get(url)
         .call()

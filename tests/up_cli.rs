@@ -23,21 +23,14 @@ fn start_up(k: &util::Kiln, extra: &[&str]) -> Up {
     util::Served::start(k, &args)
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
 fn get(url: &str) -> (u16, Value) {
-    let mut r = agent().get(url).call().unwrap();
+    let mut r = util::agent().get(url).call().unwrap();
     let status = r.status().as_u16();
     (status, r.body_mut().read_json().unwrap_or(Value::Null))
 }
 
 fn start_run(up: &Up, body: &Value, token: Option<&str>) -> (u16, Value) {
-    let mut r = agent().post(format!("{}/api/pipelines/retrain-ctr/runs", up.url));
+    let mut r = util::agent().post(format!("{}/api/pipelines/retrain-ctr/runs", up.url));
     if let Some(t) = token {
         r = r.header("Authorization", &format!("Bearer {t}"));
     }
@@ -400,7 +393,7 @@ fn drifting_traffic_triggers_retraining_and_the_webhook() {
         .collect();
     for chunk in records.chunks(100) {
         let body = serde_json::json!({"dataframe_split": {"columns": columns, "data": chunk}});
-        let mut r = agent()
+        let mut r = util::agent()
             .post(format!("{}/invocations?model=ctr", up.url))
             .send_json(&body)
             .unwrap();

@@ -82,6 +82,14 @@ impl Kiln {
     }
 }
 
+/// An HTTP client that hands error statuses back as answers, for tests to look at.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
