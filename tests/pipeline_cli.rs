@@ -388,3 +388,47 @@ fn prune_deletes_old_runs_files_but_keeps_what_the_cache_reuses() {
         );
     }
 }
+
+#[test]
+fn a_killed_kiln_leaves_no_step_running_and_steps_never_see_the_token() {
+    let k = util::Kiln::new();
+    let p = k.file(
+        "orphan.toml",
+        "name = \"orphan\"\n[[steps]]\nid = \"long\"\nrun = \"echo ${KILN_TOKEN:-unset} > ${outputs}/token; echo $$ > ${outputs}/pid; sleep 60\"\n",
+    );
+    let home = k.path("home").display().to_string();
+    let mut child = k
+        .command()
+        .env("KILN_TOKEN", "s3cret-token")
+        .args(["--home", &home, "pipeline", "run", &p.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = k.path("home/pipelines/orphan/1/steps/long/outputs/pid");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !pid_file.exists() || std::fs::read_to_string(&pid_file).unwrap().trim().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the step never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let token =
+        std::fs::read_to_string(k.path("home/pipelines/orphan/1/steps/long/outputs/token")).unwrap();
+    assert_eq!(token.trim(), "unset");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let group = format!("-{}", std::fs::read_to_string(&pid_file).unwrap().trim());
+    let mut alive = true;
+    for _ in 0..100 {
+        alive = std::process::Command::new("kill")
+            .args(["-0", "--", &group])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if !alive {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!alive, "the step's process group {group} outlived kiln");
+}

@@ -1,6 +1,11 @@
 //! Running a `run` step's command: the shell, in its own process group, with its output in a
 //! log file per attempt that is kept. When the executor gives up on an attempt (its timeout, or
 //! the run is cancelled), the future is dropped and the whole process group is killed.
+//!
+//! **Steps die with kiln.** Each group has a watchdog: a background shell of the group that
+//! waits on a pipe whose other end only kiln holds, and kills the group when the pipe closes.
+//! kiln closes it when the step ends (nothing it started outlives it), and the kernel closes it
+//! when kiln exits in any way, `SIGKILL` included, so a killed kiln leaves no orphans.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -12,14 +17,22 @@ struct Group(Option<u32>);
 
 impl Drop for Group {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pgid}")])
-                .stderr(Stdio::null())
-                .status();
+        let pgid = self
+            .0
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pgid) = pgid {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
         }
     }
 }
+
+/// The shell that runs a step's command (`$1`): it moves the watchdog pipe (its standard input)
+/// to fd 3, starts the watchdog, and becomes the command's own shell with no standard input.
+const WRAPPER: &str = "exec 3<&0 </dev/null; (read -r _ <&3; kill -s KILL 0) & exec 3<&-; exec sh -c \"$1\"";
+
+/// Variables a step never inherits from kiln: the server's token.
+const WITHHELD: &[&str] = &["KILN_TOKEN"];
 
 /// Runs `command` with `sh -c` in `workdir` with `env` set, its output going to `log`.
 pub async fn run_command(
@@ -37,14 +50,16 @@ pub async fn run_command(
         Err(e) => return Attempt::Failed(format!("{}: {e}", log_path.display())),
     };
     let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(command)
+    cmd.args(["-c", WRAPPER, "sh", command])
         .current_dir(workdir)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(log)
         .stderr(err_log)
         .process_group(0)
         .kill_on_drop(true);
+    for k in WITHHELD {
+        cmd.env_remove(k);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -53,7 +68,10 @@ pub async fn run_command(
         Err(e) => return Attempt::Failed(format!("starting `sh` in {}: {e}", workdir.display())),
     };
     let mut group = Group(child.id());
+    // Held until the command ends; closing it lets the watchdog end the group.
+    let watchdog = child.stdin.take();
     let status = child.wait().await;
+    drop(watchdog);
     group.0 = None;
     match status {
         Ok(s) if s.success() => Attempt::Succeeded,

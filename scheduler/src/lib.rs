@@ -6,5 +6,6 @@ pub mod executor;
 pub mod pipeline;
 pub mod run;
 pub mod schedule;
+pub mod shell;
 
 pub use crate::pipeline::{Diagnostic, Parsed, Pipeline, Severity, levels, parse};

@@ -116,7 +116,11 @@ mod humantime_serde_opt {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Pipeline {
     pub name: String,
+    /// Each parameter's default.
     pub params: BTreeMap<String, toml::Value>,
+    /// Each parameter's type: declared (`rows = { type = "integer", default = 100 }`) or its
+    /// default's. A run's values are checked against it before the run is recorded.
+    pub param_types: BTreeMap<String, ParamType>,
     pub schedule: Option<Schedule>,
     /// Steps of one run running at once (`parallel = N`; the executor's default otherwise).
     pub parallel: Option<usize>,
@@ -192,7 +196,7 @@ pub const COMPONENTS: &[(&str, &[&str])] = &[
 struct RawFile {
     name: Spanned<String>,
     #[serde(default)]
-    params: BTreeMap<String, toml::Value>,
+    params: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     schedule: Option<Spanned<RawSchedule>>,
     #[serde(default)]
@@ -292,9 +296,13 @@ pub fn parse(text: &str) -> Parsed {
         }
     };
     let name = raw.name.get_ref().clone();
-    if name.trim().is_empty() {
-        f.error(raw.name.span().start, "the pipeline's name is empty".into());
+    if !is_name(&name) {
+        f.error(
+            raw.name.span().start,
+            format!("the pipeline's name {name:?} must be letters, digits, `-` and `_` (it names directories)"),
+        );
     }
+    let (params, param_types) = typed_params(&mut f, &raw.params);
     let schedule = raw.schedule.map(|s| {
         let s = s.into_inner();
         if let Err(e) = s.cron.get_ref().parse::<croner::Cron>() {
@@ -354,11 +362,7 @@ pub fn parse(text: &str) -> Parsed {
         if !seen.insert(id.clone()) {
             f.error(s.id.span().start, format!("step id `{id}` is used twice"));
         }
-        if id.is_empty()
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !is_name(&id) {
             f.error(
                 s.id.span().start,
                 format!("step id {id:?} must be letters, digits, `-` and `_`"),
@@ -460,7 +464,7 @@ pub fn parse(text: &str) -> Parsed {
         }
         let is_ancestor = |step: &str| reaches(&needs_of, &id, step);
         for (offset, t) in texts {
-            check_templates(&mut f, offset, &id, &t, &raw.params, &ids, &is_ancestor);
+            check_templates(&mut f, offset, &id, &t, &params, &ids, &is_ancestor);
         }
         let gpu = s.gpu
             || action
@@ -494,13 +498,155 @@ pub fn parse(text: &str) -> Parsed {
     Parsed {
         pipeline: Some(Pipeline {
             name,
-            params: raw.params,
+            params,
+            param_types,
             schedule,
             parallel,
             steps,
         }),
         diagnostics: f.out,
     }
+}
+
+/// Whether `name` may name a pipeline, a step or a parameter: letters, digits, `-` and `_`.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The type of a pipeline parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    String,
+    Integer,
+    Float,
+    Boolean,
+}
+
+impl ParamType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Integer => "integer",
+            ParamType::Float => "float",
+            ParamType::Boolean => "boolean",
+        }
+    }
+
+    fn of(value: &toml::Value) -> Option<ParamType> {
+        match value {
+            toml::Value::String(_) => Some(ParamType::String),
+            toml::Value::Integer(_) => Some(ParamType::Integer),
+            toml::Value::Float(_) => Some(ParamType::Float),
+            toml::Value::Boolean(_) => Some(ParamType::Boolean),
+            _ => None,
+        }
+    }
+
+    /// A value given as text (the command line, JSON over HTTP), as this type; why not
+    /// otherwise.
+    pub fn parse(self, text: &str) -> Result<toml::Value, String> {
+        let shown: String = text.chars().take(60).collect();
+        let ellipsis = if shown.len() < text.len() { "…" } else { "" };
+        let wrong = |hint: &str| format!("{shown:?}{ellipsis} is not {hint}");
+        match self {
+            ParamType::String if text.contains('\0') => {
+                Err("a string parameter cannot hold a NUL character".into())
+            }
+            ParamType::String => Ok(toml::Value::String(text.to_string())),
+            ParamType::Integer => text
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| wrong("an integer")),
+            ParamType::Float => match text.parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(toml::Value::Float(v)),
+                _ => Err(wrong("a finite number")),
+            },
+            ParamType::Boolean => match text {
+                "true" => Ok(toml::Value::Boolean(true)),
+                "false" => Ok(toml::Value::Boolean(false)),
+                _ => Err(wrong("true or false")),
+            },
+        }
+    }
+}
+
+/// The `[params]` table: each default, and each type (declared, or the default's).
+fn typed_params(
+    f: &mut Findings<'_>,
+    raw: &BTreeMap<String, Spanned<toml::Value>>,
+) -> (BTreeMap<String, toml::Value>, BTreeMap<String, ParamType>) {
+    let mut defaults = BTreeMap::new();
+    let mut types = BTreeMap::new();
+    for (name, value) in raw {
+        let at = value.span().start;
+        if !is_name(name) {
+            f.error(
+                at,
+                format!("parameter name {name:?} must be letters, digits, `-` and `_`"),
+            );
+        }
+        let (default, declared) = match value.get_ref() {
+            toml::Value::Table(t) if t.contains_key("type") => {
+                for key in t.keys() {
+                    if !["type", "default", "description"].contains(&key.as_str()) {
+                        f.error(
+                            at,
+                            format!("parameter `{name}`: unknown key `{key}`; a declared parameter has `type`, `default` and `description`"),
+                        );
+                    }
+                }
+                let declared = match t.get("type").and_then(toml::Value::as_str) {
+                    Some("string") => Some(ParamType::String),
+                    Some("integer") => Some(ParamType::Integer),
+                    Some("float") => Some(ParamType::Float),
+                    Some("boolean") => Some(ParamType::Boolean),
+                    other => {
+                        f.error(
+                            at,
+                            format!("parameter `{name}`: type {} is not one of string, integer, float, boolean", other.map_or_else(|| "(not a string)".to_string(), |o| format!("{o:?}"))),
+                        );
+                        None
+                    }
+                };
+                let Some(default) = t.get("default") else {
+                    f.error(
+                        at,
+                        format!("parameter `{name}` has no `default` (scheduled runs need one)"),
+                    );
+                    continue;
+                };
+                (default.clone(), declared)
+            }
+            other => (other.clone(), None),
+        };
+        let Some(of_default) = ParamType::of(&default) else {
+            f.error(
+                at,
+                format!("parameter `{name}`: the default must be a string, integer, float or boolean"),
+            );
+            continue;
+        };
+        let ty = declared.unwrap_or(of_default);
+        let default = match (ty, &default) {
+            (ParamType::Float, toml::Value::Integer(i)) => toml::Value::Float(*i as f64),
+            _ if ty == of_default => default,
+            _ => {
+                f.error(
+                    at,
+                    format!("parameter `{name}` is declared {} but its default is {}", ty.as_str(), of_default.as_str()),
+                );
+                continue;
+            }
+        };
+        defaults.insert(name.clone(), default);
+        types.insert(name.clone(), ty);
+    }
+    (defaults, types)
 }
 
 fn check_component(

@@ -181,7 +181,8 @@ pub enum RunError {
     Io(String),
 }
 
-/// The parameters of a run: the file's defaults as text, overridden by `given`.
+/// The parameters of a run: the file's defaults as text, overridden by `given`, each given value
+/// checked against its parameter's type (and written as that type writes it).
 pub fn run_params(
     pipeline: &Pipeline,
     given: &BTreeMap<String, String>,
@@ -192,7 +193,7 @@ pub fn run_params(
         .map(|(k, v)| (k.clone(), value_text(v)))
         .collect();
     for (k, v) in given {
-        if !params.contains_key(k) {
+        let Some(ty) = pipeline.param_types.get(k) else {
             let known: Vec<&str> = params.keys().map(String::as_str).collect();
             return Err(RunError::Params(format!(
                 "pipeline `{}` has no parameter `{k}`{}",
@@ -203,8 +204,20 @@ pub fn run_params(
                     format!("; it has {}", known.join(", "))
                 }
             )));
-        }
-        params.insert(k.clone(), v.clone());
+        };
+        let value = ty.parse(v).map_err(|e| {
+            RunError::Params(format!(
+                "parameter `{k}` of pipeline `{}` is {} {}: {e}",
+                pipeline.name,
+                if *ty == crate::pipeline::ParamType::Integer {
+                    "an"
+                } else {
+                    "a"
+                },
+                ty.as_str()
+            ))
+        })?;
+        params.insert(k.clone(), value_text(&value));
     }
     Ok(params)
 }
@@ -443,48 +456,96 @@ impl<C: Components> Runner<C> {
     /// stay as written (the form that goes into cache keys).
     fn fill(&self, step: &str, text: &str, steps_too: bool) -> Result<String, String> {
         let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("`${{` without `}}` in {text:?}"))?;
-            let whole = &rest[start..start + 2 + end + 1];
-            let reference = after[..end].trim();
-            let parts: Vec<&str> = reference.splitn(3, '.').collect();
-            let value = match parts.as_slice() {
-                ["params", name] => self
-                    .params
-                    .get(*name)
-                    .cloned()
-                    .ok_or_else(|| format!("no parameter `{name}`"))?,
-                ["date"] => self.date.clone(),
-                ["pipeline"] => self.pipeline.name.clone(),
-                ["run_id"] => self.lock().id.to_string(),
-                _ if !steps_too => whole.to_string(),
-                ["outputs"] => self.step_dir(step).join("outputs").display().to_string(),
-                ["steps", id, name] => {
-                    let exec = self
-                        .execution(id)
-                        .ok_or_else(|| format!("no step `{id}`"))?;
-                    match exec.values.get(*name) {
-                        Some(v) => v.clone(),
-                        None => {
-                            let dir = exec.outputs_dir.ok_or_else(|| {
-                                format!("step `{id}` has no outputs (it did not run)")
-                            })?;
-                            Path::new(&dir).join(name).display().to_string()
-                        }
+        for piece in templates(text) {
+            match piece? {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Reference { whole, reference } => {
+                    match self.resolve(step, reference, steps_too)? {
+                        Some(value) => out.push_str(&value),
+                        None => out.push_str(whole),
                     }
                 }
-                _ => return Err(format!("unknown reference `{whole}`")),
-            };
-            out.push_str(&value);
-            rest = &after[end + 1..];
+            }
         }
-        out.push_str(rest);
         Ok(out)
+    }
+
+    /// A `run` line with templates filled in for `sh -c`: plain values as written, any other
+    /// value as a quoted reference to an environment variable returned beside the line (see
+    /// [`crate::shell`]).
+    fn fill_command(
+        &self,
+        step: &str,
+        text: &str,
+    ) -> Result<(String, BTreeMap<String, String>), String> {
+        let mut out = String::with_capacity(text.len());
+        let mut vars: BTreeMap<String, String> = BTreeMap::new();
+        let mut scanner = crate::shell::Scanner::default();
+        for piece in templates(text) {
+            match piece? {
+                Piece::Text(t) => {
+                    scanner.feed(t);
+                    out.push_str(t);
+                }
+                Piece::Reference { reference, .. } => {
+                    let value = self.resolve(step, reference, true)?.unwrap_or_default();
+                    if crate::shell::is_plain(&value) {
+                        out.push_str(&value);
+                    } else {
+                        let base = crate::shell::variable(reference);
+                        let mut var = base.clone();
+                        let mut n = 1;
+                        while vars.get(&var).is_some_and(|v| *v != value) {
+                            n += 1;
+                            var = format!("{base}_{n}");
+                        }
+                        out.push_str(&crate::shell::reference(&var, scanner.context()));
+                        vars.insert(var, value);
+                    }
+                    scanner.inserted();
+                }
+            }
+        }
+        Ok((out, vars))
+    }
+
+    /// The value of one template reference (`params.rows`, `steps.train.model`, `date`); `None`
+    /// for a step's value or output when `steps_too` is false.
+    fn resolve(
+        &self,
+        step: &str,
+        reference: &str,
+        steps_too: bool,
+    ) -> Result<Option<String>, String> {
+        let parts: Vec<&str> = reference.splitn(3, '.').collect();
+        let value = match parts.as_slice() {
+            ["params", name] => self
+                .params
+                .get(*name)
+                .cloned()
+                .ok_or_else(|| format!("no parameter `{name}`"))?,
+            ["date"] => self.date.clone(),
+            ["pipeline"] => self.pipeline.name.clone(),
+            ["run_id"] => self.lock().id.to_string(),
+            _ if !steps_too => return Ok(None),
+            ["outputs"] => self.step_dir(step).join("outputs").display().to_string(),
+            ["steps", id, name] => {
+                let exec = self
+                    .execution(id)
+                    .ok_or_else(|| format!("no step `{id}`"))?;
+                match exec.values.get(*name) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let dir = exec
+                            .outputs_dir
+                            .ok_or_else(|| format!("step `{id}` has no outputs (it did not run)"))?;
+                        Path::new(&dir).join(name).display().to_string()
+                    }
+                }
+            }
+            _ => return Err(format!("unknown reference `${{{reference}}}`")),
+        };
+        Ok(Some(value))
     }
 
     /// A `with` value with templates filled in; a string that is one template whose value reads
@@ -660,7 +721,7 @@ impl<C: Components> Runner<C> {
         }
         let values = match &step.action {
             Action::Run { command } => {
-                let command = self.fill(&step.id, command, true)?;
+                let (command, vars) = self.fill_command(&step.id, command)?;
                 let values_file = step_dir.join(format!("values-{attempt}"));
                 let metrics_file = step_dir.join(format!("metrics-{attempt}"));
                 let run_id = self.lock().id.to_string();
@@ -679,6 +740,14 @@ impl<C: Components> Runner<C> {
                     ("PATH", self.path.as_os_str()),
                 ];
                 env.extend(inputs.iter().map(|(k, v)| (k.as_str(), v.as_os_str())));
+                let params: Vec<(String, &str)> = self
+                    .params
+                    .iter()
+                    .map(|(k, v)| (crate::shell::variable(&format!("params.{k}")), v.as_str()))
+                    .collect();
+                env.extend(params.iter().map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(*v))));
+                env.push(("KILN_DATE", std::ffi::OsStr::new(&self.date)));
+                env.extend(vars.iter().map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v))));
                 match run_command(&command, &self.workdir, &env, &log).await {
                     Attempt::Succeeded => {
                         let mut values = read_values(&values_file)?;
@@ -839,6 +908,49 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// A piece of a templated text.
+enum Piece<'a> {
+    Text(&'a str),
+    /// `${reference}`, as written and trimmed.
+    Reference { whole: &'a str, reference: &'a str },
+}
+
+/// A templated text cut into literal text and `${…}` references.
+fn templates(text: &str) -> impl Iterator<Item = Result<Piece<'_>, String>> {
+    let mut rest = text;
+    let mut pending: Option<Piece<'_>> = None;
+    std::iter::from_fn(move || {
+        if let Some(p) = pending.take() {
+            return Some(Ok(p));
+        }
+        if rest.is_empty() {
+            return None;
+        }
+        let Some(start) = rest.find("${") else {
+            let t = rest;
+            rest = "";
+            return Some(Ok(Piece::Text(t)));
+        };
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            rest = "";
+            return Some(Err(format!("`${{` without `}}` in {text:?}")));
+        };
+        let before = &rest[..start];
+        let reference = Piece::Reference {
+            whole: &rest[start..start + 2 + end + 1],
+            reference: after[..end].trim(),
+        };
+        rest = &after[end + 1..];
+        if before.is_empty() {
+            Some(Ok(reference))
+        } else {
+            pending = Some(reference);
+            Some(Ok(Piece::Text(before)))
+        }
+    })
 }
 
 /// The step ids a text names in `${steps.ID.…}`.

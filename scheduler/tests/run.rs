@@ -498,3 +498,89 @@ run = "cat \"$KILN_INPUT_MAKE_IT/greeting\" > ${outputs}/copy; cp \"$KILN_INPUTS
     );
     assert_eq!(inputs["make-it"]["values"]["words"], "1");
 }
+
+/// What a hostile caller puts in a parameter or a step puts in a value.
+const HOSTILE: &[&str] = &[
+    "1; touch PWNED #",
+    "$(touch PWNED)",
+    "`touch PWNED`",
+    "x' ; touch PWNED ; echo '",
+    "x\" ; touch PWNED ; echo \"",
+    "a\ntouch PWNED",
+    "${HOME} && touch PWNED",
+    "-rf *",
+];
+
+const QUOTING: &str = r#"name = "q"
+[params]
+text = "plain"
+n = 3
+
+[[steps]]
+id = "first"
+run = "printf '%s' ${params.text} > ${outputs}/bare; echo \"v=${params.text}\" > ${outputs}/double; echo 'w=${params.text}' > ${outputs}/single; printf '%s' \"$KILN_PARAM_TEXT\" > ${outputs}/env; echo \"copy=$KILN_PARAM_TEXT\" | head -n 1 >> $KILN_VALUES"
+
+[[steps]]
+id = "second"
+needs = ["first"]
+run = "printf '%s' ${steps.first.copy} > ${outputs}/value # it's a comment with ${params.text}"
+"#;
+
+#[tokio::test]
+async fn no_parameter_or_value_is_ever_shell_code() {
+    for hostile in HOSTILE {
+        let s = setup();
+        let mut r = request(&s, QUOTING);
+        r.params.insert("text".into(), hostile.to_string());
+        let run = run(&s, r).await;
+        assert_eq!(run.state, PipelineRunState::Succeeded, "{hostile:?}: {run:?}");
+        assert!(
+            !s.work.join("PWNED").exists(),
+            "{hostile:?} ran as a command"
+        );
+        assert_eq!(output(&run, "first", "bare"), *hostile, "{hostile:?}");
+        assert_eq!(output(&run, "first", "double"), format!("v={hostile}\n"));
+        assert_eq!(output(&run, "first", "single"), format!("w={hostile}\n"));
+        assert_eq!(output(&run, "first", "env"), *hostile);
+        // A value a step reports goes into a later line as text too (up to the line's end,
+        // as `$KILN_VALUES` holds one line per value).
+        let first_line = hostile.lines().next().unwrap().trim();
+        assert_eq!(output(&run, "second", "value"), first_line, "{hostile:?}");
+    }
+}
+
+#[tokio::test]
+async fn parameters_are_typed_and_a_value_of_the_wrong_type_is_refused_by_name() {
+    let s = setup();
+    let mut r = request(&s, QUOTING);
+    r.params.insert("n".into(), "1; touch PWNED #".into());
+    let (_keep, cancel) = watch::channel(false);
+    let e = run_pipeline(s.registry.clone(), Arc::new(NoComponents), r, cancel, &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("parameter `n`") && e.contains("integer"), "{e}");
+    assert!(s.registry.pipeline_runs(None, 10).unwrap().is_empty());
+    let declared = "name = \"d\"\n[params]\nrate = { type = \"float\", default = 1 }\n[[steps]]\nid = \"a\"\nrun = \"echo ${params.rate} > $KILN_OUTPUTS/r\"\n";
+    let mut r = request(&s, declared);
+    r.params.insert("rate".into(), "0.5".into());
+    let done = run(&s, r).await;
+    assert_eq!(output(&done, "a", "r"), "0.5\n");
+    let mut r = request(&s, declared);
+    r.params.insert("rate".into(), "fast".into());
+    let (_keep, cancel) = watch::channel(false);
+    let e = run_pipeline(s.registry.clone(), Arc::new(NoComponents), r, cancel, &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`rate`") && e.contains("\"fast\" is not a finite number"), "{e}");
+}
+
+#[tokio::test]
+async fn what_a_step_starts_in_the_background_ends_with_the_step() {
+    let s = setup();
+    let text = "name = \"t\"\n[[steps]]\nid = \"a\"\nrun = \"echo $$ > $KILN_OUTPUTS/pid; sleep 30 &\"\n";
+    let run = run(&s, request(&s, text)).await;
+    assert_eq!(step(&run, "a").state, StepExecState::Succeeded);
+    assert_gone(&run, "a").await;
+}
