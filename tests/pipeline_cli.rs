@@ -394,7 +394,7 @@ fn a_killed_kiln_leaves_no_step_running_and_steps_never_see_the_token() {
     let k = util::Kiln::new();
     let p = k.file(
         "orphan.toml",
-        "name = \"orphan\"\n[[steps]]\nid = \"long\"\nrun = \"echo ${KILN_TOKEN:-unset} > ${outputs}/token; echo $$ > ${outputs}/pid; sleep 60\"\n",
+        "name = \"orphan\"\n[[steps]]\nid = \"long\"\nrun = \"echo t=$KILN_TOKEN > ${outputs}/token; echo $$ > ${outputs}/pid; sleep 60\"\n",
     );
     let home = k.path("home").display().to_string();
     let mut child = k
@@ -413,7 +413,7 @@ fn a_killed_kiln_leaves_no_step_running_and_steps_never_see_the_token() {
     }
     let token =
         std::fs::read_to_string(k.path("home/pipelines/orphan/1/steps/long/outputs/token")).unwrap();
-    assert_eq!(token.trim(), "unset");
+    assert_eq!(token.trim(), "t=");
     child.kill().unwrap();
     child.wait().unwrap();
     let group = format!("-{}", std::fs::read_to_string(&pid_file).unwrap().trim());

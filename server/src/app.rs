@@ -1,5 +1,6 @@
 //! The HTTP application: shared state, the router of every protocol, bearer-token checks,
 //! body limits, timeouts, request tracing, and serving on a socket with graceful shutdown.
+//! What keeps other sites out (`Host`, `Origin`, JSON bodies, CSRF) is in [`crate::guard`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub struct ServerConfig {
     pub actor: String,
     /// The prediction log and drift windows.
     pub log: crate::predlog::LogConfig,
+    /// Host names answered besides IP literals and loopback names (`--allowed-host`; `*`: any).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +50,7 @@ impl Default for ServerConfig {
             timeout: Duration::from_secs(30),
             actor: "kiln-server".into(),
             log: crate::predlog::LogConfig::default(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -60,6 +64,8 @@ pub struct AppState {
     pub traffic: Arc<crate::ui::Traffic>,
     /// Pipelines, when the process runs them (`kiln up`).
     pub pipelines: Option<Arc<dyn crate::ui::PipelineControl>>,
+    /// The web UI's logins and the key of its forms' CSRF tokens.
+    pub sessions: Arc<crate::guard::Sessions>,
 }
 
 impl AppState {
@@ -88,9 +94,13 @@ pub fn router_with(state: AppState, reads_extra: Router, writes_extra: Router) -
     } else {
         writes_extra
     };
+    let ui_forms = middleware::from_fn_with_state(state.clone(), crate::guard::ui_forms);
     let open = Router::new()
-        .merge(crate::ui::open())
-        .merge(crate::ui::writes())
+        .merge(
+            crate::ui::open()
+                .merge(crate::ui::writes())
+                .route_layer(ui_forms.clone()),
+        )
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::ready))
         .route("/ping", get(mlflow::ping))
@@ -119,7 +129,7 @@ pub fn router_with(state: AppState, reads_extra: Router, writes_extra: Router) -
         .route("/invocations", post(mlflow::invocations))
         .route("/metrics", get(metrics))
         .merge(api::reads())
-        .merge(crate::ui::reads())
+        .merge(crate::ui::reads().route_layer(ui_forms))
         .route_layer(middleware::from_fn_with_state(state.clone(), check_read));
     let writes =
         api::writes().route_layer(middleware::from_fn_with_state(state.clone(), check_write));
@@ -136,6 +146,10 @@ pub fn router_with(state: AppState, reads_extra: Router, writes_extra: Router) -
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             config.timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            config.clone(),
+            crate::guard::outer,
         ))
         .layer(
             TraceLayer::new_for_http()
@@ -173,16 +187,22 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn check_read(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.config.protect_reads
-        && let Err(e) = authorized(&state.config, request.headers())
-    {
-        return e.into_response();
+    if state.config.protect_reads {
+        // The web UI's pages also open to its login session.
+        let ui_session = request.uri().path().starts_with("/ui")
+            && crate::guard::session_cookie(request.headers())
+                .is_some_and(|id| state.sessions.valid(&id));
+        if !ui_session && let Err(e) = authorized(&state.config, request.headers()) {
+            return e.into_response();
+        }
     }
     next.run(request).await
 }
 
 async fn check_write(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Err(e) = authorized(&state.config, request.headers()) {
+    if let Err(e) = authorized(&state.config, request.headers())
+        .and_then(|()| crate::guard::json_body(&request))
+    {
         return e.into_response();
     }
     next.run(request).await
@@ -196,10 +216,7 @@ fn authorized(config: &ServerConfig, headers: &HeaderMap) -> Result<(), ApiError
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // A browser logged in at /ui/login carries the token as a cookie instead.
-    if given.is_none() && crate::ui::cookie_matches(headers, token) {
-        return Ok(());
-    }
+    // The web UI's login cookie opens /ui only, never the API.
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::new(

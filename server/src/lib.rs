@@ -13,6 +13,7 @@ mod compute;
 pub mod decode;
 pub mod drift;
 pub mod error;
+pub mod guard;
 pub mod infer;
 mod metrics;
 mod mlflow;
@@ -60,6 +61,7 @@ pub async fn start(
         config: Arc::new(config),
         traffic: Arc::new(ui::Traffic::default()),
         pipelines: None,
+        sessions: Arc::new(guard::Sessions::new()),
     };
     ui::start_sampling(&state);
     Ok(state)

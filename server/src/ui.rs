@@ -134,7 +134,9 @@ pub fn reads() -> Router<AppState> {
 
 /// Pages anyone may open (to log in).
 pub fn open() -> Router<AppState> {
-    Router::new().route("/ui/login", get(login_page).post(login))
+    Router::new()
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
 }
 
 /// Actions; each checks the token itself, to answer a browser with a page.
@@ -231,7 +233,7 @@ fn page(title: &str, active: &str, body: &str) -> Html<String> {
 
 /// A page that could not be shown, and why: answered as an error page.
 #[derive(Debug)]
-struct Problem {
+pub(crate) struct Problem {
     status: StatusCode,
     message: String,
 }
@@ -247,7 +249,7 @@ impl IntoResponse for Problem {
     }
 }
 
-fn error_page(status: StatusCode, message: &str) -> Problem {
+pub(crate) fn error_page(status: StatusCode, message: &str) -> Problem {
     Problem {
         status,
         message: message.to_string(),
@@ -1148,24 +1150,12 @@ async fn drift_page(State(state): State<AppState>) -> UiResult {
 
 // ----- actions -----
 
-/// Whether the request carries the `kiln_token` cookie that `/ui/login` sets for `token`
-/// (percent-encoded there).
-pub(crate) fn cookie_matches(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix("kiln_token="))
-        .any(|t| crate::app::same(t, &url(token)))
-}
-
 /// Whether a browser request carries the token (cookie or header), when one is set.
 fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
     let Some(token) = &state.config.token else {
         return Ok(());
     };
-    let from_cookie = cookie_matches(headers, token);
+    let from_cookie = crate::guard::session_cookie(headers).is_some_and(|id| state.sessions.valid(&id));
     let from_header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -1313,7 +1303,7 @@ async fn cancel_run(
 
 async fn login_page(State(state): State<AppState>) -> Html<String> {
     let note = if state.config.token.is_some() {
-        "Actions (promote, split, pipeline runs) need the server's token."
+        "Actions (promote, split, pipeline runs) need the server's token. A login lasts 12 hours and opens this web UI only; scripts send the token as `Authorization: Bearer`."
     } else {
         "This server has no token: every action is open."
     };
@@ -1322,7 +1312,8 @@ async fn login_page(State(state): State<AppState>) -> Html<String> {
         "",
         &format!(
             "<h1>Log in</h1><p>{note}</p><form method=\"post\" action=\"/ui/login\"><label for=\"token\">token</label> \
-             <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\"> <button type=\"submit\">Log in</button></form>"
+             <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\"> <button type=\"submit\">Log in</button></form>\
+             <form method=\"post\" action=\"/ui/logout\"><button type=\"submit\">Log out</button></form>"
         ),
     )
 }
@@ -1333,21 +1324,55 @@ struct LoginForm {
 }
 
 async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
-    match &state.config.token {
-        Some(t) if crate::app::same(&f.token, t) => (
-            [(
-                header::SET_COOKIE,
-                format!(
-                    "kiln_token={}; Path=/; HttpOnly; SameSite=Strict",
-                    url(&f.token)
-                ),
-            )],
-            Redirect::to("/ui/models"),
+    let Some(token) = &state.config.token else {
+        return Redirect::to("/ui/models").into_response();
+    };
+    if let Some(wait) = state.sessions.login_wait() {
+        let mut r = error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "too many wrong tokens; try again in {} s",
+                wait.as_secs().max(1)
+            ),
         )
-            .into_response(),
-        Some(_) => {
-            error_page(StatusCode::UNAUTHORIZED, "that is not the server's token").into_response()
+        .into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        None => Redirect::to("/ui/models").into_response(),
+        return r;
     }
+    if !crate::app::same(&f.token, token) {
+        state.sessions.login_failed();
+        return error_page(StatusCode::UNAUTHORIZED, "that is not the server's token").into_response();
+    }
+    let id = state.sessions.open();
+    (
+        [(
+            header::SET_COOKIE,
+            format!(
+                "{}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
+                crate::guard::SESSION_COOKIE,
+                crate::guard::SESSION_LIFETIME.as_secs()
+            ),
+        )],
+        Redirect::to("/ui/models"),
+    )
+        .into_response()
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(id) = crate::guard::session_cookie(&headers) {
+        state.sessions.close(&id);
+    }
+    (
+        [(
+            header::SET_COOKIE,
+            format!(
+                "{}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0",
+                crate::guard::SESSION_COOKIE
+            ),
+        )],
+        Redirect::to("/ui/login"),
+    )
+        .into_response()
 }

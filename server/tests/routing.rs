@@ -294,7 +294,10 @@ async fn tokens_protect_changes_and_optionally_reads() {
         &s,
         "PUT",
         "/api/models/bc/aliases/champion",
-        &[("authorization", "Bearer nope")],
+        &[
+            ("authorization", "Bearer nope"),
+            ("content-type", "application/json"),
+        ],
         body.clone(),
     )
     .await;
@@ -303,7 +306,10 @@ async fn tokens_protect_changes_and_optionally_reads() {
         &s,
         "PUT",
         "/api/models/bc/aliases/champion",
-        &[("authorization", "Bearer s3cret")],
+        &[
+            ("authorization", "Bearer s3cret"),
+            ("content-type", "application/json"),
+        ],
         body,
     )
     .await;
@@ -341,13 +347,15 @@ async fn tokens_protect_changes_and_optionally_reads() {
     assert_eq!(status, StatusCode::OK);
     // The web UI: closed too, but the login page is open and its cookie opens the rest.
     assert_eq!(get(&s, "/ui/models").await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(get(&s, "/ui/login").await.0, StatusCode::OK);
+    let (status, page) = get(&s, "/ui/login").await;
+    assert_eq!(status, StatusCode::OK);
+    let csrf = csrf_of(page.as_str().unwrap());
     let (status, headers, _) = call(
         &s,
         "POST",
         "/ui/login",
         &[("content-type", "application/x-www-form-urlencoded")],
-        "token=s3cret",
+        format!("token=s3cret&csrf={csrf}"),
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
@@ -372,7 +380,7 @@ async fn tokens_protect_changes_and_optionally_reads() {
         "POST",
         "/ui/login",
         &[("content-type", "application/x-www-form-urlencoded")],
-        "token=wrong",
+        format!("token=wrong&csrf={csrf}"),
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

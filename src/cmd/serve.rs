@@ -27,12 +27,21 @@ pub struct ServeArgs {
     /// Serve every registered model, including those registered while running (the default).
     #[arg(long)]
     all: bool,
-    /// Require `Authorization: Bearer TOKEN` for management calls that change state.
+    /// Require `Authorization: Bearer TOKEN` for management calls that change state (and a
+    /// login for the web UI's actions). Needed to listen on an address other than loopback.
     #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Require the token for inference, metadata and metrics too (health stays open).
-    #[arg(long, requires = "token")]
+    #[arg(long)]
     protect_reads: bool,
+    /// Listen on a non-loopback address without a token: anyone who reaches the port may move
+    /// aliases, change traffic and run pipelines.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// A host name browsers and clients may use to reach this kiln, besides IP addresses and
+    /// `localhost` (repeatable; `*` allows any name and gives up the DNS-rebinding check).
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
     /// The largest request body accepted, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_body: usize,
@@ -103,13 +112,31 @@ impl ServeArgs {
         if !(0.0..=1.0).contains(&self.log_sample) {
             bail!("--log-sample {} must be between 0 and 1", self.log_sample);
         }
+        if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            bail!(
+                "the token (--token or KILN_TOKEN) is empty; give a real one (e.g. `openssl rand -hex 32`) or leave both unset"
+            );
+        }
+        if self.protect_reads && self.token.is_none() {
+            bail!("--protect-reads needs a token to protect them with: add --token or set KILN_TOKEN");
+        }
+        if self.token.is_none() && !self.addr.ip().is_loopback() {
+            if !self.insecure_no_auth {
+                bail!(
+                    "{} is reachable from other machines and there is no token: anyone who reaches it could move aliases, change traffic and run pipelines; set --token (or KILN_TOKEN), listen on 127.0.0.1, or pass --insecure-no-auth if a proxy in front of kiln authenticates",
+                    self.addr
+                );
+            }
+            tracing::warn!(addr = %self.addr, "listening beyond loopback with no token (--insecure-no-auth): every action is open to whoever reaches this port");
+        }
         let selection = if self.models.is_empty() {
             Selection::All
         } else {
             Selection::Only(self.models.iter().cloned().collect::<BTreeSet<_>>())
         };
         let config = ServerConfig {
-            token: self.token.clone().filter(|t| !t.is_empty()),
+            token: self.token.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
             protect_reads: self.protect_reads,
             max_body: self.max_body,
             timeout: self.timeout,

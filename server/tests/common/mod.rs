@@ -330,3 +330,12 @@ pub fn bc_columns() -> Vec<String> {
         .cloned()
         .collect()
 }
+
+/// The CSRF token a UI page put into its forms.
+pub fn csrf_of(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF field in {html}"))
+        .to_string()
+}
