@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub log: crate::predlog::LogConfig,
     /// Host names answered besides IP literals and loopback names (`--allowed-host`; `*`: any).
     pub allowed_hosts: Vec<String>,
+    /// Requests handled at once (health checks aside); more are answered 503 at once.
+    pub max_inflight: usize,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +53,7 @@ impl Default for ServerConfig {
             actor: "kiln-server".into(),
             log: crate::predlog::LogConfig::default(),
             allowed_hosts: Vec::new(),
+            max_inflight: 1024,
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct AppState {
     pub pipelines: Option<Arc<dyn crate::ui::PipelineControl>>,
     /// The web UI's logins and the key of its forms' CSRF tokens.
     pub sessions: Arc<crate::guard::Sessions>,
+    /// Places for requests in flight (`max_inflight`).
+    pub inflight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -134,13 +139,17 @@ pub fn router_with(state: AppState, reads_extra: Router, writes_extra: Router) -
     let writes =
         api::writes().route_layer(middleware::from_fn_with_state(state.clone(), check_write));
     let config = state.config.clone();
-    Router::new()
-        .merge(open)
+    let limited = Router::new()
         .merge(reads)
         .merge(writes)
-        .with_state(state)
+        .with_state(state.clone())
         .merge(reads_extra)
         .merge(writes_extra)
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit));
+    Router::new()
+        .merge(open)
+        .with_state(state)
+        .merge(limited)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body))
         .layer(TimeoutLayer::with_status_code(
@@ -184,6 +193,22 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.models.metrics().render(),
     )
         .into_response()
+}
+
+/// Answers 503 at once when `max_inflight` requests are being handled, so overload costs no
+/// memory; health checks are not counted and keep answering.
+async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match state.inflight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server is handling {} requests, its limit (--max-inflight); try again shortly",
+                state.config.max_inflight
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn check_read(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -2,8 +2,14 @@
 //! shared by every model, waiting on one queue. A waiting thread sleeps in the kernel until
 //! work comes (no spinning, which on a small machine takes the cores that the HTTP workers need),
 //! and the pool never grows the way tokio's blocking pool does under load.
+//!
+//! **The queue is bounded.** At most [`QUEUED_PER_THREAD`] tasks per thread wait or run; past
+//! that a request is answered 503 with `Retry-After` at once, so memory stays flat however hard
+//! clients push. A task whose request is gone (the client left, or the timeout answered 408) is
+//! dropped unrun when its turn comes.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -40,24 +46,81 @@ fn pool() -> &'static Mutex<Sender<Task>> {
     })
 }
 
+/// Tasks waiting or running per inference thread before requests are turned away.
+pub const QUEUED_PER_THREAD: usize = 64;
+
+/// Tasks waiting or running now.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+
+fn capacity() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) * QUEUED_PER_THREAD
+}
+
+/// A place in the queue, given back when the task ends (run or dropped).
+struct Place;
+
+impl Place {
+    /// A place when fewer than `limit` tasks wait or run.
+    fn take(limit: usize) -> Option<Place> {
+        QUEUED
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        QUEUED.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Starts the inference threads now rather than on the first request.
 pub fn start() {
     pool();
 }
 
-/// Runs `f` on an inference thread and waits for it without blocking the async workers.
-pub async fn run<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ServeError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task: Task = Box::new(move || {
-        let _ = tx.send(f());
-    });
+fn send(task: Task) -> Result<(), ServeError> {
     pool()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .send(task)
-        .map_err(|_| ServeError::Internal("the inference threads stopped".into()))?;
+        .map_err(|_| ServeError::Internal("the inference threads stopped".into()))
+}
+
+/// Runs `f` on an inference thread and waits for it without blocking the async workers; 503
+/// when the queue is full. `f` does not run if this future is dropped before its turn.
+pub async fn run<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServeError> {
+    let place = Place::take(capacity()).ok_or_else(|| {
+        ServeError::NotReady(format!(
+            "the server is at capacity ({} requests queued); try again shortly",
+            capacity()
+        ))
+    })?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    send(Box::new(move || {
+        let _place = place;
+        if !tx.is_closed() {
+            let _ = tx.send(f());
+        }
+    }))?;
     rx.await
         .map_err(|_| ServeError::Internal("an inference task ended without an answer".into()))
+}
+
+/// Runs `f` on an inference thread when the queue is at most half full, without waiting for
+/// it (work nobody waits on, such as shadow copies, gives way first); false when it was skipped.
+pub fn run_detached(f: impl FnOnce() + Send + 'static) -> bool {
+    let Some(place) = Place::take(capacity() / 2) else {
+        return false;
+    };
+    send(Box::new(move || {
+        let _place = place;
+        f();
+    }))
+    .is_ok()
 }

@@ -142,12 +142,7 @@ async fn route(
         Some(which) => {
             let version = match models.cached(model, which) {
                 Some(v) => v,
-                None => {
-                    let (m, w, name) = (models.clone(), which.to_string(), model.to_string());
-                    tokio::task::spawn_blocking(move || m.version(&name, &w))
-                        .await
-                        .map_err(|e| ServeError::Internal(format!("loading task: {e}")))??
-                }
+                None => load_once(models, model, which).await?,
             };
             let batcher = models.live(model).and_then(|live| {
                 live.routes
@@ -158,6 +153,51 @@ async fn route(
             Ok((version, batcher, None))
         }
     }
+}
+
+/// Versions loaded at once for requests that name them; more wait their turn.
+const LOADS_AT_ONCE: usize = 2;
+
+/// Loads an explicitly named version for a request: concurrent requests for the same one wait
+/// for a single load, and at most [`LOADS_AT_ONCE`] loads run at a time.
+async fn load_once(
+    models: &Arc<Models>,
+    model: &str,
+    which: &str,
+) -> Result<Arc<Version>, ServeError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, Weak};
+    type Loads = Mutex<HashMap<(String, String), Weak<tokio::sync::Mutex<()>>>>;
+    static LOADS: OnceLock<Loads> = OnceLock::new();
+    static AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LOADS_AT_ONCE);
+    let key = (model.to_string(), which.to_string());
+    let gate = {
+        let mut loads = LOADS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loads.retain(|_, w| w.strong_count() > 0);
+        match loads.get(&key).and_then(Weak::upgrade) {
+            Some(g) => g,
+            None => {
+                let g = Arc::new(tokio::sync::Mutex::new(()));
+                loads.insert(key, Arc::downgrade(&g));
+                g
+            }
+        }
+    };
+    let _turn = gate.lock().await;
+    if let Some(v) = models.cached(model, which) {
+        return Ok(v);
+    }
+    let _permit = AT_ONCE
+        .acquire()
+        .await
+        .map_err(|e| ServeError::Internal(format!("loading: {e}")))?;
+    let (m, w, name) = (models.clone(), which.to_string(), model.to_string());
+    tokio::task::spawn_blocking(move || m.version(&name, &w))
+        .await
+        .map_err(|e| ServeError::Internal(format!("loading task: {e}")))?
 }
 
 /// Why a bare model name has no live version: unknown, or known but not ready.
@@ -179,7 +219,9 @@ pub async fn not_live(models: &Arc<Models>, model: &str) -> ServeError {
 /// Runs the shadow version on the same rows off the response path and records whether it
 /// agreed with the live answer on every row.
 fn copy_to_shadow(models: Arc<Models>, shadow: Arc<Version>, rows: Rows, live: Vec<f32>) {
-    tokio::spawn(crate::compute::run(move || {
+    let (model, label) = (shadow.model.clone(), shadow.label.clone());
+    let all = models.clone();
+    let queued = crate::compute::run_detached(move || {
         let metrics = models.metrics();
         let labels = [shadow.model.as_str(), shadow.label.as_str()];
         metrics.shadow_requests.with_label_values(&labels).inc();
@@ -203,5 +245,11 @@ fn copy_to_shadow(models: Arc<Models>, shadow: Arc<Version>, rows: Rows, live: V
                 tracing::warn!(model = %shadow.model, version = shadow.version, error = %e, "shadow request failed")
             }
         }
-    }));
+    });
+    if !queued {
+        all.metrics()
+            .shadow_skipped
+            .with_label_values(&[model.as_str(), label.as_str()])
+            .inc();
+    }
 }

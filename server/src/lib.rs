@@ -56,12 +56,14 @@ pub async fn start(
         .await
         .map_err(|e| ServeError::Internal(format!("loading models: {e}")))??;
     models.follow();
+    let inflight = Arc::new(tokio::sync::Semaphore::new(config.max_inflight.max(1)));
     let state = AppState {
         models,
         config: Arc::new(config),
         traffic: Arc::new(ui::Traffic::default()),
         pipelines: None,
         sessions: Arc::new(guard::Sessions::new()),
+        inflight,
     };
     ui::start_sampling(&state);
     Ok(state)

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub swaps: IntCounterVec,
     pub shadow_requests: IntCounterVec,
     pub shadow_agreements: IntCounterVec,
+    pub shadow_skipped: IntCounterVec,
     pub logged: IntCounterVec,
     pub log_dropped: IntCounterVec,
     pub drift: GaugeVec,
@@ -135,6 +136,11 @@ impl Metrics {
             shadow_agreements: counter(
                 "kiln_shadow_agreements_total",
                 "Shadow answers that agreed with the live answer for every row",
+                &["model", "version"],
+            ),
+            shadow_skipped: counter(
+                "kiln_shadow_skipped_total",
+                "Requests not copied to a shadow version because the server was busy",
                 &["model", "version"],
             ),
             registry,

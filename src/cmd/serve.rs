@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// The largest request body accepted, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_body: usize,
+    /// Requests handled at once (health checks aside); more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    max_inflight: usize,
     /// How long a request may take before it is answered with 408 (e.g. 30s, 500ms).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -137,6 +140,7 @@ impl ServeArgs {
         let config = ServerConfig {
             token: self.token.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
+            max_inflight: self.max_inflight,
             protect_reads: self.protect_reads,
             max_body: self.max_body,
             timeout: self.timeout,
