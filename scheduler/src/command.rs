@@ -2,13 +2,21 @@
 //! log file per attempt that is kept. When the executor gives up on an attempt (its timeout, or
 //! the run is cancelled), the future is dropped and the whole process group is killed.
 //!
+//! **Logs are capped.** A command's output reaches its log through kiln, which keeps the first
+//! [`LOG_CAP`] bytes of an attempt and counts the rest, so a step that prints forever cannot
+//! fill the disk.
+//!
 //! **Steps die with kiln.** Each group has a watchdog: a background shell of the group that
 //! waits on a pipe whose other end only kiln holds, and kills the group when the pipe closes.
 //! kiln closes it when the step ends (nothing it started outlives it), and the kernel closes it
 //! when kiln exits in any way, `SIGKILL` included, so a killed kiln leaves no orphans.
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::executor::Attempt;
 
@@ -34,6 +42,51 @@ const WRAPPER: &str = "exec 3<&0 </dev/null; (read -r _ <&3; kill -s KILL 0) & e
 /// Variables a step never inherits from kiln: the server's token.
 const WITHHELD: &[&str] = &["KILN_TOKEN"];
 
+/// The most bytes of output an attempt's log keeps.
+pub const LOG_CAP: u64 = 64 << 20;
+
+/// An attempt's log file and how much went into it.
+struct Log {
+    file: std::fs::File,
+    kept: u64,
+    dropped: u64,
+}
+
+/// Copies one of the command's output streams into the log, up to the cap.
+async fn keep(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<Log>>) {
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let room = usize::try_from(LOG_CAP.saturating_sub(log.kept)).unwrap_or(usize::MAX);
+        let take = n.min(room);
+        if take > 0 && log.file.write_all(&buf[..take]).is_ok() {
+            log.kept += take as u64;
+        }
+        log.dropped += (n - take) as u64;
+    }
+}
+
+/// The last line of a log, read from its end.
+pub fn last_line(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
+    let mut tail = Vec::new();
+    let _ = f.take(4096).read_to_end(&mut tail);
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// Runs `command` with `sh -c` in `workdir` with `env` set, its output going to `log`.
 pub async fn run_command(
     command: &str,
@@ -42,19 +95,19 @@ pub async fn run_command(
     log_path: &Path,
 ) -> Attempt {
     let log = match std::fs::File::create(log_path) {
-        Ok(f) => f,
-        Err(e) => return Attempt::Failed(format!("{}: {e}", log_path.display())),
-    };
-    let err_log = match log.try_clone() {
-        Ok(f) => f,
+        Ok(file) => Arc::new(Mutex::new(Log {
+            file,
+            kept: 0,
+            dropped: 0,
+        })),
         Err(e) => return Attempt::Failed(format!("{}: {e}", log_path.display())),
     };
     let mut cmd = tokio::process::Command::new("sh");
     cmd.args(["-c", WRAPPER, "sh", command])
         .current_dir(workdir)
         .stdin(Stdio::piped())
-        .stdout(log)
-        .stderr(err_log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     for k in WITHHELD {
@@ -70,16 +123,36 @@ pub async fn run_command(
     let mut group = Group(child.id());
     // Held until the command ends; closing it lets the watchdog end the group.
     let watchdog = child.stdin.take();
+    let copies: Vec<_> = [
+        child.stdout.take().map(|o| tokio::spawn(keep(o, log.clone()))),
+        child.stderr.take().map(|e| tokio::spawn(keep(e, log.clone()))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let status = child.wait().await;
     drop(watchdog);
     group.0 = None;
+    // The group ends with the command, closing its output; a process that left the group
+    // (setsid) may hold it open, and is not waited for long.
+    for copy in copies {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), copy).await;
+    }
+    {
+        let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if log.dropped > 0 {
+            let dropped = log.dropped;
+            let _ = writeln!(
+                log.file,
+                "\n[kiln: the log stops at {} MiB; {dropped} more bytes of output were dropped]",
+                LOG_CAP >> 20
+            );
+        }
+    }
     match status {
         Ok(s) if s.success() => Attempt::Succeeded,
         Ok(s) => {
-            let last = std::fs::read_to_string(log_path)
-                .ok()
-                .and_then(|t| t.lines().last().map(str::to_string))
-                .unwrap_or_default();
+            let last = last_line(log_path);
             Attempt::Failed(format!(
                 "`{command}` exited with {s}; log {} ends: {last}",
                 log_path.display()

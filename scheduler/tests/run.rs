@@ -584,3 +584,20 @@ async fn what_a_step_starts_in_the_background_ends_with_the_step() {
     assert_eq!(step(&run, "a").state, StepExecState::Succeeded);
     assert_gone(&run, "a").await;
 }
+
+#[tokio::test]
+async fn a_log_keeps_its_first_64_mib_and_is_read_in_parts() {
+    let s = setup();
+    let text = "name = \"loud\"\n[[steps]]\nid = \"a\"\nrun = \"head -c 70000000 /dev/zero | tr '\\\\0' x; echo; echo done >&2\"\n";
+    let run = run(&s, request(&s, text)).await;
+    assert_eq!(step(&run, "a").state, StepExecState::Succeeded);
+    let log = &step(&run, "a").logs[0];
+    let size = std::fs::metadata(log).unwrap().len();
+    let cap = kiln_scheduler::command::LOG_CAP;
+    assert!(size > cap && size < cap + 200, "{size}");
+    let tail = s.registry.step_log(run.id, "a", 1, None, 100).unwrap();
+    assert_eq!((tail.size, tail.start, tail.text.len()), (size, size - 100, 100));
+    assert!(tail.text.contains("the log stops at 64 MiB"), "{}", tail.text);
+    let head = s.registry.step_log(run.id, "a", 1, Some(0), 10).unwrap();
+    assert_eq!(head.text, "xxxxxxxxxx");
+}

@@ -647,7 +647,7 @@ async fn runs_page(
             .get("order")
             .cloned()
             .unwrap_or_else(|| "attributes.start_ms desc".into());
-        let page_no: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
+        let page_no: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).clamp(1, 1 << 32);
         let filter = if filter_text.is_empty() {
             None
         } else {
@@ -663,7 +663,7 @@ async fn runs_page(
         let views = reg.search_runs(&search).map_err(registry_error)?;
         let total = views.len();
         let pages = total.div_ceil(PER_PAGE).max(1);
-        let shown: Vec<&RunView> = views.iter().skip((page_no - 1) * PER_PAGE).take(PER_PAGE).collect();
+        let shown: Vec<&RunView> = views.iter().skip((page_no - 1).saturating_mul(PER_PAGE)).take(PER_PAGE).collect();
         let keys: BTreeSet<&String> = shown.iter().flat_map(|v| v.metrics.keys()).take(8).collect();
         let mut head = String::from(
             "<th scope=\"col\">compare</th><th scope=\"col\">run</th><th scope=\"col\">experiment</th><th scope=\"col\">status</th><th scope=\"col\">started</th>",
@@ -1079,15 +1079,24 @@ async fn step_log_page(
     Path((id, step, attempt)): Path<(u64, String, usize)>,
 ) -> UiResult {
     let html = blocking(&state, move |s| {
-        let text = s
+        let part = s
             .models
             .registry()
-            .step_log(id, &step, attempt)
+            .step_log(id, &step, attempt, None, 256 << 10)
             .map_err(registry_error)?;
+        let cut = if part.start > 0 {
+            format!(
+                "<p class=\"muted\">The last 256 KiB of {} KiB; the API serves the rest (<code>/api/pipeline-runs/{id}/logs/{}/{attempt}?from=0</code>).</p>",
+                part.size >> 10,
+                esc(&step)
+            )
+        } else {
+            String::new()
+        };
         Ok(format!(
-            "<h1>Run {id} · {} · attempt {attempt}</h1><p><a href=\"/ui/pipeline-runs/{id}\">back to the run</a></p><pre>{}</pre>",
+            "<h1>Run {id} · {} · attempt {attempt}</h1><p><a href=\"/ui/pipeline-runs/{id}\">back to the run</a></p>{cut}<pre>{}</pre>",
             esc(&step),
-            esc(&text)
+            esc(&part.text)
         ))
     })
     .await?;

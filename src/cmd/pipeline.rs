@@ -773,7 +773,12 @@ fn logs(home: &Home, server: &Server, id: u64, step: Option<&str>) -> Result<Out
             let text = match &server.server {
                 Some(_) => call_text(
                     server,
-                    &format!("/api/pipeline-runs/{id}/logs/{}/{}", s.id, n + 1),
+                    &format!(
+                        "/api/pipeline-runs/{id}/logs/{}/{}?from=0&bytes={}",
+                        s.id,
+                        n + 1,
+                        16 << 20
+                    ),
                 )?,
                 None => match std::fs::read_to_string(path) {
                     Ok(text) => text,

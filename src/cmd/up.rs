@@ -508,17 +508,47 @@ async fn show_run(
     .await
 }
 
+/// The most of a log one request reads (`?bytes=`); the last 64 KiB unless asked.
+const LOG_BYTES_DEFAULT: u64 = 64 << 10;
+const LOG_BYTES_MOST: u64 = 16 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    /// The first byte to read; the log's end when absent.
+    from: Option<u64>,
+    bytes: Option<u64>,
+}
+
+/// A step's log: the last 64 KiB, or `?from=OFFSET&bytes=N` (at most 16 MiB); `X-Log-Size` is
+/// the whole log's size and `X-Log-Start` where this part starts.
 async fn step_log(
     State(api): State<Arc<Api>>,
     UrlPath((id, step, attempt)): UrlPath<(u64, String, usize)>,
+    Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
+    let max = q.bytes.unwrap_or(LOG_BYTES_DEFAULT);
+    if max > LOG_BYTES_MOST {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("bytes={max}: one request reads at most {LOG_BYTES_MOST} bytes of a log; read it in parts with from="),
+        ));
+    }
     off(&api, move |api| {
-        let text = api
+        let part = api
             .service
             .registry
-            .step_log(id, &step, attempt)
+            .step_log(id, &step, attempt, q.from, max)
             .map_err(registry_error)?;
-        Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response())
+        Ok((
+            [
+                ("content-type", "text/plain; charset=utf-8".to_string()),
+                ("x-log-size", part.size.to_string()),
+                ("x-log-start", part.start.to_string()),
+            ],
+            part.text,
+        )
+            .into_response())
     })
     .await
 }

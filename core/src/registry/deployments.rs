@@ -64,7 +64,8 @@ fn check_deployment(d: &Deployment) -> Result<(), RegistryError> {
             d.model
         ));
     }
-    let total: u32 = d.routes.iter().map(|r| r.percent).sum();
+    // Summed wide: percentages near u32::MAX must not wrap around to 100.
+    let total: u64 = d.routes.iter().map(|r| u64::from(r.percent)).sum();
     if total != 100 {
         return invalid(format!(
             "the traffic split of `{}` adds up to {total}%, not 100%",

@@ -31,7 +31,7 @@ use self::artifacts::ArtifactStore;
 pub use self::artifacts::{Manifest, ManifestEntry};
 pub use self::deployments::{MAX_BATCH_DELAY_US, MAX_BATCH_ROWS};
 pub use self::pipelines::{
-    CacheEntry, PipelineRun, PipelineRunState, ScheduleState, StepExecState, StepExecution,
+    CacheEntry, LogPart, PipelineRun, PipelineRunState, ScheduleState, StepExecState, StepExecution,
 };
 pub use self::records::{
     AliasEvent, ArtifactKind, ArtifactRef, Batching, Deployment, Experiment, Lineage, MetricPoint,

@@ -175,6 +175,15 @@ pub struct ScheduleState {
     pub last_fire_ms: Option<Millis>,
 }
 
+/// A part of a step's log: its text (invalid UTF-8 replaced), where it starts, and the whole
+/// log's size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPart {
+    pub text: String,
+    pub start: u64,
+    pub size: u64,
+}
+
 impl Registry {
     /// Starts recording a pipeline run; its id is the next pipeline run number.
     pub fn create_pipeline_run(&self, mut run: PipelineRun) -> Result<PipelineRun, RegistryError> {
@@ -259,8 +268,16 @@ impl Registry {
         Ok(out)
     }
 
-    /// The log of one attempt (1-based) of a run's step.
-    pub fn step_log(&self, run: u64, step: &str, attempt: usize) -> Result<String, RegistryError> {
+    /// A part of the log of one attempt (1-based) of a run's step: at most `max` bytes, from
+    /// byte `from`, or the last `max` bytes when `from` is `None`. Never reads more than that.
+    pub fn step_log(
+        &self,
+        run: u64,
+        step: &str,
+        attempt: usize,
+        from: Option<u64>,
+        max: u64,
+    ) -> Result<LogPart, RegistryError> {
         let record = self.pipeline_run(run)?;
         let exec =
             record
@@ -286,13 +303,25 @@ impl Registry {
                     exec.logs.len()
                 ),
             })?;
-        std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        let io = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => RegistryError::NotFound {
                 what: "log",
                 name: path.clone(),
                 hint: "; it was deleted (`kiln pipeline prune`)".into(),
             },
             _ => RegistryError::Io(format!("{path}: {e}")),
+        };
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        let start = from.unwrap_or_else(|| size.saturating_sub(max)).min(size);
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut bytes = Vec::new();
+        file.take(max).read_to_end(&mut bytes).map_err(io)?;
+        Ok(LogPart {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            start,
+            size,
         })
     }
 
