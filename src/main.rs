@@ -34,6 +34,9 @@ enum Command {
     /// The model registry: versions, aliases, stages and their history.
     #[command(subcommand)]
     Models(cmd::registry::ModelsCommand),
+    /// The registry as a whole: backups, restores and checks.
+    #[command(subcommand)]
+    Registry(cmd::backup::RegistryCommand),
     /// Train a model; every training is a run in the registry.
     Train(cmd::train::TrainArgs),
     /// Score a file offline with a bundle or a registered model.
@@ -63,6 +66,7 @@ fn dispatch(home: &cmd::registry::Home, command: Command) -> anyhow::Result<Outc
         Command::Experiments(c) => cmd::registry::experiments(home, c),
         Command::Runs(c) => cmd::registry::runs(home, c),
         Command::Models(c) => cmd::registry::models(home, c),
+        Command::Registry(c) => cmd::backup::run(home, c),
         Command::Train(a) => cmd::train::train(home, a),
         Command::Predict(a) => cmd::train::predict(home, a),
         Command::Sweep(a) => cmd::train::sweep(home, a),

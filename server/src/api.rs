@@ -148,6 +148,24 @@ pub fn writes() -> Router<AppState> {
             put(set_alias).delete(delete_alias),
         )
         .route("/api/models/{name}/promote", post(promote))
+        .route("/api/registry/backups", post(backup))
+}
+
+/// Takes a backup into the server's backup directory (`--backup-dir`), under a name of its
+/// time; the request names no path.
+async fn backup(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let Some(dir) = state.config.backup_dir.clone() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "this server has no backup directory; start it with --backup-dir DIR",
+        ));
+    };
+    let keep = state.config.backup_keep;
+    blocking(&state, move |models| {
+        let summary = models.registry().backup_into(&dir, keep)?;
+        Ok(Json(json!(summary)))
+    })
+    .await
 }
 
 /// Runs registry work on a blocking thread.

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Requests handled at once (health checks aside); more are answered 503 at once.
     pub max_inflight: usize,
+    /// Where `POST /api/registry/backups` writes backups, and how many it keeps there.
+    pub backup_dir: Option<std::path::PathBuf>,
+    pub backup_keep: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +57,8 @@ impl Default for ServerConfig {
             log: crate::predlog::LogConfig::default(),
             allowed_hosts: Vec::new(),
             max_inflight: 1024,
+            backup_dir: None,
+            backup_keep: None,
         }
     }
 }

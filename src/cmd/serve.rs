@@ -45,6 +45,16 @@ pub struct ServeArgs {
     /// The largest request body accepted, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_body: usize,
+    /// Where backups of the registry go (`POST /api/registry/backups`, `kiln registry backup
+    /// --server`, `--backup-every`); KILN_HOME/backups by default.
+    #[arg(long, value_name = "DIR")]
+    backup_dir: Option<std::path::PathBuf>,
+    /// Take a backup this often (e.g. 1h), into the backup directory.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    backup_every: Option<Duration>,
+    /// How many backups to keep in the backup directory (the oldest go first).
+    #[arg(long, default_value_t = 24)]
+    backup_keep: usize,
     /// Requests handled at once (health checks aside); more are answered 503 with Retry-After.
     #[arg(long, default_value_t = 1024)]
     max_inflight: usize,
@@ -110,8 +120,36 @@ pub fn read_thresholds(
 }
 
 impl ServeArgs {
+    /// Takes a backup every `--backup-every` until the process ends.
+    pub fn start_backups(&self, registry: Arc<Registry>, home: &Home) {
+        let Some(every) = self.backup_every else {
+            return;
+        };
+        let dir = self.backup_dir(home);
+        let keep = self.backup_keep;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let (registry, dir) = (registry.clone(), dir.clone());
+                match tokio::task::spawn_blocking(move || registry.backup_into(&dir, Some(keep)))
+                    .await
+                {
+                    Ok(Ok(s)) => tracing::info!(dir = %s.dir.display(), records = s.records, artifacts = s.artifacts, "registry backed up"),
+                    Ok(Err(e)) => tracing::error!("registry backup failed: {e}"),
+                    Err(e) => tracing::error!("registry backup stopped: {e}"),
+                }
+            }
+        });
+    }
+
+    fn backup_dir(&self, home: &Home) -> std::path::PathBuf {
+        self.backup_dir
+            .clone()
+            .unwrap_or_else(|| home.dir.join("backups"))
+    }
+
     /// The address, the models to serve and the server's settings.
-    pub fn parts(&self) -> Result<(SocketAddr, Selection, ServerConfig)> {
+    pub fn parts(&self, home: &Home) -> Result<(SocketAddr, Selection, ServerConfig)> {
         if !(0.0..=1.0).contains(&self.log_sample) {
             bail!("--log-sample {} must be between 0 and 1", self.log_sample);
         }
@@ -141,6 +179,8 @@ impl ServeArgs {
             token: self.token.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
             max_inflight: self.max_inflight,
+            backup_dir: Some(self.backup_dir(home)),
+            backup_keep: Some(self.backup_keep),
             protect_reads: self.protect_reads,
             max_body: self.max_body,
             timeout: self.timeout,
@@ -184,13 +224,14 @@ pub fn announce(state: &kiln_server::AppState, addr: SocketAddr, what: &str) -> 
 pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
     pin_compute_threads()?;
     let registry = Arc::new(Registry::open(&home.dir)?);
-    let (addr, selection, config) = args.parts()?;
+    let (addr, selection, config) = args.parts(home)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiln-http")
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        args.start_backups(registry.clone(), home);
         let state = kiln_server::start(registry, selection, config).await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -128,7 +128,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
         }
         on_drift.insert(model.to_string(), pipeline.to_string());
     }
-    let (addr, selection, config) = args.serve.parts()?;
+    let (addr, selection, config) = args.serve.parts(home)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiln-up")
@@ -143,6 +143,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
                 "pipeline runs left running by a stopped kiln, recorded as cancelled: {recovered:?}"
             );
         }
+        args.serve.start_backups(registry.clone(), home);
         let state = kiln_server::start(registry.clone(), selection, config).await?;
         let mut schedules = Vec::new();
         for known in pipelines.values() {

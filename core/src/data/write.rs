@@ -30,16 +30,33 @@ pub fn write_atomically(
     let mut out = BufWriter::new(file);
     let result = fill(&mut out)
         .and_then(|()| out.flush().map_err(FillError::from))
-        .map_err(|e| DataError::file(&shown, e.to_string()));
+        .map_err(|e| DataError::file(&shown, e.to_string()))
+        .and_then(|()| {
+            // On disk before the rename makes it visible: a crash leaves the old file or the new.
+            out.get_ref().sync_all().map_err(|source| DataError::Io {
+                path: tmp.display().to_string(),
+                source,
+            })
+        });
     drop(out);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
     std::fs::rename(&tmp, path).map_err(|source| DataError::Io {
-        path: shown,
+        path: shown.clone(),
         source,
-    })
+    })?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| DataError::Io {
+            path: parent.display().to_string(),
+            source,
+        })
 }
 
 /// Writes rows of text cells as CSV (quoted where a cell needs it), atomically.

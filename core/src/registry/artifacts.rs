@@ -155,18 +155,54 @@ impl ArtifactStore {
     }
 
     /// Copies an artifact out to `dest` (a file, or a directory for directory artifacts),
-    /// verifying every object on the way.
+    /// verifying every object on the way. The copy is written beside `dest`, synced, and renamed
+    /// into place: `dest` appears whole or not at all, and an existing `dest` is refused.
     pub(crate) fn export(
         &self,
         digest: &str,
         directory: bool,
         dest: &Path,
     ) -> Result<(), RegistryError> {
+        if dest.exists() {
+            return Err(io_error(
+                dest,
+                io::Error::new(io::ErrorKind::AlreadyExists, "it already exists"),
+            ));
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dest
+            .file_name()
+            .map_or_else(|| "export".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = parent.join(format!(
+            ".{name}.kiln-tmp-{}-{}",
+            std::process::id(),
+            fastrand_seed()
+        ));
+        let written = self.write_out(digest, directory, &tmp).and_then(|()| {
+            fs::rename(&tmp, dest).map_err(|e| io_error(dest, e))?;
+            sync_dir(&parent)
+        });
+        if written.is_err() {
+            let _ = fs::remove_dir_all(&tmp).or_else(|_| fs::remove_file(&tmp));
+        }
+        written
+    }
+
+    fn write_out(&self, digest: &str, directory: bool, dest: &Path) -> Result<(), RegistryError> {
+        let write = |path: &Path, bytes: &[u8]| -> Result<(), RegistryError> {
+            let mut f = File::create(path).map_err(|e| io_error(path, e))?;
+            f.write_all(bytes).map_err(|e| io_error(path, e))?;
+            f.sync_all().map_err(|e| io_error(path, e))
+        };
         if !directory {
-            let bytes = self.read_verified(digest)?;
-            return fs::write(dest, bytes).map_err(|e| io_error(dest, e));
+            return write(dest, &self.read_verified(digest)?);
         }
         let manifest = self.manifest(digest)?;
+        fs::create_dir_all(dest).map_err(|e| io_error(dest, e))?;
+        let mut dirs = std::collections::BTreeSet::new();
         for entry in &manifest.files {
             if entry
                 .path
@@ -181,9 +217,12 @@ impl ArtifactStore {
             let target = dest.join(&entry.path);
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+                dirs.insert(parent.to_path_buf());
             }
-            let bytes = self.read_verified(&entry.digest)?;
-            fs::write(&target, bytes).map_err(|e| io_error(&target, e))?;
+            write(&target, &self.read_verified(&entry.digest)?)?;
+        }
+        for d in dirs {
+            sync_dir(&d)?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@
 //! single sled transactions: after a crash either all of a change is there or none of it.
 
 mod artifacts;
+mod backup;
 mod deployments;
 mod pipelines;
 pub mod query;
@@ -29,6 +30,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use self::artifacts::ArtifactStore;
 pub use self::artifacts::{Manifest, ManifestEntry};
+pub use self::backup::{BackupSummary, Problem, restore};
 pub use self::deployments::{MAX_BATCH_DELAY_US, MAX_BATCH_ROWS};
 pub use self::pipelines::{
     CacheEntry, LogPart, PipelineRun, PipelineRunState, ScheduleState, StepExecState, StepExecution,
