@@ -491,6 +491,19 @@ fn over_http_a_parameter_is_data_and_a_hostile_page_changes_nothing() {
     assert_eq!(host.status().as_u16(), 421);
     let runs = get(&format!("{}/api/pipeline-runs", up.url)).1;
     assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+
+    // The registry of a running kiln is backed up through it, into its backup directory.
+    let local = k.run_home(&["registry", "backup", k.path("b").to_str().unwrap()]);
+    assert_eq!(local.code, 1);
+    assert!(local.stderr.contains("--server"), "{}", local.stderr);
+    let remote = k.run_home(&["registry", "backup", "--server", &up.url, "--json"]);
+    assert_eq!(remote.code, 0, "{}", remote.stderr);
+    let summary: Value = serde_json::from_str(&remote.stdout).unwrap();
+    let dir = summary["dir"].as_str().unwrap();
+    assert!(dir.contains("backups/kiln-backup-"), "{dir}");
+    assert!(std::path::Path::new(dir).join("registry").is_dir());
+    let r = k.run(&["--home", dir, "registry", "check"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
 
 #[test]

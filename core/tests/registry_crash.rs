@@ -113,3 +113,97 @@ fn sigkill_loses_nothing_committed() {
         committed.len()
     );
 }
+
+/// Copies a directory's files as they are at this moment, file by file, while a writer may be
+/// changing them: what a power cut or a careless `cp -r` leaves.
+fn torn_copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let dest = to.join(e.file_name());
+        if p.is_dir() {
+            torn_copy(&p, &dest);
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            std::fs::write(&dest, bytes).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_store_copied_while_written_opens_whole_or_is_named_damaged_and_a_backup_restores_it() {
+    let home = tempfile::tempdir().unwrap();
+    let writer = PathBuf::from(env!("CARGO_BIN_EXE_registry-crash-writer"));
+    let backups = tempfile::tempdir().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let (mut opened, mut refused, mut total) = (0, 0, 0);
+    for round in 0..8 {
+        let mut child = Command::new(&writer)
+            .arg(home.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let lines = {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                for _ in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..120)));
+        // Versions reported committed before the copy starts must be in a copy that opens.
+        let committed_before = total + seen.load(std::sync::atomic::Ordering::SeqCst);
+        let copy = tempfile::tempdir().unwrap();
+        torn_copy(home.path(), copy.path());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        lines.join().unwrap();
+        total += seen.load(std::sync::atomic::Ordering::SeqCst);
+        // The writer's lock file travels with the copy; it holds no lock there.
+        let verdict = Registry::open(copy.path()).and_then(|r| {
+            let problems = r.check()?;
+            let versions = r.versions("crashy").map(|v| v.len()).unwrap_or(0);
+            Ok((problems, versions))
+        });
+        match verdict {
+            Ok((problems, versions)) if problems.is_empty() => {
+                assert!(
+                    versions >= committed_before,
+                    "round {round}: the copy has {versions} versions, {committed_before} were committed before it"
+                );
+                opened += 1;
+            }
+            Ok((problems, _)) => {
+                refused += 1;
+                eprintln!("round {round}: the copy opens with {} problems, e.g. {}", problems.len(), problems[0]);
+            }
+            Err(e) => {
+                refused += 1;
+                eprintln!("round {round}: the copy does not open: {e}");
+            }
+        }
+        // Whatever the copy is, the newest backup puts a clean registry in its place, with every
+        // version the backup held.
+        let reg = Registry::open(home.path()).unwrap();
+        let backup = backups.path().join(format!("b{round}"));
+        let summary = reg.backup(&backup).unwrap();
+        let versions = reg.versions("crashy").map(|v| v.len()).unwrap_or(0);
+        drop(reg);
+        let moved = kiln_core::registry::restore(copy.path(), &backup).unwrap();
+        assert!(!moved.is_empty() || summary.records == 0);
+        let restored = Registry::open(copy.path()).unwrap();
+        assert!(restored.check().unwrap().is_empty(), "round {round}");
+        assert_eq!(
+            restored.versions("crashy").map(|v| v.len()).unwrap_or(0),
+            versions
+        );
+        every_object_matches_its_name(copy.path());
+    }
+    eprintln!("torn copies: {opened} opened clean, {refused} named damaged");
+}

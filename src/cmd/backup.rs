@@ -16,7 +16,9 @@ pub enum RegistryCommand {
     /// Write a consistent copy of the registry (database and artifacts) to DIR, a new directory;
     /// with --server, the running kiln writes one into its --backup-dir.
     Backup {
-        dir: Option<PathBuf>,
+        /// The new directory to write the backup to.
+        #[arg(value_name = "DIR")]
+        to: Option<PathBuf>,
         #[command(flatten)]
         server: Server,
         #[arg(long)]
@@ -25,7 +27,9 @@ pub enum RegistryCommand {
     /// Put a backup in place as KILN_HOME's registry (the current database and artifacts are
     /// moved aside, not deleted). Stop any kiln that uses KILN_HOME first.
     Restore {
-        dir: PathBuf,
+        /// The backup's directory.
+        #[arg(value_name = "DIR")]
+        from: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -39,8 +43,8 @@ pub enum RegistryCommand {
 
 pub fn run(home: &Home, command: RegistryCommand) -> Result<Outcome> {
     match command {
-        RegistryCommand::Backup { dir, server, json } => {
-            let summary: BackupSummary = match (&server.server, dir) {
+        RegistryCommand::Backup { to, server, json } => {
+            let summary: BackupSummary = match (&server.server, to) {
                 (Some(_), Some(dir)) => bail!(
                     "with --server the running kiln writes the backup into its own --backup-dir; drop {} or --server",
                     dir.display()
@@ -59,7 +63,7 @@ pub fn run(home: &Home, command: RegistryCommand) -> Result<Outcome> {
             print_backup_json_or_text(&serde_json::to_value(&summary)?, json);
             Ok(Outcome::Ok)
         }
-        RegistryCommand::Restore { dir, json } => {
+        RegistryCommand::Restore { from: dir, json } => {
             let moved = kiln_core::registry::restore(&home.dir, &dir).map_err(|e| match e {
                 RegistryError::Locked { .. } => anyhow::anyhow!(
                     "{e}; stop that kiln first: a registry in use cannot be replaced"

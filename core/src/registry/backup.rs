@@ -319,6 +319,8 @@ pub fn restore(home: &Path, from: &Path) -> Result<Vec<PathBuf>, RegistryError> 
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).map_err(|e| io(&staging, e))?;
     copy_tree(&from.join("registry"), &staging.join("registry"))?;
+    let objects = staging.join("artifacts").join("objects");
+    fs::create_dir_all(&objects).map_err(|e| io(&objects, e))?;
     copy_objects(
         &from.join("artifacts").join("objects"),
         &staging.join("artifacts").join("objects"),
