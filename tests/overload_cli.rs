@@ -27,7 +27,12 @@ fn rss_kib(pid: u32) -> u64 {
 fn body() -> Value {
     let mut reader =
         csv::Reader::from_path(util::repo_root().join("examples/data/breast_cancer.csv")).unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_string).collect();
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
     let rows: Vec<Vec<f64>> = reader
         .records()
         .map(|r| {
@@ -49,13 +54,30 @@ fn body() -> Value {
 fn a_flood_is_answered_200_or_503_with_bounded_memory_and_health_throughout() {
     let k = util::Kiln::new();
     k.ok(&[
-        "train", "--data", "examples/data/breast_cancer.csv", "--target", "label", "--hidden", "16",
-        "--epochs", "2", "--register", "bc",
+        "train",
+        "--data",
+        "examples/data/breast_cancer.csv",
+        "--target",
+        "label",
+        "--hidden",
+        "16",
+        "--epochs",
+        "2",
+        "--register",
+        "bc",
     ]);
     k.ok(&["models", "alias", "set", "bc", "champion", "1"]);
     let server = util::Served::start(
         &k,
-        &["serve", "--addr", "127.0.0.1:0", "--max-inflight", "32", "--log-sample", "0"],
+        &[
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--max-inflight",
+            "32",
+            "--log-sample",
+            "0",
+        ],
     );
     let pid = server.child.id();
     let infer = format!("{}/v2/models/bc/infer", server.url);
@@ -91,7 +113,8 @@ fn a_flood_is_answered_200_or_503_with_bounded_memory_and_health_throughout() {
                         .post(&infer)
                         .header("Content-Type", "application/json")
                         .send(payload.as_slice());
-                    match r.map(|r| (r.status().as_u16(), r.headers().contains_key("retry-after"))) {
+                    match r.map(|r| (r.status().as_u16(), r.headers().contains_key("retry-after")))
+                    {
                         Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
                         Ok((503, true)) => busy.fetch_add(1, Ordering::Relaxed),
                         _ => other.fetch_add(1, Ordering::Relaxed),
@@ -101,10 +124,7 @@ fn a_flood_is_answered_200_or_503_with_bounded_memory_and_health_throughout() {
         })
         .collect();
     let health = format!("{}/v2/health/live", server.url);
-    let checker = util::agent()
-        .config()
-        .clone()
-        .new_agent();
+    let checker = util::agent().config().clone().new_agent();
     let started = Instant::now();
     let (mut peak, mut checks, mut slowest) = (warm, 0, Duration::ZERO);
     while started.elapsed() < FLOOD {
@@ -129,7 +149,10 @@ fn a_flood_is_answered_200_or_503_with_bounded_memory_and_health_throughout() {
         "flood: {ok} answered, {busy} turned away (503), {other} other; RSS warm {warm} KiB, peak {peak} KiB; {checks} health checks, slowest {slowest:?}"
     );
     assert_eq!(other, 0, "answers other than 200 and 503 with Retry-After");
-    assert!(ok > 0 && busy > 0, "the flood did not pass the server's capacity");
+    assert!(
+        ok > 0 && busy > 0,
+        "the flood did not pass the server's capacity"
+    );
     // The bound: the server's own working set plus what 32 requests in flight and the full
     // compute queue hold (a 400-row request is about 150 KiB of JSON).
     assert!(

@@ -407,12 +407,20 @@ fn a_killed_kiln_leaves_no_step_running_and_steps_never_see_the_token() {
         .unwrap();
     let pid_file = k.path("home/pipelines/orphan/1/steps/long/outputs/pid");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !pid_file.exists() || std::fs::read_to_string(&pid_file).unwrap().trim().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the step never started");
+    while !pid_file.exists()
+        || std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let token =
-        std::fs::read_to_string(k.path("home/pipelines/orphan/1/steps/long/outputs/token")).unwrap();
+    let token = std::fs::read_to_string(k.path("home/pipelines/orphan/1/steps/long/outputs/token"))
+        .unwrap();
     assert_eq!(token.trim(), "t=");
     child.kill().unwrap();
     child.wait().unwrap();

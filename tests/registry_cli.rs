@@ -300,7 +300,8 @@ fn a_damaged_registry_is_named_by_check_and_restored_from_a_backup() {
     assert!(ok(&k, &["registry", "check"]).contains("checks clean"));
     let backup = k.path("backup-1");
     let b = backup.display().to_string();
-    let summary: Value = serde_json::from_str(&ok(&k, &["registry", "backup", &b, "--json"])).unwrap();
+    let summary: Value =
+        serde_json::from_str(&ok(&k, &["registry", "backup", &b, "--json"])).unwrap();
     assert!(summary["artifacts"].as_u64().unwrap() >= 3, "{summary}");
     // A second backup to the same place is refused, not merged.
     let (_, e) = fail(&k, &["registry", "backup", &b]);
@@ -322,22 +323,45 @@ fn a_damaged_registry_is_named_by_check_and_restored_from_a_backup() {
     let (code, _) = fail(&k, &["registry", "check"]);
     assert_eq!(code, 3);
     let checked: Value = serde_json::from_str(
-        &k.run(&["--home", k.path("home").to_str().unwrap(), "registry", "check", "--json"]).stdout,
+        &k.run(&[
+            "--home",
+            k.path("home").to_str().unwrap(),
+            "registry",
+            "check",
+            "--json",
+        ])
+        .stdout,
     )
     .unwrap();
     let problems = checked["problems"].as_array().unwrap();
     assert!(
-        problems.iter().any(|p| p["subject"] == "model churn version 1"),
+        problems
+            .iter()
+            .any(|p| p["subject"] == "model churn version 1"),
         "{checked}"
     );
     // A backup of a damaged store is refused: it would keep the damage.
-    let (_, e) = fail(&k, &["registry", "backup", k.path("backup-2").to_str().unwrap()]);
+    let (_, e) = fail(
+        &k,
+        &["registry", "backup", k.path("backup-2").to_str().unwrap()],
+    );
     assert!(e.contains("does not match its digest"), "{e}");
 
     let restored = ok(&k, &["registry", "restore", &b]);
     assert!(restored.contains("is kept"), "{restored}");
     assert!(ok(&k, &["registry", "check"]).contains("checks clean"));
     let out = k.path("exported");
-    ok(&k, &["models", "export", "churn", "--version", "1", "-o", out.to_str().unwrap()]);
+    ok(
+        &k,
+        &[
+            "models",
+            "export",
+            "churn",
+            "--version",
+            "1",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(out.join("weights.safetensors").exists());
 }

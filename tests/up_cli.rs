@@ -448,11 +448,19 @@ fn over_http_a_parameter_is_data_and_a_hostile_page_changes_nothing() {
     );
     let up = util::Served::start(
         &k,
-        &["up", "--pipeline", &file.display().to_string(), "--addr", "127.0.0.1:0"],
+        &[
+            "up",
+            "--pipeline",
+            &file.display().to_string(),
+            "--addr",
+            "127.0.0.1:0",
+        ],
     );
     let url = format!("{}/api/pipelines/echo/runs", up.url);
     let post = |body: &str, headers: &[(&str, &str)]| {
-        let mut r = util::agent().post(&url).header("Content-Type", "application/json");
+        let mut r = util::agent()
+            .post(&url)
+            .header("Content-Type", "application/json");
         for (k, v) in headers {
             r = r.header(*k, *v);
         }
@@ -462,7 +470,10 @@ fn over_http_a_parameter_is_data_and_a_hostile_page_changes_nothing() {
     // An integer parameter takes integers only, refused before a run is recorded.
     let (status, answer) = post(r#"{"params": {"rows": "1; touch PWNED #"}}"#, &[]);
     assert_eq!(status, 400, "{answer}");
-    assert!(answer.contains("`rows`") && answer.contains("integer"), "{answer}");
+    assert!(
+        answer.contains("`rows`") && answer.contains("integer"),
+        "{answer}"
+    );
     // A string parameter is text, whatever it holds.
     let hostile = "$(touch PWNED); `touch PWNED` ' \" \n touch PWNED";
     let body = serde_json::json!({"params": {"label": hostile}}).to_string();
@@ -472,7 +483,8 @@ fn over_http_a_parameter_is_data_and_a_hostile_page_changes_nothing() {
     let id = run["run"].as_u64().unwrap();
     wait_for("the run", || state_of(&up, id)["state"] != "running");
     assert_eq!(state_of(&up, id)["state"], "succeeded");
-    let said = std::fs::read_to_string(k.path("home/pipelines/echo/1/steps/say/outputs/said")).unwrap();
+    let said =
+        std::fs::read_to_string(k.path("home/pipelines/echo/1/steps/say/outputs/said")).unwrap();
     assert_eq!(said, format!("10 {hostile}\n"));
     assert!(!k.path("PWNED").exists() && !util::repo_root().join("PWNED").exists());
     // What another site's page can send: a text/plain form, a foreign Origin, a rebinding Host.
@@ -481,7 +493,12 @@ fn over_http_a_parameter_is_data_and_a_hostile_page_changes_nothing() {
         .header("Content-Type", "text/plain")
         .send("{}")
         .unwrap();
-    assert_eq!(r.status().as_u16(), 415, "{}", r.body_mut().read_to_string().unwrap());
+    assert_eq!(
+        r.status().as_u16(),
+        415,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
     assert_eq!(post("{}", &[("Origin", "http://evil.example")]).0, 403);
     let host = util::agent()
         .get(format!("{}/api/pipeline-runs", up.url))
@@ -512,7 +529,10 @@ fn unsafe_settings_are_refused_at_start() {
     for (args, says) in [
         (vec!["serve", "--addr", "0.0.0.0:0"], "--insecure-no-auth"),
         (vec!["serve", "--token", ""], "empty"),
-        (vec!["serve", "--protect-reads"], "--protect-reads needs a token"),
+        (
+            vec!["serve", "--protect-reads"],
+            "--protect-reads needs a token",
+        ),
     ] {
         let r = k.run_home(&args);
         assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);

@@ -181,7 +181,11 @@ fn a_store_copied_while_written_opens_whole_or_is_named_damaged_and_a_backup_res
             }
             Ok((problems, _)) => {
                 refused += 1;
-                eprintln!("round {round}: the copy opens with {} problems, e.g. {}", problems.len(), problems[0]);
+                eprintln!(
+                    "round {round}: the copy opens with {} problems, e.g. {}",
+                    problems.len(),
+                    problems[0]
+                );
             }
             Err(e) => {
                 refused += 1;

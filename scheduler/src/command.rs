@@ -37,7 +37,8 @@ impl Drop for Group {
 
 /// The shell that runs a step's command (`$1`): it moves the watchdog pipe (its standard input)
 /// to fd 3, starts the watchdog, and becomes the command's own shell with no standard input.
-const WRAPPER: &str = "exec 3<&0 </dev/null; (read -r _ <&3; kill -s KILL 0) & exec 3<&-; exec sh -c \"$1\"";
+const WRAPPER: &str =
+    "exec 3<&0 </dev/null; (read -r _ <&3; kill -s KILL 0) & exec 3<&-; exec sh -c \"$1\"";
 
 /// Variables a step never inherits from kiln: the server's token.
 const WITHHELD: &[&str] = &["KILN_TOKEN"];
@@ -60,7 +61,9 @@ async fn keep(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<Log>>) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut log = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let room = usize::try_from(LOG_CAP.saturating_sub(log.kept)).unwrap_or(usize::MAX);
         let take = n.min(room);
         if take > 0 && log.file.write_all(&buf[..take]).is_ok() {
@@ -124,8 +127,14 @@ pub async fn run_command(
     // Held until the command ends; closing it lets the watchdog end the group.
     let watchdog = child.stdin.take();
     let copies: Vec<_> = [
-        child.stdout.take().map(|o| tokio::spawn(keep(o, log.clone()))),
-        child.stderr.take().map(|e| tokio::spawn(keep(e, log.clone()))),
+        child
+            .stdout
+            .take()
+            .map(|o| tokio::spawn(keep(o, log.clone()))),
+        child
+            .stderr
+            .take()
+            .map(|e| tokio::spawn(keep(e, log.clone()))),
     ]
     .into_iter()
     .flatten()
@@ -139,7 +148,9 @@ pub async fn run_command(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), copy).await;
     }
     {
-        let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut log = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if log.dropped > 0 {
             let dropped = log.dropped;
             let _ = writeln!(

@@ -627,7 +627,9 @@ fn typed_params(
         let Some(of_default) = ParamType::of(&default) else {
             f.error(
                 at,
-                format!("parameter `{name}`: the default must be a string, integer, float or boolean"),
+                format!(
+                    "parameter `{name}`: the default must be a string, integer, float or boolean"
+                ),
             );
             continue;
         };
@@ -638,7 +640,11 @@ fn typed_params(
             _ => {
                 f.error(
                     at,
-                    format!("parameter `{name}` is declared {} but its default is {}", ty.as_str(), of_default.as_str()),
+                    format!(
+                        "parameter `{name}` is declared {} but its default is {}",
+                        ty.as_str(),
+                        of_default.as_str()
+                    ),
                 );
                 continue;
             }

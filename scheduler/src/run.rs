@@ -536,9 +536,9 @@ impl<C: Components> Runner<C> {
                 match exec.values.get(*name) {
                     Some(v) => v.clone(),
                     None => {
-                        let dir = exec
-                            .outputs_dir
-                            .ok_or_else(|| format!("step `{id}` has no outputs (it did not run)"))?;
+                        let dir = exec.outputs_dir.ok_or_else(|| {
+                            format!("step `{id}` has no outputs (it did not run)")
+                        })?;
                         Path::new(&dir).join(name).display().to_string()
                     }
                 }
@@ -745,9 +745,16 @@ impl<C: Components> Runner<C> {
                     .iter()
                     .map(|(k, v)| (crate::shell::variable(&format!("params.{k}")), v.as_str()))
                     .collect();
-                env.extend(params.iter().map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(*v))));
+                env.extend(
+                    params
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(*v))),
+                );
                 env.push(("KILN_DATE", std::ffi::OsStr::new(&self.date)));
-                env.extend(vars.iter().map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v))));
+                env.extend(
+                    vars.iter()
+                        .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v))),
+                );
                 match run_command(&command, &self.workdir, &env, &log).await {
                     Attempt::Succeeded => {
                         let mut values = read_values(&values_file)?;
@@ -914,7 +921,10 @@ impl Drop for CancelOnDrop {
 enum Piece<'a> {
     Text(&'a str),
     /// `${reference}`, as written and trimmed.
-    Reference { whole: &'a str, reference: &'a str },
+    Reference {
+        whole: &'a str,
+        reference: &'a str,
+    },
 }
 
 /// A templated text cut into literal text and `${…}` references.

@@ -115,7 +115,11 @@ pub fn variable(reference: &str) -> String {
     let rest = reference
         .strip_prefix("params.")
         .map(|p| format!("PARAM_{p}"))
-        .or_else(|| reference.strip_prefix("steps.").map(|s| format!("STEP_{s}")))
+        .or_else(|| {
+            reference
+                .strip_prefix("steps.")
+                .map(|s| format!("STEP_{s}"))
+        })
         .unwrap_or_else(|| reference.to_string());
     let mut out = String::from("KILN_");
     out.extend(rest.chars().map(|c| {
@@ -166,8 +170,14 @@ mod tests {
     #[test]
     fn variables_are_valid_names() {
         assert_eq!(variable("params.rows"), "KILN_PARAM_ROWS");
-        assert_eq!(variable("steps.generate.ctr.csv"), "KILN_STEP_GENERATE_CTR_CSV");
-        assert_eq!(variable("steps.infra-validate.ok"), "KILN_STEP_INFRA_VALIDATE_OK");
+        assert_eq!(
+            variable("steps.generate.ctr.csv"),
+            "KILN_STEP_GENERATE_CTR_CSV"
+        );
+        assert_eq!(
+            variable("steps.infra-validate.ok"),
+            "KILN_STEP_INFRA_VALIDATE_OK"
+        );
         assert_eq!(variable("date"), "KILN_DATE");
     }
 

@@ -533,7 +533,11 @@ async fn no_parameter_or_value_is_ever_shell_code() {
         let mut r = request(&s, QUOTING);
         r.params.insert("text".into(), hostile.to_string());
         let run = run(&s, r).await;
-        assert_eq!(run.state, PipelineRunState::Succeeded, "{hostile:?}: {run:?}");
+        assert_eq!(
+            run.state,
+            PipelineRunState::Succeeded,
+            "{hostile:?}: {run:?}"
+        );
         assert!(
             !s.work.join("PWNED").exists(),
             "{hostile:?} ran as a command"
@@ -555,10 +559,16 @@ async fn parameters_are_typed_and_a_value_of_the_wrong_type_is_refused_by_name()
     let mut r = request(&s, QUOTING);
     r.params.insert("n".into(), "1; touch PWNED #".into());
     let (_keep, cancel) = watch::channel(false);
-    let e = run_pipeline(s.registry.clone(), Arc::new(NoComponents), r, cancel, &|_| {})
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = run_pipeline(
+        s.registry.clone(),
+        Arc::new(NoComponents),
+        r,
+        cancel,
+        &|_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("parameter `n`") && e.contains("integer"), "{e}");
     assert!(s.registry.pipeline_runs(None, 10).unwrap().is_empty());
     let declared = "name = \"d\"\n[params]\nrate = { type = \"float\", default = 1 }\n[[steps]]\nid = \"a\"\nrun = \"echo ${params.rate} > $KILN_OUTPUTS/r\"\n";
@@ -569,17 +579,27 @@ async fn parameters_are_typed_and_a_value_of_the_wrong_type_is_refused_by_name()
     let mut r = request(&s, declared);
     r.params.insert("rate".into(), "fast".into());
     let (_keep, cancel) = watch::channel(false);
-    let e = run_pipeline(s.registry.clone(), Arc::new(NoComponents), r, cancel, &|_| {})
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("`rate`") && e.contains("\"fast\" is not a finite number"), "{e}");
+    let e = run_pipeline(
+        s.registry.clone(),
+        Arc::new(NoComponents),
+        r,
+        cancel,
+        &|_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("`rate`") && e.contains("\"fast\" is not a finite number"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
 async fn what_a_step_starts_in_the_background_ends_with_the_step() {
     let s = setup();
-    let text = "name = \"t\"\n[[steps]]\nid = \"a\"\nrun = \"echo $$ > $KILN_OUTPUTS/pid; sleep 30 &\"\n";
+    let text =
+        "name = \"t\"\n[[steps]]\nid = \"a\"\nrun = \"echo $$ > $KILN_OUTPUTS/pid; sleep 30 &\"\n";
     let run = run(&s, request(&s, text)).await;
     assert_eq!(step(&run, "a").state, StepExecState::Succeeded);
     assert_gone(&run, "a").await;
@@ -596,8 +616,15 @@ async fn a_log_keeps_its_first_64_mib_and_is_read_in_parts() {
     let cap = kiln_scheduler::command::LOG_CAP;
     assert!(size > cap && size < cap + 200, "{size}");
     let tail = s.registry.step_log(run.id, "a", 1, None, 100).unwrap();
-    assert_eq!((tail.size, tail.start, tail.text.len()), (size, size - 100, 100));
-    assert!(tail.text.contains("the log stops at 64 MiB"), "{}", tail.text);
+    assert_eq!(
+        (tail.size, tail.start, tail.text.len()),
+        (size, size - 100, 100)
+    );
+    assert!(
+        tail.text.contains("the log stops at 64 MiB"),
+        "{}",
+        tail.text
+    );
     let head = s.registry.step_log(run.id, "a", 1, Some(0), 10).unwrap();
     assert_eq!(head.text, "xxxxxxxxxx");
 }

@@ -109,7 +109,11 @@ fn is_unsafe(method: &Method) -> bool {
 
 /// The outermost check of every request: `Host`, then the cross-site check of state-changing
 /// methods; and the security headers on every answer.
-pub async fn outer(State(config): State<std::sync::Arc<ServerConfig>>, request: Request, next: Next) -> Response {
+pub async fn outer(
+    State(config): State<std::sync::Arc<ServerConfig>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let headers = request.headers();
     let refused = if let Some(host) = headers.get(header::HOST) {
         let host = host.to_str().unwrap_or("");
@@ -251,11 +255,16 @@ impl Sessions {
     pub fn login_wait(&self) -> Option<Duration> {
         let now = Instant::now();
         let mut f = lock(&self.failures);
-        while f.front().is_some_and(|t| now.duration_since(*t) > LOGIN_WINDOW) {
+        while f
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > LOGIN_WINDOW)
+        {
             f.pop_front();
         }
-        (f.len() >= LOGIN_FAILURES)
-            .then(|| f.front().map_or(LOGIN_WINDOW, |t| LOGIN_WINDOW - now.duration_since(*t)))
+        (f.len() >= LOGIN_FAILURES).then(|| {
+            f.front()
+                .map_or(LOGIN_WINDOW, |t| LOGIN_WINDOW - now.duration_since(*t))
+        })
     }
 
     pub fn login_failed(&self) {
@@ -312,7 +321,12 @@ pub async fn ui_forms(State(state): State<AppState>, request: Request, next: Nex
         };
         let given: Option<String> = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
             .ok()
-            .and_then(|fields| fields.into_iter().find(|(k, _)| k == "csrf").map(|(_, v)| v));
+            .and_then(|fields| {
+                fields
+                    .into_iter()
+                    .find(|(k, _)| k == "csrf")
+                    .map(|(_, v)| v)
+            });
         if !given.is_some_and(|g| crate::app::same(&g, &expected)) {
             return crate::ui::error_page(
                 StatusCode::FORBIDDEN,
@@ -320,7 +334,9 @@ pub async fn ui_forms(State(state): State<AppState>, request: Request, next: Nex
             )
             .into_response();
         }
-        return next.run(Request::from_parts(parts, Body::from(bytes))).await;
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
     }
     let response = next.run(request).await;
     let is_html = response
@@ -380,7 +396,13 @@ mod tests {
         ] {
             assert!(host_allowed(ok, &none), "{ok}");
         }
-        for bad in ["evil.example:8080", "evil.example", "", "127.0.0.1.evil.example", "localhost.evil.example"] {
+        for bad in [
+            "evil.example:8080",
+            "evil.example",
+            "",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+        ] {
             assert!(!host_allowed(bad, &none), "{bad}");
         }
         assert!(host_allowed("kiln.internal:443", &["kiln.internal".into()]));
@@ -401,7 +423,14 @@ mod tests {
             cross_site(&h)
         };
         assert_eq!(with("", "127.0.0.1:8080", None), None);
-        assert_eq!(with("http://127.0.0.1:8080", "127.0.0.1:8080", Some("same-origin")), None);
+        assert_eq!(
+            with(
+                "http://127.0.0.1:8080",
+                "127.0.0.1:8080",
+                Some("same-origin")
+            ),
+            None
+        );
         assert_eq!(with("http://localhost", "localhost:80", None), None);
         assert!(with("http://evil.example", "127.0.0.1:8080", None).is_some());
         assert!(with("null", "127.0.0.1:8080", None).is_some());
@@ -432,7 +461,9 @@ mod tests {
         let html = "<form method=\"get\" action=\"/a\"></form><form class=\"inline\" method=\"post\" action=\"/b\"><button>x</button></form>";
         let out = add_csrf(html, "T");
         assert_eq!(out.matches("name=\"csrf\"").count(), 1);
-        assert!(out.contains("action=\"/b\"><input type=\"hidden\" name=\"csrf\" value=\"T\"><button>"));
+        assert!(
+            out.contains("action=\"/b\"><input type=\"hidden\" name=\"csrf\" value=\"T\"><button>")
+        );
         let s = Sessions::new();
         let id = s.open();
         assert!(s.valid(&id));

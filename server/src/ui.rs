@@ -1164,7 +1164,8 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
     let Some(token) = &state.config.token else {
         return Ok(());
     };
-    let from_cookie = crate::guard::session_cookie(headers).is_some_and(|id| state.sessions.valid(&id));
+    let from_cookie =
+        crate::guard::session_cookie(headers).is_some_and(|id| state.sessions.valid(&id));
     let from_header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -1352,7 +1353,8 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
     }
     if !crate::app::same(&f.token, token) {
         state.sessions.login_failed();
-        return error_page(StatusCode::UNAUTHORIZED, "that is not the server's token").into_response();
+        return error_page(StatusCode::UNAUTHORIZED, "that is not the server's token")
+            .into_response();
     }
     let id = state.sessions.open();
     (

@@ -28,17 +28,31 @@ async fn cross_site_writes_change_nothing() {
         "application/x-www-form-urlencoded",
         "multipart/form-data; boundary=x",
     ] {
-        let (status, _, answer) = call(&s, "PUT", url, &[("content-type", content_type)], body).await;
+        let (status, _, answer) =
+            call(&s, "PUT", url, &[("content-type", content_type)], body).await;
         assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
         assert!(String::from_utf8_lossy(&answer).contains("application/json"));
-        let (status, _, _) = call(&s, "POST", "/api/models/bc/promote", &[("content-type", content_type)], body).await;
+        let (status, _, _) = call(
+            &s,
+            "POST",
+            "/api/models/bc/promote",
+            &[("content-type", content_type)],
+            body,
+        )
+        .await;
         assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
     }
     // JSON from another site, by Origin or by Sec-Fetch-Site.
     for headers in [
-        vec![("origin", "http://evil.example"), ("host", "127.0.0.1:8080")],
+        vec![
+            ("origin", "http://evil.example"),
+            ("host", "127.0.0.1:8080"),
+        ],
         vec![("origin", "null"), ("host", "127.0.0.1:8080")],
-        vec![("origin", "http://127.0.0.1:9999"), ("host", "127.0.0.1:8080")],
+        vec![
+            ("origin", "http://127.0.0.1:9999"),
+            ("host", "127.0.0.1:8080"),
+        ],
         vec![("sec-fetch-site", "cross-site")],
         vec![("sec-fetch-site", "same-site")],
     ] {
@@ -73,8 +87,14 @@ async fn a_rebinding_host_name_reads_nothing() {
     let f = fixture();
     let s = state(&f, ServerConfig::default()).await;
     for path in ["/ui/models", "/api/models", "/v2/models/bc", "/metrics"] {
-        let (status, _, answer) =
-            call(&s, "GET", path, &[("host", "evil.example:8080")], Body::empty()).await;
+        let (status, _, answer) = call(
+            &s,
+            "GET",
+            path,
+            &[("host", "evil.example:8080")],
+            Body::empty(),
+        )
+        .await;
         assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{path}");
         assert!(String::from_utf8_lossy(&answer).contains("--allowed-host evil.example"));
         for host in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
@@ -90,7 +110,14 @@ async fn a_rebinding_host_name_reads_nothing() {
         },
     )
     .await;
-    let (status, _, _) = call(&s, "GET", "/api/models", &[("host", "kiln.internal:8080")], Body::empty()).await;
+    let (status, _, _) = call(
+        &s,
+        "GET",
+        "/api/models",
+        &[("host", "kiln.internal:8080")],
+        Body::empty(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -99,9 +126,23 @@ async fn ui_forms_need_their_csrf_token_and_every_answer_has_security_headers() 
     let f = fixture();
     let s = state(&f, ServerConfig::default()).await;
     let form = [("content-type", "application/x-www-form-urlencoded")];
-    let (status, _, _) = call(&s, "POST", "/ui/models/bc/alias", &form, "alias=champion&version=2").await;
+    let (status, _, _) = call(
+        &s,
+        "POST",
+        "/ui/models/bc/alias",
+        &form,
+        "alias=champion&version=2",
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _, _) = call(&s, "POST", "/ui/models/bc/alias", &form, "alias=champion&version=2&csrf=0000").await;
+    let (status, _, _) = call(
+        &s,
+        "POST",
+        "/ui/models/bc/alias",
+        &form,
+        "alias=champion&version=2&csrf=0000",
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(champion(&f), 1);
     let (status, headers, page) = call(&s, "GET", "/ui/models/bc", &[], Body::empty()).await;
@@ -124,8 +165,14 @@ async fn ui_forms_need_their_csrf_token_and_every_answer_has_security_headers() 
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(champion(&f), 2);
     let csp = headers["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"), "{csp}");
-    for (path, expected) in [("/nope", StatusCode::NOT_FOUND), ("/v2/health/live", StatusCode::OK)] {
+    assert!(
+        csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    for (path, expected) in [
+        ("/nope", StatusCode::NOT_FOUND),
+        ("/v2/health/live", StatusCode::OK),
+    ] {
         let (status, headers, _) = call(&s, "GET", path, &[], Body::empty()).await;
         assert_eq!(status, expected);
         assert_eq!(headers["x-content-type-options"], "nosniff");
@@ -149,11 +196,24 @@ async fn the_login_is_a_session_for_the_ui_only_that_logout_ends() {
     let (_, _, page) = call(&s, "GET", "/ui/login", &[], Body::empty()).await;
     let csrf = csrf_of(&String::from_utf8(page).unwrap());
     let form = [("content-type", "application/x-www-form-urlencoded")];
-    let (status, headers, _) = call(&s, "POST", "/ui/login", &form, format!("token=s3cret&csrf={csrf}")).await;
+    let (status, headers, _) = call(
+        &s,
+        "POST",
+        "/ui/login",
+        &form,
+        format!("token=s3cret&csrf={csrf}"),
+    )
+    .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let set = headers["set-cookie"].to_str().unwrap().to_string();
     assert!(!set.contains("s3cret"), "the cookie holds the token: {set}");
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Max-Age=") && set.contains("Path=/ui"), "{set}");
+    assert!(
+        set.contains("HttpOnly")
+            && set.contains("SameSite=Strict")
+            && set.contains("Max-Age=")
+            && set.contains("Path=/ui"),
+        "{set}"
+    );
     let cookie = set.split(';').next().unwrap().to_string();
     let with_cookie = [("cookie", cookie.as_str())];
     let (status, _, _) = call(&s, "GET", "/ui/models", &with_cookie, Body::empty()).await;
@@ -165,18 +225,31 @@ async fn the_login_is_a_session_for_the_ui_only_that_logout_ends() {
         &s,
         "PUT",
         "/api/models/bc/aliases/champion",
-        &[("cookie", cookie.as_str()), ("content-type", "application/json")],
+        &[
+            ("cookie", cookie.as_str()),
+            ("content-type", "application/json"),
+        ],
         r#"{"version": 2}"#,
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // A forged cookie holding the token opens nothing.
-    let (status, _, _) = call(&s, "GET", "/ui/models", &[("cookie", "kiln_session=s3cret")], Body::empty()).await;
+    let (status, _, _) = call(
+        &s,
+        "GET",
+        "/ui/models",
+        &[("cookie", "kiln_session=s3cret")],
+        Body::empty(),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Logout ends the session.
     let (_, _, login) = call(&s, "GET", "/ui/login", &with_cookie, Body::empty()).await;
     let session_csrf = csrf_of(&String::from_utf8(login).unwrap());
-    assert_ne!(session_csrf, csrf, "a session's forms have a token of their own");
+    assert_ne!(
+        session_csrf, csrf,
+        "a session's forms have a token of their own"
+    );
     let (status, _, _) = call(
         &s,
         "POST",
@@ -192,10 +265,24 @@ async fn the_login_is_a_session_for_the_ui_only_that_logout_ends() {
     let (_, _, page) = call(&s, "GET", "/ui/login", &[], Body::empty()).await;
     let csrf = csrf_of(&String::from_utf8(page).unwrap());
     for _ in 0..10 {
-        let (status, _, _) = call(&s, "POST", "/ui/login", &form, format!("token=guess&csrf={csrf}")).await;
+        let (status, _, _) = call(
+            &s,
+            "POST",
+            "/ui/login",
+            &form,
+            format!("token=guess&csrf={csrf}"),
+        )
+        .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    let (status, headers, _) = call(&s, "POST", "/ui/login", &form, format!("token=s3cret&csrf={csrf}")).await;
+    let (status, headers, _) = call(
+        &s,
+        "POST",
+        "/ui/login",
+        &form,
+        format!("token=s3cret&csrf={csrf}"),
+    )
+    .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(headers.contains_key("retry-after"));
 }

@@ -122,7 +122,10 @@ fn print_backup_json_or_text(v: &serde_json::Value, json: bool) {
     } else {
         println!(
             "backed up {} records in {} trees and {} artifacts ({} bytes) to {}",
-            v["records"], v["trees"], v["artifacts"], v["bytes"],
+            v["records"],
+            v["trees"],
+            v["artifacts"],
+            v["bytes"],
             v["dir"].as_str().unwrap_or("?")
         );
     }

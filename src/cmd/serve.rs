@@ -134,7 +134,9 @@ impl ServeArgs {
                 match tokio::task::spawn_blocking(move || registry.backup_into(&dir, Some(keep)))
                     .await
                 {
-                    Ok(Ok(s)) => tracing::info!(dir = %s.dir.display(), records = s.records, artifacts = s.artifacts, "registry backed up"),
+                    Ok(Ok(s)) => {
+                        tracing::info!(dir = %s.dir.display(), records = s.records, artifacts = s.artifacts, "registry backed up")
+                    }
                     Ok(Err(e)) => tracing::error!("registry backup failed: {e}"),
                     Err(e) => tracing::error!("registry backup stopped: {e}"),
                 }
@@ -159,7 +161,9 @@ impl ServeArgs {
             );
         }
         if self.protect_reads && self.token.is_none() {
-            bail!("--protect-reads needs a token to protect them with: add --token or set KILN_TOKEN");
+            bail!(
+                "--protect-reads needs a token to protect them with: add --token or set KILN_TOKEN"
+            );
         }
         if self.token.is_none() && !self.addr.ip().is_loopback() {
             if !self.insecure_no_auth {

@@ -532,7 +532,9 @@ async fn step_log(
     if max > LOG_BYTES_MOST {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("bytes={max}: one request reads at most {LOG_BYTES_MOST} bytes of a log; read it in parts with from="),
+            format!(
+                "bytes={max}: one request reads at most {LOG_BYTES_MOST} bytes of a log; read it in parts with from="
+            ),
         ));
     }
     off(&api, move |api| {
