@@ -67,13 +67,13 @@ fn hostname(authority: &str) -> &str {
     }
 }
 
-/// Whether a state-changing request came from another site, by what the browser says of it.
+/// Whether a state-changing request came from another site, by what the browser says of it:
+/// `Sec-Fetch-Site` where the browser sends it (every current one does), else `Origin`.
 fn cross_site(headers: &HeaderMap) -> Option<String> {
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("");
-        if site != "same-origin" && site != "none" {
-            return Some(format!("Sec-Fetch-Site: {site}"));
-        }
+        return (site != "same-origin" && site != "none")
+            .then(|| format!("Sec-Fetch-Site: {site}"));
     }
     let origin = headers.get(header::ORIGIN)?;
     let origin = origin.to_str().unwrap_or("");
@@ -150,7 +150,8 @@ pub async fn outer(
         ("content-security-policy", CONTENT_SECURITY_POLICY),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        // Not `no-referrer`: under it browsers send `Origin: null` with kiln's own forms.
+        ("referrer-policy", "same-origin"),
         ("cross-origin-resource-policy", "same-origin"),
     ] {
         h.insert(name, HeaderValue::from_static(value));

@@ -176,7 +176,7 @@ async fn ui_forms_need_their_csrf_token_and_every_answer_has_security_headers() 
         let (status, headers, _) = call(&s, "GET", path, &[], Body::empty()).await;
         assert_eq!(status, expected);
         assert_eq!(headers["x-content-type-options"], "nosniff");
-        assert_eq!(headers["referrer-policy"], "no-referrer");
+        assert_eq!(headers["referrer-policy"], "same-origin");
         assert!(headers.contains_key("content-security-policy"));
     }
 }
