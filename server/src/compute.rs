@@ -53,7 +53,10 @@ pub const QUEUED_PER_THREAD: usize = 64;
 static QUEUED: AtomicUsize = AtomicUsize::new(0);
 
 fn capacity() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) * QUEUED_PER_THREAD
+    static CAPACITY: OnceLock<usize> = OnceLock::new();
+    *CAPACITY.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get()) * QUEUED_PER_THREAD
+    })
 }
 
 /// A place in the queue, given back when the task ends (run or dropped).
