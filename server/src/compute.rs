@@ -127,3 +127,59 @@ pub fn run_detached(f: impl FnOnce() + Send + 'static) -> bool {
     }))
     .is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn work_whose_request_is_gone_is_dropped_unrun_and_a_full_queue_turns_work_away() {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Hold every inference thread until released.
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let mut holders = Vec::new();
+        for _ in 0..threads {
+            let rx = release_rx.clone();
+            holders.push(tokio::spawn(run(move || {
+                let _ = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            })));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A request that gives up (its client left, or the timeout answered) before its turn.
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let gone = tokio::spawn(run(move || flag.store(true, Ordering::SeqCst)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gone.abort();
+        let _ = gone.await;
+        // Fill the queue: what does not fit is refused at once, not queued.
+        let mut queued = Vec::new();
+        let mut refused = 0;
+        for _ in 0..capacity() + 10 {
+            let attempt = tokio::spawn(run(|| ()));
+            tokio::task::yield_now().await;
+            if attempt.is_finished() {
+                if let Ok(Err(ServeError::NotReady(_))) = attempt.await {
+                    refused += 1;
+                }
+            } else {
+                queued.push(attempt);
+            }
+        }
+        assert!(refused >= 10, "only {refused} refused");
+        for _ in 0..threads {
+            release_tx.send(()).unwrap();
+        }
+        for h in holders {
+            h.await.unwrap().unwrap();
+        }
+        for q in queued {
+            let _ = q.await;
+        }
+        assert!(!ran.load(Ordering::SeqCst), "work for a gone request ran");
+        assert_eq!(QUEUED.load(Ordering::SeqCst), 0, "places leaked");
+    }
+}
