@@ -34,6 +34,7 @@ pub mod schema;
 pub mod stats;
 pub mod synth;
 pub mod transform;
+pub mod wire;
 
 pub mod suggest;
 

@@ -6,6 +6,7 @@ pub mod executor;
 pub mod pipeline;
 pub mod run;
 pub mod schedule;
+pub mod service;
 pub mod shell;
 
 pub use crate::pipeline::{Diagnostic, Parsed, Pipeline, Severity, levels, parse};

@@ -71,7 +71,7 @@ pub struct AppState {
     /// Request totals sampled for the UI's charts.
     pub traffic: Arc<crate::ui::Traffic>,
     /// Pipelines, when the process runs them (`kiln up`).
-    pub pipelines: Option<Arc<dyn crate::ui::PipelineControl>>,
+    pub pipelines: Option<Arc<dyn crate::pipelines::PipelineControl>>,
     /// The web UI's logins and the key of its forms' CSRF tokens.
     pub sessions: Arc<crate::guard::Sessions>,
     /// Places for requests in flight (`max_inflight`).
@@ -79,8 +79,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Lets the UI list, trigger and cancel the process's pipelines.
-    pub fn with_pipelines(mut self, control: Arc<dyn crate::ui::PipelineControl>) -> AppState {
+    /// Lets the pipeline API and the UI list, start and cancel the process's pipelines.
+    pub fn with_pipelines(
+        mut self,
+        control: Arc<dyn crate::pipelines::PipelineControl>,
+    ) -> AppState {
         self.pipelines = Some(control);
         self
     }
@@ -88,22 +91,6 @@ impl AppState {
 
 /// The whole HTTP surface of a server.
 pub fn router(state: AppState) -> Router {
-    router_with(state, Router::new(), Router::new())
-}
-
-/// The server's router with more routes of the embedding program (`kiln up` adds its pipeline
-/// API): `reads` under the read check (`--protect-reads`), `writes` under the token check.
-pub fn router_with(state: AppState, reads_extra: Router, writes_extra: Router) -> Router {
-    let reads_extra = if reads_extra.has_routes() {
-        reads_extra.route_layer(middleware::from_fn_with_state(state.clone(), check_read))
-    } else {
-        reads_extra
-    };
-    let writes_extra = if writes_extra.has_routes() {
-        writes_extra.route_layer(middleware::from_fn_with_state(state.clone(), check_write))
-    } else {
-        writes_extra
-    };
     let ui_forms = middleware::from_fn_with_state(state.clone(), crate::guard::ui_forms);
     let open = Router::new()
         .merge(
@@ -139,22 +126,21 @@ pub fn router_with(state: AppState, reads_extra: Router, writes_extra: Router) -
         .route("/invocations", post(mlflow::invocations))
         .route("/metrics", get(metrics))
         .merge(api::reads())
+        .merge(crate::pipelines::reads())
         .merge(crate::ui::reads().route_layer(ui_forms))
         .route_layer(middleware::from_fn_with_state(state.clone(), check_read));
-    let writes =
-        api::writes().route_layer(middleware::from_fn_with_state(state.clone(), check_write));
+    let writes = api::writes()
+        .merge(crate::pipelines::writes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), check_write));
     let config = state.config.clone();
     let limited = Router::new()
         .merge(reads)
         .merge(writes)
-        .with_state(state.clone())
-        .merge(reads_extra)
-        .merge(writes_extra)
         .route_layer(middleware::from_fn_with_state(state.clone(), limit));
     Router::new()
         .merge(open)
-        .with_state(state)
         .merge(limited)
+        .with_state(state)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body))
         .layer(TimeoutLayer::with_status_code(

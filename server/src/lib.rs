@@ -18,6 +18,7 @@ pub mod infer;
 mod metrics;
 mod mlflow;
 pub mod models;
+pub mod pipelines;
 pub mod predlog;
 pub mod runtime;
 mod tfserving;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 
 use kiln_core::registry::Registry;
 
-pub use crate::app::{AppState, ServerConfig, router, router_with, serve};
+pub use crate::app::{AppState, ServerConfig, router, serve};
 pub use crate::error::{ApiError, ServeError};
 pub use crate::metrics::Metrics;
 pub use crate::models::{Models, Selection};

@@ -30,19 +30,6 @@ use serde::Deserialize;
 use crate::app::AppState;
 use crate::metrics::Totals;
 
-/// What the UI may do with pipelines, where the process runs them (`kiln up`).
-pub trait PipelineControl: Send + Sync {
-    /// The pipelines this process runs: name, file, cron.
-    fn pipelines(&self) -> Vec<(String, String, Option<String>)>;
-    /// Starts a run now; its id once it is recorded.
-    fn trigger(
-        &self,
-        pipeline: &str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>>;
-    /// Cancels a running run.
-    fn cancel(&self, run: u64) -> Result<(), String>;
-}
-
 /// Request totals per model, sampled every few seconds for the deployment charts.
 #[derive(Default)]
 pub struct Traffic {
@@ -865,7 +852,9 @@ async fn pipelines_page(
         let schedules = reg.schedule_states().map_err(registry_error)?;
         let mut known = String::new();
         if let Some(c) = &control {
-            for (name, file, cron) in c.pipelines() {
+            for p in c.pipelines() {
+                let (name, file) = (p.pipeline, p.file);
+                let cron = Some(p.cron).filter(|c| !c.is_empty());
                 let paused = schedules.iter().any(|st| st.pipeline == name && st.paused);
                 let _ = write!(
                     known,
@@ -1288,9 +1277,15 @@ async fn trigger_run(
         .pipelines
         .clone()
         .ok_or_else(|| not_found("this server runs no pipelines"))?;
-    match control.trigger(&name).await {
+    match control
+        .start(&name, kiln_core::wire::pipelines::StartRun::default(), "ui")
+        .await
+    {
         Ok(id) => Ok(Redirect::to(&format!("/ui/pipeline-runs/{id}")).into_response()),
-        Err(e) => Ok(back("/ui/pipelines", Err(e))),
+        Err(
+            crate::pipelines::StartError::UnknownPipeline(e)
+            | crate::pipelines::StartError::Refused(e),
+        ) => Ok(back("/ui/pipelines", Err(e))),
     }
 }
 
@@ -1305,10 +1300,12 @@ async fn cancel_run(
         .clone()
         .ok_or_else(|| not_found("this server runs no pipelines"))?;
     let to = format!("/ui/pipeline-runs/{id}");
-    Ok(back(
-        &to,
-        control.cancel(id).map(|()| format!("cancelling run {id}")),
-    ))
+    let cancelled = if control.cancel(id) {
+        Ok(format!("cancelling run {id}"))
+    } else {
+        Err(format!("run {id} is not running in this kiln"))
+    };
+    Ok(back(&to, cancelled))
 }
 
 async fn login_page(State(state): State<AppState>) -> Html<String> {

@@ -29,6 +29,25 @@ use crate::cmd::train::{sweep_into, train_into};
 /// one trains there at a time.)
 pub struct Builtins;
 
+/// The process's pipeline runs, with kiln's built-in components and the directory of the `kiln`
+/// binary first on commands' `PATH`.
+pub fn service(
+    registry: std::sync::Arc<kiln_core::registry::Registry>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::sync::Arc<kiln_scheduler::service::Service<Builtins>> {
+    let path_prefix = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .into_iter()
+        .collect();
+    kiln_scheduler::service::Service::new(
+        registry,
+        std::sync::Arc::new(Builtins),
+        stop,
+        path_prefix,
+    )
+}
+
 type Values = BTreeMap<String, String>;
 
 /// Progress that only carries the step's cancellation to the trainer.

@@ -8,6 +8,5 @@ pub mod registry;
 pub mod remote;
 pub mod repl;
 pub mod serve;
-pub mod service;
 pub mod train;
 pub mod up;

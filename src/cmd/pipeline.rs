@@ -11,6 +11,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Subcommand};
 use kiln_core::registry::{PipelineRun, PipelineRunState, StepExecState};
+use kiln_core::wire::pipelines::{
+    AllSteps, Cancelling, ForceSteps, PipelineInfo, ScheduleChanged, StartRun, Started,
+};
 use kiln_scheduler::pipeline::{Action, Severity};
 use kiln_scheduler::run::Force;
 use kiln_scheduler::schedule::{fires_between, from_ms, next_fire};
@@ -19,7 +22,6 @@ use tokio::sync::watch;
 use crate::Outcome;
 use crate::cmd::registry::{Home, when};
 use crate::cmd::remote::{Server, base, call, call_text, call_with, url_part};
-use crate::cmd::service::Service;
 use crate::ui;
 
 #[derive(Debug, Subcommand)]
@@ -506,7 +508,7 @@ fn run_now(home: &Home, args: RunArgs) -> Result<Outcome> {
     let record = rt.block_on(async {
         let (tx, stop) = watch::channel(false);
         on_ctrl_c(tx);
-        let service = Service::new(registry, stop);
+        let service = crate::cmd::components::service(registry, stop);
         service.recover()?;
         let request = service.request(&args.file, params, "manual", date, force)?;
         let live = Live {
@@ -546,26 +548,27 @@ fn run_on_server(args: &RunArgs) -> Result<Outcome> {
             )
         })?;
     let force = if args.force_all {
-        serde_json::json!("all")
+        Some(ForceSteps::All(AllSteps::All))
     } else if args.force.is_empty() {
-        serde_json::Value::Null
+        None
     } else {
-        serde_json::json!(args.force)
+        Some(ForceSteps::Steps(args.force.clone()))
     };
-    let body = serde_json::json!({
-        "params": parse_params(&args.params)?,
-        "force": force,
-        "date": args.date.map(|d| d.to_string()),
-    });
-    let started: serde_json::Value = call_with(
+    let body = StartRun {
+        params: parse_params(&args.params)?
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect(),
+        force,
+        date: args.date.map(|d| d.to_string()),
+    };
+    let started: Started = call_with(
         &args.server,
         "POST",
         &format!("/api/pipelines/{}/runs", url_part(&name)),
-        Some(&body),
+        Some(&serde_json::to_value(&body)?),
     )?;
-    let id = started["run"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("the server did not say which run it started: {started}"))?;
+    let id = started.run;
     if !args.json {
         eprintln!(
             "pipeline `{name}` run {id} started in the kiln up at {}",
@@ -586,7 +589,7 @@ fn run_on_server(args: &RunArgs) -> Result<Outcome> {
         if !cancelled && ui::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
             eprintln!("cancelling run {id}");
             // The run may have ended meanwhile (409): the next look says how.
-            let answer: Result<serde_json::Value> = call(
+            let answer: Result<Cancelling> = call(
                 &args.server,
                 "POST",
                 &format!("/api/pipeline-runs/{id}/cancel"),
@@ -799,9 +802,8 @@ fn logs(home: &Home, server: &Server, id: u64, step: Option<&str>) -> Result<Out
 
 fn cancel(home: &Home, server: &Server, id: u64) -> Result<Outcome> {
     if server.server.is_some() {
-        let answer: serde_json::Value =
-            call(server, "POST", &format!("/api/pipeline-runs/{id}/cancel"))?;
-        println!("{}", answer["message"].as_str().unwrap_or("cancelling"));
+        let answer: Cancelling = call(server, "POST", &format!("/api/pipeline-runs/{id}/cancel"))?;
+        println!("{}", answer.message);
         return Ok(Outcome::Ok);
     }
     // Opening the registry means no other process runs this run: it was left behind.
@@ -811,7 +813,7 @@ fn cancel(home: &Home, server: &Server, id: u64) -> Result<Outcome> {
         bail!("run {id} is not running: it {}", run.state.as_str());
     }
     let (_tx, stop) = watch::channel(false);
-    let recovered = Service::new(Arc::new(registry), stop).recover()?;
+    let recovered = crate::cmd::components::service(Arc::new(registry), stop).recover()?;
     println!(
         "run {id} was left running by a stopped kiln; recorded as cancelled ({} runs)",
         recovered.len()
@@ -866,7 +868,7 @@ fn backfill(
     let runs = rt.block_on(async {
         let (tx, stop) = watch::channel(false);
         on_ctrl_c(tx);
-        let service = Service::new(registry, stop.clone());
+        let service = crate::cmd::components::service(registry, stop.clone());
         service.recover()?;
         let mut runs = Vec::new();
         for (n, fire) in fires.iter().enumerate() {
@@ -906,7 +908,17 @@ fn schedule(home: &Home, command: ScheduleCommand) -> Result<Outcome> {
     let (pipeline, paused, server) = match command {
         ScheduleCommand::List { json, server } => {
             let states: Vec<kiln_core::registry::ScheduleState> = match &server.server {
-                Some(_) => call(&server, "GET", "/api/pipelines")?,
+                Some(_) => call::<Vec<PipelineInfo>>(&server, "GET", "/api/pipelines")?
+                    .into_iter()
+                    .filter(|p| !p.cron.is_empty())
+                    .map(|p| kiln_core::registry::ScheduleState {
+                        pipeline: p.pipeline,
+                        file: p.file,
+                        cron: p.cron,
+                        paused: p.paused,
+                        last_fire_ms: p.last_fire_ms,
+                    })
+                    .collect(),
                 None => home.open_registry()?.schedule_states()?,
             };
             if json {
@@ -954,10 +966,10 @@ fn schedule(home: &Home, command: ScheduleCommand) -> Result<Outcome> {
     };
     let verb = if paused { "pause" } else { "resume" };
     if server.server.is_some() {
-        let _: serde_json::Value = call(
+        let _: ScheduleChanged = call(
             &server,
             "POST",
-            &format!("/api/pipelines/{pipeline}/schedule/{verb}"),
+            &format!("/api/pipelines/{}/schedule/{verb}", url_part(&pipeline)),
         )?;
     } else {
         let registry = home.open_registry()?;

@@ -1,12 +1,6 @@
-//! `kiln up`: the registry, the scheduler and the model server in one process, on one port.
-//! The server's endpoints plus the pipeline API:
-//!
-//! - `GET /api/pipelines`: the pipelines this process runs, with their schedules;
-//! - `POST /api/pipelines/{name}/runs` (`{"params": {…}, "force": ["step"] | "all", "date": "…"}`):
-//!   start a run, answered 202 with its id;
-//! - `GET /api/pipeline-runs[?pipeline=&limit=]`, `GET /api/pipeline-runs/{id}`,
-//!   `GET /api/pipeline-runs/{id}/logs/{step}/{attempt}`;
-//! - `POST /api/pipeline-runs/{id}/cancel`, `POST /api/pipelines/{name}/schedule/pause|resume`.
+//! `kiln up`: the registry, the scheduler and the model server in one process, on one port. The
+//! server's endpoints (the pipeline API among them, `kiln_server::pipelines`) answer; this module
+//! wires the scheduler's runs to them through `PipelineControl`.
 //!
 //! Ctrl-C (or SIGTERM) stops the schedules, cancels running steps (recorded as cancelled) and
 //! lets requests in flight finish.
@@ -16,25 +10,21 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
-use axum::Json;
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chrono::{NaiveDate, Utc};
 use clap::Args;
-use kiln_core::registry::{PipelineRun, PipelineRunState, Registry};
+use kiln_core::registry::Registry;
+use kiln_core::wire::pipelines::{ForceSteps, PipelineInfo, StartRun};
 use kiln_scheduler::pipeline::Pipeline;
 use kiln_scheduler::run::Force;
-use kiln_scheduler::schedule::{ScheduleLoop, from_ms, next_fire, wall_clock};
-use kiln_server::ApiError;
-use serde::{Deserialize, Serialize};
+use kiln_scheduler::schedule::{ScheduleLoop, next_fire, wall_clock};
+use kiln_scheduler::service::{Scheduled, Service};
+use kiln_server::pipelines::{DriftWatch, PipelineControl, StartError};
 use tokio::sync::watch;
 
 use crate::Outcome;
+use crate::cmd::components::Builtins;
 use crate::cmd::registry::Home;
 use crate::cmd::serve::{ServeArgs, announce, pin_compute_threads, shutdown_signal};
-use crate::cmd::service::{Scheduled, Service};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -62,7 +52,7 @@ struct Known {
 }
 
 struct Api {
-    service: Arc<Service>,
+    service: Arc<Service<Builtins>>,
     pipelines: BTreeMap<String, Known>,
     runs: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -136,7 +126,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let (stop_tx, stop) = watch::channel(false);
-        let service = Service::new(registry.clone(), stop.clone());
+        let service = crate::cmd::components::service(registry.clone(), stop.clone());
         let recovered = service.recover()?;
         if !recovered.is_empty() {
             eprintln!(
@@ -184,17 +174,17 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
         );
         if !on_drift.is_empty() || args.drift_webhook.is_some() {
             let watcher = DriftWatch {
-                api: api.clone(),
                 models: state.models.clone(),
+                control: api.clone(),
                 on_drift: on_drift.clone(),
-                webhook: args.drift_webhook.clone(),
+                notify: args.drift_webhook.clone().map(webhook),
                 every: args.drift_check,
             };
             schedules.push(tokio::spawn(watcher.run(stop.clone())));
         }
         let state = state.with_pipelines(api.clone());
         let models = state.models.clone();
-        let router = kiln_server::router_with(state, reads(api.clone()), writes(api.clone()));
+        let router = kiln_server::router(state);
         let shutdown = async move {
             shutdown_signal().await;
             eprintln!("cancelling running pipeline steps");
@@ -221,109 +211,54 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Checks served models' drift; on a new alarm (none the check before), starts the model's
-/// retraining pipeline and calls the webhook.
-struct DriftWatch {
-    api: Arc<Api>,
-    models: Arc<kiln_server::Models>,
-    on_drift: BTreeMap<String, String>,
-    webhook: Option<String>,
-    every: std::time::Duration,
-}
-
-impl DriftWatch {
-    async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut alarmed: BTreeMap<String, bool> = BTreeMap::new();
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(self.every) => {}
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
-                        return;
-                    }
-                }
+/// Posts each drift alarm to `url` (off the async workers; a failure is logged).
+fn webhook(url: String) -> Arc<dyn Fn(serde_json::Value) + Send + Sync> {
+    Arc::new(move |body| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(std::time::Duration::from_secs(10)))
+                .build()
+                .into();
+            if let Err(e) = agent.post(&url).send_json(&body) {
+                tracing::warn!(%url, error = %e, "drift webhook failed");
             }
-            let names = self.models.names().unwrap_or_default();
-            for name in names {
-                let Ok(reports) = self.models.drift(&name) else {
-                    continue;
-                };
-                let features: Vec<String> = reports
-                    .iter()
-                    .flat_map(|r| r.alarms().into_iter().map(|f| f.feature.clone()))
-                    .collect();
-                let now = !features.is_empty();
-                let before = alarmed.insert(name.clone(), now).unwrap_or(false);
-                if !now || before {
-                    continue;
-                }
-                tracing::warn!(model = %name, ?features, "drift alarm");
-                if let Some(url) = &self.webhook {
-                    let body =
-                        serde_json::json!({"model": name, "alarms": features, "versions": reports});
-                    let url = url.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let agent: ureq::Agent = ureq::Agent::config_builder()
-                            .timeout_global(Some(std::time::Duration::from_secs(10)))
-                            .build()
-                            .into();
-                        if let Err(e) = agent.post(&url).send_json(&body) {
-                            tracing::warn!(%url, error = %e, "drift webhook failed");
-                        }
-                    });
-                }
-                if let Some(pipeline) = self.on_drift.get(&name)
-                    && let Some(known) = self.api.pipelines.get(pipeline)
-                {
-                    let request = self.api.service.request(
-                        &known.file,
-                        BTreeMap::new(),
-                        "drift",
-                        Utc::now(),
-                        Force::Nothing,
-                    );
-                    let service = self.api.service.clone();
-                    let pipeline = pipeline.clone();
-                    let handle = tokio::spawn(async move {
-                        match request {
-                            Ok(r) => match service.run(r, &|_| {}).await {
-                                Ok(run) => {
-                                    tracing::info!(%pipeline, run = run.id, state = run.state.as_str(), "retraining on drift ended")
-                                }
-                                Err(e) => tracing::error!(%pipeline, "retraining on drift: {e}"),
-                            },
-                            Err(e) => tracing::error!(%pipeline, "retraining on drift: {e}"),
-                        }
-                    });
-                    if let Ok(mut runs) = self.api.runs.lock() {
-                        runs.push(handle);
-                    }
-                }
-            }
-        }
-    }
+        });
+    })
 }
 
 impl Api {
     /// Starts a run of a known pipeline; its id once recorded.
-    async fn start(
+    async fn start_known(
         &self,
         name: &str,
-        params: BTreeMap<String, String>,
-        date: chrono::DateTime<Utc>,
-        force: Force,
+        request: StartRun,
         trigger: &str,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, StartError> {
         let known = self.pipelines.get(name).ok_or_else(|| {
-            format!(
+            StartError::UnknownPipeline(format!(
                 "no pipeline `{name}` in this kiln{}",
                 kiln_core::suggest::hint(name, self.pipelines.keys().map(String::as_str))
-            )
+            ))
         })?;
-        let request = self
+        let date = match &request.date {
+            None => Utc::now(),
+            Some(d) => d
+                .parse::<NaiveDate>()
+                .map_err(|e| StartError::Refused(format!("`date` {d:?}: {e}; give YYYY-MM-DD")))?
+                .and_hms_opt(0, 0, 0)
+                .unwrap_or_default()
+                .and_utc(),
+        };
+        let force = match request.force.clone() {
+            None => Force::Nothing,
+            Some(ForceSteps::All(_)) => Force::All,
+            Some(ForceSteps::Steps(steps)) => Force::Steps(steps.into_iter().collect()),
+        };
+        let run = self
             .service
-            .request(&known.file, params, trigger, date, force)
-            .map_err(|e| e.to_string())?;
+            .request(&known.file, request.param_texts(), trigger, date, force)
+            .map_err(|e| StartError::Refused(e.to_string()))?;
         let (id_tx, id_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
         let service = self.service.clone();
         let handle = tokio::spawn(async move {
@@ -333,7 +268,7 @@ impl Api {
                     let _ = tx.send(r);
                 }
             };
-            match service.run(request, &|run| send(Ok(run.id))).await {
+            match service.run(run, &|run| send(Ok(run.id))).await {
                 Ok(run) => {
                     tracing::info!(pipeline = %run.pipeline, run = run.id, state = run.state.as_str(), "run ended")
                 }
@@ -346,353 +281,51 @@ impl Api {
         }
         id_rx
             .await
-            .map_err(|_| "the run stopped before it was recorded".to_string())?
+            .map_err(|_| StartError::Refused("the run stopped before it was recorded".into()))?
+            .map_err(StartError::Refused)
     }
 }
 
-impl kiln_server::ui::PipelineControl for Api {
-    fn pipelines(&self) -> Vec<(String, String, Option<String>)> {
+impl PipelineControl for Api {
+    fn pipelines(&self) -> Vec<PipelineInfo> {
+        let now = Utc::now();
         self.pipelines
             .iter()
-            .map(|(n, k)| {
-                (
-                    n.clone(),
-                    k.file.display().to_string(),
-                    k.pipeline.schedule.as_ref().map(|s| s.cron.clone()),
-                )
+            .map(|(name, known)| {
+                let state = self.service.registry.schedule_state(name).ok().flatten();
+                let cron = known
+                    .pipeline
+                    .schedule
+                    .as_ref()
+                    .map_or(String::new(), |s| s.cron.clone());
+                let paused = state.as_ref().is_some_and(|s| s.paused);
+                PipelineInfo {
+                    pipeline: name.clone(),
+                    file: known.file.display().to_string(),
+                    steps: known.pipeline.steps.len(),
+                    next_fire: (!paused)
+                        .then(|| next_fire(&cron, now))
+                        .flatten()
+                        .map(|t| t.to_rfc3339()),
+                    cron,
+                    paused,
+                    last_fire_ms: state.and_then(|s| s.last_fire_ms),
+                }
             })
             .collect()
     }
 
-    fn trigger(
-        &self,
-        pipeline: &str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>> {
-        let pipeline = pipeline.to_string();
-        Box::pin(async move {
-            self.start(&pipeline, BTreeMap::new(), Utc::now(), Force::Nothing, "ui")
-                .await
-        })
+    fn start<'a>(
+        &'a self,
+        pipeline: &'a str,
+        request: StartRun,
+        trigger: &'static str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, StartError>> + Send + 'a>>
+    {
+        Box::pin(self.start_known(pipeline, request, trigger))
     }
 
-    fn cancel(&self, run: u64) -> Result<(), String> {
-        if self.service.cancel(run) {
-            Ok(())
-        } else {
-            Err(format!("run {run} is not running in this kiln"))
-        }
+    fn cancel(&self, run: u64) -> bool {
+        self.service.cancel(run)
     }
-}
-
-fn reads(api: Arc<Api>) -> axum::Router {
-    axum::Router::new()
-        .route("/api/pipelines", get(list_pipelines))
-        .route("/api/pipeline-runs", get(list_runs))
-        .route("/api/pipeline-runs/{id}", get(show_run))
-        .route(
-            "/api/pipeline-runs/{id}/logs/{step}/{attempt}",
-            get(step_log),
-        )
-        .with_state(api)
-}
-
-fn writes(api: Arc<Api>) -> axum::Router {
-    axum::Router::new()
-        .route("/api/pipelines/{name}/runs", post(start_run))
-        .route("/api/pipeline-runs/{id}/cancel", post(cancel_run))
-        .route("/api/pipelines/{name}/schedule/{verb}", post(set_paused))
-        .with_state(api)
-}
-
-/// Runs registry and file work off the async workers.
-async fn off<T: Send + 'static>(
-    api: &Arc<Api>,
-    f: impl FnOnce(&Api) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let api = api.clone();
-    tokio::task::spawn_blocking(move || f(&api))
-        .await
-        .map_err(internal)?
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
-fn registry_error(e: kiln_core::registry::RegistryError) -> ApiError {
-    match e {
-        kiln_core::registry::RegistryError::NotFound { .. } => {
-            ApiError::new(StatusCode::NOT_FOUND, e.to_string())
-        }
-        other => internal(other),
-    }
-}
-
-#[derive(Serialize)]
-struct PipelineInfo {
-    pipeline: String,
-    file: String,
-    steps: usize,
-    cron: String,
-    paused: bool,
-    last_fire_ms: Option<i64>,
-    next_fire: Option<String>,
-}
-
-async fn list_pipelines(State(api): State<Arc<Api>>) -> Result<Json<Vec<PipelineInfo>>, ApiError> {
-    off(&api, |api| {
-        let now = Utc::now();
-        let mut out = Vec::new();
-        for (name, known) in &api.pipelines {
-            let state = api
-                .service
-                .registry
-                .schedule_state(name)
-                .map_err(internal)?;
-            let cron = known
-                .pipeline
-                .schedule
-                .as_ref()
-                .map_or(String::new(), |s| s.cron.clone());
-            let paused = state.as_ref().is_some_and(|s| s.paused);
-            out.push(PipelineInfo {
-                pipeline: name.clone(),
-                file: known.file.display().to_string(),
-                steps: known.pipeline.steps.len(),
-                next_fire: (!paused)
-                    .then(|| next_fire(&cron, now))
-                    .flatten()
-                    .map(|t| t.to_rfc3339()),
-                cron,
-                paused,
-                last_fire_ms: state.and_then(|s| s.last_fire_ms),
-            });
-        }
-        Ok(Json(out))
-    })
-    .await
-}
-
-#[derive(Deserialize)]
-struct RunsQuery {
-    pipeline: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn list_runs(
-    State(api): State<Arc<Api>>,
-    Query(q): Query<RunsQuery>,
-) -> Result<Json<Vec<PipelineRun>>, ApiError> {
-    off(&api, move |api| {
-        let runs = api
-            .service
-            .registry
-            .pipeline_runs(q.pipeline.as_deref(), q.limit.unwrap_or(20).min(1000))
-            .map_err(internal)?;
-        Ok(Json(runs))
-    })
-    .await
-}
-
-async fn show_run(
-    State(api): State<Arc<Api>>,
-    UrlPath(id): UrlPath<u64>,
-) -> Result<Json<PipelineRun>, ApiError> {
-    off(&api, move |api| {
-        Ok(Json(
-            api.service
-                .registry
-                .pipeline_run(id)
-                .map_err(registry_error)?,
-        ))
-    })
-    .await
-}
-
-/// The most of a log one request reads (`?bytes=`); the last 64 KiB unless asked.
-const LOG_BYTES_DEFAULT: u64 = 64 << 10;
-const LOG_BYTES_MOST: u64 = 16 << 20;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogQuery {
-    /// The first byte to read; the log's end when absent.
-    from: Option<u64>,
-    bytes: Option<u64>,
-}
-
-/// A step's log: the last 64 KiB, or `?from=OFFSET&bytes=N` (at most 16 MiB); `X-Log-Size` is
-/// the whole log's size and `X-Log-Start` where this part starts.
-async fn step_log(
-    State(api): State<Arc<Api>>,
-    UrlPath((id, step, attempt)): UrlPath<(u64, String, usize)>,
-    Query(q): Query<LogQuery>,
-) -> Result<Response, ApiError> {
-    let max = q.bytes.unwrap_or(LOG_BYTES_DEFAULT);
-    if max > LOG_BYTES_MOST {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "bytes={max}: one request reads at most {LOG_BYTES_MOST} bytes of a log; read it in parts with from="
-            ),
-        ));
-    }
-    off(&api, move |api| {
-        let part = api
-            .service
-            .registry
-            .step_log(id, &step, attempt, q.from, max)
-            .map_err(registry_error)?;
-        Ok((
-            [
-                ("content-type", "text/plain; charset=utf-8".to_string()),
-                ("x-log-size", part.size.to_string()),
-                ("x-log-start", part.start.to_string()),
-            ],
-            part.text,
-        )
-            .into_response())
-    })
-    .await
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct StartRun {
-    #[serde(default)]
-    params: BTreeMap<String, serde_json::Value>,
-    #[serde(default)]
-    force: Option<serde_json::Value>,
-    #[serde(default)]
-    date: Option<String>,
-}
-
-async fn start_run(
-    State(api): State<Arc<Api>>,
-    UrlPath(name): UrlPath<String>,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    // Unknown pipelines are 404 before the body is looked at.
-    api.pipelines.get(&name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no pipeline `{name}` in this kiln{}",
-                kiln_core::suggest::hint(&name, api.pipelines.keys().map(String::as_str))
-            ),
-        )
-    })?;
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
-    let start: StartRun = if body.is_empty() {
-        StartRun::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad(format!("malformed run request: {e}")))?
-    };
-    let force = match start.force {
-        None => Force::Nothing,
-        Some(serde_json::Value::String(s)) if s == "all" => Force::All,
-        Some(serde_json::Value::Array(a)) => Force::Steps(
-            a.iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| bad("`force` lists step ids".into()))
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        Some(other) => {
-            return Err(bad(format!(
-                "`force` is \"all\" or a list of step ids, not {other}"
-            )));
-        }
-    };
-    let params = start
-        .params
-        .into_iter()
-        .map(|(k, v)| {
-            let text = match v {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            (k, text)
-        })
-        .collect();
-    let date = match start.date {
-        None => Utc::now(),
-        Some(d) => d
-            .parse::<NaiveDate>()
-            .map_err(|e| bad(format!("`date` {d:?}: {e}; give YYYY-MM-DD")))?
-            .and_hms_opt(0, 0, 0)
-            .unwrap_or_default()
-            .and_utc(),
-    };
-    match api.start(&name, params, date, force, "api").await {
-        Ok(id) => Ok((
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"pipeline": name, "run": id, "status": format!("/api/pipeline-runs/{id}")})),
-        )
-            .into_response()),
-        Err(e) => Err(bad(e)),
-    }
-}
-
-async fn cancel_run(
-    State(api): State<Arc<Api>>,
-    UrlPath(id): UrlPath<u64>,
-) -> Result<Response, ApiError> {
-    off(&api, move |api| {
-        let run = api
-            .service
-            .registry
-            .pipeline_run(id)
-            .map_err(registry_error)?;
-        if run.state != PipelineRunState::Running || !api.service.cancel(id) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("run {id} is not running (it {})", run.state.as_str()),
-            ));
-        }
-        Ok((
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"run": id, "message": format!("cancelling run {id}: its running steps are stopped")})),
-        )
-            .into_response())
-    })
-    .await
-}
-
-async fn set_paused(
-    State(api): State<Arc<Api>>,
-    UrlPath((name, verb)): UrlPath<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let paused = match verb.as_str() {
-        "pause" => true,
-        "resume" => false,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no schedule action `{other}`; use pause or resume"),
-            ));
-        }
-    };
-    off(&api, move |api| {
-        let registry = &api.service.registry;
-        let mut state = registry
-            .schedule_state(&name)
-            .map_err(internal)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("pipeline `{name}` has no schedule in this kiln"),
-                )
-            })?;
-        state.paused = paused;
-        registry.save_schedule_state(&state).map_err(internal)?;
-        Ok(Json(serde_json::json!({
-            "pipeline": name,
-            "paused": paused,
-            "last_fire": state.last_fire_ms.map(|m| from_ms(m).to_rfc3339()),
-        })))
-    })
-    .await
 }

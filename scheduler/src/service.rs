@@ -1,22 +1,23 @@
-//! Pipeline runs inside one kiln process: started from the command line, by a schedule or over
-//! the API; each cancellable by id, and all cancelled when the process shuts down.
+//! Pipeline runs inside one process: started from the command line, by a schedule or over the
+//! API; each cancellable by id, all cancelled when the process shuts down, and the runs a
+//! stopped process left running recorded as cancelled when the next one starts.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use kiln_core::registry::{PipelineRun, PipelineRunState, Registry, StepExecState};
-use kiln_scheduler::executor::Limits;
-use kiln_scheduler::run::{Force, RunError, RunRequest, run_pipeline};
-use kiln_scheduler::schedule::Launcher;
+use kiln_core::registry::{PipelineRun, PipelineRunState, Registry, RegistryError, StepExecState};
 use tokio::sync::watch;
 
-use crate::cmd::components::Builtins;
+use crate::executor::Limits;
+use crate::run::{Components, Force, RunError, RunRequest, run_pipeline};
+use crate::schedule::Launcher;
 
-pub struct Service {
+/// The runs of one process, with the components they use.
+pub struct Service<C> {
     pub registry: Arc<Registry>,
-    components: Arc<Builtins>,
+    components: Arc<C>,
     /// Turns true when the process shuts down: every run is cancelled.
     stop: watch::Receiver<bool>,
     active: Mutex<BTreeMap<u64, Arc<watch::Sender<bool>>>>,
@@ -25,16 +26,18 @@ pub struct Service {
     limits: Limits,
 }
 
-impl Service {
-    pub fn new(registry: Arc<Registry>, stop: watch::Receiver<bool>) -> Arc<Service> {
-        let path_prefix = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_path_buf))
-            .into_iter()
-            .collect();
+impl<C: Components> Service<C> {
+    /// A service whose runs stop when `stop` turns true; `path_prefix` goes before `PATH` for
+    /// commands (where the `kiln` binary is).
+    pub fn new(
+        registry: Arc<Registry>,
+        components: Arc<C>,
+        stop: watch::Receiver<bool>,
+        path_prefix: Vec<PathBuf>,
+    ) -> Arc<Service<C>> {
         Arc::new(Service {
             registry,
-            components: Arc::new(Builtins),
+            components,
             stop,
             active: Mutex::new(BTreeMap::new()),
             path_prefix,
@@ -43,7 +46,7 @@ impl Service {
     }
 
     /// Records runs that a stopped process left as running: their steps did not finish.
-    pub fn recover(&self) -> anyhow::Result<Vec<u64>> {
+    pub fn recover(&self) -> Result<Vec<u64>, RegistryError> {
         let mut ids = Vec::new();
         for mut run in self.registry.running_pipeline_runs()? {
             for s in &mut run.steps {
@@ -140,12 +143,12 @@ impl Service {
 }
 
 /// A schedule's runs of one pipeline file.
-pub struct Scheduled {
-    pub service: Arc<Service>,
+pub struct Scheduled<C> {
+    pub service: Arc<Service<C>>,
     pub file: PathBuf,
 }
 
-impl Launcher for Scheduled {
+impl<C: Components> Launcher for Scheduled<C> {
     async fn launch(&self, fire: DateTime<Utc>) {
         let request = match self.service.request(
             &self.file,

@@ -1,0 +1,117 @@
+//! The pipeline API of `kiln up`: `/api/pipelines…` and `/api/pipeline-runs…`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One pipeline a process runs (`GET /api/pipelines`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineInfo {
+    pub pipeline: String,
+    pub file: String,
+    pub steps: usize,
+    /// The schedule's cron expression; empty when the pipeline has none.
+    pub cron: String,
+    pub paused: bool,
+    pub last_fire_ms: Option<i64>,
+    /// RFC 3339; none when unscheduled or paused.
+    pub next_fire: Option<String>,
+}
+
+/// Which steps run even when the cache holds their result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ForceSteps {
+    /// `"all"`.
+    All(AllSteps),
+    /// `["train", "evaluate"]`.
+    Steps(Vec<String>),
+}
+
+/// The word `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllSteps {
+    All,
+}
+
+/// `POST /api/pipelines/{name}/runs`: every field may be left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    /// Values over the file's defaults: strings, numbers or booleans, checked against each
+    /// parameter's type.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<ForceSteps>,
+    /// The run's logical date, `YYYY-MM-DD` (today by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+}
+
+impl StartRun {
+    /// The parameters as text, the form a pipeline's parameters are checked in.
+    pub fn param_texts(&self) -> BTreeMap<String, String> {
+        self.params
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    }
+}
+
+/// The answer to a started run (202).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Started {
+    pub pipeline: String,
+    pub run: u64,
+    /// Where the run's record is: `/api/pipeline-runs/{run}`.
+    pub status: String,
+}
+
+/// The answer to a cancel (202).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cancelling {
+    pub run: u64,
+    pub message: String,
+}
+
+/// The answer to `POST /api/pipelines/{name}/schedule/pause|resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleChanged {
+    pub pipeline: String,
+    pub paused: bool,
+    /// RFC 3339.
+    pub last_fire: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_run_reads_what_clients_send_and_refuses_the_rest() {
+        let s: StartRun =
+            serde_json::from_str(r#"{"params": {"rows": 5, "who": "x"}, "force": "all"}"#).unwrap();
+        assert_eq!(s.force, Some(ForceSteps::All(AllSteps::All)));
+        assert_eq!(s.param_texts()["rows"], "5");
+        let s: StartRun = serde_json::from_str(r#"{"force": ["train"]}"#).unwrap();
+        assert_eq!(s.force, Some(ForceSteps::Steps(vec!["train".into()])));
+        assert!(serde_json::from_str::<StartRun>(r#"{"force": "some"}"#).is_err());
+        assert!(serde_json::from_str::<StartRun>(r#"{"parms": {}}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<StartRun>("{}").unwrap(),
+            StartRun::default()
+        );
+    }
+}

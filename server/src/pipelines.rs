@@ -1,0 +1,364 @@
+//! The pipeline API of a server whose process runs pipelines (`kiln up`), and the drift watcher
+//! that starts a model's retraining pipeline on an alarm. The server knows pipelines only
+//! through [`PipelineControl`]; the binary implements it with the scheduler. Bodies are the
+//! types of [`kiln_core::wire::pipelines`].
+//!
+//! - `GET /api/pipelines`: the pipelines with their schedules;
+//! - `POST /api/pipelines/{name}/runs` ([`StartRun`]): start a run, 202 with its id;
+//! - `GET /api/pipeline-runs[?pipeline=&limit=]`, `GET /api/pipeline-runs/{id}`;
+//! - `GET /api/pipeline-runs/{id}/logs/{step}/{attempt}[?from=&bytes=]`;
+//! - `POST /api/pipeline-runs/{id}/cancel`, `POST /api/pipelines/{name}/schedule/pause|resume`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kiln_core::registry::{PipelineRun, PipelineRunState, RegistryError};
+use kiln_core::wire::pipelines::{Cancelling, PipelineInfo, ScheduleChanged, StartRun, Started};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Why a run did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// No pipeline of that name in this process (404).
+    UnknownPipeline(String),
+    /// The request or the pipeline file was refused: a parameter of the wrong type, a bad date,
+    /// a file with errors (400).
+    Refused(String),
+}
+
+/// What a server may do with the pipelines of its process.
+pub trait PipelineControl: Send + Sync {
+    /// The pipelines this process runs, with their schedules (reads the registry: call it on a
+    /// blocking thread).
+    fn pipelines(&self) -> Vec<PipelineInfo>;
+    /// Starts a run; its id once it is recorded. `trigger` says who asked (`api`, `ui`, `drift`).
+    fn start<'a>(
+        &'a self,
+        pipeline: &'a str,
+        request: StartRun,
+        trigger: &'static str,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, StartError>> + Send + 'a>>;
+    /// Cancels a run of this process; false when it does not run here.
+    fn cancel(&self, run: u64) -> bool;
+}
+
+/// The pipeline API's reads.
+pub(crate) fn reads() -> Router<AppState> {
+    Router::new()
+        .route("/api/pipelines", get(list_pipelines))
+        .route("/api/pipeline-runs", get(list_runs))
+        .route("/api/pipeline-runs/{id}", get(show_run))
+        .route(
+            "/api/pipeline-runs/{id}/logs/{step}/{attempt}",
+            get(step_log),
+        )
+}
+
+/// The pipeline API's changes.
+pub(crate) fn writes() -> Router<AppState> {
+    Router::new()
+        .route("/api/pipelines/{name}/runs", post(start_run))
+        .route("/api/pipeline-runs/{id}/cancel", post(cancel_run))
+        .route("/api/pipelines/{name}/schedule/{verb}", post(set_paused))
+}
+
+fn control(state: &AppState) -> Result<Arc<dyn PipelineControl>, ApiError> {
+    state.pipelines.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server runs no pipelines; `kiln up --pipeline FILE` does",
+        )
+    })
+}
+
+/// Runs registry and file work off the async workers.
+async fn off<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .map_err(internal)?
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn registry_error(e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+        other => internal(other),
+    }
+}
+
+async fn list_pipelines(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<PipelineInfo>>, ApiError> {
+    let control = control(&state)?;
+    off(&state, move |_| Ok(Json(control.pipelines()))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    pipeline: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<Vec<PipelineRun>>, ApiError> {
+    off(&state, move |s| {
+        let runs = s
+            .models
+            .registry()
+            .pipeline_runs(q.pipeline.as_deref(), q.limit.unwrap_or(20).min(1000))
+            .map_err(internal)?;
+        Ok(Json(runs))
+    })
+    .await
+}
+
+async fn show_run(
+    State(state): State<AppState>,
+    Path(id): Path<u64>,
+) -> Result<Json<PipelineRun>, ApiError> {
+    off(&state, move |s| {
+        Ok(Json(
+            s.models
+                .registry()
+                .pipeline_run(id)
+                .map_err(registry_error)?,
+        ))
+    })
+    .await
+}
+
+/// The most of a log one request reads (`?bytes=`); the last 64 KiB unless asked.
+const LOG_BYTES_DEFAULT: u64 = 64 << 10;
+const LOG_BYTES_MOST: u64 = 16 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    /// The first byte to read; the log's end when absent.
+    from: Option<u64>,
+    bytes: Option<u64>,
+}
+
+/// A step's log: the last 64 KiB, or `?from=OFFSET&bytes=N` (at most 16 MiB); `X-Log-Size` is
+/// the whole log's size and `X-Log-Start` where this part starts.
+async fn step_log(
+    State(state): State<AppState>,
+    Path((id, step, attempt)): Path<(u64, String, usize)>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let max = q.bytes.unwrap_or(LOG_BYTES_DEFAULT);
+    if max > LOG_BYTES_MOST {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bytes={max}: one request reads at most {LOG_BYTES_MOST} bytes of a log; read it in parts with from="
+            ),
+        ));
+    }
+    off(&state, move |s| {
+        let part = s
+            .models
+            .registry()
+            .step_log(id, &step, attempt, q.from, max)
+            .map_err(registry_error)?;
+        Ok((
+            [
+                ("content-type", "text/plain; charset=utf-8".to_string()),
+                ("x-log-size", part.size.to_string()),
+                ("x-log-start", part.start.to_string()),
+            ],
+            part.text,
+        )
+            .into_response())
+    })
+    .await
+}
+
+async fn start_run(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let control = control(&state)?;
+    let start: StartRun = if body.is_empty() {
+        StartRun::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "malformed run request: {e} (it takes `params`, `force` (\"all\" or step ids) and `date`)"
+            ))
+        })?
+    };
+    match control.start(&name, start, "api").await {
+        Ok(run) => Ok((
+            StatusCode::ACCEPTED,
+            Json(Started {
+                pipeline: name,
+                run,
+                status: format!("/api/pipeline-runs/{run}"),
+            }),
+        )
+            .into_response()),
+        Err(StartError::UnknownPipeline(m)) => Err(ApiError::new(StatusCode::NOT_FOUND, m)),
+        Err(StartError::Refused(m)) => Err(ApiError::bad_request(m)),
+    }
+}
+
+async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    let control = control(&state)?;
+    off(&state, move |s| {
+        let run = s
+            .models
+            .registry()
+            .pipeline_run(id)
+            .map_err(registry_error)?;
+        if run.state != PipelineRunState::Running || !control.cancel(id) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("run {id} is not running (it {})", run.state.as_str()),
+            ));
+        }
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(Cancelling {
+                run: id,
+                message: format!("cancelling run {id}: its running steps are stopped"),
+            }),
+        )
+            .into_response())
+    })
+    .await
+}
+
+async fn set_paused(
+    State(state): State<AppState>,
+    Path((name, verb)): Path<(String, String)>,
+) -> Result<Json<ScheduleChanged>, ApiError> {
+    let paused = match verb.as_str() {
+        "pause" => true,
+        "resume" => false,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no schedule action `{other}`; use pause or resume"),
+            ));
+        }
+    };
+    off(&state, move |s| {
+        let registry = s.models.registry();
+        let mut schedule = registry
+            .schedule_state(&name)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("pipeline `{name}` has no schedule in this kiln"),
+                )
+            })?;
+        schedule.paused = paused;
+        registry.save_schedule_state(&schedule).map_err(internal)?;
+        Ok(Json(ScheduleChanged {
+            pipeline: name,
+            paused,
+            last_fire: schedule
+                .last_fire_ms
+                .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339())),
+        }))
+    })
+    .await
+}
+
+/// Watches served models' drift: on a new alarm (none at the check before) it starts the model's
+/// retraining pipeline and tells `notify` (the binary posts it to a webhook).
+pub struct DriftWatch {
+    pub models: Arc<crate::Models>,
+    pub control: Arc<dyn PipelineControl>,
+    /// Model → the pipeline that retrains it.
+    pub on_drift: BTreeMap<String, String>,
+    /// Gets `{"model", "alarms", "versions"}` for each new alarm.
+    pub notify: Option<Arc<dyn Fn(serde_json::Value) + Send + Sync>>,
+    pub every: Duration,
+}
+
+impl DriftWatch {
+    /// Checks every `every` until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut alarmed: BTreeMap<String, bool> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.every) => {}
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+            let models = self.models.clone();
+            let Ok(Ok(names)) = tokio::task::spawn_blocking(move || models.names()).await else {
+                continue;
+            };
+            for name in names {
+                let (models, model) = (self.models.clone(), name.clone());
+                let Ok(Ok(reports)) =
+                    tokio::task::spawn_blocking(move || models.drift(&model)).await
+                else {
+                    continue;
+                };
+                let features: Vec<String> = reports
+                    .iter()
+                    .flat_map(|r| r.alarms().into_iter().map(|f| f.feature.clone()))
+                    .collect();
+                let now = !features.is_empty();
+                let before = alarmed.insert(name.clone(), now).unwrap_or(false);
+                if !now || before {
+                    continue;
+                }
+                tracing::warn!(model = %name, ?features, "drift alarm");
+                if let Some(notify) = &self.notify {
+                    notify(
+                        serde_json::json!({"model": name, "alarms": features, "versions": reports}),
+                    );
+                }
+                if let Some(pipeline) = self.on_drift.get(&name) {
+                    match self
+                        .control
+                        .start(pipeline, StartRun::default(), "drift")
+                        .await
+                    {
+                        Ok(run) => {
+                            tracing::info!(%pipeline, run, model = %name, "retraining on drift")
+                        }
+                        Err(e) => tracing::error!(%pipeline, "retraining on drift: {e:?}"),
+                    }
+                }
+            }
+        }
+    }
+}
