@@ -206,6 +206,10 @@ fn served_predictions_equal_offline_predictions_over_every_protocol() {
         out.contains("champion") && out.contains("100%") && !out.contains("batching: up to"),
         "{out}"
     );
+    // The server's live drift windows, through the same client as every --server command.
+    let out = k.ok(&["monitor", "drift", "bc", "--server", url, "--json"]);
+    let live: Value = serde_json::from_str(&out).unwrap();
+    assert!(live[0]["rows"].as_u64().unwrap() >= 25, "{live}");
 
     assert_eq!(server.stop(), 0, "SIGTERM ends the server cleanly");
     // Afterwards the registry is free again and has the deployment.

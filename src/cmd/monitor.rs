@@ -2,7 +2,6 @@
 //! running server's windows (`--server`) or from the prediction log in `KILN_HOME`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
@@ -13,6 +12,7 @@ use kiln_server::runtime::{Column, Rows};
 
 use crate::Outcome;
 use crate::cmd::registry::Home;
+use crate::cmd::remote::{self, Server};
 use crate::ui::{self, num};
 
 #[derive(Debug, Subcommand)]
@@ -27,9 +27,10 @@ pub struct DriftArgs {
     /// The version to judge (default: the one `champion` points to).
     #[arg(long)]
     version: Option<u32>,
-    /// Ask a running `kiln serve` or `kiln up` for its live windows instead of reading the log.
-    #[arg(long, env = "KILN_SERVER")]
-    server: Option<String>,
+    /// Ask a running `kiln serve` or `kiln up` (`--server URL`, with `--token` when it protects
+    /// reads) for its live windows instead of reading the log.
+    #[command(flatten)]
+    server: Server,
     /// Rows of the log to judge, newest first (reading the log).
     #[arg(long, default_value_t = 10_000)]
     window: usize,
@@ -42,8 +43,8 @@ pub struct DriftArgs {
 
 pub fn run(home: &Home, command: MonitorCommand) -> Result<Outcome> {
     let MonitorCommand::Drift(args) = command;
-    let reports = match &args.server {
-        Some(url) => from_server(url, &args.model)?,
+    let reports = match &args.server.server {
+        Some(_) => from_server(&args.server, &args.model)?,
         None => vec![from_log(home, &args)?],
     };
     if args.json {
@@ -61,29 +62,19 @@ pub fn run(home: &Home, command: MonitorCommand) -> Result<Outcome> {
     })
 }
 
-fn from_server(url: &str, model: &str) -> Result<Vec<DriftReport>> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let url = format!("{}/api/models/{model}/drift", url.trim_end_matches('/'));
-    let mut response = agent
-        .get(&url)
-        .call()
-        .with_context(|| format!("calling {url}"))?;
-    let status = response.status();
-    let body: serde_json::Value = response
-        .body_mut()
-        .read_json()
-        .with_context(|| format!("reading the answer of {url}"))?;
-    if !status.is_success() {
-        bail!(
-            "{status}: {}",
-            body["error"].as_str().unwrap_or("the server refused")
-        );
-    }
-    serde_json::from_value(body["versions"].clone()).context("the server's drift report")
+/// A server's drift answer (`GET /api/models/{name}/drift`).
+#[derive(serde::Deserialize)]
+struct DriftAnswer {
+    versions: Vec<DriftReport>,
+}
+
+fn from_server(server: &Server, model: &str) -> Result<Vec<DriftReport>> {
+    let answer: DriftAnswer = remote::call(
+        server,
+        "GET",
+        &format!("/api/models/{}/drift", remote::url_part(model)),
+    )?;
+    Ok(answer.versions)
 }
 
 /// Replays the newest logged rows of a version through a fresh window.
