@@ -7,11 +7,14 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
-
-use kiln_core::registry::query::{Filter, OrderBy, RunSearch, run_json};
-use kiln_core::registry::{Batching, Deployment, Expect, Route, Stage, parse_run_id};
+use kiln_core::registry::query::{Filter, OrderBy, RunSearch};
+use kiln_core::registry::{BackupSummary, Deployment, Stage, parse_run_id};
+use kiln_core::wire::models::{
+    AliasChanged, DeleteAlias, DeploymentChanged, DeploymentEntry, DeploymentList, Expected,
+    LiveRoute, LiveShadow, LoadedVersion, ModelDetail, ModelList, ModelSummary, Promote, Promoted,
+    SetAlias, SetDeployment, VersionSummary,
+};
+use kiln_core::wire::runs::{RunDetail, RunEntry, RunPage, RunText};
 
 use crate::app::{AppState, body, parse_json};
 use crate::error::{ApiError, ServeError};
@@ -33,7 +36,7 @@ pub fn reads() -> Router<AppState> {
 async fn list_runs(
     State(state): State<AppState>,
     Query(q): Query<std::collections::BTreeMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunPage>, ApiError> {
     blocking(&state, move |models| {
         let bad = |what: &str, e: String| ServeError::BadInput(format!("`{what}`: {e}"));
         const KEYS: [&str; 6] = [
@@ -81,12 +84,16 @@ async fn list_runs(
             None => 50,
         };
         let views = models.registry().search_runs(&search)?;
-        let runs: Vec<Value> = views
-            .iter()
+        let total = views.len();
+        let runs = views
+            .into_iter()
             .take(limit)
-            .map(|v| json!({ "run": run_json(&v.run), "metrics": v.metrics }))
+            .map(|v| RunEntry {
+                run: RunText(v.run),
+                metrics: v.metrics,
+            })
             .collect();
-        Ok(Json(json!({ "runs": runs, "total": views.len() })))
+        Ok(Json(RunPage { runs, total }))
     })
     .await
 }
@@ -95,22 +102,21 @@ async fn list_runs(
 async fn show_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunDetail>, ApiError> {
     blocking(&state, move |models| {
         let registry = models.registry();
         let run = registry.run(parse_run_id(&id)?)?;
         let metrics = registry.latest_metrics(run.id)?;
-        let mut series = serde_json::Map::new();
+        let mut series = std::collections::BTreeMap::new();
         for k in metrics.keys() {
             let points = registry.metric_history(run.id, k, Some(40))?;
-            series.insert(
-                k.clone(),
-                json!(points.iter().map(|p| p.value).collect::<Vec<_>>()),
-            );
+            series.insert(k.clone(), points.iter().map(|p| p.value).collect());
         }
-        Ok(Json(
-            json!({ "run": run_json(&run), "metrics": metrics, "series": series }),
-        ))
+        Ok(Json(RunDetail {
+            run: RunText(run),
+            metrics,
+            series,
+        }))
     })
     .await
 }
@@ -118,14 +124,14 @@ async fn show_run(
 async fn show_drift(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     blocking(&state, move |models| {
         let reports = models.drift(&name)?;
         let alarms: Vec<String> = reports
             .iter()
             .flat_map(|r| r.alarms().into_iter().map(|f| f.feature.clone()))
             .collect();
-        Ok(Json(json!({
+        Ok(Json(serde_json::json!({
             "model": name,
             "sample": models.log_config().sample,
             "window": models.log_config().window,
@@ -153,7 +159,7 @@ pub fn writes() -> Router<AppState> {
 
 /// Takes a backup into the server's backup directory (`--backup-dir`), under a name of its
 /// time; the request names no path.
-async fn backup(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn backup(State(state): State<AppState>) -> Result<Json<BackupSummary>, ApiError> {
     let Some(dir) = state.config.backup_dir.clone() else {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
@@ -162,8 +168,7 @@ async fn backup(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     };
     let keep = state.config.backup_keep;
     blocking(&state, move |models| {
-        let summary = models.registry().backup_into(&dir, keep)?;
-        Ok(Json(json!(summary)))
+        Ok(Json(models.registry().backup_into(&dir, keep)?))
     })
     .await
 }
@@ -180,55 +185,62 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-fn live_json(live: &Live, models: &Models) -> Value {
+/// What serves a model now, as the API shows it.
+fn live_of(live: &Live, models: &Models) -> kiln_core::wire::models::Live {
     let metrics = models.metrics();
-    let routes: Vec<Value> = live
+    let routes = live
         .routes
         .iter()
-        .map(|r| {
-            json!({
-                "target": r.target,
-                "percent": r.percent,
-                "version": r.version.version,
-                "batching": r.batcher.is_some(),
-                "load_ms": r.version.load_time.as_secs_f64() * 1000.0,
-            })
+        .map(|r| LiveRoute {
+            target: r.target.clone(),
+            percent: r.percent,
+            version: r.version.version,
+            batching: r.batcher.is_some(),
+            load_ms: r.version.load_time.as_secs_f64() * 1000.0,
         })
         .collect();
     let shadow = live.shadow.as_ref().map(|s| {
         let labels = [s.model.as_str(), s.label.as_str()];
         let requests = metrics.shadow_requests.with_label_values(&labels).get();
         let agreements = metrics.shadow_agreements.with_label_values(&labels).get();
-        json!({
-            "target": live.deployment.shadow,
-            "version": s.version,
-            "requests": requests,
-            "agreements": agreements,
-            "agreement_rate": if requests == 0 { Value::Null } else { json!(agreements as f64 / requests as f64) },
-        })
+        LiveShadow {
+            target: live.deployment.shadow.clone(),
+            version: s.version,
+            requests,
+            agreements,
+            agreement_rate: (requests > 0).then(|| agreements as f64 / requests as f64),
+        }
     });
-    json!({ "routes": routes, "shadow": shadow, "batching": live.deployment.batching })
+    kiln_core::wire::models::Live {
+        routes,
+        shadow,
+        batching: live.deployment.batching,
+    }
 }
 
-async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+fn live_now(models: &Models, name: &str) -> Option<kiln_core::wire::models::Live> {
+    models.live(name).map(|l| live_of(&l, models))
+}
+
+async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
     blocking(&state, |models| {
         let mut out = Vec::new();
         for name in models.names()? {
             let registry = models.registry();
             let model = registry.model(&name)?;
             let versions = registry.versions(&name)?;
-            out.push(json!({
-                "name": name,
-                "description": model.description,
-                "created_ms": model.created_ms,
-                "versions": versions.len(),
-                "latest_version": versions.last().map(|v| v.version),
-                "aliases": registry.aliases(&name)?,
-                "live": models.live(&name).map(|l| live_json(&l, models)),
-                "problem": models.problem(&name),
-            }));
+            out.push(ModelSummary {
+                description: model.description,
+                created_ms: model.created_ms,
+                versions: versions.len(),
+                latest_version: versions.last().map(|v| v.version),
+                aliases: registry.aliases(&name)?,
+                live: live_now(models, &name),
+                problem: models.problem(&name),
+                name,
+            });
         }
-        Ok(Json(json!({ "models": out })))
+        Ok(Json(ModelList { models: out }))
     })
     .await
 }
@@ -236,34 +248,34 @@ async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
 async fn show_model(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelDetail>, ApiError> {
     blocking(&state, move |models| {
         models.require(&name)?;
         let registry = models.registry();
         let model = registry.model(&name)?;
-        let versions: Vec<Value> = registry
+        let versions = registry
             .versions(&name)?
-            .iter()
+            .into_iter()
             .map(|v| {
-                Ok(json!({
-                    "version": v.version,
-                    "created_ms": v.created_ms,
-                    "run_id": kiln_core::registry::run_id_text(v.run_id),
-                    "stage": registry.stage(&name, v.version)?.to_string(),
-                    "metrics": v.metrics,
-                    "description": v.description,
-                }))
+                Ok(VersionSummary {
+                    version: v.version,
+                    created_ms: v.created_ms,
+                    run_id: kiln_core::registry::run_id_text(v.run_id),
+                    stage: registry.stage(&name, v.version)?.to_string(),
+                    metrics: v.metrics,
+                    description: v.description,
+                })
             })
             .collect::<Result<_, ServeError>>()?;
-        Ok(Json(json!({
-            "name": name,
-            "description": model.description,
-            "versions": versions,
-            "aliases": registry.aliases(&name)?,
-            "deployment": registry.deployment(&name)?,
-            "live": models.live(&name).map(|l| live_json(&l, models)),
-            "problem": models.problem(&name),
-        })))
+        Ok(Json(ModelDetail {
+            description: model.description,
+            versions,
+            aliases: registry.aliases(&name)?,
+            deployment: registry.deployment(&name)?,
+            live: live_now(models, &name),
+            problem: models.problem(&name),
+            name,
+        }))
     })
     .await
 }
@@ -271,56 +283,51 @@ async fn show_model(
 async fn show_deployment(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deployment>, ApiError> {
     blocking(&state, move |models| {
         models.require(&name)?;
-        Ok(Json(json!(models.registry().deployment(&name)?)))
+        Ok(Json(models.registry().deployment(&name)?))
     })
     .await
 }
 
-async fn list_deployments(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list_deployments(State(state): State<AppState>) -> Result<Json<DeploymentList>, ApiError> {
     blocking(&state, |models| {
-        let mut out = Vec::new();
+        let mut deployments = Vec::new();
         for name in models.names()? {
-            out.push(json!({
-                "model": name,
-                "deployment": models.registry().deployment(&name)?,
-                "live": models.live(&name).map(|l| live_json(&l, models)),
-                "problem": models.problem(&name),
-            }));
+            deployments.push(DeploymentEntry {
+                deployment: models.registry().deployment(&name)?,
+                live: live_now(models, &name),
+                problem: models.problem(&name),
+                model: name,
+            });
         }
-        let loaded: Vec<Value> = models
+        let loaded = models
             .loaded()
-            .iter()
-            .map(|(m, v, t)| json!({ "model": m, "version": v, "load_ms": t.as_secs_f64() * 1000.0 }))
+            .into_iter()
+            .map(|(model, version, t)| LoadedVersion {
+                model,
+                version,
+                load_ms: t.as_secs_f64() * 1000.0,
+            })
             .collect();
-        Ok(Json(json!({ "deployments": out, "loaded": loaded })))
+        Ok(Json(DeploymentList {
+            deployments,
+            loaded,
+        }))
     })
     .await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeploymentBody {
-    routes: Vec<Route>,
-    #[serde(default)]
-    shadow: Option<String>,
-    #[serde(default)]
-    batching: Option<Batching>,
-    #[serde(default)]
-    by: Option<String>,
 }
 
 async fn set_deployment(
     State(state): State<AppState>,
     Path(name): Path<String>,
     bytes: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeploymentChanged>, ApiError> {
     let bytes = body(bytes, state.config.max_body)?;
     let actor = state.config.actor.clone();
     blocking(&state, move |models| {
-        let b: DeploymentBody = parse_json(&bytes)?;
+        let b: SetDeployment = parse_json(&bytes)?;
         models.require(&name)?;
         let d = models.registry().set_deployment(
             Deployment {
@@ -337,10 +344,11 @@ async fn set_deployment(
         if let Some(problem) = models.problem(&name) {
             return Err(ServeError::Load(problem));
         }
-        Ok(Json(json!({
-            "deployment": d,
-            "live": models.live(&name).map(|l| live_json(&l, models)),
-        })))
+        Ok(Json(DeploymentChanged {
+            deployment: d,
+            live: live_now(models, &name),
+            problem: None,
+        }))
     })
     .await
 }
@@ -348,100 +356,58 @@ async fn set_deployment(
 async fn reset_deployment(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeploymentChanged>, ApiError> {
     blocking(&state, move |models| {
         models.require(&name)?;
         models.registry().reset_deployment(&name)?;
         models.reconcile(&name);
-        Ok(Json(json!({
-            "deployment": models.registry().deployment(&name)?,
-            "live": models.live(&name).map(|l| live_json(&l, models)),
-            "problem": models.problem(&name),
-        })))
+        Ok(Json(DeploymentChanged {
+            deployment: models.registry().deployment(&name)?,
+            live: live_now(models, &name),
+            problem: models.problem(&name),
+        }))
     })
     .await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AliasBody {
-    version: u32,
-    /// A version number, or `"none"` (the alias must not exist yet).
-    #[serde(default)]
-    expect: Option<Value>,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    by: Option<String>,
-}
-
-fn expect_of(v: &Option<Value>) -> Result<Expect, ServeError> {
-    Ok(match v {
-        None | Some(Value::Null) => Expect::Any,
-        Some(Value::String(s)) if s == "none" => Expect::Absent,
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v <= u64::from(u32::MAX)) => {
-            Expect::Version(n.as_u64().unwrap_or_default() as u32)
-        }
-        Some(other) => {
-            return Err(ServeError::BadInput(format!(
-                "`expect` must be a version number or \"none\", not {other}"
-            )));
-        }
-    })
 }
 
 async fn set_alias(
     State(state): State<AppState>,
     Path((name, alias)): Path<(String, String)>,
     bytes: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AliasChanged>, ApiError> {
     let bytes = body(bytes, state.config.max_body)?;
     let actor = state.config.actor.clone();
     blocking(&state, move |models| {
-        let b: AliasBody = parse_json(&bytes)?;
+        let b: SetAlias = parse_json(&bytes)?;
         models.require(&name)?;
         let e = models.registry().set_alias(
             &name,
             &alias,
             b.version,
-            expect_of(&b.expect)?,
+            Expected::expect(b.expect),
             &b.by.unwrap_or(actor),
             &b.reason,
         )?;
         models.reconcile(&name);
-        Ok(Json(json!({
-            "event": e,
-            "live": models.live(&name).map(|l| live_json(&l, models)),
-        })))
+        Ok(Json(AliasChanged {
+            event: e,
+            live: live_now(models, &name),
+            problem: models.problem(&name),
+        }))
     })
     .await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChangeBody {
-    #[serde(default)]
-    expect: Option<Value>,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    by: Option<String>,
 }
 
 async fn delete_alias(
     State(state): State<AppState>,
     Path((name, alias)): Path<(String, String)>,
     bytes: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AliasChanged>, ApiError> {
     let bytes = body(bytes, state.config.max_body)?;
     let actor = state.config.actor.clone();
     blocking(&state, move |models| {
-        let b: ChangeBody = if bytes.is_empty() {
-            ChangeBody {
-                expect: None,
-                reason: String::new(),
-                by: None,
-            }
+        let b: DeleteAlias = if bytes.is_empty() {
+            DeleteAlias::default()
         } else {
             parse_json(&bytes)?
         };
@@ -449,42 +415,29 @@ async fn delete_alias(
         let e = models.registry().delete_alias(
             &name,
             &alias,
-            expect_of(&b.expect)?,
+            Expected::expect(b.expect),
             &b.by.unwrap_or(actor),
             &b.reason,
         )?;
         models.reconcile(&name);
-        Ok(Json(
-            json!({ "event": e, "problem": models.problem(&name) }),
-        ))
+        Ok(Json(AliasChanged {
+            event: e,
+            live: live_now(models, &name),
+            problem: models.problem(&name),
+        }))
     })
     .await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PromoteBody {
-    version: u32,
-    /// `production` (default) or `staging`.
-    #[serde(default)]
-    to: Option<String>,
-    #[serde(default)]
-    expect: Option<Value>,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    by: Option<String>,
 }
 
 async fn promote(
     State(state): State<AppState>,
     Path(name): Path<String>,
     bytes: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Promoted>, ApiError> {
     let bytes = body(bytes, state.config.max_body)?;
     let actor = state.config.actor.clone();
     blocking(&state, move |models| {
-        let b: PromoteBody = parse_json(&bytes)?;
+        let b: Promote = parse_json(&bytes)?;
         let stage = match b.to.as_deref() {
             None | Some("production") => Stage::Production,
             Some("staging") => Stage::Staging,
@@ -500,12 +453,15 @@ async fn promote(
             &name,
             alias,
             b.version,
-            expect_of(&b.expect)?,
+            Expected::expect(b.expect),
             &b.by.unwrap_or(actor),
             &b.reason,
         )?;
         models.reconcile(&name);
-        Ok(Json(json!({ "event": e, "stage": stage.to_string() })))
+        Ok(Json(Promoted {
+            event: e,
+            stage: stage.to_string(),
+        }))
     })
     .await
 }

@@ -49,18 +49,24 @@ pub fn run(home: &Home, command: RegistryCommand) -> Result<Outcome> {
                     "with --server the running kiln writes the backup into its own --backup-dir; drop {} or --server",
                     dir.display()
                 ),
-                (Some(_), None) => {
-                    let v: serde_json::Value =
-                        remote::call(&server, "POST", "/api/registry/backups")?;
-                    print_backup_json_or_text(&v, json);
-                    return Ok(Outcome::Ok);
-                }
+                (Some(_), None) => remote::call(&server, "POST", "/api/registry/backups")?,
                 (None, None) => bail!(
                     "give the directory to write the backup to (`kiln registry backup DIR`), or --server URL for a running kiln"
                 ),
                 (None, Some(dir)) => open(home)?.backup(&dir)?,
             };
-            print_backup_json_or_text(&serde_json::to_value(&summary)?, json);
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!(
+                    "backed up {} records in {} trees and {} artifacts ({} bytes) to {}",
+                    summary.records,
+                    summary.trees,
+                    summary.artifacts,
+                    summary.bytes,
+                    summary.dir.display()
+                );
+            }
             Ok(Outcome::Ok)
         }
         RegistryCommand::Restore { from: dir, json } => {
@@ -114,19 +120,4 @@ fn open(home: &Home) -> Result<Registry> {
         ),
         other => other.into(),
     })
-}
-
-fn print_backup_json_or_text(v: &serde_json::Value, json: bool) {
-    if json {
-        println!("{v}");
-    } else {
-        println!(
-            "backed up {} records in {} trees and {} artifacts ({} bytes) to {}",
-            v["records"],
-            v["trees"],
-            v["artifacts"],
-            v["bytes"],
-            v["dir"].as_str().unwrap_or("?")
-        );
-    }
 }

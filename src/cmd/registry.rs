@@ -5,10 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use kiln_core::registry::query::{Filter, OrderBy, RunSearch, RunView, run_from_json, run_json};
+use kiln_core::registry::query::{Filter, OrderBy, RunSearch, RunView, run_json};
 use kiln_core::registry::{
     Expect, Lineage, MetricPoint, NewRun, Registry, RunStatus, Stage, parse_run_id, run_id_text,
 };
+use kiln_core::wire::models::{
+    AliasChanged, Expected, ModelDetail, ModelList, Promote, Promoted, SetAlias,
+};
+use kiln_core::wire::runs::{RunDetail, RunPage};
 use serde::Serialize;
 
 use crate::Outcome;
@@ -284,12 +288,8 @@ impl Change {
         })
     }
     /// `--expect` as the API takes it.
-    fn expect_json(&self) -> Result<serde_json::Value> {
-        Ok(match self.expect()? {
-            Expect::Any => serde_json::Value::Null,
-            Expect::Absent => serde_json::json!("none"),
-            Expect::Version(v) => serde_json::json!(v),
-        })
+    fn expected(&self) -> Result<Option<Expected>> {
+        Ok(Expected::of(self.expect()?))
     }
     fn by(&self) -> String {
         self.by
@@ -590,14 +590,6 @@ fn print_compare(views: &[RunView], runs: &[String], json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A run and its latest metrics as the runs API answers them.
-fn view_from_json(v: &serde_json::Value) -> Result<RunView> {
-    Ok(RunView {
-        run: run_from_json(v["run"].clone())?,
-        metrics: serde_json::from_value(v["metrics"].clone())?,
-    })
-}
-
 /// `runs list|show|compare` through a running server's API, when `--server` is given.
 fn runs_over_http(command: &RunsCommand) -> Result<Option<Outcome>> {
     match command {
@@ -624,38 +616,39 @@ fn runs_over_http(command: &RunsCommand) -> Result<Option<Outcome>> {
                     query.push(format!("{key}={}", remote::url_part(v)));
                 }
             }
-            let answer: serde_json::Value =
+            let page: RunPage =
                 remote::call(server, "GET", &format!("/api/runs?{}", query.join("&")))?;
-            let views = answer["runs"]
-                .as_array()
+            let views: Vec<RunView> = page
+                .runs
                 .into_iter()
-                .flatten()
-                .map(view_from_json)
-                .collect::<Result<Vec<_>>>()?;
-            let total = answer["total"].as_u64().unwrap_or(0) as usize;
-            print_run_list(&views, total, *json)?;
+                .map(|e| RunView {
+                    run: e.run.0,
+                    metrics: e.metrics,
+                })
+                .collect();
+            print_run_list(&views, page.total, *json)?;
             Ok(Some(Outcome::Ok))
         }
         RunsCommand::Compare { runs, json, server } if server.server.is_some() => {
             let mut views = Vec::new();
             for r in runs {
-                let answer: serde_json::Value =
+                let detail: RunDetail =
                     remote::call(server, "GET", &format!("/api/runs/{}", remote::url_part(r)))?;
-                views.push(view_from_json(&answer)?);
+                views.push(RunView {
+                    run: detail.run.0,
+                    metrics: detail.metrics,
+                });
             }
             print_compare(&views, runs, *json)?;
             Ok(Some(Outcome::Ok))
         }
         RunsCommand::Show { run, json, server } if server.server.is_some() => {
-            let answer: serde_json::Value = remote::call(
+            let detail: RunDetail = remote::call(
                 server,
                 "GET",
                 &format!("/api/runs/{}", remote::url_part(run)),
             )?;
-            let run = run_from_json(answer["run"].clone())?;
-            let metrics = serde_json::from_value(answer["metrics"].clone())?;
-            let series = serde_json::from_value(answer["series"].clone())?;
-            print_run(&run, &metrics, &series, *json)?;
+            print_run(&detail.run.0, &detail.metrics, &detail.series, *json)?;
             Ok(Some(Outcome::Ok))
         }
         _ => Ok(None),
@@ -880,20 +873,19 @@ fn print_versions(versions: &[VersionLine], aliases: &BTreeMap<String, u32>) {
 fn models_over_http(command: &ModelsCommand) -> Result<Option<Outcome>> {
     match command {
         ModelsCommand::List { json, server } if server.server.is_some() => {
-            let answer: serde_json::Value = remote::call(server, "GET", "/api/models")?;
+            let answer: ModelList = remote::call(server, "GET", "/api/models")?;
             if *json {
                 ui::print_json(&answer)?;
                 return Ok(Some(Outcome::Ok));
             }
-            let lines: Vec<ModelLine> = answer["models"]
-                .as_array()
+            let lines: Vec<ModelLine> = answer
+                .models
                 .into_iter()
-                .flatten()
                 .map(|m| ModelLine {
-                    name: m["name"].as_str().unwrap_or_default().to_string(),
-                    versions: m["versions"].as_u64().unwrap_or(0) as usize,
-                    aliases: serde_json::from_value(m["aliases"].clone()).unwrap_or_default(),
-                    created_ms: m["created_ms"].as_i64().unwrap_or(0),
+                    name: m.name,
+                    versions: m.versions,
+                    aliases: m.aliases,
+                    created_ms: m.created_ms,
                 })
                 .collect();
             print_models(&lines);
@@ -903,7 +895,7 @@ fn models_over_http(command: &ModelsCommand) -> Result<Option<Outcome>> {
         | ModelsCommand::Versions { name, json, server }
             if server.server.is_some() =>
         {
-            let answer: serde_json::Value = remote::call(
+            let answer: ModelDetail = remote::call(
                 server,
                 "GET",
                 &format!("/api/models/{}", remote::url_part(name)),
@@ -912,24 +904,22 @@ fn models_over_http(command: &ModelsCommand) -> Result<Option<Outcome>> {
                 ui::print_json(&answer)?;
                 return Ok(Some(Outcome::Ok));
             }
-            let versions: Vec<VersionLine> = answer["versions"]
-                .as_array()
+            let versions: Vec<VersionLine> = answer
+                .versions
                 .into_iter()
-                .flatten()
                 .map(|v| VersionLine {
-                    version: v["version"].as_u64().unwrap_or(0) as u32,
-                    stage: v["stage"]
-                        .as_str()
-                        .filter(|s| *s != Stage::None.to_string())
-                        .unwrap_or_default()
-                        .to_string(),
-                    run: v["run_id"].as_str().unwrap_or_default().to_string(),
-                    created_ms: v["created_ms"].as_i64().unwrap_or(0),
-                    metrics: serde_json::from_value(v["metrics"].clone()).unwrap_or_default(),
+                    version: v.version,
+                    stage: if v.stage == Stage::None.to_string() {
+                        String::new()
+                    } else {
+                        v.stage
+                    },
+                    run: v.run_id,
+                    created_ms: v.created_ms,
+                    metrics: v.metrics,
                 })
                 .collect();
-            let aliases = serde_json::from_value(answer["aliases"].clone()).unwrap_or_default();
-            print_versions(&versions, &aliases);
+            print_versions(&versions, &answer.aliases);
             Ok(Some(Outcome::Ok))
         }
         ModelsCommand::Promote {
@@ -939,29 +929,30 @@ fn models_over_http(command: &ModelsCommand) -> Result<Option<Outcome>> {
             change,
             server,
         } if server.server.is_some() => {
-            let expect = change.expect_json()?;
             let stage = match to {
                 StageArg::Production => "production",
                 StageArg::Staging => "staging",
             };
-            let answer: serde_json::Value = remote::call_with(
+            let body = Promote {
+                version: *version,
+                to: Some(stage.to_string()),
+                expect: change.expected()?,
+                reason: change.reason.clone(),
+                by: Some(change.by()),
+            };
+            let answer: Promoted = remote::call_with(
                 server,
                 "POST",
                 &format!("/api/models/{}/promote", remote::url_part(name)),
-                Some(&serde_json::json!({
-                    "version": version,
-                    "to": stage,
-                    "expect": expect,
-                    "reason": change.reason,
-                    "by": change.by(),
-                })),
+                Some(&serde_json::to_value(&body)?),
             )?;
-            let from = answer["event"]["from"]
-                .as_u64()
+            let from = answer
+                .event
+                .from
                 .map_or("none".to_string(), |v| format!("version {v}"));
             println!(
                 "{name} version {version} is now in {} (was {from})",
-                answer["stage"].as_str().unwrap_or(stage)
+                answer.stage
             );
             Ok(Some(Outcome::Ok))
         }
@@ -972,7 +963,13 @@ fn models_over_http(command: &ModelsCommand) -> Result<Option<Outcome>> {
             change,
             server,
         }) if server.server.is_some() => {
-            let answer: serde_json::Value = remote::call_with(
+            let body = SetAlias {
+                version: *version,
+                expect: change.expected()?,
+                reason: change.reason.clone(),
+                by: Some(change.by()),
+            };
+            let answer: AliasChanged = remote::call_with(
                 server,
                 "PUT",
                 &format!(
@@ -980,18 +977,11 @@ fn models_over_http(command: &ModelsCommand) -> Result<Option<Outcome>> {
                     remote::url_part(name),
                     remote::url_part(alias)
                 ),
-                Some(&serde_json::json!({
-                    "version": version,
-                    "expect": change.expect_json()?,
-                    "reason": change.reason,
-                    "by": change.by(),
-                })),
+                Some(&serde_json::to_value(&body)?),
             )?;
             println!(
                 "{name}@{alias}: {} → {version}",
-                answer["event"]["from"]
-                    .as_u64()
-                    .map_or("none".into(), |v| v.to_string())
+                answer.event.from.map_or("none".into(), |v| v.to_string())
             );
             Ok(Some(Outcome::Ok))
         }

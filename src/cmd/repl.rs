@@ -311,7 +311,7 @@ impl Session {
     fn use_model(&mut self, spec: &str) -> Result<()> {
         let name = spec.split(['@', ':']).next().unwrap_or(spec);
         if let Some(server) = self.remote() {
-            let _: serde_json::Value = remote::call(
+            let _: kiln_core::wire::models::ModelDetail = remote::call(
                 &server,
                 "GET",
                 &format!("/api/models/{}", remote::url_part(name)),
@@ -576,13 +576,12 @@ impl Shell for Session {
             ("runs", "show" | "compare" | "delete" | "end" | "log" | "artifact") => {
                 if let Some(server) = self.remote() {
                     // The newest runs the server knows.
-                    if let Ok(answer) =
-                        remote::call::<serde_json::Value>(&server, "GET", "/api/runs?limit=200")
-                    {
-                        let runs = answer["runs"].as_array().into_iter().flatten();
-                        out.extend(
-                            runs.filter_map(|r| r["run"]["id"].as_str().map(str::to_string)),
-                        );
+                    if let Ok(page) = remote::call::<kiln_core::wire::runs::RunPage>(
+                        &server,
+                        "GET",
+                        "/api/runs?limit=200",
+                    ) {
+                        out.extend(page.runs.iter().map(|e| run_id_text(e.run.0.id)));
                     }
                 } else if let Ok(reg) = self.registry()
                     && let Ok(runs) = reg.runs(None)
@@ -607,18 +606,17 @@ impl Session {
     fn model_candidates(&self, partial: &str) -> Vec<String> {
         if let Some(server) = self.remote() {
             // The server's models, each as NAME and NAME@ALIAS.
-            let Ok(answer) = remote::call::<serde_json::Value>(&server, "GET", "/api/models")
+            let Ok(list) =
+                remote::call::<kiln_core::wire::models::ModelList>(&server, "GET", "/api/models")
             else {
                 return Vec::new();
             };
             let mut out = Vec::new();
-            for m in answer["models"].as_array().into_iter().flatten() {
-                let name = m["name"].as_str().unwrap_or_default();
+            for m in list.models {
                 if partial.contains('@') {
-                    let aliases = m["aliases"].as_object().into_iter().flatten();
-                    out.extend(aliases.map(|(a, _)| format!("{name}@{a}")));
+                    out.extend(m.aliases.keys().map(|a| format!("{}@{a}", m.name)));
                 } else {
-                    out.push(name.to_string());
+                    out.push(m.name);
                 }
             }
             return out;

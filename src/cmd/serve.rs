@@ -351,19 +351,24 @@ pub fn deploy(home: &Home, args: DeployArgs) -> Result<Outcome> {
     let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let stored: serde_json::Value = match &args.server.server {
         Some(_) => {
-            let body = serde_json::json!({
-                "routes": deployment.routes,
-                "shadow": deployment.shadow,
-                "batching": deployment.batching,
-                "by": by,
-            });
-            let answer: serde_json::Value = remote::call_with(
-                &args.server,
-                if args.reset { "DELETE" } else { "PUT" },
-                &format!("/api/models/{}/deployment", remote::url_part(&args.name)),
-                Some(&body),
-            )?;
-            answer["deployment"].clone()
+            let body = kiln_core::wire::models::SetDeployment {
+                routes: deployment.routes,
+                shadow: deployment.shadow,
+                batching: deployment.batching,
+                by: Some(by),
+            };
+            let path = format!("/api/models/{}/deployment", remote::url_part(&args.name));
+            let answer: kiln_core::wire::models::DeploymentChanged = if args.reset {
+                remote::call(&args.server, "DELETE", &path)?
+            } else {
+                remote::call_with(
+                    &args.server,
+                    "PUT",
+                    &path,
+                    Some(&serde_json::to_value(&body)?),
+                )?
+            };
+            serde_json::to_value(&answer.deployment)?
         }
         None => {
             let reg = home.open_registry()?;

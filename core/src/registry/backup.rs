@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use super::{Registry, RegistryError};
 
-/// What a backup holds.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// What a backup holds (also the answer of `POST /api/registry/backups`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BackupSummary {
     pub dir: PathBuf,
     pub trees: usize,
