@@ -1,0 +1,111 @@
+//! Who may act: the token check of UI actions, the login session (a random id in an HttpOnly
+//! cookie, never the token) and logout.
+
+use super::*;
+
+/// Whether a browser request carries the token (cookie or header), when one is set.
+pub(super) fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(token) = &state.config.token else {
+        return Ok(());
+    };
+    let from_cookie =
+        crate::guard::session_cookie(headers).is_some_and(|id| state.sessions.valid(&id));
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| crate::app::same(t, token));
+    if from_cookie || from_header {
+        Ok(())
+    } else {
+        Err(error_page(
+            StatusCode::UNAUTHORIZED,
+            "this action needs the server's token; log in at /ui/login",
+        ))
+    }
+}
+
+pub(super) fn back(to: &str, done: Result<String, String>) -> Response {
+    let (key, text) = match done {
+        Ok(t) => ("done", t),
+        Err(t) => ("error", t),
+    };
+    Redirect::to(&format!("{to}?{key}={}", url(&text))).into_response()
+}
+
+pub(super) async fn login_page(State(state): State<AppState>) -> Html<String> {
+    let note = if state.config.token.is_some() {
+        "Actions (promote, split, pipeline runs) need the server's token. A login lasts 12 hours and opens this web UI only; scripts send the token as `Authorization: Bearer`."
+    } else {
+        "This server has no token: every action is open."
+    };
+    page(
+        "Log in",
+        "",
+        &format!(
+            "<h1>Log in</h1><p>{note}</p><form method=\"post\" action=\"/ui/login\"><label for=\"token\">token</label> \
+             <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\"> <button type=\"submit\">Log in</button></form>\
+             <form method=\"post\" action=\"/ui/logout\"><button type=\"submit\">Log out</button></form>"
+        ),
+    )
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginForm {
+    token: String,
+}
+
+pub(super) async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
+    let Some(token) = &state.config.token else {
+        return Redirect::to("/ui/models").into_response();
+    };
+    if let Some(wait) = state.sessions.login_wait() {
+        let mut r = error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "too many wrong tokens; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        )
+        .into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    if !crate::app::same(&f.token, token) {
+        state.sessions.login_failed();
+        return error_page(StatusCode::UNAUTHORIZED, "that is not the server's token")
+            .into_response();
+    }
+    let id = state.sessions.open();
+    (
+        [(
+            header::SET_COOKIE,
+            format!(
+                "{}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
+                crate::guard::SESSION_COOKIE,
+                crate::guard::SESSION_LIFETIME.as_secs()
+            ),
+        )],
+        Redirect::to("/ui/models"),
+    )
+        .into_response()
+}
+
+pub(super) async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(id) = crate::guard::session_cookie(&headers) {
+        state.sessions.close(&id);
+    }
+    (
+        [(
+            header::SET_COOKIE,
+            format!(
+                "{}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0",
+                crate::guard::SESSION_COOKIE
+            ),
+        )],
+        Redirect::to("/ui/login"),
+    )
+        .into_response()
+}
