@@ -39,7 +39,17 @@ impl StepRunner for Nothing {
     }
 }
 
+const INGEST: &[kiln_scheduler::ComponentSpec] = &[kiln_scheduler::ComponentSpec {
+    name: "ingest",
+    args: &[kiln_scheduler::pipeline::Arg::required("path")],
+    outputs: &[],
+}];
+
 impl Components for Nothing {
+    fn catalogue(&self) -> &'static [kiln_scheduler::ComponentSpec] {
+        INGEST
+    }
+
     fn run(&self, _call: &ComponentCall) -> Result<BTreeMap<String, String>, ComponentError> {
         Ok(BTreeMap::new())
     }
@@ -68,7 +78,7 @@ fn bench(c: &mut Criterion) {
     };
     for wide in [true, false] {
         let shape = if wide { "wide" } else { "deep" };
-        let p = kiln_scheduler::parse(&dag(wide, "run = \"true\""))
+        let p = kiln_scheduler::parse_with(&dag(wide, "run = \"true\""), Nothing.catalogue())
             .pipeline
             .unwrap();
         g.bench_with_input(BenchmarkId::new("executor", shape), &p, |b, p| {

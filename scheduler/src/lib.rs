@@ -9,4 +9,6 @@ pub mod schedule;
 pub mod service;
 pub mod shell;
 
-pub use crate::pipeline::{Diagnostic, Parsed, Pipeline, Severity, levels, parse};
+pub use crate::pipeline::{
+    ComponentSpec, Diagnostic, Parsed, Pipeline, Severity, levels, parse, parse_with,
+};

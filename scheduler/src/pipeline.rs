@@ -142,54 +142,58 @@ impl Parsed {
     }
 }
 
-/// The built-in components, mirroring TFX's, and the arguments each takes (required first,
-/// marked with `!`).
-pub const COMPONENTS: &[(&str, &[&str])] = &[
-    ("ingest", &["!path", "format", "delimiter"]),
-    ("statistics", &["!data"]),
-    ("validate", &["!data", "schema", "fail_on"]),
-    ("transform", &["!data", "!spec"]),
-    (
-        "train",
-        &[
-            "!data",
-            "!target",
-            "model",
-            "hidden",
-            "epochs",
-            "lr",
-            "batch_size",
-            "optimizer",
-            "weight_decay",
-            "dropout",
-            "patience",
-            "seed",
-            "device",
-            "spec",
-            "experiment",
-            "activation",
-            "momentum",
-            "schedule",
-            "test_fraction",
-            "validation_fraction",
-            "task",
-        ],
-    ),
-    ("tune", &["!data", "!target", "!sweep", "experiment"]),
-    (
-        "evaluate",
-        &[
-            "!model",
-            "!data",
-            "baseline",
-            "metric",
-            "thresholds",
-            "min_improvement",
-        ],
-    ),
-    ("infra-validate", &["!model", "requests"]),
-    ("push", &["!model", "!name", "alias", "blessing"]),
-];
+/// One argument a component takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Arg {
+    pub name: &'static str,
+    pub required: bool,
+    /// It names a file or directory (relative to the pipeline file's directory), which must
+    /// exist unless a template fills it in.
+    pub path: bool,
+}
+
+impl Arg {
+    pub const fn required(name: &'static str) -> Arg {
+        Arg {
+            name,
+            required: true,
+            path: false,
+        }
+    }
+
+    pub const fn optional(name: &'static str) -> Arg {
+        Arg {
+            name,
+            required: false,
+            path: false,
+        }
+    }
+
+    /// The same argument, naming a file or directory.
+    pub const fn path(self) -> Arg {
+        Arg { path: true, ..self }
+    }
+}
+
+/// What a component is, as its implementation declares it: its name, the arguments it takes
+/// and the values it reports. The parser checks `uses` steps against these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ComponentSpec {
+    pub name: &'static str,
+    pub args: &'static [Arg],
+    /// The values it reports; a name ending in `*` stands for every name with that prefix.
+    pub outputs: &'static [&'static str],
+}
+
+impl ComponentSpec {
+    /// Whether the component reports a value `name`.
+    pub fn reports(&self, name: &str) -> bool {
+        self.outputs.iter().any(|o| match o.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => *o == name,
+        })
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,8 +281,13 @@ impl Findings<'_> {
     }
 }
 
-/// Parses a pipeline file's text.
+/// Parses a pipeline file's text whose `run` steps are all it has (no component is known).
 pub fn parse(text: &str) -> Parsed {
+    parse_with(text, &[])
+}
+
+/// Parses a pipeline file's text, checking `uses` steps against `catalogue`.
+pub fn parse_with(text: &str, catalogue: &[ComponentSpec]) -> Parsed {
     let mut f = Findings {
         text,
         out: Vec::new(),
@@ -354,6 +363,17 @@ pub fn parse(text: &str) -> Parsed {
             )
         })
         .collect();
+    // Which component each `uses` step runs, for the values it reports.
+    let component_of: BTreeMap<&str, &ComponentSpec> = raw
+        .steps
+        .iter()
+        .filter_map(|s| {
+            let s = s.get_ref();
+            let uses = s.uses.as_ref()?;
+            let spec = catalogue.iter().find(|c| c.name == uses.get_ref())?;
+            Some((s.id.get_ref().as_str(), spec))
+        })
+        .collect();
     let mut seen = BTreeSet::new();
     let mut steps = Vec::new();
     for spanned in &raw.steps {
@@ -381,7 +401,7 @@ pub fn parse(text: &str) -> Parsed {
         }
         let action = match (&s.uses, &s.run) {
             (Some(uses), None) => {
-                check_component(&mut f, &id, uses, &s.with);
+                check_component(&mut f, catalogue, &id, uses, &s.with);
                 Action::Uses {
                     component: uses.get_ref().clone(),
                     with: s
@@ -463,8 +483,14 @@ pub fn parse(text: &str) -> Parsed {
             texts.push((c.span().start, c.get_ref().clone()));
         }
         let is_ancestor = |step: &str| reaches(&needs_of, &id, step);
+        let refs = Refs {
+            params: &params,
+            ids: &ids,
+            is_ancestor: &is_ancestor,
+            component_of: &component_of,
+        };
         for (offset, t) in texts {
-            check_templates(&mut f, offset, &id, &t, &params, &ids, &is_ancestor);
+            check_templates(&mut f, offset, &id, &t, &refs);
         }
         let gpu = s.gpu
             || action
@@ -657,24 +683,29 @@ fn typed_params(
 
 fn check_component(
     f: &mut Findings<'_>,
+    catalogue: &[ComponentSpec],
     id: &str,
     uses: &Spanned<String>,
     with: &BTreeMap<String, Spanned<toml::Value>>,
 ) {
-    let Some((_, args)) = COMPONENTS.iter().find(|(c, _)| c == uses.get_ref()) else {
-        let hint = kiln_core::suggest::hint(uses.get_ref(), COMPONENTS.iter().map(|(c, _)| *c));
-        let names: Vec<&str> = COMPONENTS.iter().map(|(c, _)| *c).collect();
+    let Some(spec) = catalogue.iter().find(|c| c.name == uses.get_ref()) else {
+        let hint = kiln_core::suggest::hint(uses.get_ref(), catalogue.iter().map(|c| c.name));
+        let names: Vec<&str> = catalogue.iter().map(|c| c.name).collect();
+        let known = if names.is_empty() {
+            "this program has no components; use `run` steps".to_string()
+        } else {
+            format!("the components are {}", names.join(", "))
+        };
         f.error(
             uses.span().start,
             format!(
-                "step `{id}` uses unknown component `{}`{hint}; the components are {}",
+                "step `{id}` uses unknown component `{}`{hint}; {known}",
                 uses.get_ref(),
-                names.join(", ")
             ),
         );
         return;
     };
-    let names: Vec<&str> = args.iter().map(|a| a.trim_start_matches('!')).collect();
+    let names: Vec<&str> = spec.args.iter().map(|a| a.name).collect();
     for (k, v) in with {
         if !names.contains(&k.as_str()) {
             let hint = kiln_core::suggest::hint(k, names.iter().copied());
@@ -688,7 +719,7 @@ fn check_component(
             );
         }
     }
-    for a in args.iter().filter_map(|a| a.strip_prefix('!')) {
+    for a in spec.args.iter().filter(|a| a.required).map(|a| a.name) {
         if !with.contains_key(a) {
             f.error(
                 uses.span().start,
@@ -712,15 +743,21 @@ fn strings(v: &toml::Value) -> Vec<String> {
 }
 
 /// Checks `${params.NAME}`, `${steps.ID.OUTPUT}` and `${date}`-style references.
-fn check_templates(
-    f: &mut Findings<'_>,
-    offset: usize,
-    id: &str,
-    text: &str,
-    params: &BTreeMap<String, toml::Value>,
-    ids: &[String],
-    is_ancestor: &dyn Fn(&str) -> bool,
-) {
+/// What a template may refer to.
+struct Refs<'a> {
+    params: &'a BTreeMap<String, toml::Value>,
+    ids: &'a [String],
+    is_ancestor: &'a dyn Fn(&str) -> bool,
+    component_of: &'a BTreeMap<&'a str, &'a ComponentSpec>,
+}
+
+fn check_templates(f: &mut Findings<'_>, offset: usize, id: &str, text: &str, refs: &Refs<'_>) {
+    let Refs {
+        params,
+        ids,
+        is_ancestor,
+        component_of,
+    } = refs;
     let mut rest = text;
     while let Some(start) = rest.find("${") {
         let after = &rest[start + 2..];
@@ -749,6 +786,21 @@ fn check_templates(
                         offset,
                         format!("step `{id}` uses `${{{reference}}}` but does not need `{step}` (add it to `needs`)"),
                     );
+                } else if let Some(spec) = component_of.get(step) {
+                    // A name the component does not report is a file of its outputs; without an
+                    // extension it is more likely a misspelt value.
+                    let name = output.join(".");
+                    if !spec.outputs.is_empty() && !spec.reports(&name) && !name.contains('.') {
+                        let hint = kiln_core::suggest::hint(&name, spec.outputs.iter().copied());
+                        f.warning(
+                            offset,
+                            format!(
+                                "step `{id}`: `{}` (step `{step}`) reports {}, not `{name}`, so `${{{reference}}}` is the path of a file `{name}` in its outputs{hint}",
+                                spec.name,
+                                spec.outputs.join(", ")
+                            ),
+                        );
+                    }
                 }
             }
             ["date"] | ["run_id"] | ["pipeline"] | ["outputs"] => {}
@@ -859,32 +911,23 @@ pub fn levels(pipeline: &Pipeline) -> Option<Vec<Vec<String>>> {
     Some(out)
 }
 
-/// Component arguments that name files or directories (`*` for every component).
-const PATH_ARGS: &[(&str, &str)] = &[
-    ("*", "data"),
-    ("ingest", "path"),
-    ("validate", "schema"),
-    ("transform", "spec"),
-    ("train", "spec"),
-    ("tune", "sweep"),
-    ("evaluate", "model"),
-    ("infra-validate", "model"),
-    ("push", "model"),
-];
-
 /// Every component argument that names a file (without templates) which does not exist,
 /// relative to `dir` (the pipeline file's directory), as an error at the step's line.
-pub fn missing_files(pipeline: &Pipeline, dir: &std::path::Path) -> Vec<Diagnostic> {
+pub fn missing_files(
+    pipeline: &Pipeline,
+    catalogue: &[ComponentSpec],
+    dir: &std::path::Path,
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for step in &pipeline.steps {
         let Action::Uses { component, with } = &step.action else {
             continue;
         };
-        for (_, arg) in PATH_ARGS
-            .iter()
-            .filter(|(c, _)| *c == "*" || c == component)
-        {
-            let Some(toml::Value::String(p)) = with.get(*arg) else {
+        let Some(spec) = catalogue.iter().find(|c| c.name == component) else {
+            continue;
+        };
+        for arg in spec.args.iter().filter(|a| a.path).map(|a| a.name) {
+            let Some(toml::Value::String(p)) = with.get(arg) else {
                 continue;
             };
             if p.contains("${") {

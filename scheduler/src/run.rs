@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use crate::command::run_command;
 use crate::executor::{Attempt, Event, Limits, StepRunner, StepState, execute_with};
-use crate::pipeline::{Action, Pipeline, Step, parse};
+use crate::pipeline::{Action, ComponentSpec, Pipeline, Step, parse_with};
 
 /// One call of a built-in component.
 #[derive(Clone)]
@@ -88,6 +88,10 @@ impl ComponentCall {
 /// The built-in components (`uses = "…"`). The binary implements them with the trainer, the
 /// serving runtime and the registry; the scheduler knows them only through this trait.
 pub trait Components: Send + Sync + 'static {
+    /// Every component: its name, arguments and the values it reports. Pipeline files are
+    /// checked against it.
+    fn catalogue(&self) -> &'static [ComponentSpec];
+
     /// Runs one component step to its end (on a blocking thread) and returns the values it
     /// reports, or why it failed.
     fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, ComponentError>;
@@ -116,6 +120,10 @@ impl From<String> for ComponentError {
 pub struct NoComponents;
 
 impl Components for NoComponents {
+    fn catalogue(&self) -> &'static [ComponentSpec] {
+        &[]
+    }
+
     fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, ComponentError> {
         Err(ComponentError {
             message: format!(
@@ -239,7 +247,8 @@ pub async fn run_pipeline<C: Components>(
     cancel: watch::Receiver<bool>,
     on_change: &(dyn Fn(&PipelineRun) + Sync),
 ) -> Result<PipelineRun, RunError> {
-    let mut parsed = parse(&request.text);
+    let catalogue = components.catalogue();
+    let mut parsed = parse_with(&request.text, catalogue);
     let file = request.file.display().to_string();
     let workdir = request
         .file
@@ -250,7 +259,7 @@ pub async fn run_pipeline<C: Components>(
     if let Some(p) = &parsed.pipeline {
         parsed
             .diagnostics
-            .extend(crate::pipeline::missing_files(p, &workdir));
+            .extend(crate::pipeline::missing_files(p, catalogue, &workdir));
     }
     let errors: Vec<String> = parsed
         .diagnostics

@@ -3,12 +3,13 @@
 //! steps run at once, and at most one that holds the GPU.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kiln_scheduler::executor::{Attempt, Limits, StepRecord, StepRunner, StepState, execute};
-use kiln_scheduler::parse;
 use kiln_scheduler::pipeline::Step;
 
 /// Each step takes `seconds[id]` of (paused) time and fails its first `failures[id]` attempts.
@@ -38,7 +39,7 @@ impl StepRunner for Pretend {
 }
 
 fn pipeline(steps: &str) -> kiln_scheduler::Pipeline {
-    let parsed = parse(&format!("name = \"p\"\n{steps}"));
+    let parsed = common::parse(&format!("name = \"p\"\n{steps}"));
     assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
     parsed.pipeline.unwrap()
 }

@@ -1,7 +1,10 @@
 //! Pipeline files: every diagnostic at once, each at its line; the plan in parallel levels.
 #![allow(clippy::unwrap_used)]
 
-use kiln_scheduler::{Severity, levels, parse};
+mod common;
+
+use common::parse;
+use kiln_scheduler::{Severity, levels};
 
 /// Parses `text` and checks that its errors are exactly `expected`: (line, part of the message).
 fn check(text: &str, expected: &[(usize, &str)]) {
@@ -140,11 +143,15 @@ with = { x = 1 }
 fn files_that_components_read_must_exist() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spec.toml"), "").unwrap();
-    let p = kiln_scheduler::parse(
+    let p = parse(
         "name = \"m\"\n[[steps]]\nid = \"t\"\nuses = \"train\"\nwith = { data = \"gone.csv\", target = \"y\", model = \"mlp\", spec = \"spec.toml\" }\n\n[[steps]]\nid = \"e\"\nneeds = [\"t\"]\nuses = \"evaluate\"\nwith = { model = \"${steps.t.model}\", data = \"gone.csv\" }\n",
     );
     assert!(!p.has_errors(), "{:?}", p.diagnostics);
-    let missing = kiln_scheduler::pipeline::missing_files(p.pipeline.as_ref().unwrap(), dir.path());
+    let missing = kiln_scheduler::pipeline::missing_files(
+        p.pipeline.as_ref().unwrap(),
+        common::CATALOGUE,
+        dir.path(),
+    );
     let messages: Vec<&str> = missing.iter().map(|d| d.message.as_str()).collect();
     // `model = "mlp"` is a model kind for `train`, not a file; templated paths are not checked.
     assert_eq!(messages.len(), 2, "{messages:?}");
@@ -171,4 +178,25 @@ fn parallel_is_a_count_of_steps() {
     );
     let parsed = parse(&format!("name = \"p\"\nparallel = 2\n{step}"));
     assert_eq!(parsed.pipeline.unwrap().parallel, Some(2));
+}
+
+#[test]
+fn a_value_a_component_does_not_report_is_a_warning_with_a_did_you_mean() {
+    let parsed = parse(
+        "name = \"w\"\n[[steps]]\nid = \"i\"\nuses = \"ingest\"\nwith = { path = \"${date}.csv\" }\n\n[[steps]]\nid = \"s\"\nneeds = [\"i\"]\nuses = \"statistics\"\nwith = { data = \"${steps.i.dat}\" }\n\n[[steps]]\nid = \"r\"\nneeds = [\"i\"]\nrun = \"wc -l ${steps.i.data} ${steps.i.copy.csv}\"\n",
+    );
+    assert!(!parsed.has_errors(), "{:#?}", parsed.diagnostics);
+    let warnings: Vec<&str> = parsed
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .map(|d| d.message.as_str())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("reports data, rows, not `dat`")
+            && warnings[0].contains("did you mean `data`"),
+        "{}",
+        warnings[0]
+    );
 }

@@ -4,12 +4,15 @@
 //! failed, and keeps to its limits.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::parse;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kiln_scheduler::executor::{Attempt, Limits, StepRunner, StepState, execute};
-use kiln_scheduler::parse;
 use kiln_scheduler::pipeline::Step;
 use proptest::prelude::*;
 

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_core::registry::{PipelineRun, PipelineRunState, Registry, StepExecState, StepExecution};
+use kiln_scheduler::ComponentSpec;
 use kiln_scheduler::executor::Limits;
+use kiln_scheduler::pipeline::Arg;
 use kiln_scheduler::run::{
     ComponentCall, ComponentError, Components, Force, NoComponents, RunRequest, run_pipeline,
 };
@@ -184,7 +186,17 @@ cache = false
 /// A component that counts its calls and writes its argument's content to its outputs.
 struct Copy(std::sync::atomic::AtomicUsize);
 
+const COPY: &[ComponentSpec] = &[ComponentSpec {
+    name: "ingest",
+    args: &[Arg::required("path").path()],
+    outputs: &["lines"],
+}];
+
 impl Components for Copy {
+    fn catalogue(&self) -> &'static [ComponentSpec] {
+        COPY
+    }
+
     fn run(&self, call: &ComponentCall) -> Result<BTreeMap<String, String>, ComponentError> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let from = call.path("path").unwrap();
@@ -351,7 +363,22 @@ impl Overlap {
     }
 }
 
+const TRAIN: &[ComponentSpec] = &[ComponentSpec {
+    name: "train",
+    args: &[
+        Arg::required("data").path(),
+        Arg::required("target"),
+        Arg::optional("device"),
+        Arg::optional("seed"),
+    ],
+    outputs: &[],
+}];
+
 impl Components for Overlap {
+    fn catalogue(&self) -> &'static [ComponentSpec] {
+        TRAIN
+    }
+
     fn run(&self, _call: &ComponentCall) -> Result<BTreeMap<String, String>, ComponentError> {
         {
             let mut r = self.running.lock().unwrap();

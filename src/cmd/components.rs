@@ -20,6 +20,8 @@ use kiln_core::registry::{Expect, Lineage, NewRun, RunStatus, parse_run_id, run_
 use kiln_core::schema::{Schema, Severity};
 use kiln_core::stats::DatasetStatistics;
 use kiln_core::transform::TransformSpec;
+use kiln_scheduler::ComponentSpec;
+use kiln_scheduler::pipeline::Arg;
 use kiln_scheduler::run::{ComponentCall, ComponentError, Components};
 use kiln_trainer::{DeviceChoice, TrainConfig, TrainError};
 
@@ -28,6 +30,104 @@ use crate::cmd::train::{sweep_into, train_into};
 /// kiln's components. (A `train` step on the GPU holds the executor's GPU permit, so at most
 /// one trains there at a time.)
 pub struct Builtins;
+
+const fn req(name: &'static str) -> Arg {
+    Arg::required(name)
+}
+
+const fn opt(name: &'static str) -> Arg {
+    Arg::optional(name)
+}
+
+/// Every built-in component: what it takes (required, optional, which name files) and the values
+/// it reports. Pipeline files are checked against this; a component is added here and in
+/// [`Components::run`] below.
+pub const CATALOGUE: &[ComponentSpec] = &[
+    ComponentSpec {
+        name: "ingest",
+        args: &[req("path").path(), opt("format"), opt("delimiter")],
+        outputs: &["data", "fingerprint", "rows", "columns"],
+    },
+    ComponentSpec {
+        name: "statistics",
+        args: &[req("data").path()],
+        outputs: &["statistics", "rows"],
+    },
+    ComponentSpec {
+        name: "validate",
+        args: &[req("data").path(), opt("schema").path(), opt("fail_on")],
+        outputs: &["anomalies", "schema"],
+    },
+    ComponentSpec {
+        name: "transform",
+        args: &[req("data").path(), req("spec").path()],
+        outputs: &["transform", "digest"],
+    },
+    ComponentSpec {
+        name: "train",
+        args: &[
+            req("data").path(),
+            req("target"),
+            opt("model"),
+            opt("hidden"),
+            opt("epochs"),
+            opt("lr"),
+            opt("batch_size"),
+            opt("optimizer"),
+            opt("weight_decay"),
+            opt("dropout"),
+            opt("patience"),
+            opt("seed"),
+            opt("device"),
+            opt("spec").path(),
+            opt("experiment"),
+            opt("activation"),
+            opt("momentum"),
+            opt("schedule"),
+            opt("test_fraction"),
+            opt("validation_fraction"),
+            opt("task"),
+        ],
+        outputs: &["model", "run", "test_*"],
+    },
+    ComponentSpec {
+        name: "tune",
+        args: &[
+            req("data").path(),
+            req("target"),
+            req("sweep").path(),
+            opt("experiment"),
+        ],
+        outputs: &["model", "run", "sweep_run"],
+    },
+    ComponentSpec {
+        name: "evaluate",
+        args: &[
+            req("model").path(),
+            req("data").path(),
+            opt("baseline"),
+            opt("metric"),
+            opt("thresholds"),
+            opt("min_improvement"),
+        ],
+        outputs: &["blessed", "metric", "candidate", "baseline", "reason"],
+    },
+    ComponentSpec {
+        name: "infra-validate",
+        args: &[req("model").path(), opt("requests")],
+        outputs: &["requests", "latency_us"],
+    },
+    ComponentSpec {
+        name: "push",
+        args: &[
+            req("model").path(),
+            req("name"),
+            opt("alias"),
+            opt("blessing"),
+        ],
+        outputs: &["pushed", "version", "run"],
+    },
+];
 
 /// The process's pipeline runs, with kiln's built-in components and the directory of the `kiln`
 /// binary first on commands' `PATH`.
@@ -63,6 +163,10 @@ impl Progress for Watch<'_> {
 }
 
 impl Components for Builtins {
+    fn catalogue(&self) -> &'static [ComponentSpec] {
+        CATALOGUE
+    }
+
     fn run(&self, call: &ComponentCall) -> Result<Values, ComponentError> {
         let result = match call.component.as_str() {
             "ingest" => ingest(call),

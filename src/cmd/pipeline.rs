@@ -296,7 +296,7 @@ fn size_of(path: &Path) -> u64 {
 fn validate(file: &Path, json: bool) -> Result<Outcome> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut parsed = kiln_scheduler::parse(&text);
+    let mut parsed = kiln_scheduler::parse_with(&text, crate::cmd::components::CATALOGUE);
     if let Some(p) = &parsed.pipeline {
         let dir = file
             .parent()
@@ -304,7 +304,11 @@ fn validate(file: &Path, json: bool) -> Result<Outcome> {
             .unwrap_or(Path::new("."));
         parsed
             .diagnostics
-            .extend(kiln_scheduler::pipeline::missing_files(p, dir));
+            .extend(kiln_scheduler::pipeline::missing_files(
+                p,
+                crate::cmd::components::CATALOGUE,
+                dir,
+            ));
         parsed.diagnostics.sort_by_key(|d| (d.line, d.column));
     }
     let outcome = if parsed.has_errors() {
@@ -538,7 +542,7 @@ fn run_now(home: &Home, args: RunArgs) -> Result<Outcome> {
 fn run_on_server(args: &RunArgs) -> Result<Outcome> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let name = kiln_scheduler::parse(&text)
+    let name = kiln_scheduler::parse_with(&text, crate::cmd::components::CATALOGUE)
         .pipeline
         .map(|p| p.name)
         .ok_or_else(|| {
@@ -835,7 +839,7 @@ fn backfill(
     let params = parse_params(params)?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let parsed = kiln_scheduler::parse(&text);
+    let parsed = kiln_scheduler::parse_with(&text, crate::cmd::components::CATALOGUE);
     let has_errors = parsed.has_errors();
     let pipeline = parsed.pipeline.filter(|_| !has_errors).ok_or_else(|| {
         anyhow!(

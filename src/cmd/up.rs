@@ -60,7 +60,7 @@ struct Api {
 fn load(file: &std::path::Path) -> Result<Pipeline> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let parsed = kiln_scheduler::parse(&text);
+    let parsed = kiln_scheduler::parse_with(&text, crate::cmd::components::CATALOGUE);
     if parsed.has_errors() {
         bail!(
             "{} has errors; `kiln pipeline validate {}` lists them",
