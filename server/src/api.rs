@@ -329,18 +329,19 @@ async fn set_deployment(
     blocking(&state, move |models| {
         let b: SetDeployment = parse_json(&bytes)?;
         models.require(&name)?;
-        let d = models.registry().set_deployment(
-            Deployment {
-                model: name.clone(),
-                routes: b.routes,
-                shadow: b.shadow,
-                batching: b.batching,
-                updated_ms: 0,
-                updated_by: String::new(),
-            },
-            &b.by.unwrap_or(actor),
-        )?;
-        models.reconcile(&name);
+        let d = models.change(&name, |r| {
+            r.set_deployment(
+                Deployment {
+                    model: name.clone(),
+                    routes: b.routes,
+                    shadow: b.shadow,
+                    batching: b.batching,
+                    updated_ms: 0,
+                    updated_by: String::new(),
+                },
+                &b.by.unwrap_or(actor),
+            )
+        })?;
         if let Some(problem) = models.problem(&name) {
             return Err(ServeError::Load(problem));
         }
@@ -359,8 +360,7 @@ async fn reset_deployment(
 ) -> Result<Json<DeploymentChanged>, ApiError> {
     blocking(&state, move |models| {
         models.require(&name)?;
-        models.registry().reset_deployment(&name)?;
-        models.reconcile(&name);
+        models.change(&name, |r| r.reset_deployment(&name))?;
         Ok(Json(DeploymentChanged {
             deployment: models.registry().deployment(&name)?,
             live: live_now(models, &name),
@@ -380,15 +380,16 @@ async fn set_alias(
     blocking(&state, move |models| {
         let b: SetAlias = parse_json(&bytes)?;
         models.require(&name)?;
-        let e = models.registry().set_alias(
-            &name,
-            &alias,
-            b.version,
-            Expected::expect(b.expect),
-            &b.by.unwrap_or(actor),
-            &b.reason,
-        )?;
-        models.reconcile(&name);
+        let e = models.change(&name, |r| {
+            r.set_alias(
+                &name,
+                &alias,
+                b.version,
+                Expected::expect(b.expect),
+                &b.by.unwrap_or(actor),
+                &b.reason,
+            )
+        })?;
         Ok(Json(AliasChanged {
             event: e,
             live: live_now(models, &name),
@@ -412,14 +413,15 @@ async fn delete_alias(
             parse_json(&bytes)?
         };
         models.require(&name)?;
-        let e = models.registry().delete_alias(
-            &name,
-            &alias,
-            Expected::expect(b.expect),
-            &b.by.unwrap_or(actor),
-            &b.reason,
-        )?;
-        models.reconcile(&name);
+        let e = models.change(&name, |r| {
+            r.delete_alias(
+                &name,
+                &alias,
+                Expected::expect(b.expect),
+                &b.by.unwrap_or(actor),
+                &b.reason,
+            )
+        })?;
         Ok(Json(AliasChanged {
             event: e,
             live: live_now(models, &name),
@@ -449,15 +451,16 @@ async fn promote(
         };
         models.require(&name)?;
         let alias = stage.alias().unwrap_or("production");
-        let e = models.registry().set_alias(
-            &name,
-            alias,
-            b.version,
-            Expected::expect(b.expect),
-            &b.by.unwrap_or(actor),
-            &b.reason,
-        )?;
-        models.reconcile(&name);
+        let e = models.change(&name, |r| {
+            r.set_alias(
+                &name,
+                alias,
+                b.version,
+                Expected::expect(b.expect),
+                &b.by.unwrap_or(actor),
+                &b.reason,
+            )
+        })?;
         Ok(Json(Promoted {
             event: e,
             stage: stage.to_string(),

@@ -439,6 +439,19 @@ impl Models {
     /// Brings one model's live routes in line with the registry (blocking): resolves its
     /// deployment's targets, loads and warms up what is new, then swaps. Errors are kept as the
     /// model's problem; the old routes stay unless the deployment's targets are gone.
+    /// Changes the registry for `model` with `f`, then brings what serves it up to date before
+    /// returning: every change that can move routes (aliases, deployments) goes through here, so
+    /// an answer to it already reflects it.
+    pub fn change<T>(
+        &self,
+        model: &str,
+        f: impl FnOnce(&Registry) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let done = f(self.registry())?;
+        self.reconcile(model);
+        Ok(done)
+    }
+
     pub fn reconcile(&self, model: &str) {
         let _one_at_a_time = self.reconciling.lock().unwrap_or_else(|e| e.into_inner());
         match self.build_live(model) {

@@ -22,9 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use kiln_core::registry::query::{Filter, OrderBy, RunSearch, RunView};
-use kiln_core::registry::{
-    Deployment, Expect, PipelineRun, Registry, Route, StepExecState, run_id_text,
-};
+use kiln_core::registry::{Deployment, Expect, PipelineRun, Route, StepExecState, run_id_text};
 use serde::Deserialize;
 
 use crate::app::AppState;

@@ -319,20 +319,19 @@ pub(super) async fn move_alias(
     let actor = format!("{} (web UI)", state.config.actor);
     let to = format!("/ui/models/{}", url(&name));
     let done = blocking(&state, move |s| {
-        let reg: &Registry = s.models.registry();
-        let result = reg
-            .set_alias(
-                &name,
-                &f.alias,
-                f.version,
-                Expect::Any,
-                &actor,
-                "from the web UI",
-            )
-            .map(|_| {
-                s.models.reconcile(&name);
-                format!("{} now points to version {}", f.alias, f.version)
+        let result = s
+            .models
+            .change(&name, |r| {
+                r.set_alias(
+                    &name,
+                    &f.alias,
+                    f.version,
+                    Expect::Any,
+                    &actor,
+                    "from the web UI",
+                )
             })
+            .map(|_| format!("{} now points to version {}", f.alias, f.version))
             .map_err(|e| e.to_string());
         Ok(result)
     })
@@ -362,20 +361,25 @@ pub(super) async fn set_split(
                 Err(e) => return Ok(Err(e)),
             }
         }
-        let reg = s.models.registry();
-        let current = reg.deployment(&name).map_err(registry_error)?;
-        let result = reg
-            .set_deployment(
-                Deployment {
-                    routes,
-                    updated_ms: 0,
-                    updated_by: String::new(),
-                    ..current
-                },
-                &actor,
-            )
+        let current = s
+            .models
+            .registry()
+            .deployment(&name)
+            .map_err(registry_error)?;
+        let result = s
+            .models
+            .change(&name, |r| {
+                r.set_deployment(
+                    Deployment {
+                        routes,
+                        updated_ms: 0,
+                        updated_by: String::new(),
+                        ..current
+                    },
+                    &actor,
+                )
+            })
             .map(|d| {
-                s.models.reconcile(&name);
                 format!(
                     "traffic: {}",
                     d.routes
