@@ -38,19 +38,23 @@ fn every_object_matches_its_name(home: &Path) {
     }
 }
 
+/// The writer child process on `home`, its committed items on its standard output.
+fn start_writer(home: &Path) -> std::process::Child {
+    Command::new(PathBuf::from(env!("CARGO_BIN_EXE_registry-crash-writer")))
+        .arg(home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn sigkill_loses_nothing_committed() {
     let home = tempfile::tempdir().unwrap();
-    let writer = PathBuf::from(env!("CARGO_BIN_EXE_registry-crash-writer"));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2026);
     let mut committed: Vec<Committed> = Vec::new();
     for round in 0..30 {
-        let mut child = Command::new(&writer)
-            .arg(home.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = start_writer(home.path());
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             BufReader::new(stdout)
@@ -135,17 +139,11 @@ fn torn_copy(from: &Path, to: &Path) {
 #[test]
 fn a_store_copied_while_written_opens_whole_or_is_named_damaged_and_a_backup_restores_it() {
     let home = tempfile::tempdir().unwrap();
-    let writer = PathBuf::from(env!("CARGO_BIN_EXE_registry-crash-writer"));
     let backups = tempfile::tempdir().unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let (mut opened, mut refused, mut total) = (0, 0, 0);
     for round in 0..8 {
-        let mut child = Command::new(&writer)
-            .arg(home.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = start_writer(home.path());
         let stdout = child.stdout.take().unwrap();
         let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let lines = {

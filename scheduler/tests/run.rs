@@ -66,6 +66,21 @@ async fn run(s: &Setup, r: RunRequest) -> PipelineRun {
     run_with(s, NoComponents, r).await
 }
 
+/// Why a run was refused before it started.
+async fn refusal(s: &Setup, r: RunRequest) -> String {
+    let (_keep, cancel) = watch::channel(false);
+    run_pipeline(
+        s.registry.clone(),
+        Arc::new(NoComponents),
+        r,
+        cancel,
+        &|_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string()
+}
+
 fn step<'a>(run: &'a PipelineRun, id: &str) -> &'a StepExecution {
     run.steps.iter().find(|x| x.id == id).unwrap()
 }
@@ -585,17 +600,7 @@ async fn parameters_are_typed_and_a_value_of_the_wrong_type_is_refused_by_name()
     let s = setup();
     let mut r = request(&s, QUOTING);
     r.params.insert("n".into(), "1; touch PWNED #".into());
-    let (_keep, cancel) = watch::channel(false);
-    let e = run_pipeline(
-        s.registry.clone(),
-        Arc::new(NoComponents),
-        r,
-        cancel,
-        &|_| {},
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = refusal(&s, r).await;
     assert!(e.contains("parameter `n`") && e.contains("integer"), "{e}");
     assert!(s.registry.pipeline_runs(None, 10).unwrap().is_empty());
     let declared = "name = \"d\"\n[params]\nrate = { type = \"float\", default = 1 }\n[[steps]]\nid = \"a\"\nrun = \"echo ${params.rate} > $KILN_OUTPUTS/r\"\n";
@@ -605,17 +610,7 @@ async fn parameters_are_typed_and_a_value_of_the_wrong_type_is_refused_by_name()
     assert_eq!(output(&done, "a", "r"), "0.5\n");
     let mut r = request(&s, declared);
     r.params.insert("rate".into(), "fast".into());
-    let (_keep, cancel) = watch::channel(false);
-    let e = run_pipeline(
-        s.registry.clone(),
-        Arc::new(NoComponents),
-        r,
-        cancel,
-        &|_| {},
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = refusal(&s, r).await;
     assert!(
         e.contains("`rate`") && e.contains("\"fast\" is not a finite number"),
         "{e}"
