@@ -124,20 +124,20 @@ async fn show_run(
 async fn show_drift(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::drift::DriftAnswer>, ApiError> {
     blocking(&state, move |models| {
         let reports = models.drift(&name)?;
         let alarms: Vec<String> = reports
             .iter()
             .flat_map(|r| r.alarms().into_iter().map(|f| f.feature.clone()))
             .collect();
-        Ok(Json(serde_json::json!({
-            "model": name,
-            "sample": models.log_config().sample,
-            "window": models.log_config().window,
-            "alarms": alarms,
-            "versions": reports,
-        })))
+        Ok(Json(crate::drift::DriftAnswer {
+            model: name,
+            sample: models.log_config().sample,
+            window: models.log_config().window,
+            alarms,
+            versions: reports,
+        }))
     })
     .await
 }

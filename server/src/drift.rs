@@ -179,6 +179,18 @@ pub struct FeatureDrift {
     pub reasons: Vec<String>,
 }
 
+/// `GET /api/models/{name}/drift`: every live version's report and the features in alarm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftAnswer {
+    pub model: String,
+    /// The share of requests the prediction log samples.
+    pub sample: f64,
+    /// Rows in each version's window.
+    pub window: usize,
+    pub alarms: Vec<String>,
+    pub versions: Vec<DriftReport>,
+}
+
 /// A version's drift report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftReport {

@@ -62,14 +62,8 @@ pub fn run(home: &Home, command: MonitorCommand) -> Result<Outcome> {
     })
 }
 
-/// A server's drift answer (`GET /api/models/{name}/drift`).
-#[derive(serde::Deserialize)]
-struct DriftAnswer {
-    versions: Vec<DriftReport>,
-}
-
 fn from_server(server: &Server, model: &str) -> Result<Vec<DriftReport>> {
-    let answer: DriftAnswer = remote::call(
+    let answer: kiln_server::drift::DriftAnswer = remote::call(
         server,
         "GET",
         &format!("/api/models/{}/drift", remote::url_part(model)),
