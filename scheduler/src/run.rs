@@ -371,7 +371,14 @@ pub async fn run_pipeline<C: Components>(
     if let Some(parallel) = pipeline.parallel {
         limits.parallel = parallel;
     }
-    execute_with(&pipeline, runner.clone(), limits, cancel, &observe).await;
+    execute_with(
+        &pipeline,
+        Arc::new(Shared(runner.clone())),
+        limits,
+        cancel,
+        &observe,
+    )
+    .await;
     let mut record = runner.lock().clone();
     let states: Vec<StepExecState> = record.steps.iter().map(|s| s.state).collect();
     record.state = if states.contains(&StepExecState::Cancelled) {
@@ -668,7 +675,138 @@ impl<C: Components> Runner<C> {
         }
     }
 
-    async fn attempt(&self, step: &Step, attempt: u32) -> Result<Attempt, String> {
+    /// Runs `f` on a blocking thread: everything that touches the registry, hashes files or
+    /// writes them stays off the async workers.
+    async fn blocking<T: Send + 'static>(
+        me: &Arc<Self>,
+        f: impl FnOnce(&Self) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        let me = me.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| format!("step task: {e}"))?
+    }
+
+    async fn attempt(me: Arc<Self>, step: &Step, attempt: u32) -> Result<Attempt, String> {
+        let prepared = {
+            let step = step.clone();
+            Self::blocking(&me, move |r| r.prepare(&step, attempt)).await?
+        };
+        let Prepared::Ready {
+            key,
+            step_dir,
+            outputs,
+            log,
+            work,
+        } = prepared
+        else {
+            let Prepared::Done(done) = prepared else {
+                unreachable!("prepare returns Ready or Done")
+            };
+            return Ok(done);
+        };
+        let values = match work {
+            Work::Command {
+                command,
+                vars,
+                inputs,
+            } => {
+                let values_file = step_dir.join(format!("values-{attempt}"));
+                let metrics_file = step_dir.join(format!("metrics-{attempt}"));
+                let inputs_file = step_dir.join(format!("inputs-{attempt}.json"));
+                let run_id = me.lock().id.to_string();
+                let attempt_text = attempt.to_string();
+                let mut env: Vec<(&str, &std::ffi::OsStr)> = vec![
+                    ("KILN_OUTPUTS", outputs.as_os_str()),
+                    ("KILN_VALUES", values_file.as_os_str()),
+                    ("KILN_METRICS", metrics_file.as_os_str()),
+                    ("KILN_INPUTS", inputs_file.as_os_str()),
+                    ("KILN_STEP", step.id.as_ref()),
+                    ("KILN_RUN_ID", run_id.as_ref()),
+                    ("KILN_ATTEMPT", attempt_text.as_ref()),
+                    ("KILN_PIPELINE", me.pipeline.name.as_ref()),
+                    ("PATH", me.path.as_os_str()),
+                ];
+                env.extend(inputs.iter().map(|(k, v)| (k.as_str(), v.as_os_str())));
+                let params: Vec<(String, &str)> = me
+                    .params
+                    .iter()
+                    .map(|(k, v)| (crate::shell::variable(&format!("params.{k}")), v.as_str()))
+                    .collect();
+                env.extend(
+                    params
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(*v))),
+                );
+                env.push(("KILN_DATE", std::ffi::OsStr::new(&me.date)));
+                env.extend(
+                    vars.iter()
+                        .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v))),
+                );
+                match run_command(&command, &me.workdir, &env, &log).await {
+                    Attempt::Succeeded => {
+                        let (mut values, metrics) = Self::blocking(&me, move |_| {
+                            Ok((read_values(&values_file)?, read_metrics(&metrics_file)?))
+                        })
+                        .await?;
+                        if !metrics.is_empty() {
+                            let run = me.track(step, &command, &metrics).await?;
+                            values.entry("run".into()).or_insert(run_id_text(run));
+                            for (name, series) in metrics {
+                                if let Some(last) = series.last() {
+                                    values.entry(name).or_insert(last.to_string());
+                                }
+                            }
+                        }
+                        values
+                    }
+                    other => return Ok(other),
+                }
+            }
+            Work::Component { component, args } => {
+                let call = ComponentCall {
+                    registry: me.registry.clone(),
+                    pipeline: me.pipeline.name.clone(),
+                    run: me.lock().id,
+                    step: step.id.clone(),
+                    component: component.clone(),
+                    args,
+                    workdir: me.workdir.clone(),
+                    outputs: outputs.clone(),
+                    log: log.clone(),
+                    cancelled: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                };
+                // Dropped when the attempt is given up on (cancel, timeout): tells the component.
+                let _flag = CancelOnDrop(call.cancelled.clone());
+                let components = me.components.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let result = components.run(&call);
+                    if let Err(e) = &result {
+                        call.log_line(&format!("error: {}", e.message));
+                    }
+                    result
+                })
+                .await;
+                match result {
+                    Ok(Ok(values)) => values,
+                    Ok(Err(e)) if e.retry => return Ok(Attempt::Failed(e.message)),
+                    Ok(Err(e)) => return Ok(Attempt::Refused(e.message)),
+                    Err(e) => {
+                        return Ok(Attempt::Failed(format!(
+                            "component `{component}` stopped: {e}"
+                        )));
+                    }
+                }
+            }
+        };
+        let step = step.clone();
+        Self::blocking(&me, move |r| r.finish(&step, &key, &outputs, values)).await
+    }
+
+    /// The part of an attempt before its work: the `if`, the cache key and a cache hit, a fresh
+    /// output directory, and the command line or the component's arguments with templates
+    /// filled in.
+    fn prepare(&self, step: &Step, attempt: u32) -> Result<Prepared, String> {
         if attempt == 1
             && let Some(condition) = &step.condition
         {
@@ -676,10 +814,10 @@ impl<C: Components> Runner<C> {
             match value.trim() {
                 "true" | "1" | "yes" => {}
                 "false" | "0" | "no" | "" => {
-                    return Ok(Attempt::Skipped(format!(
+                    return Ok(Prepared::Done(Attempt::Skipped(format!(
                         "`if = \"{condition}\"` is {}",
                         value.trim()
-                    )));
+                    ))));
                 }
                 other => {
                     return Err(format!(
@@ -709,7 +847,7 @@ impl<C: Components> Runner<C> {
                 e.output_digest = exec.output_digest;
                 e.logs = exec.logs;
             });
-            return Ok(Attempt::Cached(reason));
+            return Ok(Prepared::Done(Attempt::Cached(reason)));
         }
         let step_dir = self.step_dir(&step.id);
         let outputs = step_dir.join("outputs");
@@ -728,101 +866,44 @@ impl<C: Components> Runner<C> {
                 e.cached_from = None;
             });
         }
-        let values = match &step.action {
+        let work = match &step.action {
             Action::Run { command } => {
                 let (command, vars) = self.fill_command(&step.id, command)?;
-                let values_file = step_dir.join(format!("values-{attempt}"));
-                let metrics_file = step_dir.join(format!("metrics-{attempt}"));
-                let run_id = self.lock().id.to_string();
-                let attempt_text = attempt.to_string();
-                let inputs_file = step_dir.join(format!("inputs-{attempt}.json"));
-                let inputs = self.write_inputs(step, &inputs_file)?;
-                let mut env: Vec<(&str, &std::ffi::OsStr)> = vec![
-                    ("KILN_OUTPUTS", outputs.as_os_str()),
-                    ("KILN_VALUES", values_file.as_os_str()),
-                    ("KILN_METRICS", metrics_file.as_os_str()),
-                    ("KILN_INPUTS", inputs_file.as_os_str()),
-                    ("KILN_STEP", step.id.as_ref()),
-                    ("KILN_RUN_ID", run_id.as_ref()),
-                    ("KILN_ATTEMPT", attempt_text.as_ref()),
-                    ("KILN_PIPELINE", self.pipeline.name.as_ref()),
-                    ("PATH", self.path.as_os_str()),
-                ];
-                env.extend(inputs.iter().map(|(k, v)| (k.as_str(), v.as_os_str())));
-                let params: Vec<(String, &str)> = self
-                    .params
-                    .iter()
-                    .map(|(k, v)| (crate::shell::variable(&format!("params.{k}")), v.as_str()))
-                    .collect();
-                env.extend(
-                    params
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(*v))),
-                );
-                env.push(("KILN_DATE", std::ffi::OsStr::new(&self.date)));
-                env.extend(
-                    vars.iter()
-                        .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v))),
-                );
-                match run_command(&command, &self.workdir, &env, &log).await {
-                    Attempt::Succeeded => {
-                        let mut values = read_values(&values_file)?;
-                        let metrics = read_metrics(&metrics_file)?;
-                        if !metrics.is_empty() {
-                            let run = self.track(step, &command, &metrics).await?;
-                            values.entry("run".into()).or_insert(run_id_text(run));
-                            for (name, series) in metrics {
-                                if let Some(last) = series.last() {
-                                    values.entry(name).or_insert(last.to_string());
-                                }
-                            }
-                        }
-                        values
-                    }
-                    other => return Ok(other),
+                let inputs =
+                    self.write_inputs(step, &step_dir.join(format!("inputs-{attempt}.json")))?;
+                Work::Command {
+                    command,
+                    vars,
+                    inputs,
                 }
             }
-            Action::Uses { component, with } => {
-                let args = with
+            Action::Uses { component, with } => Work::Component {
+                component: component.clone(),
+                args: with
                     .iter()
                     .map(|(k, v)| Ok((k.clone(), self.fill_value(&step.id, v)?)))
-                    .collect::<Result<BTreeMap<_, _>, String>>()?;
-                let call = ComponentCall {
-                    registry: self.registry.clone(),
-                    pipeline: self.pipeline.name.clone(),
-                    run: self.lock().id,
-                    step: step.id.clone(),
-                    component: component.clone(),
-                    args,
-                    workdir: self.workdir.clone(),
-                    outputs: outputs.clone(),
-                    log: log.clone(),
-                    cancelled: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-                };
-                // Dropped when the attempt is given up on (cancel, timeout): tells the component.
-                let _flag = CancelOnDrop(call.cancelled.clone());
-                let components = self.components.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    let result = components.run(&call);
-                    if let Err(e) = &result {
-                        call.log_line(&format!("error: {}", e.message));
-                    }
-                    result
-                })
-                .await;
-                match result {
-                    Ok(Ok(values)) => values,
-                    Ok(Err(e)) if e.retry => return Ok(Attempt::Failed(e.message)),
-                    Ok(Err(e)) => return Ok(Attempt::Refused(e.message)),
-                    Err(e) => {
-                        return Ok(Attempt::Failed(format!(
-                            "component `{component}` stopped: {e}"
-                        )));
-                    }
-                }
-            }
+                    .collect::<Result<BTreeMap<_, _>, String>>()?,
+            },
         };
-        let digest = output_digest(&outputs, &values)?;
+        Ok(Prepared::Ready {
+            key,
+            step_dir,
+            outputs,
+            log,
+            work,
+        })
+    }
+
+    /// The part of an attempt after its work succeeded: the outputs' digest, the values, and
+    /// the cache entry.
+    fn finish(
+        &self,
+        step: &Step,
+        key: &str,
+        outputs: &Path,
+        values: BTreeMap<String, String>,
+    ) -> Result<Attempt, String> {
+        let digest = output_digest(outputs, &values)?;
         self.update(&step.id, |e| {
             e.values = values;
             e.output_digest = Some(digest);
@@ -833,7 +914,7 @@ impl<C: Components> Runner<C> {
                 step: step.id.clone(),
             };
             self.registry
-                .remember_step(&key, &entry)
+                .remember_step(key, &entry)
                 .map_err(|e| e.to_string())?;
         }
         Ok(Attempt::Succeeded)
@@ -908,9 +989,41 @@ impl<C: Components> Runner<C> {
     }
 }
 
-impl<C: Components> StepRunner for Runner<C> {
+/// An attempt's state once it is prepared.
+enum Prepared {
+    /// Skipped by its `if`, or cached: nothing to run.
+    Done(Attempt),
+    Ready {
+        key: String,
+        step_dir: PathBuf,
+        outputs: PathBuf,
+        log: PathBuf,
+        work: Work,
+    },
+}
+
+/// What an attempt runs.
+enum Work {
+    Command {
+        command: String,
+        /// Variables holding the values templated into the command.
+        vars: BTreeMap<String, String>,
+        /// `KILN_INPUT_<ID>` variables.
+        inputs: Vec<(String, PathBuf)>,
+    },
+    Component {
+        component: String,
+        args: BTreeMap<String, toml::Value>,
+    },
+}
+
+/// The runner as the executor holds it: each attempt takes its own handle, so that its blocking
+/// parts can move to blocking threads.
+struct Shared<C>(Arc<Runner<C>>);
+
+impl<C: Components> StepRunner for Shared<C> {
     async fn run(&self, step: &Step, attempt: u32) -> Attempt {
-        match self.attempt(step, attempt).await {
+        match Runner::attempt(self.0.clone(), step, attempt).await {
             Ok(a) => a,
             Err(e) => Attempt::Failed(format!("step `{}`: {e}", step.id)),
         }
