@@ -381,3 +381,83 @@ fn write_sample(
     }
     file.bytes += line.len() as u64;
 }
+
+/// What a version's log holds now, read back: the newest rows, oldest first.
+pub struct Logged {
+    /// The rows in the columns of the version's signature.
+    pub rows: Rows,
+    pub outputs: Vec<f32>,
+    /// Outputs per row.
+    pub width: usize,
+    /// The directory the log is in.
+    pub dir: PathBuf,
+}
+
+/// Reads back the newest `window` rows the log holds for `model` version `version` under
+/// `predictions` (`KILN_HOME/predictions`), in the columns of `manifest`'s signature; no rows
+/// when nothing was logged. The reader of the files this module's thread writes.
+pub fn read_recent(
+    predictions: &std::path::Path,
+    manifest: &kiln_core::bundle::Manifest,
+    model: &str,
+    version: u32,
+    window: usize,
+) -> Result<Logged, String> {
+    use crate::runtime::Column;
+    let dir = predictions.join(model).join(version.to_string());
+    let mut lines: Vec<String> = Vec::new();
+    for name in ["current.jsonl", "previous.jsonl"] {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        lines.extend(text.lines().rev().map(str::to_string));
+        if lines.len() >= window {
+            break;
+        }
+    }
+    lines.truncate(window);
+    lines.reverse();
+    let mut columns: Vec<Column> = manifest
+        .signature
+        .iter()
+        .map(|c| {
+            if c.column_type == kiln_core::data::ColumnType::Categorical {
+                Column::Texts(Vec::with_capacity(lines.len()))
+            } else {
+                Column::Numbers(Vec::with_capacity(lines.len()))
+            }
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    let mut width = 0;
+    for (n, line) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("{}: line {}: {e}", dir.display(), n + 1))?;
+        for (c, col) in manifest.signature.iter().zip(columns.iter_mut()) {
+            let x = &v["inputs"][&c.name];
+            match col {
+                Column::Numbers(values) => values.push(x.as_f64()),
+                Column::Texts(values) => values.push(x.as_str().map(str::to_string)),
+            }
+        }
+        let out: Vec<f32> = v["outputs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64().map(|f| f as f32))
+                    .collect()
+            })
+            .unwrap_or_default();
+        width = out.len();
+        outputs.extend(out);
+    }
+    Ok(Logged {
+        rows: Rows::from_columns(lines.len(), columns),
+        outputs,
+        width,
+        dir,
+    })
+}

@@ -1,14 +1,11 @@
 //! `kiln monitor drift MODEL`: each feature's drift against the training statistics, from a
 //! running server's windows (`--server`) or from the prediction log in `KILN_HOME`.
 
-use std::path::Path;
-
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use kiln_core::bundle;
 use kiln_core::registry::Registry;
 use kiln_server::drift::{DriftReport, Monitor, Thresholds};
-use kiln_server::runtime::{Column, Rows};
 
 use crate::Outcome;
 use crate::cmd::registry::Home;
@@ -82,34 +79,20 @@ fn from_log(home: &Home, args: &DriftArgs) -> Result<DriftReport> {
     let dir = scratch.path().join("bundle");
     reg.export_artifact(&version.artifact, &dir)?;
     let (manifest, _) = bundle::read(&dir)?;
-    let logs = home
-        .dir
-        .join("predictions")
-        .join(&args.model)
-        .join(version.version.to_string());
-    let mut lines: Vec<String> = Vec::new();
-    for name in ["current.jsonl", "previous.jsonl"] {
-        let path = logs.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let mut file_lines: Vec<String> = text.lines().map(str::to_string).collect();
-        file_lines.reverse();
-        lines.extend(file_lines);
-        if lines.len() >= args.window {
-            break;
-        }
-    }
-    lines.truncate(args.window);
-    lines.reverse();
-    if lines.is_empty() {
+    let logged = kiln_server::predlog::read_recent(
+        &home.dir.join("predictions"),
+        &manifest,
+        &args.model,
+        version.version,
+        args.window,
+    )
+    .map_err(|e| anyhow!(e))?;
+    if logged.rows.rows == 0 {
         bail!(
             "no logged predictions of {} version {} in {}; serve it (`kiln serve`, logging is on by default) or ask a running server with --server",
             args.model,
             version.version,
-            logs.display()
+            logged.dir.display()
         );
     }
     let (thresholds, per) = match &args.thresholds {
@@ -117,51 +100,8 @@ fn from_log(home: &Home, args: &DriftArgs) -> Result<DriftReport> {
         None => (Thresholds::default(), Default::default()),
     };
     let monitor = Monitor::new(&manifest, args.window);
-    let (rows, outputs, width) = rows_of(&manifest, &lines, &logs)?;
-    monitor.observe(&rows, &outputs, width);
+    monitor.observe(&logged.rows, &logged.outputs, logged.width);
     Ok(monitor.report(&args.model, version.version, &thresholds, &per))
-}
-
-fn rows_of(
-    manifest: &bundle::Manifest,
-    lines: &[String],
-    logs: &Path,
-) -> Result<(Rows, Vec<f32>, usize)> {
-    let mut columns: Vec<Column> = manifest
-        .signature
-        .iter()
-        .map(|c| {
-            if c.column_type == kiln_core::data::ColumnType::Categorical {
-                Column::Texts(Vec::with_capacity(lines.len()))
-            } else {
-                Column::Numbers(Vec::with_capacity(lines.len()))
-            }
-        })
-        .collect();
-    let mut outputs = Vec::new();
-    let mut width = 0;
-    for (n, line) in lines.iter().enumerate() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| anyhow!("{}: line {}: {e}", logs.display(), n + 1))?;
-        for (c, col) in manifest.signature.iter().zip(columns.iter_mut()) {
-            let x = &v["inputs"][&c.name];
-            match col {
-                Column::Numbers(values) => values.push(x.as_f64()),
-                Column::Texts(values) => values.push(x.as_str().map(str::to_string)),
-            }
-        }
-        let out: Vec<f32> = v["outputs"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_f64().map(|f| f as f32))
-                    .collect()
-            })
-            .unwrap_or_default();
-        width = out.len();
-        outputs.extend(out);
-    }
-    Ok((Rows::from_columns(lines.len(), columns), outputs, width))
 }
 
 fn print(r: &DriftReport) {
