@@ -4,6 +4,7 @@
 pub mod command;
 pub mod executor;
 pub mod pipeline;
+pub mod prune;
 pub mod run;
 pub mod schedule;
 pub mod service;

@@ -198,15 +198,6 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
     }
 }
 
-/// What `prune` removed (or would) of one run.
-#[derive(serde::Serialize)]
-struct Pruned {
-    pipeline: String,
-    run: u64,
-    dir: String,
-    bytes: u64,
-}
-
 fn prune(
     home: &Home,
     pipeline: Option<&str>,
@@ -215,44 +206,7 @@ fn prune(
     json: bool,
 ) -> Result<Outcome> {
     let registry = home.open_registry()?;
-    let mut by_pipeline: BTreeMap<String, Vec<PipelineRun>> = BTreeMap::new();
-    // Newest first.
-    for run in registry.pipeline_runs(pipeline, usize::MAX)? {
-        by_pipeline
-            .entry(run.pipeline.clone())
-            .or_default()
-            .push(run);
-    }
-    // Only what kiln wrote is deleted: directories under KILN_HOME/pipelines.
-    let root = std::fs::canonicalize(home.dir.join("pipelines")).ok();
-    let mut pruned = Vec::new();
-    for (name, runs) in &by_pipeline {
-        let kept = &runs[..keep.min(runs.len())];
-        let reused: BTreeSet<u64> = kept
-            .iter()
-            .flat_map(|r| r.steps.iter().filter_map(|s| s.cached_from))
-            .collect();
-        for run in &runs[kept.len()..] {
-            let dir = Path::new(&run.dir);
-            let inside = root.as_ref().is_some_and(|root| {
-                std::fs::canonicalize(dir).is_ok_and(|d| d.starts_with(root) && d != *root)
-            });
-            if run.state == PipelineRunState::Running || reused.contains(&run.id) || !inside {
-                continue;
-            }
-            let bytes = size_of(dir);
-            if !dry_run {
-                std::fs::remove_dir_all(dir)
-                    .with_context(|| format!("removing {}", dir.display()))?;
-            }
-            pruned.push(Pruned {
-                pipeline: name.clone(),
-                run: run.id,
-                dir: run.dir.clone(),
-                bytes,
-            });
-        }
-    }
+    let pruned = kiln_scheduler::prune::prune(&registry, pipeline, keep, dry_run)?;
     if json {
         ui::print_json(&pruned)?;
         return Ok(Outcome::Ok);
@@ -283,16 +237,6 @@ fn prune(
 }
 
 /// The bytes of the files under `path`.
-fn size_of(path: &Path) -> u64 {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::read_dir(path)
-            .map(|entries| entries.flatten().map(|e| size_of(&e.path())).sum())
-            .unwrap_or(0),
-        Ok(m) => m.len(),
-        Err(_) => 0,
-    }
-}
-
 fn validate(file: &Path, json: bool) -> Result<Outcome> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
