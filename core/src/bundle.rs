@@ -241,6 +241,16 @@ pub fn read(dir: &Path) -> Result<(Manifest, BTreeMap<String, Weight>), BundleEr
     }
     let manifest: Manifest =
         serde_json::from_value(value).map_err(|e| invalid(&manifest_path, e.to_string()))?;
+    let stats = manifest.training_statistics.format_version;
+    if stats > crate::stats::STATISTICS_FORMAT_VERSION {
+        return Err(invalid(
+            &manifest_path,
+            format!(
+                "its training statistics are in format {stats}, newer than this kiln reads ({}); upgrade kiln",
+                crate::stats::STATISTICS_FORMAT_VERSION
+            ),
+        ));
+    }
     let weights_path = dir.join(WEIGHTS_FILE);
     let bytes = fs::read(&weights_path).map_err(|e| io(&weights_path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(&weights_path, e.to_string()))?;

@@ -203,3 +203,20 @@ fn a_bundle_with_misshapen_weights_is_refused_with_the_tensor_named() {
         "{e}"
     );
 }
+
+#[test]
+fn a_bundle_whose_statistics_are_newer_than_kiln_is_refused() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("newer");
+    bc_bundle(&dir, 1);
+    let path = dir.join(bundle::MANIFEST_FILE);
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    manifest["training_statistics"]["format_version"] = serde_json::json!(99);
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let e = bundle::read(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("training statistics are in format 99, newer than this kiln reads (1)"),
+        "{e}"
+    );
+}
