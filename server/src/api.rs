@@ -166,8 +166,26 @@ async fn backup(State(state): State<AppState>) -> Result<Json<BackupSummary>, Ap
             "this server has no backup directory; start it with --backup-dir DIR",
         ));
     };
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // One at a time: a second request while one is written is refused, not queued. The flag
+    // is cleared when the backup's own task ends, even if its request was dropped meanwhile.
+    static WRITING: AtomicBool = AtomicBool::new(false);
+    struct Written;
+    impl Drop for Written {
+        fn drop(&mut self) {
+            WRITING.store(false, Ordering::Release);
+        }
+    }
+    if WRITING.swap(true, Ordering::AcqRel) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "a backup is being written; ask again when it is done",
+        ));
+    }
+    let written = Written;
     let keep = state.config.backup_keep;
     blocking(&state, move |models| {
+        let _written = written;
         Ok(Json(models.registry().backup_into(&dir, keep)?))
     })
     .await

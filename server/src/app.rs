@@ -205,9 +205,8 @@ async fn limit(State(state): State<AppState>, request: Request, next: Next) -> R
 async fn check_read(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if state.config.protect_reads {
         // The web UI's pages also open to its login session.
-        let ui_session = request.uri().path().starts_with("/ui")
-            && crate::guard::session_cookie(request.headers())
-                .is_some_and(|id| state.sessions.valid(&id));
+        let ui_session =
+            request.uri().path().starts_with("/ui") && state.sessions.logged_in(request.headers());
         if !ui_session && let Err(e) = authorized(&state.config, request.headers()) {
             return e.into_response();
         }
@@ -224,7 +223,8 @@ async fn check_write(State(state): State<AppState>, request: Request, next: Next
     next.run(request).await
 }
 
-fn authorized(config: &ServerConfig, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Whether the request carries the server's bearer token, when it has one.
+pub(crate) fn authorized(config: &ServerConfig, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &config.token else {
         return Ok(());
     };

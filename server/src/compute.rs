@@ -3,7 +3,8 @@
 //! work comes (no spinning, which on a small machine takes the cores that the HTTP workers need),
 //! and the pool never grows the way tokio's blocking pool does under load.
 //!
-//! **The queue is bounded.** At most [`QUEUED_PER_THREAD`] tasks per thread wait or run; past
+//! **The queue is bounded.** At most [`QUEUED_PER_THREAD`] tasks per thread wait or run (a few
+//! tens of milliseconds of small requests, more than a load test's connections); past
 //! that a request is answered 503 with `Retry-After` at once, so memory stays flat however hard
 //! clients push. A task whose request is gone (the client left, or the timeout answered 408) is
 //! dropped unrun when its turn comes.
@@ -47,7 +48,7 @@ fn pool() -> &'static Mutex<Sender<Task>> {
 }
 
 /// Tasks waiting or running per inference thread before requests are turned away.
-pub const QUEUED_PER_THREAD: usize = 64;
+pub const QUEUED_PER_THREAD: usize = 256;
 
 /// Tasks waiting or running now.
 static QUEUED: AtomicUsize = AtomicUsize::new(0);

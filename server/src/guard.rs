@@ -241,6 +241,11 @@ impl Sessions {
             .any(|(k, expires)| crate::app::same(id, k) && *expires > Instant::now())
     }
 
+    /// Whether the request carries the cookie of a live session.
+    pub fn logged_in(&self, headers: &HeaderMap) -> bool {
+        session_cookie(headers).is_some_and(|id| self.valid(&id))
+    }
+
     pub fn close(&self, id: &str) {
         lock(&self.live).remove(id);
     }
@@ -301,7 +306,11 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix("kiln_session="))
+        .filter_map(|c| {
+            c.trim()
+                .strip_prefix(SESSION_COOKIE)
+                .and_then(|rest| rest.strip_prefix('='))
+        })
         .map(str::to_string)
         .next()
 }

@@ -22,7 +22,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use kiln_core::registry::{PipelineRun, PipelineRunState, RegistryError};
+use kiln_core::registry::{PipelineRun, PipelineRunState};
 use kiln_core::wire::pipelines::{Cancelling, PipelineInfo, ScheduleChanged, StartRun, Started};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -93,18 +93,7 @@ async fn off<T: Send + 'static>(
     let state = state.clone();
     tokio::task::spawn_blocking(move || f(&state))
         .await
-        .map_err(internal)?
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
-fn registry_error(e: RegistryError) -> ApiError {
-    match e {
-        RegistryError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
-        other => internal(other),
-    }
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
 async fn list_pipelines(
@@ -130,7 +119,7 @@ async fn list_runs(
             .models
             .registry()
             .pipeline_runs(q.pipeline.as_deref(), q.limit.unwrap_or(20).min(1000))
-            .map_err(internal)?;
+            .map_err(ApiError::from)?;
         Ok(Json(runs))
     })
     .await
@@ -145,7 +134,7 @@ async fn show_run(
             s.models
                 .registry()
                 .pipeline_run(id)
-                .map_err(registry_error)?,
+                .map_err(ApiError::from)?,
         ))
     })
     .await
@@ -184,7 +173,7 @@ async fn step_log(
             .models
             .registry()
             .step_log(id, &step, attempt, q.from, max)
-            .map_err(registry_error)?;
+            .map_err(ApiError::from)?;
         Ok((
             [
                 ("content-type", "text/plain; charset=utf-8".to_string()),
@@ -238,7 +227,7 @@ async fn cancel_run(
             .models
             .registry()
             .pipeline_run(id)
-            .map_err(registry_error)?;
+            .map_err(ApiError::from)?;
         if run.state != PipelineRunState::Running || !control.cancel(id) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -275,7 +264,7 @@ async fn set_paused(
         let registry = s.models.registry();
         let mut schedule = registry
             .schedule_state(&name)
-            .map_err(internal)?
+            .map_err(ApiError::from)?
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -283,7 +272,9 @@ async fn set_paused(
                 )
             })?;
         schedule.paused = paused;
-        registry.save_schedule_state(&schedule).map_err(internal)?;
+        registry
+            .save_schedule_state(&schedule)
+            .map_err(ApiError::from)?;
         Ok(Json(ScheduleChanged {
             pipeline: name,
             paused,

@@ -3,19 +3,10 @@
 
 use super::*;
 
-/// Whether a browser request carries the token (cookie or header), when one is set.
+/// Whether a browser request may act: a login session, or the API's own check (no token set,
+/// or the bearer token).
 pub(super) fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
-    let Some(token) = &state.config.token else {
-        return Ok(());
-    };
-    let from_cookie =
-        crate::guard::session_cookie(headers).is_some_and(|id| state.sessions.valid(&id));
-    let from_header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| crate::app::same(t, token));
-    if from_cookie || from_header {
+    if state.sessions.logged_in(headers) || crate::app::authorized(&state.config, headers).is_ok() {
         Ok(())
     } else {
         Err(error_page(
