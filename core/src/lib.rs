@@ -25,6 +25,7 @@
 //! assert_eq!(features.dense[1..], [0.0, 1.0, 0.0]);
 //! ```
 
+pub mod backend;
 pub mod bundle;
 pub mod data;
 pub mod metrics;

@@ -1,24 +1,28 @@
-//! kiln's management API under `/api/`: models, versions, aliases, deployments and runs to read;
-//! traffic splits, alias moves and promotion to change (the command line's operations, for a
-//! running server that owns its `KILN_HOME`). Changes take effect before the answer is sent.
+//! kiln's management API for models under `/api/`: models, versions, aliases, history,
+//! deployments and drift to read; versions to register and delete, traffic splits, alias moves,
+//! promotion and backups to change (the command line's operations, for a running server that owns
+//! its `KILN_HOME`; experiments and runs are in `runs.rs`). Changes take effect, and serving is
+//! reconciled, before the answer is sent.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use kiln_core::registry::query::{Filter, OrderBy, RunSearch};
-use kiln_core::registry::{BackupSummary, Deployment, Stage, parse_run_id};
+use kiln_core::backend;
+use kiln_core::registry::{BackupSummary, Deployment, ModelVersion, Stage, parse_run_id};
+use kiln_core::wire::experiments::Delete;
+use kiln_core::wire::experiments::Deleted;
 use kiln_core::wire::models::{
     AliasChanged, DeleteAlias, DeploymentChanged, DeploymentEntry, DeploymentList, Expected,
-    LiveRoute, LiveShadow, LoadedVersion, ModelDetail, ModelList, ModelSummary, Promote, Promoted,
-    SetAlias, SetDeployment, VersionSummary,
+    History, LiveRoute, LiveShadow, LoadedVersion, ModelDetail, ModelList, ModelSummary, Promote,
+    Promoted, RegisterVersion, SetAlias, SetDeployment,
 };
-use kiln_core::wire::runs::{RunDetail, RunEntry, RunPage, RunText};
 
 use crate::app::{AppState, body, parse_json};
 use crate::error::{ApiError, ServeError};
 use crate::models::{Live, Models};
+use crate::runs::optional_json;
 
 /// Endpoints that only read.
 pub fn reads() -> Router<AppState> {
@@ -28,97 +32,8 @@ pub fn reads() -> Router<AppState> {
         .route("/api/models/{name}/deployment", get(show_deployment))
         .route("/api/deployments", get(list_deployments))
         .route("/api/models/{name}/drift", get(show_drift))
-        .route("/api/runs", get(list_runs))
-        .route("/api/runs/{id}", get(show_run))
-}
-
-/// `?experiment=&status=&parent=&where=&order_by=&limit=` as `kiln runs list` takes them.
-async fn list_runs(
-    State(state): State<AppState>,
-    Query(q): Query<std::collections::BTreeMap<String, String>>,
-) -> Result<Json<RunPage>, ApiError> {
-    blocking(&state, move |models| {
-        let bad = |what: &str, e: String| ServeError::BadInput(format!("`{what}`: {e}"));
-        const KEYS: [&str; 6] = [
-            "experiment",
-            "status",
-            "parent",
-            "where",
-            "order_by",
-            "limit",
-        ];
-        if let Some(k) = q.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(ServeError::BadInput(format!(
-                "no query parameter `{k}` (it takes {}){}",
-                KEYS.join(", "),
-                kiln_core::suggest::hint(k, KEYS)
-            )));
-        }
-        let search = RunSearch {
-            experiment: q.get("experiment").cloned(),
-            status: q
-                .get("status")
-                .map(|s| s.parse())
-                .transpose()
-                .map_err(|e| bad("status", e))?,
-            parent: q
-                .get("parent")
-                .map(|p| parse_run_id(p))
-                .transpose()
-                .map_err(|e| bad("parent", e.to_string()))?,
-            filter: q
-                .get("where")
-                .map(|f| Filter::parse(f))
-                .transpose()
-                .map_err(|e| bad("where", e))?,
-            order: q
-                .get("order_by")
-                .map(|o| OrderBy::parse(o))
-                .transpose()
-                .map_err(|e| bad("order_by", e))?,
-        };
-        let limit: usize = match q.get("limit") {
-            Some(l) => l
-                .parse()
-                .map_err(|_| bad("limit", format!("{l:?} is not a count")))?,
-            None => 50,
-        };
-        let views = models.registry().search_runs(&search)?;
-        let total = views.len();
-        let runs = views
-            .into_iter()
-            .take(limit)
-            .map(|v| RunEntry {
-                run: RunText(v.run),
-                metrics: v.metrics,
-            })
-            .collect();
-        Ok(Json(RunPage { runs, total }))
-    })
-    .await
-}
-
-/// One run with its latest metrics and each metric's curve (at most 40 points).
-async fn show_run(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<RunDetail>, ApiError> {
-    blocking(&state, move |models| {
-        let registry = models.registry();
-        let run = registry.run(parse_run_id(&id)?)?;
-        let metrics = registry.latest_metrics(run.id)?;
-        let mut series = std::collections::BTreeMap::new();
-        for k in metrics.keys() {
-            let points = registry.metric_history(run.id, k, Some(40))?;
-            series.insert(k.clone(), points.iter().map(|p| p.value).collect());
-        }
-        Ok(Json(RunDetail {
-            run: RunText(run),
-            metrics,
-            series,
-        }))
-    })
-    .await
+        .route("/api/models/{name}/history", get(history))
+        .route("/api/models/{name}/versions/{which}", get(show_version))
 }
 
 async fn show_drift(
@@ -154,6 +69,12 @@ pub fn writes() -> Router<AppState> {
             put(set_alias).delete(delete_alias),
         )
         .route("/api/models/{name}/promote", post(promote))
+        .route("/api/models/{name}", axum::routing::delete(delete_model))
+        .route("/api/models/{name}/versions", post(register))
+        .route(
+            "/api/models/{name}/versions/{which}",
+            axum::routing::delete(delete_version),
+        )
         .route("/api/registry/backups", post(backup))
 }
 
@@ -192,7 +113,7 @@ async fn backup(State(state): State<AppState>) -> Result<Json<BackupSummary>, Ap
 }
 
 /// Runs registry work on a blocking thread.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Models) -> Result<T, ServeError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -244,18 +165,10 @@ async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList>, A
     blocking(&state, |models| {
         let mut out = Vec::new();
         for name in models.names()? {
-            let registry = models.registry();
-            let model = registry.model(&name)?;
-            let versions = registry.versions(&name)?;
             out.push(ModelSummary {
-                description: model.description,
-                created_ms: model.created_ms,
-                versions: versions.len(),
-                latest_version: versions.last().map(|v| v.version),
-                aliases: registry.aliases(&name)?,
                 live: live_now(models, &name),
                 problem: models.problem(&name),
-                name,
+                ..backend::model_summary(models.registry(), &name)?
             });
         }
         Ok(Json(ModelList { models: out }))
@@ -269,30 +182,10 @@ async fn show_model(
 ) -> Result<Json<ModelDetail>, ApiError> {
     blocking(&state, move |models| {
         models.require(&name)?;
-        let registry = models.registry();
-        let model = registry.model(&name)?;
-        let versions = registry
-            .versions(&name)?
-            .into_iter()
-            .map(|v| {
-                Ok(VersionSummary {
-                    version: v.version,
-                    created_ms: v.created_ms,
-                    run_id: kiln_core::registry::run_id_text(v.run_id),
-                    stage: registry.stage(&name, v.version)?.to_string(),
-                    metrics: v.metrics,
-                    description: v.description,
-                })
-            })
-            .collect::<Result<_, ServeError>>()?;
         Ok(Json(ModelDetail {
-            description: model.description,
-            versions,
-            aliases: registry.aliases(&name)?,
-            deployment: registry.deployment(&name)?,
             live: live_now(models, &name),
             problem: models.problem(&name),
-            name,
+            ..backend::model_detail(models.registry(), &name)?
         }))
     })
     .await
@@ -425,11 +318,7 @@ async fn delete_alias(
     let bytes = body(bytes, state.config.max_body)?;
     let actor = state.config.actor.clone();
     blocking(&state, move |models| {
-        let b: DeleteAlias = if bytes.is_empty() {
-            DeleteAlias::default()
-        } else {
-            parse_json(&bytes)?
-        };
+        let b: DeleteAlias = optional_json(&bytes)?;
         models.require(&name)?;
         let e = models.change(&name, |r| {
             r.delete_alias(
@@ -482,6 +371,88 @@ async fn promote(
         Ok(Json(Promoted {
             event: e,
             stage: stage.to_string(),
+        }))
+    })
+    .await
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<History>, ApiError> {
+    blocking(&state, move |models| {
+        Ok(Json(History {
+            events: models.registry().history(&name)?,
+        }))
+    })
+    .await
+}
+
+/// A version's record, named by number or alias.
+async fn show_version(
+    State(state): State<AppState>,
+    Path((name, which)): Path<(String, String)>,
+) -> Result<Json<ModelVersion>, ApiError> {
+    blocking(&state, move |models| {
+        Ok(Json(models.registry().resolve(&name, &which)?))
+    })
+    .await
+}
+
+/// Registers a run's artifact as a model's next version (the model is created when new).
+async fn register(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<ModelVersion>, ApiError> {
+    let bytes = body(bytes, state.config.max_body)?;
+    blocking(&state, move |models| {
+        let b: RegisterVersion = parse_json(&bytes)?;
+        let run = parse_run_id(&b.run)?;
+        Ok(Json(models.change(&name, |r| {
+            r.register_version(&name, run, &b.artifact, &b.description, b.signature)
+        })?))
+    })
+    .await
+}
+
+async fn delete_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Deleted>, ApiError> {
+    let bytes = body(bytes, state.config.max_body)?;
+    let actor = state.config.actor.clone();
+    blocking(&state, move |models| {
+        let b: Delete = optional_json(&bytes)?;
+        let by = b.by.unwrap_or(actor);
+        let with = models.change(&name, |r| r.delete_model(&name, b.force, &by))?;
+        Ok(Json(Deleted {
+            deleted: name,
+            with,
+        }))
+    })
+    .await
+}
+
+async fn delete_version(
+    State(state): State<AppState>,
+    Path((name, which)): Path<(String, String)>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Deleted>, ApiError> {
+    let bytes = body(bytes, state.config.max_body)?;
+    let actor = state.config.actor.clone();
+    blocking(&state, move |models| {
+        let b: Delete = optional_json(&bytes)?;
+        let by = b.by.unwrap_or(actor);
+        let version: u32 = which
+            .trim_start_matches('v')
+            .parse()
+            .map_err(|_| ServeError::BadInput(format!("`{which}` is not a version number")))?;
+        models.change(&name, |r| r.delete_version(&name, version, b.force, &by))?;
+        Ok(Json(Deleted {
+            deleted: format!("{name} version {version}"),
+            with: 0,
         }))
     })
     .await

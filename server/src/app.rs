@@ -44,6 +44,8 @@ pub struct ServerConfig {
     /// Where `POST /api/registry/backups` writes backups, and how many it keeps there.
     pub backup_dir: Option<std::path::PathBuf>,
     pub backup_keep: Option<usize>,
+    /// The largest artifact object (one file, or a directory's manifest) accepted, in bytes.
+    pub max_upload: u64,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +61,7 @@ impl Default for ServerConfig {
             max_inflight: 1024,
             backup_dir: None,
             backup_keep: None,
+            max_upload: 8 << 30,
         }
     }
 }
@@ -126,10 +129,12 @@ pub fn router(state: AppState) -> Router {
         .route("/invocations", post(mlflow::invocations))
         .route("/metrics", get(metrics))
         .merge(api::reads())
+        .merge(crate::runs::reads())
         .merge(crate::pipelines::reads())
         .merge(crate::ui::reads().route_layer(ui_forms))
         .route_layer(middleware::from_fn_with_state(state.clone(), check_read));
     let writes = api::writes()
+        .merge(crate::runs::writes())
         .merge(crate::pipelines::writes())
         .route_layer(middleware::from_fn_with_state(state.clone(), check_write));
     let config = state.config.clone();

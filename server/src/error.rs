@@ -79,6 +79,9 @@ impl From<ServeError> for ApiError {
                     StatusCode::CONFLICT
                 }
                 R::Locked { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                R::Remote { status, .. } => {
+                    StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+                }
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

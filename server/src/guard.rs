@@ -170,13 +170,34 @@ pub fn json_body(request: &Request) -> Result<(), ApiError> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() != "0")
         || headers.contains_key(header::TRANSFER_ENCODING);
+    // Artifact objects are raw bytes; everything else is JSON. Neither is a type a cross-site
+    // form can send.
+    let raw = request.method() == axum::http::Method::PUT
+        && request.uri().path().starts_with("/api/artifacts/");
+    let wanted = if raw {
+        "application/octet-stream"
+    } else {
+        "application/json"
+    };
+    let media = |v: &axum::http::HeaderValue| {
+        let t = v.to_str().unwrap_or("");
+        if raw {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(wanted)
+        } else {
+            is_json(t)
+        }
+    };
     match headers.get(header::CONTENT_TYPE) {
         None if !has_body => Ok(()),
-        Some(v) if is_json(v.to_str().unwrap_or("")) => Ok(()),
+        Some(v) if media(v) => Ok(()),
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
-                "this endpoint takes `Content-Type: application/json`, not {}",
+                "this endpoint takes `Content-Type: {wanted}`, not {}",
                 other.map_or_else(
                     || "a body without a content type".to_string(),
                     |v| format!("{:?}", v.to_str().unwrap_or("?"))

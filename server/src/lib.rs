@@ -20,6 +20,7 @@ mod mlflow;
 pub mod models;
 pub mod pipelines;
 pub mod predlog;
+pub mod runs;
 pub mod runtime;
 mod tfserving;
 pub mod ui;

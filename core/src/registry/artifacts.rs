@@ -57,28 +57,54 @@ impl ArtifactStore {
 
     /// Stores the bytes read from `src`; returns their digest and size.
     pub(crate) fn put_reader(&self, src: &mut dyn Read) -> Result<(String, u64), RegistryError> {
+        self.put_reader_expecting(src, None)
+    }
+
+    /// Stores the bytes read from `src` when their digest is `expected` (any, when none); bytes
+    /// that do not match are refused and nothing is stored.
+    pub(crate) fn put_reader_expecting(
+        &self,
+        src: &mut dyn Read,
+        expected: Option<&str>,
+    ) -> Result<(String, u64), RegistryError> {
+        if let Some(e) = expected {
+            self.path_of(e)?;
+        }
         let tmp_dir = self.root.join("tmp");
         let tmp = tmp_dir.join(format!(
             "{}-{}",
             std::process::id(),
             super::records::now_ms() as u64 ^ fastrand_seed()
         ));
-        let mut file = File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut size = 0u64;
-        loop {
-            let n = src.read(&mut buf).map_err(|e| io_error(&tmp, e))?;
-            if n == 0 {
-                break;
+        let written = (|| -> Result<(blake3::Hasher, u64), RegistryError> {
+            let mut file = File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut size = 0u64;
+            loop {
+                let n = src.read(&mut buf).map_err(|e| io_error(&tmp, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).map_err(|e| io_error(&tmp, e))?;
+                size += n as u64;
             }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(|e| io_error(&tmp, e))?;
-            size += n as u64;
-        }
-        file.sync_all().map_err(|e| io_error(&tmp, e))?;
-        drop(file);
+            file.sync_all().map_err(|e| io_error(&tmp, e))?;
+            Ok((hasher, size))
+        })();
+        // A read or write that fails part way leaves no temporary file behind.
+        let (hasher, size) = written.inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
         let digest = format!("blake3:{}", hasher.finalize().to_hex());
+        if let Some(e) = expected.filter(|e| *e != digest) {
+            let _ = fs::remove_file(&tmp);
+            return Err(RegistryError::Invalid(format!(
+                "the content's digest is {digest}, not {e} as stated; it was changed on the way \
+                 or the digest is wrong"
+            )));
+        }
         let dest = self.path_of(&digest)?;
         if dest.exists() && self.verify(&digest).is_ok() {
             let _ = fs::remove_file(&tmp);
@@ -133,15 +159,12 @@ impl ArtifactStore {
             )),
             _ => io_error(&path, e),
         })?;
-        let actual = format!("blake3:{}", blake3::hash(&bytes).to_hex());
-        if actual != digest {
-            return Err(RegistryError::Corrupt(format!(
-                "artifact {} does not match its digest {digest} (found {actual}); \
-                 the file was changed or damaged",
-                path.display()
-            )));
-        }
-        Ok(bytes)
+        verified(digest, bytes, &path.display().to_string())
+    }
+
+    /// Whether an object with this digest is stored (its content is checked when it is read).
+    pub(crate) fn has(&self, digest: &str) -> Result<bool, RegistryError> {
+        Ok(self.path_of(digest)?.is_file())
     }
 
     pub(crate) fn verify(&self, digest: &str) -> Result<(), RegistryError> {
@@ -149,82 +172,17 @@ impl ArtifactStore {
     }
 
     pub(crate) fn manifest(&self, digest: &str) -> Result<Manifest, RegistryError> {
-        let bytes = self.read_verified(digest)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| RegistryError::Corrupt(format!("manifest {digest}: {e}")))
+        parse_manifest(digest, &self.read_verified(digest)?)
     }
 
-    /// Copies an artifact out to `dest` (a file, or a directory for directory artifacts),
-    /// verifying every object on the way. The copy is written beside `dest`, synced, and renamed
-    /// into place: `dest` appears whole or not at all, and an existing `dest` is refused.
+    /// Copies an artifact out to `dest`, verifying every object on the way (see [`export_with`]).
     pub(crate) fn export(
         &self,
         digest: &str,
         directory: bool,
         dest: &Path,
     ) -> Result<(), RegistryError> {
-        if dest.exists() {
-            return Err(io_error(
-                dest,
-                io::Error::new(io::ErrorKind::AlreadyExists, "it already exists"),
-            ));
-        }
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = dest
-            .file_name()
-            .map_or_else(|| "export".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = parent.join(format!(
-            ".{name}.kiln-tmp-{}-{}",
-            std::process::id(),
-            fastrand_seed()
-        ));
-        let written = self.write_out(digest, directory, &tmp).and_then(|()| {
-            fs::rename(&tmp, dest).map_err(|e| io_error(dest, e))?;
-            sync_dir(&parent)
-        });
-        if written.is_err() {
-            let _ = fs::remove_dir_all(&tmp).or_else(|_| fs::remove_file(&tmp));
-        }
-        written
-    }
-
-    fn write_out(&self, digest: &str, directory: bool, dest: &Path) -> Result<(), RegistryError> {
-        let write = |path: &Path, bytes: &[u8]| -> Result<(), RegistryError> {
-            let mut f = File::create(path).map_err(|e| io_error(path, e))?;
-            f.write_all(bytes).map_err(|e| io_error(path, e))?;
-            f.sync_all().map_err(|e| io_error(path, e))
-        };
-        if !directory {
-            return write(dest, &self.read_verified(digest)?);
-        }
-        let manifest = self.manifest(digest)?;
-        fs::create_dir_all(dest).map_err(|e| io_error(dest, e))?;
-        let mut dirs = std::collections::BTreeSet::new();
-        for entry in &manifest.files {
-            if entry
-                .path
-                .split('/')
-                .any(|part| part == ".." || part.is_empty())
-            {
-                return Err(RegistryError::Corrupt(format!(
-                    "manifest {digest} has an unsafe path {:?}",
-                    entry.path
-                )));
-            }
-            let target = dest.join(&entry.path);
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
-                dirs.insert(parent.to_path_buf());
-            }
-            write(&target, &self.read_verified(&entry.digest)?)?;
-        }
-        for d in dirs {
-            sync_dir(&d)?;
-        }
-        Ok(())
+        export_with(&|d| self.read_verified(d), digest, directory, dest)
     }
 
     /// Every digest an artifact's object (and, for a directory, its files) is stored under.
@@ -244,6 +202,184 @@ impl ArtifactStore {
             Err(e) => Err(io_error(&path, e)),
         }
     }
+}
+
+/// `bytes` when their BLAKE3 digest is `digest`; `source` names where they came from.
+pub fn verified(digest: &str, bytes: Vec<u8>, source: &str) -> Result<Vec<u8>, RegistryError> {
+    let actual = format!("blake3:{}", blake3::hash(&bytes).to_hex());
+    if actual != digest {
+        return Err(RegistryError::Corrupt(format!(
+            "artifact {source} does not match its digest {digest} (found {actual}); \
+             the file was changed or damaged"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Copies an artifact out to `dest` (a file, or a directory for directory artifacts), its
+/// objects read by `fetch` (which checks each against its digest: the local store, or a server's
+/// answers). The copy is written beside `dest`, synced, and renamed into place: `dest` appears
+/// whole or not at all, and an existing `dest` is refused. A manifest path that would leave
+/// `dest` is refused.
+pub fn export_with(
+    fetch: &dyn Fn(&str) -> Result<Vec<u8>, RegistryError>,
+    digest: &str,
+    directory: bool,
+    dest: &Path,
+) -> Result<(), RegistryError> {
+    if dest.exists() {
+        return Err(io_error(
+            dest,
+            io::Error::new(io::ErrorKind::AlreadyExists, "it already exists"),
+        ));
+    }
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dest
+        .file_name()
+        .map_or_else(|| "export".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = parent.join(format!(
+        ".{name}.kiln-tmp-{}-{}",
+        std::process::id(),
+        fastrand_seed()
+    ));
+    let written = write_out(fetch, digest, directory, &tmp).and_then(|()| {
+        fs::rename(&tmp, dest).map_err(|e| io_error(dest, e))?;
+        sync_dir(&parent)
+    });
+    if written.is_err() {
+        let _ = fs::remove_dir_all(&tmp).or_else(|_| fs::remove_file(&tmp));
+    }
+    written
+}
+
+fn write_out(
+    fetch: &dyn Fn(&str) -> Result<Vec<u8>, RegistryError>,
+    digest: &str,
+    directory: bool,
+    dest: &Path,
+) -> Result<(), RegistryError> {
+    let write = |path: &Path, bytes: &[u8]| -> Result<(), RegistryError> {
+        let mut f = File::create(path).map_err(|e| io_error(path, e))?;
+        f.write_all(bytes).map_err(|e| io_error(path, e))?;
+        f.sync_all().map_err(|e| io_error(path, e))
+    };
+    if !directory {
+        return write(dest, &fetch(digest)?);
+    }
+    let manifest = parse_manifest(digest, &fetch(digest)?)?;
+    fs::create_dir_all(dest).map_err(|e| io_error(dest, e))?;
+    let mut dirs = std::collections::BTreeSet::new();
+    for entry in &manifest.files {
+        let target = dest.join(&entry.path);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+            dirs.insert(parent.to_path_buf());
+        }
+        write(&target, &fetch(&entry.digest)?)?;
+    }
+    for d in dirs {
+        sync_dir(&d)?;
+    }
+    Ok(())
+}
+
+/// A directory artifact's manifest, read from its bytes; a path that is absolute, empty or
+/// climbs out (`..`) is refused.
+pub fn parse_manifest(digest: &str, bytes: &[u8]) -> Result<Manifest, RegistryError> {
+    let manifest: Manifest = serde_json::from_slice(bytes)
+        .map_err(|e| RegistryError::Corrupt(format!("manifest {digest}: {e}")))?;
+    for entry in &manifest.files {
+        if entry.path.starts_with('/')
+            || entry.path.contains('\\')
+            || entry
+                .path
+                .split('/')
+                .any(|part| part == ".." || part == "." || part.is_empty())
+        {
+            return Err(RegistryError::Corrupt(format!(
+                "manifest {digest} has an unsafe path {:?}",
+                entry.path
+            )));
+        }
+    }
+    Ok(manifest)
+}
+
+/// What uploading a file or directory sends: each object (file contents, and for a directory
+/// its manifest) with its digest, and the digest the artifact is known by.
+pub struct Upload {
+    pub digest: String,
+    pub directory: bool,
+    pub objects: Vec<UploadObject>,
+}
+
+pub struct UploadObject {
+    pub digest: String,
+    pub size: u64,
+    pub source: UploadSource,
+}
+
+pub enum UploadSource {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// Hashes a file or directory for upload, the way the store names it.
+pub fn plan_upload(path: &Path) -> Result<Upload, RegistryError> {
+    let hash_file = |p: &Path| -> Result<(String, u64), RegistryError> {
+        let mut f = File::open(p).map_err(|e| io_error(p, e))?;
+        let mut hasher = blake3::Hasher::new();
+        let size = io::copy(&mut f, &mut hasher).map_err(|e| io_error(p, e))?;
+        Ok((format!("blake3:{}", hasher.finalize().to_hex()), size))
+    };
+    let meta = fs::metadata(path).map_err(|e| io_error(path, e))?;
+    if !meta.is_dir() {
+        let (digest, size) = hash_file(path)?;
+        return Ok(Upload {
+            digest: digest.clone(),
+            directory: false,
+            objects: vec![UploadObject {
+                digest,
+                size,
+                source: UploadSource::File(path.to_path_buf()),
+            }],
+        });
+    }
+    let mut files = Vec::new();
+    collect_files(path, path, &mut files)?;
+    files.sort();
+    let mut objects = Vec::with_capacity(files.len() + 1);
+    let mut entries = Vec::with_capacity(files.len());
+    for rel in files {
+        let p = path.join(&rel);
+        let (digest, size) = hash_file(&p)?;
+        entries.push(ManifestEntry {
+            path: rel,
+            digest: digest.clone(),
+            size,
+        });
+        objects.push(UploadObject {
+            digest,
+            size,
+            source: UploadSource::File(p),
+        });
+    }
+    let manifest = serde_json::to_vec(&Manifest { files: entries })
+        .unwrap_or_else(|e| unreachable!("manifests serialize: {e}"));
+    let digest = format!("blake3:{}", blake3::hash(&manifest).to_hex());
+    objects.push(UploadObject {
+        digest: digest.clone(),
+        size: manifest.len() as u64,
+        source: UploadSource::Bytes(manifest),
+    });
+    Ok(Upload {
+        digest,
+        directory: true,
+        objects,
+    })
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), RegistryError> {

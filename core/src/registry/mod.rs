@@ -14,7 +14,7 @@
 //! point. Multi-record changes (a version and its model's counter; an alias and its history) are
 //! single sled transactions: after a crash either all of a change is there or none of it.
 
-mod artifacts;
+pub mod artifacts;
 mod backup;
 mod deployments;
 mod pipelines;
@@ -96,6 +96,9 @@ pub enum RegistryError {
     Io(String),
     #[error("registry storage: {0}")]
     Storage(String),
+    /// A running server's answer to a call that failed, with its HTTP status.
+    #[error("{message}")]
+    Remote { status: u16, message: String },
 }
 
 fn show_version(v: Option<u32>) -> String {
@@ -137,7 +140,7 @@ pub enum Expect {
 }
 
 /// An MLflow-style stage, read from the aliases `production` and `staging`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Stage {
     None,
     Staging,
@@ -818,12 +821,7 @@ impl Registry {
         path: &Path,
     ) -> Result<ArtifactRef, RegistryError> {
         check_key("artifact", name)?;
-        if self.run(id)?.artifacts.iter().any(|a| a.name == name) {
-            return Err(RegistryError::AlreadyExists {
-                what: "artifact",
-                name: name.to_string(),
-            });
-        }
+        self.no_artifact_named(id, name)?;
         let meta = fs::metadata(path)
             .map_err(|e| RegistryError::Io(format!("{}: {e}", path.display())))?;
         let (digest, size, kind) = if meta.is_dir() {
@@ -833,12 +831,114 @@ impl Registry {
             let (d, s) = self.artifacts.put_file(path)?;
             (d, s, ArtifactKind::File)
         };
-        let artifact = ArtifactRef {
-            name: name.to_string(),
-            digest,
-            kind,
-            size,
+        self.attach(
+            id,
+            ArtifactRef {
+                name: name.to_string(),
+                digest,
+                kind,
+                size,
+            },
+        )
+    }
+
+    /// Attaches content already in the store (uploaded object by object with [`put_object`])
+    /// to a run as an artifact named `name`. Every object is read and checked against its digest
+    /// first, so a run never points at content that is missing or damaged.
+    ///
+    /// [`put_object`]: Registry::put_object
+    pub fn attach_artifact(
+        &self,
+        id: u64,
+        name: &str,
+        digest: &str,
+        kind: ArtifactKind,
+    ) -> Result<ArtifactRef, RegistryError> {
+        check_key("artifact", name)?;
+        self.no_artifact_named(id, name)?;
+        let missing = |d: &str| {
+            RegistryError::Invalid(format!(
+                "object {d} has not been uploaded; upload it (PUT /api/artifacts/{d}) before attaching"
+            ))
         };
+        if !self.artifacts.has(digest)? {
+            return Err(missing(digest));
+        }
+        let bytes = self.artifacts.read_verified(digest)?;
+        let size = match kind {
+            ArtifactKind::File => bytes.len() as u64,
+            ArtifactKind::Directory => {
+                let manifest = artifacts::parse_manifest(digest, &bytes)
+                    .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+                let mut total = 0u64;
+                for entry in &manifest.files {
+                    if !self.artifacts.has(&entry.digest)? {
+                        return Err(missing(&entry.digest));
+                    }
+                    let content = self.artifacts.read_verified(&entry.digest)?;
+                    if content.len() as u64 != entry.size {
+                        return Err(RegistryError::Invalid(format!(
+                            "manifest {digest} says {} is {} bytes; it is {}",
+                            entry.path,
+                            entry.size,
+                            content.len()
+                        )));
+                    }
+                    total = total.saturating_add(entry.size);
+                }
+                total
+            }
+        };
+        self.attach(
+            id,
+            ArtifactRef {
+                name: name.to_string(),
+                digest: digest.to_string(),
+                kind,
+                size,
+            },
+        )
+    }
+
+    /// Stores one object read from `src` when its digest is `digest`; returns its size.
+    pub fn put_object(
+        &self,
+        src: &mut dyn std::io::Read,
+        digest: &str,
+    ) -> Result<u64, RegistryError> {
+        Ok(self.artifacts.put_reader_expecting(src, Some(digest))?.1)
+    }
+
+    /// Whether the store holds an object with this digest.
+    pub fn has_object(&self, digest: &str) -> Result<bool, RegistryError> {
+        self.artifacts.has(digest)
+    }
+
+    /// One object's bytes, checked against its digest.
+    pub fn read_object(&self, digest: &str) -> Result<Vec<u8>, RegistryError> {
+        if !self.artifacts.has(digest)? {
+            return Err(RegistryError::NotFound {
+                what: "artifact object",
+                name: digest.to_string(),
+                hint: String::new(),
+            });
+        }
+        self.artifacts.read_verified(digest)
+    }
+
+    fn no_artifact_named(&self, id: u64, name: &str) -> Result<(), RegistryError> {
+        if self.run(id)?.artifacts.iter().any(|a| a.name == name) {
+            return Err(RegistryError::AlreadyExists {
+                what: "artifact",
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records `artifact` (its objects stored) on a run.
+    fn attach(&self, id: u64, artifact: ArtifactRef) -> Result<ArtifactRef, RegistryError> {
+        let kind = artifact.kind;
         // References first: an object is never collected while a record may point to it.
         let owner = format!("run:{}", run_id_text(id));
         for object in self

@@ -2,6 +2,7 @@
 //! by the server and read by the client, so the two cannot drift apart. A field the reader needs
 //! and the body lacks is an error, never a silent default.
 
+pub mod experiments;
 pub mod models;
 pub mod pipelines;
 pub mod runs;

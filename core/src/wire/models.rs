@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{AliasEvent, Batching, Deployment, Expect, Route};
+use crate::registry::{
+    AliasEvent, Batching, Deployment, Expect, Model, ModelVersion, Route, Stage,
+};
 
 /// What serves a model's bare name now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,28 +56,49 @@ pub struct ModelList {
     pub models: Vec<ModelSummary>,
 }
 
-/// One version in `GET /api/models/{name}`.
+/// One version in `GET /api/models/{name}`: its record and its stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VersionSummary {
-    pub version: u32,
-    pub created_ms: i64,
-    /// The training run, as run ids are written (`0000002a`).
-    pub run_id: String,
-    pub stage: String,
-    pub metrics: BTreeMap<String, f64>,
-    pub description: String,
+pub struct VersionEntry {
+    pub version: ModelVersion,
+    pub stage: Stage,
 }
 
 /// `GET /api/models/{name}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelDetail {
-    pub name: String,
-    pub description: String,
-    pub versions: Vec<VersionSummary>,
+    pub model: Model,
+    pub versions: Vec<VersionEntry>,
     pub aliases: BTreeMap<String, u32>,
     pub deployment: Deployment,
+    /// What serves it now; none from a registry no server holds.
     pub live: Option<Live>,
     pub problem: Option<String>,
+}
+
+/// `POST /api/models/{name}/versions`: register a run's artifact as the next version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterVersion {
+    /// The run, as run ids are written (`0000002a`).
+    pub run: String,
+    /// The run's artifact (`model` by default).
+    #[serde(default = "model_artifact")]
+    pub artifact: String,
+    #[serde(default)]
+    pub description: String,
+    /// The model's input signature, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<serde_json::Value>,
+}
+
+fn model_artifact() -> String {
+    "model".to_string()
+}
+
+/// `GET /api/models/{name}/history`: every alias move, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    pub events: Vec<AliasEvent>,
 }
 
 /// One model in `GET /api/deployments`.

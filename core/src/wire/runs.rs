@@ -1,11 +1,14 @@
-//! The runs API: `GET /api/runs` and `GET /api/runs/{id}`.
+//! The runs API: `/api/runs…` to list, show, create, log to, attach artifacts to and end runs.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::registry::query::{run_from_json, run_json};
-use crate::registry::{MetricPoint, Run};
+use crate::registry::query::{Filter, OrderBy, RunSearch, run_from_json, run_json};
+use crate::registry::{
+    ArtifactKind, Lineage, MetricPoint, NewRun, RegistryError, Run, RunStatus, parse_run_id,
+    run_id_text,
+};
 
 /// A run as the API writes it: ids as people type them (`0000002a`).
 #[derive(Debug, Clone, PartialEq)]
@@ -46,4 +49,144 @@ pub struct RunDetail {
     pub run: RunText,
     pub metrics: BTreeMap<String, MetricPoint>,
     pub series: BTreeMap<String, Vec<f64>>,
+}
+
+/// `GET /api/runs?…`: which runs, as `kiln runs list` takes them; every field may be left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+    /// Only the child runs of this run (a sweep's trials), as run ids are written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// A filter such as `metrics.auc > 0.8 and params.lr = 0.01`.
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_by: Option<String>,
+    /// How many runs to list (50 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl RunQuery {
+    /// The search the registry runs; a malformed filter or ordering names its field.
+    pub fn search(&self) -> Result<RunSearch, RegistryError> {
+        let bad = |what: &str, e: String| RegistryError::Invalid(format!("`{what}`: {e}"));
+        Ok(RunSearch {
+            experiment: self.experiment.clone(),
+            status: self.status,
+            parent: self.parent.as_deref().map(parse_run_id).transpose()?,
+            filter: self
+                .filter
+                .as_deref()
+                .map(Filter::parse)
+                .transpose()
+                .map_err(|e| bad("where", e))?,
+            order: self
+                .order_by
+                .as_deref()
+                .map(OrderBy::parse)
+                .transpose()
+                .map_err(|e| bad("order_by", e))?,
+        })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or(50)
+    }
+
+    /// The query as a URL's query string (without the `?`).
+    pub fn to_query_string(&self) -> String {
+        serde_urlencoded::to_string(self).unwrap_or_default()
+    }
+}
+
+/// `POST /api/runs`: start a run (status `running`); the answer is the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    pub experiment: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub lineage: Lineage,
+}
+
+impl CreateRun {
+    pub fn of(new: &NewRun) -> CreateRun {
+        CreateRun {
+            experiment: new.experiment.clone(),
+            name: new.name.clone(),
+            params: new.params.clone(),
+            tags: new.tags.clone(),
+            parent: new.parent.map(run_id_text),
+            lineage: new.lineage.clone(),
+        }
+    }
+
+    pub fn into_new_run(self) -> Result<NewRun, RegistryError> {
+        Ok(NewRun {
+            experiment: self.experiment,
+            name: self.name,
+            params: self.params,
+            tags: self.tags,
+            parent: self.parent.as_deref().map(parse_run_id).transpose()?,
+            lineage: self.lineage,
+        })
+    }
+}
+
+/// One metric value at a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricValue {
+    pub key: String,
+    pub value: f64,
+    #[serde(default)]
+    pub step: i64,
+}
+
+/// `POST /api/runs/{id}/log`: metrics, parameters and tags, any of them left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogToRun {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricValue>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The answer to a log: how many metric values were recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logged {
+    pub metrics: usize,
+}
+
+/// `POST /api/runs/{id}/end`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndRun {
+    pub status: RunStatus,
+}
+
+/// `POST /api/runs/{id}/artifacts`: attach content already uploaded to
+/// `PUT /api/artifacts/{digest}` (for a directory: its manifest and every file it lists).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachArtifact {
+    pub name: String,
+    pub digest: String,
+    pub kind: ArtifactKind,
 }
