@@ -237,23 +237,34 @@ predict {\"i1\": 1, \"i2\": 38.1, \"i3\": 0.37, \"i4\": null, \"i5\": 256.6, \"i
         "{}",
         r.stderr
     );
+    // A REPL line goes where the session's registry is: trained here, recorded there.
     let script = k.file(
         "train.kiln",
-        "train --data x --target y
-",
+        "train --data examples/data/breast_cancer.csv --target label --epochs 1 --experiment from-repl\n",
     );
-    let r = k.run(&[
-        "repl",
+    let out = k
+        .command()
+        .env("KILN_TOKEN", "s3cret")
+        .args(["repl", "--server", &server, "--script"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Value = serde_json::from_str(&k.ok(&[
+        "runs",
+        "list",
+        "--experiment",
+        "from-repl",
         "--server",
         &server,
-        "--script",
-        &script.display().to_string(),
-    ]);
-    assert!(
-        r.stderr.contains("belongs to the kiln up at"),
-        "{}",
-        r.stderr
-    );
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
 
     // A long run; SIGTERM while it trains cancels the step and the process exits cleanly.
     let long = serde_json::json!({"params": {"rows": 20000, "epochs": 500, "seed": 3}});

@@ -25,7 +25,7 @@ use kiln_scheduler::pipeline::Arg;
 use kiln_scheduler::run::{ComponentCall, ComponentError, Components};
 use kiln_trainer::{DeviceChoice, TrainConfig, TrainError};
 
-use crate::cmd::train::{sweep_into, train_into};
+use kiln_trainer::tracked::{TrialEnd, sweep_into, train_into};
 
 /// kiln's components. (A `train` step on the GPU holds the executor's GPU permit, so at most
 /// one trains there at a time.)
@@ -427,7 +427,7 @@ impl Builtins {
         let config = train_config(call, &["data", "target", "spec", "experiment"])?;
         let experiment = text(call, "experiment").unwrap_or(&call.pipeline);
         let trained = train_into(
-            &call.registry,
+            call.registry.as_ref(),
             &table,
             &path,
             target,
@@ -435,7 +435,7 @@ impl Builtins {
             experiment,
             lineage_tags(call),
             &Watch(&call.cancelled),
-            true,
+            &kiln_trainer::NoLogger,
         )?;
         for e in &trained.outcome.history {
             call.log_line(&format!(
@@ -468,13 +468,23 @@ fn tune(call: &ComponentCall) -> Result<Values> {
             .with_context(|| sweep_path.display().to_string())?;
     let experiment = text(call, "experiment").unwrap_or(&call.pipeline);
     let swept = sweep_into(
-        &call.registry,
+        call.registry.as_ref(),
         &table,
         target,
         &config,
         experiment,
         &format!("{}-{}", call.pipeline, call.step),
         lineage_tags(call),
+        &|end: TrialEnd| {
+            call.log_line(&format!(
+                "trial {} of {}: run {} {}",
+                end.trial + 1,
+                end.total,
+                run_id_text(end.run),
+                end.error
+                    .map_or_else(|| "finished".to_string(), |e| format!("failed: {e}"))
+            ))
+        },
     )?;
     let best = swept.best.ok_or_else(|| {
         anyhow!(

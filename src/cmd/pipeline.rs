@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::Outcome;
 use crate::cmd::registry::{Home, when};
-use crate::cmd::remote::{Server, base, call, call_text, call_with, url_part};
+use crate::cmd::remote::{Server, call, call_text, call_with, url_part};
 use crate::ui;
 
 #[derive(Debug, Subcommand)]
@@ -520,7 +520,7 @@ fn run_on_server(args: &RunArgs) -> Result<Outcome> {
     if !args.json {
         eprintln!(
             "pipeline `{name}` run {id} started in the kiln up at {}",
-            base(&args.server)
+            args.server.server.as_deref().unwrap_or_default()
         );
     }
     let live = Live {

@@ -2,7 +2,8 @@
 //! the same words and options (parsed by the same clap definitions), plus session state: named
 //! datasets loaded once (`load ctr examples/data/ctr.csv`), the current model (`use ctr`) and
 //! the last run as defaults, `predict` with inline JSON rows, `describe` of a loaded dataset.
-//! Against a running `kiln up` (`--server URL`), pipeline and deploy lines go to its API.
+//! Against a running `kiln up` (`--server URL`) every line whose command takes `--server` goes
+//! to it: registry, training, pipeline and deploy lines alike.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,8 +11,10 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser};
+use kiln_core::backend::Backend;
 use kiln_core::data::Table;
-use kiln_core::registry::{Registry, run_id_text};
+use kiln_core::registry::run_id_text;
+use kiln_core::wire::runs::RunQuery;
 use kiln_repl::Shell;
 
 use crate::cmd::registry::Home;
@@ -125,8 +128,11 @@ fn subcommand_names() -> Vec<String> {
 }
 
 impl Session {
-    fn registry(&self) -> Result<Registry> {
-        Ok(Registry::open(&self.home)?)
+    /// The registry the session's lines go to: the server's, or KILN_HOME's.
+    fn backend(&self) -> Result<Box<dyn Backend>> {
+        self.remote().unwrap_or_default().backend(&Home {
+            dir: self.home.clone(),
+        })
     }
 
     fn cli(&mut self, words: &[String]) -> Result<()> {
@@ -157,27 +163,13 @@ impl Session {
         {
             words.extend(["--model".to_string(), m.clone()]);
         }
-        if let Some(url) = &self.server {
-            let second = words.get(1).map(String::as_str);
-            // Lines that only read files, and lines the server's API answers.
-            let local = first == "data" || (first == "pipeline" && second == Some("validate"));
-            let over_http = first == "deploy"
-                || (first == "pipeline" && !local && !matches!(second, Some("backfill" | "prune")))
-                || (first == "models"
-                    && (matches!(second, Some("list" | "show" | "versions" | "promote"))
-                        || (second == Some("alias") && words.get(2).is_some_and(|w| w == "set"))))
-                || (first == "runs" && matches!(second, Some("list" | "show" | "compare")));
-            if over_http {
-                words.extend(["--server".to_string(), url.clone()]);
-            } else if !local {
-                anyhow::bail!(
-                    "this kiln's KILN_HOME belongs to the kiln up at {url}; over HTTP the REPL runs \
-                     `runs list|show|compare`, `models list|show|versions|promote|alias set`, `use` and \
-                     `predict`, `pipeline \
-                     run|runs|show|logs|cancel|schedule` and `deploy`, and `data` and `pipeline \
-                     validate` read files here"
-                );
-            }
+        // A line goes where the session's registry is: to the server when its command takes
+        // `--server` (one given on the line wins).
+        if let Some(url) = &self.server
+            && takes_server(&words)
+            && !words.iter().any(|w| w == "--server")
+        {
+            words.extend(["--server".to_string(), url.clone()]);
         }
         let cli = match Cli::try_parse_from(
             std::iter::once("kiln".to_string()).chain(words.iter().cloned()),
@@ -229,24 +221,28 @@ impl Session {
 
     /// Remembers the newest run and draws its loss curves.
     fn after_training(&mut self) {
-        let Ok(reg) = self.registry() else { return };
-        let Some(run) = reg
-            .runs(None)
+        let Ok(backend) = self.backend() else { return };
+        let newest = RunQuery {
+            limit: Some(1),
+            ..RunQuery::default()
+        };
+        let Some(id) = backend
+            .runs(&newest)
             .ok()
-            .and_then(|r| r.into_iter().max_by_key(|r| r.id))
+            .and_then(|p| p.runs.first().map(|e| e.run.0.id))
         else {
             return;
         };
-        self.last_run = Some(run_id_text(run.id));
-        self.trained.push(run_id_text(run.id));
+        self.last_run = Some(run_id_text(id));
+        self.trained.push(run_id_text(id));
+        let Ok(detail) = backend.run(id) else { return };
         for key in ["train_loss", "validation_loss"] {
-            if let Ok(points) = reg.metric_history(run.id, key, Some(60))
-                && points.len() > 1
+            if let Some(values) = detail.series.get(key)
+                && values.len() > 1
             {
-                let values: Vec<f64> = points.iter().map(|p| p.value).collect();
                 println!(
                     "{key:>16} {} {} → {}",
-                    ui::sparkline(&values),
+                    ui::sparkline(values),
                     ui::num(values[0]),
                     ui::num(values[values.len() - 1])
                 );
@@ -279,22 +275,12 @@ impl Session {
         let model = name.split(['@', ':']).next().unwrap_or(name);
         let run = kiln_core::registry::parse_run_id(name).ok();
         // Which of the two the registry (or the server) knows.
-        let (is_model, is_run) = match self.remote() {
-            Some(server) => {
-                let found =
-                    |path: String| remote::call::<serde_json::Value>(&server, "GET", &path).is_ok();
-                (
-                    found(format!("/api/models/{}", remote::url_part(model))),
-                    run.is_some() && found(format!("/api/runs/{}", remote::url_part(name))),
-                )
-            }
-            None => match self.registry() {
-                Ok(r) => (
-                    r.model(model).is_ok(),
-                    run.is_some_and(|id| r.run(id).is_ok()),
-                ),
-                Err(_) => (false, false),
-            },
+        let (is_model, is_run) = match self.backend() {
+            Ok(b) => (
+                b.model(model).is_ok(),
+                run.is_some_and(|id| b.run(id).is_ok()),
+            ),
+            Err(_) => (false, false),
         };
         if is_model {
             return self.cli(&["models".into(), "show".into(), model.to_string()]);
@@ -310,15 +296,7 @@ impl Session {
 
     fn use_model(&mut self, spec: &str) -> Result<()> {
         let name = spec.split(['@', ':']).next().unwrap_or(spec);
-        if let Some(server) = self.remote() {
-            let _: kiln_core::wire::models::ModelDetail = remote::call(
-                &server,
-                "GET",
-                &format!("/api/models/{}", remote::url_part(name)),
-            )?;
-        } else {
-            self.registry()?.model(name)?;
-        }
+        self.backend()?.model(name)?;
         self.model = Some(spec.to_string());
         println!("using {spec} (model `{name}`)");
         Ok(())
@@ -574,19 +552,13 @@ impl Shell for Session {
                 out.extend(self.model_candidates(partial));
             }
             ("runs", "show" | "compare" | "delete" | "end" | "log" | "artifact") => {
-                if let Some(server) = self.remote() {
-                    // The newest runs the server knows.
-                    if let Ok(page) = remote::call::<kiln_core::wire::runs::RunPage>(
-                        &server,
-                        "GET",
-                        "/api/runs?limit=200",
-                    ) {
-                        out.extend(page.runs.iter().map(|e| run_id_text(e.run.0.id)));
-                    }
-                } else if let Ok(reg) = self.registry()
-                    && let Ok(runs) = reg.runs(None)
-                {
-                    out.extend(runs.iter().map(|r| run_id_text(r.id)));
+                // The newest runs.
+                let query = RunQuery {
+                    limit: Some(200),
+                    ..RunQuery::default()
+                };
+                if let Ok(page) = self.backend().and_then(|b| Ok(b.runs(&query)?)) {
+                    out.extend(page.runs.iter().map(|e| run_id_text(e.run.0.id)));
                 }
             }
             _ if words.len() == 1 => {
@@ -604,37 +576,31 @@ impl Shell for Session {
 impl Session {
     /// Model names, or `NAME@ALIAS` once `@` is typed.
     fn model_candidates(&self, partial: &str) -> Vec<String> {
-        if let Some(server) = self.remote() {
-            // The server's models, each as NAME and NAME@ALIAS.
-            let Ok(list) =
-                remote::call::<kiln_core::wire::models::ModelList>(&server, "GET", "/api/models")
-            else {
-                return Vec::new();
-            };
-            let mut out = Vec::new();
-            for m in list.models {
-                if partial.contains('@') {
-                    out.extend(m.aliases.keys().map(|a| format!("{}@{a}", m.name)));
-                } else {
-                    out.push(m.name);
-                }
-            }
-            return out;
-        }
-        let Ok(reg) = self.registry() else {
+        let Ok(list) = self.backend().and_then(|b| Ok(b.models()?)) else {
             return Vec::new();
         };
-        match partial.split_once('@') {
-            Some((name, _)) => reg
-                .aliases(name)
-                .map(|a| a.keys().map(|k| format!("{name}@{k}")).collect())
-                .unwrap_or_default(),
-            None => reg
-                .models()
-                .map(|m| m.into_iter().map(|m| m.name).collect())
-                .unwrap_or_default(),
+        let mut out = Vec::new();
+        for m in list.models {
+            if partial.contains('@') {
+                out.extend(m.aliases.keys().map(|a| format!("{}@{a}", m.name)));
+            } else {
+                out.push(m.name);
+            }
+        }
+        out
+    }
+}
+
+/// Whether the command a line names (`models alias set …`) takes `--server`.
+fn takes_server(words: &[String]) -> bool {
+    let mut command = Cli::command();
+    for word in words {
+        match command.find_subcommand(word) {
+            Some(sub) => command = sub.clone(),
+            None => break,
         }
     }
+    command.get_arguments().any(|a| a.get_id() == "server")
 }
 
 #[cfg(test)]
@@ -663,7 +629,7 @@ mod tests {
     fn completion_against_a_server_offers_its_runs() {
         // A real server on loopback over a registry with one run.
         let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::open(&dir.path().join("served")).unwrap();
+        let registry = kiln_core::registry::Registry::open(&dir.path().join("served")).unwrap();
         let run = registry
             .create_run(kiln_core::registry::NewRun {
                 experiment: "e".into(),

@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// The largest request body accepted, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_body: usize,
+    /// The largest artifact file accepted by `PUT /api/artifacts/{digest}`, in bytes.
+    #[arg(long, default_value_t = 8 << 30)]
+    max_upload: u64,
     /// Where backups of the registry go (`POST /api/registry/backups`, `kiln registry backup
     /// --server`, `--backup-every`); KILN_HOME/backups by default.
     #[arg(long, value_name = "DIR")]
@@ -187,6 +190,7 @@ impl ServeArgs {
             backup_keep: Some(self.backup_keep),
             protect_reads: self.protect_reads,
             max_body: self.max_body,
+            max_upload: self.max_upload,
             timeout: self.timeout,
             actor: std::env::var("USER").unwrap_or_else(|_| "kiln-server".into()),
             log: kiln_server::predlog::LogConfig {

@@ -6,12 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use kiln_core::bundle;
-use kiln_core::registry::{Lineage, NewRun, Registry, RunStatus, run_id_text};
+use kiln_core::registry::run_id_text;
 use kiln_core::transform::TransformSpec;
-use kiln_trainer::{DeviceChoice, ModelKind, OptimizerKind, Predictor, RunLogger, TrainConfig};
+use kiln_trainer::tracked::{Swept, Trained, TrialEnd, sweep_into, train_into};
+use kiln_trainer::{
+    DeviceChoice, ModelKind, NoLogger, OptimizerKind, Predictor, RunLogger, TrainConfig,
+};
 
 use crate::Outcome;
 use crate::cmd::registry::Home;
+use crate::cmd::remote::Server;
 use crate::ui::{self, Bar, num};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -84,6 +88,10 @@ pub struct TrainArgs {
     out: Option<PathBuf>,
     #[arg(long)]
     json: bool,
+    /// Train here, and record the run, its metrics, its bundle and any version in this server's
+    /// registry.
+    #[command(flatten)]
+    server: Server,
 }
 
 /// `kiln predict`.
@@ -104,6 +112,8 @@ pub struct PredictArgs {
     output: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    #[command(flatten)]
+    server: Server,
 }
 
 impl TrainArgs {
@@ -161,27 +171,14 @@ impl TrainArgs {
     }
 }
 
-/// Logs each epoch to the run and prints a line for people.
-struct EpochLog<'a> {
-    reg: &'a Registry,
-    run: u64,
+/// Prints a line for people at each epoch.
+struct EpochLine {
     epochs: usize,
-    quiet: bool,
 }
 
-impl RunLogger for EpochLog<'_> {
+impl RunLogger for EpochLine {
     fn log(&self, step: i64, metrics: &[(&str, f64)]) {
-        if let Err(e) = self.reg.log_metrics(
-            self.run,
-            metrics
-                .iter()
-                .map(|(k, v)| (*k, step, *v))
-                .collect::<Vec<_>>()
-                .as_slice(),
-        ) {
-            tracing::warn!("logging metrics to run {}: {e}", run_id_text(self.run));
-        }
-        if !self.quiet && metrics.iter().any(|(k, _)| *k == "train_loss") {
+        if metrics.iter().any(|(k, _)| *k == "train_loss") {
             let shown = [
                 "train_loss",
                 "validation_loss",
@@ -197,98 +194,6 @@ impl RunLogger for EpochLog<'_> {
             eprintln!("epoch {step}/{}  {}", self.epochs, parts.join("  "));
         }
     }
-}
-
-/// A new top-level run of `experiment` on `table` (its fingerprint as the run's lineage).
-fn top_run(
-    reg: &Registry,
-    experiment: &str,
-    name: &str,
-    params: BTreeMap<String, String>,
-    tags: BTreeMap<String, String>,
-    table: &kiln_core::data::Table,
-) -> Result<kiln_core::registry::Run> {
-    Ok(reg.create_run(NewRun {
-        experiment: experiment.to_string(),
-        name: name.to_string(),
-        params,
-        tags,
-        parent: None,
-        lineage: Lineage {
-            dataset_fingerprint: Some(table.fingerprint().to_string()),
-            ..Default::default()
-        },
-    })?)
-}
-
-/// A finished training run: its id in the registry (with the bundle as its `model` artifact),
-/// what training produced, and the bundle's manifest.
-pub struct Trained {
-    pub run: u64,
-    pub outcome: kiln_trainer::TrainOutcome,
-    pub manifest: kiln_core::bundle::Manifest,
-}
-
-impl Trained {
-    /// Writes the bundle to `dir`.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        bundle::write(dir, &self.manifest, &self.outcome.weights)?;
-        Ok(())
-    }
-}
-
-/// Trains on `table` as a new run of `experiment`: parameters, per-epoch metrics, lineage and the
-/// bundle (artifact `model`) go into the registry.
-#[allow(clippy::too_many_arguments)]
-pub fn train_into(
-    reg: &Registry,
-    table: &kiln_core::data::Table,
-    data: &Path,
-    target: &str,
-    config: &TrainConfig,
-    experiment: &str,
-    tags: BTreeMap<String, String>,
-    progress: &dyn kiln_core::progress::Progress,
-    quiet: bool,
-) -> Result<Trained> {
-    let mut params: BTreeMap<String, String> = BTreeMap::new();
-    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
-        transform: None,
-        ..config.clone()
-    }) {
-        params.extend(m.iter().map(|(k, v)| (k.clone(), param_text(v))));
-    }
-    params.insert("target".into(), target.to_string());
-    params.insert("data".into(), data.display().to_string());
-    let run = top_run(reg, experiment, "", params, tags, table)?;
-    let logger = EpochLog {
-        reg,
-        run: run.id,
-        epochs: config.epochs,
-        quiet,
-    };
-    let outcome = match kiln_trainer::train(table, target, config, progress, &logger) {
-        Ok(o) => o,
-        Err(e) => {
-            reg.end_run(run.id, RunStatus::Failed)?;
-            return Err(
-                anyhow::Error::new(e).context(format!("run {} failed", run_id_text(run.id)))
-            );
-        }
-    };
-    let mut manifest = outcome.manifest.clone();
-    manifest.lineage.run_id = Some(run_id_text(run.id));
-    let trained = Trained {
-        run: run.id,
-        outcome,
-        manifest,
-    };
-    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
-    let bundle_dir = scratch.path().join("bundle");
-    trained.write(&bundle_dir)?;
-    reg.log_artifact(run.id, "model", &bundle_dir)?;
-    reg.end_run(run.id, RunStatus::Finished)?;
-    Ok(trained)
 }
 
 pub fn train(home: &Home, args: TrainArgs) -> Result<Outcome> {
@@ -319,13 +224,16 @@ pub fn train_on(
             &read
         }
     };
-    let reg = Registry::open(&home.dir)?;
+    let backend = args.server.backend(home)?;
+    let line = EpochLine {
+        epochs: config.epochs,
+    };
     let Trained {
         run,
         outcome,
         manifest,
     } = train_into(
-        &reg,
+        backend.as_ref(),
         table,
         &args.data,
         &args.target,
@@ -333,13 +241,13 @@ pub fn train_on(
         &args.experiment,
         BTreeMap::new(),
         &Bar::new(),
-        args.json,
+        if args.json { &NoLogger } else { &line },
     )?;
     if let Some(out) = &args.out {
         bundle::write(out, &manifest, &outcome.weights)?;
     }
     let version = match &args.register {
-        Some(name) => Some(reg.register_version(
+        Some(name) => Some(backend.register_version(
             name,
             run,
             "model",
@@ -389,10 +297,10 @@ pub fn predict(home: &Home, args: PredictArgs) -> Result<Outcome> {
                 (None, Some((n, v))) => (n, v.to_string()),
                 (None, None) => (spec.as_str(), "champion".to_string()),
             };
-            let reg = Registry::open(&home.dir)?;
-            let version = reg.resolve(name, &which)?;
+            let backend = args.server.backend(home)?;
+            let version = backend.resolve(name, &which)?;
             let dir = scratch.path().join("bundle");
-            reg.export_artifact(&version.artifact, &dir)?;
+            backend.export_version(&version, &dir)?;
             dir
         }
         (None, None) => bail!("give --bundle DIR or --model NAME"),
@@ -486,94 +394,25 @@ pub struct SweepArgs {
     register: Option<String>,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    server: Server,
 }
 
-/// Each trial a child run of the sweep's run.
-struct ChildRuns<'a> {
-    reg: &'a Registry,
-    experiment: String,
-    parent: u64,
-    runs: std::sync::Mutex<BTreeMap<usize, u64>>,
-    total: usize,
-}
-
-impl kiln_trainer::sweep::TrialSink for ChildRuns<'_> {
-    fn start(
-        &self,
-        trial: usize,
-        params: &BTreeMap<String, serde_json::Value>,
-    ) -> Box<dyn RunLogger + '_> {
-        let params: BTreeMap<String, String> = params
-            .iter()
-            .map(|(k, v)| (k.clone(), param_text(v)))
-            .collect();
-        let run = self.reg.create_run(NewRun {
-            experiment: self.experiment.clone(),
-            name: format!("trial-{trial}"),
-            params,
-            tags: BTreeMap::new(),
-            parent: Some(self.parent),
-            lineage: Lineage::default(),
-        });
-        match run {
-            Ok(run) => {
-                if let Ok(mut m) = self.runs.lock() {
-                    m.insert(trial, run.id);
-                }
-                Box::new(EpochLog {
-                    reg: self.reg,
-                    run: run.id,
-                    epochs: 0,
-                    quiet: true,
-                })
-            }
-            Err(e) => {
-                tracing::warn!("creating the run of trial {trial}: {e}");
-                Box::new(kiln_trainer::NoLogger)
-            }
-        }
-    }
-
-    fn finish(
-        &self,
-        trial: usize,
-        result: &Result<(kiln_trainer::TrainOutcome, f64), kiln_trainer::TrainError>,
-    ) {
-        let Some(run) = self.runs.lock().ok().and_then(|m| m.get(&trial).copied()) else {
-            return;
-        };
-        let done = (|| -> Result<()> {
-            match result {
-                Ok((outcome, _)) => {
-                    let mut manifest = outcome.manifest.clone();
-                    manifest.lineage.run_id = Some(run_id_text(run));
-                    let scratch = tempfile::tempdir()?;
-                    let dir = scratch.path().join("bundle");
-                    bundle::write(&dir, &manifest, &outcome.weights)?;
-                    self.reg.log_artifact(run, "model", &dir)?;
-                    self.reg.end_run(run, RunStatus::Finished)?;
-                    eprintln!(
-                        "trial {} of {}: run {} finished",
-                        trial + 1,
-                        self.total,
-                        run_id_text(run)
-                    );
-                }
-                Err(e) => {
-                    self.reg.end_run(run, RunStatus::Failed)?;
-                    eprintln!(
-                        "trial {} of {}: run {} failed: {e}",
-                        trial + 1,
-                        self.total,
-                        run_id_text(run)
-                    );
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = done {
-            tracing::warn!("recording trial {trial}: {e:#}");
-        }
+/// A line for people as each trial ends.
+pub fn trial_line(end: TrialEnd) {
+    match end.error {
+        None => eprintln!(
+            "trial {} of {}: run {} finished",
+            end.trial + 1,
+            end.total,
+            run_id_text(end.run)
+        ),
+        Some(e) => eprintln!(
+            "trial {} of {}: run {} failed: {e}",
+            end.trial + 1,
+            end.total,
+            run_id_text(end.run)
+        ),
     }
 }
 
@@ -589,7 +428,7 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
         config.parallel = p;
     }
     let table = read_with_target(&args.data, &args.target)?;
-    let reg = Registry::open(&home.dir)?;
+    let backend = args.server.backend(home)?;
     let name = format!(
         "sweep-{}",
         args.config
@@ -602,19 +441,20 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
         runs,
         best,
     } = sweep_into(
-        &reg,
+        backend.as_ref(),
         &table,
         &args.target,
         &config,
         &args.experiment,
         &name,
         BTreeMap::new(),
+        &trial_line,
     )?;
     let minimised = kiln_trainer::sweep::is_minimised(&config.metric);
     let figure = |s: f64| if minimised { -s } else { s };
     let registered = match (&args.register, best) {
         (Some(name), Some(run)) => {
-            Some(reg.register_version(name, run, "model", "best sweep trial", None)?)
+            Some(backend.register_version(name, run, "model", "best sweep trial", None)?)
         }
         _ => None,
     };
@@ -678,84 +518,6 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
         ))
     );
     Ok(Outcome::Ok)
-}
-
-/// A finished sweep: the parent run, the trials best first, each trial's run, the best run.
-pub struct Swept {
-    pub parent: u64,
-    pub trials: Vec<kiln_trainer::sweep::Trial>,
-    pub runs: BTreeMap<usize, u64>,
-    pub best: Option<u64>,
-}
-
-/// Runs a sweep as a parent run with one child run per trial.
-pub fn sweep_into(
-    reg: &Registry,
-    table: &kiln_core::data::Table,
-    target: &str,
-    config: &kiln_trainer::sweep::SweepConfig,
-    experiment: &str,
-    name: &str,
-    tags: BTreeMap<String, String>,
-) -> Result<Swept> {
-    let total = config.trial_params()?.len();
-    let mut params = BTreeMap::new();
-    params.insert(
-        "sweep".to_string(),
-        serde_json::to_string(config).unwrap_or_default(),
-    );
-    params.insert("target".to_string(), target.to_string());
-    let parent = top_run(reg, experiment, name, params, tags, table)?;
-    let sink = ChildRuns {
-        reg,
-        experiment: experiment.to_string(),
-        parent: parent.id,
-        runs: std::sync::Mutex::new(BTreeMap::new()),
-        total,
-    };
-    eprintln!(
-        "sweep run {}: {} trials, {} at a time",
-        run_id_text(parent.id),
-        total,
-        config.parallel
-    );
-    let trials = match kiln_trainer::sweep::sweep(table, target, config, &sink) {
-        Ok(t) => t,
-        Err(e) => {
-            reg.end_run(parent.id, RunStatus::Failed)?;
-            return Err(e.into());
-        }
-    };
-    let runs = sink.runs.lock().map(|m| m.clone()).unwrap_or_default();
-    let minimised = kiln_trainer::sweep::is_minimised(&config.metric);
-    let figure = |s: f64| if minimised { -s } else { s };
-    let best = trials.iter().find(|t| t.score.is_some());
-    if let Some(b) = best {
-        reg.log_metrics(
-            parent.id,
-            &[(
-                &format!("best_validation_{}", config.metric),
-                0,
-                figure(b.score.unwrap_or(0.0)),
-            )],
-        )?;
-    }
-    reg.end_run(parent.id, RunStatus::Finished)?;
-    let best = best.and_then(|b| runs.get(&b.index)).copied();
-    Ok(Swept {
-        parent: parent.id,
-        trials,
-        runs,
-        best,
-    })
-}
-
-/// A run parameter's text: strings as they are, anything else as JSON.
-fn param_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 fn compact(v: &serde_json::Value) -> String {

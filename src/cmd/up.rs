@@ -216,11 +216,8 @@ fn webhook(url: String) -> Arc<dyn Fn(serde_json::Value) + Send + Sync> {
     Arc::new(move |body| {
         let url = url.clone();
         tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(std::time::Duration::from_secs(10)))
-                .build()
-                .into();
-            if let Err(e) = agent.post(&url).send_json(&body) {
+            if let Err(e) = kiln_client::post_json(&url, &body, std::time::Duration::from_secs(10))
+            {
                 tracing::warn!(%url, error = %e, "drift webhook failed");
             }
         });

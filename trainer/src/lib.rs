@@ -8,6 +8,7 @@
 
 mod model;
 pub mod sweep;
+pub mod tracked;
 
 use std::collections::BTreeMap;
 

@@ -8,49 +8,53 @@ pub enum ExperimentsCommand {
     List {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Create an experiment.
-    Create { name: String },
+    Create {
+        name: String,
+        #[command(flatten)]
+        server: Server,
+    },
     /// Rename an experiment.
-    Rename { old: String, new: String },
+    Rename {
+        old: String,
+        new: String,
+        #[command(flatten)]
+        server: Server,
+    },
     /// Delete an experiment (with its runs when --force).
     Delete {
         name: String,
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        server: Server,
     },
 }
 
 pub fn experiments(home: &Home, command: ExperimentsCommand) -> Result<Outcome> {
-    let reg = home.open()?;
+    let (ExperimentsCommand::List { server, .. }
+    | ExperimentsCommand::Create { server, .. }
+    | ExperimentsCommand::Rename { server, .. }
+    | ExperimentsCommand::Delete { server, .. }) = &command;
+    let backend = server.backend(home)?;
     match command {
-        ExperimentsCommand::List { json } => {
-            let exps = reg.experiments()?;
-            let counts: Vec<usize> = exps
-                .iter()
-                .map(|e| reg.runs(Some(&e.name)).map(|r| r.len()))
-                .collect::<Result<_, _>>()?;
+        ExperimentsCommand::List { json, .. } => {
+            let list = backend.experiments()?.experiments;
             if json {
-                #[derive(Serialize)]
-                struct Row<'a> {
-                    #[serde(flatten)]
-                    experiment: &'a kiln_core::registry::Experiment,
-                    runs: usize,
-                }
-                let rows: Vec<Row> = exps
-                    .iter()
-                    .zip(&counts)
-                    .map(|(e, c)| Row {
-                        experiment: e,
-                        runs: *c,
-                    })
-                    .collect();
-                ui::print_json(&rows)?;
+                ui::print_json(&list)?;
             } else {
-                let rows = exps
+                let rows = list
                     .iter()
-                    .zip(&counts)
-                    .map(|(e, c)| vec![e.name.clone(), c.to_string(), when(e.created_ms)])
+                    .map(|e| {
+                        vec![
+                            e.experiment.name.clone(),
+                            e.runs.to_string(),
+                            when(e.experiment.created_ms),
+                        ]
+                    })
                     .collect();
                 println!(
                     "{}",
@@ -58,16 +62,16 @@ pub fn experiments(home: &Home, command: ExperimentsCommand) -> Result<Outcome> 
                 );
             }
         }
-        ExperimentsCommand::Create { name } => {
-            reg.create_experiment(&name)?;
+        ExperimentsCommand::Create { name, .. } => {
+            backend.create_experiment(&name)?;
             println!("created experiment {name}");
         }
-        ExperimentsCommand::Rename { old, new } => {
-            reg.rename_experiment(&old, &new)?;
+        ExperimentsCommand::Rename { old, new, .. } => {
+            backend.rename_experiment(&old, &new)?;
             println!("renamed experiment {old} to {new}");
         }
-        ExperimentsCommand::Delete { name, force } => {
-            let n = reg.delete_experiment(&name, force)?;
+        ExperimentsCommand::Delete { name, force, .. } => {
+            let n = backend.delete_experiment(&name, force)?;
             println!("deleted experiment {name} and {n} runs");
         }
     }

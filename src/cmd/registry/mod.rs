@@ -6,18 +6,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use kiln_core::registry::query::{Filter, OrderBy, RunSearch, RunView, run_json};
+use kiln_core::backend::{AliasMove, alias_at};
+use kiln_core::registry::query::{RunView, run_json};
 use kiln_core::registry::{
     Expect, Lineage, MetricPoint, NewRun, Registry, RunStatus, Stage, parse_run_id, run_id_text,
 };
-use kiln_core::wire::models::{
-    AliasChanged, Expected, ModelDetail, ModelList, Promote, Promoted, SetAlias,
-};
-use kiln_core::wire::runs::{RunDetail, RunPage};
-use serde::Serialize;
+use kiln_core::wire::models::{ModelDetail, ModelList};
+use kiln_core::wire::runs::{RunEntry, RunQuery};
 
 use crate::Outcome;
-use crate::cmd::remote::{self, Server};
+use crate::cmd::remote::Server;
 use crate::ui::{self, num};
 
 mod experiments;

@@ -37,6 +37,8 @@ pub enum ModelsCommand {
         artifact: String,
         #[arg(long, default_value = "")]
         description: String,
+        #[command(flatten)]
+        server: Server,
     },
     /// Set or delete an alias.
     #[command(subcommand)]
@@ -62,6 +64,8 @@ pub enum ModelsCommand {
         at: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Copy a version's artifact out of the store (verified), e.g. to serve elsewhere.
     Export {
@@ -71,6 +75,8 @@ pub enum ModelsCommand {
         version: String,
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        server: Server,
     },
     /// Delete a model, or one version with --version.
     Delete {
@@ -80,6 +86,8 @@ pub enum ModelsCommand {
         /// Delete even when aliases point to it (the aliases are deleted, and recorded).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        server: Server,
     },
 }
 
@@ -101,6 +109,8 @@ pub enum AliasCommand {
         alias: String,
         #[command(flatten)]
         change: Change,
+        #[command(flatten)]
+        server: Server,
     },
 }
 
@@ -136,9 +146,13 @@ impl Change {
             ),
         })
     }
-    /// `--expect` as the API takes it.
-    fn expected(&self) -> Result<Option<Expected>> {
-        Ok(Expected::of(self.expect()?))
+    /// The move as a backend takes it.
+    fn alias_move(&self) -> Result<AliasMove> {
+        Ok(AliasMove {
+            expect: self.expect()?,
+            by: self.by(),
+            reason: self.reason.clone(),
+        })
     }
     fn by(&self) -> String {
         self.by
@@ -148,16 +162,9 @@ impl Change {
     }
 }
 
-/// One line of `models list`.
-struct ModelLine {
-    name: String,
-    versions: usize,
-    aliases: BTreeMap<String, u32>,
-    created_ms: i64,
-}
-
-fn print_models(models: &[ModelLine]) {
+fn print_models(models: &ModelList) {
     let rows = models
+        .models
         .iter()
         .map(|m| {
             vec![
@@ -178,35 +185,35 @@ fn print_models(models: &[ModelLine]) {
     );
 }
 
-/// One line of `models show`.
-struct VersionLine {
-    version: u32,
-    /// Empty when the version is in no stage.
-    stage: String,
-    run: String,
-    created_ms: i64,
-    metrics: BTreeMap<String, f64>,
-}
-
-fn print_versions(versions: &[VersionLine], aliases: &BTreeMap<String, u32>) {
-    let keys: BTreeSet<&String> = versions.iter().flat_map(|v| v.metrics.keys()).collect();
+fn print_versions(detail: &ModelDetail) {
+    let versions = &detail.versions;
+    let keys: BTreeSet<&String> = versions
+        .iter()
+        .flat_map(|v| v.version.metrics.keys())
+        .collect();
     let mut header: Vec<String> = ["version", "stage", "aliases", "run", "created"]
         .map(String::from)
         .to_vec();
     header.extend(keys.iter().map(|k| k.to_string()));
     let rows = versions
         .iter()
-        .map(|v| {
+        .map(|entry| {
+            let v = &entry.version;
             let mut row = vec![
                 v.version.to_string(),
-                v.stage.clone(),
-                aliases
+                if entry.stage == Stage::None {
+                    String::new()
+                } else {
+                    entry.stage.to_string()
+                },
+                detail
+                    .aliases
                     .iter()
                     .filter(|(_, t)| **t == v.version)
                     .map(|(a, _)| a.clone())
                     .collect::<Vec<_>>()
                     .join(" "),
-                v.run.clone(),
+                run_id_text(v.run_id),
                 when(v.created_ms),
             ];
             row.extend(
@@ -221,193 +228,51 @@ fn print_versions(versions: &[VersionLine], aliases: &BTreeMap<String, u32>) {
     println!("{}", ui::table(&header, rows, &right));
 }
 
-/// The `models` commands that a running server answers, when `--server` is given.
-fn models_over_http(command: &ModelsCommand) -> Result<Option<Outcome>> {
-    match command {
-        ModelsCommand::List { json, server } if server.server.is_some() => {
-            let answer: ModelList = remote::call(server, "GET", "/api/models")?;
-            if *json {
-                ui::print_json(&answer)?;
-                return Ok(Some(Outcome::Ok));
-            }
-            let lines: Vec<ModelLine> = answer
-                .models
-                .into_iter()
-                .map(|m| ModelLine {
-                    name: m.name,
-                    versions: m.versions,
-                    aliases: m.aliases,
-                    created_ms: m.created_ms,
-                })
-                .collect();
-            print_models(&lines);
-            Ok(Some(Outcome::Ok))
+impl ModelsCommand {
+    fn server(&self) -> &Server {
+        match self {
+            ModelsCommand::List { server, .. }
+            | ModelsCommand::Show { server, .. }
+            | ModelsCommand::Versions { server, .. }
+            | ModelsCommand::Register { server, .. }
+            | ModelsCommand::Promote { server, .. }
+            | ModelsCommand::History { server, .. }
+            | ModelsCommand::Export { server, .. }
+            | ModelsCommand::Delete { server, .. }
+            | ModelsCommand::Alias(AliasCommand::Set { server, .. })
+            | ModelsCommand::Alias(AliasCommand::Delete { server, .. }) => server,
         }
-        ModelsCommand::Show { name, json, server }
-        | ModelsCommand::Versions { name, json, server }
-            if server.server.is_some() =>
-        {
-            let answer: ModelDetail = remote::call(
-                server,
-                "GET",
-                &format!("/api/models/{}", remote::url_part(name)),
-            )?;
-            if *json {
-                ui::print_json(&answer)?;
-                return Ok(Some(Outcome::Ok));
-            }
-            let versions: Vec<VersionLine> = answer
-                .versions
-                .into_iter()
-                .map(|v| VersionLine {
-                    version: v.version,
-                    stage: if v.stage == Stage::None.to_string() {
-                        String::new()
-                    } else {
-                        v.stage
-                    },
-                    run: v.run_id,
-                    created_ms: v.created_ms,
-                    metrics: v.metrics,
-                })
-                .collect();
-            print_versions(&versions, &answer.aliases);
-            Ok(Some(Outcome::Ok))
-        }
-        ModelsCommand::Promote {
-            name,
-            version,
-            to,
-            change,
-            server,
-        } if server.server.is_some() => {
-            let stage = match to {
-                StageArg::Production => "production",
-                StageArg::Staging => "staging",
-            };
-            let body = Promote {
-                version: *version,
-                to: Some(stage.to_string()),
-                expect: change.expected()?,
-                reason: change.reason.clone(),
-                by: Some(change.by()),
-            };
-            let answer: Promoted = remote::call_with(
-                server,
-                "POST",
-                &format!("/api/models/{}/promote", remote::url_part(name)),
-                Some(&serde_json::to_value(&body)?),
-            )?;
-            let from = answer
-                .event
-                .from
-                .map_or("none".to_string(), |v| format!("version {v}"));
-            println!(
-                "{name} version {version} is now in {} (was {from})",
-                answer.stage
-            );
-            Ok(Some(Outcome::Ok))
-        }
-        ModelsCommand::Alias(AliasCommand::Set {
-            name,
-            alias,
-            version,
-            change,
-            server,
-        }) if server.server.is_some() => {
-            let body = SetAlias {
-                version: *version,
-                expect: change.expected()?,
-                reason: change.reason.clone(),
-                by: Some(change.by()),
-            };
-            let answer: AliasChanged = remote::call_with(
-                server,
-                "PUT",
-                &format!(
-                    "/api/models/{}/aliases/{}",
-                    remote::url_part(name),
-                    remote::url_part(alias)
-                ),
-                Some(&serde_json::to_value(&body)?),
-            )?;
-            println!(
-                "{name}@{alias}: {} → {version}",
-                answer.event.from.map_or("none".into(), |v| v.to_string())
-            );
-            Ok(Some(Outcome::Ok))
-        }
-        _ => Ok(None),
     }
 }
 
 pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
-    if let Some(outcome) = models_over_http(&command)? {
-        return Ok(outcome);
-    }
-    let reg = home.open()?;
+    let backend = command.server().backend(home)?;
     match command {
         ModelsCommand::List { json, .. } => {
-            let models = reg.models()?;
-            let mut lines = Vec::new();
-            let mut out = Vec::new();
-            for m in &models {
-                let aliases = reg.aliases(&m.name)?;
-                let versions = reg.versions(&m.name)?.len();
-                out.push(serde_json::json!({"model": m, "versions": versions, "aliases": aliases}));
-                lines.push(ModelLine {
-                    name: m.name.clone(),
-                    versions,
-                    aliases,
-                    created_ms: m.created_ms,
-                });
-            }
+            let models = backend.models()?;
             if json {
-                ui::print_json(&out)?;
+                ui::print_json(&models)?;
             } else {
-                print_models(&lines);
+                print_models(&models);
             }
         }
         ModelsCommand::Show { name, json, .. } | ModelsCommand::Versions { name, json, .. } => {
-            let versions = reg.versions(&name)?;
-            let aliases = reg.aliases(&name)?;
-            let mut stages = Vec::new();
-            for v in &versions {
-                stages.push(reg.stage(&name, v.version)?);
-            }
+            let detail = backend.model(&name)?;
             if json {
-                let rows: Vec<serde_json::Value> = versions
-                    .iter()
-                    .zip(&stages)
-                    .map(|(v, s)| serde_json::json!({"version": v, "stage": s}))
-                    .collect();
-                return ui::print_json(&serde_json::json!({"model": reg.model(&name)?, "aliases": aliases, "versions": rows}))
-                    .map(|_| Outcome::Ok);
+                ui::print_json(&detail)?;
+            } else {
+                print_versions(&detail);
             }
-            let lines: Vec<VersionLine> = versions
-                .iter()
-                .zip(&stages)
-                .map(|(v, s)| VersionLine {
-                    version: v.version,
-                    stage: if *s == Stage::None {
-                        String::new()
-                    } else {
-                        s.to_string()
-                    },
-                    run: run_id_text(v.run_id),
-                    created_ms: v.created_ms,
-                    metrics: v.metrics.clone(),
-                })
-                .collect();
-            print_versions(&lines, &aliases);
         }
         ModelsCommand::Register {
             name,
             run,
             artifact,
             description,
+            ..
         } => {
-            let v = reg.register_version(&name, run_id(&run)?, &artifact, &description, None)?;
+            let v =
+                backend.register_version(&name, run_id(&run)?, &artifact, &description, None)?;
             println!(
                 "registered {name} version {} from run {}",
                 v.version,
@@ -421,14 +286,7 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
             change,
             ..
         }) => {
-            let e = reg.set_alias(
-                &name,
-                &alias,
-                version,
-                change.expect()?,
-                &change.by(),
-                &change.reason,
-            )?;
+            let e = backend.set_alias(&name, &alias, version, &change.alias_move()?)?;
             println!(
                 "{name}@{alias}: {} → {version}",
                 e.from.map_or("none".into(), |v| v.to_string())
@@ -438,14 +296,9 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
             name,
             alias,
             change,
+            ..
         }) => {
-            reg.delete_alias(
-                &name,
-                &alias,
-                change.expect()?,
-                &change.by(),
-                &change.reason,
-            )?;
+            backend.delete_alias(&name, &alias, &change.alias_move()?)?;
             println!("deleted alias {alias} of {name}");
         }
         ModelsCommand::Promote {
@@ -460,14 +313,7 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
                 StageArg::Staging => Stage::Staging,
             };
             let alias = stage.alias().unwrap_or("production");
-            let e = reg.set_alias(
-                &name,
-                alias,
-                version,
-                change.expect()?,
-                &change.by(),
-                &change.reason,
-            )?;
+            let e = backend.set_alias(&name, alias, version, &change.alias_move()?)?;
             println!(
                 "{name} version {version} is now in {stage} (was {})",
                 e.from.map_or("none".into(), |v| format!("version {v}"))
@@ -478,10 +324,12 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
             alias,
             at,
             json,
+            ..
         } => {
+            let history = backend.history(&name)?;
             if let (Some(alias), Some(at)) = (&alias, &at) {
                 let ms = parse_when(at)?;
-                let v = reg.alias_at(&name, alias, ms)?;
+                let v = alias_at(&history, alias, ms);
                 if json {
                     return ui::print_json(&serde_json::json!({"model": name, "alias": alias, "at": when(ms), "version": v})).map(|_| Outcome::Ok);
                 }
@@ -491,8 +339,7 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
                 }
                 return Ok(Outcome::Ok);
             }
-            let events: Vec<_> = reg
-                .history(&name)?
+            let events: Vec<_> = history
                 .into_iter()
                 .filter(|e| alias.as_ref().is_none_or(|a| &e.alias == a))
                 .collect();
@@ -526,12 +373,13 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
             name,
             version,
             output,
+            ..
         } => {
-            let v = reg.resolve(&name, &version)?;
             if output.exists() {
                 bail!("{} exists; choose a new path", output.display());
             }
-            reg.export_artifact(&v.artifact, &output)?;
+            let v = backend.resolve(&name, &version)?;
+            backend.export_version(&v, &output)?;
             println!(
                 "exported {name} version {} to {}",
                 v.version,
@@ -542,15 +390,16 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
             name,
             version,
             force,
+            ..
         } => {
             let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
             match version {
                 Some(v) => {
-                    reg.delete_version(&name, v, force, &by)?;
+                    backend.delete_version(&name, v, force, &by)?;
                     println!("deleted {name} version {v}");
                 }
                 None => {
-                    let n = reg.delete_model(&name, force, &by)?;
+                    let n = backend.delete_model(&name, force, &by)?;
                     println!("deleted model {name} and {n} versions");
                 }
             }

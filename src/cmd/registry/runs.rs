@@ -48,6 +48,8 @@ pub enum RunsCommand {
     Delete {
         #[arg(required = true)]
         runs: Vec<String>,
+        #[command(flatten)]
+        server: Server,
     },
     /// Start a run; prints its id (for scripts and pipeline steps).
     Create {
@@ -67,6 +69,8 @@ pub enum RunsCommand {
         /// Record this fitted transform's digest in the run's lineage.
         #[arg(long)]
         transform: Option<PathBuf>,
+        #[command(flatten)]
+        server: Server,
     },
     /// Log metrics, parameters or tags to a run.
     Log {
@@ -79,6 +83,8 @@ pub enum RunsCommand {
         params: Vec<(String, String)>,
         #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_pair)]
         tags: Vec<(String, String)>,
+        #[command(flatten)]
+        server: Server,
     },
     /// Attach a file or directory to a run as an artifact.
     Artifact {
@@ -87,18 +93,17 @@ pub enum RunsCommand {
         /// The artifact's name in the run (default: the file name).
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        server: Server,
     },
     /// End a run.
     End {
         run: String,
         #[arg(long, value_parser = parse_status, default_value = "finished")]
         status: RunStatus,
+        #[command(flatten)]
+        server: Server,
     },
-}
-
-fn view(reg: &Registry, run: kiln_core::registry::Run) -> Result<RunView> {
-    let metrics = reg.latest_metrics(run.id)?;
-    Ok(RunView { run, metrics })
 }
 
 fn short(map: &BTreeMap<String, String>, max: usize) -> String {
@@ -295,76 +300,30 @@ fn print_compare(views: &[RunView], runs: &[String], json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `runs list|show|compare` through a running server's API, when `--server` is given.
-fn runs_over_http(command: &RunsCommand) -> Result<Option<Outcome>> {
-    match command {
-        RunsCommand::List {
-            experiment,
-            status,
-            parent,
-            filter,
-            order_by,
-            limit,
-            json,
-            server,
-        } if server.server.is_some() => {
-            let mut query = vec![format!("limit={limit}")];
-            let status = status.map(|s| s.to_string());
-            for (key, value) in [
-                ("experiment", experiment.as_ref()),
-                ("status", status.as_ref()),
-                ("parent", parent.as_ref()),
-                ("where", filter.as_ref()),
-                ("order_by", order_by.as_ref()),
-            ] {
-                if let Some(v) = value {
-                    query.push(format!("{key}={}", remote::url_part(v)));
-                }
-            }
-            let page: RunPage =
-                remote::call(server, "GET", &format!("/api/runs?{}", query.join("&")))?;
-            let views: Vec<RunView> = page
-                .runs
-                .into_iter()
-                .map(|e| RunView {
-                    run: e.run.0,
-                    metrics: e.metrics,
-                })
-                .collect();
-            print_run_list(&views, page.total, *json)?;
-            Ok(Some(Outcome::Ok))
+impl RunsCommand {
+    fn server(&self) -> &Server {
+        match self {
+            RunsCommand::List { server, .. }
+            | RunsCommand::Show { server, .. }
+            | RunsCommand::Compare { server, .. }
+            | RunsCommand::Delete { server, .. }
+            | RunsCommand::Create { server, .. }
+            | RunsCommand::Log { server, .. }
+            | RunsCommand::Artifact { server, .. }
+            | RunsCommand::End { server, .. } => server,
         }
-        RunsCommand::Compare { runs, json, server } if server.server.is_some() => {
-            let mut views = Vec::new();
-            for r in runs {
-                let detail: RunDetail =
-                    remote::call(server, "GET", &format!("/api/runs/{}", remote::url_part(r)))?;
-                views.push(RunView {
-                    run: detail.run.0,
-                    metrics: detail.metrics,
-                });
-            }
-            print_compare(&views, runs, *json)?;
-            Ok(Some(Outcome::Ok))
-        }
-        RunsCommand::Show { run, json, server } if server.server.is_some() => {
-            let detail: RunDetail = remote::call(
-                server,
-                "GET",
-                &format!("/api/runs/{}", remote::url_part(run)),
-            )?;
-            print_run(&detail.run.0, &detail.metrics, &detail.series, *json)?;
-            Ok(Some(Outcome::Ok))
-        }
-        _ => Ok(None),
+    }
+}
+
+fn view_of(entry: RunEntry) -> RunView {
+    RunView {
+        run: entry.run.0,
+        metrics: entry.metrics,
     }
 }
 
 pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
-    if let Some(outcome) = runs_over_http(&command)? {
-        return Ok(outcome);
-    }
-    let reg = home.open()?;
+    let backend = command.server().backend(home)?;
     match command {
         RunsCommand::List {
             experiment,
@@ -376,47 +335,37 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
             json,
             ..
         } => {
-            let search = RunSearch {
+            let query = RunQuery {
                 experiment,
                 status,
-                parent: parent.map(|p| run_id(&p)).transpose()?,
-                filter: filter
-                    .map(|f| Filter::parse(&f))
-                    .transpose()
-                    .map_err(anyhow::Error::msg)
-                    .context("--where")?,
-                order: order_by
-                    .map(|o| OrderBy::parse(&o))
-                    .transpose()
-                    .map_err(anyhow::Error::msg)
-                    .context("--order-by")?,
+                parent,
+                filter,
+                order_by,
+                limit: Some(limit),
             };
-            let mut views = reg.search_runs(&search)?;
-            let total = views.len();
-            views.truncate(limit);
-            print_run_list(&views, total, json)?;
+            let page = backend.runs(&query)?;
+            let views: Vec<RunView> = page.runs.into_iter().map(view_of).collect();
+            print_run_list(&views, page.total, json)?;
         }
         RunsCommand::Show { run, json, .. } => {
-            let run = reg.run(run_id(&run)?)?;
-            let metrics = reg.latest_metrics(run.id)?;
-            let mut series = BTreeMap::new();
-            for k in metrics.keys() {
-                let points = reg.metric_history(run.id, k, Some(40))?;
-                series.insert(k.clone(), points.iter().map(|p| p.value).collect());
-            }
-            print_run(&run, &metrics, &series, json)?;
+            let detail = backend.run(run_id(&run)?)?;
+            print_run(&detail.run.0, &detail.metrics, &detail.series, json)?;
         }
         RunsCommand::Compare { runs, json, .. } => {
             let mut views = Vec::new();
             for r in &runs {
-                views.push(view(&reg, reg.run(run_id(r)?)?)?);
+                let detail = backend.run(run_id(r)?)?;
+                views.push(RunView {
+                    run: detail.run.0,
+                    metrics: detail.metrics,
+                });
             }
             print_compare(&views, &runs, json)?;
         }
-        RunsCommand::Delete { runs } => {
+        RunsCommand::Delete { runs, .. } => {
             for r in runs {
                 let id = run_id(&r)?;
-                reg.delete_run(id)?;
+                backend.delete_run(id)?;
                 println!("deleted run {}", run_id_text(id));
             }
         }
@@ -428,6 +377,7 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
             parent,
             dataset,
             transform,
+            ..
         } => {
             let transform_digest = match transform {
                 Some(path) => {
@@ -447,7 +397,7 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
                 ),
                 None => None,
             };
-            let run = reg.create_run(NewRun {
+            let run = backend.create_run(NewRun {
                 experiment,
                 name,
                 params: params.into_iter().collect(),
@@ -467,22 +417,27 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
             step,
             params,
             tags,
+            ..
         } => {
             let id = run_id(&run)?;
             if !params.is_empty() {
-                reg.log_params(id, &params.into_iter().collect())?;
+                backend.log_params(id, &params.into_iter().collect())?;
             }
             if !tags.is_empty() {
-                reg.set_tags(id, &tags.into_iter().collect())?;
+                backend.set_tags(id, &tags.into_iter().collect())?;
             }
             let points: Vec<(&str, i64, f64)> = metrics
                 .iter()
                 .map(|(k, v)| (k.as_str(), step, *v))
                 .collect();
-            reg.log_metrics(id, &points)?;
-            reg.flush()?;
+            if !points.is_empty() {
+                backend.log_metrics(id, &points)?;
+            }
+            backend.flush()?;
         }
-        RunsCommand::Artifact { run, path, name } => {
+        RunsCommand::Artifact {
+            run, path, name, ..
+        } => {
             let name = match name {
                 Some(n) => n,
                 None => path
@@ -490,11 +445,11 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
                     .map(|n| n.to_string_lossy().into_owned())
                     .context("give the artifact a --name")?,
             };
-            let a = reg.log_artifact(run_id(&run)?, &name, &path)?;
+            let a = backend.log_artifact(run_id(&run)?, &name, &path)?;
             println!("{} {} ({} bytes)", a.name, a.digest, a.size);
         }
-        RunsCommand::End { run, status } => {
-            let r = reg.end_run(run_id(&run)?, status)?;
+        RunsCommand::End { run, status, .. } => {
+            let r = backend.end_run(run_id(&run)?, status)?;
             println!("run {} {}", run_id_text(r.id), r.status);
         }
     }
