@@ -57,6 +57,8 @@ fn every_registry_command_and_training_work_against_a_running_server() {
         &["runs", "log", &run, "--metric", "auc=0.81", "--step", "3"],
     );
     remote(&k, &url, &["runs", "log", &run, "--tag", "team=growth"]);
+    // Values a JSON number cannot hold travel by name and come back as they were.
+    remote(&k, &url, &["runs", "log", &run, "--metric", "loss=nan"]);
     // A directory artifact, with a nested file, uploaded object by object.
     let model = k.path("model");
     std::fs::create_dir_all(model.join("weights")).unwrap();
@@ -76,6 +78,7 @@ fn every_registry_command_and_training_work_against_a_running_server() {
     assert_eq!(shown["params"]["lr"], "0.1");
     assert_eq!(shown["tags"]["team"], "growth");
     assert_eq!(shown["metrics"]["auc"]["value"], 0.81);
+    assert_eq!(shown["metrics"]["loss"]["value"], "NaN");
     assert_eq!(shown["artifacts"][0]["kind"], "directory");
     let listed: Value =
         serde_json::from_str(&remote(&k, &url, &["experiments", "list", "--json"])).unwrap();

@@ -35,6 +35,7 @@ pub use self::deployments::{MAX_BATCH_DELAY_US, MAX_BATCH_ROWS};
 pub use self::pipelines::{
     CacheEntry, LogPart, PipelineRun, PipelineRunState, ScheduleState, StepExecState, StepExecution,
 };
+pub use self::records::floats;
 pub use self::records::{
     AliasEvent, ArtifactKind, ArtifactRef, Batching, Deployment, Experiment, Lineage, MetricPoint,
     Millis, Model, ModelVersion, RECORD_FORMAT_VERSION, Route, Run, RunStatus,

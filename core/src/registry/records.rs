@@ -131,6 +131,7 @@ pub struct Run {
 pub struct MetricPoint {
     pub step: i64,
     pub timestamp_ms: Millis,
+    #[serde(with = "floats::one")]
     pub value: f64,
 }
 
@@ -160,7 +161,7 @@ pub struct ModelVersion {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<serde_json::Value>,
     /// The source run's latest metrics when the version was made.
-    #[serde(default)]
+    #[serde(default, with = "floats::map")]
     pub metrics: BTreeMap<String, f64>,
     #[serde(default)]
     pub description: String,
@@ -304,5 +305,108 @@ impl Deployment {
             .iter()
             .map(|r| r.target.as_str())
             .chain(self.shadow.as_deref())
+    }
+}
+
+/// Floats as JSON: a number when finite, else the name JavaScript and MLflow give it (`"NaN"`,
+/// `"Infinity"`, `"-Infinity"`), which JSON numbers cannot hold. A diverged loss or an undefined
+/// metric is kept as what it is rather than written as `null` and misread.
+pub mod floats {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// One float in JSON.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Float(pub f64);
+
+    impl Serialize for Float {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self.0 {
+                v if v.is_finite() => s.serialize_f64(v),
+                v if v.is_nan() => s.serialize_str("NaN"),
+                v if v > 0.0 => s.serialize_str("Infinity"),
+                _ => s.serialize_str("-Infinity"),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Number(f64),
+        Name(String),
+    }
+
+    impl<'de> Deserialize<'de> for Float {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Float, D::Error> {
+            match Written::deserialize(d)? {
+                Written::Number(v) => Ok(Float(v)),
+                Written::Name(n) => match n.as_str() {
+                    "NaN" => Ok(Float(f64::NAN)),
+                    "Infinity" => Ok(Float(f64::INFINITY)),
+                    "-Infinity" => Ok(Float(f64::NEG_INFINITY)),
+                    other => Err(serde::de::Error::custom(format!(
+                        "{other:?} is not a number (nor NaN, Infinity or -Infinity)"
+                    ))),
+                },
+            }
+        }
+    }
+
+    /// `#[serde(with = "floats::one")]` on an `f64`.
+    pub mod one {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+            Float(*v).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+            Ok(Float::deserialize(d)?.0)
+        }
+    }
+
+    /// `#[serde(with = "floats::map")]` on a `BTreeMap<String, f64>`.
+    pub mod map {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            m: &BTreeMap<String, f64>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.collect_map(m.iter().map(|(k, v)| (k, Float(*v))))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<BTreeMap<String, f64>, D::Error> {
+            let m = BTreeMap::<String, Float>::deserialize(d)?;
+            Ok(m.into_iter().map(|(k, v)| (k, v.0)).collect())
+        }
+    }
+
+    /// `#[serde(with = "floats::series")]` on a `BTreeMap<String, Vec<f64>>`.
+    pub mod series {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            m: &BTreeMap<String, Vec<f64>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.collect_map(
+                m.iter()
+                    .map(|(k, v)| (k, v.iter().map(|x| Float(*x)).collect::<Vec<_>>())),
+            )
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<BTreeMap<String, Vec<f64>>, D::Error> {
+            let m = BTreeMap::<String, Vec<Float>>::deserialize(d)?;
+            Ok(m.into_iter()
+                .map(|(k, v)| (k, v.into_iter().map(|x| x.0).collect()))
+                .collect())
+        }
     }
 }

@@ -48,6 +48,7 @@ pub struct RunPage {
 pub struct RunDetail {
     pub run: RunText,
     pub metrics: BTreeMap<String, MetricPoint>,
+    #[serde(with = "crate::registry::floats::series")]
     pub series: BTreeMap<String, Vec<f64>>,
 }
 
@@ -151,6 +152,8 @@ impl CreateRun {
 #[serde(deny_unknown_fields)]
 pub struct MetricValue {
     pub key: String,
+    /// A number, or `"NaN"`, `"Infinity"`, `"-Infinity"` (which JSON numbers cannot be).
+    #[serde(with = "crate::registry::floats::one")]
     pub value: f64,
     #[serde(default)]
     pub step: i64,
@@ -189,4 +192,37 @@ pub struct AttachArtifact {
     pub name: String,
     pub digest: String,
     pub kind: ArtifactKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_values_that_json_numbers_cannot_hold_travel_by_name() {
+        for v in [1.5, f64::INFINITY, f64::NEG_INFINITY] {
+            let m = MetricValue {
+                key: "loss".into(),
+                value: v,
+                step: 2,
+            };
+            let text = serde_json::to_string(&m).unwrap();
+            assert_eq!(serde_json::from_str::<MetricValue>(&text).unwrap(), m);
+        }
+        let nan = MetricValue {
+            key: "loss".into(),
+            value: f64::NAN,
+            step: 0,
+        };
+        let text = serde_json::to_string(&nan).unwrap();
+        assert!(text.contains("\"NaN\""), "{text}");
+        assert!(
+            serde_json::from_str::<MetricValue>(&text)
+                .unwrap()
+                .value
+                .is_nan()
+        );
+        assert!(serde_json::from_str::<MetricValue>(r#"{"key":"a","value":"lots"}"#).is_err());
+        assert!(serde_json::from_str::<MetricValue>(r#"{"key":"a","value":null}"#).is_err());
+    }
 }
