@@ -146,6 +146,58 @@ fn a_run_over_the_api_pushes_a_model_that_is_served_and_sigterm_cancels_steps() 
         r.stdout,
         r.stderr
     );
+    // A backfill in the server: its copy of the pipeline at each time its schedule fires.
+    let out = k.ok(&[
+        "pipeline",
+        "backfill",
+        "examples/pipelines/retrain.toml",
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-02",
+        "--param",
+        "rows=3000",
+        "--param",
+        "epochs=3",
+        "--param",
+        "min_auc=0.6",
+        "--json",
+        "--server",
+        &server,
+        "--token",
+        "s3cret",
+    ]);
+    let backfilled: Value = serde_json::from_str(&out).unwrap();
+    let dates: Vec<&str> = backfilled
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["logical_date"].as_str().unwrap())
+        .collect();
+    assert_eq!(dates.len(), 2, "{backfilled}");
+    assert!(
+        dates[0].starts_with("2026-11-01") && dates[1].starts_with("2026-11-02"),
+        "{dates:?}"
+    );
+    // Pruning is a change: it needs the token; a dry run deletes nothing.
+    let r = k.run(&["pipeline", "prune", "--keep", "1", "--server", &server]);
+    assert!(r.stderr.contains("401"), "{}", r.stderr);
+    let out = k.ok(&[
+        "pipeline",
+        "prune",
+        "--keep",
+        "1",
+        "--dry-run",
+        "--json",
+        "--server",
+        &server,
+        "--token",
+        "s3cret",
+    ]);
+    let pruned: Value = serde_json::from_str(&out).unwrap();
+    for p in pruned.as_array().unwrap() {
+        assert!(std::path::Path::new(p["dir"].as_str().unwrap()).is_dir(), "{p}");
+    }
     // The REPL talks to it over HTTP too.
     let script = k.file(
         "up.kiln",

@@ -7,14 +7,7 @@ use std::path::Path;
 
 use kiln_core::registry::{PipelineRun, PipelineRunState, Registry, RegistryError};
 
-/// What a prune removed (or would) of one run.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Pruned {
-    pub pipeline: String,
-    pub run: u64,
-    pub dir: String,
-    pub bytes: u64,
-}
+pub use kiln_core::wire::pipelines::Pruned;
 
 /// Deletes the files of old finished runs (of `pipeline`, or of every pipeline), keeping each
 /// pipeline's newest `keep` runs and the runs their cache hits came from; with `dry_run`, only

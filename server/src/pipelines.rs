@@ -22,8 +22,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use kiln_core::registry::{PipelineRun, PipelineRunState};
-use kiln_core::wire::pipelines::{Cancelling, PipelineInfo, ScheduleChanged, StartRun, Started};
+use kiln_core::registry::{PipelineRun, PipelineRunState, RegistryError};
+use kiln_core::wire::pipelines::{
+    Cancelling, PipelineInfo, Prune, PruneAnswer, Pruned, ScheduleChanged, StartRun, Started,
+};
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -54,6 +56,9 @@ pub trait PipelineControl: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<u64, StartError>> + Send + 'a>>;
     /// Cancels a run of this process; false when it does not run here.
     fn cancel(&self, run: u64) -> bool;
+    /// Deletes the files of old finished runs as `request` says (deletes files: call it on a
+    /// blocking thread).
+    fn prune(&self, request: &Prune) -> Result<Vec<Pruned>, RegistryError>;
 }
 
 /// The pipeline API's reads.
@@ -73,6 +78,7 @@ pub(crate) fn writes() -> Router<AppState> {
     Router::new()
         .route("/api/pipelines/{name}/runs", post(start_run))
         .route("/api/pipeline-runs/{id}/cancel", post(cancel_run))
+        .route("/api/pipeline-runs/prune", post(prune))
         .route("/api/pipelines/{name}/schedule/{verb}", post(set_paused))
 }
 
@@ -94,6 +100,18 @@ async fn off<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&state))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+async fn prune(State(state): State<AppState>, body: Bytes) -> Result<Json<PruneAnswer>, ApiError> {
+    let control = control(&state)?;
+    let request: Prune = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    off(&state, move |_| {
+        Ok(Json(PruneAnswer {
+            pruned: control.prune(&request)?,
+        }))
+    })
+    .await
 }
 
 async fn list_pipelines(

@@ -12,7 +12,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Subcommand};
 use kiln_core::registry::{PipelineRun, PipelineRunState, StepExecState};
 use kiln_core::wire::pipelines::{
-    AllSteps, Cancelling, ForceSteps, PipelineInfo, ScheduleChanged, StartRun, Started,
+    AllSteps, Cancelling, ForceSteps, PipelineInfo, Prune, PruneAnswer, ScheduleChanged, StartRun,
+    Started,
 };
 use kiln_scheduler::pipeline::{Action, Severity};
 use kiln_scheduler::run::Force;
@@ -80,6 +81,9 @@ pub enum PipelineCommand {
         params: Vec<String>,
         #[arg(long)]
         json: bool,
+        /// Run the backfill in this `kiln up` (its copy of the pipeline and its schedule).
+        #[command(flatten)]
+        server: Server,
     },
     /// Pipeline schedules: list them, pause or resume one.
     #[command(subcommand)]
@@ -98,6 +102,8 @@ pub enum PipelineCommand {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
 }
 
@@ -187,26 +193,46 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
             to,
             params,
             json,
-        } => backfill(home, &file, from, to, &params, json),
+            server,
+        } => match server.client() {
+            Some(_) => backfill_on_server(&server, &file, from, to, &params, json),
+            None => backfill(home, &file, from, to, &params, json),
+        },
         PipelineCommand::Schedule(c) => schedule(home, c),
         PipelineCommand::Prune {
             pipeline,
             keep,
             dry_run,
             json,
-        } => prune(home, pipeline.as_deref(), keep, dry_run, json),
+            server,
+        } => prune(
+            home,
+            &server,
+            Prune {
+                pipeline,
+                keep,
+                dry_run,
+            },
+            json,
+        ),
     }
 }
 
-fn prune(
-    home: &Home,
-    pipeline: Option<&str>,
-    keep: usize,
-    dry_run: bool,
-    json: bool,
-) -> Result<Outcome> {
-    let registry = home.open_registry()?;
-    let pruned = kiln_scheduler::prune::prune(&registry, pipeline, keep, dry_run)?;
+fn prune(home: &Home, server: &Server, request: Prune, json: bool) -> Result<Outcome> {
+    let pruned = match server.client() {
+        Some(client) => {
+            client
+                .send::<PruneAnswer>("POST", "/api/pipeline-runs/prune", Some(&request))?
+                .pruned
+        }
+        None => kiln_scheduler::prune::prune(
+            &home.open_registry()?,
+            request.pipeline.as_deref(),
+            request.keep,
+            request.dry_run,
+        )?,
+    };
+    let dry_run = request.dry_run;
     if json {
         ui::print_json(&pruned)?;
         return Ok(Outcome::Ok);
@@ -484,17 +510,7 @@ fn run_now(home: &Home, args: RunArgs) -> Result<Outcome> {
 
 /// Starts a run in a running `kiln up` and follows it to its end; Ctrl-C in the REPL cancels it.
 fn run_on_server(args: &RunArgs) -> Result<Outcome> {
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
-    let name = kiln_scheduler::parse_with(&text, crate::cmd::components::CATALOGUE)
-        .pipeline
-        .map(|p| p.name)
-        .ok_or_else(|| {
-            anyhow!(
-                "{}: not a pipeline file; `kiln pipeline validate {0}` says why",
-                args.file.display()
-            )
-        })?;
+    let name = pipeline_name(&args.file)?;
     let force = if args.force_all {
         Some(ForceSteps::All(AllSteps::All))
     } else if args.force.is_empty() {
@@ -510,38 +526,47 @@ fn run_on_server(args: &RunArgs) -> Result<Outcome> {
         force,
         date: args.date.map(|d| d.to_string()),
     };
+    let run = start_and_follow(&args.server, &name, &body, args.json)?;
+    finish(&run, args.json)
+}
+
+/// Starts a run of `name` in a running `kiln up` and follows it to its end, drawing its steps
+/// as they change; Ctrl-C in the REPL cancels it.
+fn start_and_follow(
+    server: &Server,
+    name: &str,
+    body: &StartRun,
+    json: bool,
+) -> Result<PipelineRun> {
     let started: Started = call_with(
-        &args.server,
+        server,
         "POST",
-        &format!("/api/pipelines/{}/runs", url_part(&name)),
-        Some(&serde_json::to_value(&body)?),
+        &format!("/api/pipelines/{}/runs", url_part(name)),
+        Some(&serde_json::to_value(body)?),
     )?;
     let id = started.run;
-    if !args.json {
+    if !json {
         eprintln!(
             "pipeline `{name}` run {id} started in the kiln up at {}",
-            args.server.server.as_deref().unwrap_or_default()
+            server.server.as_deref().unwrap_or_default()
         );
     }
     let live = Live {
         seen: Mutex::new(BTreeMap::new()),
-        quiet: args.json,
+        quiet: json,
     };
     let mut cancelled = false;
     loop {
-        let run: PipelineRun = call(&args.server, "GET", &format!("/api/pipeline-runs/{id}"))?;
+        let run: PipelineRun = call(server, "GET", &format!("/api/pipeline-runs/{id}"))?;
         live.show(&run);
         if run.state != PipelineRunState::Running {
-            return finish(&run, args.json);
+            return Ok(run);
         }
         if !cancelled && ui::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
             eprintln!("cancelling run {id}");
             // The run may have ended meanwhile (409): the next look says how.
-            let answer: Result<Cancelling> = call(
-                &args.server,
-                "POST",
-                &format!("/api/pipeline-runs/{id}/cancel"),
-            );
+            let answer: Result<Cancelling> =
+                call(server, "POST", &format!("/api/pipeline-runs/{id}/cancel"));
             if let Err(e) = answer {
                 eprintln!("{e:#}");
             }
@@ -769,6 +794,112 @@ fn cancel(home: &Home, server: &Server, id: u64) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// When a backfill runs a pipeline: each time its schedule (`cron`) fires from `from` to `to`,
+/// or each day at midnight UTC when it has none.
+fn backfill_fires(
+    name: &str,
+    cron: Option<&str>,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<DateTime<Utc>>> {
+    if to < from {
+        bail!("--to {to} is before --from {from}");
+    }
+    let start = date_time(from) - chrono::Duration::milliseconds(1);
+    let end = date_time(to) + chrono::Duration::days(1) - chrono::Duration::milliseconds(1);
+    let fires: Vec<DateTime<Utc>> = match cron {
+        Some(c) => {
+            let cron = c.parse().map_err(|e| anyhow!("cron: {e}"))?;
+            fires_between(&cron, start, end, 10_000)
+        }
+        None => from
+            .iter_days()
+            .take_while(|d| *d <= to)
+            .map(date_time)
+            .collect(),
+    };
+    if fires.is_empty() {
+        bail!("the schedule of `{name}` does not fire between {from} and {to}");
+    }
+    Ok(fires)
+}
+
+/// A backfill in a running `kiln up`: its copy of the pipeline, at the times its schedule fires,
+/// one run after another, each followed to its end.
+fn backfill_on_server(
+    server: &Server,
+    file: &Path,
+    from: NaiveDate,
+    to: NaiveDate,
+    params: &[String],
+    json: bool,
+) -> Result<Outcome> {
+    let name = pipeline_name(file)?;
+    let known: Vec<PipelineInfo> = call(server, "GET", "/api/pipelines")?;
+    let info = known.iter().find(|p| p.pipeline == name).ok_or_else(|| {
+        anyhow!(
+            "the kiln up at {} runs no pipeline `{name}`{}",
+            server.server.as_deref().unwrap_or_default(),
+            kiln_core::suggest::hint(&name, known.iter().map(|p| p.pipeline.as_str()))
+        )
+    })?;
+    let cron = Some(info.cron.as_str()).filter(|c| !c.is_empty());
+    let fires = backfill_fires(&name, cron, from, to)?;
+    let params: BTreeMap<String, serde_json::Value> = parse_params(params)?
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
+    let mut runs = Vec::new();
+    for (n, fire) in fires.iter().enumerate() {
+        if ui::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        if !json {
+            eprintln!(
+                "backfill {}/{}: {}",
+                n + 1,
+                fires.len(),
+                fire.format("%Y-%m-%d %H:%M")
+            );
+        }
+        let body = StartRun {
+            params: params.clone(),
+            force: None,
+            date: Some(fire.to_rfc3339()),
+        };
+        runs.push(start_and_follow(server, &name, &body, json)?);
+    }
+    backfilled(&runs, json)
+}
+
+/// Prints a backfill's runs; any that did not succeed make it an error.
+fn backfilled(runs: &[PipelineRun], json: bool) -> Result<Outcome> {
+    let failed = runs
+        .iter()
+        .filter(|r| r.state != PipelineRunState::Succeeded)
+        .count();
+    print_runs(runs, json)?;
+    if failed > 0 {
+        bail!("{failed} of {} backfill runs did not succeed", runs.len());
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The name a pipeline file gives its pipeline.
+fn pipeline_name(file: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    kiln_scheduler::parse_with(&text, crate::cmd::components::CATALOGUE)
+        .pipeline
+        .map(|p| p.name)
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: not a pipeline file; `kiln pipeline validate {0}` says why",
+                file.display()
+            )
+        })
+}
+
 fn backfill(
     home: &Home,
     file: &Path,
@@ -777,9 +908,6 @@ fn backfill(
     params: &[String],
     json: bool,
 ) -> Result<Outcome> {
-    if to < from {
-        bail!("--to {to} is before --from {from}");
-    }
     let params = parse_params(params)?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -792,25 +920,8 @@ fn backfill(
             file.display()
         )
     })?;
-    let start = date_time(from) - chrono::Duration::milliseconds(1);
-    let end = date_time(to) + chrono::Duration::days(1) - chrono::Duration::milliseconds(1);
-    let fires: Vec<DateTime<Utc>> = match &pipeline.schedule {
-        Some(s) => {
-            let cron = s.cron.parse().map_err(|e| anyhow!("cron: {e}"))?;
-            fires_between(&cron, start, end, 10_000)
-        }
-        None => from
-            .iter_days()
-            .take_while(|d| *d <= to)
-            .map(date_time)
-            .collect(),
-    };
-    if fires.is_empty() {
-        bail!(
-            "the schedule of `{}` does not fire between {from} and {to}",
-            pipeline.name
-        );
-    }
+    let cron = pipeline.schedule.as_ref().map(|s| s.cron.as_str());
+    let fires = backfill_fires(&pipeline.name, cron, from, to)?;
     let registry = Arc::new(home.open_registry()?);
     let rt = runtime()?;
     let runs = rt.block_on(async {
@@ -841,15 +952,7 @@ fn backfill(
         }
         anyhow::Ok(runs)
     })?;
-    let failed = runs
-        .iter()
-        .filter(|r| r.state != PipelineRunState::Succeeded)
-        .count();
-    print_runs(&runs, json)?;
-    if failed > 0 {
-        bail!("{failed} of {} backfill runs did not succeed", runs.len());
-    }
-    Ok(Outcome::Ok)
+    backfilled(&runs, json)
 }
 
 fn schedule(home: &Home, command: ScheduleCommand) -> Result<Outcome> {

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 use chrono::{NaiveDate, Utc};
 use clap::Args;
-use kiln_core::registry::Registry;
-use kiln_core::wire::pipelines::{ForceSteps, PipelineInfo, StartRun};
+use kiln_core::registry::{Registry, RegistryError};
+use kiln_core::wire::pipelines::{ForceSteps, PipelineInfo, Prune, Pruned, StartRun};
 use kiln_scheduler::pipeline::Pipeline;
 use kiln_scheduler::run::Force;
 use kiln_scheduler::schedule::{ScheduleLoop, next_fire, wall_clock};
@@ -240,12 +240,16 @@ impl Api {
         })?;
         let date = match &request.date {
             None => Utc::now(),
-            Some(d) => d
-                .parse::<NaiveDate>()
-                .map_err(|e| StartError::Refused(format!("`date` {d:?}: {e}; give YYYY-MM-DD")))?
-                .and_hms_opt(0, 0, 0)
-                .unwrap_or_default()
-                .and_utc(),
+            Some(d) => match d.parse::<NaiveDate>() {
+                Ok(day) => day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc(),
+                Err(_) => chrono::DateTime::parse_from_rfc3339(d)
+                    .map_err(|e| {
+                        StartError::Refused(format!(
+                            "`date` {d:?}: {e}; give YYYY-MM-DD or an RFC 3339 time"
+                        ))
+                    })?
+                    .with_timezone(&Utc),
+            },
         };
         let force = match request.force.clone() {
             None => Force::Nothing,
@@ -324,5 +328,14 @@ impl PipelineControl for Api {
 
     fn cancel(&self, run: u64) -> bool {
         self.service.cancel(run)
+    }
+
+    fn prune(&self, request: &Prune) -> Result<Vec<Pruned>, RegistryError> {
+        kiln_scheduler::prune::prune(
+            &self.service.registry,
+            request.pipeline.as_deref(),
+            request.keep,
+            request.dry_run,
+        )
     }
 }

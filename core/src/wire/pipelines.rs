@@ -46,7 +46,8 @@ pub struct StartRun {
     pub params: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force: Option<ForceSteps>,
-    /// The run's logical date, `YYYY-MM-DD` (today by default).
+    /// The run's logical date: `YYYY-MM-DD`, or a time in RFC 3339 (a backfill's fire time);
+    /// now by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub date: Option<String>,
 }
@@ -93,6 +94,35 @@ pub struct ScheduleChanged {
     pub paused: bool,
     /// RFC 3339.
     pub last_fire: Option<String>,
+}
+
+/// `POST /api/pipeline-runs/prune`: delete the files of old finished runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prune {
+    /// Only this pipeline's runs (every pipeline's when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    /// How many of each pipeline's newest runs keep their files.
+    pub keep: usize,
+    /// Say what would go, and delete nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a prune removed (or would) of one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pruned {
+    pub pipeline: String,
+    pub run: u64,
+    pub dir: String,
+    pub bytes: u64,
+}
+
+/// The answer to a prune.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneAnswer {
+    pub pruned: Vec<Pruned>,
 }
 
 #[cfg(test)]
