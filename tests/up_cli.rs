@@ -196,7 +196,10 @@ fn a_run_over_the_api_pushes_a_model_that_is_served_and_sigterm_cancels_steps() 
     ]);
     let pruned: Value = serde_json::from_str(&out).unwrap();
     for p in pruned.as_array().unwrap() {
-        assert!(std::path::Path::new(p["dir"].as_str().unwrap()).is_dir(), "{p}");
+        assert!(
+            std::path::Path::new(p["dir"].as_str().unwrap()).is_dir(),
+            "{p}"
+        );
     }
     // The REPL talks to it over HTTP too.
     let script = k.file(

@@ -23,7 +23,8 @@ use kiln_core::transform::TransformSpec;
 use kiln_scheduler::ComponentSpec;
 use kiln_scheduler::pipeline::Arg;
 use kiln_scheduler::run::{ComponentCall, ComponentError, Components};
-use kiln_trainer::{DeviceChoice, TrainConfig, TrainError};
+use kiln_trainer::gate::{Baseline, Gate, judge};
+use kiln_trainer::{TrainConfig, TrainError};
 
 use kiln_trainer::tracked::{TrialEnd, sweep_into, train_into};
 
@@ -512,15 +513,6 @@ fn tune(call: &ComponentCall) -> Result<Values> {
     ]))
 }
 
-/// The metric a model is judged by when none is named.
-fn primary_metric(task: bundle::Task) -> &'static str {
-    match task {
-        bundle::Task::BinaryClassification => "roc_auc",
-        bundle::Task::MultiClassification => "accuracy",
-        bundle::Task::Regression => "rmse",
-    }
-}
-
 /// `NAME`, `NAME@ALIAS` or `NAME:VERSION`.
 fn model_ref(spec: &str) -> (&str, String) {
     match (spec.split_once('@'), spec.split_once(':')) {
@@ -530,115 +522,94 @@ fn model_ref(spec: &str) -> (&str, String) {
     }
 }
 
-/// Judges the candidate on its test rows against absolute thresholds and against the version
-/// the baseline alias holds now (on the same rows): blessed or not, and why.
+/// A number from a pipeline file: a float, an integer, or a string holding one.
+fn number(v: &toml::Value) -> Option<f64> {
+    v.as_float()
+        .or_else(|| v.as_integer().map(|i| i as f64))
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// The evaluation gate (`kiln_trainer::gate`) on the step's arguments: the candidate's test rows
+/// against `thresholds` and against the version `baseline` names now.
 fn evaluate(call: &ComponentCall) -> Result<Values> {
     let model = required_path(call, "model")?;
     let (manifest, weights) = bundle::read(&model)?;
     let (_, table) = read_data(call, "data")?;
-    let rows = kiln_trainer::test_split(&table, kiln_trainer::test_fraction_of(&manifest));
-    let candidate = kiln_trainer::evaluate(&manifest, &weights, &rows, DeviceChoice::Cpu)?;
-    let metric = text(call, "metric")
-        .unwrap_or(primary_metric(manifest.task))
-        .to_string();
-    let minimised = kiln_trainer::sweep::is_minimised(&metric);
-    let value = |m: &BTreeMap<String, f64>, k: &str| -> Result<f64> {
-        m.get(k).copied().ok_or_else(|| {
-            invalid(format!(
-                "no metric `{k}` for this model{}",
-                kiln_core::suggest::hint(k, m.keys().map(String::as_str))
-            ))
-        })
+    let mut gate = Gate {
+        metric: text(call, "metric").map(str::to_string),
+        min_improvement: call
+            .args
+            .get("min_improvement")
+            .and_then(number)
+            .unwrap_or(0.0),
+        ..Gate::default()
     };
-    let mut reasons = Vec::new();
-    let mut blessed = true;
     if let Some(t) = call.args.get("thresholds") {
         let t = t
             .as_table()
             .ok_or_else(|| invalid("`with.thresholds` must be a table of metric = bound".into()))?;
         for (k, bound) in t {
-            let bound = bound
-                .as_float()
-                .or_else(|| bound.as_integer().map(|i| i as f64))
-                .or_else(|| bound.as_str().and_then(|s| s.parse().ok()))
+            let bound = number(bound)
                 .ok_or_else(|| invalid(format!("threshold `{k}` must be a number, not {bound}")))?;
-            let v = value(&candidate, k)?;
-            let ok = if kiln_trainer::sweep::is_minimised(k) {
-                v <= bound
-            } else {
-                v >= bound
-            };
-            let cmp = if kiln_trainer::sweep::is_minimised(k) {
-                "≤"
-            } else {
-                "≥"
-            };
-            reasons.push(format!(
-                "{k} {v:.4} {} {cmp} {bound}",
-                if ok { "is" } else { "is not" }
-            ));
-            blessed &= ok;
+            gate.thresholds.insert(k.clone(), bound);
         }
     }
-    let min_improvement = call
-        .args
-        .get("min_improvement")
-        .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
-        .unwrap_or(0.0);
-    let mut baseline_value = None;
-    let mut baseline_version = None;
-    if let Some(spec) = text(call, "baseline") {
-        let (name, which) = model_ref(spec);
-        match call.registry.resolve(name, &which) {
-            Ok(version) => {
-                let scratch = tempfile::tempdir()?;
-                let dir = scratch.path().join("bundle");
-                call.registry.export_artifact(&version.artifact, &dir)?;
-                let (bm, bw) = bundle::read(&dir)?;
-                let base = kiln_trainer::evaluate(&bm, &bw, &rows, DeviceChoice::Cpu)
-                    .with_context(|| {
-                        format!("evaluating the baseline {name} version {}", version.version)
-                    })?;
-                let (c, b) = (value(&candidate, &metric)?, value(&base, &metric)?);
-                let gain = if minimised { b - c } else { c - b };
-                let ok = gain >= min_improvement;
-                reasons.push(format!(
-                    "{metric} {c:.4} against {b:.4} of {name} version {} ({which}): {} {gain:+.4} {} the minimum {min_improvement}",
-                    version.version,
-                    if minimised { "lower by" } else { "higher by" },
-                    if ok { "meets" } else { "misses" }
-                ));
-                blessed &= ok;
-                baseline_value = Some(b);
-                baseline_version = Some(version.version);
+    let mut no_baseline = None;
+    let scratch = tempfile::tempdir()?;
+    let baseline = match text(call, "baseline") {
+        Some(spec) => {
+            let (name, which) = model_ref(spec);
+            match call.registry.resolve(name, &which) {
+                Ok(version) => {
+                    let dir = scratch.path().join("bundle");
+                    call.registry.export_artifact(&version.artifact, &dir)?;
+                    Some((
+                        format!("{name} version {} ({which})", version.version),
+                        version.version,
+                        bundle::read(&dir)?,
+                    ))
+                }
+                Err(e) => {
+                    no_baseline = Some(format!("no baseline ({e}); judged on thresholds alone"));
+                    None
+                }
             }
-            Err(e) => reasons.push(format!("no baseline ({e}); judged on thresholds alone")),
         }
-    }
-    let reason = reasons.join("; ");
-    call.log_line(&format!(
-        "{}: {reason}",
-        if blessed { "blessed" } else { "not blessed" }
-    ));
-    write_json(
-        &call.outputs.join("evaluation.json"),
-        &serde_json::json!({
-            "blessed": blessed,
-            "metric": metric,
-            "rows": rows.num_rows(),
-            "candidate": candidate,
-            "baseline": baseline_value,
-            "baseline_version": baseline_version,
-            "reasons": reasons,
+        None => None,
+    };
+    let mut judgement = judge(
+        &manifest,
+        &weights,
+        &table,
+        &gate,
+        baseline.as_ref().map(|(label, version, (m, w))| Baseline {
+            label: label.clone(),
+            version: *version,
+            manifest: m,
+            weights: w,
         }),
     )?;
+    judgement.reasons.extend(no_baseline);
+    let reason = judgement.reasons.join("; ");
+    call.log_line(&format!(
+        "{}: {reason}",
+        if judgement.blessed {
+            "blessed"
+        } else {
+            "not blessed"
+        }
+    ));
+    write_json(&call.outputs.join("evaluation.json"), &judgement)?;
     let mut out = values([
-        ("blessed", blessed.to_string()),
-        ("metric", metric.clone()),
-        ("candidate", value(&candidate, &metric)?.to_string()),
+        ("blessed", judgement.blessed.to_string()),
+        ("metric", judgement.metric.clone()),
+        (
+            "candidate",
+            judgement.candidate_value().unwrap_or(f64::NAN).to_string(),
+        ),
         ("reason", reason),
     ]);
-    if let Some(b) = baseline_value {
+    if let Some(b) = judgement.baseline {
         out.insert("baseline".into(), b.to_string());
     }
     Ok(out)

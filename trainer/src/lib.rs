@@ -6,6 +6,7 @@
 //! `gpu` feature, on burn's wgpu backend: the device is a value chosen at the edge
 //! ([`DeviceChoice`]); nothing else knows which it is.
 
+pub mod gate;
 mod model;
 pub mod sweep;
 pub mod tracked;
