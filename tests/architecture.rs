@@ -26,6 +26,7 @@ fn each_heavy_library_lives_in_one_crate_and_dependencies_point_down() {
         ("kiln-scheduler", "scheduler/Cargo.toml"),
         ("kiln-repl", "repl/Cargo.toml"),
         ("kiln-client", "client/Cargo.toml"),
+        ("kiln-components", "components/Cargo.toml"),
     ];
     // Which crate may use each library that defines a layer.
     let owners = [
@@ -46,8 +47,10 @@ fn each_heavy_library_lives_in_one_crate_and_dependencies_point_down() {
                 "{name} depends on {library}, which only {owner} may use"
             );
         }
-        // Library crates depend on kiln-core and on no other kiln crate.
-        if name != "kiln" {
+        // Library crates depend on kiln-core and on no other kiln crate; the binary and the
+        // components (the scheduler's `Components` over the trainer, the serving runtime and
+        // the registry) are where they meet.
+        if name != "kiln" && name != "kiln-components" {
             let kiln: Vec<&String> = deps
                 .iter()
                 .filter(|d| d.starts_with("kiln-") && *d != "kiln-core")
@@ -55,6 +58,11 @@ fn each_heavy_library_lives_in_one_crate_and_dependencies_point_down() {
             assert!(kiln.is_empty(), "{name} depends on {kiln:?}");
         }
     }
+    let components = dependencies("components/Cargo.toml");
+    assert!(
+        !components.contains("kiln-components") && !components.contains("axum"),
+        "kiln-components serves nothing itself"
+    );
     let core = dependencies("core/Cargo.toml");
     for forbidden in ["tokio", "axum", "burn", "candle-core", "ureq"] {
         assert!(

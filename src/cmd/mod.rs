@@ -1,6 +1,5 @@
 //! The subcommands of the `kiln` binary, one module per group.
 pub mod backup;
-pub mod components;
 pub mod data;
 pub mod monitor;
 pub mod pipeline;

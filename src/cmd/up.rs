@@ -22,9 +22,9 @@ use kiln_server::pipelines::{DriftWatch, PipelineControl, StartError};
 use tokio::sync::watch;
 
 use crate::Outcome;
-use crate::cmd::components::Builtins;
 use crate::cmd::registry::Home;
 use crate::cmd::serve::{ServeArgs, announce, pin_compute_threads, shutdown_signal};
+use kiln_components::Builtins;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -60,7 +60,7 @@ struct Api {
 fn load(file: &std::path::Path) -> Result<Pipeline> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let parsed = kiln_scheduler::parse_with(&text, crate::cmd::components::CATALOGUE);
+    let parsed = kiln_scheduler::parse_with(&text, kiln_components::CATALOGUE);
     if parsed.has_errors() {
         bail!(
             "{} has errors; `kiln pipeline validate {}` lists them",
@@ -126,7 +126,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let (stop_tx, stop) = watch::channel(false);
-        let service = crate::cmd::components::service(registry.clone(), stop.clone());
+        let service = kiln_components::service(registry.clone(), stop.clone());
         let recovered = service.recover()?;
         if !recovered.is_empty() {
             eprintln!(
