@@ -1,0 +1,167 @@
+//! What a training is configured by, what it reports, and what goes wrong.
+
+use std::collections::BTreeMap;
+
+use kiln_core::bundle::{Activation, Manifest, Task, Weight};
+use kiln_core::transform::TransformSpec;
+use serde::{Deserialize, Serialize};
+
+/// Which model to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// Logistic regression (classification) or linear regression: no hidden layers.
+    Logistic,
+    Mlp,
+    /// Wide and deep: a linear part plus an MLP over the features and embeddings of the
+    /// transform's id columns (vocabulary or hashed ids).
+    WideDeep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+/// How the learning rate changes over epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    /// Cosine decay from `lr` to 0 over the epochs.
+    Cosine,
+}
+
+/// Where training runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    Cpu,
+    Gpu,
+}
+
+/// Everything a training run is configured by (the keys of `--config train.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelKind,
+    pub hidden: Vec<usize>,
+    pub activation: Activation,
+    pub dropout: f64,
+    pub optimizer: OptimizerKind,
+    pub momentum: f64,
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    pub epochs: usize,
+    /// Stop after this many epochs without a better validation loss.
+    pub patience: Option<usize>,
+    pub seed: u64,
+    /// The share of rows, at the end, held out as the test set.
+    pub test_fraction: f64,
+    /// The share of the remaining rows, at their end, used for validation.
+    pub validation_fraction: f64,
+    /// The task; inferred from the target column when absent.
+    pub task: Option<Task>,
+    /// The feature transform; by default numbers are imputed with the median and standardized,
+    /// categories one-hot encoded (top 100 values).
+    pub transform: Option<TransformSpec>,
+    pub device: DeviceChoice,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: ModelKind::Logistic,
+            hidden: vec![64, 32],
+            activation: Activation::Relu,
+            dropout: 0.0,
+            optimizer: OptimizerKind::Adam,
+            momentum: 0.9,
+            lr: 0.01,
+            schedule: Schedule::Constant,
+            weight_decay: 0.0,
+            batch_size: 64,
+            epochs: 30,
+            patience: Some(5),
+            seed: 42,
+            test_fraction: 0.2,
+            validation_fraction: 0.1,
+            task: None,
+            transform: None,
+            device: DeviceChoice::Cpu,
+        }
+    }
+}
+
+/// What went wrong training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("target column `{name}` is not in the data{hint}")]
+    TargetMissing { name: String, hint: String },
+    #[error("{0}")]
+    Data(String),
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "training diverged: the loss became {loss} at epoch {epoch}, batch {batch}; lower the learning rate (now {lr})"
+    )]
+    Diverged {
+        epoch: usize,
+        batch: usize,
+        loss: f32,
+        lr: f64,
+    },
+    #[error("{0}")]
+    Device(String),
+    #[error("training was cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Transform(#[from] kiln_core::transform::TransformError),
+}
+
+/// Receives per-epoch metrics (the binary logs them to the run).
+pub trait RunLogger {
+    fn log(&self, step: i64, metrics: &[(&str, f64)]);
+}
+
+/// A logger that drops everything.
+pub struct NoLogger;
+
+impl RunLogger for NoLogger {
+    fn log(&self, _step: i64, _metrics: &[(&str, f64)]) {}
+}
+
+/// One epoch's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub validation_loss: f64,
+    pub validation_metrics: BTreeMap<String, f64>,
+}
+
+/// A trained model: its bundle, and how it got there.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub manifest: Manifest,
+    pub weights: BTreeMap<String, Weight>,
+    /// Metrics on the test split, computed from the saved weights.
+    pub test_metrics: BTreeMap<String, f64>,
+    pub history: Vec<EpochReport>,
+    /// The trainer's own predictions on the test split (probabilities or values, row-major).
+    pub test_predictions: Vec<f32>,
+    pub rows: Splits,
+}
+
+/// How many rows each split has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Splits {
+    pub train: usize,
+    pub validation: usize,
+    pub test: usize,
+}

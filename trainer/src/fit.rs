@@ -1,0 +1,586 @@
+//! Training: the default transform, the target's values and task, the splits, and the
+//! epoch loop (`fit_network`) with early stopping and the loss of each task.
+
+use std::collections::BTreeMap;
+
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, SgdConfig};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::log_softmax;
+use kiln_core::bundle::{
+    Architecture, BUNDLE_FORMAT_VERSION, BUNDLE_MAGIC, BundleLineage, EmbeddingShape, Manifest,
+    Task, Weight,
+};
+use kiln_core::data::{ColumnType, Table, category_of_number};
+use kiln_core::progress::{Progress, Unit};
+use kiln_core::stats::DatasetStatistics;
+use kiln_core::transform::{Encode, FeatureSpec, Impute, TransformSpec};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+use crate::config::{
+    EpochReport, ModelKind, OptimizerKind, RunLogger, Schedule, Splits, TrainConfig, TrainError,
+    TrainOutcome,
+};
+use crate::device::device;
+use crate::evaluate::{loss_value, metrics_of};
+use crate::model::{self, Net};
+use crate::predict::{Predictor, forward_rows};
+
+/// The default transform: numbers (and booleans) imputed with the median and standardized,
+/// categories one-hot encoded over their 100 most frequent values.
+pub fn default_spec(table: &Table, target: &str) -> TransformSpec {
+    let mut numeric = Vec::new();
+    let mut categorical = Vec::new();
+    for i in 0..table.num_columns() {
+        let name = table.column_name(i).to_string();
+        if name == target {
+            continue;
+        }
+        match table.column_type(i) {
+            ColumnType::Categorical => categorical.push(name),
+            _ => numeric.push(name),
+        }
+    }
+    let entry = |columns: Vec<String>, encode: Encode| FeatureSpec {
+        columns,
+        impute: if encode == Encode::Standardize {
+            Some(Impute::Median)
+        } else {
+            None
+        },
+        fill: None,
+        clip: None,
+        log1p: false,
+        encode,
+        boundaries: None,
+        quantiles: None,
+        top_k: if encode == Encode::Vocabulary {
+            Some(100)
+        } else {
+            None
+        },
+        min_frequency: None,
+        oov_buckets: None,
+        buckets: None,
+        output: None,
+    };
+    let mut features = Vec::new();
+    if !numeric.is_empty() {
+        features.push(entry(numeric, Encode::Standardize));
+    }
+    if !categorical.is_empty() {
+        features.push(entry(categorical, Encode::Vocabulary));
+    }
+    TransformSpec { features }
+}
+
+/// The raw target values of a split: class texts or numbers; a missing target is an error.
+pub(crate) fn targets(
+    table: &Table,
+    index: usize,
+    first_row: usize,
+) -> Result<Vec<Result<String, f64>>, TrainError> {
+    let values: Vec<Option<Result<String, f64>>> =
+        if table.column_type(index) == ColumnType::Categorical {
+            table.texts(index).into_iter().map(|v| v.map(Ok)).collect()
+        } else {
+            table
+                .numbers(index)
+                .into_iter()
+                .map(|v| v.map(Err))
+                .collect()
+        };
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(row, v)| {
+            v.ok_or_else(|| {
+                TrainError::Data(format!(
+                    "the target `{}` is missing at row {}; drop or fill those rows",
+                    table.column_name(index),
+                    first_row + row
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Trains a model on `table` to predict `target`.
+pub fn train(
+    table: &Table,
+    target: &str,
+    config: &TrainConfig,
+    progress: &dyn Progress,
+    logger: &dyn RunLogger,
+) -> Result<TrainOutcome, TrainError> {
+    let target_index = table
+        .column_index(target)
+        .ok_or_else(|| TrainError::TargetMissing {
+            name: target.to_string(),
+            hint: target_hint(target, table),
+        })?;
+    if config.batch_size == 0 || config.epochs == 0 {
+        return Err(TrainError::Config(
+            "--batch-size and --epochs must be at least 1".to_string(),
+        ));
+    }
+    if !(config.lr > 0.0 && config.lr.is_finite()) {
+        return Err(TrainError::Config(format!(
+            "--lr {} must be a positive number",
+            config.lr
+        )));
+    }
+    let n = table.num_rows();
+    let n_test = (n as f64 * config.test_fraction).round() as usize;
+    let n_trainval = n - n_test.min(n);
+    let n_val = (n_trainval as f64 * config.validation_fraction).round() as usize;
+    let n_train = n_trainval - n_val.min(n_trainval);
+    if n_train == 0 {
+        return Err(TrainError::Data(format!(
+            "the training split is empty ({n} rows, {n_test} for test, {n_val} for validation); \
+             use more rows or smaller --test-fraction"
+        )));
+    }
+    let splits = Splits {
+        train: n_train,
+        validation: n_val,
+        test: n_test,
+    };
+    let train_t = table.slice(0, n_train);
+    let val_t = table.slice(n_train, n_trainval);
+    let test_t = table.slice(n_trainval, n);
+
+    // Labels and task.
+    let raw_train = targets(&train_t, target_index, 0)?;
+    let target_type = table.column_type(target_index);
+    let task = match config.task {
+        Some(t) => t,
+        None => infer_task(target_type, &raw_train),
+    };
+    let mut labels: Vec<String> = Vec::new();
+    if task != Task::Regression {
+        let mut set: Vec<String> = raw_train
+            .iter()
+            .map(|v| label_text(v, target_type))
+            .collect();
+        set.sort();
+        set.dedup();
+        if set.len() < 2 {
+            return Err(TrainError::Data(format!(
+                "the target `{target}` has one class only ({}) in the training split; a classifier needs two or more",
+                set.first().map_or("none".to_string(), |s| format!("{s:?}"))
+            )));
+        }
+        labels = set;
+        if task == Task::BinaryClassification && labels.len() > 2 {
+            return Err(TrainError::Config(format!(
+                "binary classification, but `{target}` has {} classes",
+                labels.len()
+            )));
+        }
+    }
+    let task = if task == Task::MultiClassification && labels.len() == 2 {
+        Task::BinaryClassification
+    } else {
+        task
+    };
+    let encode_targets = |raw: &[Result<String, f64>]| -> Result<Vec<f32>, TrainError> {
+        raw.iter()
+            .map(|v| {
+                if task == Task::Regression {
+                    match v {
+                        Err(x) => Ok(*x as f32),
+                        Ok(s) => Err(TrainError::Data(format!(
+                            "regression needs a numeric target, found {s:?}"
+                        ))),
+                    }
+                } else {
+                    let text = label_text(v, target_type);
+                    labels
+                        .binary_search(&text)
+                        .map(|i| i as f32)
+                        .map_err(|_| {
+                            TrainError::Data(format!(
+                                "class {text:?} of `{target}` appears after the training split but not in it"
+                            ))
+                        })
+                }
+            })
+            .collect()
+    };
+    let y_train = encode_targets(&raw_train)?;
+    let y_val = encode_targets(&targets(&val_t, target_index, n_train)?)?;
+    let y_test = encode_targets(&targets(&test_t, target_index, n_trainval)?)?;
+
+    // Features: fitted on the training split only.
+    let spec = match &config.transform {
+        Some(s) => s.clone(),
+        None => default_spec(table, target),
+    };
+    if spec
+        .features
+        .iter()
+        .any(|f| f.columns.iter().any(|c| c == target))
+    {
+        return Err(TrainError::Config(format!(
+            "the transform reads the target `{target}`; remove it from the spec"
+        )));
+    }
+    let fitted = spec.fit(&train_t)?;
+    if fitted.id_width() > 0 && config.model != ModelKind::WideDeep {
+        return Err(TrainError::Config(format!(
+            "the transform has id outputs ({}) that feed embeddings; train with --model wide-deep, or use output = \"one_hot\"",
+            fitted.id_names().join(", ")
+        )));
+    }
+    let f_train = fitted.apply_table(&train_t)?;
+    let f_val = fitted.apply_table(&val_t)?;
+    let d = fitted.dense_width();
+    if d == 0 {
+        return Err(TrainError::Config(
+            "the transform produces no features".to_string(),
+        ));
+    }
+    let outputs = match task {
+        Task::MultiClassification => labels.len(),
+        _ => 1,
+    };
+    let hidden: Vec<usize> = if config.model == ModelKind::Logistic {
+        vec![]
+    } else {
+        config.hidden.clone()
+    };
+    let architecture = match config.model {
+        ModelKind::WideDeep => Architecture::WideDeep {
+            inputs: d,
+            embeddings: fitted
+                .id_names()
+                .iter()
+                .zip(fitted.id_cardinalities())
+                .map(|(column, ids)| EmbeddingShape {
+                    column: column.clone(),
+                    ids: *ids as usize,
+                    // A common rule of thumb: about six times the fourth root of the vocabulary.
+                    width: ((6.0 * f64::from(*ids).powf(0.25)).ceil() as usize).clamp(2, 16),
+                })
+                .collect(),
+            hidden: hidden.clone(),
+            activation: config.activation,
+            outputs,
+        },
+        _ => Architecture::Mlp {
+            inputs: d,
+            hidden: hidden.clone(),
+            activation: config.activation,
+            outputs,
+        },
+    };
+
+    let (weights, history) = fit_network(
+        &Dense {
+            x: &f_train.dense,
+            ids: &f_train.ids,
+            y: &y_train,
+            d,
+            k: fitted.id_width(),
+        },
+        &Dense {
+            x: &f_val.dense,
+            ids: &f_val.ids,
+            y: &y_val,
+            d,
+            k: fitted.id_width(),
+        },
+        &architecture,
+        task,
+        config,
+        progress,
+        logger,
+    )?;
+
+    let mut hyperparameters = BTreeMap::new();
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
+        transform: None,
+        ..config.clone()
+    }) {
+        hyperparameters.extend(m);
+    }
+    let mut manifest = Manifest {
+        magic: BUNDLE_MAGIC.to_string(),
+        format_version: BUNDLE_FORMAT_VERSION,
+        task,
+        target: target.to_string(),
+        labels,
+        signature: fitted.inputs().to_vec(),
+        transform: fitted.clone(),
+        architecture,
+        hyperparameters,
+        training_statistics: DatasetStatistics::compute(&train_t),
+        metrics: BTreeMap::new(),
+        lineage: BundleLineage {
+            dataset_fingerprint: Some(table.fingerprint().to_string()),
+            transform_digest: Some(fitted.digest()),
+            ..Default::default()
+        },
+    };
+
+    // Test metrics from the saved weights, through the same path a reloaded bundle takes.
+    let predictor = Predictor::new(&manifest, &weights, config.device)?;
+    let test_predictions = predictor.predict(&test_t)?;
+    let test_metrics = if n_test > 0 {
+        metrics_of(task, &test_predictions, &y_test, predictor.width())
+    } else {
+        BTreeMap::new()
+    };
+    let refs: Vec<(String, f64)> = test_metrics
+        .iter()
+        .map(|(k, v)| (format!("test_{k}"), *v))
+        .collect();
+    let refs: Vec<(&str, f64)> = refs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    logger.log(history.len() as i64, &refs);
+    manifest.metrics = test_metrics
+        .iter()
+        .map(|(k, v)| (format!("test_{k}"), *v))
+        .collect();
+    Ok(TrainOutcome {
+        manifest,
+        weights,
+        test_metrics,
+        history,
+        test_predictions,
+        rows: splits,
+    })
+}
+
+/// Rows of dense features, id columns and targets (class ids or values), row-major.
+pub struct Dense<'a> {
+    pub x: &'a [f32],
+    /// `rows × k` ids (empty when `k` is 0).
+    pub ids: &'a [u32],
+    pub y: &'a [f32],
+    pub d: usize,
+    pub k: usize,
+}
+
+/// The training loop alone: trains a network of `architecture` on features and returns the weights
+/// of the epoch with the best validation loss, and every epoch's figures.
+pub fn fit_network(
+    train: &Dense<'_>,
+    validation: &Dense<'_>,
+    architecture: &Architecture,
+    task: Task,
+    config: &TrainConfig,
+    progress: &dyn Progress,
+    logger: &dyn RunLogger,
+) -> Result<(BTreeMap<String, Weight>, Vec<EpochReport>), TrainError> {
+    let (x_train, y_train, d, k) = (train.x, train.y, train.d, train.k);
+    let y_val = validation.y;
+    let n_train = y_train.len();
+    let n_val = y_val.len();
+    let outputs = match architecture {
+        Architecture::Mlp { outputs, .. } | Architecture::WideDeep { outputs, .. } => *outputs,
+    };
+    let plain = device(config.device)?;
+    plain.seed(config.seed);
+    let ad = plain.clone().autodiff();
+    let mut net = Net::new(architecture, config.dropout, &ad);
+    let mut optim = match config.optimizer {
+        OptimizerKind::Adam => {
+            let mut c = AdamConfig::new();
+            if config.weight_decay > 0.0 {
+                c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
+                    config.weight_decay as f32,
+                )));
+            }
+            c.init()
+        }
+        OptimizerKind::Adamw => AdamWConfig::new()
+            .with_weight_decay(config.weight_decay as f32)
+            .init(),
+        OptimizerKind::Sgd => {
+            let mut c = SgdConfig::new().with_momentum(Some(
+                MomentumConfig::new()
+                    .with_momentum(config.momentum)
+                    .with_dampening(0.0),
+            ));
+            if config.weight_decay > 0.0 {
+                c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
+                    config.weight_decay as f32,
+                )));
+            }
+            c.init()
+        }
+    };
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+    let mut order: Vec<usize> = (0..n_train).collect();
+    let mut history = Vec::new();
+    let mut best: Option<(f64, BTreeMap<String, Weight>)> = None;
+    let mut since_best = 0usize;
+    let mut xb: Vec<f32> = Vec::with_capacity(config.batch_size * d);
+    let mut yb: Vec<f32> = Vec::with_capacity(config.batch_size);
+    let mut ib: Vec<i64> = Vec::with_capacity(config.batch_size * k);
+    let mut last_loss: Option<f64> = None;
+    for epoch in 0..config.epochs {
+        // One bar per epoch: its number, the previous epoch's validation loss, rows and rows/s.
+        let phase = match last_loss {
+            Some(l) => format!("epoch {}/{} (loss {l:.4})", epoch + 1, config.epochs),
+            None => format!("epoch {}/{}", epoch + 1, config.epochs),
+        };
+        progress.start(&phase, Some(n_train as u64), Unit::Rows);
+        let lr = match config.schedule {
+            Schedule::Constant => config.lr,
+            Schedule::Cosine => {
+                config.lr
+                    * 0.5
+                    * (1.0 + (std::f64::consts::PI * epoch as f64 / config.epochs as f64).cos())
+            }
+        };
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0.0f64;
+        for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+            xb.clear();
+            yb.clear();
+            ib.clear();
+            for &r in chunk {
+                xb.extend_from_slice(&x_train[r * d..(r + 1) * d]);
+                ib.extend(train.ids[r * k..(r + 1) * k].iter().map(|v| i64::from(*v)));
+                yb.push(y_train[r]);
+            }
+            let rows = chunk.len();
+            let x = Tensor::<2>::from_data(TensorData::new(xb.clone(), [rows, d]), &ad);
+            let ids = (k > 0)
+                .then(|| Tensor::<2, Int>::from_data(TensorData::new(ib.clone(), [rows, k]), &ad));
+            let y = Tensor::<1>::from_data(TensorData::new(yb.clone(), [rows]), &ad);
+            let loss = loss_of(task, net.forward(x, ids), y, outputs);
+            let value = model::to_vec(loss.clone().into_data())
+                .first()
+                .copied()
+                .unwrap_or(f32::NAN);
+            if !value.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    batch: b + 1,
+                    loss: value,
+                    lr,
+                });
+            }
+            loss_sum += f64::from(value) * rows as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optim.step(lr, net, grads);
+            progress.set(((b + 1) * config.batch_size).min(n_train) as u64);
+            if progress.cancelled() {
+                return Err(TrainError::Cancelled);
+            }
+        }
+        progress.finish();
+        let train_loss = loss_sum / n_train as f64;
+
+        // Validation on the weights as they are now.
+        let eval = net.valid();
+        let (validation_loss, validation_metrics) = if n_val > 0 {
+            let out = forward_rows(&eval, validation, &plain);
+            let loss = loss_value(task, &out, y_val, outputs);
+            (loss, metrics_of(task, &out, y_val, outputs))
+        } else {
+            (train_loss, BTreeMap::new())
+        };
+        let mut logged: Vec<(String, f64)> = vec![
+            ("train_loss".into(), train_loss),
+            ("validation_loss".into(), validation_loss),
+        ];
+        logged.extend(
+            validation_metrics
+                .iter()
+                .map(|(k, v)| (format!("validation_{k}"), *v)),
+        );
+        let refs: Vec<(&str, f64)> = logged.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        logger.log(epoch as i64 + 1, &refs);
+        history.push(EpochReport {
+            epoch: epoch + 1,
+            train_loss,
+            validation_loss,
+            validation_metrics,
+        });
+        last_loss = Some(validation_loss);
+
+        if best.as_ref().is_none_or(|(b, _)| validation_loss < *b) {
+            best = Some((validation_loss, eval.weights()));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if config.patience.is_some_and(|p| p > 0 && since_best >= p) {
+                break;
+            }
+        }
+    }
+    let weights = match best {
+        Some((_, w)) => w,
+        None => net.valid().weights(),
+    };
+    Ok((weights, history))
+}
+
+pub(crate) fn target_hint(target: &str, table: &Table) -> String {
+    let hint = kiln_core::suggest::hint(target, table.names());
+    if !hint.is_empty() {
+        return hint;
+    }
+    let names: Vec<String> = table.names().take(8).map(|n| format!("`{n}`")).collect();
+    format!(
+        "; columns are {}{}",
+        names.join(", "),
+        if table.num_columns() > 8 { ", …" } else { "" }
+    )
+}
+
+pub(crate) fn label_text(v: &Result<String, f64>, ty: ColumnType) -> String {
+    match v {
+        Ok(s) => s.clone(),
+        Err(x) => category_of_number(ty, *x),
+    }
+}
+
+pub(crate) fn infer_task(ty: ColumnType, raw: &[Result<String, f64>]) -> Task {
+    match ty {
+        ColumnType::Categorical | ColumnType::Boolean => Task::MultiClassification,
+        ColumnType::Integer => {
+            let mut distinct: Vec<i64> = raw
+                .iter()
+                .filter_map(|v| v.as_ref().err().map(|x| *x as i64))
+                .collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if distinct.len() <= 20 {
+                Task::MultiClassification
+            } else {
+                Task::Regression
+            }
+        }
+        ColumnType::Float => Task::Regression,
+    }
+}
+
+/// The training loss of a batch: binary cross-entropy on logits, cross-entropy, or squared error.
+pub(crate) fn loss_of(task: Task, out: Tensor<2>, y: Tensor<1>, outputs: usize) -> Tensor<1> {
+    let rows = out.dims()[0];
+    match task {
+        Task::BinaryClassification => {
+            let z = out.reshape([rows]);
+            // softplus(z) − z·y, written to stay finite for large |z|.
+            let softplus = z.clone().clamp_min(0.0) + z.clone().abs().neg().exp().log1p();
+            (softplus - z * y).mean()
+        }
+        Task::MultiClassification => {
+            let logp = log_softmax(out, 1);
+            let onehot = y.int().one_hot(outputs).float();
+            (logp * onehot).sum_dim(1).mean().neg()
+        }
+        Task::Regression => {
+            let diff = out.reshape([rows]) - y;
+            (diff.clone() * diff).mean()
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Scoring: a bundle's network over rows in chunks, its outputs turned into probabilities or
+//! values, and `Predictor`, which a reloaded bundle and training's test metrics share.
+
+use std::collections::BTreeMap;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::{sigmoid, softmax};
+use kiln_core::bundle::{Architecture, Manifest, Task, Weight};
+use kiln_core::data::Table;
+use kiln_core::transform::FittedTransform;
+
+use crate::config::{DeviceChoice, TrainError};
+use crate::device::device;
+use crate::fit::Dense;
+use crate::model::{self, Net};
+
+/// Runs the network over row-major features in chunks; returns its raw outputs.
+pub(crate) fn forward_rows(net: &Net, data: &Dense<'_>, device: &Device) -> Vec<f32> {
+    let (d, k) = (data.d, data.k);
+    let rows = data.x.len() / d.max(1);
+    let mut out = Vec::new();
+    let chunk = 4096;
+    let mut start = 0;
+    while start < rows {
+        let end = (start + chunk).min(rows);
+        let x = Tensor::<2>::from_data(
+            TensorData::new(data.x[start * d..end * d].to_vec(), [end - start, d]),
+            device,
+        );
+        let ids = (k > 0).then(|| {
+            let v: Vec<i64> = data.ids[start * k..end * k]
+                .iter()
+                .map(|v| i64::from(*v))
+                .collect();
+            Tensor::<2, Int>::from_data(TensorData::new(v, [end - start, k]), device)
+        });
+        out.extend(model::to_vec(net.forward(x, ids).into_data()));
+        start = end;
+    }
+    out
+}
+
+/// Turns raw network outputs into what the task reports: class probabilities or values.
+pub(crate) fn finish_outputs(
+    task: Task,
+    raw: Vec<f32>,
+    outputs: usize,
+    device: &Device,
+) -> Vec<f32> {
+    if raw.is_empty() {
+        return raw;
+    }
+    let rows = raw.len() / outputs;
+    let t = Tensor::<2>::from_data(TensorData::new(raw, [rows, outputs]), device);
+    match task {
+        Task::BinaryClassification => {
+            let p = model::to_vec(sigmoid(t).into_data());
+            p.iter().flat_map(|p| [1.0 - p, *p]).collect()
+        }
+        Task::MultiClassification => model::to_vec(softmax(t, 1).into_data()),
+        Task::Regression => model::to_vec(t.into_data()),
+    }
+}
+
+/// Probabilities from either raw logits (width 1 or k) or already-finished probabilities (2 or k).
+pub(crate) fn probabilities(task: Task, out: &[f32], width: usize) -> (Vec<f32>, usize) {
+    match (task, width) {
+        (Task::BinaryClassification, 1) => (
+            out.iter()
+                .flat_map(|z| {
+                    let p = 1.0 / (1.0 + (-z).exp());
+                    [1.0 - p, p]
+                })
+                .collect(),
+            2,
+        ),
+        (Task::BinaryClassification, _) => (out.to_vec(), 2),
+        (_, k) if is_probability_rows(out, k) => (out.to_vec(), k),
+        (_, k) => {
+            let mut p = Vec::with_capacity(out.len());
+            for row in out.chunks(k) {
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
+                let s: f32 = e.iter().sum();
+                p.extend(e.iter().map(|v| v / s));
+            }
+            (p, k)
+        }
+    }
+}
+
+pub(crate) fn is_probability_rows(out: &[f32], k: usize) -> bool {
+    out.chunks(k).all(|r| {
+        r.iter().all(|v| (0.0..=1.0).contains(v)) && (r.iter().sum::<f32>() - 1.0).abs() < 1e-3
+    })
+}
+
+/// A loaded bundle that scores tables: the fitted transform, then the network.
+pub struct Predictor {
+    task: Task,
+    transform: FittedTransform,
+    net: Net,
+    outputs: usize,
+    device: Device,
+}
+
+impl Predictor {
+    /// Builds the network of a bundle on a device (no autodiff).
+    pub fn new(
+        manifest: &Manifest,
+        weights: &BTreeMap<String, Weight>,
+        choice: DeviceChoice,
+    ) -> Result<Predictor, TrainError> {
+        let device = device(choice)?;
+        let outputs = match &manifest.architecture {
+            Architecture::Mlp { outputs, .. } | Architecture::WideDeep { outputs, .. } => *outputs,
+        };
+        let net = Net::from_weights(&manifest.architecture, weights, &device)
+            .map_err(|m| TrainError::Data(format!("bundle weights: {m}")))?;
+        Ok(Predictor {
+            task: manifest.task,
+            transform: manifest.transform.clone(),
+            net,
+            outputs,
+            device,
+        })
+    }
+
+    /// Numbers per row of [`Predictor::predict`]: 2 for binary (P(class 0), P(class 1)), k classes, or 1 value.
+    pub fn width(&self) -> usize {
+        match self.task {
+            Task::BinaryClassification => 2,
+            _ => self.outputs,
+        }
+    }
+
+    /// Class probabilities (classification) or values (regression) per row, row-major.
+    pub fn predict(&self, table: &Table) -> Result<Vec<f32>, TrainError> {
+        let f = self.transform.apply_table(table)?;
+        let data = Dense {
+            x: &f.dense,
+            ids: &f.ids,
+            y: &[],
+            d: f.dense_width,
+            k: f.id_width,
+        };
+        let raw = forward_rows(&self.net, &data, &self.device);
+        Ok(finish_outputs(self.task, raw, self.outputs, &self.device))
+    }
+}
