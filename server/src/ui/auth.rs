@@ -1,7 +1,14 @@
 //! Who may act: the token check of UI actions, the login session (a random id in an HttpOnly
 //! cookie, never the token) and logout.
 
-use super::*;
+use axum::Form;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::{Problem, error_page, page, url};
+use crate::app::AppState;
 
 /// Whether a browser request may act: a login session, or the API's own check (no token set,
 /// or the bearer token).

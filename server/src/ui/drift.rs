@@ -1,6 +1,12 @@
 //! Drift: each live version's features against its training statistics.
 
-use super::*;
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+
+use super::{UiResult, blocking, esc, internal, num, page, url};
+use crate::app::AppState;
 
 pub(super) async fn drift_page(State(state): State<AppState>) -> UiResult {
     let html = blocking(&state, |s| {

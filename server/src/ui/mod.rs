@@ -10,23 +10,16 @@
 //! process runs pipelines) and drift. Actions change the registry as the management API does and
 //! need the server's token when one is set (a login session, `auth.rs`).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::Form;
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use kiln_core::registry::query::{Filter, OrderBy, RunSearch, RunView};
-use kiln_core::registry::{Deployment, Expect, PipelineRun, Route, StepExecState, run_id_text};
-use serde::Deserialize;
 
 use crate::app::AppState;
-use crate::metrics::Totals;
 
 mod auth;
 mod drift;
@@ -36,12 +29,13 @@ mod runs;
 mod svg;
 mod traffic;
 
-use self::auth::*;
-use self::drift::*;
-use self::models::*;
-use self::pipelines::*;
-use self::runs::*;
-use self::svg::*;
+use self::auth::{login, login_page, logout};
+use self::drift::drift_page;
+use self::models::{
+    deployments_page, model_page, models_page, move_alias, set_split, version_page,
+};
+use self::pipelines::{cancel_run, pipeline_run_page, pipelines_page, step_log_page, trigger_run};
+use self::runs::{compare_page, run_page, runs_page};
 pub use self::traffic::{Traffic, start_sampling};
 
 pub fn reads() -> Router<AppState> {

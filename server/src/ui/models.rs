@@ -1,7 +1,20 @@
 //! Models, one model (versions side by side, aliases, history, promote and traffic-split forms),
 //! a version, and the deployments page; the alias and split actions.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use kiln_core::registry::{Deployment, Expect, Route, run_id_text};
+use serde::Deserialize;
+
+use super::auth::{authorized, back};
+use super::svg::chart;
+use super::{UiResult, blocking, esc, flash, internal, num, page, registry_error, url, when};
+use crate::app::AppState;
 
 pub(super) async fn models_page(State(state): State<AppState>) -> UiResult {
     let html = blocking(&state, |s| {

@@ -1,7 +1,18 @@
 //! Pipelines and their runs (the DAG with step states, durations, cache hits and logs), a
 //! step's log, and the run-now and cancel actions.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect};
+use kiln_core::registry::StepExecState;
+
+use super::auth::{authorized, back};
+use super::svg::dag;
+use super::{UiResult, blocking, esc, flash, not_found, page, registry_error, url, when};
+use crate::app::AppState;
 
 fn state_class(s: StepExecState) -> &'static str {
     match s {

@@ -1,7 +1,20 @@
 //! Runs (server-side paging, sorting and `where` filters), one run with its metric curves, and
 //! runs side by side.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use kiln_core::registry::query::{Filter, OrderBy, RunSearch, RunView};
+use kiln_core::registry::run_id_text;
+
+use super::svg::chart;
+use super::{
+    Problem, UiResult, blocking, error_page, esc, not_found, num, page, registry_error, url, when,
+};
+use crate::app::AppState;
 
 const PER_PAGE: usize = 50;
 

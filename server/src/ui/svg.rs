@@ -1,6 +1,11 @@
 //! Charts and DAGs drawn as inline SVG.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use kiln_core::registry::{PipelineRun, StepExecState};
+
+use super::{esc, num};
 
 /// A line chart of `values` as inline SVG, with its last value and maximum in text.
 pub(super) fn chart(values: &[f64], title: &str, unit: &str) -> String {

@@ -1,6 +1,11 @@
 //! Request totals per model, sampled every few seconds for the deployment charts.
 
-use super::*;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::app::AppState;
+use crate::metrics::Totals;
 
 /// Request totals per model, sampled every few seconds for the deployment charts.
 #[derive(Default)]

@@ -1,6 +1,11 @@
 //! `kiln experiments list|create|rename|delete`.
 
-use super::*;
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::{Home, when};
+use crate::cmd::remote::Server;
+use crate::{Outcome, ui};
 
 #[derive(Debug, Subcommand)]
 pub enum ExperimentsCommand {

@@ -1,22 +1,11 @@
 //! `kiln experiments …`, `kiln runs …` and `kiln models …`: the registry from the command line,
 //! a file per command group, and what they share (where the registry is, argument parsers).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand, ValueEnum};
-use kiln_core::backend::{AliasMove, alias_at};
-use kiln_core::registry::query::{RunView, run_json};
-use kiln_core::registry::{
-    Expect, Lineage, MetricPoint, NewRun, Registry, RunStatus, Stage, parse_run_id, run_id_text,
-};
-use kiln_core::wire::models::{ModelDetail, ModelList};
-use kiln_core::wire::runs::{RunEntry, RunQuery};
-
-use crate::Outcome;
-use crate::cmd::remote::Server;
-use crate::ui::{self, num};
+use anyhow::{Context, Result};
+use clap::Args;
+use kiln_core::registry::{Registry, RunStatus, parse_run_id};
 
 mod experiments;
 mod models;

@@ -1,7 +1,19 @@
 //! `kiln models …`: registering versions, aliases, stages and their history, export and
 //! deletion, locally or through a running server.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use kiln_core::backend::{AliasMove, alias_at};
+use kiln_core::registry::{Expect, Stage, run_id_text};
+use kiln_core::wire::models::{ModelDetail, ModelList};
+
+use super::{Home, parse_when, run_id, when};
+use crate::cmd::remote::Server;
+use crate::ui::num;
+use crate::{Outcome, ui};
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {

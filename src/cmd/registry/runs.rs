@@ -1,7 +1,19 @@
 //! `kiln runs …`: tracking runs (create, log, artifacts, end), listing, showing and comparing
 //! them, locally or through a running server.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use kiln_core::registry::query::{RunView, run_json};
+use kiln_core::registry::{Lineage, MetricPoint, NewRun, RunStatus, run_id_text};
+use kiln_core::wire::runs::{RunEntry, RunQuery};
+
+use super::{Home, parse_metric, parse_pair, parse_status, run_id, when};
+use crate::cmd::remote::Server;
+use crate::ui::num;
+use crate::{Outcome, ui};
 
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
