@@ -298,18 +298,44 @@ pub async fn run_pipeline<C: Components>(
             .map(|s| StepExecution::pending(&s.id, &s.needs))
             .collect(),
     };
-    let record = tokio::task::spawn_blocking(move || reg.create_pipeline_run(new))
-        .await
-        .map_err(|e| RunError::Io(format!("recording the run: {e}")))??;
-    let dir = run_dir(registry.home(), &pipeline.name, record.id);
-    std::fs::create_dir_all(&dir).map_err(|e| RunError::Io(format!("{}: {e}", dir.display())))?;
-    // Commands run in the pipeline file's directory: every path handed to them is absolute.
-    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-    let mut record = record;
-    record.dir = dir.display().to_string();
-    registry.save_pipeline_run(&record)?;
+    let name = pipeline.name.clone();
+    let (record, dir) = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
+        let mut record = reg.create_pipeline_run(new)?;
+        let dir = run_dir(reg.home(), &name, record.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| RunError::Io(format!("{}: {e}", dir.display())))?;
+        // Commands run in the pipeline file's directory: every path handed to them is absolute.
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        record.dir = dir.display().to_string();
+        reg.save_pipeline_run(&record)?;
+        Ok((record, dir))
+    })
+    .await
+    .map_err(|e| RunError::Io(format!("recording the run: {e}")))??;
     let workdir = std::fs::canonicalize(&workdir).unwrap_or(workdir);
+    // Step records are written, in order, by a thread of the run's own, never by the async
+    // workers that observe the steps; it flushes after each burst.
+    let (steps_tx, steps_rx) = std::sync::mpsc::channel::<(u64, usize, StepExecution)>();
+    let recorder = {
+        let registry = registry.clone();
+        std::thread::Builder::new()
+            .name("kiln-run-recorder".into())
+            .spawn(move || {
+                while let Ok(first) = steps_rx.recv() {
+                    for (run, index, step) in std::iter::once(first).chain(steps_rx.try_iter()) {
+                        if let Err(e) = registry.save_pipeline_step(run, index, &step) {
+                            tracing::warn!("recording pipeline run {run}: {e}");
+                        }
+                    }
+                    if let Err(e) = registry.flush() {
+                        tracing::warn!("recording pipeline steps: {e}");
+                    }
+                }
+            })
+            .map_err(|e| RunError::Io(format!("starting the run's recorder: {e}")))?
+    };
     let runner = Arc::new(Runner {
+        steps: Mutex::new(Some(steps_tx)),
         registry: registry.clone(),
         components,
         record: Mutex::new(record),
@@ -394,10 +420,17 @@ pub async fn run_pipeline<C: Components>(
         PipelineRunState::Succeeded
     };
     record.ended_ms = Some(now_ms());
+    // Every step write is in before the run's final record.
+    runner.close_steps();
     let (reg, done) = (registry.clone(), record.clone());
-    tokio::task::spawn_blocking(move || reg.save_pipeline_run(&done))
-        .await
-        .map_err(|e| RunError::Io(format!("recording the run: {e}")))??;
+    tokio::task::spawn_blocking(move || {
+        if recorder.join().is_err() {
+            tracing::warn!("the recorder of pipeline run {} stopped early", done.id);
+        }
+        reg.save_pipeline_run(&done)
+    })
+    .await
+    .map_err(|e| RunError::Io(format!("recording the run: {e}")))??;
     on_change(&record);
     Ok(record)
 }
@@ -422,6 +455,8 @@ fn search_path(prefix: &[PathBuf]) -> OsString {
 }
 
 struct Runner<C> {
+    /// Where step records go to be written (closed when the run ends).
+    steps: Mutex<Option<std::sync::mpsc::Sender<(u64, usize, StepExecution)>>>,
     registry: Arc<Registry>,
     components: Arc<C>,
     record: Mutex<PipelineRun>,
@@ -454,14 +489,23 @@ impl<C: Components> Runner<C> {
     }
 
     /// Records one step of the run (not the whole run: a step's change costs the same in a
-    /// run of any size).
+    /// run of any size), through the run's recorder thread.
     fn save_step(&self, record: &PipelineRun, index: usize) {
-        if let Err(e) = self
-            .registry
-            .save_pipeline_step(record.id, index, &record.steps[index])
-        {
-            tracing::warn!("recording pipeline run {}: {e}", record.id);
+        let steps = self
+            .steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tx) = steps.as_ref() {
+            let _ = tx.send((record.id, index, record.steps[index].clone()));
         }
+    }
+
+    /// No more step records: the recorder writes what it has and ends.
+    fn close_steps(&self) {
+        self.steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 
     fn execution(&self, id: &str) -> Option<StepExecution> {

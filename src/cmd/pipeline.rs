@@ -384,11 +384,7 @@ fn date_time(d: NaiveDate) -> DateTime<Utc> {
 
 /// An async runtime for the pipeline commands, with Ctrl-C turning `stop` true.
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("kiln-pipeline")
-        .build()
-        .context("starting the async runtime")
+    crate::cmd::serve::async_runtime("kiln-pipeline")
 }
 
 fn on_ctrl_c(tx: watch::Sender<bool>) {

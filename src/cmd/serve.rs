@@ -229,15 +229,23 @@ pub fn announce(state: &kiln_server::AppState, addr: SocketAddr, what: &str) -> 
     Ok(())
 }
 
+/// A multi-threaded async runtime whose worker threads (named `name`) are marked as such, so
+/// that blocking work reached on one panics in debug builds (`kiln_core::threads`).
+pub fn async_runtime(name: &str) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(name)
+        .on_thread_park(kiln_core::threads::mark_async_worker)
+        .on_thread_unpark(kiln_core::threads::mark_async_worker)
+        .build()
+        .context("starting the async runtime")
+}
+
 pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
     pin_compute_threads()?;
     let registry = Arc::new(Registry::open(&home.dir)?);
     let (addr, selection, config) = args.parts(home)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("kiln-http")
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = async_runtime("kiln-http")?;
     runtime.block_on(async move {
         args.start_backups(registry.clone(), home);
         let state = kiln_server::start(registry, selection, config).await?;

@@ -119,11 +119,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
         on_drift.insert(model.to_string(), pipeline.to_string());
     }
     let (addr, selection, config) = args.serve.parts(home)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("kiln-up")
-        .build()
-        .context("starting the async runtime")?;
+    let rt = crate::cmd::serve::async_runtime("kiln-up")?;
     rt.block_on(async move {
         let (stop_tx, stop) = watch::channel(false);
         let service = kiln_components::service(registry.clone(), stop.clone());

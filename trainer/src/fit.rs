@@ -115,6 +115,7 @@ pub fn train(
     progress: &dyn Progress,
     logger: &dyn RunLogger,
 ) -> Result<TrainOutcome, TrainError> {
+    kiln_core::threads::debug_assert_may_block("training");
     let target_index = table
         .column_index(target)
         .ok_or_else(|| TrainError::TargetMissing {

@@ -441,6 +441,7 @@ pub fn read_with_progress(
     options: &ReadOptions,
     progress: &dyn Progress,
 ) -> Result<Table, DataError> {
+    crate::threads::debug_assert_may_block("reading a data file");
     let shown = path.display().to_string();
     let format = match options.format.or_else(|| Format::from_path(path)) {
         Some(f) => f,

@@ -67,6 +67,7 @@ impl ArtifactStore {
         src: &mut dyn Read,
         expected: Option<&str>,
     ) -> Result<(String, u64), RegistryError> {
+        crate::threads::debug_assert_may_block("storing an artifact");
         if let Some(e) = expected {
             self.path_of(e)?;
         }
@@ -151,6 +152,7 @@ impl ArtifactStore {
 
     /// Reads an object, checking its content against its digest.
     pub(crate) fn read_verified(&self, digest: &str) -> Result<Vec<u8>, RegistryError> {
+        crate::threads::debug_assert_may_block("reading an artifact");
         let path = self.path_of(digest)?;
         let bytes = fs::read(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => RegistryError::Corrupt(format!(

@@ -422,6 +422,7 @@ impl Registry {
 
     /// Makes everything written so far durable (fsync).
     pub fn flush(&self) -> Result<(), RegistryError> {
+        crate::threads::debug_assert_may_block("flushing the registry");
         self.db.flush()?;
         Ok(())
     }
@@ -692,6 +693,7 @@ impl Registry {
     /// Logs metric points `(key, step, value)` to a run, stamped now. Safe from many threads at
     /// once; durable after [`Registry::flush`] or [`Registry::end_run`].
     pub fn log_metrics(&self, id: u64, points: &[(&str, i64, f64)]) -> Result<(), RegistryError> {
+        crate::threads::debug_assert_may_block("logging metrics");
         if !self.runs.contains_key(be8(id))? {
             return Err(RegistryError::NotFound {
                 what: "run",

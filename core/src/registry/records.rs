@@ -185,6 +185,7 @@ pub struct AliasEvent {
 }
 
 pub(crate) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    crate::threads::debug_assert_may_block("writing a registry record");
     let mut out = vec![RECORD_FORMAT_VERSION];
     serde_json::to_writer(&mut out, record)
         .unwrap_or_else(|e| unreachable!("registry records serialize: {e}"));
@@ -192,6 +193,7 @@ pub(crate) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, RegistryError> {
+    crate::threads::debug_assert_may_block("reading a registry record");
     match bytes.split_first() {
         Some((&v, body)) if v <= RECORD_FORMAT_VERSION => {
             serde_json::from_slice(body).map_err(|e| RegistryError::Corrupt(format!("{what}: {e}")))
