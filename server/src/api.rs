@@ -11,18 +11,16 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use kiln_core::backend;
 use kiln_core::registry::{BackupSummary, Deployment, ModelVersion, Stage, parse_run_id};
-use kiln_core::wire::experiments::Delete;
-use kiln_core::wire::experiments::Deleted;
+use kiln_core::wire::experiments::{Delete, Deleted};
 use kiln_core::wire::models::{
     AliasChanged, DeleteAlias, DeploymentChanged, DeploymentEntry, DeploymentList, Expected,
     History, LiveRoute, LiveShadow, LoadedVersion, ModelDetail, ModelList, ModelSummary, Promote,
     Promoted, RegisterVersion, SetAlias, SetDeployment,
 };
 
-use crate::app::{AppState, body, parse_json};
 use crate::error::{ApiError, ServeError};
 use crate::models::{Live, Models};
-use crate::runs::optional_json;
+use crate::state::{AppState, blocking, body, optional_json, parse_json};
 
 /// Endpoints that only read.
 pub fn reads() -> Router<AppState> {
@@ -110,18 +108,6 @@ async fn backup(State(state): State<AppState>) -> Result<Json<BackupSummary>, Ap
         Ok(Json(models.registry().backup_into(&dir, keep)?))
     })
     .await
-}
-
-/// Runs registry work on a blocking thread.
-pub(crate) async fn blocking<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&Models) -> Result<T, ServeError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let models = state.models.clone();
-    tokio::task::spawn_blocking(move || f(&models))
-        .await
-        .map_err(|e| ServeError::Internal(format!("management task: {e}")))?
-        .map_err(ApiError::from)
 }
 
 /// What serves a model now, as the API shows it.

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::ServeError;
-use crate::models::{Models, Version};
+use crate::models::Models;
 use crate::runtime::{Features, Rows, Runtime};
+use crate::version::Version;
 
 /// Outputs of one request.
 pub struct Prediction {
@@ -99,22 +100,6 @@ pub async fn predict<T: Send + 'static>(
     ))
 }
 
-/// A number in `0..100` for picking a route: a splitmix64 sequence over a process-wide counter,
-/// so that concurrent requests spread by percentage without a shared random generator lock.
-fn roll() -> u32 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
-    let mut z = NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) % 100) as u32
-}
-
-/// A number in `0..1000`, for sampling.
-pub(crate) fn roll_permille() -> u32 {
-    roll() * 10 + roll() / 10
-}
-
 enum Step {
     Done(Vec<f32>),
     Queue(Features, crate::batch::Batcher),
@@ -134,7 +119,7 @@ async fn route(
     match which {
         None => match models.live(model) {
             Some(live) => {
-                let r = live.pick(roll());
+                let r = live.pick(crate::roll::percent());
                 Ok((r.version.clone(), r.batcher.clone(), live.shadow.clone()))
             }
             None => Err(not_live(models, model).await),

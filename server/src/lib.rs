@@ -10,6 +10,7 @@ mod api;
 pub mod app;
 pub mod batch;
 mod compute;
+pub mod control;
 pub mod decode;
 pub mod drift;
 pub mod error;
@@ -20,21 +21,27 @@ mod mlflow;
 pub mod models;
 pub mod pipelines;
 pub mod predlog;
+mod roll;
 pub mod runs;
 pub mod runtime;
+pub mod sessions;
+pub mod state;
 mod tfserving;
+pub mod traffic;
 pub mod ui;
 pub mod v2;
+pub mod version;
 
 use std::sync::Arc;
 
 use kiln_core::registry::Registry;
 
-pub use crate::app::{AppState, ServerConfig, router, serve};
+pub use crate::app::{router, serve};
 pub use crate::error::{ApiError, ServeError};
 pub use crate::metrics::Metrics;
 pub use crate::models::{Models, Selection};
 pub use crate::runtime::Runtime;
+pub use crate::state::{AppState, ServerConfig};
 
 /// Loads the selected models (on a blocking thread), starts following the registry for hot
 /// swaps, and returns the state the router serves. Must run inside a tokio runtime.
@@ -62,11 +69,11 @@ pub async fn start(
     let state = AppState {
         models,
         config: Arc::new(config),
-        traffic: Arc::new(ui::Traffic::default()),
+        traffic: Arc::new(traffic::Traffic::default()),
         pipelines: None,
-        sessions: Arc::new(guard::Sessions::new()),
+        sessions: Arc::new(sessions::Sessions::new()),
         inflight,
     };
-    ui::start_sampling(&state);
+    traffic::start_sampling(state.traffic.clone(), state.models.clone());
     Ok(state)
 }

@@ -14,10 +14,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::app::{AppState, body, parse_json};
 use crate::decode::{from_columns, from_records, from_split, json_kind};
 use crate::error::{ApiError, ErrorStyle, ServeError};
 use crate::infer::predict;
+use crate::state::{AppState, body, parse_json};
 
 pub async fn ping() -> &'static str {
     "\n"

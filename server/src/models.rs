@@ -15,45 +15,7 @@ use crate::batch::{Batcher, Forward, OnBatch};
 use crate::error::ServeError;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-
-/// One loaded version of a model.
-pub struct Version {
-    pub model: String,
-    pub version: u32,
-    pub runtime: Arc<Runtime>,
-    pub load_time: Duration,
-    /// The label value of this version in metrics.
-    pub label: String,
-    /// This version's metric series, looked up once rather than per request.
-    pub metrics: VersionMetrics,
-    /// Its drift window, fed by the prediction log.
-    pub monitor: crate::drift::Monitor,
-}
-
-/// The metric series one version's requests update.
-pub struct VersionMetrics {
-    requests: [(&'static str, prometheus::IntCounter); 3],
-    pub rows: prometheus::IntCounter,
-    pub latency: prometheus::Histogram,
-}
-
-impl VersionMetrics {
-    fn new(metrics: &Metrics, model: &str, version: &str) -> VersionMetrics {
-        let request = |p| metrics.requests.with_label_values(&[model, version, p]);
-        VersionMetrics {
-            requests: ["v2", "tfserving", "mlflow"].map(|p| (p, request(p))),
-            rows: metrics.rows.with_label_values(&[model, version]),
-            latency: metrics.latency.with_label_values(&[model, version]),
-        }
-    }
-
-    /// Counts a request answered over `protocol`.
-    pub fn answered(&self, protocol: &str) {
-        if let Some((_, c)) = self.requests.iter().find(|(p, _)| *p == protocol) {
-            c.inc();
-        }
-    }
-}
+use crate::version::{Version, VersionMetrics};
 
 /// A live target of a model's bare name.
 pub struct Route {

@@ -14,8 +14,8 @@ use kiln_core::transform::Cell;
 
 use crate::drift::Thresholds;
 use crate::metrics::Metrics;
-use crate::models::Version;
 use crate::runtime::Rows;
+use crate::version::Version;
 
 /// How requests are logged and judged.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,8 +97,7 @@ impl PredictionLog {
     /// Whether this request is sampled.
     pub fn sampled(&self) -> bool {
         let drawn = self.sample >= 1.0
-            || (self.sample > 0.0
-                && f64::from(crate::infer::roll_permille()) < self.sample * 1000.0);
+            || (self.sample > 0.0 && f64::from(crate::roll::permille()) < self.sample * 1000.0);
         drawn && self.budget_left()
     }
 

@@ -22,9 +22,8 @@ use kiln_core::wire::runs::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::api::blocking;
-use crate::app::{AppState, body, parse_json};
-use crate::error::{ApiError, ServeError};
+use crate::error::ApiError;
+use crate::state::{AppState, blocking, body, optional_json, parse_json};
 
 /// Endpoints that only read.
 pub(crate) fn reads() -> Router<AppState> {
@@ -102,17 +101,6 @@ async fn delete_experiment(
         }))
     })
     .await
-}
-
-/// A body that may be left out, read as its type's default.
-pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(
-    bytes: &[u8],
-) -> Result<T, ServeError> {
-    if bytes.is_empty() {
-        Ok(T::default())
-    } else {
-        parse_json(bytes)
-    }
 }
 
 /// `?experiment=&status=&parent=&where=&order_by=&limit=` as `kiln runs list` takes them.

@@ -7,16 +7,15 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use kiln_core::bundle::Task;
+use kiln_core::data::ColumnType;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use kiln_core::bundle::Task;
-use kiln_core::data::ColumnType;
-
-use crate::app::{AppState, body, parse_json};
 use crate::decode::{from_columns, from_records, json_kind};
 use crate::error::{ApiError, ServeError};
 use crate::infer::{Prediction, predict};
+use crate::state::{AppState, body, parse_json};
 use crate::v2::version_of;
 
 /// What the path after `/v1/models/` asks for.
@@ -106,7 +105,7 @@ fn dtype(t: ColumnType) -> &'static str {
     }
 }
 
-fn metadata(v: &crate::models::Version) -> Value {
+fn metadata(v: &crate::version::Version) -> Value {
     let m = v.runtime.manifest();
     let tensor = |name: &str, dt: &str, dims: &[i64]| {
         let dim: Vec<Value> = dims

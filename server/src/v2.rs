@@ -9,21 +9,20 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
-
 use kiln_core::bundle::Task;
 use kiln_core::data::ColumnType;
 use kiln_core::transform::InputColumn;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 
-use crate::app::{AppState, body, parse_json};
 use crate::decode::{
     ColumnBuilder, column_list, from_matrix, json_kind, missing_column, unknown_column,
 };
 use crate::error::{ApiError, ServeError};
 use crate::infer::{Prediction, not_live, predict};
-use crate::models::Version;
 use crate::runtime::{Rows, Runtime};
+use crate::state::{AppState, body, parse_json};
+use crate::version::Version;
 
 /// The header that says how long the JSON part of a binary request or response is.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";

@@ -452,7 +452,12 @@ fn finish_transform(
         .apply_table(table)
         .with_context(|| format!("applying the transform to {}", file.display()))?;
     if let Some(out) = output {
-        data::write_features(out, fitted.dense_names(), fitted.id_names(), &features)?;
+        kiln_core::transform::write_features(
+            out,
+            fitted.dense_names(),
+            fitted.id_names(),
+            &features,
+        )?;
     }
     if json {
         #[derive(Serialize)]

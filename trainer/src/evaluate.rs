@@ -7,8 +7,8 @@ use kiln_core::data::Table;
 use kiln_core::metrics::{ClassificationMetrics, RegressionMetrics};
 
 use crate::config::{DeviceChoice, TrainConfig, TrainError};
-use crate::fit::{label_text, target_hint, targets};
 use crate::predict::{Predictor, probabilities};
+use crate::targets::{label_text, target_hint, targets};
 
 pub(crate) fn loss_value(task: Task, raw: &[f32], y: &[f32], outputs: usize) -> f64 {
     let n = y.len().max(1) as f64;

@@ -12,7 +12,7 @@ use kiln_core::bundle::{
     Architecture, BUNDLE_FORMAT_VERSION, BUNDLE_MAGIC, BundleLineage, EmbeddingShape, Manifest,
     Task, Weight,
 };
-use kiln_core::data::{ColumnType, Table, category_of_number};
+use kiln_core::data::{ColumnType, Table};
 use kiln_core::progress::{Progress, Unit};
 use kiln_core::stats::DatasetStatistics;
 use kiln_core::transform::{Encode, FeatureSpec, Impute, TransformSpec};
@@ -26,7 +26,8 @@ use crate::config::{
 use crate::device::device;
 use crate::evaluate::{loss_value, metrics_of};
 use crate::model::{self, Net};
-use crate::predict::{Predictor, forward_rows};
+use crate::predict::{Dense, Predictor, forward_rows};
+use crate::targets::{infer_task, label_text, target_hint, targets};
 
 /// The default transform: numbers (and booleans) imputed with the median and standardized,
 /// categories one-hot encoded over their 100 most frequent values.
@@ -74,37 +75,6 @@ pub fn default_spec(table: &Table, target: &str) -> TransformSpec {
         features.push(entry(categorical, Encode::Vocabulary));
     }
     TransformSpec { features }
-}
-
-/// The raw target values of a split: class texts or numbers; a missing target is an error.
-pub(crate) fn targets(
-    table: &Table,
-    index: usize,
-    first_row: usize,
-) -> Result<Vec<Result<String, f64>>, TrainError> {
-    let values: Vec<Option<Result<String, f64>>> =
-        if table.column_type(index) == ColumnType::Categorical {
-            table.texts(index).into_iter().map(|v| v.map(Ok)).collect()
-        } else {
-            table
-                .numbers(index)
-                .into_iter()
-                .map(|v| v.map(Err))
-                .collect()
-        };
-    values
-        .into_iter()
-        .enumerate()
-        .map(|(row, v)| {
-            v.ok_or_else(|| {
-                TrainError::Data(format!(
-                    "the target `{}` is missing at row {}; drop or fill those rows",
-                    table.column_name(index),
-                    first_row + row
-                ))
-            })
-        })
-        .collect()
 }
 
 /// Trains a model on `table` to predict `target`.
@@ -355,16 +325,6 @@ pub fn train(
     })
 }
 
-/// Rows of dense features, id columns and targets (class ids or values), row-major.
-pub struct Dense<'a> {
-    pub x: &'a [f32],
-    /// `rows × k` ids (empty when `k` is 0).
-    pub ids: &'a [u32],
-    pub y: &'a [f32],
-    pub d: usize,
-    pub k: usize,
-}
-
 /// The training loop alone: trains a network of `architecture` on features and returns the weights
 /// of the epoch with the best validation loss, and every epoch's figures.
 pub fn fit_network(
@@ -522,46 +482,6 @@ pub fn fit_network(
         None => net.valid().weights(),
     };
     Ok((weights, history))
-}
-
-pub(crate) fn target_hint(target: &str, table: &Table) -> String {
-    let hint = kiln_core::suggest::hint(target, table.names());
-    if !hint.is_empty() {
-        return hint;
-    }
-    let names: Vec<String> = table.names().take(8).map(|n| format!("`{n}`")).collect();
-    format!(
-        "; columns are {}{}",
-        names.join(", "),
-        if table.num_columns() > 8 { ", …" } else { "" }
-    )
-}
-
-pub(crate) fn label_text(v: &Result<String, f64>, ty: ColumnType) -> String {
-    match v {
-        Ok(s) => s.clone(),
-        Err(x) => category_of_number(ty, *x),
-    }
-}
-
-pub(crate) fn infer_task(ty: ColumnType, raw: &[Result<String, f64>]) -> Task {
-    match ty {
-        ColumnType::Categorical | ColumnType::Boolean => Task::MultiClassification,
-        ColumnType::Integer => {
-            let mut distinct: Vec<i64> = raw
-                .iter()
-                .filter_map(|v| v.as_ref().err().map(|x| *x as i64))
-                .collect();
-            distinct.sort_unstable();
-            distinct.dedup();
-            if distinct.len() <= 20 {
-                Task::MultiClassification
-            } else {
-                Task::Regression
-            }
-        }
-        ColumnType::Float => Task::Regression,
-    }
 }
 
 /// The training loss of a batch: binary cross-entropy on logits, cross-entropy, or squared error.

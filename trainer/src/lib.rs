@@ -14,6 +14,7 @@ pub mod gate;
 mod model;
 mod predict;
 pub mod sweep;
+mod targets;
 pub mod tracked;
 
 pub use config::{
@@ -22,6 +23,6 @@ pub use config::{
 };
 pub use device::device;
 pub use evaluate::{evaluate, test_fraction_of, test_split};
-pub use fit::{Dense, default_spec, fit_network, train};
+pub use fit::{default_spec, fit_network, train};
 pub use model::Net;
-pub use predict::Predictor;
+pub use predict::{Dense, Predictor};

@@ -12,8 +12,17 @@ use kiln_core::transform::FittedTransform;
 
 use crate::config::{DeviceChoice, TrainError};
 use crate::device::device;
-use crate::fit::Dense;
 use crate::model::{self, Net};
+
+/// Rows of dense features, id columns and targets (class ids or values), row-major.
+pub struct Dense<'a> {
+    pub x: &'a [f32],
+    /// `rows × k` ids (empty when `k` is 0).
+    pub ids: &'a [u32],
+    pub y: &'a [f32],
+    pub d: usize,
+    pub k: usize,
+}
 
 /// Runs the network over row-major features in chunks; returns its raw outputs.
 pub(crate) fn forward_rows(net: &Net, data: &Dense<'_>, device: &Device) -> Vec<f32> {

@@ -9,7 +9,7 @@ mod builder;
 mod csv;
 mod jsonl;
 mod parquet;
-mod write;
+pub(crate) mod write;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::progress::{NoProgress, Progress};
 
 pub use self::csv::read_csv_str;
-pub use self::write::{write_atomically, write_csv_rows, write_features};
+pub use self::write::{write_atomically, write_csv_rows};
 
 /// Rows per record batch when kiln builds batches itself.
 pub const BATCH_ROWS: usize = 65_536;

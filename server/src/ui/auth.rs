@@ -1,19 +1,24 @@
 //! Who may act: the token check of UI actions, the login session (a random id in an HttpOnly
-//! cookie, never the token) and logout.
+//! cookie, never the token), logout, and the CSRF token every form post must carry.
 
 use axum::Form;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::{Problem, error_page, page, url};
-use crate::app::AppState;
+use crate::error::ApiError;
+use crate::sessions::session_cookie;
+use crate::state::AppState;
 
 /// Whether a browser request may act: a login session, or the API's own check (no token set,
 /// or the bearer token).
 pub(super) fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
-    if state.sessions.logged_in(headers) || crate::app::authorized(&state.config, headers).is_ok() {
+    if state.sessions.logged_in(headers) || crate::state::authorized(&state.config, headers).is_ok()
+    {
         Ok(())
     } else {
         Err(error_page(
@@ -71,7 +76,7 @@ pub(super) async fn login(State(state): State<AppState>, Form(f): Form<LoginForm
         }
         return r;
     }
-    if !crate::app::same(&f.token, token) {
+    if !crate::sessions::same(&f.token, token) {
         state.sessions.login_failed();
         return error_page(StatusCode::UNAUTHORIZED, "that is not the server's token")
             .into_response();
@@ -82,8 +87,8 @@ pub(super) async fn login(State(state): State<AppState>, Form(f): Form<LoginForm
             header::SET_COOKIE,
             format!(
                 "{}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
-                crate::guard::SESSION_COOKIE,
-                crate::guard::SESSION_LIFETIME.as_secs()
+                crate::sessions::SESSION_COOKIE,
+                crate::sessions::SESSION_LIFETIME.as_secs()
             ),
         )],
         Redirect::to("/ui/models"),
@@ -92,7 +97,7 @@ pub(super) async fn login(State(state): State<AppState>, Form(f): Form<LoginForm
 }
 
 pub(super) async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(id) = crate::guard::session_cookie(&headers) {
+    if let Some(id) = crate::sessions::session_cookie(&headers) {
         state.sessions.close(&id);
     }
     (
@@ -100,10 +105,102 @@ pub(super) async fn logout(State(state): State<AppState>, headers: HeaderMap) ->
             header::SET_COOKIE,
             format!(
                 "{}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0",
-                crate::guard::SESSION_COOKIE
+                crate::sessions::SESSION_COOKIE
             ),
         )],
         Redirect::to("/ui/login"),
     )
         .into_response()
+}
+
+/// The check of every UI form post: the form's `csrf` field must be the token of the browser's
+/// session. Pages get the token put into each of their post forms on the way out.
+pub(crate) async fn ui_forms(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let session = session_cookie(request.headers());
+    let expected = state.sessions.csrf(session.as_deref());
+    if request.method() == Method::POST {
+        let (parts, body) = request.into_parts();
+        let bytes = match axum::body::to_bytes(body, state.config.max_body).await {
+            Ok(b) => b,
+            Err(e) => {
+                return ApiError::new(StatusCode::BAD_REQUEST, format!("reading the form: {e}"))
+                    .into_response();
+            }
+        };
+        let given: Option<String> = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
+            .ok()
+            .and_then(|fields| {
+                fields
+                    .into_iter()
+                    .find(|(k, _)| k == "csrf")
+                    .map(|(_, v)| v)
+            });
+        if !given.is_some_and(|g| crate::sessions::same(&g, &expected)) {
+            return super::error_page(
+                StatusCode::FORBIDDEN,
+                "this form is stale or did not come from this kiln's own pages; reload the page and try again",
+            )
+            .into_response();
+        }
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+    }
+    let response = next.run(request).await;
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if !is_html {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let html = String::from_utf8_lossy(&bytes);
+    let with_tokens = add_csrf(&html, &expected);
+    let mut response = Response::from_parts(parts, Body::from(with_tokens));
+    response.headers_mut().remove(header::CONTENT_LENGTH);
+    response
+}
+
+/// Puts a hidden `csrf` field into every `<form … method="post" …>` of a page.
+fn add_csrf(html: &str, token: &str) -> String {
+    let field = format!("<input type=\"hidden\" name=\"csrf\" value=\"{token}\">");
+    let mut out = String::with_capacity(html.len() + 256);
+    let mut rest = html;
+    while let Some(start) = rest.find("<form") {
+        let Some(end) = rest[start..].find('>') else {
+            break;
+        };
+        let tag = &rest[start..start + end + 1];
+        out.push_str(&rest[..start + end + 1]);
+        if tag.contains("method=\"post\"") {
+            out.push_str(&field);
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_post_form_gets_the_token() {
+        let html = "<form method=\"get\" action=\"/a\"></form><form class=\"inline\" method=\"post\" action=\"/b\"><button>x</button></form>";
+        let out = add_csrf(html, "T");
+        assert_eq!(out.matches("name=\"csrf\"").count(), 1);
+        assert!(
+            out.contains("action=\"/b\"><input type=\"hidden\" name=\"csrf\" value=\"T\"><button>")
+        );
+    }
 }

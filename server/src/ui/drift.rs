@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 
 use super::{UiResult, blocking, esc, internal, num, page, url};
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub(super) async fn drift_page(State(state): State<AppState>) -> UiResult {
     let html = blocking(&state, |s| {

@@ -19,7 +19,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 mod auth;
 mod drift;
@@ -27,8 +27,8 @@ mod models;
 mod pipelines;
 mod runs;
 mod svg;
-mod traffic;
 
+pub(crate) use self::auth::ui_forms;
 use self::auth::{login, login_page, logout};
 use self::drift::drift_page;
 use self::models::{
@@ -36,7 +36,6 @@ use self::models::{
 };
 use self::pipelines::{cancel_run, pipeline_run_page, pipelines_page, step_log_page, trigger_run};
 use self::runs::{compare_page, run_page, runs_page};
-pub use self::traffic::{Traffic, start_sampling};
 
 pub fn reads() -> Router<AppState> {
     Router::new()

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::auth::{authorized, back};
 use super::svg::chart;
 use super::{UiResult, blocking, esc, flash, internal, num, page, registry_error, url, when};
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub(super) async fn models_page(State(state): State<AppState>) -> UiResult {
     let html = blocking(&state, |s| {

@@ -12,7 +12,7 @@ use kiln_core::registry::StepExecState;
 use super::auth::{authorized, back};
 use super::svg::dag;
 use super::{UiResult, blocking, esc, flash, not_found, page, registry_error, url, when};
-use crate::app::AppState;
+use crate::state::AppState;
 
 fn state_class(s: StepExecState) -> &'static str {
     match s {

@@ -14,7 +14,7 @@ use super::svg::chart;
 use super::{
     Problem, UiResult, blocking, error_page, esc, not_found, num, page, registry_error, url, when,
 };
-use crate::app::AppState;
+use crate::state::AppState;
 
 const PER_PAGE: usize = 50;
 

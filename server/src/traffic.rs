@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::app::AppState;
 use crate::metrics::Totals;
+use crate::models::Models;
 
 /// Request totals per model, sampled every few seconds for the deployment charts.
 #[derive(Default)]
@@ -33,7 +33,7 @@ impl Traffic {
     }
 
     /// Per interval: requests per second, errors per second, mean latency in ms.
-    pub(super) fn series(&self, model: &str) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    pub(crate) fn series(&self, model: &str) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let s = self
             .samples
             .lock()
@@ -64,8 +64,7 @@ impl Traffic {
 }
 
 /// Samples the server's totals until the process ends.
-pub fn start_sampling(state: &AppState) {
-    let (traffic, models) = (state.traffic.clone(), state.models.clone());
+pub fn start_sampling(traffic: std::sync::Arc<Traffic>, models: std::sync::Arc<Models>) {
     tokio::spawn(async move {
         let start = tokio::time::Instant::now();
         loop {
