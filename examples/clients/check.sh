@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trains a small model, serves it with `kiln serve` on loopback, and asks it with the standard
-# Python clients of the protocols kiln speaks (tritonclient.http for the Open Inference Protocol).
-# CI runs it; locally: python3 -m pip install "tritonclient[http]" numpy, then
+# Python clients of the protocols kiln speaks: tritonclient.http for the Open Inference Protocol,
+# and the mlflow client logging runs as a notebook would (read back with kiln's own commands).
+# CI runs it; locally: python3 -m pip install "tritonclient[http]" numpy mlflow-skinny, then
 #
 #   KILN=target/debug/kiln PYTHON=python3 examples/clients/check.sh
 set -euo pipefail
@@ -20,7 +21,7 @@ data=examples/data/breast_cancer.csv
 "$KILN" --home "$work/home" train --data "$data" --target label --model logistic --epochs 5 \
   --register bc >/dev/null 2>&1
 "$KILN" --home "$work/home" models alias set bc champion 1 >/dev/null
-"$KILN" --home "$work/home" serve --addr 127.0.0.1:0 >/dev/null 2>"$work/serve.log" &
+"$KILN" --home "$work/home" serve --addr 127.0.0.1:0 --token s3cret >/dev/null 2>"$work/serve.log" &
 server=$!
 url=""
 for _ in $(seq 100); do
@@ -30,6 +31,19 @@ for _ in $(seq 100); do
 done
 [ -n "$url" ] || { cat "$work/serve.log" >&2; exit 1; }
 "$PYTHON" examples/clients/tritonclient_check.py "$url" bc "$data" label
+run=$(MLFLOW_TRACKING_TOKEN=s3cret "$PYTHON" examples/clients/mlflow_check.py "$url" | tail -n 1)
+shown=$("$KILN" runs show "$run" --server "$url" --json)
+"$PYTHON" - "$shown" <<'PY'
+import json, math, sys
+run = json.loads(sys.argv[1])
+assert run["name"] == "first", run
+assert run["params"] == {"lr": "0.01", "layers": "2", "optimizer": "adam", "batch_size": "64"}, run
+assert run["tags"]["team"] == "growth" and run["tags"]["stage"] == "prototype", run
+assert run["metrics"]["loss"]["value"] == 0.2 and run["metrics"]["loss"]["step"] == 4, run
+assert run["metrics"]["diverged"]["value"] == "NaN", run
+assert run["status"] == "finished", run
+PY
+echo "mlflow: run $run logged by the mlflow client reads back the same through kiln runs show"
 kill -TERM "$server"
 wait "$server"
 server=""

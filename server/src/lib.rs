@@ -27,6 +27,7 @@ pub mod runtime;
 pub mod sessions;
 pub mod state;
 mod tfserving;
+pub mod tracking;
 pub mod traffic;
 pub mod ui;
 pub mod v2;

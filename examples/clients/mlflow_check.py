@@ -1,0 +1,85 @@
+"""Logs to a running kiln with the unmodified `mlflow` client, as a notebook would, and checks
+what the client reads back. Prints the run's id; check.sh then reads the same run with kiln's
+own command line. Usage: mlflow_check.py URL (MLFLOW_TRACKING_TOKEN holds the server's token)."""
+
+import math
+import sys
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+url = sys.argv[1]
+mlflow.set_tracking_uri(url)
+client = MlflowClient()
+
+experiment = mlflow.set_experiment("notebook")
+with mlflow.start_run(run_name="first") as run:
+    run_id = run.info.run_id
+    mlflow.log_param("lr", 0.01)
+    mlflow.log_params({"layers": 2, "optimizer": "adam"})
+    for step in range(5):
+        mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+    mlflow.log_metrics({"auc": 0.91, "diverged": float("nan")})
+    mlflow.set_tag("team", "growth")
+    client.log_batch(
+        run_id,
+        metrics=[Metric("val_loss", 0.5 - i / 100, 0, i) for i in range(100)],
+        params=[Param("batch_size", "64")],
+        tags=[RunTag("stage", "prototype")],
+    )
+
+got = client.get_run(run_id)
+assert got.info.status == "FINISHED", got.info.status
+assert got.info.run_name == "first", got.info.run_name
+assert got.info.experiment_id == experiment.experiment_id
+assert got.data.params == {
+    "lr": "0.01",
+    "layers": "2",
+    "optimizer": "adam",
+    "batch_size": "64",
+}, got.data.params
+assert got.data.metrics["loss"] == 0.2, got.data.metrics
+assert got.data.metrics["auc"] == 0.91
+assert math.isnan(got.data.metrics["diverged"])
+assert got.data.metrics["val_loss"] == 0.5 - 99 / 100
+assert got.data.tags["team"] == "growth" and got.data.tags["stage"] == "prototype"
+
+history = client.get_metric_history(run_id, "loss")
+assert [m.step for m in history] == [0, 1, 2, 3, 4], history
+assert [m.value for m in history] == [1.0, 0.5, 1 / 3, 0.25, 0.2]
+
+with mlflow.start_run(run_name="second"):
+    mlflow.log_param("lr", 0.1)
+    mlflow.log_metric("auc", 0.7)
+
+found = client.search_runs(
+    [experiment.experiment_id],
+    filter_string="params.lr = '0.01' and metrics.auc > 0.5",
+)
+assert [r.info.run_id for r in found] == [run_id], found
+ordered = client.search_runs([experiment.experiment_id], order_by=["metrics.auc DESC"])
+assert [r.data.metrics["auc"] for r in ordered] == [0.91, 0.7], ordered
+page = client.search_runs([experiment.experiment_id], max_results=1)
+assert len(page) == 1 and page.token, page
+rest = client.search_runs([experiment.experiment_id], max_results=1, page_token=page.token)
+assert len(rest) == 1 and rest[0].info.run_id != page[0].info.run_id
+
+# What MLflow refuses, kiln refuses with MLflow's codes, and nothing changes.
+for call, code in [
+    (lambda: client.log_param(run_id, "lr", 0.02), "INVALID_PARAMETER_VALUE"),
+    (lambda: client.get_run("ffffffff"), "RESOURCE_DOES_NOT_EXIST"),
+    (lambda: client.create_experiment("notebook"), "RESOURCE_ALREADY_EXISTS"),
+]:
+    try:
+        call()
+    except MlflowException as e:
+        assert e.error_code == code, (e.error_code, code, e)
+    else:
+        raise AssertionError(f"expected {code}")
+assert client.get_run(run_id).data.params["lr"] == "0.01"
+assert client.get_experiment_by_name("nowhere") is None
+assert mlflow.get_experiment_by_name("Default").experiment_id == "0"
+
+print(run_id)
