@@ -363,6 +363,36 @@ fn artifact_and_tracking_endpoints_refuse_what_a_hostile_client_or_page_sends() 
         &[],
     );
     assert_eq!(status, 400, "{answer}");
+    // MLflow's artifact proxy: a path that climbs out, or a PUT without the token, stores
+    // nothing; a file of the run's own goes in and comes back.
+    let proxy = |path: &str, token: bool| {
+        let mut r = util::agent()
+            .put(format!(
+                "{url}/api/2.0/mlflow-artifacts/artifacts/0/{id}/artifacts/{path}"
+            ))
+            .header("Content-Type", "text/plain");
+        if token {
+            r = r.header("Authorization", &bearer);
+        }
+        r.send(&b"notes"[..]).unwrap().status().as_u16()
+    };
+    for bad in [
+        "..%2F..%2Fescaped",
+        "a/..%2F..%2Fb",
+        "a//b",
+        "%2Fetc%2Fpasswd",
+    ] {
+        assert_eq!(proxy(bad, true), 400, "{bad}");
+    }
+    assert_eq!(proxy("notes.txt", false), 401);
+    assert_eq!(proxy("notes.txt", true), 200);
+    let mut back = util::agent()
+        .get(format!(
+            "{url}/api/2.0/mlflow-artifacts/artifacts/0/{id}/artifacts/notes.txt"
+        ))
+        .call()
+        .unwrap();
+    assert_eq!(back.body_mut().read_to_vec().unwrap(), b"notes");
     // The good attachment works, and the run shows it.
     let (status, answer) = post(
         &format!("/api/runs/{id}/artifacts"),

@@ -42,6 +42,8 @@ assert run["tags"]["team"] == "growth" and run["tags"]["stage"] == "prototype", 
 assert run["metrics"]["loss"]["value"] == 0.2 and run["metrics"]["loss"]["step"] == 4, run
 assert run["metrics"]["diverged"]["value"] == "NaN", run
 assert run["status"] == "finished", run
+kinds = {a["name"]: a["kind"] for a in run["artifacts"]}
+assert kinds == {"notes.txt": "file", "report": "directory"}, run["artifacts"]
 PY
 echo "mlflow: run $run logged by the mlflow client reads back the same through kiln runs show"
 kill -TERM "$server"

@@ -3,7 +3,9 @@ what the client reads back. Prints the run's id; check.sh then reads the same ru
 own command line. Usage: mlflow_check.py URL (MLFLOW_TRACKING_TOKEN holds the server's token)."""
 
 import math
+import os
 import sys
+import tempfile
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -23,6 +25,18 @@ with mlflow.start_run(run_name="first") as run:
         mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
     mlflow.log_metrics({"auc": 0.91, "diverged": float("nan")})
     mlflow.set_tag("team", "growth")
+    # Artifacts: a file at the top, and a directory with a nested file.
+    scratch = tempfile.mkdtemp()
+    with open(os.path.join(scratch, "notes.txt"), "w") as f:
+        f.write("first try\n")
+    mlflow.log_artifact(os.path.join(scratch, "notes.txt"))
+    report = os.path.join(scratch, "report")
+    os.makedirs(os.path.join(report, "plots"))
+    with open(os.path.join(report, "summary.json"), "w") as f:
+        f.write('{"auc": 0.91}')
+    with open(os.path.join(report, "plots", "roc.csv"), "wb") as f:
+        f.write(bytes(range(256)) * 1000)
+    mlflow.log_artifacts(report, artifact_path="report")
     client.log_batch(
         run_id,
         metrics=[Metric("val_loss", 0.5 - i / 100, 0, i) for i in range(100)],
@@ -45,6 +59,16 @@ assert got.data.metrics["auc"] == 0.91
 assert math.isnan(got.data.metrics["diverged"])
 assert got.data.metrics["val_loss"] == 0.5 - 99 / 100
 assert got.data.tags["team"] == "growth" and got.data.tags["stage"] == "prototype"
+
+top = sorted((a.path, a.is_dir) for a in client.list_artifacts(run_id))
+assert top == [("notes.txt", False), ("report", True)], top
+inner = sorted((a.path, a.is_dir, a.file_size) for a in client.list_artifacts(run_id, "report"))
+assert inner == [("report/plots", True, None), ("report/summary.json", False, 13)], inner
+back = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="report")
+with open(os.path.join(back, "plots", "roc.csv"), "rb") as f:
+    assert f.read() == bytes(range(256)) * 1000
+with open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="notes.txt")) as f:
+    assert f.read() == "first try\n"
 
 history = client.get_metric_history(run_id, "loss")
 assert [m.step for m in history] == [0, 1, 2, 3, 4], history

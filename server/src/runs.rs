@@ -13,7 +13,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use kiln_core::backend;
-use kiln_core::registry::{ArtifactRef, Experiment, parse_run_id, run_id_text};
+use kiln_core::registry::{
+    ArtifactRef, Experiment, Registry, RegistryError, parse_run_id, run_id_text,
+};
 use kiln_core::wire::experiments::{
     CreateExperiment, Delete, Deleted, ExperimentList, RenameExperiment,
 };
@@ -255,15 +257,29 @@ async fn upload(
     Path(digest): Path<String>,
     request: Request,
 ) -> Result<Json<Uploaded>, ApiError> {
+    let stored = streamed(&state, request, move |registry, body| {
+        let size = registry.put_object(body, &digest)?;
+        Ok(Uploaded { digest, size })
+    })
+    .await?;
+    Ok(Json(stored))
+}
+
+/// Hands a request's body, as it arrives, to `store` on a blocking thread, which reads it as a
+/// file; a body over the server's upload limit (`--max-upload`) is cut off with 413.
+pub(crate) async fn streamed<T: Send + 'static>(
+    state: &AppState,
+    request: Request,
+    store: impl FnOnce(&Registry, &mut dyn Read) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
     let limit = state.config.max_upload;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
-    let stored = blocking(&state, move |models| {
+    let stored = blocking(state, move |models| {
         let mut reader = ChannelReader {
             rx,
             current: Bytes::new(),
         };
-        let size = models.registry().put_object(&mut reader, &digest)?;
-        Ok(Uploaded { digest, size })
+        Ok(store(models.registry(), &mut reader)?)
     });
     let feed = async move {
         let mut body = request.into_body();
@@ -286,7 +302,9 @@ async fn upload(
                     .await;
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the object is over the server's upload limit of {limit} bytes"),
+                    format!(
+                        "the upload is over the server's limit of {limit} bytes (--max-upload)"
+                    ),
                 ));
             }
             if tx.send(Ok(data)).await.is_err() {
@@ -297,7 +315,7 @@ async fn upload(
     };
     let (stored, fed) = tokio::join!(stored, feed);
     fed?;
-    Ok(Json(stored?))
+    stored
 }
 
 /// The bytes of a request body, handed over from the async side, read as a file is.

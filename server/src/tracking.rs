@@ -5,7 +5,9 @@
 //!
 //! Under `/api/2.0/mlflow/` and `/ajax-api/2.0/mlflow/`: `experiments/create|get|get-by-name|
 //! search`, `runs/create|get|update|delete|search|log-metric|log-parameter|set-tag|log-batch`,
-//! `metrics/get-history`. Bodies are MLflow's JSON shapes; errors are
+//! `metrics/get-history`; and the artifact proxy under `/api/2.0/mlflow-artifacts/artifacts/`
+//! (upload, list, download) over kiln's content-addressed store. Bodies are MLflow's JSON
+//! shapes; errors are
 //! `{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": …}` with MLflow's HTTP statuses.
 //!
 //! How the two models meet: MLflow's experiment `0` is kiln's `Default` experiment, any other
@@ -16,10 +18,10 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use kiln_core::registry::floats;
 use kiln_core::registry::query::{Filter, OrderBy, RunSearch};
@@ -36,9 +38,20 @@ use crate::state::{AppState, blocking, body};
 /// The prefixes the client may use.
 const PREFIXES: [&str; 2] = ["/api/2.0/mlflow", "/ajax-api/2.0/mlflow"];
 
+/// The prefixes of MLflow's artifact proxy.
+const ARTIFACT_PREFIXES: [&str; 2] = [
+    "/api/2.0/mlflow-artifacts/artifacts",
+    "/ajax-api/2.0/mlflow-artifacts/artifacts",
+];
+
 /// The endpoints that only read (GET).
 pub(crate) fn reads() -> Router<AppState> {
     let mut router = Router::new();
+    for p in ARTIFACT_PREFIXES {
+        router = router
+            .route(p, get(list_artifacts))
+            .route(&format!("{p}/{{*path}}"), get(download_artifact));
+    }
     for p in PREFIXES {
         router = router
             .route(&format!("{p}/experiments/get"), get(get_experiment))
@@ -55,6 +68,12 @@ pub(crate) fn reads() -> Router<AppState> {
 /// The endpoints that change state, and the searches (which MLflow sends as POST).
 pub(crate) fn writes() -> Router<AppState> {
     let mut router = Router::new();
+    for p in ARTIFACT_PREFIXES {
+        router = router.route(
+            &format!("{p}/{{*path}}"),
+            put(upload_artifact).layer(axum::extract::DefaultBodyLimit::disable()),
+        );
+    }
     for p in PREFIXES {
         router = router
             .route(&format!("{p}/experiments/create"), post(create_experiment))
@@ -66,7 +85,11 @@ pub(crate) fn writes() -> Router<AppState> {
             .route(&format!("{p}/runs/log-metric"), post(log_metric))
             .route(&format!("{p}/runs/log-parameter"), post(log_parameter))
             .route(&format!("{p}/runs/set-tag"), post(set_tag))
-            .route(&format!("{p}/runs/log-batch"), post(log_batch));
+            .route(&format!("{p}/runs/log-batch"), post(log_batch))
+            .route(
+                &format!("{p}/logged-models/search"),
+                post(search_logged_models),
+            );
     }
     router
 }
@@ -727,4 +750,92 @@ async fn search_runs(
         answer["next_page_token"] = serde_json::json!((skip + limit).to_string());
     }
     Ok(Json(answer))
+}
+
+/// An artifact path as the client's artifact URI makes it, `EXPERIMENT/RUN/artifacts[/PATH]`:
+/// the run, and the path inside its artifacts (empty for their top).
+fn artifact_path(path: &str) -> Result<(u64, String), MlflowError> {
+    let mut parts = path.trim_matches('/').splitn(4, '/');
+    let (_experiment, run, root, rest) = (parts.next(), parts.next(), parts.next(), parts.next());
+    match (run, root) {
+        (Some(run), Some("artifacts")) => Ok((
+            parse_run_id(run).map_err(|e| MlflowError(ApiError::from(e)))?,
+            rest.unwrap_or("").to_string(),
+        )),
+        _ => Err(invalid(format!(
+            "artifact path {path:?} is not EXPERIMENT/RUN/artifacts/PATH"
+        ))),
+    }
+}
+
+/// Stores one file of a run's artifacts, streamed to disk and named by its digest.
+async fn upload_artifact(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    request: Request,
+) -> Answer<serde_json::Value> {
+    let (run, inner) = artifact_path(&path)?;
+    if inner.is_empty() {
+        return Err(invalid("name the file: EXPERIMENT/RUN/artifacts/PATH"));
+    }
+    crate::runs::streamed(&state, request, move |registry, body| {
+        registry.put_run_file(run, &inner, body)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    path: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ListedFile {
+    path: String,
+    is_dir: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_size: Option<u64>,
+}
+
+/// The files and directories directly under `?path=EXPERIMENT/RUN/artifacts[/DIR]`.
+async fn list_artifacts(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Answer<serde_json::Value> {
+    let (run, inner) = artifact_path(q.path.as_deref().unwrap_or(""))?;
+    let files = on_registry(&state, move |r| r.list_run_files(run, &inner)).await?;
+    let files: Vec<ListedFile> = files
+        .into_iter()
+        .map(|f| ListedFile {
+            path: f.name,
+            is_dir: f.is_dir,
+            file_size: f.size,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "files": files })))
+}
+
+/// One file's bytes, checked against its digest before they are sent.
+async fn download_artifact(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+) -> Result<Response, MlflowError> {
+    let (run, inner) = artifact_path(&path)?;
+    let bytes = on_registry(&state, move |r| r.read_run_file(run, &inner)).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        axum::body::Body::from(bytes),
+    )
+        .into_response())
+}
+
+/// MLflow 3's logged models: kiln keeps none yet (`log_model` is not served), so a search finds
+/// none. The client asks before it lists or downloads a run's artifacts.
+async fn search_logged_models(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    let _: serde_json::Value = read_body(bytes, &state)?;
+    Ok(Json(serde_json::json!({ "models": [] })))
 }

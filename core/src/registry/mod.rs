@@ -17,6 +17,7 @@
 pub mod artifacts;
 mod backup;
 mod deployments;
+mod files;
 mod pipelines;
 pub mod query;
 mod records;
@@ -32,6 +33,7 @@ use self::artifacts::ArtifactStore;
 pub use self::artifacts::{Manifest, ManifestEntry};
 pub use self::backup::{BackupSummary, Problem, restore};
 pub use self::deployments::{MAX_BATCH_DELAY_US, MAX_BATCH_ROWS};
+pub use self::files::FileEntry;
 pub use self::pipelines::{
     CacheEntry, LogPart, PipelineRun, PipelineRunState, ScheduleState, StepExecState, StepExecution,
 };
