@@ -45,7 +45,14 @@ assert run["status"] == "finished", run
 kinds = {a["name"]: a["kind"] for a in run["artifacts"]}
 assert kinds == {"notes.txt": "file", "report": "directory"}, run["artifacts"]
 PY
-echo "mlflow: run $run logged by the mlflow client reads back the same through kiln runs show"
+model=$("$KILN" models show notebook-model --server "$url" --json)
+"$PYTHON" - "$model" <<'PY'
+import json, sys
+model = json.loads(sys.argv[1])
+assert model["aliases"] == {"champion": 1, "staging": 1}, model
+assert model["versions"][0]["version"]["artifact"]["name"] == "report", model
+PY
+echo "mlflow: run $run and model notebook-model logged by the mlflow client read back the same through kiln's own commands"
 kill -TERM "$server"
 wait "$server"
 server=""

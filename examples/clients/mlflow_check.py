@@ -103,6 +103,31 @@ for call, code in [
     else:
         raise AssertionError(f"expected {code}")
 assert client.get_run(run_id).data.params["lr"] == "0.01"
+
+# The model registry: a version from the run's artifact, an alias, a stage.
+client.create_registered_model("notebook-model")
+version = client.create_model_version(
+    "notebook-model", source=f"runs:/{run_id}/report", run_id=run_id
+)
+assert version.version == "1" and version.run_id == run_id, version
+client.set_registered_model_alias("notebook-model", "champion", "1")
+assert client.get_model_version_by_alias("notebook-model", "champion").version == "1"
+assert client.get_registered_model("notebook-model").aliases == {"champion": "1"}
+client.transition_model_version_stage("notebook-model", "1", "Staging")
+assert client.get_model_version("notebook-model", "1").current_stage == "Staging"
+found = client.search_model_versions("name = 'notebook-model'")
+assert [v.version for v in found] == ["1"], found
+for call, code in [
+    (lambda: client.create_registered_model("notebook-model"), "RESOURCE_ALREADY_EXISTS"),
+    (lambda: client.get_model_version_by_alias("notebook-model", "nobody"), "RESOURCE_DOES_NOT_EXIST"),
+    (lambda: client.create_model_version("notebook-model", source=f"runs:/{run_id}/nothing", run_id=run_id), "RESOURCE_DOES_NOT_EXIST"),
+]:
+    try:
+        call()
+    except MlflowException as e:
+        assert e.error_code == code, (e.error_code, code, e)
+    else:
+        raise AssertionError(f"expected {code}")
 assert client.get_experiment_by_name("nowhere") is None
 assert mlflow.get_experiment_by_name("Default").experiment_id == "0"
 

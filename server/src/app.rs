@@ -56,12 +56,14 @@ pub fn router(state: AppState) -> Router {
         .merge(api::reads())
         .merge(crate::runs::reads())
         .merge(crate::tracking::reads())
+        .merge(crate::mlflow_registry::reads())
         .merge(crate::pipelines::reads())
         .merge(crate::ui::reads().route_layer(ui_forms))
         .route_layer(middleware::from_fn_with_state(state.clone(), check_read));
     let writes = api::writes()
         .merge(crate::runs::writes())
         .merge(crate::tracking::writes())
+        .merge(crate::mlflow_registry::writes())
         .merge(crate::pipelines::writes())
         .route_layer(middleware::from_fn_with_state(state.clone(), check_write));
     let config = state.config.clone();

@@ -18,6 +18,7 @@ pub mod guard;
 pub mod infer;
 mod metrics;
 mod mlflow;
+mod mlflow_registry;
 pub mod models;
 pub mod pipelines;
 pub mod predlog;

@@ -36,7 +36,7 @@ use crate::models::Models;
 use crate::state::{AppState, blocking, body};
 
 /// The prefixes the client may use.
-const PREFIXES: [&str; 2] = ["/api/2.0/mlflow", "/ajax-api/2.0/mlflow"];
+pub(crate) const PREFIXES: [&str; 2] = ["/api/2.0/mlflow", "/ajax-api/2.0/mlflow"];
 
 /// The prefixes of MLflow's artifact proxy.
 const ARTIFACT_PREFIXES: [&str; 2] = [
@@ -95,7 +95,7 @@ pub(crate) fn writes() -> Router<AppState> {
 }
 
 /// An error as MLflow writes it, with MLflow's status for it.
-struct MlflowError(ApiError);
+pub(crate) struct MlflowError(pub(crate) ApiError);
 
 impl From<ApiError> for MlflowError {
     fn from(e: ApiError) -> MlflowError {
@@ -137,15 +137,15 @@ impl IntoResponse for MlflowError {
     }
 }
 
-type Answer<T> = Result<Json<T>, MlflowError>;
+pub(crate) type Answer<T> = Result<Json<T>, MlflowError>;
 
-fn invalid(message: impl Into<String>) -> MlflowError {
+pub(crate) fn invalid(message: impl Into<String>) -> MlflowError {
     MlflowError(ApiError::bad_request(message))
 }
 
 /// A request body, read as MLflow's client writes it (fields it adds in newer versions are
 /// ignored).
-fn read_body<T: DeserializeOwned>(
+pub(crate) fn read_body<T: DeserializeOwned>(
     bytes: Result<Bytes, BytesRejection>,
     state: &AppState,
 ) -> Result<T, MlflowError> {
@@ -154,7 +154,7 @@ fn read_body<T: DeserializeOwned>(
 }
 
 /// Registry work on a blocking thread, its errors as MLflow's.
-async fn on_registry<T: Send + 'static>(
+pub(crate) async fn on_registry<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
 ) -> Result<T, MlflowError> {

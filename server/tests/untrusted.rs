@@ -85,6 +85,12 @@ fn jsonish() -> impl Strategy<Value = String> {
             Just("\"kind\""),
             Just("\"NaN\""),
             Just("\"00000001\""),
+            Just("\"name\""),
+            Just("\"bc\""),
+            Just("\"source\""),
+            Just("\"runs:/00000001/model\""),
+            Just("\"alias\""),
+            Just("\"stage\""),
         ]
         .prop_map(str::to_string),
         any::<i64>().prop_map(|i| i.to_string()),
@@ -129,6 +135,11 @@ const POSTS: &[&str] = &[
     "/api/2.0/mlflow/runs/log-parameter",
     "/api/2.0/mlflow/runs/set-tag",
     "/api/2.0/mlflow/runs/log-batch",
+    "/api/2.0/mlflow/registered-models/create",
+    "/api/2.0/mlflow/registered-models/alias",
+    "/api/2.0/mlflow/registered-models/get-latest-versions",
+    "/api/2.0/mlflow/model-versions/create",
+    "/api/2.0/mlflow/model-versions/transition-stage",
 ];
 
 proptest! {
@@ -186,6 +197,10 @@ proptest! {
             format!("/api/2.0/mlflow/experiments/get?experiment_id={q}"),
             format!("/api/2.0/mlflow/experiments/get-by-name?experiment_name={q}"),
             format!("/api/artifacts/{q}"),
+            format!("/api/2.0/mlflow/registered-models/search?filter={q}"),
+            format!("/api/2.0/mlflow/model-versions/get?name=bc&version={q}"),
+            format!("/api/2.0/mlflow/registered-models/alias?name=bc&alias={q}"),
+            format!("/api/2.0/mlflow-artifacts/artifacts?path={q}"),
         ] {
             let mut headers = vec![("cookie", cookie.as_str())];
             if axum::http::HeaderValue::from_str(&host).is_ok() {
