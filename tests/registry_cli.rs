@@ -92,7 +92,7 @@ fn track_register_promote_and_audit() {
             "--where",
             "metrics.auc > 0.8",
             "--order-by",
-            "metrics.auc",
+            "metrics.auc desc",
             "--json",
         ],
     ))

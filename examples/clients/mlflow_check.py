@@ -83,6 +83,14 @@ found = client.search_runs(
     filter_string="params.lr = '0.01' and metrics.auc > 0.5",
 )
 assert [r.info.run_id for r in found] == [run_id], found
+found = client.search_runs(
+    [experiment.experiment_id],
+    filter_string="attributes.status = 'FINISHED' and attributes.run_name LIKE 'fir%' "
+    "and params.lr IN ('0.01', '0.5') and params.`optimizer` ILIKE 'ADAM'",
+)
+assert [r.info.run_id for r in found] == [run_id], found
+ordered = client.search_runs([experiment.experiment_id], order_by=["metrics.auc"])
+assert [r.data.metrics["auc"] for r in ordered] == [0.7, 0.91], ordered
 ordered = client.search_runs([experiment.experiment_id], order_by=["metrics.auc DESC"])
 assert [r.data.metrics["auc"] for r in ordered] == [0.91, 0.7], ordered
 page = client.search_runs([experiment.experiment_id], max_results=1)

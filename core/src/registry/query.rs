@@ -86,12 +86,20 @@ pub enum Op {
     Le,
     Gt,
     Ge,
+    /// SQL's `LIKE`: `%` any text, `_` one character.
+    Like,
+    /// `LIKE` without regard to case.
+    ILike,
+    /// `IN ('a', 'b')`.
+    In,
+    NotIn,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Literal {
     Number(f64),
     Text(String),
+    List(Vec<Literal>),
 }
 
 /// `clause and clause and …`.
@@ -104,20 +112,56 @@ fn parse_field(s: &str) -> Result<Field, String> {
     let (kind, name) = s.split_once('.').ok_or_else(|| {
         format!("`{s}`: expected metrics.NAME, params.NAME, tags.NAME or attributes.NAME")
     })?;
-    let name = name.trim_matches('`').to_string();
+    let name = name
+        .trim_matches('`')
+        .strip_prefix('"')
+        .and_then(|n| n.strip_suffix('"'))
+        .unwrap_or(name.trim_matches('`'))
+        .to_string();
     match kind {
         "metrics" | "metric" => Ok(Field::Metric(name)),
-        "params" | "param" => Ok(Field::Param(name)),
+        "params" | "param" | "parameters" => Ok(Field::Param(name)),
         "tags" | "tag" => Ok(Field::Tag(name)),
-        "attributes" | "attribute" | "run" => match name.as_str() {
-            "status" | "name" | "start_ms" | "end_ms" | "id" => Ok(Field::Attribute(name)),
-            _ => Err(format!(
-                "unknown attribute `{name}`; expected status, name, start_ms, end_ms or id"
-            )),
-        },
+        "attributes" | "attribute" | "attr" | "run" => {
+            // MLflow's names for them, beside kiln's.
+            let known = match name.as_str() {
+                "status" => "status",
+                "name" | "run_name" => "name",
+                "start_ms" | "start_time" => "start_ms",
+                "end_ms" | "end_time" => "end_ms",
+                "id" | "run_id" => "id",
+                _ => {
+                    return Err(format!(
+                        "unknown attribute `{name}`; expected status, run_name, start_time, \
+                         end_time or run_id"
+                    ));
+                }
+            };
+            Ok(Field::Attribute(known.to_string()))
+        }
         _ => Err(format!(
             "`{kind}` is not metrics, params, tags or attributes"
         )),
+    }
+}
+
+/// `%` any text, `_` one character; everything else itself.
+fn like(text: &[char], pattern: &[char]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some(('%', rest)) => (0..=text.len()).any(|i| like(&text[i..], rest)),
+        Some(('_', rest)) => !text.is_empty() && like(&text[1..], rest),
+        Some((c, rest)) => text.first() == Some(c) && like(&text[1..], rest),
+    }
+}
+
+fn literal(v: &str) -> Literal {
+    if (v.starts_with('\'') || v.starts_with('"')) && v.len() >= 2 {
+        Literal::Text(v[1..v.len() - 1].to_string())
+    } else if let Ok(n) = v.parse::<f64>() {
+        Literal::Number(n)
+    } else {
+        Literal::Text(v.to_string())
     }
 }
 
@@ -137,6 +181,9 @@ fn tokens(s: &str) -> Result<Vec<String>, String> {
                 .ok_or_else(|| format!("unclosed quote in `{s}`"))?;
             out.push(chars[i..i + end + 2].iter().collect());
             i += end + 2;
+        } else if "(),".contains(c) {
+            out.push(c.to_string());
+            i += 1;
         } else if "<>=!".contains(c) {
             let two = chars.get(i + 1) == Some(&'=');
             out.push(chars[i..i + if two { 2 } else { 1 }].iter().collect());
@@ -146,9 +193,9 @@ fn tokens(s: &str) -> Result<Vec<String>, String> {
             let mut in_tick = false;
             while i < chars.len() {
                 let d = chars[i];
-                if d == '`' {
+                if d == '`' || d == '"' {
                     in_tick = !in_tick;
-                } else if !in_tick && (d.is_whitespace() || "<>=!".contains(d)) {
+                } else if !in_tick && (d.is_whitespace() || "<>=!(),".contains(d)) {
                     break;
                 }
                 i += 1;
@@ -175,29 +222,69 @@ impl Filter {
                 }
                 i += 1;
             }
-            let (Some(f), Some(op), Some(v)) = (t.get(i), t.get(i + 1), t.get(i + 2)) else {
+            let (Some(f), Some(op)) = (t.get(i), t.get(i + 1)) else {
                 return Err(format!(
                     "incomplete clause in `{s}`; expected FIELD OP VALUE"
                 ));
             };
-            let op = match op.as_str() {
+            let field = parse_field(f)?;
+            i += 2;
+            let op = match op.to_ascii_uppercase().as_str() {
                 "=" | "==" => Op::Eq,
                 "!=" => Op::Ne,
                 "<" => Op::Lt,
                 "<=" => Op::Le,
                 ">" => Op::Gt,
                 ">=" => Op::Ge,
+                "LIKE" => Op::Like,
+                "ILIKE" => Op::ILike,
+                "IN" => Op::In,
+                "NOT" if t.get(i).is_some_and(|w| w.eq_ignore_ascii_case("in")) => {
+                    i += 1;
+                    Op::NotIn
+                }
                 other => return Err(format!("unknown operator `{other}`")),
             };
-            let literal = if (v.starts_with('\'') || v.starts_with('"')) && v.len() >= 2 {
-                Literal::Text(v[1..v.len() - 1].to_string())
-            } else if let Ok(n) = v.parse::<f64>() {
-                Literal::Number(n)
+            let mut value = if matches!(op, Op::In | Op::NotIn) {
+                if t.get(i).map(String::as_str) != Some("(") {
+                    return Err(format!("`IN` takes a list: IN ('a', 'b') in `{s}`"));
+                }
+                i += 1;
+                let mut items = Vec::new();
+                loop {
+                    match t.get(i).map(String::as_str) {
+                        Some(")") => break,
+                        Some(",") => {}
+                        Some(v) => items.push(literal(v)),
+                        None => return Err(format!("unclosed `(` in `{s}`")),
+                    }
+                    i += 1;
+                }
+                i += 1;
+                Literal::List(items)
             } else {
-                Literal::Text(v.clone())
+                let v = t.get(i).ok_or_else(|| {
+                    format!("incomplete clause in `{s}`; expected FIELD OP VALUE")
+                })?;
+                i += 1;
+                literal(v)
             };
-            clauses.push((parse_field(f)?, op, literal));
-            i += 3;
+            // MLflow writes statuses in capitals; kiln's are lower case.
+            if field == Field::Attribute("status".into()) {
+                value = match value {
+                    Literal::Text(t) => Literal::Text(t.to_ascii_lowercase()),
+                    Literal::List(l) => Literal::List(
+                        l.into_iter()
+                            .map(|v| match v {
+                                Literal::Text(t) => Literal::Text(t.to_ascii_lowercase()),
+                                other => other,
+                            })
+                            .collect(),
+                    ),
+                    other => other,
+                };
+            }
+            clauses.push((field, op, value));
         }
         Ok(Filter { clauses })
     }
@@ -207,14 +294,7 @@ impl Filter {
         self.clauses
             .iter()
             .all(|(field, op, lit)| match value_of(view, field) {
-                Some(v) => compare(&v, lit).is_some_and(|o| match op {
-                    Op::Eq => o == Ordering::Equal,
-                    Op::Ne => o != Ordering::Equal,
-                    Op::Lt => o == Ordering::Less,
-                    Op::Le => o != Ordering::Greater,
-                    Op::Gt => o == Ordering::Greater,
-                    Op::Ge => o != Ordering::Less,
-                }),
+                Some(v) => holds(&v, *op, lit),
                 None => false,
             })
     }
@@ -231,9 +311,10 @@ impl OrderBy {
     pub fn parse(s: &str) -> Result<OrderBy, String> {
         let mut parts = s.split_whitespace();
         let field = parse_field(parts.next().ok_or("empty --order-by")?)?;
+        // Ascending unless asked, as MLflow's `order_by` is.
         let descending = match parts.next().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("desc") => true,
-            Some("asc") => false,
+            Some("desc") => true,
+            None | Some("asc") => false,
             Some(other) => return Err(format!("expected asc or desc, found `{other}`")),
         };
         Ok(OrderBy { field, descending })
@@ -276,12 +357,48 @@ fn value_of(view: &RunView, field: &Field) -> Option<Literal> {
     }
 }
 
+/// Whether `value OP literal` holds.
+fn holds(value: &Literal, op: Op, lit: &Literal) -> bool {
+    let text = |l: &Literal| match l {
+        Literal::Number(n) => n.to_string(),
+        Literal::Text(t) => t.clone(),
+        Literal::List(_) => String::new(),
+    };
+    match (op, lit) {
+        (Op::In | Op::NotIn, Literal::List(items)) => {
+            let found = items
+                .iter()
+                .any(|i| compare(value, i) == Some(Ordering::Equal));
+            found == (op == Op::In)
+        }
+        (Op::Like, _) => like(
+            &text(value).chars().collect::<Vec<_>>(),
+            &text(lit).chars().collect::<Vec<_>>(),
+        ),
+        (Op::ILike, _) => like(
+            &text(value).to_lowercase().chars().collect::<Vec<_>>(),
+            &text(lit).to_lowercase().chars().collect::<Vec<_>>(),
+        ),
+        (_, Literal::List(_)) | (Op::In | Op::NotIn, _) => false,
+        _ => compare(value, lit).is_some_and(|o| match op {
+            Op::Eq => o == Ordering::Equal,
+            Op::Ne => o != Ordering::Equal,
+            Op::Lt => o == Ordering::Less,
+            Op::Le => o != Ordering::Greater,
+            Op::Gt => o == Ordering::Greater,
+            Op::Ge => o != Ordering::Less,
+            _ => false,
+        }),
+    }
+}
+
 fn compare(a: &Literal, b: &Literal) -> Option<Ordering> {
     match (a, b) {
         (Literal::Number(x), Literal::Number(y)) => x.partial_cmp(y),
         (Literal::Text(x), Literal::Text(y)) => Some(x.cmp(y)),
         (Literal::Number(x), Literal::Text(y)) => Some(x.to_string().cmp(y)),
         (Literal::Text(x), Literal::Number(y)) => Some(x.cmp(&y.to_string())),
+        (Literal::List(_), _) | (_, Literal::List(_)) => None,
     }
 }
 
@@ -336,10 +453,34 @@ mod tests {
     }
 
     #[test]
+    fn filters_as_mlflow_writes_them() {
+        let run = view(0.9, "0.01");
+        let holds = |f: &str| Filter::parse(f).unwrap().matches(&run);
+        assert!(holds("attributes.status = 'FINISHED'"));
+        assert!(holds(
+            "attributes.run_name = 'r' and params.\"lr\" = '0.01'"
+        ));
+        assert!(holds("params.lr LIKE '0.0%'") && !holds("params.lr LIKE '0.1%'"));
+        assert!(holds("attributes.run_name ILIKE 'R'"));
+        assert!(holds("params.lr IN ('0.1', '0.01')") && !holds("params.lr NOT IN ('0.01')"));
+        assert!(holds("attributes.status IN ('FINISHED', 'FAILED')"));
+        assert!(holds(
+            "attributes.start_time >= 0 and attributes.run_id = '00000001'"
+        ));
+        assert!(holds("metrics.auc > 0.5 AND params.lr != '1'"));
+        assert!(Filter::parse("params.lr IN '0.1'").is_err());
+        assert!(Filter::parse("params.lr IN ('0.1'").is_err());
+        assert!(Filter::parse("attributes.user = 'x'").is_err());
+    }
+
+    #[test]
     fn order() {
         let mut v = vec![view(0.7, "a"), view(0.9, "b"), view(0.8, "c")];
-        OrderBy::parse("metrics.auc").unwrap().sort(&mut v);
+        OrderBy::parse("metrics.auc DESC").unwrap().sort(&mut v);
         let order: Vec<f64> = v.iter().map(|x| x.metrics["auc"].value).collect();
         assert_eq!(order, [0.9, 0.8, 0.7]);
+        OrderBy::parse("metrics.auc").unwrap().sort(&mut v);
+        let order: Vec<f64> = v.iter().map(|x| x.metrics["auc"].value).collect();
+        assert_eq!(order, [0.7, 0.8, 0.9]);
     }
 }

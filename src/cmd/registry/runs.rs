@@ -29,7 +29,8 @@ pub enum RunsCommand {
         /// A filter such as `metrics.auc > 0.8 and params.lr = 0.01`.
         #[arg(long = "where", value_name = "FILTER")]
         filter: Option<String>,
-        /// Sort by a field, e.g. `metrics.auc` (descending) or `params.lr asc`.
+        /// Sort by a field, ascending unless `desc` follows (as MLflow's `order_by`), e.g.
+        /// `metrics.auc desc` or `params.lr`.
         #[arg(long)]
         order_by: Option<String>,
         #[arg(long, default_value_t = 50)]
