@@ -851,12 +851,7 @@ fn backfill_on_server(
             break;
         }
         if !json {
-            eprintln!(
-                "backfill {}/{}: {}",
-                n + 1,
-                fires.len(),
-                fire.format("%Y-%m-%d %H:%M")
-            );
+            backfill_line(n, fires.len(), fire);
         }
         let body = StartRun {
             params: params.clone(),
@@ -866,6 +861,15 @@ fn backfill_on_server(
         runs.push(start_and_follow(server, &name, &body, json)?);
     }
     backfilled(&runs, json)
+}
+
+/// The progress line of the `n`th of `total` backfill runs.
+fn backfill_line(n: usize, total: usize, fire: &DateTime<Utc>) {
+    eprintln!(
+        "backfill {}/{total}: {}",
+        n + 1,
+        fire.format("%Y-%m-%d %H:%M")
+    );
 }
 
 /// Prints a backfill's runs; any that did not succeed make it an error.
@@ -931,12 +935,7 @@ fn backfill(
                 break;
             }
             if !json {
-                eprintln!(
-                    "backfill {}/{}: {}",
-                    n + 1,
-                    fires.len(),
-                    fire.format("%Y-%m-%d %H:%M")
-                );
+                backfill_line(n, fires.len(), fire);
             }
             let request =
                 service.request(file, params.clone(), "backfill", *fire, Force::Nothing)?;
