@@ -10,6 +10,8 @@
 //! `baseline`, `reason`; `infra-validate` → `requests`, `latency_us`; `push` → `pushed`,
 //! `version`.
 
+pub mod control;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
