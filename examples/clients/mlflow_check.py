@@ -102,6 +102,8 @@ assert len(rest) == 1 and rest[0].info.run_id != page[0].info.run_id
 for call, code in [
     (lambda: client.log_param(run_id, "lr", 0.02), "INVALID_PARAMETER_VALUE"),
     (lambda: client.get_run("ffffffff"), "RESOURCE_DOES_NOT_EXIST"),
+    (lambda: client.delete_tag(run_id, "never-set"), "RESOURCE_DOES_NOT_EXIST"),
+    (lambda: client.delete_experiment(experiment.experiment_id), "INVALID_PARAMETER_VALUE"),
     (lambda: client.create_experiment("notebook"), "RESOURCE_ALREADY_EXISTS"),
 ]:
     try:
@@ -111,6 +113,14 @@ for call, code in [
     else:
         raise AssertionError(f"expected {code}")
 assert client.get_run(run_id).data.params["lr"] == "0.01"
+client.set_tag(run_id, "scratch", "x")
+client.delete_tag(run_id, "scratch")
+assert "scratch" not in client.get_run(run_id).data.tags
+empty = client.create_experiment("to-rename")
+client.rename_experiment(empty, "renamed")
+assert client.get_experiment(empty).name == "renamed"
+client.delete_experiment(empty)
+assert client.get_experiment_by_name("renamed") is None
 
 # The model registry: a version from the run's artifact, an alias, a stage.
 client.create_registered_model("notebook-model")

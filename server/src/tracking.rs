@@ -4,7 +4,8 @@
 //! web UI and the pipelines.
 //!
 //! Under `/api/2.0/mlflow/` and `/ajax-api/2.0/mlflow/`: `experiments/create|get|get-by-name|
-//! search`, `runs/create|get|update|delete|search|log-metric|log-parameter|set-tag|log-batch`,
+//! search|update|delete`, `runs/create|get|update|delete|search|log-metric|log-parameter|set-tag|
+//! delete-tag|log-batch`,
 //! `metrics/get-history`; and the artifact proxy under `/api/2.0/mlflow-artifacts/artifacts/`
 //! (upload, list, download) over kiln's content-addressed store. Bodies are MLflow's JSON
 //! shapes; errors are
@@ -85,6 +86,9 @@ pub(crate) fn writes() -> Router<AppState> {
             .route(&format!("{p}/runs/log-metric"), post(log_metric))
             .route(&format!("{p}/runs/log-parameter"), post(log_parameter))
             .route(&format!("{p}/runs/set-tag"), post(set_tag))
+            .route(&format!("{p}/runs/delete-tag"), post(delete_tag))
+            .route(&format!("{p}/experiments/update"), post(rename_experiment))
+            .route(&format!("{p}/experiments/delete"), post(delete_experiment))
             .route(&format!("{p}/runs/log-batch"), post(log_batch))
             .route(
                 &format!("{p}/logged-models/search"),
@@ -607,6 +611,60 @@ async fn set_tag(
     on_registry(&state, move |r| {
         r.set_tags(id, &BTreeMap::from([(b.key, b.value)]))
             .map(|_| ())
+    })
+    .await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[derive(Deserialize)]
+struct KeyOfRun {
+    run_id: Option<String>,
+    run_uuid: Option<String>,
+    key: String,
+}
+
+async fn delete_tag(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    let b: KeyOfRun = read_body(bytes, &state)?;
+    let id = run_id_of(b.run_id.as_ref(), b.run_uuid.as_ref())?;
+    on_registry(&state, move |r| r.delete_tag(id, &b.key).map(|_| ())).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[derive(Deserialize)]
+struct UpdateExperiment {
+    experiment_id: String,
+    new_name: Option<String>,
+}
+
+async fn rename_experiment(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    let b: UpdateExperiment = read_body(bytes, &state)?;
+    let new = b
+        .new_name
+        .ok_or_else(|| invalid("`new_name` is required"))?;
+    on_registry(&state, move |r| {
+        let e = experiment_by_id(r, &b.experiment_id)?;
+        r.rename_experiment(&e.name, &new).map(|_| ())
+    })
+    .await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// Deletes an experiment that holds no runs (kiln deletes for good, so one with runs is refused:
+/// delete its runs first).
+async fn delete_experiment(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    let b: UpdateExperiment = read_body(bytes, &state)?;
+    on_registry(&state, move |r| {
+        let e = experiment_by_id(r, &b.experiment_id)?;
+        r.delete_experiment(&e.name, false).map(|_| ())
     })
     .await?;
     Ok(Json(serde_json::json!({})))

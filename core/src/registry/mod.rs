@@ -676,6 +676,22 @@ impl Registry {
         Ok(run)
     }
 
+    /// Deletes a tag of a run; a tag the run does not have is an error that names the ones it has.
+    pub fn delete_tag(&self, id: u64, key: &str) -> Result<Run, RegistryError> {
+        let run = self.update_run(id, |run| {
+            if run.tags.remove(key).is_none() {
+                return Err(RegistryError::NotFound {
+                    what: "tag",
+                    name: format!("{key}` of run `{}", run_id_text(id)),
+                    hint: crate::suggest::hint(key, run.tags.keys().map(String::as_str)),
+                });
+            }
+            Ok(())
+        })?;
+        self.flush()?;
+        Ok(run)
+    }
+
     /// Ends a run with a final status and flushes everything it logged.
     pub fn end_run(&self, id: u64, status: RunStatus) -> Result<Run, RegistryError> {
         if status == RunStatus::Running {
