@@ -116,7 +116,11 @@ fn a_run_over_the_api_pushes_a_model_that_is_served_and_sigterm_cancels_steps() 
         "{out}"
     );
     let r = k.run(&["pipeline", "runs"]);
-    assert!(r.stderr.contains("is in use by process"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is in use by process") && r.stderr.contains("--server URL"),
+        "{}",
+        r.stderr
+    );
     // `pipeline run --server` starts the run in the server and follows it: the same
     // parameters as the API's run, so every step comes from the cache.
     let run_args = [

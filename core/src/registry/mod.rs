@@ -56,7 +56,8 @@ pub const MAX_NAME_BYTES: usize = 256;
 pub enum RegistryError {
     #[error(
         "KILN_HOME {home} is in use by {holder}; one process owns a KILN_HOME: stop it, use another \
-         KILN_HOME, or talk to the running process over HTTP"
+         KILN_HOME, or, for a registry, training or pipeline command while `kiln up` or `kiln serve` \
+         holds it, add --server URL (or set KILN_SERVER) to go through it"
     )]
     Locked { home: String, holder: String },
     #[error(
