@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use kiln_core::registry::floats::Float;
 use kiln_core::registry::query::{RunView, run_json};
 use kiln_core::registry::{Lineage, MetricPoint, NewRun, RunStatus, run_id_text};
 use kiln_core::wire::runs::{RunEntry, RunQuery};
@@ -138,10 +139,11 @@ fn print_run_list(views: &[RunView], total: usize, json: bool) -> Result<()> {
             .iter()
             .map(|v| {
                 let mut j = run_json(&v.run);
+                // NaN and infinities by name, as everywhere in kiln's JSON.
                 j["metrics"] = serde_json::json!(
                     v.metrics
                         .iter()
-                        .map(|(k, p)| (k.as_str(), p.value))
+                        .map(|(k, p)| (k.as_str(), Float(p.value)))
                         .collect::<BTreeMap<_, _>>()
                 );
                 j
