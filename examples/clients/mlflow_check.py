@@ -116,6 +116,9 @@ assert client.get_run(run_id).data.params["lr"] == "0.01"
 client.set_tag(run_id, "scratch", "x")
 client.delete_tag(run_id, "scratch")
 assert "scratch" not in client.get_run(run_id).data.tags
+tagged = client.create_experiment("tagged", tags={"owner": "growth"})
+client.set_experiment_tag(tagged, "stage", "prototype")
+assert client.get_experiment(tagged).tags == {"owner": "growth", "stage": "prototype"}
 empty = client.create_experiment("to-rename")
 client.rename_experiment(empty, "renamed")
 assert client.get_experiment(empty).name == "renamed"

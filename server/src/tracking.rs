@@ -4,7 +4,7 @@
 //! web UI and the pipelines.
 //!
 //! Under `/api/2.0/mlflow/` and `/ajax-api/2.0/mlflow/`: `experiments/create|get|get-by-name|
-//! search|update|delete`, `runs/create|get|update|delete|search|log-metric|log-parameter|set-tag|
+//! search|update|delete|set-experiment-tag`, `runs/create|get|update|delete|search|log-metric|log-parameter|set-tag|
 //! delete-tag|log-batch`,
 //! `metrics/get-history`; and the artifact proxy under `/api/2.0/mlflow-artifacts/artifacts/`
 //! (upload, list, download) over kiln's content-addressed store. Bodies are MLflow's JSON
@@ -89,6 +89,10 @@ pub(crate) fn writes() -> Router<AppState> {
             .route(&format!("{p}/runs/delete-tag"), post(delete_tag))
             .route(&format!("{p}/experiments/update"), post(rename_experiment))
             .route(&format!("{p}/experiments/delete"), post(delete_experiment))
+            .route(
+                &format!("{p}/experiments/set-experiment-tag"),
+                post(set_experiment_tag),
+            )
             .route(&format!("{p}/runs/log-batch"), post(log_batch))
             .route(
                 &format!("{p}/logged-models/search"),
@@ -295,12 +299,17 @@ async fn create_experiment(
     bytes: Result<Bytes, BytesRejection>,
 ) -> Answer<serde_json::Value> {
     let b: CreateExperiment = read_body(bytes, &state)?;
-    if !b.tags.is_empty() {
-        return Err(invalid(
-            "experiment tags are not kept by kiln; create the experiment without them",
-        ));
-    }
-    let e = on_registry(&state, move |r| r.create_experiment(&b.name)).await?;
+    let e = on_registry(&state, move |r| {
+        let e = r.create_experiment(&b.name)?;
+        if b.tags.is_empty() {
+            return Ok(e);
+        }
+        r.set_experiment_tags(
+            &e.name,
+            &b.tags.into_iter().map(|t| (t.key, t.value)).collect(),
+        )
+    })
+    .await?;
     Ok(Json(
         serde_json::json!({ "experiment_id": experiment_id(&e) }),
     ))
@@ -650,6 +659,28 @@ async fn rename_experiment(
     on_registry(&state, move |r| {
         let e = experiment_by_id(r, &b.experiment_id)?;
         r.rename_experiment(&e.name, &new).map(|_| ())
+    })
+    .await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[derive(Deserialize)]
+struct ExperimentTag {
+    experiment_id: String,
+    key: String,
+    #[serde(default)]
+    value: String,
+}
+
+async fn set_experiment_tag(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    let b: ExperimentTag = read_body(bytes, &state)?;
+    on_registry(&state, move |r| {
+        let e = experiment_by_id(r, &b.experiment_id)?;
+        r.set_experiment_tags(&e.name, &BTreeMap::from([(b.key, b.value)]))
+            .map(|_| ())
     })
     .await?;
     Ok(Json(serde_json::json!({})))

@@ -523,6 +523,37 @@ impl Registry {
         Ok(exp)
     }
 
+    /// Sets tags on an experiment (tags may change).
+    pub fn set_experiment_tags(
+        &self,
+        name: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Experiment, RegistryError> {
+        for k in tags.keys() {
+            check_key("tag", k)?;
+        }
+        let id = self.experiment(name)?.id;
+        let out = self.experiments.transaction(|e| {
+            let Some(bytes) = e.get(be8(id))? else {
+                return abort(RegistryError::NotFound {
+                    what: "experiment",
+                    name: name.to_string(),
+                    hint: String::new(),
+                });
+            };
+            let mut exp: Experiment = match decode("experiment", &bytes) {
+                Ok(exp) => exp,
+                Err(err) => return abort(err),
+            };
+            exp.tags
+                .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            e.insert(&be8(id), encode(&exp))?;
+            Ok(exp)
+        })?;
+        self.flush()?;
+        Ok(out)
+    }
+
     /// Deletes an experiment; with runs in it only when `force` is set, and then the runs too.
     pub fn delete_experiment(&self, name: &str, force: bool) -> Result<usize, RegistryError> {
         let exp = self.experiment(name)?;
