@@ -57,7 +57,7 @@ pub enum RegistryError {
     #[error(
         "KILN_HOME {home} is in use by {holder}; one process owns a KILN_HOME: stop it, use another \
          KILN_HOME, or, for a registry, training or pipeline command while `kiln up` or `kiln serve` \
-         holds it, add --server URL (or set KILN_SERVER) to go through it"
+         holds it, add --server URL (or set KILN_SERVER) to go through its HTTP API"
     )]
     Locked { home: String, holder: String },
     #[error(
