@@ -138,6 +138,7 @@ const POSTS: &[&str] = &[
     "/api/2.0/mlflow/runs/delete-tag",
     "/api/2.0/mlflow/experiments/update",
     "/api/2.0/mlflow/experiments/delete",
+    "/api/2.0/mlflow/experiments/set-experiment-tag",
     "/api/2.0/mlflow/registered-models/create",
     "/api/2.0/mlflow/registered-models/alias",
     "/api/2.0/mlflow/registered-models/get-latest-versions",
