@@ -395,13 +395,31 @@ fn status_of(text: &str) -> Result<RunStatus, MlflowError> {
 
 /// A run as MLflow shows it, with its latest metrics.
 fn run_of(registry: &Registry, run: &Run) -> Result<MlRun, RegistryError> {
-    let experiment = registry
+    let metrics = registry.latest_metrics(run.id)?;
+    Ok(run_with(run, metrics, &mlflow_ids(registry)?))
+}
+
+/// MLflow's id of each kiln experiment, by kiln's id.
+fn mlflow_ids(registry: &Registry) -> Result<BTreeMap<u64, String>, RegistryError> {
+    Ok(registry
         .experiments()?
-        .into_iter()
-        .find(|e| e.id == run.experiment_id)
-        .map_or_else(|| run.experiment_id.to_string(), |e| experiment_id(&e));
-    let metrics = registry
-        .latest_metrics(run.id)?
+        .iter()
+        .map(|e| (e.id, experiment_id(e)))
+        .collect())
+}
+
+/// A run as MLflow shows it, from what the registry already gave: its latest metrics and the
+/// MLflow ids of the experiments.
+fn run_with(
+    run: &Run,
+    metrics: BTreeMap<String, kiln_core::registry::MetricPoint>,
+    ids: &BTreeMap<u64, String>,
+) -> MlRun {
+    let experiment = ids
+        .get(&run.experiment_id)
+        .cloned()
+        .unwrap_or_else(|| run.experiment_id.to_string());
+    let metrics = metrics
         .into_iter()
         .map(|(key, p)| MlMetric {
             key,
@@ -411,7 +429,7 @@ fn run_of(registry: &Registry, run: &Run) -> Result<MlRun, RegistryError> {
         })
         .collect();
     let id = run_id_text(run.id);
-    Ok(MlRun {
+    MlRun {
         info: RunInfo {
             run_id: id.clone(),
             run_uuid: id.clone(),
@@ -430,7 +448,7 @@ fn run_of(registry: &Registry, run: &Run) -> Result<MlRun, RegistryError> {
             tags: pairs(&run.tags),
         },
         inputs: serde_json::json!({}),
-    })
+    }
 }
 
 /// The run id of a request: `run_id`, or the older `run_uuid`.
@@ -768,6 +786,9 @@ async fn log_batch(
     Ok(Json(serde_json::json!({})))
 }
 
+/// The most experiments one run search names.
+const MOST_EXPERIMENTS: usize = 100;
+
 #[derive(Deserialize)]
 struct SearchRuns {
     #[serde(default)]
@@ -787,6 +808,12 @@ async fn search_runs(
     bytes: Result<Bytes, BytesRejection>,
 ) -> Answer<serde_json::Value> {
     let b: SearchRuns = read_body(bytes, &state)?;
+    if b.experiment_ids.len() > MOST_EXPERIMENTS {
+        return Err(invalid(format!(
+            "a search names at most {MOST_EXPERIMENTS} experiments; this one names {}",
+            b.experiment_ids.len()
+        )));
+    }
     let filter = (!b.filter.trim().is_empty())
         .then(|| Filter::parse(&b.filter))
         .transpose()
@@ -825,12 +852,13 @@ async fn search_runs(
             o.sort(&mut views);
         }
         let more = views.len() > skip + limit;
-        let page = views
-            .iter()
+        let ids = mlflow_ids(r)?;
+        let page: Vec<MlRun> = views
+            .into_iter()
             .skip(skip)
             .take(limit)
-            .map(|v| run_of(r, &v.run))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|v| run_with(&v.run, v.metrics, &ids))
+            .collect();
         Ok((page, more))
     })
     .await?;
