@@ -1,7 +1,7 @@
 //! kiln's built-in pipeline components, mirroring TFX's: the scheduler calls them through
-//! [`kiln_scheduler::run::Components`]; here they are wired to the data layer, the trainer
-//! (tracked training, sweeps, the evaluation gate), the serving runtime and the registry. This
-//! crate is the one place that knows all of them; the scheduler knows none.
+//! [`kiln_scheduler::run::Components`]; here, in the binary that wires the crates together, they
+//! are handed the data layer, the trainer (tracked training, sweeps, the evaluation gate), the
+//! serving runtime and the registry. The scheduler knows none of them.
 //!
 //! Each writes its files to the step's output directory and reports values:
 //! `ingest` → `data`, `fingerprint`, `rows`; `statistics` → `statistics`; `validate` →

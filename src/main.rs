@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 error, 2 usage error, 3 validation found anomalies.
 
 mod cmd;
+mod components;
 mod ui;
 
 use std::process::ExitCode;

@@ -25,17 +25,16 @@ fn each_heavy_library_lives_in_one_crate_and_dependencies_point_down() {
         ("kiln-server", "server/Cargo.toml"),
         ("kiln-scheduler", "scheduler/Cargo.toml"),
         ("kiln-repl", "repl/Cargo.toml"),
-        ("kiln-client", "client/Cargo.toml"),
-        ("kiln-components", "components/Cargo.toml"),
     ];
-    // Which crate may use each library that defines a layer.
+    // Which crate may use each library that defines a layer (DESIGN.md: the top level is fixed,
+    // and only the registry knows sled, the trainer burn, the server candle and HTTP).
     let owners = [
         ("sled", "kiln-core"),
         ("burn", "kiln-trainer"),
         ("candle-core", "kiln-server"),
         ("axum", "kiln-server"),
         ("tower-http", "kiln-server"),
-        ("ureq", "kiln-client"),
+        ("ureq", "kiln-server"),
         ("rustyline", "kiln-repl"),
         ("croner", "kiln-scheduler"),
     ];
@@ -47,10 +46,10 @@ fn each_heavy_library_lives_in_one_crate_and_dependencies_point_down() {
                 "{name} depends on {library}, which only {owner} may use"
             );
         }
-        // Library crates depend on kiln-core and on no other kiln crate; the binary and the
-        // components (the scheduler's `Components` over the trainer, the serving runtime and
-        // the registry) are where they meet.
-        if name != "kiln" && name != "kiln-components" {
+        // Library crates depend on kiln-core and on no other kiln crate; the binary is where
+        // they meet (the scheduler's `Components` over the trainer, the serving runtime and the
+        // registry; the server's `PipelineControl` over the scheduler).
+        if name != "kiln" {
             let kiln: Vec<&String> = deps
                 .iter()
                 .filter(|d| d.starts_with("kiln-") && *d != "kiln-core")
@@ -58,11 +57,13 @@ fn each_heavy_library_lives_in_one_crate_and_dependencies_point_down() {
             assert!(kiln.is_empty(), "{name} depends on {kiln:?}");
         }
     }
-    let components = dependencies("components/Cargo.toml");
-    assert!(
-        !components.contains("kiln-components") && !components.contains("axum"),
-        "kiln-components serves nothing itself"
-    );
+    let binary = dependencies("Cargo.toml");
+    for forbidden in ["axum", "ureq", "burn", "candle-core", "sled"] {
+        assert!(
+            !binary.contains(forbidden),
+            "the binary depends on {forbidden}"
+        );
+    }
     let core = dependencies("core/Cargo.toml");
     for forbidden in ["tokio", "axum", "burn", "candle-core", "ureq"] {
         assert!(
@@ -130,8 +131,6 @@ fn modules_of_a_crate_do_not_import_each_other_in_circles() {
         "trainer/src",
         "server/src",
         "scheduler/src",
-        "client/src",
-        "components/src",
         "src",
     ] {
         let edges = module_edges(src);

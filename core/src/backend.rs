@@ -1,5 +1,5 @@
 //! One path for every registry command: a [`Backend`] is either a `KILN_HOME` this process
-//! opens ([`Registry`]) or a running `kiln up` that owns one (`kiln_client::Client`). The
+//! opens ([`Registry`]) or a running `kiln up` that owns one (`kiln_server::client::Client`). The
 //! command line, the REPL and tracked training speak only to this trait, so each works the same
 //! against both; the answers are the types of [`crate::wire`].
 

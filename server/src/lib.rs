@@ -9,6 +9,7 @@
 mod api;
 pub mod app;
 pub mod batch;
+pub mod client;
 mod compute;
 pub mod control;
 pub mod decode;

@@ -20,10 +20,9 @@ use kiln_scheduler::run::Force;
 use kiln_scheduler::schedule::{fires_between, from_ms, next_fire};
 use tokio::sync::watch;
 
-use crate::Outcome;
 use crate::cmd::registry::{Home, when};
 use crate::cmd::remote::{Server, call, call_text, call_with, url_part};
-use crate::ui;
+use crate::{Outcome, ui};
 
 #[derive(Debug, Subcommand)]
 pub enum PipelineCommand {
@@ -266,7 +265,7 @@ fn prune(home: &Home, server: &Server, request: Prune, json: bool) -> Result<Out
 fn validate(file: &Path, json: bool) -> Result<Outcome> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut parsed = kiln_scheduler::parse_with(&text, kiln_components::CATALOGUE);
+    let mut parsed = kiln_scheduler::parse_with(&text, crate::components::CATALOGUE);
     if let Some(p) = &parsed.pipeline {
         let dir = file
             .parent()
@@ -276,7 +275,7 @@ fn validate(file: &Path, json: bool) -> Result<Outcome> {
             .diagnostics
             .extend(kiln_scheduler::pipeline::missing_files(
                 p,
-                kiln_components::CATALOGUE,
+                crate::components::CATALOGUE,
                 dir,
             ));
         parsed.diagnostics.sort_by_key(|d| (d.line, d.column));
@@ -478,7 +477,7 @@ fn run_now(home: &Home, args: RunArgs) -> Result<Outcome> {
     let record = rt.block_on(async {
         let (tx, stop) = watch::channel(false);
         on_ctrl_c(tx);
-        let service = kiln_components::service(registry, stop);
+        let service = crate::components::service(registry, stop);
         service.recover()?;
         let request = service.request(&args.file, params, "manual", date, force)?;
         let live = Live {
@@ -782,7 +781,7 @@ fn cancel(home: &Home, server: &Server, id: u64) -> Result<Outcome> {
         bail!("run {id} is not running: it {}", run.state.as_str());
     }
     let (_tx, stop) = watch::channel(false);
-    let recovered = kiln_components::service(Arc::new(registry), stop).recover()?;
+    let recovered = crate::components::service(Arc::new(registry), stop).recover()?;
     println!(
         "run {id} was left running by a stopped kiln; recorded as cancelled ({} runs)",
         recovered.len()
@@ -889,7 +888,7 @@ fn backfilled(runs: &[PipelineRun], json: bool) -> Result<Outcome> {
 fn pipeline_name(file: &Path) -> Result<String> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    kiln_scheduler::parse_with(&text, kiln_components::CATALOGUE)
+    kiln_scheduler::parse_with(&text, crate::components::CATALOGUE)
         .pipeline
         .map(|p| p.name)
         .ok_or_else(|| {
@@ -911,7 +910,7 @@ fn backfill(
     let params = parse_params(params)?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let parsed = kiln_scheduler::parse_with(&text, kiln_components::CATALOGUE);
+    let parsed = kiln_scheduler::parse_with(&text, crate::components::CATALOGUE);
     let has_errors = parsed.has_errors();
     let pipeline = parsed.pipeline.filter(|_| !has_errors).ok_or_else(|| {
         anyhow!(
@@ -927,7 +926,7 @@ fn backfill(
     let runs = rt.block_on(async {
         let (tx, stop) = watch::channel(false);
         on_ctrl_c(tx);
-        let service = kiln_components::service(registry, stop.clone());
+        let service = crate::components::service(registry, stop.clone());
         service.recover()?;
         let mut runs = Vec::new();
         for (n, fire) in fires.iter().enumerate() {

@@ -4,9 +4,9 @@
 
 use anyhow::Result;
 use clap::Args;
-use kiln_client::Client;
 use kiln_core::backend::Backend;
 use kiln_core::registry::Registry;
+use kiln_server::client::Client;
 
 use crate::cmd::registry::Home;
 
@@ -69,4 +69,4 @@ pub fn call_text(server: &Server, path: &str) -> Result<String> {
     Ok(server.required(path)?.text(path)?.0)
 }
 
-pub use kiln_client::url_part;
+pub use kiln_server::client::url_part;

@@ -1,6 +1,6 @@
 //! `kiln up`: the registry, the scheduler and the model server in one process, on one port. The
 //! server's endpoints (the pipeline API among them, `kiln_server::pipelines`) answer; the
-//! scheduler's runs reach them through `kiln_components::control::PipelineApi`; this module starts
+//! scheduler's runs reach them through `crate::components::control::PipelineApi`; this module starts
 //! the schedules and the drift watcher and wires them together.
 //!
 //! Ctrl-C (or SIGTERM) stops the schedules, cancels running steps (recorded as cancelled) and
@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use kiln_components::control::{PipelineApi, known_pipelines};
 use kiln_core::registry::Registry;
 use kiln_scheduler::schedule::{ScheduleLoop, wall_clock};
 use kiln_scheduler::service::Scheduled;
@@ -22,6 +21,7 @@ use tokio::sync::watch;
 use crate::Outcome;
 use crate::cmd::registry::Home;
 use crate::cmd::serve::{ServeArgs, announce, pin_compute_threads, shutdown_signal};
+use crate::components::control::{PipelineApi, known_pipelines};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -63,7 +63,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
     let rt = crate::cmd::serve::async_runtime("kiln-up")?;
     rt.block_on(async move {
         let (stop_tx, stop) = watch::channel(false);
-        let service = kiln_components::service(registry.clone(), stop.clone());
+        let service = crate::components::service(registry.clone(), stop.clone());
         let recovered = service.recover()?;
         if !recovered.is_empty() {
             eprintln!(
@@ -142,7 +142,8 @@ fn webhook(url: String) -> Arc<dyn Fn(serde_json::Value) + Send + Sync> {
     Arc::new(move |body| {
         let url = url.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = kiln_client::post_json(&url, &body, std::time::Duration::from_secs(10))
+            if let Err(e) =
+                kiln_server::client::post_json(&url, &body, std::time::Duration::from_secs(10))
             {
                 tracing::warn!(%url, error = %e, "drift webhook failed");
             }

@@ -16,7 +16,7 @@ use kiln_scheduler::schedule::next_fire;
 use kiln_scheduler::service::Service;
 use kiln_server::control::{PipelineControl, StartError};
 
-use crate::{Builtins, CATALOGUE};
+use super::{Builtins, CATALOGUE};
 
 /// A pipeline this process knows.
 pub struct Known {
