@@ -139,17 +139,34 @@ pub fn service(
     registry: std::sync::Arc<kiln_core::registry::Registry>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::sync::Arc<kiln_scheduler::service::Service<Builtins>> {
-    let path_prefix = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-        .into_iter()
-        .collect();
     kiln_scheduler::service::Service::new(
         registry,
         std::sync::Arc::new(Builtins),
         stop,
-        path_prefix,
+        binary_dir(),
     )
+}
+
+/// The pipelines of a `KILN_HOME` this process opened, run here on `runtime`.
+pub fn local(
+    registry: kiln_core::registry::Registry,
+    runtime: tokio::runtime::Runtime,
+) -> kiln_scheduler::local::Local<Builtins> {
+    kiln_scheduler::local::Local::new(
+        std::sync::Arc::new(registry),
+        Builtins,
+        binary_dir(),
+        runtime,
+    )
+}
+
+/// Where the `kiln` binary is, to go first on commands' `PATH`.
+fn binary_dir() -> Vec<std::path::PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .into_iter()
+        .collect()
 }
 
 type Values = BTreeMap<String, String>;

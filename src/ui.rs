@@ -8,8 +8,32 @@ use comfy_table::{CellAlignment, Table, presets};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_core::progress::{Progress, Unit};
 
-/// Set by Ctrl-C while the REPL runs a line: long operations that report progress stop early.
+/// Set by Ctrl-C once [`watch_ctrl_c`] watches for it: long work (training, pipeline runs)
+/// stops early instead of the process.
 pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on Ctrl-C sets [`INTERRUPTED`] instead of ending the process: training stops at its
+/// next batch, a pipeline run is cancelled; at the REPL's prompt, rustyline reads it as a key
+/// and drops the line being typed. Watching twice is watching once.
+pub fn watch_ctrl_c() {
+    static WATCHING: std::sync::Once = std::sync::Once::new();
+    WATCHING.call_once(|| {
+        std::thread::spawn(|| {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                while tokio::signal::ctrl_c().await.is_ok() {
+                    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("\ninterrupting…");
+                }
+            });
+        });
+    });
+}
 
 /// Draws kiln's progress on stderr when it is a terminal; silent otherwise.
 pub struct Bar {

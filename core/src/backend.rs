@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::registry::{
-    AliasEvent, ArtifactRef, Expect, Experiment, ModelVersion, NewRun, Registry, RegistryError,
-    Run, RunStatus, query::RunView,
+    AliasEvent, ArtifactRef, Expect, Experiment, ModelVersion, NewRun, PipelineRun, Registry,
+    RegistryError, Run, RunStatus, ScheduleState, query::RunView,
 };
 use crate::wire::experiments::{ExperimentEntry, ExperimentList};
 use crate::wire::models::{ModelDetail, ModelList, ModelSummary, VersionEntry};
+use crate::wire::pipelines::{Prune, Pruned, StartRun};
 use crate::wire::runs::{RunDetail, RunEntry, RunPage, RunQuery, RunText};
 
 /// An alias's move as the caller asks for it.
@@ -89,6 +90,48 @@ pub trait Backend: Send + Sync {
     ) -> Result<(), RegistryError>;
     /// Copies a version's artifact out to `dest`, every object checked against its digest.
     fn export_version(&self, version: &ModelVersion, dest: &Path) -> Result<(), RegistryError>;
+}
+
+/// The pipelines, wherever they run: in this process over a `KILN_HOME` it opens (the
+/// scheduler's `Local`), or in a running `kiln up` (`kiln_server::client::Client`). Every
+/// `kiln pipeline` command speaks only to this trait.
+pub trait Pipelines {
+    /// Where the runs happen, for messages.
+    fn describe(&self) -> String;
+    /// The newest runs first, of one pipeline or all.
+    fn pipeline_runs(
+        &self,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PipelineRun>, RegistryError>;
+    fn pipeline_run(&self, id: u64) -> Result<PipelineRun, RegistryError>;
+    /// The text of a step's log, attempt `attempt` (from 1); a log deleted by a prune says so.
+    fn step_log(
+        &self,
+        run: &PipelineRun,
+        step: &str,
+        attempt: usize,
+    ) -> Result<String, RegistryError>;
+    /// Cancels a running run; what happened, in words.
+    fn cancel(&self, id: u64) -> Result<String, RegistryError>;
+    /// The schedules and their state.
+    fn schedules(&self) -> Result<Vec<ScheduleState>, RegistryError>;
+    fn pause_schedule(&self, pipeline: &str, paused: bool) -> Result<(), RegistryError>;
+    /// Deletes the files of old finished runs (or says which, on a dry run).
+    fn prune(&self, request: &Prune) -> Result<Vec<Pruned>, RegistryError>;
+    /// The cron of pipeline `name` (defined by `file` here) as the one who runs it knows it.
+    fn cron(&self, name: &str, file: &Path) -> Result<Option<String>, RegistryError>;
+    /// Runs pipeline `name` (defined by `file` here) to its end. `on_change` sees the record
+    /// whenever a step moves; once `cancelled` says true the run is cancelled.
+    fn run_pipeline(
+        &self,
+        name: &str,
+        file: &Path,
+        request: &StartRun,
+        trigger: &str,
+        on_change: &(dyn Fn(&PipelineRun) + Sync),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<PipelineRun, RegistryError>;
 }
 
 /// The version `alias` pointed to at `at_ms`, read from a model's alias history.

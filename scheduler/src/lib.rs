@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod executor;
+pub mod local;
 pub mod pipeline;
 pub mod prune;
 pub mod run;

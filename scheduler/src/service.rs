@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use kiln_core::registry::{PipelineRun, PipelineRunState, Registry, RegistryError, StepExecState};
+use kiln_core::wire::pipelines::{ForceSteps, StartRun};
 use tokio::sync::watch;
 
 use crate::executor::Limits;
@@ -84,6 +85,36 @@ impl<C: Components> Service<C> {
             limits: self.limits.clone(),
             path_prefix: self.path_prefix.clone(),
         })
+    }
+
+    /// A request for `file` as a client asks for it (the API's body, `kiln pipeline run`):
+    /// parameters as text, the steps to force, and the logical date as `YYYY-MM-DD` or an
+    /// RFC 3339 time (now when left out).
+    pub fn request_from(
+        &self,
+        file: &Path,
+        start: &StartRun,
+        trigger: &str,
+    ) -> Result<RunRequest, RunError> {
+        let date = match &start.date {
+            None => Utc::now(),
+            Some(d) => match d.parse::<NaiveDate>() {
+                Ok(day) => day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc(),
+                Err(_) => DateTime::parse_from_rfc3339(d)
+                    .map_err(|e| {
+                        RunError::Params(format!(
+                            "`date` {d:?}: {e}; give YYYY-MM-DD or an RFC 3339 time"
+                        ))
+                    })?
+                    .with_timezone(&Utc),
+            },
+        };
+        let force = match &start.force {
+            None => Force::Nothing,
+            Some(ForceSteps::All(_)) => Force::All,
+            Some(ForceSteps::Steps(steps)) => Force::Steps(steps.iter().cloned().collect()),
+        };
+        self.request(file, start.param_texts(), trigger, date, force)
     }
 
     /// Runs a pipeline to its end; `on_change` sees the record whenever a step moves.

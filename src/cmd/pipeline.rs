@@ -2,26 +2,22 @@
 //! schedules. Against a running `kiln up` (which owns `KILN_HOME`), `--server URL` does the same
 //! through its API.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Subcommand};
+use kiln_core::backend::Pipelines;
 use kiln_core::registry::{PipelineRun, PipelineRunState, StepExecState};
-use kiln_core::wire::pipelines::{
-    AllSteps, Cancelling, ForceSteps, PipelineInfo, Prune, PruneAnswer, ScheduleChanged, StartRun,
-    Started,
-};
+use kiln_core::wire::pipelines::{AllSteps, ForceSteps, Prune, Pruned, StartRun};
 use kiln_scheduler::pipeline::{Action, Severity};
-use kiln_scheduler::run::Force;
 use kiln_scheduler::schedule::{fires_between, from_ms, next_fire};
-use tokio::sync::watch;
 
 use crate::cmd::registry::{Home, when};
-use crate::cmd::remote::{Server, call, call_text, call_with, url_part};
+use crate::cmd::remote::Server;
 use crate::{Outcome, ui};
 
 #[derive(Debug, Subcommand)]
@@ -160,23 +156,14 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
             limit,
             json,
             server,
-        } => {
-            let runs: Vec<PipelineRun> = match &server.server {
-                Some(_) => {
-                    let mut path = format!("/api/pipeline-runs?limit={limit}");
-                    if let Some(p) = &pipeline {
-                        path.push_str(&format!("&pipeline={p}"));
-                    }
-                    call(&server, "GET", &path)?
-                }
-                None => home
-                    .open_registry()?
-                    .pipeline_runs(pipeline.as_deref(), limit)?,
-            };
-            print_runs(&runs, json)
-        }
+        } => print_runs(
+            &server
+                .pipelines(home)?
+                .pipeline_runs(pipeline.as_deref(), limit)?,
+            json,
+        ),
         PipelineCommand::Show { run, json, server } => {
-            let record = fetch_run(home, &server, run)?;
+            let record = server.pipelines(home)?.pipeline_run(run)?;
             if json {
                 ui::print_json(&record)?;
             } else {
@@ -184,8 +171,13 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
             }
             Ok(Outcome::Ok)
         }
-        PipelineCommand::Logs { run, step, server } => logs(home, &server, run, step.as_deref()),
-        PipelineCommand::Cancel { run, server } => cancel(home, &server, run),
+        PipelineCommand::Logs { run, step, server } => {
+            logs(&*server.pipelines(home)?, run, step.as_deref())
+        }
+        PipelineCommand::Cancel { run, server } => {
+            println!("{}", server.pipelines(home)?.cancel(run)?);
+            Ok(Outcome::Ok)
+        }
         PipelineCommand::Backfill {
             file,
             from,
@@ -193,10 +185,7 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
             params,
             json,
             server,
-        } => match server.client() {
-            Some(_) => backfill_on_server(&server, &file, from, to, &params, json),
-            None => backfill(home, &file, from, to, &params, json),
-        },
+        } => backfill(&*server.pipelines(home)?, &file, from, to, &params, json),
         PipelineCommand::Schedule(c) => schedule(home, c),
         PipelineCommand::Prune {
             pipeline,
@@ -204,34 +193,18 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
             dry_run,
             json,
             server,
-        } => prune(
-            home,
-            &server,
-            Prune {
+        } => {
+            let request = Prune {
                 pipeline,
                 keep,
                 dry_run,
-            },
-            json,
-        ),
+            };
+            prune(&server.pipelines(home)?.prune(&request)?, dry_run, json)
+        }
     }
 }
 
-fn prune(home: &Home, server: &Server, request: Prune, json: bool) -> Result<Outcome> {
-    let pruned = match server.client() {
-        Some(client) => {
-            client
-                .send::<PruneAnswer>("POST", "/api/pipeline-runs/prune", Some(&request))?
-                .pruned
-        }
-        None => kiln_scheduler::prune::prune(
-            &home.open_registry()?,
-            request.pipeline.as_deref(),
-            request.keep,
-            request.dry_run,
-        )?,
-    };
-    let dry_run = request.dry_run;
+fn prune(pruned: &[Pruned], dry_run: bool, json: bool) -> Result<Outcome> {
     if json {
         ui::print_json(&pruned)?;
         return Ok(Outcome::Ok);
@@ -381,20 +354,6 @@ fn date_time(d: NaiveDate) -> DateTime<Utc> {
     d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()
 }
 
-/// An async runtime for the pipeline commands, with Ctrl-C turning `stop` true.
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    crate::cmd::serve::async_runtime("kiln-pipeline")
-}
-
-fn on_ctrl_c(tx: watch::Sender<bool>) {
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("cancelling: stopping running steps");
-            let _ = tx.send(true);
-        }
-    });
-}
-
 /// Prints each step's state when it changes.
 struct Live {
     seen: Mutex<BTreeMap<String, StepExecState>>,
@@ -460,115 +419,62 @@ fn seconds(ms: i64) -> String {
 }
 
 fn run_now(home: &Home, args: RunArgs) -> Result<Outcome> {
-    if args.server.server.is_some() {
-        return run_on_server(&args);
-    }
-    let params = parse_params(&args.params)?;
-    let force = if args.force_all {
-        Force::All
-    } else if args.force.is_empty() {
-        Force::Nothing
-    } else {
-        Force::Steps(args.force.iter().cloned().collect())
-    };
-    let date = args.date.map_or_else(Utc::now, date_time);
-    let registry = Arc::new(home.open_registry()?);
-    let rt = runtime()?;
-    let record = rt.block_on(async {
-        let (tx, stop) = watch::channel(false);
-        on_ctrl_c(tx);
-        let service = crate::components::service(registry, stop);
-        service.recover()?;
-        let request = service.request(&args.file, params, "manual", date, force)?;
-        let live = Live {
-            seen: Mutex::new(BTreeMap::new()),
-            quiet: args.json,
-        };
-        let mut announced = false;
-        let announce = Mutex::new(&mut announced);
-        let record = service
-            .run(request, &|run| {
-                let mut a = announce
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if !**a && !args.json {
-                    eprintln!("pipeline `{}` run {} ({})", run.pipeline, run.id, run.dir);
-                    **a = true;
-                }
-                live.show(run);
-            })
-            .await?;
-        anyhow::Ok(record)
-    })?;
-    finish(&record, args.json)
-}
-
-/// Starts a run in a running `kiln up` and follows it to its end; Ctrl-C in the REPL cancels it.
-fn run_on_server(args: &RunArgs) -> Result<Outcome> {
     let name = pipeline_name(&args.file)?;
-    let force = if args.force_all {
-        Some(ForceSteps::All(AllSteps::All))
-    } else if args.force.is_empty() {
-        None
-    } else {
-        Some(ForceSteps::Steps(args.force.clone()))
-    };
-    let body = StartRun {
+    let request = StartRun {
         params: parse_params(&args.params)?
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect(),
-        force,
+        force: if args.force_all {
+            Some(ForceSteps::All(AllSteps::All))
+        } else {
+            Some(ForceSteps::Steps(args.force.clone())).filter(|_| !args.force.is_empty())
+        },
         date: args.date.map(|d| d.to_string()),
     };
-    let run = start_and_follow(&args.server, &name, &body, args.json)?;
+    let pipelines = args.server.pipelines(home)?;
+    let run = follow(
+        &*pipelines,
+        &name,
+        &args.file,
+        &request,
+        "manual",
+        args.json,
+    )?;
     finish(&run, args.json)
 }
 
-/// Starts a run of `name` in a running `kiln up` and follows it to its end, drawing its steps
-/// as they change; Ctrl-C in the REPL cancels it.
-fn start_and_follow(
-    server: &Server,
+/// Runs a pipeline to its end wherever `pipelines` runs it, drawing its steps as they change;
+/// Ctrl-C cancels it.
+fn follow(
+    pipelines: &dyn Pipelines,
     name: &str,
-    body: &StartRun,
+    file: &Path,
+    request: &StartRun,
+    trigger: &str,
     json: bool,
 ) -> Result<PipelineRun> {
-    let started: Started = call_with(
-        server,
-        "POST",
-        &format!("/api/pipelines/{}/runs", url_part(name)),
-        Some(&serde_json::to_value(body)?),
-    )?;
-    let id = started.run;
-    if !json {
-        eprintln!(
-            "pipeline `{name}` run {id} started in the kiln up at {}",
-            server.server.as_deref().unwrap_or_default()
-        );
-    }
+    ui::watch_ctrl_c();
     let live = Live {
         seen: Mutex::new(BTreeMap::new()),
         quiet: json,
     };
-    let mut cancelled = false;
-    loop {
-        let run: PipelineRun = call(server, "GET", &format!("/api/pipeline-runs/{id}"))?;
-        live.show(&run);
-        if run.state != PipelineRunState::Running {
-            return Ok(run);
+    let announced = AtomicBool::new(json);
+    let place = pipelines.describe();
+    let on_change = |run: &PipelineRun| {
+        if !announced.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "pipeline `{}` run {} started in {} ({})",
+                run.pipeline, run.id, place, run.dir
+            );
         }
-        if !cancelled && ui::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
-            eprintln!("cancelling run {id}");
-            // The run may have ended meanwhile (409): the next look says how.
-            let answer: Result<Cancelling> =
-                call(server, "POST", &format!("/api/pipeline-runs/{id}/cancel"));
-            if let Err(e) = answer {
-                eprintln!("{e:#}");
-            }
-            cancelled = true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        live.show(run);
+    };
+    Ok(
+        pipelines.run_pipeline(name, file, request, trigger, &on_change, &|| {
+            ui::INTERRUPTED.load(Ordering::Relaxed)
+        })?,
+    )
 }
 
 /// Prints a finished run's summary; a run that did not succeed is an error.
@@ -712,15 +618,8 @@ fn print_runs(runs: &[PipelineRun], json: bool) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-fn fetch_run(home: &Home, server: &Server, id: u64) -> Result<PipelineRun> {
-    match &server.server {
-        Some(_) => call(server, "GET", &format!("/api/pipeline-runs/{id}")),
-        None => Ok(home.open_registry()?.pipeline_run(id)?),
-    }
-}
-
-fn logs(home: &Home, server: &Server, id: u64, step: Option<&str>) -> Result<Outcome> {
-    let run = fetch_run(home, server, id)?;
+fn logs(pipelines: &dyn Pipelines, id: u64, step: Option<&str>) -> Result<Outcome> {
+    let run = pipelines.pipeline_run(id)?;
     if let Some(s) = step
         && !run.steps.iter().any(|x| x.id == s)
     {
@@ -741,51 +640,13 @@ fn logs(home: &Home, server: &Server, id: u64, step: Option<&str>) -> Result<Out
                 .cached_from
                 .map_or(String::new(), |r| format!(", cached from run {r}"));
             println!("== {} attempt {}{from} ({path})", s.id, n + 1);
-            let text = match &server.server {
-                Some(_) => call_text(
-                    server,
-                    &format!(
-                        "/api/pipeline-runs/{id}/logs/{}/{}?from=0&bytes={}",
-                        s.id,
-                        n + 1,
-                        16 << 20
-                    ),
-                )?,
-                None => match std::fs::read_to_string(path) {
-                    Ok(text) => text,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        "(deleted by `kiln pipeline prune`, or by hand)\n".to_string()
-                    }
-                    Err(e) => format!("(unreadable: {e})\n"),
-                },
-            };
+            let text = pipelines.step_log(&run, &s.id, n + 1)?;
             print!("{text}");
             if !text.ends_with('\n') && !text.is_empty() {
                 println!();
             }
         }
     }
-    Ok(Outcome::Ok)
-}
-
-fn cancel(home: &Home, server: &Server, id: u64) -> Result<Outcome> {
-    if server.server.is_some() {
-        let answer: Cancelling = call(server, "POST", &format!("/api/pipeline-runs/{id}/cancel"))?;
-        println!("{}", answer.message);
-        return Ok(Outcome::Ok);
-    }
-    // Opening the registry means no other process runs this run: it was left behind.
-    let registry = home.open_registry()?;
-    let run = registry.pipeline_run(id)?;
-    if run.state != PipelineRunState::Running {
-        bail!("run {id} is not running: it {}", run.state.as_str());
-    }
-    let (_tx, stop) = watch::channel(false);
-    let recovered = crate::components::service(Arc::new(registry), stop).recover()?;
-    println!(
-        "run {id} was left running by a stopped kiln; recorded as cancelled ({} runs)",
-        recovered.len()
-    );
     Ok(Outcome::Ok)
 }
 
@@ -817,49 +678,6 @@ fn backfill_fires(
         bail!("the schedule of `{name}` does not fire between {from} and {to}");
     }
     Ok(fires)
-}
-
-/// A backfill in a running `kiln up`: its copy of the pipeline, at the times its schedule fires,
-/// one run after another, each followed to its end.
-fn backfill_on_server(
-    server: &Server,
-    file: &Path,
-    from: NaiveDate,
-    to: NaiveDate,
-    params: &[String],
-    json: bool,
-) -> Result<Outcome> {
-    let name = pipeline_name(file)?;
-    let known: Vec<PipelineInfo> = call(server, "GET", "/api/pipelines")?;
-    let info = known.iter().find(|p| p.pipeline == name).ok_or_else(|| {
-        anyhow!(
-            "the kiln up at {} runs no pipeline `{name}`{}",
-            server.server.as_deref().unwrap_or_default(),
-            kiln_core::suggest::hint(&name, known.iter().map(|p| p.pipeline.as_str()))
-        )
-    })?;
-    let cron = Some(info.cron.as_str()).filter(|c| !c.is_empty());
-    let fires = backfill_fires(&name, cron, from, to)?;
-    let params: BTreeMap<String, serde_json::Value> = parse_params(params)?
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::Value::String(v)))
-        .collect();
-    let mut runs = Vec::new();
-    for (n, fire) in fires.iter().enumerate() {
-        if ui::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
-            break;
-        }
-        if !json {
-            backfill_line(n, fires.len(), fire);
-        }
-        let body = StartRun {
-            params: params.clone(),
-            force: None,
-            date: Some(fire.to_rfc3339()),
-        };
-        runs.push(start_and_follow(server, &name, &body, json)?);
-    }
-    backfilled(&runs, json)
 }
 
 /// The progress line of the `n`th of `total` backfill runs.
@@ -899,73 +717,45 @@ fn pipeline_name(file: &Path) -> Result<String> {
         })
 }
 
+/// Runs a pipeline at the times its schedule fires from `from` to `to`, one run after
+/// another; in a `kiln up`, its copy of the pipeline and its schedule.
 fn backfill(
-    home: &Home,
+    pipelines: &dyn Pipelines,
     file: &Path,
     from: NaiveDate,
     to: NaiveDate,
     params: &[String],
     json: bool,
 ) -> Result<Outcome> {
-    let params = parse_params(params)?;
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let parsed = kiln_scheduler::parse_with(&text, crate::components::CATALOGUE);
-    let has_errors = parsed.has_errors();
-    let pipeline = parsed.pipeline.filter(|_| !has_errors).ok_or_else(|| {
-        anyhow!(
-            "{} has errors; `kiln pipeline validate {}` lists them",
-            file.display(),
-            file.display()
-        )
-    })?;
-    let cron = pipeline.schedule.as_ref().map(|s| s.cron.as_str());
-    let fires = backfill_fires(&pipeline.name, cron, from, to)?;
-    let registry = Arc::new(home.open_registry()?);
-    let rt = runtime()?;
-    let runs = rt.block_on(async {
-        let (tx, stop) = watch::channel(false);
-        on_ctrl_c(tx);
-        let service = crate::components::service(registry, stop.clone());
-        service.recover()?;
-        let mut runs = Vec::new();
-        for (n, fire) in fires.iter().enumerate() {
-            if *stop.borrow() {
-                break;
-            }
-            if !json {
-                backfill_line(n, fires.len(), fire);
-            }
-            let request =
-                service.request(file, params.clone(), "backfill", *fire, Force::Nothing)?;
-            let live = Live {
-                seen: Mutex::new(BTreeMap::new()),
-                quiet: json,
-            };
-            runs.push(service.run(request, &|r| live.show(r)).await?);
+    let name = pipeline_name(file)?;
+    let cron = pipelines.cron(&name, file)?;
+    let fires = backfill_fires(&name, cron.as_deref(), from, to)?;
+    let params: BTreeMap<String, serde_json::Value> = parse_params(params)?
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
+    let mut runs = Vec::new();
+    for (n, fire) in fires.iter().enumerate() {
+        if ui::INTERRUPTED.load(Ordering::Relaxed) {
+            break;
         }
-        anyhow::Ok(runs)
-    })?;
+        if !json {
+            backfill_line(n, fires.len(), fire);
+        }
+        let request = StartRun {
+            params: params.clone(),
+            force: None,
+            date: Some(fire.to_rfc3339()),
+        };
+        runs.push(follow(pipelines, &name, file, &request, "backfill", json)?);
+    }
     backfilled(&runs, json)
 }
 
 fn schedule(home: &Home, command: ScheduleCommand) -> Result<Outcome> {
     let (pipeline, paused, server) = match command {
         ScheduleCommand::List { json, server } => {
-            let states: Vec<kiln_core::registry::ScheduleState> = match &server.server {
-                Some(_) => call::<Vec<PipelineInfo>>(&server, "GET", "/api/pipelines")?
-                    .into_iter()
-                    .filter(|p| !p.cron.is_empty())
-                    .map(|p| kiln_core::registry::ScheduleState {
-                        pipeline: p.pipeline,
-                        file: p.file,
-                        cron: p.cron,
-                        paused: p.paused,
-                        last_fire_ms: p.last_fire_ms,
-                    })
-                    .collect(),
-                None => home.open_registry()?.schedule_states()?,
-            };
+            let states = server.pipelines(home)?.schedules()?;
             if json {
                 ui::print_json(&states)?;
                 return Ok(Outcome::Ok);
@@ -1009,30 +799,10 @@ fn schedule(home: &Home, command: ScheduleCommand) -> Result<Outcome> {
         ScheduleCommand::Pause { pipeline, server } => (pipeline, true, server),
         ScheduleCommand::Resume { pipeline, server } => (pipeline, false, server),
     };
-    let verb = if paused { "pause" } else { "resume" };
-    if server.server.is_some() {
-        let _: ScheduleChanged = call(
-            &server,
-            "POST",
-            &format!("/api/pipelines/{}/schedule/{verb}", url_part(&pipeline)),
-        )?;
-    } else {
-        let registry = home.open_registry()?;
-        let mut state = registry.schedule_state(&pipeline)?.ok_or_else(|| {
-            let known: BTreeSet<String> = registry
-                .schedule_states()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|s| s.pipeline)
-                .collect();
-            anyhow!(
-                "no schedule for pipeline `{pipeline}`{}; schedules start with `kiln up --pipeline FILE`",
-                kiln_core::suggest::hint(&pipeline, known.iter().map(String::as_str))
-            )
-        })?;
-        state.paused = paused;
-        registry.save_schedule_state(&state)?;
-    }
-    println!("schedule of `{pipeline}` {verb}d");
+    server.pipelines(home)?.pause_schedule(&pipeline, paused)?;
+    println!(
+        "schedule of `{pipeline}` {}",
+        if paused { "paused" } else { "resumed" }
+    );
     Ok(Outcome::Ok)
 }

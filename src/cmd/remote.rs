@@ -1,10 +1,10 @@
 //! Where registry, training and pipeline commands go: the `KILN_HOME` this process opens, or a
 //! running `kiln up` (`--server`, `KILN_SERVER`) that owns one. Both are a
-//! [`kiln_core::backend::Backend`]; the HTTP calls themselves are `kiln_client`'s.
+//! [`kiln_core::backend::Backend`]; the HTTP calls themselves are `kiln_server::client`'s.
 
 use anyhow::Result;
 use clap::Args;
-use kiln_core::backend::Backend;
+use kiln_core::backend::{Backend, Pipelines};
 use kiln_core::registry::Registry;
 use kiln_server::client::Client;
 
@@ -36,6 +36,17 @@ impl Server {
             .ok_or_else(|| anyhow::anyhow!("{what} needs --server URL (or KILN_SERVER)"))
     }
 
+    /// The pipelines wherever they run: in that server, or in this process over `KILN_HOME`.
+    pub fn pipelines(&self, home: &Home) -> Result<Box<dyn Pipelines>> {
+        Ok(match self.client() {
+            Some(c) => Box::new(c),
+            None => Box::new(crate::components::local(
+                home.open_registry()?,
+                crate::cmd::serve::async_runtime("kiln-pipeline")?,
+            )),
+        })
+    }
+
     /// The registry wherever it is: the server's when `--server` is given, else `KILN_HOME`.
     pub fn backend(&self, home: &Home) -> Result<Box<dyn Backend>> {
         Ok(match self.client() {
@@ -62,11 +73,6 @@ pub fn call_with<T: serde::de::DeserializeOwned>(
     body: Option<&serde_json::Value>,
 ) -> Result<T> {
     Ok(server.required(path)?.send(method, path, body)?)
-}
-
-/// A `GET` whose answer is text (logs).
-pub fn call_text(server: &Server, path: &str) -> Result<String> {
-    Ok(server.required(path)?.text(path)?.0)
 }
 
 pub use kiln_server::client::url_part;

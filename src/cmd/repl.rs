@@ -88,7 +88,7 @@ pub fn repl(home: &Home, args: ReplArgs) -> Result<Outcome> {
             kiln_repl::run_script(&mut session, &text, "stdin")?;
         }
         None => {
-            watch_ctrl_c();
+            ui::watch_ctrl_c();
             std::fs::create_dir_all(&home.dir)
                 .with_context(|| format!("creating {}", home.dir.display()))?;
             eprintln!(
@@ -99,25 +99,6 @@ pub fn repl(home: &Home, args: ReplArgs) -> Result<Outcome> {
         }
     }
     Ok(Outcome::Ok)
-}
-
-/// Ctrl-C while a line runs stops long work (training stops at its next batch) instead of the
-/// process; at the prompt, rustyline reads it as a key and drops the line being typed.
-fn watch_ctrl_c() {
-    std::thread::spawn(|| {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            while tokio::signal::ctrl_c().await.is_ok() {
-                ui::INTERRUPTED.store(true, Ordering::Relaxed);
-                eprintln!("\ninterrupting…");
-            }
-        });
-    });
 }
 
 fn subcommand_names() -> Vec<String> {

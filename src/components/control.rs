@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
-use chrono::{NaiveDate, Utc};
+use chrono::Utc;
 use kiln_core::registry::{Registry, RegistryError};
-use kiln_core::wire::pipelines::{ForceSteps, PipelineInfo, Prune, Pruned, StartRun};
+use kiln_core::wire::pipelines::{PipelineInfo, Prune, Pruned, StartRun};
 use kiln_scheduler::pipeline::Pipeline;
-use kiln_scheduler::run::Force;
 use kiln_scheduler::schedule::next_fire;
 use kiln_scheduler::service::Service;
 use kiln_server::control::{PipelineControl, StartError};
@@ -117,27 +116,9 @@ impl PipelineApi {
                 kiln_core::suggest::hint(name, self.pipelines.keys().map(String::as_str))
             ))
         })?;
-        let date = match &request.date {
-            None => Utc::now(),
-            Some(d) => match d.parse::<NaiveDate>() {
-                Ok(day) => day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc(),
-                Err(_) => chrono::DateTime::parse_from_rfc3339(d)
-                    .map_err(|e| {
-                        StartError::Refused(format!(
-                            "`date` {d:?}: {e}; give YYYY-MM-DD or an RFC 3339 time"
-                        ))
-                    })?
-                    .with_timezone(&Utc),
-            },
-        };
-        let force = match request.force.clone() {
-            None => Force::Nothing,
-            Some(ForceSteps::All(_)) => Force::All,
-            Some(ForceSteps::Steps(steps)) => Force::Steps(steps.into_iter().collect()),
-        };
         let run = self
             .service
-            .request(&known.file, request.param_texts(), trigger, date, force)
+            .request_from(&known.file, &request, trigger)
             .map_err(|e| StartError::Refused(e.to_string()))?;
         let (id_tx, id_rx) = tokio::sync::oneshot::channel::<Result<u64, String>>();
         let service = self.service.clone();

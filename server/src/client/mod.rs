@@ -1,8 +1,11 @@
 //! The one HTTP client of kiln, beside the server it talks to: every command given `--server`,
 //! the REPL, `kiln monitor` and the drift webhook talk through [`Client`], which sends the
 //! token, bounds every call in time, escapes every name it puts in a path, and reads answers as
-//! the types of [`kiln_core::wire`]. It is also a [`Backend`], so registry commands and tracked training
-//! run against a `kiln up` exactly as against a local `KILN_HOME`.
+//! the types of [`kiln_core::wire`]. It is also a [`Backend`] and a
+//! [`kiln_core::backend::Pipelines`], so registry, training and pipeline commands run against a
+//! `kiln up` exactly as against a local `KILN_HOME`.
+
+mod pipelines;
 
 use std::collections::BTreeMap;
 use std::path::Path;
