@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::registry::{
-    AliasEvent, ArtifactRef, Expect, Experiment, ModelVersion, NewRun, PipelineRun, Registry,
-    RegistryError, Run, RunStatus, ScheduleState, query::RunView,
+    AliasEvent, ArtifactRef, Deployment, Expect, Experiment, ModelVersion, NewRun, PipelineRun,
+    Registry, RegistryError, Run, RunStatus, ScheduleState, query::RunView,
 };
 use crate::wire::experiments::{ExperimentEntry, ExperimentList};
 use crate::wire::models::{ModelDetail, ModelList, ModelSummary, VersionEntry};
@@ -90,6 +90,12 @@ pub trait Backend: Send + Sync {
     ) -> Result<(), RegistryError>;
     /// Copies a version's artifact out to `dest`, every object checked against its digest.
     fn export_version(&self, version: &ModelVersion, dest: &Path) -> Result<(), RegistryError>;
+
+    /// Routes a model's traffic as `deployment` says; what is stored.
+    fn set_deployment(&self, deployment: Deployment, by: &str)
+    -> Result<Deployment, RegistryError>;
+    /// Back to all traffic on the model's default version; what is stored then.
+    fn reset_deployment(&self, model: &str) -> Result<Deployment, RegistryError>;
 }
 
 /// The pipelines, wherever they run: in this process over a `KILN_HOME` it opens (the
@@ -371,5 +377,18 @@ impl Backend for Registry {
 
     fn export_version(&self, version: &ModelVersion, dest: &Path) -> Result<(), RegistryError> {
         self.export_artifact(&version.artifact, dest)
+    }
+
+    fn set_deployment(
+        &self,
+        deployment: Deployment,
+        by: &str,
+    ) -> Result<Deployment, RegistryError> {
+        Registry::set_deployment(self, deployment, by)
+    }
+
+    fn reset_deployment(&self, model: &str) -> Result<Deployment, RegistryError> {
+        Registry::reset_deployment(self, model)?;
+        self.deployment(model)
     }
 }

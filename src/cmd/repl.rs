@@ -18,7 +18,7 @@ use kiln_core::wire::runs::RunQuery;
 use kiln_repl::Shell;
 
 use crate::cmd::registry::Home;
-use crate::cmd::remote::{self, Server};
+use crate::cmd::remote::Server;
 use crate::ui;
 use crate::{Cli, Command, Outcome};
 
@@ -291,39 +291,6 @@ impl Session {
         })
     }
 
-    /// Scores rows with the server's model through its TF Serving API: `NAME` as served,
-    /// `NAME@ALIAS` or `NAME:VERSION` that one.
-    fn predict_remote(
-        &self,
-        server: &Server,
-        model: &str,
-        rows: Vec<serde_json::Value>,
-    ) -> Result<()> {
-        let path = match (model.split_once('@'), model.split_once(':')) {
-            (Some((n, a)), _) => format!(
-                "/v1/models/{}/labels/{}:predict",
-                remote::url_part(n),
-                remote::url_part(a)
-            ),
-            (None, Some((n, v))) => format!(
-                "/v1/models/{}/versions/{}:predict",
-                remote::url_part(n),
-                remote::url_part(v)
-            ),
-            (None, None) => format!("/v1/models/{}:predict", remote::url_part(model)),
-        };
-        let answer: serde_json::Value = remote::call_with(
-            server,
-            "POST",
-            &path,
-            Some(&serde_json::json!({ "instances": rows })),
-        )?;
-        for p in answer["predictions"].as_array().into_iter().flatten() {
-            println!("{p}");
-        }
-        Ok(())
-    }
-
     fn predict_inline(&mut self, json: &str) -> Result<()> {
         let value: serde_json::Value =
             serde_json::from_str(json).context("the rows are not valid JSON")?;
@@ -335,8 +302,11 @@ impl Session {
         let model = self.model.clone().ok_or_else(|| {
             anyhow::anyhow!("no current model; `use NAME` first (`models list` shows them)")
         })?;
-        if let Some(server) = self.remote() {
-            return self.predict_remote(&server, &model, rows);
+        if let Some(client) = self.remote().and_then(|r| r.client()) {
+            for p in client.predict(&model, rows)? {
+                println!("{p}");
+            }
+            return Ok(());
         }
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("rows.jsonl");

@@ -13,7 +13,7 @@ use kiln_server::{Selection, ServerConfig};
 
 use crate::Outcome;
 use crate::cmd::registry::Home;
-use crate::cmd::remote::{self, Server};
+use crate::cmd::remote::Server;
 use crate::ui;
 
 #[derive(Debug, Args)]
@@ -361,43 +361,16 @@ pub fn deploy(home: &Home, args: DeployArgs) -> Result<Outcome> {
         updated_by: String::new(),
     };
     let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let stored: serde_json::Value = match &args.server.server {
-        Some(_) => {
-            let body = kiln_core::wire::models::SetDeployment {
-                routes: deployment.routes,
-                shadow: deployment.shadow,
-                batching: deployment.batching,
-                by: Some(by),
-            };
-            let path = format!("/api/models/{}/deployment", remote::url_part(&args.name));
-            let answer: kiln_core::wire::models::DeploymentChanged = if args.reset {
-                remote::call(&args.server, "DELETE", &path)?
-            } else {
-                remote::call_with(
-                    &args.server,
-                    "PUT",
-                    &path,
-                    Some(&serde_json::to_value(&body)?),
-                )?
-            };
-            serde_json::to_value(&answer.deployment)?
-        }
-        None => {
-            let reg = home.open_registry()?;
-            let d = if args.reset {
-                reg.reset_deployment(&args.name)?;
-                reg.deployment(&args.name)?
-            } else {
-                reg.set_deployment(deployment, &by)?
-            };
-            serde_json::to_value(&d)?
-        }
+    let backend = args.server.backend(home)?;
+    let d = if args.reset {
+        backend.reset_deployment(&args.name)?
+    } else {
+        backend.set_deployment(deployment, &by)?
     };
     if args.json {
-        ui::print_json(&stored)?;
+        ui::print_json(&d)?;
         return Ok(Outcome::Ok);
     }
-    let d: Deployment = serde_json::from_value(stored).context("reading the deployment")?;
     let rows: Vec<Vec<String>> = d
         .routes
         .iter()

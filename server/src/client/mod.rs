@@ -14,14 +14,15 @@ use std::time::Duration;
 use kiln_core::backend::{AliasMove, Backend};
 use kiln_core::registry::artifacts::{self, UploadSource};
 use kiln_core::registry::{
-    AliasEvent, ArtifactKind, ArtifactRef, Experiment, ModelVersion, NewRun, RegistryError, Run,
-    RunStatus, run_id_text,
+    AliasEvent, ArtifactKind, ArtifactRef, Deployment, Experiment, ModelVersion, NewRun,
+    RegistryError, Run, RunStatus, run_id_text,
 };
 use kiln_core::wire::experiments::{
     CreateExperiment, Delete, Deleted, ExperimentList, RenameExperiment,
 };
 use kiln_core::wire::models::{
-    AliasChanged, DeleteAlias, Expected, History, ModelDetail, ModelList, RegisterVersion, SetAlias,
+    AliasChanged, DeleteAlias, DeploymentChanged, Expected, History, ModelDetail, ModelList,
+    RegisterVersion, SetAlias, SetDeployment,
 };
 use kiln_core::wire::runs::{
     AttachArtifact, CreateRun, EndRun, LogToRun, Logged, MetricValue, RunDetail, RunPage, RunQuery,
@@ -208,6 +209,35 @@ impl Client {
             .read_to_string()
             .map_err(|e| RegistryError::Io(format!("reading the answer to {path}: {e}")))?;
         Ok((text, headers))
+    }
+
+    /// Scores rows (JSON objects) with a served model through the TF Serving API: `NAME` as
+    /// served, `NAME@ALIAS` or `NAME:VERSION` that one; one prediction per row.
+    pub fn predict(
+        &self,
+        model: &str,
+        rows: Vec<serde_json::Value>,
+    ) -> Result<Vec<serde_json::Value>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Predictions {
+            predictions: Vec<serde_json::Value>,
+        }
+        let path = match (model.split_once('@'), model.split_once(':')) {
+            (Some((n, a)), _) => {
+                format!("/v1/models/{}/labels/{}:predict", url_part(n), url_part(a))
+            }
+            (None, Some((n, v))) => {
+                format!(
+                    "/v1/models/{}/versions/{}:predict",
+                    url_part(n),
+                    url_part(v)
+                )
+            }
+            (None, None) => format!("/v1/models/{}:predict", url_part(model)),
+        };
+        let body = serde_json::json!({ "instances": rows });
+        let answer: Predictions = self.send("POST", &path, Some(&body))?;
+        Ok(answer.predictions)
     }
 
     /// An artifact object's bytes, checked against its digest.
@@ -468,5 +498,27 @@ impl Backend for Client {
             a.kind == ArtifactKind::Directory,
             dest,
         )
+    }
+
+    fn set_deployment(
+        &self,
+        deployment: Deployment,
+        by: &str,
+    ) -> Result<Deployment, RegistryError> {
+        let body = SetDeployment {
+            routes: deployment.routes,
+            shadow: deployment.shadow,
+            batching: deployment.batching,
+            by: Some(by.to_string()),
+        };
+        let path = model_path(&deployment.model, "/deployment");
+        let answer: DeploymentChanged = self.send("PUT", &path, Some(&body))?;
+        Ok(answer.deployment)
+    }
+
+    fn reset_deployment(&self, model: &str) -> Result<Deployment, RegistryError> {
+        let path = model_path(model, "/deployment");
+        let answer: DeploymentChanged = self.send("DELETE", &path, None::<&()>)?;
+        Ok(answer.deployment)
     }
 }
