@@ -137,6 +137,35 @@ pub enum BundleError {
         found: u32,
         supported: u32,
     },
+    #[error(
+        "an MLflow model (flavors: {flavors}), not a kiln bundle: kiln serves the models it trains; \
+         log a kiln bundle's directory as the model's files to serve it"
+    )]
+    MlflowModel { flavors: String },
+}
+
+/// The flavors an MLflow model's `MLmodel` file lists (the keys under `flavors:`).
+fn mlflow_flavors(text: &str) -> String {
+    let mut flavors = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("flavors:") {
+            inside = true;
+        } else if inside && !line.starts_with(' ') && !line.trim().is_empty() {
+            break;
+        } else if inside
+            && let Some(key) = line.strip_prefix("  ")
+            && !key.starts_with(' ')
+            && let Some((name, _)) = key.split_once(':')
+        {
+            flavors.push(name.trim().to_string());
+        }
+    }
+    if flavors.is_empty() {
+        "none listed".to_string()
+    } else {
+        flavors.join(", ")
+    }
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> BundleError {
@@ -219,7 +248,18 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
 /// Reads a bundle's manifest and weights.
 pub fn read(dir: &Path) -> Result<(Manifest, BTreeMap<String, Weight>), BundleError> {
     let manifest_path = dir.join(MANIFEST_FILE);
-    let text = fs::read(&manifest_path).map_err(|e| io(&manifest_path, e))?;
+    let text = match fs::read(&manifest_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(match fs::read_to_string(dir.join("MLmodel")) {
+                Ok(mlmodel) => BundleError::MlflowModel {
+                    flavors: mlflow_flavors(&mlmodel),
+                },
+                Err(_) => io(&manifest_path, e),
+            });
+        }
+        Err(e) => return Err(io(&manifest_path, e)),
+    };
     let value: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| invalid(&manifest_path, e.to_string()))?;
     if value.get("magic").and_then(|m| m.as_str()) != Some(BUNDLE_MAGIC) {
@@ -276,4 +316,27 @@ pub fn read(dir: &Path) -> Result<(Manifest, BTreeMap<String, Weight>), BundleEr
         );
     }
     Ok((manifest, weights))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn an_mlflow_model_is_named_with_its_flavors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("MLmodel"),
+            "artifact_path: model\nflavors:\n  python_function:\n    loader_module: mlflow.pyfunc.model\n    python_version: 3.11\n  sklearn:\n    pickled_model: model.pkl\nmlflow_version: 3.17.2\n",
+        )
+        .unwrap();
+        let e = read(dir.path()).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "an MLflow model (flavors: python_function, sklearn), not a kiln bundle"
+            ),
+            "{e}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 # Trains a small model, serves it with `kiln serve` on loopback, and asks it with the standard
 # Python clients of the protocols kiln speaks: tritonclient.http for the Open Inference Protocol,
 # and the mlflow client logging runs as a notebook would (read back with kiln's own commands).
-# CI runs it; locally: python3 -m pip install "tritonclient[http]" numpy mlflow-skinny, then
+# CI runs it; locally: python3 -m pip install "tritonclient[http]" numpy mlflow-skinny pandas, then
 #
 #   KILN=target/debug/kiln PYTHON=python3 examples/clients/check.sh
 set -euo pipefail
@@ -31,7 +31,9 @@ for _ in $(seq 100); do
 done
 [ -n "$url" ] || { cat "$work/serve.log" >&2; exit 1; }
 "$PYTHON" examples/clients/tritonclient_check.py "$url" bc "$data" label
-run=$(MLFLOW_TRACKING_TOKEN=s3cret "$PYTHON" examples/clients/mlflow_check.py "$url" | tail -n 1)
+"$KILN" models export bc --output "$work/bundle" --server "$url" >/dev/null
+run=$(MLFLOW_TRACKING_TOKEN=s3cret "$PYTHON" examples/clients/mlflow_check.py "$url" "$work/bundle" "$data" \
+  | tail -n 1)
 shown=$("$KILN" runs show "$run" --server "$url" --json)
 "$PYTHON" - "$shown" <<'PY'
 import json, math, sys

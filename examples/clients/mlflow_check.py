@@ -1,6 +1,11 @@
 """Logs to a running kiln with the unmodified `mlflow` client, as a notebook would, and checks
 what the client reads back. Prints the run's id; check.sh then reads the same run with kiln's
-own command line. Usage: mlflow_check.py URL (MLFLOW_TRACKING_TOKEN holds the server's token)."""
+own command line. Usage: mlflow_check.py URL BUNDLE DATA (MLFLOW_TRACKING_TOKEN holds the server's
+token; BUNDLE is a kiln model bundle's directory, DATA a CSV file it scores)."""
+
+import csv
+import json
+import urllib.request
 
 import math
 import os
@@ -12,7 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-url = sys.argv[1]
+url, bundle, data = sys.argv[1], sys.argv[2], sys.argv[3]
 mlflow.set_tracking_uri(url)
 client = MlflowClient()
 
@@ -151,5 +156,59 @@ for call, code in [
         raise AssertionError(f"expected {code}")
 assert client.get_experiment_by_name("nowhere") is None
 assert mlflow.get_experiment_by_name("Default").experiment_id == "0"
+
+# MLflow 3's logged models: `log_model` with `registered_model_name` makes a logged model, uploads
+# its files, finalizes it and registers a version; the model loads back through `models:/`.
+import mlflow.pyfunc  # noqa: E402 (pandas comes with it)
+import pandas as pd  # noqa: E402
+
+
+class Doubler(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input * 2
+
+
+with mlflow.start_run(run_name="logged") as logged_run:
+    mlflow.log_param("factor", 2)
+    info = mlflow.pyfunc.log_model(
+        name="doubler", python_model=Doubler(), registered_model_name="notebook-pyfunc"
+    )
+assert str(info.registered_model_version) == "1", info.registered_model_version
+logged = client.get_logged_model(info.model_id)
+assert str(logged.status) == "READY", logged.status
+assert logged.source_run_id == logged_run.info.run_id and logged.params == {"factor": "2"}
+found = client.search_logged_models(
+    experiment_ids=[experiment.experiment_id], filter_string="name = 'doubler'"
+)
+assert [m.model_id for m in found] == [info.model_id], found
+loaded = mlflow.pyfunc.load_model("models:/notebook-pyfunc/1")
+assert loaded.predict(pd.DataFrame({"x": [1, 2]}))["x"].tolist() == [2, 4]
+files = sorted(os.listdir(mlflow.artifacts.download_artifacts("models:/notebook-pyfunc/1")))
+assert "MLmodel" in files and "python_model.pkl" in files, files
+client.set_logged_model_tags(info.model_id, {"reviewed": "yes"})
+assert client.get_logged_model(info.model_id).tags["reviewed"] == "yes"
+
+# A kiln bundle logged from a notebook is servable: its champion alias, set through the client,
+# swaps it into the running server.
+with mlflow.start_run(run_name="bundle") as bundle_run:
+    mlflow.log_artifacts(bundle, artifact_path="bundle")
+client.create_registered_model("notebook-bundle")
+client.create_model_version(
+    "notebook-bundle", source=f"runs:/{bundle_run.info.run_id}/bundle", run_id=bundle_run.info.run_id
+)
+client.set_registered_model_alias("notebook-bundle", "champion", "1")
+with open(data) as f:
+    rows = [dict(r) for r, _ in zip(csv.DictReader(f), range(3))]
+for row in rows:
+    row.pop("label")
+    for k in row:
+        row[k] = float(row[k])
+request = urllib.request.Request(
+    f"{url}/v1/models/notebook-bundle:predict",
+    data=json.dumps({"instances": rows}).encode(),
+    headers={"Content-Type": "application/json"},
+)
+served = json.load(urllib.request.urlopen(request, timeout=30))
+assert len(served["predictions"]) == 3, served
 
 print(run_id)

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::reads())
         .merge(crate::runs::reads())
         .merge(crate::tracking::reads())
+        .merge(crate::logged_models::reads())
         .merge(crate::mlflow_registry::reads())
         .merge(crate::pipelines::reads())
         .merge(crate::ui::reads().route_layer(ui_forms))
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router {
     let writes = api::writes()
         .merge(crate::runs::writes())
         .merge(crate::tracking::writes())
+        .merge(crate::logged_models::writes())
         .merge(crate::mlflow_registry::writes())
         .merge(crate::pipelines::writes())
         .route_layer(middleware::from_fn_with_state(state.clone(), check_write));

@@ -17,6 +17,7 @@ pub mod drift;
 pub mod error;
 pub mod guard;
 pub mod infer;
+mod logged_models;
 mod metrics;
 mod mlflow;
 mod mlflow_registry;

@@ -32,6 +32,10 @@ pub(crate) fn reads() -> Router<AppState> {
             .route(&format!("{p}/registered-models/get"), get(get_model))
             .route(&format!("{p}/registered-models/search"), get(search_models))
             .route(&format!("{p}/model-versions/get"), get(get_version))
+            .route(
+                &format!("{p}/model-versions/get-download-uri"),
+                get(download_uri),
+            )
             .route(&format!("{p}/model-versions/search"), get(search_versions))
             .route(&format!("{p}/registered-models/alias"), get(get_by_alias));
     }
@@ -321,8 +325,33 @@ struct CreateVersion {
     name: String,
     source: String,
     run_id: Option<String>,
+    /// The logged model the version is made from (`source` is then `models:/ID`).
+    #[serde(default)]
+    model_id: Option<String>,
     #[serde(default)]
     description: String,
+}
+
+/// What a version is made from: a run's artifact, or a logged model (whose files are one).
+enum Source {
+    Artifact((u64, String)),
+    Logged(String),
+}
+
+/// The logged model a `models:/ID` source (or `model_id`) names; a registered model's version
+/// (`models:/NAME/VERSION`) is refused: kiln makes versions from runs' artifacts.
+fn logged_model_of(source: &str, model_id: Option<&str>) -> Result<Option<String>, MlflowError> {
+    if let Some(id) = model_id.filter(|m| !m.is_empty()) {
+        return Ok(Some(id.to_string()));
+    }
+    match source.strip_prefix("models:/") {
+        Some(id) if id.starts_with("m-") && !id.contains('/') => Ok(Some(id.to_string())),
+        Some(_) => Err(invalid(format!(
+            "source {source:?}: kiln registers a logged model (models:/m-…) or a run's artifact \
+             (runs:/RUN/NAME); to copy a version, register its run's artifact"
+        ))),
+        None => Ok(None),
+    }
 }
 
 async fn create_version(
@@ -330,8 +359,18 @@ async fn create_version(
     bytes: Result<Bytes, BytesRejection>,
 ) -> Answer<serde_json::Value> {
     let b: CreateVersion = read_body(bytes, &state)?;
-    let (run, artifact) = source_of(&b.source, b.run_id.as_deref())?;
+    let source = match logged_model_of(&b.source, b.model_id.as_deref())? {
+        Some(id) => Source::Logged(id),
+        None => Source::Artifact(source_of(&b.source, b.run_id.as_deref())?),
+    };
     let version = blocking(&state, move |models| {
+        let (run, artifact) = match source {
+            Source::Artifact(named) => named,
+            Source::Logged(id) => {
+                let m = models.registry().logged_model(&id)?;
+                (m.run, m.artifact)
+            }
+        };
         let v = models.change(&b.name, |r| {
             r.register_version(&b.name, run, &artifact, &b.description, None)
         })?;
@@ -354,6 +393,31 @@ async fn get_version(
     })
     .await?;
     Ok(Json(serde_json::json!({ "model_version": version })))
+}
+
+/// Where a version's files are for the client's artifact repository: its run's artifact
+/// through the artifact proxy (`models:/NAME/VERSION` loads from there).
+async fn download_uri(
+    State(state): State<AppState>,
+    Query(q): Query<NameQuery>,
+) -> Answer<serde_json::Value> {
+    let name = required(&q.name, "name")?.to_string();
+    let number = version_number(required(&q.version, "version")?)?;
+    let uri = on_registry(&state, move |r| {
+        let v = r.version(&name, number)?;
+        let run = r.run(v.run_id)?;
+        let experiment = crate::tracking::mlflow_ids(r)?
+            .get(&run.experiment_id)
+            .cloned()
+            .unwrap_or_else(|| run.experiment_id.to_string());
+        Ok(format!(
+            "mlflow-artifacts:/{experiment}/{}/artifacts/{}",
+            run_id_text(v.run_id),
+            v.artifact.name
+        ))
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "artifact_uri": uri })))
 }
 
 async fn search_versions(

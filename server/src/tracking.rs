@@ -93,16 +93,13 @@ pub(crate) fn writes() -> Router<AppState> {
                 &format!("{p}/experiments/set-experiment-tag"),
                 post(set_experiment_tag),
             )
-            .route(&format!("{p}/runs/log-batch"), post(log_batch))
-            .route(
-                &format!("{p}/logged-models/search"),
-                post(search_logged_models),
-            );
+            .route(&format!("{p}/runs/log-batch"), post(log_batch));
     }
     router
 }
 
 /// An error as MLflow writes it, with MLflow's status for it.
+#[derive(Debug)]
 pub(crate) struct MlflowError(pub(crate) ApiError);
 
 impl From<ApiError> for MlflowError {
@@ -190,10 +187,10 @@ fn int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct KeyValue {
-    key: String,
+pub(crate) struct KeyValue {
+    pub(crate) key: String,
     #[serde(default)]
-    value: String,
+    pub(crate) value: String,
 }
 
 #[derive(Serialize)]
@@ -208,7 +205,7 @@ struct MlExperiment {
 }
 
 /// MLflow's id of a kiln experiment: `0` is `Default`.
-fn experiment_id(e: &Experiment) -> String {
+pub(crate) fn experiment_id(e: &Experiment) -> String {
     if e.name == "Default" {
         "0".to_string()
     } else {
@@ -228,7 +225,7 @@ fn experiment_of(e: &Experiment) -> MlExperiment {
     }
 }
 
-fn pairs(map: &BTreeMap<String, String>) -> Vec<KeyValue> {
+pub(crate) fn pairs(map: &BTreeMap<String, String>) -> Vec<KeyValue> {
     map.iter()
         .map(|(k, v)| KeyValue {
             key: k.clone(),
@@ -238,7 +235,7 @@ fn pairs(map: &BTreeMap<String, String>) -> Vec<KeyValue> {
 }
 
 /// The kiln experiment an MLflow id names (`0`: `Default`, made when it does not exist yet).
-fn experiment_by_id(registry: &Registry, id: &str) -> Result<Experiment, RegistryError> {
+pub(crate) fn experiment_by_id(registry: &Registry, id: &str) -> Result<Experiment, RegistryError> {
     if id == "0" {
         return match registry.experiment("Default") {
             Err(RegistryError::NotFound { .. }) => registry.create_experiment("Default"),
@@ -400,7 +397,7 @@ fn run_of(registry: &Registry, run: &Run) -> Result<MlRun, RegistryError> {
 }
 
 /// MLflow's id of each kiln experiment, by kiln's id.
-fn mlflow_ids(registry: &Registry) -> Result<BTreeMap<u64, String>, RegistryError> {
+pub(crate) fn mlflow_ids(registry: &Registry) -> Result<BTreeMap<u64, String>, RegistryError> {
     Ok(registry
         .experiments()?
         .iter()
@@ -452,7 +449,10 @@ fn run_with(
 }
 
 /// The run id of a request: `run_id`, or the older `run_uuid`.
-fn run_id_of(run_id: Option<&String>, run_uuid: Option<&String>) -> Result<u64, MlflowError> {
+pub(crate) fn run_id_of(
+    run_id: Option<&String>,
+    run_uuid: Option<&String>,
+) -> Result<u64, MlflowError> {
     let id = run_id
         .or(run_uuid)
         .ok_or_else(|| invalid("`run_id` is required"))?;
@@ -945,14 +945,4 @@ async fn download_artifact(
         axum::body::Body::from(bytes),
     )
         .into_response())
-}
-
-/// MLflow 3's logged models: kiln keeps none yet (`log_model` is not served), so a search finds
-/// none. The client asks before it lists or downloads a run's artifacts.
-async fn search_logged_models(
-    State(state): State<AppState>,
-    bytes: Result<Bytes, BytesRejection>,
-) -> Answer<serde_json::Value> {
-    let _: serde_json::Value = read_body(bytes, &state)?;
-    Ok(Json(serde_json::json!({ "models": [] })))
 }

@@ -144,6 +144,10 @@ const POSTS: &[&str] = &[
     "/api/2.0/mlflow/registered-models/get-latest-versions",
     "/api/2.0/mlflow/model-versions/create",
     "/api/2.0/mlflow/model-versions/transition-stage",
+    "/api/2.0/mlflow/logged-models",
+    "/api/2.0/mlflow/logged-models/search",
+    "/api/2.0/mlflow/logged-models/m-6b696c6e00000001/params",
+    "/api/2.0/mlflow/runs/outputs",
 ];
 
 proptest! {
@@ -178,6 +182,17 @@ proptest! {
     }
 
     #[test]
+    fn no_logged_model_change_gets_a_server_error(bytes in body(), tags in any::<bool>()) {
+        let uri = if tags {
+            "/api/2.0/mlflow/logged-models/m-6b696c6e00000001/tags"
+        } else {
+            "/api/2.0/mlflow/logged-models/m-6b696c6e00000001"
+        };
+        let status = status_of("PATCH", uri, &[("content-type", "application/json")], bytes);
+        prop_assert!(status < 500, "{uri} answered {status}");
+    }
+
+    #[test]
     fn no_deployment_gets_a_server_error(bytes in body()) {
         let status = status_of("PUT", "/api/models/bc/deployment", &[("content-type", "application/json")], bytes);
         prop_assert!(status < 500, "answered {status}");
@@ -199,6 +214,8 @@ proptest! {
             format!("/api/2.0/mlflow/runs/get?run_id={q}"),
             format!("/api/2.0/mlflow/metrics/get-history?run_id={q}&metric_key={q}"),
             format!("/api/2.0/mlflow/experiments/get?experiment_id={q}"),
+            format!("/api/2.0/mlflow/logged-models/{q}"),
+            format!("/api/2.0/mlflow/model-versions/get-download-uri?name=bc&version={q}"),
             format!("/api/2.0/mlflow/experiments/get-by-name?experiment_name={q}"),
             format!("/api/artifacts/{q}"),
             format!("/api/2.0/mlflow/registered-models/search?filter={q}"),

@@ -18,6 +18,7 @@ pub mod artifacts;
 mod backup;
 mod deployments;
 mod files;
+pub mod logged_models;
 mod pipelines;
 pub mod query;
 mod records;
@@ -216,6 +217,7 @@ pub struct Registry {
     pipeline_steps: sled::Tree,
     step_cache: sled::Tree,
     schedules: sled::Tree,
+    logged_models: sled::Tree,
     artifacts: ArtifactStore,
     _lock: File,
 }
@@ -402,6 +404,7 @@ impl Registry {
             pipeline_steps: db.open_tree("pipeline_steps")?,
             step_cache: db.open_tree("step_cache")?,
             schedules: db.open_tree("schedules")?,
+            logged_models: db.open_tree("logged_models")?,
             artifacts: ArtifactStore::open(home.join("artifacts"))?,
             db,
             _lock: lock,
@@ -1069,6 +1072,7 @@ impl Registry {
             batch.remove(k);
         }
         self.metrics.apply_batch(batch)?;
+        self.forget_logged_models_of(id)?;
         self.release_artifacts(&format!("run:{}", run_id_text(id)), &run.artifacts)
     }
 
