@@ -188,6 +188,36 @@ assert "MLmodel" in files and "python_model.pkl" in files, files
 client.set_logged_model_tags(info.model_id, {"reviewed": "yes"})
 assert client.get_logged_model(info.model_id).tags["reviewed"] == "yes"
 
+# Dataset inputs, descriptions and tags of models and versions.
+with mlflow.start_run(run_id=logged_run.info.run_id):
+    frame = pd.DataFrame({"x": [1.0, 2.0], "y": [0, 1]})
+    mlflow.log_input(mlflow.data.from_pandas(frame, name="train"), context="training")
+inputs = client.get_run(logged_run.info.run_id).inputs.dataset_inputs
+assert [i.dataset.name for i in inputs] == ["train"], inputs
+assert inputs[0].tags[0].value == "training", inputs
+client.update_registered_model("notebook-pyfunc", description="doubles its input")
+client.set_registered_model_tag("notebook-pyfunc", "owner", "growth")
+client.update_model_version("notebook-pyfunc", "1", description="first cut")
+client.set_model_version_tag("notebook-pyfunc", "1", "validated", "no")
+client.delete_model_version_tag("notebook-pyfunc", "1", "validated")
+registered = client.get_registered_model("notebook-pyfunc")
+assert registered.description == "doubles its input" and registered.tags == {"owner": "growth"}
+version = client.get_model_version("notebook-pyfunc", "1")
+assert version.description == "first cut" and version.tags == {}, version
+client.restore_run(logged_run.info.run_id)
+for call, code in [
+    (lambda: client.rename_registered_model("notebook-pyfunc", "renamed"), "INVALID_PARAMETER_VALUE"),
+    (lambda: client.restore_run("ffffffff"), "RESOURCE_DOES_NOT_EXIST"),
+    (lambda: client.delete_registered_model_tag("notebook-pyfunc", "never"), "RESOURCE_DOES_NOT_EXIST"),
+    (lambda: client.get_logged_model("m-ffffffffffffffff"), "RESOURCE_DOES_NOT_EXIST"),
+]:
+    try:
+        call()
+    except MlflowException as e:
+        assert e.error_code == code, (e.error_code, code, e)
+    else:
+        raise AssertionError(f"expected {code}")
+
 # A kiln bundle logged from a notebook is servable: its champion alias, set through the client,
 # swaps it into the running server.
 with mlflow.start_run(run_name="bundle") as bundle_run:

@@ -5,9 +5,11 @@
 //! answers.
 //!
 //! Under `/api/2.0/mlflow/` (and `/ajax-api/2.0/mlflow/`): `registered-models/create|get|search|
-//! delete|alias|get-latest-versions`, `model-versions/create|get|search|delete|transition-stage`.
-//! A version's `source` names a run's artifact (`runs:/RUN/NAME`, or the
-//! `mlflow-artifacts:/EXPERIMENT/RUN/artifacts/NAME` the client resolves it to).
+//! update|set-tag|delete-tag|delete|alias|get-latest-versions|rename` (refused: a model's name
+//! is in its serving URLs), `model-versions/create|get|search|update|set-tag|delete-tag|delete|
+//! transition-stage|get-download-uri`. A version's `source` names a run's artifact
+//! (`runs:/RUN/NAME`, or the `mlflow-artifacts:/EXPERIMENT/RUN/artifacts/NAME` the client
+//! resolves it to) or a logged model (`models:/m-…`), whose files are one.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +24,7 @@ use kiln_core::registry::{
 use serde::{Deserialize, Serialize};
 
 use crate::state::{AppState, blocking};
-use crate::tracking::{Answer, MlflowError, invalid, on_registry, read_body};
+use crate::tracking::{Answer, KeyValue, MlflowError, invalid, on_registry, pairs, read_body};
 
 /// The endpoints that only read (GET).
 pub(crate) fn reads() -> Router<AppState> {
@@ -62,6 +64,31 @@ pub(crate) fn writes() -> Router<AppState> {
             )
             .route(&format!("{p}/model-versions/create"), post(create_version))
             .route(
+                &format!("{p}/registered-models/update"),
+                axum::routing::patch(update_model),
+            )
+            .route(&format!("{p}/registered-models/rename"), post(rename_model))
+            .route(
+                &format!("{p}/registered-models/set-tag"),
+                post(set_model_tag),
+            )
+            .route(
+                &format!("{p}/registered-models/delete-tag"),
+                axum::routing::delete(delete_model_tag),
+            )
+            .route(
+                &format!("{p}/model-versions/update"),
+                axum::routing::patch(update_version),
+            )
+            .route(
+                &format!("{p}/model-versions/set-tag"),
+                post(set_version_tag),
+            )
+            .route(
+                &format!("{p}/model-versions/delete-tag"),
+                axum::routing::delete(delete_version_tag),
+            )
+            .route(
                 &format!("{p}/model-versions/delete"),
                 axum::routing::delete(delete_version),
             )
@@ -85,7 +112,7 @@ struct MlVersion {
     run_id: String,
     status: &'static str,
     aliases: Vec<String>,
-    tags: Vec<serde_json::Value>,
+    tags: Vec<KeyValue>,
 }
 
 #[derive(Serialize)]
@@ -102,7 +129,7 @@ struct MlModel {
     description: String,
     latest_versions: Vec<MlVersion>,
     aliases: Vec<MlAlias>,
-    tags: Vec<serde_json::Value>,
+    tags: Vec<KeyValue>,
 }
 
 fn version_of(
@@ -126,7 +153,7 @@ fn version_of(
             .filter(|(_, t)| **t == v.version)
             .map(|(a, _)| a.clone())
             .collect(),
-        tags: Vec::new(),
+        tags: pairs(&v.tags),
     })
 }
 
@@ -150,7 +177,7 @@ fn model_of(registry: &Registry, m: &Model) -> Result<MlModel, RegistryError> {
                 version: v.to_string(),
             })
             .collect(),
-        tags: Vec::new(),
+        tags: pairs(&m.tags),
     })
 }
 
@@ -611,4 +638,152 @@ async fn transition_stage(
     })
     .await?;
     Ok(Json(serde_json::json!({ "model_version": version })))
+}
+
+/// What a request says of a model, or of one of its versions: a new description, a tag to set
+/// or one to delete.
+#[derive(Deserialize)]
+struct Annotation {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+/// How an annotation changes a description and tags.
+#[derive(Clone, Copy)]
+enum Change {
+    Describe,
+    SetTag,
+    DeleteTag,
+}
+
+/// Applies `change` to the model (or, with `version`, to that version) and answers it.
+async fn annotate(
+    state: AppState,
+    bytes: Result<Bytes, BytesRejection>,
+    change: Change,
+    of_version: bool,
+) -> Answer<serde_json::Value> {
+    let b: Annotation = read_body(bytes, &state)?;
+    let version = match (of_version, &b.version) {
+        (false, _) => None,
+        (true, Some(v)) => Some(version_number(v)?),
+        (true, None) => return Err(invalid("`version` is required")),
+    };
+    let text = match change {
+        Change::Describe => b.description.clone().unwrap_or_default(),
+        Change::SetTag => b.value.clone().unwrap_or_default(),
+        Change::DeleteTag => String::new(),
+    };
+    let key = match change {
+        Change::Describe => String::new(),
+        Change::SetTag | Change::DeleteTag => {
+            let key = required(&b.key, "key")?.to_string();
+            kiln_core::registry::check_name("tag", &key).map_err(|e| invalid(e.to_string()))?;
+            key
+        }
+    };
+    let name = b.name;
+    let apply = move |description: &mut String, tags: &mut BTreeMap<String, String>| {
+        match change {
+            Change::Describe => *description = text.clone(),
+            Change::SetTag => {
+                tags.insert(key.clone(), text.clone());
+            }
+            Change::DeleteTag => {
+                if tags.remove(&key).is_none() {
+                    return Err(RegistryError::NotFound {
+                        what: "tag",
+                        name: key.clone(),
+                        hint: String::new(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    };
+    on_registry(&state, move |r| {
+        Ok(match version {
+            Some(number) => {
+                let v = r.annotate_version(&name, number, apply)?;
+                serde_json::json!({ "model_version": version_of(r, &v, &r.aliases(&name)?)? })
+            }
+            None => {
+                let m = r.annotate_model(&name, apply)?;
+                serde_json::json!({ "registered_model": model_of(r, &m)? })
+            }
+        })
+    })
+    .await
+    .map(|answer| match change {
+        Change::Describe => Json(answer),
+        Change::SetTag | Change::DeleteTag => Json(serde_json::json!({})),
+    })
+}
+
+async fn update_model(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    annotate(state, bytes, Change::Describe, false).await
+}
+
+async fn set_model_tag(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    annotate(state, bytes, Change::SetTag, false).await
+}
+
+async fn delete_model_tag(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    annotate(state, bytes, Change::DeleteTag, false).await
+}
+
+async fn update_version(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    annotate(state, bytes, Change::Describe, true).await
+}
+
+async fn set_version_tag(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    annotate(state, bytes, Change::SetTag, true).await
+}
+
+async fn delete_version_tag(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    annotate(state, bytes, Change::DeleteTag, true).await
+}
+
+/// A model's name is in its serving URLs, its alias history and its deployment: kiln does not
+/// rename one, and says how to get the same.
+async fn rename_model(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    #[derive(Deserialize)]
+    struct Rename {
+        name: String,
+        new_name: String,
+    }
+    let b: Rename = read_body(bytes, &state)?;
+    Err(invalid(format!(
+        "kiln does not rename registered models: `{}` is in serving URLs, alias history and \
+         deployments; register the versions you need under `{}` instead",
+        b.name, b.new_name
+    )))
 }

@@ -4,8 +4,8 @@
 //! web UI and the pipelines.
 //!
 //! Under `/api/2.0/mlflow/` and `/ajax-api/2.0/mlflow/`: `experiments/create|get|get-by-name|
-//! search|update|delete|set-experiment-tag`, `runs/create|get|update|delete|search|log-metric|log-parameter|set-tag|
-//! delete-tag|log-batch`,
+//! search|update|delete|restore|set-experiment-tag`, `runs/create|get|update|delete|restore|
+//! search|log-metric|log-parameter|set-tag|delete-tag|log-batch|log-inputs`,
 //! `metrics/get-history`; and the artifact proxy under `/api/2.0/mlflow-artifacts/artifacts/`
 //! (upload, list, download) over kiln's content-addressed store. Bodies are MLflow's JSON
 //! shapes; errors are
@@ -93,7 +93,13 @@ pub(crate) fn writes() -> Router<AppState> {
                 &format!("{p}/experiments/set-experiment-tag"),
                 post(set_experiment_tag),
             )
-            .route(&format!("{p}/runs/log-batch"), post(log_batch));
+            .route(&format!("{p}/runs/log-batch"), post(log_batch))
+            .route(&format!("{p}/runs/log-inputs"), post(log_inputs))
+            .route(&format!("{p}/runs/restore"), post(restore_run))
+            .route(
+                &format!("{p}/experiments/restore"),
+                post(restore_experiment),
+            );
     }
     router
 }
@@ -444,8 +450,21 @@ fn run_with(
             params: pairs(&run.params),
             tags: pairs(&run.tags),
         },
-        inputs: serde_json::json!({}),
+        inputs: inputs_of(&run.tags),
     }
+}
+
+/// The run tag that holds a dataset input the client logged (`kiln.input.NAME`).
+const INPUT_TAG: &str = "kiln.input.";
+
+/// A run's dataset inputs as MLflow shows them, from the tags `log-inputs` wrote.
+fn inputs_of(tags: &BTreeMap<String, String>) -> serde_json::Value {
+    let datasets: Vec<serde_json::Value> = tags
+        .range(INPUT_TAG.to_string()..)
+        .take_while(|(k, _)| k.starts_with(INPUT_TAG))
+        .filter_map(|(_, v)| serde_json::from_str(v).ok())
+        .collect();
+    serde_json::json!({ "dataset_inputs": datasets })
 }
 
 /// The run id of a request: `run_id`, or the older `run_uuid`.
@@ -945,4 +964,103 @@ async fn download_artifact(
         axum::body::Body::from(bytes),
     )
         .into_response())
+}
+
+#[derive(Deserialize, Serialize)]
+struct Dataset {
+    name: String,
+    digest: String,
+    #[serde(default)]
+    source_type: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schema: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    profile: Option<String>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct DatasetInput {
+    #[serde(default)]
+    tags: Vec<KeyValue>,
+    dataset: Dataset,
+}
+
+#[derive(Deserialize)]
+struct LogInputs {
+    run_id: String,
+    #[serde(default)]
+    datasets: Vec<DatasetInput>,
+}
+
+/// The datasets a run read (`mlflow.log_input`): each kept as a run tag, `kiln.input.NAME`,
+/// and shown back as the run's `inputs`.
+async fn log_inputs(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    let b: LogInputs = read_body(bytes, &state)?;
+    let id = run_id_of(Some(&b.run_id), None)?;
+    let mut tags = BTreeMap::new();
+    for input in b.datasets {
+        let key = format!("{INPUT_TAG}{}", input.dataset.name);
+        let value =
+            serde_json::to_string(&input).map_err(|e| invalid(format!("dataset input: {e}")))?;
+        tags.insert(key, value);
+    }
+    on_registry(&state, move |r| r.set_tags(id, &tags).map(|_| ())).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// kiln deletes a run at once (its metrics and unshared artifacts go with it), so there is no
+/// deleted run to restore: a run that is there is answered as restored, one that is gone is not.
+async fn restore_run(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    let b: KeyValueOfRunId = read_body(bytes, &state)?;
+    let id = run_id_of(b.run_id.as_ref(), b.run_uuid.as_ref())?;
+    on_registry(&state, move |r| match r.run(id) {
+        Err(RegistryError::NotFound { .. }) => Err(RegistryError::NotFound {
+            what: "run",
+            name: run_id_text(id),
+            hint: " to restore: kiln deletes runs at once, with nothing kept to restore".into(),
+        }),
+        other => other.map(|_| ()),
+    })
+    .await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[derive(Deserialize)]
+struct KeyValueOfRunId {
+    run_id: Option<String>,
+    run_uuid: Option<String>,
+}
+
+/// As [`restore_run`], for experiments (kiln deletes only empty ones).
+async fn restore_experiment(
+    State(state): State<AppState>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Answer<serde_json::Value> {
+    #[derive(Deserialize)]
+    struct Restore {
+        experiment_id: String,
+    }
+    let b: Restore = read_body(bytes, &state)?;
+    on_registry(&state, move |r| {
+        match experiment_by_id(r, &b.experiment_id) {
+            Err(RegistryError::NotFound { .. }) => Err(RegistryError::NotFound {
+                what: "experiment with id",
+                name: b.experiment_id.clone(),
+                hint: " to restore: kiln deletes experiments at once, with nothing kept to \
+                       restore"
+                    .into(),
+            }),
+            other => other.map(|_| ()),
+        }
+    })
+    .await?;
+    Ok(Json(serde_json::json!({})))
 }

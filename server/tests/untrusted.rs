@@ -148,6 +148,12 @@ const POSTS: &[&str] = &[
     "/api/2.0/mlflow/logged-models/search",
     "/api/2.0/mlflow/logged-models/m-6b696c6e00000001/params",
     "/api/2.0/mlflow/runs/outputs",
+    "/api/2.0/mlflow/runs/log-inputs",
+    "/api/2.0/mlflow/runs/restore",
+    "/api/2.0/mlflow/experiments/restore",
+    "/api/2.0/mlflow/registered-models/rename",
+    "/api/2.0/mlflow/registered-models/set-tag",
+    "/api/2.0/mlflow/model-versions/set-tag",
 ];
 
 proptest! {
@@ -182,13 +188,17 @@ proptest! {
     }
 
     #[test]
-    fn no_logged_model_change_gets_a_server_error(bytes in body(), tags in any::<bool>()) {
-        let uri = if tags {
-            "/api/2.0/mlflow/logged-models/m-6b696c6e00000001/tags"
-        } else {
-            "/api/2.0/mlflow/logged-models/m-6b696c6e00000001"
-        };
-        let status = status_of("PATCH", uri, &[("content-type", "application/json")], bytes);
+    fn no_patch_or_delete_gets_a_server_error(bytes in body(), which in 0..7usize) {
+        let (method, uri) = [
+            ("PATCH", "/api/2.0/mlflow/logged-models/m-6b696c6e00000001/tags"),
+            ("PATCH", "/api/2.0/mlflow/logged-models/m-6b696c6e00000001"),
+            ("PATCH", "/api/2.0/mlflow/registered-models/update"),
+            ("PATCH", "/api/2.0/mlflow/model-versions/update"),
+            ("DELETE", "/api/2.0/mlflow/registered-models/delete-tag"),
+            ("DELETE", "/api/2.0/mlflow/model-versions/delete-tag"),
+            ("DELETE", "/api/2.0/mlflow/logged-models/m-6b696c6e00000001"),
+        ][which];
+        let status = status_of(method, uri, &[("content-type", "application/json")], bytes);
         prop_assert!(status < 500, "{uri} answered {status}");
     }
 

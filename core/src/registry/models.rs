@@ -141,6 +141,64 @@ impl Registry {
         Ok(version)
     }
 
+    /// Changes what a model says of itself, its description and tags, as `change` says; its
+    /// name, versions and counter stay.
+    pub fn annotate_model(
+        &self,
+        name: &str,
+        change: impl Fn(&mut String, &mut BTreeMap<String, String>) -> Result<(), RegistryError>,
+    ) -> Result<Model, RegistryError> {
+        self.model(name)?;
+        let model = self
+            .models
+            .transaction(|t| {
+                let Some(bytes) = t.get(name.as_bytes())? else {
+                    return abort(RegistryError::NotFound {
+                        what: "model",
+                        name: name.to_string(),
+                        hint: String::new(),
+                    });
+                };
+                let mut model: Model = decode("model", &bytes).or_else(abort)?;
+                change(&mut model.description, &mut model.tags).or_else(abort)?;
+                t.insert(name.as_bytes(), encode(&model))?;
+                Ok(model)
+            })
+            .map_err(RegistryError::from)?;
+        self.flush()?;
+        Ok(model)
+    }
+
+    /// Changes what a version says of itself, its description and tags, as `change` says; what
+    /// it was made from stays.
+    pub fn annotate_version(
+        &self,
+        model: &str,
+        version: u32,
+        change: impl Fn(&mut String, &mut BTreeMap<String, String>) -> Result<(), RegistryError>,
+    ) -> Result<ModelVersion, RegistryError> {
+        self.version(model, version)?;
+        let key = version_key(model, version);
+        let v = self
+            .versions
+            .transaction(|t| {
+                let Some(bytes) = t.get(&key)? else {
+                    return abort(RegistryError::NotFound {
+                        what: "version",
+                        name: format!("{version}` of model `{model}"),
+                        hint: String::new(),
+                    });
+                };
+                let mut v: ModelVersion = decode("model version", &bytes).or_else(abort)?;
+                change(&mut v.description, &mut v.tags).or_else(abort)?;
+                t.insert(key.as_slice(), encode(&v))?;
+                Ok(v)
+            })
+            .map_err(RegistryError::from)?;
+        self.flush()?;
+        Ok(v)
+    }
+
     /// Versions of a model, oldest first.
     pub fn versions(&self, model: &str) -> Result<Vec<ModelVersion>, RegistryError> {
         self.model(model)?;
