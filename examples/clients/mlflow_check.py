@@ -79,6 +79,17 @@ history = client.get_metric_history(run_id, "loss")
 assert [m.step for m in history] == [0, 1, 2, 3, 4], history
 assert [m.value for m in history] == [1.0, 0.5, 1 / 3, 0.25, 0.2]
 
+# Times as the client recorded them: a run's start and end, a metric point's timestamp.
+stamped = client.create_run(
+    client.create_experiment("stamped"), start_time=1_600_000_000_000, run_name="backdated"
+)
+client.log_metric(stamped.info.run_id, "loss", 0.5, timestamp=1_600_000_001_000, step=3)
+client.set_terminated(stamped.info.run_id, end_time=1_600_000_005_000)
+back = client.get_run(stamped.info.run_id).info
+assert (back.start_time, back.end_time) == (1_600_000_000_000, 1_600_000_005_000), back
+points = client.get_metric_history(stamped.info.run_id, "loss")
+assert [(m.timestamp, m.step) for m in points] == [(1_600_000_001_000, 3)], points
+
 with mlflow.start_run(run_name="second"):
     mlflow.log_param("lr", 0.1)
     mlflow.log_metric("auc", 0.7)

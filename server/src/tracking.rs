@@ -27,7 +27,8 @@ use axum::{Json, Router};
 use kiln_core::registry::floats;
 use kiln_core::registry::query::{Filter, OrderBy, RunSearch};
 use kiln_core::registry::{
-    Experiment, NewRun, Registry, RegistryError, Run, RunStatus, parse_run_id, run_id_text,
+    Experiment, MetricPoint, NewRun, Registry, RegistryError, Run, RunStatus, parse_run_id,
+    run_id_text,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -526,6 +527,8 @@ struct CreateRun {
     run_name: String,
     #[serde(default)]
     tags: Vec<KeyValue>,
+    #[serde(default, deserialize_with = "int")]
+    start_time: Option<i64>,
 }
 
 async fn create_run(
@@ -553,6 +556,10 @@ async fn create_run(
             parent: None,
             lineage: Default::default(),
         })?;
+        let run = match b.start_time {
+            Some(start) => r.set_run_times(run.id, Some(start), None)?,
+            None => run,
+        };
         run_of(r, &run)
     })
     .await?;
@@ -564,6 +571,8 @@ struct UpdateRun {
     run_id: Option<String>,
     run_uuid: Option<String>,
     status: Option<String>,
+    #[serde(default, deserialize_with = "int")]
+    end_time: Option<i64>,
 }
 
 async fn update_run(
@@ -577,6 +586,12 @@ async fn update_run(
         let run = match status {
             Some(RunStatus::Running) | None => r.run(id)?,
             Some(s) => r.end_run(id, s)?,
+        };
+        let run = match b.end_time {
+            Some(end) if run.status != RunStatus::Running => {
+                r.set_run_times(id, None, Some(end))?
+            }
+            _ => run,
         };
         run_of(r, &run)
     })
@@ -609,6 +624,8 @@ struct LogMetric {
     value: f64,
     #[serde(default, deserialize_with = "int")]
     step: Option<i64>,
+    #[serde(default, deserialize_with = "int")]
+    timestamp: Option<i64>,
 }
 
 async fn log_metric(
@@ -617,8 +634,10 @@ async fn log_metric(
 ) -> Answer<serde_json::Value> {
     let b: LogMetric = read_body(bytes, &state)?;
     let id = run_id_of(b.run_id.as_ref(), b.run_uuid.as_ref())?;
+    let now = now_ms();
     on_registry(&state, move |r| {
-        r.log_metrics(id, &[(b.key.as_str(), b.step.unwrap_or(0), b.value)])?;
+        let point = point(b.step, b.timestamp, b.value, now);
+        r.log_metric_points(id, &[(b.key.as_str(), point)])?;
         r.flush()
     })
     .await?;
@@ -745,6 +764,25 @@ struct BatchMetric {
     value: f64,
     #[serde(default, deserialize_with = "int")]
     step: Option<i64>,
+    #[serde(default, deserialize_with = "int")]
+    timestamp: Option<i64>,
+}
+
+/// The time now, in milliseconds since the epoch (for points a client sent without one).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A metric point as the client sent it: its step (0 when left out) and its time (now when
+/// left out).
+fn point(step: Option<i64>, timestamp: Option<i64>, value: f64, now: i64) -> MetricPoint {
+    MetricPoint {
+        step: step.unwrap_or(0),
+        timestamp_ms: timestamp.unwrap_or(now),
+        value,
+    }
 }
 
 #[derive(Deserialize)]
@@ -791,13 +829,14 @@ async fn log_batch(
         if !b.tags.is_empty() {
             r.set_tags(id, &b.tags.into_iter().map(|t| (t.key, t.value)).collect())?;
         }
-        let points: Vec<(&str, i64, f64)> = b
+        let now = now_ms();
+        let points: Vec<(&str, MetricPoint)> = b
             .metrics
             .iter()
-            .map(|m| (m.key.as_str(), m.step.unwrap_or(0), m.value))
+            .map(|m| (m.key.as_str(), point(m.step, m.timestamp, m.value, now)))
             .collect();
         if !points.is_empty() {
-            r.log_metrics(id, &points)?;
+            r.log_metric_points(id, &points)?;
         }
         r.flush()
     })

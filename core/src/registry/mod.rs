@@ -743,9 +743,56 @@ impl Registry {
         Ok(run)
     }
 
+    /// Sets when a run started and, for an ended run, when it ended, as a client that logs
+    /// from elsewhere recorded them (MLflow's `start_time`, `end_time`).
+    pub fn set_run_times(
+        &self,
+        id: u64,
+        start_ms: Option<Millis>,
+        end_ms: Option<Millis>,
+    ) -> Result<Run, RegistryError> {
+        let run = self.update_run(id, |run| {
+            if let Some(start) = start_ms {
+                run.start_ms = start;
+            }
+            if let Some(end) = end_ms
+                && run.status != RunStatus::Running
+            {
+                run.end_ms = Some(end);
+            }
+            Ok(())
+        })?;
+        self.flush()?;
+        Ok(run)
+    }
+
     /// Logs metric points `(key, step, value)` to a run, stamped now. Safe from many threads at
     /// once; durable after [`Registry::flush`] or [`Registry::end_run`].
     pub fn log_metrics(&self, id: u64, points: &[(&str, i64, f64)]) -> Result<(), RegistryError> {
+        let ts = now_ms();
+        let points: Vec<(&str, MetricPoint)> = points
+            .iter()
+            .map(|(key, step, value)| {
+                (
+                    *key,
+                    MetricPoint {
+                        step: *step,
+                        timestamp_ms: ts,
+                        value: *value,
+                    },
+                )
+            })
+            .collect();
+        self.log_metric_points(id, &points)
+    }
+
+    /// Logs metric points with the times they carry (a client that logs from elsewhere stamps
+    /// its own); as [`Registry::log_metrics`] otherwise.
+    pub fn log_metric_points(
+        &self,
+        id: u64,
+        points: &[(&str, MetricPoint)],
+    ) -> Result<(), RegistryError> {
         crate::threads::debug_assert_may_block("logging metrics");
         if !self.runs.contains_key(be8(id))? {
             return Err(RegistryError::NotFound {
@@ -754,26 +801,20 @@ impl Registry {
                 hint: String::new(),
             });
         }
-        let ts = now_ms();
-        for (key, _, _) in points {
+        for (key, _) in points {
             check_key("metric", key)?;
         }
         // Plain inserts: sled applies them without a lock, where a batch would take its global
         // write lock; each point is independent, so a batch's atomicity buys nothing here.
-        for (key, step, value) in points {
+        for (key, point) in points {
             let seq = self.db.generate_id()?;
             let mut k = Vec::with_capacity(8 + key.len() + 17);
             k.extend_from_slice(&be8(id));
             k.extend_from_slice(key.as_bytes());
             k.push(0);
-            k.extend_from_slice(&step_key(*step));
+            k.extend_from_slice(&step_key(point.step));
             k.extend_from_slice(&be8(seq));
-            let point = encode_point(&MetricPoint {
-                step: *step,
-                timestamp_ms: ts,
-                value: *value,
-            });
-            self.metrics.insert(k, &point[..])?;
+            self.metrics.insert(k, &encode_point(point)[..])?;
         }
         Ok(())
     }
