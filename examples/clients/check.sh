@@ -34,6 +34,9 @@ done
 "$KILN" models export bc --output "$work/bundle" --server "$url" >/dev/null
 run=$(MLFLOW_TRACKING_TOKEN=s3cret "$PYTHON" examples/clients/mlflow_check.py "$url" "$work/bundle" "$data" \
   | tail -n 1)
+# The large file went up in parts through kiln's upload area, which it left empty.
+[ -d "$work/home/uploads" ] && [ -z "$(ls -A "$work/home/uploads")" ] \
+  || { echo "the multipart upload did not go through kiln's upload area" >&2; exit 1; }
 shown=$("$KILN" runs show "$run" --server "$url" --json)
 "$PYTHON" - "$shown" <<'PY'
 import json, math, sys

@@ -229,6 +229,25 @@ for call, code in [
     else:
         raise AssertionError(f"expected {code}")
 
+# A large file goes up in parts when the client is told to (MLflow's proxy multipart upload):
+# parts of 1 MiB here, joined by kiln into one digested file.
+os.environ["MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"] = "true"
+os.environ["MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE"] = str(1 << 20)
+os.environ["MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE"] = str(1 << 20)
+weights = os.path.join(scratch, "weights.bin")
+payload = os.urandom(3 * (1 << 20) + 12345)
+with open(weights, "wb") as f:
+    f.write(payload)
+mlflow.set_experiment("uploads")
+with mlflow.start_run() as upload_run:
+    mlflow.log_artifact(weights, artifact_path="big")
+back = mlflow.artifacts.download_artifacts(
+    run_id=upload_run.info.run_id, artifact_path="big/weights.bin"
+)
+with open(back, "rb") as f:
+    assert f.read() == payload
+del os.environ["MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"]
+
 # A kiln bundle logged from a notebook is servable: its champion alias, set through the client,
 # swaps it into the running server.
 with mlflow.start_run(run_name="bundle") as bundle_run:

@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::runs::writes())
         .merge(crate::tracking::writes())
         .merge(crate::logged_models::writes())
+        .merge(crate::mlflow_uploads::writes())
         .merge(crate::mlflow_registry::writes())
         .merge(crate::pipelines::writes())
         .route_layer(middleware::from_fn_with_state(state.clone(), check_write));

@@ -21,6 +21,7 @@ mod logged_models;
 mod metrics;
 mod mlflow;
 mod mlflow_registry;
+mod mlflow_uploads;
 pub mod models;
 pub mod pipelines;
 pub mod predlog;

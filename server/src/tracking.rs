@@ -929,7 +929,7 @@ async fn search_runs(
 
 /// An artifact path as the client's artifact URI makes it, `EXPERIMENT/RUN/artifacts[/PATH]`:
 /// the run, and the path inside its artifacts (empty for their top).
-fn artifact_path(path: &str) -> Result<(u64, String), MlflowError> {
+pub(crate) fn artifact_path(path: &str) -> Result<(u64, String), MlflowError> {
     let mut parts = path.trim_matches('/').splitn(4, '/');
     let (_experiment, run, root, rest) = (parts.next(), parts.next(), parts.next(), parts.next());
     match (run, root) {

@@ -154,6 +154,9 @@ const POSTS: &[&str] = &[
     "/api/2.0/mlflow/registered-models/rename",
     "/api/2.0/mlflow/registered-models/set-tag",
     "/api/2.0/mlflow/model-versions/set-tag",
+    "/api/2.0/mlflow-artifacts/mpu/create/0/00000001/artifacts/big",
+    "/api/2.0/mlflow-artifacts/mpu/complete/0/00000001/artifacts/big",
+    "/api/2.0/mlflow-artifacts/mpu/abort/0/00000001/artifacts/big",
 ];
 
 proptest! {
@@ -188,7 +191,7 @@ proptest! {
     }
 
     #[test]
-    fn no_patch_or_delete_gets_a_server_error(bytes in body(), which in 0..7usize) {
+    fn no_patch_put_or_delete_gets_a_server_error(bytes in body(), which in 0..9usize) {
         let (method, uri) = [
             ("PATCH", "/api/2.0/mlflow/logged-models/m-6b696c6e00000001/tags"),
             ("PATCH", "/api/2.0/mlflow/logged-models/m-6b696c6e00000001"),
@@ -197,6 +200,8 @@ proptest! {
             ("DELETE", "/api/2.0/mlflow/registered-models/delete-tag"),
             ("DELETE", "/api/2.0/mlflow/model-versions/delete-tag"),
             ("DELETE", "/api/2.0/mlflow/logged-models/m-6b696c6e00000001"),
+            ("PUT", "/api/2.0/mlflow-artifacts/mpu/parts/0123456789abcdef0123456789abcdef/1"),
+            ("PUT", "/api/2.0/mlflow-artifacts/mpu/parts/..%2F..%2Fetc/1"),
         ][which];
         let status = status_of(method, uri, &[("content-type", "application/json")], bytes);
         prop_assert!(status < 500, "{uri} answered {status}");

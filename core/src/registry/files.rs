@@ -18,7 +18,7 @@ pub struct FileEntry {
 }
 
 /// `a/b/c` as its parts; an empty, absolute, `.` or `..` part is refused.
-fn parts(path: &str) -> Result<Vec<&str>, RegistryError> {
+pub(super) fn parts(path: &str) -> Result<Vec<&str>, RegistryError> {
     let parts: Vec<&str> = path.split('/').collect();
     if path.is_empty()
         || path.contains('\\')

@@ -22,6 +22,7 @@ pub mod logged_models;
 mod pipelines;
 pub mod query;
 mod records;
+pub mod uploads;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
