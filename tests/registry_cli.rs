@@ -149,14 +149,7 @@ fn track_register_promote_and_audit() {
     let then: Value = serde_json::from_str(&ok(
         &k,
         &[
-            "models",
-            "history",
-            "churn",
-            "--alias",
-            "production",
-            "--at",
-            &at,
-            "--json",
+            "models", "history", "churn", "--alias", "champion", "--at", &at, "--json",
         ],
     ))
     .unwrap();
@@ -164,7 +157,7 @@ fn track_register_promote_and_audit() {
 
     let shown: Value =
         serde_json::from_str(&ok(&k, &["models", "show", "churn", "--json"])).unwrap();
-    assert_eq!(shown["aliases"]["production"], 2);
+    assert_eq!(shown["aliases"]["champion"], 2);
     assert_eq!(shown["versions"][0]["stage"], "Archived");
     assert_eq!(shown["versions"][1]["stage"], "Production");
     assert_eq!(shown["versions"][1]["version"]["metrics"]["auc"], 0.92);
@@ -183,7 +176,7 @@ fn track_register_promote_and_audit() {
             "export",
             "churn",
             "--version",
-            "production",
+            "champion",
             "-o",
             out.to_str().unwrap(),
         ],

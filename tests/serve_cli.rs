@@ -277,3 +277,61 @@ fn a_wide_and_deep_model_with_categories_serves_as_it_scores_offline() {
     assert_matches("wide and deep", &got, &want);
     assert_eq!(server.stop(), 0);
 }
+
+/// `kiln train --register` then `kiln serve`: nothing serves until a version is promoted, and
+/// every hint on the way names a command that works when followed.
+#[test]
+fn the_hints_of_an_unpromoted_model_lead_to_a_served_one() {
+    let k = Kiln::new();
+    let data = "examples/data/breast_cancer.csv";
+    k.ok(&[
+        "train",
+        "--data",
+        data,
+        "--target",
+        "label",
+        "--epochs",
+        "2",
+        "--register",
+        "bc",
+    ]);
+    // Offline first: predicting with the model names the command that makes a version serve.
+    let r = k.run(&["predict", "--model", "bc", "--data", data]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("promote a version to make it serve: `kiln models promote bc VERSION`"),
+        "{}",
+        r.stderr
+    );
+    let server = Server::start(&k, &[]);
+    let url = &server.url;
+    let (columns, rows) = records(data, "label", 2);
+    assert_eq!(columns.len(), 30);
+    let (status, body) = post(
+        &format!("{url}/v1/models/bc:predict"),
+        &json!({ "instances": rows }),
+    );
+    assert_eq!(status, 503, "{body}");
+    let hint = body["error"].as_str().unwrap();
+    assert!(
+        hint.contains("`kiln models promote bc VERSION`, with --server URL"),
+        "{hint}"
+    );
+    // Following it, with the running server, makes version 1 serve at once.
+    let out = k.ok(&["models", "promote", "bc", "1", "--server", url]);
+    assert!(
+        out.contains("bc version 1 is now in Production (alias `champion`, which serving follows"),
+        "{out}"
+    );
+    let (status, body) = post(
+        &format!("{url}/v1/models/bc:predict"),
+        &json!({ "instances": rows }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["predictions"].as_array().unwrap().len(), 2);
+    let shown: Value =
+        serde_json::from_str(&k.ok(&["models", "show", "bc", "--json", "--server", url])).unwrap();
+    assert_eq!(shown["versions"][0]["stage"], "Production", "{shown}");
+    server.stop();
+}

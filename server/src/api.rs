@@ -343,7 +343,7 @@ async fn promote(
             }
         };
         models.require(&name)?;
-        let alias = stage.alias().unwrap_or("production");
+        let alias = stage.alias().unwrap_or("champion");
         let e = models.change(&name, |r| {
             r.set_alias(
                 &name,

@@ -481,8 +481,9 @@ impl Models {
                 .map_err(|e| match e {
                     RegistryError::NotFound { .. } if r.target == "champion" => {
                         ServeError::NotReady(format!(
-                            "model `{model}` has no `champion` yet; promote a version \
-                         (`kiln models promote {model} VERSION`) or set a deployment"
+                            "model `{model}` has no `champion` yet; promote a version to make \
+                             it serve (`kiln models promote {model} VERSION`, with --server URL \
+                             while this server runs) or route it with `kiln deploy`"
                         ))
                     }
                     e => e.into(),

@@ -158,7 +158,7 @@ async fn management_api_lists_and_changes_deployments() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{e}");
-    assert_eq!(f.registry.aliases("bc").unwrap()["production"], 2);
+    assert_eq!(f.registry.aliases("bc").unwrap()["champion"], 2);
     let (status, _) = json(
         &s,
         "DELETE",

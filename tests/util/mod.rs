@@ -101,8 +101,9 @@ pub struct Served {
 }
 
 impl Served {
-    /// Starts `kiln --home HOME ARGS` and waits for the first line of its log, which names the
-    /// address; the rest of the log is drained so the process never blocks on it.
+    /// Starts `kiln --home HOME ARGS` and waits for the line of its log that names the
+    /// address (warnings about models that do not serve yet may come first); the rest of the log
+    /// is drained so the process never blocks on it.
     pub fn start(k: &Kiln, args: &[&str]) -> Served {
         use std::io::{BufRead, BufReader};
         let home = k.path("home").display().to_string();
@@ -114,12 +115,22 @@ impl Served {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let url = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .to_string();
+        let mut seen = Vec::new();
+        let url = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!(
+                    "kiln ended without naming its address:\n{}",
+                    seen.join("\n")
+                );
+            };
+            if line.starts_with("kiln ")
+                && let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://"))
+            {
+                break url.to_string();
+            }
+            seen.push(line);
+        };
         std::thread::spawn(move || for _ in lines {});
         Served { child, url }
     }

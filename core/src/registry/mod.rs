@@ -145,7 +145,8 @@ pub enum Expect {
     Version(u32),
 }
 
-/// An MLflow-style stage, read from the aliases `production` and `staging`.
+/// An MLflow-style stage, read from the aliases `champion` (Production: what serving follows by
+/// default, so that promoting a version is what makes it serve) and `staging`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Stage {
     None,
@@ -159,7 +160,7 @@ impl Stage {
     /// The alias that carries a stage (`None` for the stages that are not an alias).
     pub fn alias(self) -> Option<&'static str> {
         match self {
-            Stage::Production => Some("production"),
+            Stage::Production => Some("champion"),
             Stage::Staging => Some("staging"),
             _ => None,
         }

@@ -258,13 +258,18 @@ impl Registry {
             Some(v) => self.version(model, u32_of(&v)),
             None => {
                 let aliases = self.aliases(model)?;
+                let mut hint =
+                    crate::suggest::hint(alias_or_version, aliases.keys().map(String::as_str));
+                if hint.is_empty() && Some(alias_or_version) == Stage::Production.alias() {
+                    hint = format!(
+                        "; promote a version to make it serve: `kiln models promote {model} \
+                         VERSION` (`kiln models show {model}` lists them)"
+                    );
+                }
                 Err(RegistryError::NotFound {
                     what: "alias",
                     name: format!("{alias_or_version}` of model `{model}"),
-                    hint: crate::suggest::hint(
-                        alias_or_version,
-                        aliases.keys().map(String::as_str),
-                    ),
+                    hint,
                 })
             }
         }
@@ -393,16 +398,16 @@ impl Registry {
     /// The MLflow-style stage of a version, read from the `production` and `staging` aliases.
     pub fn stage(&self, model: &str, version: u32) -> Result<Stage, RegistryError> {
         let aliases = self.aliases(model)?;
-        if aliases.get("production") == Some(&version) {
-            return Ok(Stage::Production);
+        for stage in [Stage::Production, Stage::Staging] {
+            if aliases.get(stage.alias().unwrap_or_default()) == Some(&version) {
+                return Ok(stage);
+            }
         }
-        if aliases.get("staging") == Some(&version) {
-            return Ok(Stage::Staging);
-        }
+        let staged = [Stage::Production.alias(), Stage::Staging.alias()];
         let was_staged = self
             .history(model)?
             .iter()
-            .any(|e| (e.alias == "production" || e.alias == "staging") && e.to == Some(version));
+            .any(|e| staged.contains(&Some(e.alias.as_str())) && e.to == Some(version));
         Ok(if was_staged {
             Stage::Archived
         } else {

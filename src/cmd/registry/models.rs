@@ -324,10 +324,15 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
                 StageArg::Production => Stage::Production,
                 StageArg::Staging => Stage::Staging,
             };
-            let alias = stage.alias().unwrap_or("production");
+            let alias = stage.alias().unwrap_or("champion");
             let e = backend.set_alias(&name, alias, version, &change.alias_move()?)?;
+            let serves = if stage == Stage::Production {
+                ", which serving follows"
+            } else {
+                ""
+            };
             println!(
-                "{name} version {version} is now in {stage} (was {})",
+                "{name} version {version} is now in {stage} (alias `{alias}`{serves}; was {})",
                 e.from.map_or("none".into(), |v| format!("version {v}"))
             );
         }
