@@ -21,6 +21,7 @@ pub enum RegistryCommand {
         to: Option<PathBuf>,
         #[command(flatten)]
         server: Server,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -30,12 +31,14 @@ pub enum RegistryCommand {
         /// The backup's directory.
         #[arg(value_name = "DIR")]
         from: PathBuf,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Check that every reference resolves and every artifact matches its digest; exit code 3
     /// with the list of problems when something is wrong.
     Check {
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },

@@ -20,6 +20,7 @@ use crate::ui::{self, Bar, num};
 pub enum DataCommand {
     /// Print statistics of every column: counts, missing, moments, quantiles, top values.
     Describe {
+        /// The data file: CSV, JSON Lines or Parquet.
         file: PathBuf,
         #[command(flatten)]
         read: ReadArgs,
@@ -29,6 +30,7 @@ pub enum DataCommand {
     },
     /// Infer a schema (types, missing rates, ranges, domains) to edit and validate against.
     Schema {
+        /// The data file to infer the schema from.
         file: PathBuf,
         #[command(flatten)]
         read: ReadArgs,
@@ -38,6 +40,7 @@ pub enum DataCommand {
     },
     /// Check data against a schema; exits with 3 when anomalies reach --fail-on.
     Validate {
+        /// The data file to check.
         file: PathBuf,
         /// The schema file (.json or .toml).
         #[arg(long)]
@@ -47,12 +50,14 @@ pub enum DataCommand {
         /// The severity that fails validation.
         #[arg(long, value_enum, default_value_t = FailOn::Error)]
         fail_on: FailOn,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Turn raw rows into model features: fit a spec, or apply a fitted transform.
     #[command(group(clap::ArgGroup::new("how").required(true).args(["spec", "fitted"])))]
     Transform {
+        /// The raw data file to turn into features.
         file: PathBuf,
         /// A transform spec (.toml or .json) to fit on FILE and apply.
         #[arg(long)]
@@ -74,11 +79,13 @@ pub enum DataCommand {
     },
     /// Generate a synthetic dataset.
     Synth {
+        /// What data to generate.
         #[arg(value_enum)]
         kind: SynthKind,
         /// Number of rows.
         #[arg(long, default_value_t = 100_000)]
         rows: u64,
+        /// The random seed: one seed, one dataset.
         #[arg(long, default_value_t = 7)]
         seed: u64,
         /// The CSV file to write; standard output when absent.

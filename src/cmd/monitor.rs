@@ -20,6 +20,7 @@ pub enum MonitorCommand {
 
 #[derive(Debug, Args)]
 pub struct DriftArgs {
+    /// The served model's name.
     model: String,
     /// The version to judge (default: the one `champion` points to).
     #[arg(long)]
@@ -34,6 +35,7 @@ pub struct DriftArgs {
     /// Thresholds (TOML, as for `kiln serve --drift-thresholds`), when reading the log.
     #[arg(long)]
     thresholds: Option<std::path::PathBuf>,
+    /// Print the result as JSON instead of a table.
     #[arg(long)]
     json: bool,
 }

@@ -24,7 +24,9 @@ use crate::{Outcome, ui};
 pub enum PipelineCommand {
     /// Check a pipeline file: every problem at once, each with its line; the plan of its steps.
     Validate {
+        /// The pipeline file (TOML).
         file: PathBuf,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -35,8 +37,10 @@ pub enum PipelineCommand {
         /// Only this pipeline's runs.
         #[arg(long)]
         pipeline: Option<String>,
+        /// At most this many runs.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -44,7 +48,9 @@ pub enum PipelineCommand {
     },
     /// One run: each step's state, attempts, timing, cache hits and values.
     Show {
+        /// The pipeline run's number.
         run: u64,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -52,19 +58,23 @@ pub enum PipelineCommand {
     },
     /// The logs of a run's steps (every attempt), or of one step.
     Logs {
+        /// The pipeline run's number.
         run: u64,
+        /// Only this step's log.
         step: Option<String>,
         #[command(flatten)]
         server: Server,
     },
     /// Cancel a run: running steps are stopped and recorded as cancelled.
     Cancel {
+        /// The pipeline run's number.
         run: u64,
         #[command(flatten)]
         server: Server,
     },
     /// Run a pipeline once per schedule fire (daily without a schedule) between two dates.
     Backfill {
+        /// The pipeline file (TOML).
         file: PathBuf,
         /// First date, YYYY-MM-DD (UTC).
         #[arg(long)]
@@ -72,8 +82,10 @@ pub enum PipelineCommand {
         /// Last date, YYYY-MM-DD, included.
         #[arg(long)]
         to: NaiveDate,
+        /// Set a parameter for every run (repeatable).
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// Run the backfill in this `kiln up` (its copy of the pipeline and its schedule).
@@ -95,6 +107,7 @@ pub enum PipelineCommand {
         /// Say what would go, and delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -106,6 +119,7 @@ pub enum PipelineCommand {
 pub enum ScheduleCommand {
     /// Every schedule kiln knows: cron, paused, last and next fire.
     List {
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -113,11 +127,13 @@ pub enum ScheduleCommand {
     },
     /// Stop a pipeline's schedule from firing (missed fires are not caught up later).
     Pause {
+        /// The pipeline's name.
         pipeline: String,
         #[command(flatten)]
         server: Server,
     },
     Resume {
+        /// The pipeline's name.
         pipeline: String,
         #[command(flatten)]
         server: Server,
@@ -126,6 +142,7 @@ pub enum ScheduleCommand {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The pipeline file (TOML); with --server, it names which of the server's pipelines runs.
     file: PathBuf,
     /// Set a parameter for this run (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
@@ -139,6 +156,7 @@ pub struct RunArgs {
     /// The run's date (`${date}`), YYYY-MM-DD; today (UTC) by default.
     #[arg(long)]
     date: Option<NaiveDate>,
+    /// Print the result as JSON instead of a table.
     #[arg(long)]
     json: bool,
     /// With --server, the run starts in that `kiln up` and runs its copy of the pipeline (the

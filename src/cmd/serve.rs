@@ -311,6 +311,7 @@ pub async fn shutdown_signal() {
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
+    /// The model whose traffic to route.
     name: String,
     /// Traffic split as TARGET=PERCENT pairs, targets being aliases or versions, e.g.
     /// champion=90,challenger=10 or 3=50,4=50. Default: champion=100.
@@ -331,6 +332,7 @@ pub struct DeployArgs {
     /// Change a running server through its API instead of the registry (which it owns).
     #[command(flatten)]
     server: Server,
+    /// Print the result as JSON instead of a table.
     #[arg(long)]
     json: bool,
 }

@@ -50,28 +50,37 @@ pub struct TrainArgs {
     /// A TOML file with any of the options below (flags given here win).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The model: logistic (default), mlp or wide-deep (dense layers plus embeddings of categories).
     #[arg(long, value_enum)]
     model: Option<ModelArg>,
     /// Hidden layer sizes of an MLP, e.g. 64,32.
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
+    /// Passes over the training rows (default 30; early stopping may end sooner).
     #[arg(long)]
     epochs: Option<usize>,
+    /// The learning rate (default 0.01).
     #[arg(long)]
     lr: Option<f64>,
+    /// Rows per gradient step (default 64).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// sgd (with momentum 0.9), adam (default) or adamw.
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
+    /// L2 penalty on the weights (default 0).
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Dropout rate of an MLP's hidden layers (default 0).
     #[arg(long)]
     dropout: Option<f64>,
     /// Epochs without a better validation loss before stopping (0: never stop early).
     #[arg(long)]
     patience: Option<usize>,
+    /// The random seed of the split, the initial weights and the shuffling (default 42).
     #[arg(long)]
     seed: Option<u64>,
+    /// cpu (default), or gpu with a kiln built with `--features gpu`.
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
     /// A transform spec (TOML) instead of the default (standardize numbers, one-hot categories).
@@ -86,6 +95,7 @@ pub struct TrainArgs {
     /// Also write the bundle here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Print the result as JSON instead of a table.
     #[arg(long)]
     json: bool,
     /// Train here, and record the run, its metrics, its bundle and any version in this server's
@@ -110,6 +120,7 @@ pub struct PredictArgs {
     /// Write predictions here (CSV); otherwise the first rows are printed.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// cpu, or gpu with a kiln built with `--features gpu`.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
     #[command(flatten)]
@@ -377,8 +388,10 @@ pub struct SweepArgs {
     /// The sweep (TOML): method, trials, parallel, metric, rungs, [base] options, [space].
     #[arg(long)]
     config: PathBuf,
+    /// The training data (CSV, JSON Lines or Parquet).
     #[arg(long)]
     data: PathBuf,
+    /// The column to predict.
     #[arg(long)]
     target: String,
     /// Override the number of random trials.
@@ -387,11 +400,13 @@ pub struct SweepArgs {
     /// Override how many trials train at once.
     #[arg(long)]
     parallel: Option<usize>,
+    /// The experiment the sweep and its trials belong to.
     #[arg(long, default_value = "Default")]
     experiment: String,
     /// Register the best trial as the next version of this model.
     #[arg(long)]
     register: Option<String>,
+    /// Print the result as JSON instead of a table.
     #[arg(long)]
     json: bool,
     #[command(flatten)]

@@ -11,6 +11,7 @@ use crate::{Outcome, ui};
 pub enum ExperimentsCommand {
     /// List experiments with their run counts.
     List {
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -18,20 +19,25 @@ pub enum ExperimentsCommand {
     },
     /// Create an experiment.
     Create {
+        /// The new experiment's name.
         name: String,
         #[command(flatten)]
         server: Server,
     },
     /// Rename an experiment.
     Rename {
+        /// The experiment's name now.
         old: String,
+        /// Its new name.
         new: String,
         #[command(flatten)]
         server: Server,
     },
     /// Delete an experiment (with its runs when --force).
     Delete {
+        /// The experiment to delete.
         name: String,
+        /// Delete its runs too (without it, an experiment with runs is refused).
         #[arg(long)]
         force: bool,
         #[command(flatten)]

@@ -19,6 +19,7 @@ use crate::{Outcome, ui};
 pub enum ModelsCommand {
     /// List registered models with their aliases.
     List {
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -26,7 +27,9 @@ pub enum ModelsCommand {
     },
     /// Show a model: versions with stage, aliases and metrics side by side.
     Show {
+        /// The model's name.
         name: String,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -34,7 +37,9 @@ pub enum ModelsCommand {
     },
     /// List a model's versions.
     Versions {
+        /// The model's name.
         name: String,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -42,11 +47,15 @@ pub enum ModelsCommand {
     },
     /// Register a run's artifact as the model's next version.
     Register {
+        /// The model (created when it does not exist).
         name: String,
+        /// The run whose artifact becomes the version, by id.
         #[arg(long)]
         run: String,
+        /// The run's artifact to register (a bundle directory).
         #[arg(long, default_value = "model")]
         artifact: String,
+        /// What the version is, for people.
         #[arg(long, default_value = "")]
         description: String,
         #[command(flatten)]
@@ -55,10 +64,14 @@ pub enum ModelsCommand {
     /// Set or delete an alias.
     #[command(subcommand)]
     Alias(AliasCommand),
-    /// Move a stage alias (`production` by default) to a version.
+    /// Move a stage's alias to a version: Production (`champion`, what serving follows) by
+    /// default, or Staging (`staging`).
     Promote {
+        /// The model's name.
         name: String,
+        /// The version to promote.
         version: u32,
+        /// The stage: production (alias `champion`, which serving follows) or staging.
         #[arg(long, value_enum, default_value_t = StageArg::Production)]
         to: StageArg,
         #[command(flatten)]
@@ -68,12 +81,15 @@ pub enum ModelsCommand {
     },
     /// Every alias move of a model; with --at, what an alias pointed to at that time.
     History {
+        /// The model's name.
         name: String,
+        /// Only this alias's moves.
         #[arg(long)]
         alias: Option<String>,
         /// A date or time (UTC), e.g. 2026-11-01 or 2026-11-01T12:00:00Z.
         #[arg(long, requires = "alias")]
         at: Option<String>,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -81,10 +97,12 @@ pub enum ModelsCommand {
     },
     /// Copy a version's artifact out of the store (verified), e.g. to serve elsewhere.
     Export {
+        /// The model's name.
         name: String,
         /// An alias or a version number.
         #[arg(long, default_value = "champion")]
         version: String,
+        /// The new directory to copy the bundle to.
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
@@ -92,7 +110,9 @@ pub enum ModelsCommand {
     },
     /// Delete a model, or one version with --version.
     Delete {
+        /// The model's name.
         name: String,
+        /// Delete only this version.
         #[arg(long)]
         version: Option<u32>,
         /// Delete even when aliases point to it (the aliases are deleted, and recorded).
@@ -107,8 +127,11 @@ pub enum ModelsCommand {
 pub enum AliasCommand {
     /// Point an alias at a version.
     Set {
+        /// The model's name.
         name: String,
+        /// The alias (letters, digits, `-`, `_`), e.g. champion or challenger.
         alias: String,
+        /// The version it points to.
         version: u32,
         #[command(flatten)]
         change: Change,
@@ -117,7 +140,9 @@ pub enum AliasCommand {
     },
     /// Delete an alias.
     Delete {
+        /// The model's name.
         name: String,
+        /// The alias to delete.
         alias: String,
         #[command(flatten)]
         change: Change,

@@ -20,8 +20,10 @@ use crate::{Outcome, ui};
 pub enum RunsCommand {
     /// List runs, newest first.
     List {
+        /// Only this experiment's runs.
         #[arg(long)]
         experiment: Option<String>,
+        /// Only runs in this state: running, finished, failed or killed.
         #[arg(long, value_parser = parse_status)]
         status: Option<RunStatus>,
         /// Only the child runs of this run (a sweep's trials).
@@ -34,8 +36,10 @@ pub enum RunsCommand {
         /// `metrics.auc desc` or `params.lr`.
         #[arg(long)]
         order_by: Option<String>,
+        /// At most this many runs.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -43,7 +47,9 @@ pub enum RunsCommand {
     },
     /// Show one run: parameters, tags, lineage, artifacts, metrics (with a chart of each series).
     Show {
+        /// The run's id (e.g. 0000002a).
         run: String,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -51,8 +57,10 @@ pub enum RunsCommand {
     },
     /// Parameters and latest metrics of several runs side by side; differing rows are marked.
     Compare {
+        /// Two or more run ids.
         #[arg(required = true, num_args = 2..)]
         runs: Vec<String>,
+        /// Print the result as JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -60,6 +68,7 @@ pub enum RunsCommand {
     },
     /// Delete runs, their metrics and the artifacts nothing else references.
     Delete {
+        /// The run ids to delete.
         #[arg(required = true)]
         runs: Vec<String>,
         #[command(flatten)]
@@ -67,14 +76,19 @@ pub enum RunsCommand {
     },
     /// Start a run; prints its id (for scripts and pipeline steps).
     Create {
+        /// The experiment (created when it does not exist).
         #[arg(long, default_value = "Default")]
         experiment: String,
+        /// A name for people; runs are found by id.
         #[arg(long, default_value = "")]
         name: String,
+        /// A parameter of the run (repeatable).
         #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_pair)]
         params: Vec<(String, String)>,
+        /// A tag of the run (repeatable).
         #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_pair)]
         tags: Vec<(String, String)>,
+        /// The parent run (a sweep's), by id.
         #[arg(long)]
         parent: Option<String>,
         /// Record this dataset's fingerprint in the run's lineage.
@@ -88,13 +102,18 @@ pub enum RunsCommand {
     },
     /// Log metrics, parameters or tags to a run.
     Log {
+        /// The run's id.
         run: String,
+        /// A metric value (repeatable), logged at --step.
         #[arg(long = "metric", value_name = "KEY=VALUE", value_parser = parse_metric)]
         metrics: Vec<(String, f64)>,
+        /// The step the metrics belong to (an epoch, an iteration).
         #[arg(long, default_value_t = 0)]
         step: i64,
+        /// A parameter (repeatable); a parameter does not change once logged.
         #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_pair)]
         params: Vec<(String, String)>,
+        /// A tag (repeatable); a tag may change.
         #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_pair)]
         tags: Vec<(String, String)>,
         #[command(flatten)]
@@ -102,7 +121,9 @@ pub enum RunsCommand {
     },
     /// Attach a file or directory to a run as an artifact.
     Artifact {
+        /// The run's id.
         run: String,
+        /// The file or directory to attach (stored by its BLAKE3 digest).
         path: PathBuf,
         /// The artifact's name in the run (default: the file name).
         #[arg(long)]
@@ -112,7 +133,9 @@ pub enum RunsCommand {
     },
     /// End a run.
     End {
+        /// The run's id.
         run: String,
+        /// How it ended: finished, failed or killed.
         #[arg(long, value_parser = parse_status, default_value = "finished")]
         status: RunStatus,
         #[command(flatten)]
