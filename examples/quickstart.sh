@@ -45,7 +45,7 @@ rm -rf "$HOME_DIR"
   --spec examples/breast_cancer.spec.toml --epochs 40 --register breast-cancer
 "$KILN" --home "$HOME_DIR" models promote breast-cancer 1 --expect none --reason "first version"
 "$KILN" --home "$HOME_DIR" models show breast-cancer
-"$KILN" --home "$HOME_DIR" predict --model breast-cancer@production --data "$data" -o "$OUT/breast_cancer.predictions.csv"
+"$KILN" --home "$HOME_DIR" predict --model breast-cancer --data "$data" -o "$OUT/breast_cancer.predictions.csv"
 
 echo; echo "== the retraining pipeline: every step, then the same run again from the cache"
 pipeline=examples/pipelines/retrain.toml
@@ -56,7 +56,6 @@ pipeline=examples/pipelines/retrain.toml
 "$KILN" --home "$HOME_DIR" pipeline runs
 
 echo; echo "== kiln up: both models served, the pipeline scheduled, then stop"
-"$KILN" --home "$HOME_DIR" models alias set breast-cancer champion 1 --reason "serve it"
 "$KILN" --home "$HOME_DIR" up --pipeline "$pipeline" --addr 127.0.0.1:0 2>"$OUT/serve.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT

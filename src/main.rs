@@ -58,6 +58,10 @@ enum Command {
     Repl(cmd::repl::ReplArgs),
     /// Route a model's traffic: split between versions, a shadow version, dynamic batching.
     Deploy(cmd::serve::DeployArgs),
+    /// Print a shell's completion script for kiln.
+    Completions(cmd::shell::CompletionsArgs),
+    /// Write kiln's manual pages (roff), generated from the same definitions as `--help`.
+    Man(cmd::shell::ManArgs),
 }
 
 /// Runs one command (from the command line or a REPL line).
@@ -77,6 +81,8 @@ fn dispatch(home: &cmd::registry::Home, command: Command) -> anyhow::Result<Outc
         Command::Up(a) => cmd::up::up(home, a),
         Command::Repl(a) => cmd::repl::repl(home, a),
         Command::Monitor(c) => cmd::monitor::run(home, c),
+        Command::Completions(a) => cmd::shell::completions(a),
+        Command::Man(a) => cmd::shell::man(a),
     }
 }
 

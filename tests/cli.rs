@@ -284,3 +284,57 @@ fn usage_errors_exit_2() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("expected NAME=TYPE"), "{}", r.stderr);
 }
+
+#[test]
+fn completions_and_manual_pages_come_from_the_command_line_itself() {
+    let k = Kiln::new();
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let script = k.ok(&["completions", shell]);
+        assert!(
+            script.contains("train") && script.contains("target"),
+            "{shell}"
+        );
+    }
+    // bash completes a partial command and a flag with the generated script.
+    let script = k.file("kiln.bash", k.ok(&["completions", "bash"]));
+    let complete = |line: &str| -> String {
+        let words: Vec<&str> = line.split(' ').collect();
+        let program = format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={}; _kiln kiln '{}' '{}'; echo \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            words
+                .iter()
+                .map(|w| format!("'{w}'"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &program])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        complete("kiln tra")
+            .split_whitespace()
+            .any(|w| w == "train")
+    );
+    assert!(complete("kiln train --tar").contains("--target"));
+    let r = k.run(&["completions", "tcsh"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("possible values: bash"), "{}", r.stderr);
+    // One manual page per command, each naming its options.
+    let dir = k.path("man");
+    k.ok(&["man", "-o", dir.to_str().unwrap()]);
+    let train = std::fs::read_to_string(dir.join("kiln-train.1")).unwrap();
+    assert!(
+        train.starts_with(".ie") && train.contains(".TH kiln-train 1"),
+        "{train}"
+    );
+    assert!(train.contains("The column to predict"), "{train}");
+    assert!(dir.join("kiln-models-promote.1").exists());
+    assert!(k.ok(&["man"]).contains(".SH NAME"));
+}

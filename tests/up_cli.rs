@@ -250,11 +250,13 @@ predict {\"i1\": 1, \"i2\": 38.1, \"i3\": 0.37, \"i4\": null, \"i5\": 256.6, \"i
         "models", "promote", "ctr", "1", "--server", &server, "--token", "s3cret",
     ]);
     assert!(
-        out.contains("ctr version 1 is now in Production (was none)"),
+        out.contains(
+            "ctr version 1 is now in Production (alias `champion`, which serving follows; was version 1)"
+        ),
         "{out}"
     );
     let out = k.ok(&["models", "list", "--server", &server]);
-    assert!(out.contains("production→1"), "{out}");
+    assert!(out.contains("champion→1"), "{out}");
     let out = k.ok(&["runs", "list", "--server", &server, "--json"]);
     let runs: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(runs[0]["id"], "00000001", "{runs}");

@@ -7,5 +7,6 @@ pub mod registry;
 pub mod remote;
 pub mod repl;
 pub mod serve;
+pub mod shell;
 pub mod train;
 pub mod up;
