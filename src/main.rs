@@ -16,6 +16,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 struct Cli {
     #[command(flatten)]
     home: cmd::registry::Home,
+    /// Colours in the log: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorArg::Auto)]
+    color: ColorArg,
     /// With no command in a terminal, kiln starts its REPL.
     #[command(subcommand)]
     command: Option<Command>,
@@ -64,6 +67,13 @@ enum Command {
     Man(cmd::shell::ManArgs),
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
 /// Runs one command (from the command line or a REPL line).
 fn dispatch(home: &cmd::registry::Home, command: Command) -> anyhow::Result<Outcome> {
     match command {
@@ -93,16 +103,43 @@ pub enum Outcome {
     Anomalies,
 }
 
+/// How kiln's log lines look: `KILN_LOG_FORMAT=json` for one JSON object per line (for
+/// containers and log shippers), text otherwise; colours only on a terminal, never with
+/// `NO_COLOR` set or `--color never`.
+fn init_logs(color: ColorArg) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = match color {
+        ColorArg::Always => true,
+        ColorArg::Never => false,
+        ColorArg::Auto => !no_color && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match std::env::var("KILN_LOG_FORMAT").as_deref() {
+        Ok("json") => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        Ok("text") | Err(_) => logs.with_ansi(ansi).init(),
+        Ok(other) => {
+            return Err(format!(
+                "KILN_LOG_FORMAT={other:?}: give `json` (one object per line) or `text`"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(e) = init_logs(cli.color) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Some(command) => dispatch(&cli.home, command),
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {

@@ -35,6 +35,25 @@ pub fn watch_ctrl_c() {
     });
 }
 
+/// A line about the process for whoever runs it (the address it serves on, that it stops), on
+/// stderr: as text, or with `KILN_LOG_FORMAT=json` as a log object like every other line there.
+pub fn status(line: &str) {
+    if std::env::var("KILN_LOG_FORMAT").as_deref() == Ok("json") {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": now,
+                "level": "INFO",
+                "fields": { "message": line },
+                "target": "kiln",
+            })
+        );
+    } else {
+        eprintln!("{line}");
+    }
+}
+
 /// Draws kiln's progress on stderr when it is a terminal; silent otherwise.
 pub struct Bar {
     bar: Mutex<Option<ProgressBar>>,

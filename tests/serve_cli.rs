@@ -335,3 +335,70 @@ fn the_hints_of_an_unpromoted_model_lead_to_a_served_one() {
     assert_eq!(shown["versions"][0]["stage"], "Production", "{shown}");
     server.stop();
 }
+
+/// `KILN_LOG_FORMAT=json`: every line on stderr is one JSON object, and a request's line names
+/// its method, path, model, version, status and latency.
+#[test]
+fn json_logs_are_one_object_per_line_with_the_request() {
+    use std::io::{BufRead, BufReader};
+    let k = Kiln::new();
+    let home = k.path("home").display().to_string();
+    let mut child = k
+        .command()
+        .args(["--home", home.as_str(), "serve", "--addr", "127.0.0.1:0"])
+        .env("KILN_LOG", "info")
+        .env("KILN_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let message = first["fields"]["message"].as_str().unwrap().to_string();
+    let url = message
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let status = util::agent()
+        .get(format!("{url}/v2/models/bc/versions/3/ready?secret=x"))
+        .call()
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let rest: Vec<Value> = lines
+        .map(|l| {
+            let l = l.unwrap();
+            serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+        })
+        .collect();
+    let request = rest
+        .iter()
+        .find(|l| l["fields"]["message"] == "finished processing request")
+        .unwrap_or_else(|| panic!("no request line in {rest:?}"));
+    assert_eq!(request["level"], "INFO");
+    assert!(request["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(request["fields"]["status"], 404);
+    assert!(request["fields"]["latency"].is_string());
+    let span = &request["span"];
+    assert_eq!(
+        (
+            &span["method"],
+            &span["path"],
+            &span["model"],
+            &span["version"]
+        ),
+        (
+            &json!("GET"),
+            &json!("/v2/models/bc/versions/3/ready"),
+            &json!("bc"),
+            &json!("3")
+        ),
+        "{request}"
+    );
+    assert!(!request.to_string().contains("secret"), "{request}");
+}

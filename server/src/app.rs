@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::LatencyUnit;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::error::ApiError;
@@ -90,13 +90,48 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(request_span)
                 .on_response(
                     DefaultOnResponse::new()
                         .level(Level::INFO)
                         .latency_unit(LatencyUnit::Micros),
                 ),
         )
+}
+
+/// The span of one request in the logs: method, path (no query: it may carry what should not be
+/// logged), and the model and version it asks for when its path names them.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let path = request.uri().path();
+    let (model, version) = model_in(path);
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %path,
+        model = model.unwrap_or_default(),
+        version = version.unwrap_or_default(),
+    )
+}
+
+/// The model (and version) a serving path names: `/v2/models/NAME[/versions/V]/…`,
+/// `/v1/models/NAME[/versions/V][:verb]`, `/api/models/NAME/…`.
+fn model_in(path: &str) -> (Option<&str>, Option<&str>) {
+    let rest = ["/v2/models/", "/v1/models/", "/api/models/"]
+        .iter()
+        .find_map(|p| path.strip_prefix(p));
+    let Some(rest) = rest else {
+        return (None, None);
+    };
+    let mut parts = rest.split('/');
+    let model = parts
+        .next()
+        .map(|m| m.split(':').next().unwrap_or(m))
+        .filter(|m| !m.is_empty());
+    let version = match (parts.next(), parts.next()) {
+        (Some("versions" | "labels"), Some(v)) => Some(v.split(':').next().unwrap_or(v)),
+        _ => None,
+    };
+    (model, version)
 }
 
 async fn not_found(request: Request) -> ApiError {

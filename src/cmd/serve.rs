@@ -217,13 +217,13 @@ pub fn announce(state: &kiln_server::AppState, addr: SocketAddr, what: &str) -> 
         .iter()
         .filter(|n| state.models.live(n).is_some())
         .count();
-    eprintln!(
+    crate::ui::status(&format!(
         "{what} serving {live} of {} models on http://{addr} (V2 /v2, TF Serving /v1, MLflow /invocations, /api, /metrics)",
         names.len()
-    );
+    ));
     for name in &names {
         if let Some(problem) = state.models.problem(name) {
-            eprintln!("  {name}: not live: {problem}");
+            crate::ui::status(&format!("  {name}: not live: {problem}"));
         }
     }
     Ok(())
@@ -256,7 +256,7 @@ pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
         let models = state.models.clone();
         kiln_server::serve(listener, kiln_server::router(state), shutdown_signal()).await?;
         tokio::task::spawn_blocking(move || models.flush_log()).await?;
-        eprintln!("kiln server stopped");
+        crate::ui::status("kiln server stopped");
         anyhow::Ok(())
     })?;
     Ok(Outcome::Ok)
@@ -306,7 +306,7 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    eprintln!("shutting down: finishing requests in flight");
+    crate::ui::status("shutting down: finishing requests in flight");
 }
 
 #[derive(Debug, Args)]

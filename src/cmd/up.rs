@@ -66,9 +66,9 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
         let service = crate::components::service(registry.clone(), stop.clone());
         let recovered = service.recover()?;
         if !recovered.is_empty() {
-            eprintln!(
+            crate::ui::status(&format!(
                 "pipeline runs left running by a stopped kiln, recorded as cancelled: {recovered:?}"
-            );
+            ));
         }
         args.serve.start_backups(registry.clone(), home);
         let state = kiln_server::start(registry.clone(), selection, config).await?;
@@ -102,9 +102,9 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
             .with_context(|| format!("listening on {addr}"))?;
         let bound = listener.local_addr()?;
         announce(&state, bound, "kiln up:")?;
-        eprintln!(
+        crate::ui::status(&format!(
             "kiln up: {count} pipelines ({scheduled} scheduled) at http://{bound}/api/pipelines"
-        );
+        ));
         if !on_drift.is_empty() || args.drift_webhook.is_some() {
             let watcher = DriftWatch {
                 models: state.models.clone(),
@@ -120,7 +120,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
         let router = kiln_server::router(state);
         let shutdown = async move {
             shutdown_signal().await;
-            eprintln!("cancelling running pipeline steps");
+            crate::ui::status("cancelling running pipeline steps");
             let _ = stop_tx.send(true);
         };
         kiln_server::serve(listener, router, shutdown).await?;
@@ -133,7 +133,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
     })?;
     // A component that cannot stop early (a sweep) is not waited for.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
-    eprintln!("kiln stopped");
+    crate::ui::status("kiln stopped");
     Ok(Outcome::Ok)
 }
 
