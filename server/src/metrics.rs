@@ -23,9 +23,27 @@ pub struct Metrics {
     pub shadow_skipped: IntCounterVec,
     pub logged: IntCounterVec,
     pub log_dropped: IntCounterVec,
-    pub drift: GaugeVec,
+    pub drift: Drift,
     pub drift_alarm: IntGaugeVec,
 }
+
+/// Drift of each feature of a served version over its window, one family per measure (as
+/// Prometheus wants one unit and meaning per family), labelled model, version and feature.
+pub struct Drift {
+    /// Population stability index of a numeric feature.
+    pub psi: GaugeVec,
+    /// Jensen-Shannon divergence of a numeric feature.
+    pub js: GaugeVec,
+    /// L-infinity distance between a categorical feature's frequencies.
+    pub linf: GaugeVec,
+    /// Share of a categorical feature's values never seen in training.
+    pub unseen: GaugeVec,
+    /// Share of missing values.
+    pub missing: GaugeVec,
+}
+
+/// The commit kiln was built from (`unknown` outside a git checkout).
+const COMMIT: &str = env!("KILN_COMMIT");
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -66,6 +84,20 @@ impl Metrics {
                 .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
             g
         };
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "kiln_build_info",
+                "Always 1; the labels say which kiln answers: its version and commit",
+            ),
+            &["version", "commit"],
+        )
+        .unwrap_or_else(|e| unreachable!("metric: {e}"));
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), COMMIT])
+            .set(1);
+        registry
+            .register(Box::new(build))
+            .unwrap_or_else(|e| unreachable!("metric: {e}"));
         let drift_alarm = IntGaugeVec::new(
             Opts::new(
                 "kiln_drift_alarm",
@@ -88,12 +120,35 @@ impl Metrics {
                 "Sampled requests dropped because the prediction log's queue was full",
                 &["model"],
             ),
-            drift: gauge(
-                "kiln_drift",
-                "Drift of a feature of a served version over the window: psi and js for numbers, \
-                 linf and unseen for categories, missing for every feature",
-                &["model", "version", "feature", "measure"],
-            ),
+            drift: Drift {
+                psi: gauge(
+                    "kiln_drift_psi",
+                    "Population stability index of a numeric feature of a served version over \
+                     the window",
+                    &["model", "version", "feature"],
+                ),
+                js: gauge(
+                    "kiln_drift_js",
+                    "Jensen-Shannon divergence of a numeric feature of a served version over \
+                     the window",
+                    &["model", "version", "feature"],
+                ),
+                linf: gauge(
+                    "kiln_drift_linf",
+                    "L-infinity distance of a categorical feature's frequencies from training's",
+                    &["model", "version", "feature"],
+                ),
+                unseen: gauge(
+                    "kiln_drift_unseen",
+                    "Share of a categorical feature's values never seen in training",
+                    &["model", "version", "feature"],
+                ),
+                missing: gauge(
+                    "kiln_drift_missing",
+                    "Share of a feature's values missing over the window",
+                    &["model", "version", "feature"],
+                ),
+            },
             drift_alarm,
             requests: counter(
                 "kiln_requests_total",

@@ -158,26 +158,17 @@ impl Models {
                 v.monitor
                     .report(&v.model, v.version, &c.thresholds, &c.feature_thresholds);
             for f in report.features.iter().chain(report.prediction.as_ref()) {
-                let labels = |m: &'static str| {
-                    [
-                        v.model.clone(),
-                        v.label.clone(),
-                        f.feature.clone(),
-                        m.to_string(),
-                    ]
-                };
-                for (measure, value) in [
-                    ("psi", f.psi),
-                    ("js", f.js),
-                    ("linf", f.linf),
-                    ("unseen", f.unseen),
-                    ("missing", Some(f.missing)),
+                let d = &self.metrics.drift;
+                for (family, value) in [
+                    (&d.psi, f.psi),
+                    (&d.js, f.js),
+                    (&d.linf, f.linf),
+                    (&d.unseen, f.unseen),
+                    (&d.missing, Some(f.missing)),
                 ] {
                     if let Some(x) = value {
-                        let l = labels(measure);
-                        self.metrics
-                            .drift
-                            .with_label_values(&[&l[0], &l[1], &l[2], &l[3]])
+                        family
+                            .with_label_values(&[&v.model, &v.label, &f.feature])
                             .set(x);
                     }
                 }

@@ -137,6 +137,25 @@ async fn shifted_features_and_only_those_raise_alarms() {
         "{metrics}"
     );
     assert!(metrics.contains(r#"kiln_drift_alarm{feature="worst area",model="bc",version="1"} 0"#));
+    // One family per measure, each with its own help.
+    for family in ["psi", "js", "missing"] {
+        assert!(
+            metrics.contains(&format!("# TYPE kiln_drift_{family} gauge"))
+                && metrics.contains(&format!(
+                    "kiln_drift_{family}{{feature=\"mean radius\",model=\"bc\",version=\"1\"}}"
+                )),
+            "{family}: {metrics}"
+        );
+    }
+    let build = metrics
+        .lines()
+        .find(|l| l.starts_with("kiln_build_info{"))
+        .unwrap_or_else(|| panic!("no kiln_build_info in {metrics}"));
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.ends_with(" 1"),
+        "{build}"
+    );
     assert!(metrics.contains("kiln_predictions_logged_total{model=\"bc\",version=\"1\"} 97"));
     let log = f.registry.home().join("predictions/bc/1/current.jsonl");
     let mut lines = 0;
