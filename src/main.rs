@@ -194,4 +194,50 @@ mod tests {
             missing.join("\n")
         );
     }
+
+    /// Every command that changes something can say what it changed as JSON.
+    #[test]
+    fn every_change_has_json() {
+        let cli = super::Cli::command();
+        let mut lacking = Vec::new();
+        for path in [
+            "experiments create",
+            "experiments rename",
+            "experiments delete",
+            "runs create",
+            "runs log",
+            "runs artifact",
+            "runs end",
+            "runs delete",
+            "models register",
+            "models alias set",
+            "models alias delete",
+            "models promote",
+            "models export",
+            "models delete",
+            "registry backup",
+            "registry restore",
+            "train",
+            "sweep",
+            "deploy",
+            "pipeline run",
+            "pipeline cancel",
+            "pipeline backfill",
+            "pipeline prune",
+            "pipeline schedule pause",
+            "pipeline schedule resume",
+            "data transform",
+        ] {
+            let mut c = &cli;
+            for word in path.split(' ') {
+                c = c
+                    .find_subcommand(word)
+                    .unwrap_or_else(|| panic!("no command `{path}`"));
+            }
+            if !c.get_arguments().any(|a| a.get_id() == "json") {
+                lacking.push(path);
+            }
+        }
+        assert!(lacking.is_empty(), "without --json: {lacking:?}");
+    }
 }

@@ -181,6 +181,20 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a command changed: `value` as JSON with `--json`, else the line `text` makes.
+pub fn changed<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        println!("{}", text());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::num;

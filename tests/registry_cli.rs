@@ -3,7 +3,7 @@
 
 mod util;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use util::Kiln;
 
 fn home_args(k: &Kiln) -> Vec<String> {
@@ -357,4 +357,65 @@ fn a_damaged_registry_is_named_by_check_and_restored_from_a_backup() {
         ],
     );
     assert!(out.join("weights.safetensors").exists());
+}
+
+/// Every change can answer as JSON, with ids as people type them, for scripts.
+#[test]
+fn changes_answer_as_json() {
+    let k = Kiln::new();
+    let created: Value =
+        serde_json::from_str(&ok(&k, &["experiments", "create", "scripted", "--json"])).unwrap();
+    assert_eq!(created["name"], "scripted");
+    let run: Value = serde_json::from_str(&ok(
+        &k,
+        &["runs", "create", "--experiment", "scripted", "--json"],
+    ))
+    .unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 8, "{run}");
+    let logged: Value = serde_json::from_str(&ok(
+        &k,
+        &[
+            "runs", "log", &id, "--metric", "auc=0.9", "--step", "2", "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        (&logged["metrics"], &logged["step"]),
+        (&json!(1), &json!(2))
+    );
+    std::fs::create_dir_all(k.path("bundle")).unwrap();
+    let bundle = k.file("bundle/weights.safetensors", [1u8, 2, 3]);
+    let artifact: Value = serde_json::from_str(&ok(
+        &k,
+        &[
+            "runs",
+            "artifact",
+            &id,
+            bundle.parent().unwrap().to_str().unwrap(),
+            "--name",
+            "model",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(artifact["kind"], "directory");
+    let ended: Value = serde_json::from_str(&ok(&k, &["runs", "end", &id, "--json"])).unwrap();
+    assert_eq!(ended["status"], "finished");
+    let version: Value = serde_json::from_str(&ok(
+        &k,
+        &["models", "register", "scripted", "--run", &id, "--json"],
+    ))
+    .unwrap();
+    assert_eq!(version["version"], 1);
+    let promoted: Value =
+        serde_json::from_str(&ok(&k, &["models", "promote", "scripted", "1", "--json"])).unwrap();
+    assert_eq!(
+        (
+            &promoted["stage"],
+            &promoted["event"]["alias"],
+            &promoted["event"]["to"]
+        ),
+        (&json!("Production"), &json!("champion"), &json!(1))
+    );
 }

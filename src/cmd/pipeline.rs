@@ -69,6 +69,9 @@ pub enum PipelineCommand {
     Cancel {
         /// The pipeline run's number.
         run: u64,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -129,12 +132,18 @@ pub enum ScheduleCommand {
     Pause {
         /// The pipeline's name.
         pipeline: String,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
     Resume {
         /// The pipeline's name.
         pipeline: String,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -192,8 +201,10 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
         PipelineCommand::Logs { run, step, server } => {
             logs(&*server.pipelines(home)?, run, step.as_deref())
         }
-        PipelineCommand::Cancel { run, server } => {
-            println!("{}", server.pipelines(home)?.cancel(run)?);
+        PipelineCommand::Cancel { run, json, server } => {
+            let message = server.pipelines(home)?.cancel(run)?;
+            let what = serde_json::json!({ "run": run, "message": message });
+            ui::changed(json, &what, || message.clone())?;
             Ok(Outcome::Ok)
         }
         PipelineCommand::Backfill {
@@ -771,7 +782,7 @@ fn backfill(
 }
 
 fn schedule(home: &Home, command: ScheduleCommand) -> Result<Outcome> {
-    let (pipeline, paused, server) = match command {
+    let (pipeline, paused, json, server) = match command {
         ScheduleCommand::List { json, server } => {
             let states = server.pipelines(home)?.schedules()?;
             if json {
@@ -814,13 +825,24 @@ fn schedule(home: &Home, command: ScheduleCommand) -> Result<Outcome> {
             );
             return Ok(Outcome::Ok);
         }
-        ScheduleCommand::Pause { pipeline, server } => (pipeline, true, server),
-        ScheduleCommand::Resume { pipeline, server } => (pipeline, false, server),
+        ScheduleCommand::Pause {
+            pipeline,
+            json,
+            server,
+        } => (pipeline, true, json, server),
+        ScheduleCommand::Resume {
+            pipeline,
+            json,
+            server,
+        } => (pipeline, false, json, server),
     };
     server.pipelines(home)?.pause_schedule(&pipeline, paused)?;
-    println!(
-        "schedule of `{pipeline}` {}",
-        if paused { "paused" } else { "resumed" }
-    );
+    let what = serde_json::json!({ "pipeline": pipeline, "paused": paused });
+    ui::changed(json, &what, || {
+        format!(
+            "schedule of `{pipeline}` {}",
+            if paused { "paused" } else { "resumed" }
+        )
+    })?;
     Ok(Outcome::Ok)
 }

@@ -21,6 +21,9 @@ pub enum ExperimentsCommand {
     Create {
         /// The new experiment's name.
         name: String,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -30,6 +33,9 @@ pub enum ExperimentsCommand {
         old: String,
         /// Its new name.
         new: String,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -40,6 +46,9 @@ pub enum ExperimentsCommand {
         /// Delete its runs too (without it, an experiment with runs is refused).
         #[arg(long)]
         force: bool,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -73,17 +82,22 @@ pub fn experiments(home: &Home, command: ExperimentsCommand) -> Result<Outcome> 
                 );
             }
         }
-        ExperimentsCommand::Create { name, .. } => {
-            backend.create_experiment(&name)?;
-            println!("created experiment {name}");
+        ExperimentsCommand::Create { name, json, .. } => {
+            let e = backend.create_experiment(&name)?;
+            ui::changed(json, &e, || format!("created experiment {name}"))?;
         }
-        ExperimentsCommand::Rename { old, new, .. } => {
-            backend.rename_experiment(&old, &new)?;
-            println!("renamed experiment {old} to {new}");
+        ExperimentsCommand::Rename { old, new, json, .. } => {
+            let e = backend.rename_experiment(&old, &new)?;
+            ui::changed(json, &e, || format!("renamed experiment {old} to {new}"))?;
         }
-        ExperimentsCommand::Delete { name, force, .. } => {
+        ExperimentsCommand::Delete {
+            name, force, json, ..
+        } => {
             let n = backend.delete_experiment(&name, force)?;
-            println!("deleted experiment {name} and {n} runs");
+            let what = serde_json::json!({ "experiment": name, "runs_deleted": n });
+            ui::changed(json, &what, || {
+                format!("deleted experiment {name} and {n} runs")
+            })?;
         }
     }
     Ok(Outcome::Ok)

@@ -58,6 +58,9 @@ pub enum ModelsCommand {
         /// What the version is, for people.
         #[arg(long, default_value = "")]
         description: String,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -74,6 +77,9 @@ pub enum ModelsCommand {
         /// The stage: production (alias `champion`, which serving follows) or staging.
         #[arg(long, value_enum, default_value_t = StageArg::Production)]
         to: StageArg,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         change: Change,
         #[command(flatten)]
@@ -105,6 +111,9 @@ pub enum ModelsCommand {
         /// The new directory to copy the bundle to.
         #[arg(short, long)]
         output: PathBuf,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -118,6 +127,9 @@ pub enum ModelsCommand {
         /// Delete even when aliases point to it (the aliases are deleted, and recorded).
         #[arg(long)]
         force: bool,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -133,6 +145,9 @@ pub enum AliasCommand {
         alias: String,
         /// The version it points to.
         version: u32,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         change: Change,
         #[command(flatten)]
@@ -144,6 +159,9 @@ pub enum AliasCommand {
         name: String,
         /// The alias to delete.
         alias: String,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         change: Change,
         #[command(flatten)]
@@ -306,43 +324,51 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
             run,
             artifact,
             description,
+            json,
             ..
         } => {
             let v =
                 backend.register_version(&name, run_id(&run)?, &artifact, &description, None)?;
-            println!(
-                "registered {name} version {} from run {}",
-                v.version,
-                run_id_text(v.run_id)
-            );
+            ui::changed(json, &v, || {
+                format!(
+                    "registered {name} version {} from run {}",
+                    v.version,
+                    run_id_text(v.run_id)
+                )
+            })?;
         }
         ModelsCommand::Alias(AliasCommand::Set {
             name,
             alias,
             version,
             change,
+            json,
             ..
         }) => {
             let e = backend.set_alias(&name, &alias, version, &change.alias_move()?)?;
-            println!(
-                "{name}@{alias}: {} → {version}",
-                e.from.map_or("none".into(), |v| v.to_string())
-            );
+            ui::changed(json, &e, || {
+                format!(
+                    "{name}@{alias}: {} → {version}",
+                    e.from.map_or("none".into(), |v| v.to_string())
+                )
+            })?;
         }
         ModelsCommand::Alias(AliasCommand::Delete {
             name,
             alias,
             change,
+            json,
             ..
         }) => {
-            backend.delete_alias(&name, &alias, &change.alias_move()?)?;
-            println!("deleted alias {alias} of {name}");
+            let e = backend.delete_alias(&name, &alias, &change.alias_move()?)?;
+            ui::changed(json, &e, || format!("deleted alias {alias} of {name}"))?;
         }
         ModelsCommand::Promote {
             name,
             version,
             to,
             change,
+            json,
             ..
         } => {
             let stage = match to {
@@ -356,10 +382,13 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
             } else {
                 ""
             };
-            println!(
-                "{name} version {version} is now in {stage} (alias `{alias}`{serves}; was {})",
-                e.from.map_or("none".into(), |v| format!("version {v}"))
-            );
+            let what = serde_json::json!({ "stage": stage.to_string(), "event": e });
+            ui::changed(json, &what, || {
+                format!(
+                    "{name} version {version} is now in {stage} (alias `{alias}`{serves}; was {})",
+                    e.from.map_or("none".into(), |v| format!("version {v}"))
+                )
+            })?;
         }
         ModelsCommand::History {
             name,
@@ -415,6 +444,7 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
             name,
             version,
             output,
+            json,
             ..
         } => {
             if output.exists() {
@@ -422,27 +452,35 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
             }
             let v = backend.resolve(&name, &version)?;
             backend.export_version(&v, &output)?;
-            println!(
-                "exported {name} version {} to {}",
-                v.version,
-                output.display()
-            );
+            let what = serde_json::json!({ "model": name, "version": v.version, "output": output });
+            ui::changed(json, &what, || {
+                format!(
+                    "exported {name} version {} to {}",
+                    v.version,
+                    output.display()
+                )
+            })?;
         }
         ModelsCommand::Delete {
             name,
             version,
             force,
+            json,
             ..
         } => {
             let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
             match version {
                 Some(v) => {
                     backend.delete_version(&name, v, force, &by)?;
-                    println!("deleted {name} version {v}");
+                    let what = serde_json::json!({ "model": name, "version": v });
+                    ui::changed(json, &what, || format!("deleted {name} version {v}"))?;
                 }
                 None => {
                     let n = backend.delete_model(&name, force, &by)?;
-                    println!("deleted model {name} and {n} versions");
+                    let what = serde_json::json!({ "model": name, "versions_deleted": n });
+                    ui::changed(json, &what, || {
+                        format!("deleted model {name} and {n} versions")
+                    })?;
                 }
             }
         }

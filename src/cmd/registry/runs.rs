@@ -9,7 +9,7 @@ use clap::Subcommand;
 use kiln_core::registry::floats::Float;
 use kiln_core::registry::query::{RunView, run_json};
 use kiln_core::registry::{Lineage, MetricPoint, NewRun, RunStatus, run_id_text};
-use kiln_core::wire::runs::{RunEntry, RunQuery};
+use kiln_core::wire::runs::{RunEntry, RunQuery, RunText};
 
 use super::{Home, parse_metric, parse_pair, parse_status, run_id, when};
 use crate::cmd::remote::Server;
@@ -71,6 +71,9 @@ pub enum RunsCommand {
         /// The run ids to delete.
         #[arg(required = true)]
         runs: Vec<String>,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -97,6 +100,9 @@ pub enum RunsCommand {
         /// Record this fitted transform's digest in the run's lineage.
         #[arg(long)]
         transform: Option<PathBuf>,
+        /// Print the run as JSON instead of its id.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -116,6 +122,9 @@ pub enum RunsCommand {
         /// A tag (repeatable); a tag may change.
         #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_pair)]
         tags: Vec<(String, String)>,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -128,6 +137,9 @@ pub enum RunsCommand {
         /// The artifact's name in the run (default: the file name).
         #[arg(long)]
         name: Option<String>,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -138,6 +150,9 @@ pub enum RunsCommand {
         /// How it ended: finished, failed or killed.
         #[arg(long, value_parser = parse_status, default_value = "finished")]
         status: RunStatus,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: Server,
     },
@@ -400,11 +415,18 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
             }
             print_compare(&views, &runs, json)?;
         }
-        RunsCommand::Delete { runs, .. } => {
+        RunsCommand::Delete { runs, json, .. } => {
+            let mut deleted = Vec::new();
             for r in runs {
                 let id = run_id(&r)?;
                 backend.delete_run(id)?;
-                println!("deleted run {}", run_id_text(id));
+                deleted.push(run_id_text(id));
+                if !json {
+                    println!("deleted run {}", run_id_text(id));
+                }
+            }
+            if json {
+                ui::print_json(&serde_json::json!({ "deleted": deleted }))?;
             }
         }
         RunsCommand::Create {
@@ -415,6 +437,7 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
             parent,
             dataset,
             transform,
+            json,
             ..
         } => {
             let transform_digest = match transform {
@@ -447,7 +470,8 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
                     source_commit: source_commit(Path::new(".")),
                 },
             })?;
-            println!("{}", run_id_text(run.id));
+            let id = run_id_text(run.id);
+            ui::changed(json, &RunText(run), || id)?;
         }
         RunsCommand::Log {
             run,
@@ -455,9 +479,17 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
             step,
             params,
             tags,
+            json,
             ..
         } => {
             let id = run_id(&run)?;
+            let logged = serde_json::json!({
+                "run": run_id_text(id),
+                "metrics": metrics.len(),
+                "params": params.len(),
+                "tags": tags.len(),
+                "step": step,
+            });
             if !params.is_empty() {
                 backend.log_params(id, &params.into_iter().collect())?;
             }
@@ -472,9 +504,16 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
                 backend.log_metrics(id, &points)?;
             }
             backend.flush()?;
+            if json {
+                ui::print_json(&logged)?;
+            }
         }
         RunsCommand::Artifact {
-            run, path, name, ..
+            run,
+            path,
+            name,
+            json,
+            ..
         } => {
             let name = match name {
                 Some(n) => n,
@@ -484,11 +523,16 @@ pub fn runs(home: &Home, command: RunsCommand) -> Result<Outcome> {
                     .context("give the artifact a --name")?,
             };
             let a = backend.log_artifact(run_id(&run)?, &name, &path)?;
-            println!("{} {} ({} bytes)", a.name, a.digest, a.size);
+            ui::changed(json, &a, || {
+                format!("{} {} ({} bytes)", a.name, a.digest, a.size)
+            })?;
         }
-        RunsCommand::End { run, status, .. } => {
+        RunsCommand::End {
+            run, status, json, ..
+        } => {
             let r = backend.end_run(run_id(&run)?, status)?;
-            println!("run {} {}", run_id_text(r.id), r.status);
+            let line = format!("run {} {}", run_id_text(r.id), r.status);
+            ui::changed(json, &RunText(r), || line)?;
         }
     }
     Ok(Outcome::Ok)
