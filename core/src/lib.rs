@@ -34,6 +34,7 @@ pub mod registry;
 pub mod schema;
 pub mod stats;
 pub mod synth;
+pub mod text;
 pub mod threads;
 pub mod transform;
 pub mod wire;

@@ -36,6 +36,7 @@ use self::models::{
 };
 use self::pipelines::{cancel_run, pipeline_run_page, pipelines_page, step_log_page, trigger_run};
 use self::runs::{compare_page, run_page, runs_page};
+use kiln_core::text::num;
 
 pub fn reads() -> Router<AppState> {
     Router::new()
@@ -117,16 +118,6 @@ fn url(s: &str) -> String {
 fn when(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-fn num(x: f64) -> String {
-    if x == 0.0 || (x.abs() >= 0.001 && x.abs() < 1e6) {
-        let s = format!("{x:.4}");
-        let s = s.trim_end_matches('0').trim_end_matches('.');
-        s.to_string()
-    } else {
-        format!("{x:.3e}")
-    }
 }
 
 fn page(title: &str, active: &str, body: &str) -> Html<String> {

@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect};
 use kiln_core::registry::StepExecState;
+use kiln_core::text::num;
 
 use super::auth::{authorized, back};
 use super::svg::dag;
@@ -126,6 +127,15 @@ pub(super) async fn pipeline_run_page(
                             "<span class=\"badge\">run=<a href=\"/ui/runs/{0}\">{0}</a></span>",
                             esc(v)
                         )
+                    } else if let Some(x) = v.parse::<f64>().ok().filter(|_| v.contains('.')) {
+                        // A measured value, rounded as the command line rounds it; the full
+                        // value on hover.
+                        format!(
+                            "<span class=\"badge\" title=\"{}\">{}={}</span>",
+                            esc(v),
+                            esc(k),
+                            num(x)
+                        )
                     } else {
                         format!("<span class=\"badge\">{}={}</span>", esc(k), esc(v))
                     }
@@ -148,7 +158,7 @@ pub(super) async fn pipeline_run_page(
         };
         Ok(format!(
             "<h1>Pipeline {} run {}</h1>{}<p class=\"muted\">{} · {} · date {} · started {} · file <code>{}</code></p>{cancel}\
-             <h2>Steps</h2>{}<table><thead><tr><th scope=\"col\">step</th><th scope=\"col\">state</th><th scope=\"col\" class=\"num\">attempts</th>\
+             <h2>Steps</h2><div class=\"dag\">{}</div><table><thead><tr><th scope=\"col\">step</th><th scope=\"col\">state</th><th scope=\"col\" class=\"num\">attempts</th>\
              <th scope=\"col\" class=\"num\">took</th><th scope=\"col\">note</th><th scope=\"col\">values</th><th scope=\"col\">logs</th></tr></thead><tbody>{rows}</tbody></table>",
             esc(&run.pipeline),
             run.id,
