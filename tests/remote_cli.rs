@@ -407,3 +407,129 @@ fn artifact_and_tracking_endpoints_refuse_what_a_hostile_client_or_page_sends() 
         .unwrap();
     assert_eq!(got.body_mut().read_to_vec().unwrap(), content);
 }
+
+/// `--server https://…` through a TLS-terminating proxy in front of `kiln serve`, its
+/// certificate signed by a private CA: refused until `--server-ca` names that CA.
+#[test]
+fn an_https_server_is_reached_with_its_private_ca() {
+    let k = util::Kiln::new();
+    let dir = k.path("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kiln test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    let server = util::Served::start(&k, &["serve", "--addr", "127.0.0.1:0"]);
+    let mut proxy = std::process::Command::new("python3")
+        .arg(util::repo_root().join("tests/tls_proxy.py"))
+        .args([dir.join("server.pem"), dir.join("server.key")])
+        .arg(&server.url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let https = format!("https://127.0.0.1:{}", port.trim());
+    // The public roots do not know the private CA.
+    let r = k.run(&["models", "list", "--server", &https]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        r.stderr
+    );
+    // With it, the answer comes through TLS.
+    let ca = dir.join("ca.pem");
+    let out = k.ok(&[
+        "models",
+        "list",
+        "--json",
+        "--server",
+        &https,
+        "--server-ca",
+        ca.to_str().unwrap(),
+    ]);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert!(list["models"].as_array().unwrap().is_empty(), "{list}");
+    // A file that is no certificate is named as such.
+    let r = k.run(&[
+        "models",
+        "list",
+        "--server",
+        &https,
+        "--server-ca",
+        dir.join("ext").to_str().unwrap(),
+    ]);
+    assert!(
+        r.stderr.contains("--server-ca") && r.stderr.contains("no certificate"),
+        "{}",
+        r.stderr
+    );
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}

@@ -283,11 +283,13 @@ impl Session {
         Ok(())
     }
 
-    /// The server the session talks to, with the token from `KILN_TOKEN`.
+    /// The server the session talks to, with the token from `KILN_TOKEN` and the CA from
+    /// `KILN_SERVER_CA`.
     fn remote(&self) -> Option<Server> {
         self.server.as_ref().map(|url| Server {
             server: Some(url.clone()),
             token: std::env::var("KILN_TOKEN").ok(),
+            server_ca: std::env::var_os("KILN_SERVER_CA").map(Into::into),
         })
     }
 
@@ -302,7 +304,7 @@ impl Session {
         let model = self.model.clone().ok_or_else(|| {
             anyhow::anyhow!("no current model; `use NAME` first (`models list` shows them)")
         })?;
-        if let Some(client) = self.remote().and_then(|r| r.client()) {
+        if let Some(client) = self.remote().map(|r| r.client()).transpose()?.flatten() {
             for p in client.predict(&model, rows)? {
                 println!("{p}");
             }

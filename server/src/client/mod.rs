@@ -92,6 +92,34 @@ impl Client {
         }
     }
 
+    /// The same client trusting only the CA certificates in `pem` for https:// (a private CA),
+    /// in place of the public roots.
+    pub fn trusting(mut self, pem: &[u8]) -> Result<Client, RegistryError> {
+        let certs = ureq::tls::parse_pem(pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RegistryError::Invalid(format!("not a PEM certificate: {e}")))?;
+        if certs.is_empty() {
+            return Err(RegistryError::Invalid(
+                "no certificate in it (give the CA's PEM file)".into(),
+            ));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
+            .build();
+        self.agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(TIMEOUT))
+            .tls_config(tls)
+            .build()
+            .into();
+        Ok(self)
+    }
+
     /// The server's URL without a trailing `/`.
     pub fn base(&self) -> &str {
         &self.base
