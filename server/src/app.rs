@@ -29,7 +29,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/health/live", get(v2::live))
         .route("/v2/health/ready", get(v2::ready))
         .route("/ping", get(mlflow::ping))
-        .route("/health", get(mlflow::ping));
+        .route("/health", get(mlflow::ping))
+        .route("/version", get(mlflow::version));
     let reads = Router::new()
         .route("/v2", get(v2::server_metadata))
         .route("/v2/models/{name}", get(v2::model_metadata))

@@ -49,6 +49,26 @@ impl<'a> ColumnBuilder<'a> {
         Ok(())
     }
 
+    /// Adds a field of a CSV row: a number for a numeric column (booleans as `true`/`false`
+    /// too), text for a categorical one; an empty or missing-value field is missing.
+    pub fn push_field(&mut self, row: usize, s: &str) -> Result<(), ServeError> {
+        let Some(s) = text(s) else {
+            return self.push_json(row, &Value::Null);
+        };
+        match &mut self.column {
+            Column::Texts(out) => out.push(Some(s)),
+            Column::Numbers(out) => match s.trim() {
+                "true" | "True" => out.push(Some(1.0)),
+                "false" | "False" => out.push(Some(0.0)),
+                t => match t.parse::<f64>() {
+                    Ok(x) if x.is_finite() => out.push(Some(x)),
+                    _ => return Err(self.wrong(row, &format!("the field {s:?}"))),
+                },
+            },
+        }
+        Ok(())
+    }
+
     /// Adds a number from a numeric tensor; NaN and infinities are refused.
     pub fn push_number(&mut self, row: usize, x: f64) -> Result<(), ServeError> {
         if !x.is_finite() {
@@ -260,18 +280,7 @@ pub fn from_split(
     data: &[Value],
 ) -> Result<Rows, ServeError> {
     check_rows(data.len())?;
-    let mut position = Vec::with_capacity(signature.len());
-    for name in names {
-        if !signature.iter().any(|c| &c.name == name) {
-            return Err(unknown_column(signature, name, None));
-        }
-    }
-    for input in signature {
-        match names.iter().position(|n| *n == input.name) {
-            Some(p) => position.push(p),
-            None => return Err(missing_column(&input.name, None)),
-        }
-    }
+    let position = positions(signature, names)?;
     let mut builders: Vec<ColumnBuilder> = signature
         .iter()
         .map(|c| ColumnBuilder::new(c, data.len()))
@@ -298,6 +307,58 @@ pub fn from_split(
         data.len(),
         builders.into_iter().map(ColumnBuilder::finish).collect(),
     ))
+}
+
+/// Rows from CSV as pandas writes it (`df.to_csv(index=False)`): a header line of column
+/// names, then one line per row.
+pub fn from_csv(signature: &[InputColumn], body: &[u8]) -> Result<Rows, ServeError> {
+    let bad = |e: csv::Error| ServeError::BadInput(format!("the CSV body: {e}"));
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(body);
+    let names: Vec<String> = reader
+        .headers()
+        .map_err(bad)?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let position = positions(signature, &names)?;
+    let mut builders: Vec<ColumnBuilder> =
+        signature.iter().map(|c| ColumnBuilder::new(c, 0)).collect();
+    let mut rows = 0;
+    for (r, record) in reader.records().enumerate() {
+        let record = record.map_err(bad)?;
+        check_rows(r + 1)?;
+        for (b, p) in builders.iter_mut().zip(&position) {
+            b.push_field(r, record.get(*p).unwrap_or_default())?;
+        }
+        rows = r + 1;
+    }
+    check_rows(rows)?;
+    Ok(Rows::from_columns(
+        rows,
+        builders.into_iter().map(ColumnBuilder::finish).collect(),
+    ))
+}
+
+/// Where each input of the signature is among `names`; a name the signature lacks, or an input
+/// the names lack, is refused.
+fn positions(signature: &[InputColumn], names: &[String]) -> Result<Vec<usize>, ServeError> {
+    for name in names {
+        if !signature.iter().any(|c| &c.name == name) {
+            return Err(unknown_column(signature, name, None));
+        }
+    }
+    signature
+        .iter()
+        .map(|input| {
+            names
+                .iter()
+                .position(|n| *n == input.name)
+                .ok_or_else(|| missing_column(&input.name, None))
+        })
+        .collect()
 }
 
 /// Rows of a numeric matrix `[rows, columns]` in signature order (one input tensor).

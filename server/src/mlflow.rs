@@ -14,13 +14,18 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::decode::{from_columns, from_records, from_split, json_kind};
+use crate::decode::{from_columns, from_csv, from_records, from_split, json_kind};
 use crate::error::{ApiError, ErrorStyle, ServeError};
 use crate::infer::predict;
 use crate::state::{AppState, body, parse_json};
 
 pub async fn ping() -> &'static str {
     "\n"
+}
+
+/// `GET /version`: the version of the server, as an MLflow scoring server answers it.
+pub async fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
 }
 
 pub async fn invocations(
@@ -35,10 +40,14 @@ pub async fn invocations(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json");
-        if !content_type.starts_with("application/json") {
+        let csv = content_type.starts_with("text/csv");
+        if !csv && !content_type.starts_with("application/json") {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("content type `{content_type}` is not read here; send application/json"),
+                format!(
+                    "content type `{content_type}` is not read here; send application/json or \
+                     text/csv (a header line of column names, as pandas' to_csv writes)"
+                ),
             ));
         }
         let model = match query.get("model") {
@@ -65,6 +74,9 @@ pub async fn invocations(
         model_label = model.clone();
         let bytes = body(bytes, state.config.max_body)?;
         let (p, ()) = predict(&state.models, &model, query.get("version").map(String::as_str), "mlflow", move |rt| {
+            if csv {
+                return Ok((from_csv(&rt.manifest().signature, &bytes)?, ()));
+            }
             let request: Value = parse_json(&bytes)?;
             let Value::Object(mut request) = request else {
                 return Err(ServeError::BadInput(

@@ -245,6 +245,34 @@ async fn the_three_protocols_and_their_formats_agree() {
         assert_eq!(status, StatusCode::OK, "{answer}");
         assert_eq!(answer["predictions"], labels);
     }
+    // MLflow's CSV input, as pandas' `to_csv(index=False)` writes it.
+    let mut csv = columns.join(",");
+    for row in &arrays {
+        let fields: Vec<String> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        csv.push('\n');
+        csv.push_str(&fields.join(","));
+    }
+    let (status, _, answer) = common::call(
+        &s,
+        "POST",
+        "/invocations?model=bc",
+        &[("content-type", "text/csv; charset=utf-8")],
+        csv.into_bytes(),
+    )
+    .await;
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["predictions"], labels);
+    let (_, _, version) = common::call(&s, "GET", "/version", &[], axum::body::Body::empty()).await;
+    assert_eq!(
+        String::from_utf8(version).unwrap(),
+        env!("CARGO_PKG_VERSION")
+    );
     let (_, answer) = json(
         &s,
         "POST",
@@ -623,10 +651,26 @@ async fn bad_input_is_refused_with_a_reason_and_serving_goes_on() {
         (
             "POST",
             "/invocations?model=bc",
-            vec![("content-type", "text/csv".into())],
+            vec![("content-type", "text/plain".into())],
             b"a,b\n1,2\n".to_vec(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send application/json",
+            "send application/json or text/csv",
+        ),
+        (
+            "POST",
+            "/invocations?model=bc",
+            vec![("content-type", "text/csv".into())],
+            b"a,b\n1,2\n".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "unknown column `a`",
+        ),
+        (
+            "POST",
+            "/invocations?model=bc",
+            vec![("content-type", "text/csv".into())],
+            b"mean radius\n1\n".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "missing",
         ),
         (
             "POST",
