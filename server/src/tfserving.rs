@@ -151,11 +151,29 @@ pub async fn post(
         let t = parse_path(&path)?;
         match t.verb.as_deref() {
             Some("predict") if t.rest.is_empty() => {}
-            Some("classify" | "regress") => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "kiln answers TF Serving's :predict; :classify and :regress take tf.Example protos, which kiln does not read",
-                ));
+            Some(verb @ ("classify" | "regress")) if t.rest.is_empty() => {
+                let classify = verb == "classify";
+                let bytes = body(bytes, state.config.max_body)?;
+                let (p, ()) = predict(&state.models, &t.model, t.which.as_deref(), "tfserving", move |rt| {
+                    let manifest = rt.manifest();
+                    match (classify, manifest.labels.is_empty()) {
+                        (true, true) => {
+                            return Err(ServeError::BadInput(format!(
+                                "model `{}` predicts a number; ask it with :regress (or :predict)",
+                                manifest.target
+                            )));
+                        }
+                        (false, false) => {
+                            return Err(ServeError::BadInput(
+                                "this model classifies; ask it with :classify (or :predict)".into(),
+                            ));
+                        }
+                        _ => {}
+                    }
+                    Ok((from_records(&manifest.signature, &examples(&bytes)?)?, ()))
+                })
+                .await?;
+                return Ok(encode_results(&p));
             }
             _ => {
                 return Err(ApiError::new(
@@ -201,6 +219,87 @@ pub async fn post(
         );
         e.into_response()
     })
+}
+
+/// The rows of a `:classify` or `:regress` request: `examples` (objects of feature values, a
+/// value or a one-element list each), each over the features of `context`.
+fn examples(bytes: &[u8]) -> Result<Vec<Value>, ServeError> {
+    let request: Value = parse_json(bytes)?;
+    let Value::Object(mut request) = request else {
+        return Err(ServeError::BadInput(
+            "the body must be a JSON object with `examples`".into(),
+        ));
+    };
+    let context = match request.remove("context") {
+        None => serde_json::Map::new(),
+        Some(Value::Object(c)) => c,
+        Some(other) => {
+            return Err(ServeError::BadInput(format!(
+                "`context` must be an object of features, found {}",
+                json_kind(&other)
+            )));
+        }
+    };
+    let Some(Value::Array(examples)) = request.remove("examples") else {
+        return Err(ServeError::BadInput(
+            "the body needs `examples`, an array of objects of features".into(),
+        ));
+    };
+    examples
+        .into_iter()
+        .enumerate()
+        .map(|(i, example)| {
+            let Value::Object(features) = example else {
+                return Err(ServeError::BadInput(format!(
+                    "example {i}: expected an object of features, found {}",
+                    json_kind(&example)
+                )));
+            };
+            let mut row = context.clone();
+            for (name, value) in features {
+                let value = match value {
+                    Value::Array(mut one) if one.len() == 1 => one.remove(0),
+                    Value::Array(many) => {
+                        return Err(ServeError::BadInput(format!(
+                            "example {i}, feature `{name}`: {} values; kiln's features hold one",
+                            many.len()
+                        )));
+                    }
+                    other => other,
+                };
+                row.insert(name, value);
+            }
+            Ok(Value::Object(row))
+        })
+        .collect()
+}
+
+/// `{"results": …}`: per example, each class with its score (`:classify`), or the value
+/// (`:regress`).
+fn encode_results(p: &Prediction) -> Response {
+    let results = match p.labels() {
+        Some(_) => {
+            let classes = &p.version.runtime.manifest().labels;
+            let rows: Vec<Vec<(&str, f32)>> = p
+                .values
+                .chunks(p.width)
+                .map(|scores| {
+                    classes
+                        .iter()
+                        .map(String::as_str)
+                        .zip(scores.iter().copied())
+                        .collect()
+                })
+                .collect();
+            json!({ "results": rows })
+        }
+        None => json!({ "results": p.values }),
+    };
+    let mut r = Json(results).into_response();
+    if let Ok(v) = HeaderValue::from_str(&p.version.label) {
+        r.headers_mut().insert("kiln-model-version", v);
+    }
+    r
 }
 
 #[derive(Serialize)]

@@ -245,6 +245,36 @@ async fn the_three_protocols_and_their_formats_agree() {
         assert_eq!(status, StatusCode::OK, "{answer}");
         assert_eq!(answer["predictions"], labels);
     }
+    // TF Serving's :classify: examples over a shared context, a feature as a one-element list;
+    // each class with its score.
+    let first = columns[0].clone();
+    let examples: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let mut e = r.as_object().unwrap().clone();
+            e.remove(&first);
+            let second = columns[1].clone();
+            let v = e[&second].clone();
+            e.insert(second, json!([v]));
+            Value::Object(e)
+        })
+        .collect();
+    // Every example shares the first record's value of the first feature.
+    let shared = records[0][&first].clone();
+    let (status, body) = json(
+        &s,
+        "POST",
+        "/v1/models/bc:classify",
+        json!({ "context": { first.clone(): shared.clone() }, "examples": examples }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), n);
+    assert_eq!(results[0][1][0], json!("1"), "{body}");
+    // The first example's features are exactly the first record's: its score agrees.
+    close(&[results[0][1][1].as_f64().unwrap()], &expected[..1]);
+
     // MLflow's CSV input, as pandas' `to_csv(index=False)` writes it.
     let mut csv = columns.join(",");
     for row in &arrays {
@@ -709,8 +739,16 @@ async fn bad_input_is_refused_with_a_reason_and_serving_goes_on() {
             "/v1/models/bc:classify",
             vec![],
             j(json!({})),
-            StatusCode::NOT_IMPLEMENTED,
-            ":classify",
+            StatusCode::BAD_REQUEST,
+            "the body needs `examples`",
+        ),
+        (
+            "POST",
+            "/v1/models/bc:regress",
+            vec![],
+            j(json!({ "examples": [good] })),
+            StatusCode::BAD_REQUEST,
+            "ask it with :classify",
         ),
         (
             "GET",
