@@ -95,3 +95,34 @@ fn type_overrides_apply_to_every_format() {
         assert_eq!(t.column_type(0), ColumnType::Categorical, "{name}");
     }
 }
+
+/// Parquet as pyarrow writes it with each codec (fixtures made by
+/// `core/tests/fixtures/parquet/make.py`): every one reads into the same table.
+#[test]
+fn parquet_with_every_codec_reads_the_same() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parquet");
+    let plain = data::read(&dir.join("none.parquet"), &ReadOptions::default()).unwrap();
+    assert_eq!(plain.num_rows(), 5);
+    assert_eq!(
+        types(&plain),
+        [
+            ColumnType::Float,
+            ColumnType::Integer,
+            ColumnType::Categorical,
+            ColumnType::Boolean
+        ]
+    );
+    assert_eq!(
+        plain.numbers(0),
+        [Some(1.5), None, Some(-2.25), Some(1e6), Some(0.0)]
+    );
+    for codec in ["snappy", "gzip", "brotli", "lz4", "zstd"] {
+        let t = data::read(
+            &dir.join(format!("{codec}.parquet")),
+            &ReadOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{codec}: {e}"));
+        assert_eq!(t.fingerprint(), plain.fingerprint(), "{codec}");
+        assert_eq!(types(&t), types(&plain), "{codec}");
+    }
+}

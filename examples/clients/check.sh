@@ -2,7 +2,8 @@
 # Trains a small model, serves it with `kiln serve` on loopback, and asks it with the standard
 # Python clients of the protocols kiln speaks: tritonclient.http for the Open Inference Protocol,
 # and the mlflow client logging runs as a notebook would (read back with kiln's own commands).
-# CI runs it; locally: python3 -m pip install "tritonclient[http]" numpy mlflow-skinny pandas, then
+# CI runs it; locally: python3 -m pip install "tritonclient[http]" numpy mlflow-skinny pandas pyarrow,
+# then
 #
 #   KILN=target/debug/kiln PYTHON=python3 examples/clients/check.sh
 set -euo pipefail
@@ -57,6 +58,33 @@ model = json.loads(sys.argv[1])
 assert model["aliases"] == {"champion": 1, "staging": 1}, model
 assert model["versions"][0]["version"]["artifact"]["name"] == "report", model
 PY
+# pyarrow reads the features kiln writes, with every codec kiln offers (zstd by default), and
+# finds the values kiln's CSV output holds.
+"$KILN" data transform "$data" --spec examples/breast_cancer.spec.toml -o "$work/features.csv" >/dev/null
+for codec in default none snappy gzip lz4; do
+  flag=()
+  [ "$codec" = default ] || flag=(--compression "$codec")
+  "$KILN" data transform "$data" --spec examples/breast_cancer.spec.toml \
+    -o "$work/features-$codec.parquet" "${flag[@]}" >/dev/null
+  "$PYTHON" - "$work/features-$codec.parquet" "$work/features.csv" "$codec" <<'PY'
+import csv, sys
+import pyarrow.parquet as pq
+path, reference, codec = sys.argv[1:]
+table = pq.read_table(path)
+written = pq.ParquetFile(path).metadata.row_group(0).column(0).compression
+# pyarrow names Parquet's LZ4_RAW codec LZ4.
+expected = {"default": "ZSTD", "none": "UNCOMPRESSED", "snappy": "SNAPPY", "gzip": "GZIP", "lz4": "LZ4"}[codec]
+assert written == expected, (codec, written)
+with open(reference) as f:
+    rows = list(csv.DictReader(f))
+assert table.num_rows == len(rows) == 569, table.num_rows
+assert table.column_names == list(rows[0].keys()), table.column_names
+for name in table.column_names:
+    got = table.column(name).to_pylist()
+    assert all(abs(float(r[name]) - g) < 1e-6 for r, g in zip(rows, got)), name
+PY
+done
+echo "pyarrow: kiln's Parquet features read back the same with zstd, none, snappy, gzip and lz4"
 echo "mlflow: run $run and model notebook-model logged by the mlflow client read back the same through kiln's own commands"
 kill -TERM "$server"
 wait "$server"

@@ -150,8 +150,10 @@ assert version.version == "1" and version.run_id == run_id, version
 client.set_registered_model_alias("notebook-model", "champion", "1")
 assert client.get_model_version_by_alias("notebook-model", "champion").version == "1"
 assert client.get_registered_model("notebook-model").aliases == {"champion": "1"}
+# Production is the `champion` alias (what serving follows); Staging is `staging`.
+assert client.get_model_version("notebook-model", "1").current_stage == "Production"
 client.transition_model_version_stage("notebook-model", "1", "Staging")
-assert client.get_model_version("notebook-model", "1").current_stage == "Staging"
+assert client.get_registered_model("notebook-model").aliases == {"champion": "1", "staging": "1"}
 found = client.search_model_versions("name = 'notebook-model'")
 assert [v.version for v in found] == ["1"], found
 for call, code in [

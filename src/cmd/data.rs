@@ -10,6 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_core::data::{self, ColumnType, Format, ReadOptions, Table};
 use kiln_core::schema::{Schema, Severity};
 use kiln_core::stats::DatasetStatistics;
+use kiln_core::transform::Compression;
 use kiln_core::transform::{FittedOp, FittedTransform, Scale, TransformSpec};
 use serde::Serialize;
 
@@ -71,6 +72,9 @@ pub enum DataCommand {
         /// Write the features here (.csv or .parquet).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// How a Parquet output is compressed.
+        #[arg(long, value_enum, default_value_t = CompressionArg::Zstd)]
+        compression: CompressionArg,
         #[command(flatten)]
         read: ReadArgs,
         /// Print the feature summary as JSON.
@@ -92,6 +96,28 @@ pub enum DataCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Snappy,
+    Zstd,
+    Gzip,
+    Lz4,
+}
+
+impl From<CompressionArg> for kiln_core::transform::Compression {
+    fn from(c: CompressionArg) -> Self {
+        use kiln_core::transform::Compression as C;
+        match c {
+            CompressionArg::None => C::None,
+            CompressionArg::Snappy => C::Snappy,
+            CompressionArg::Zstd => C::Zstd,
+            CompressionArg::Gzip => C::Gzip,
+            CompressionArg::Lz4 => C::Lz4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -195,6 +221,7 @@ pub fn run(command: DataCommand) -> Result<Outcome> {
             fit_out,
             fitted,
             output,
+            compression,
             read,
             json,
         } => transform(
@@ -202,7 +229,7 @@ pub fn run(command: DataCommand) -> Result<Outcome> {
             spec.as_deref(),
             fit_out.as_deref(),
             fitted.as_deref(),
-            output.as_deref(),
+            output.as_deref().map(|path| (path, compression.into())),
             &read,
             json,
         ),
@@ -414,7 +441,7 @@ fn transform(
     spec: Option<&Path>,
     fit_out: Option<&Path>,
     fitted: Option<&Path>,
-    output: Option<&Path>,
+    output: Option<(&Path, Compression)>,
     read: &ReadArgs,
     json: bool,
 ) -> Result<Outcome> {
@@ -452,18 +479,19 @@ fn finish_transform(
     file: &Path,
     table: &Table,
     fitted: &FittedTransform,
-    output: Option<&Path>,
+    output: Option<(&Path, Compression)>,
     json: bool,
 ) -> Result<Outcome> {
     let features = fitted
         .apply_table(table)
         .with_context(|| format!("applying the transform to {}", file.display()))?;
-    if let Some(out) = output {
+    if let Some((out, compression)) = output {
         kiln_core::transform::write_features(
             out,
             fitted.dense_names(),
             fitted.id_names(),
             &features,
+            compression,
         )?;
     }
     if json {
@@ -482,7 +510,7 @@ fn finish_transform(
             id_names: fitted.id_names(),
             id_cardinalities: fitted.id_cardinalities(),
             transform_digest: fitted.digest(),
-            output: output.map(|p| p.display().to_string()),
+            output: output.map(|(p, _)| p.display().to_string()),
         })
         .map(|_| Outcome::Ok);
     }
@@ -503,7 +531,10 @@ fn finish_transform(
         features.rows,
         features.dense_width,
         features.id_width,
-        output.map_or(String::new(), |p| format!(", written to {}", p.display()))
+        output.map_or(String::new(), |(p, _)| format!(
+            ", written to {}",
+            p.display()
+        ))
     );
     Ok(Outcome::Ok)
 }

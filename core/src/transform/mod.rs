@@ -19,7 +19,7 @@ use crate::data::ColumnType;
 
 pub use self::apply::{Cell, Features};
 pub use self::spec::{Encode, FeatureSpec, Fill, Impute, Output, TransformSpec};
-pub use self::write::write_features;
+pub use self::write::{Compression, write_features};
 
 /// The version of the fitted-transform format; readers refuse newer ones.
 pub const TRANSFORM_FORMAT_VERSION: u32 = 1;

@@ -12,16 +12,44 @@ use super::Features;
 use crate::data::write::FillError;
 use crate::data::{DataError, Format, write_atomically, write_csv_rows};
 
-/// Writes features with their names to `.csv` or `.parquet` (by extension), atomically.
+/// How a Parquet file's pages are compressed. zstd by default: about as fast as snappy to read,
+/// and smaller; every codec here is one pandas, Polars, Spark and DuckDB read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Snappy,
+    #[default]
+    Zstd,
+    Gzip,
+    Lz4,
+}
+
+impl Compression {
+    fn parquet(self) -> parquet::basic::Compression {
+        use parquet::basic::{Compression as C, GzipLevel, ZstdLevel};
+        match self {
+            Compression::None => C::UNCOMPRESSED,
+            Compression::Snappy => C::SNAPPY,
+            Compression::Zstd => C::ZSTD(ZstdLevel::default()),
+            Compression::Gzip => C::GZIP(GzipLevel::default()),
+            Compression::Lz4 => C::LZ4_RAW,
+        }
+    }
+}
+
+/// Writes features with their names to `.csv` or `.parquet` (by extension), atomically;
+/// `compression` applies to Parquet.
 pub fn write_features(
     path: &Path,
     dense_names: &[String],
     id_names: &[String],
     features: &Features,
+    compression: Compression,
 ) -> Result<(), DataError> {
     match Format::from_path(path) {
         Some(Format::Parquet) => write_atomically(path, |out| {
-            write_parquet(out, dense_names, id_names, features).map_err(FillError::from)
+            write_parquet(out, dense_names, id_names, features, compression)
+                .map_err(FillError::from)
         }),
         Some(Format::Csv) | None => {
             let header: Vec<String> = dense_names.iter().chain(id_names).cloned().collect();
@@ -48,6 +76,7 @@ fn write_parquet(
     dense_names: &[String],
     id_names: &[String],
     f: &Features,
+    compression: Compression,
 ) -> Result<(), String> {
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
@@ -69,8 +98,11 @@ fn write_parquet(
     }
     let schema = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())?;
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(|e| e.to_string())?;
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_compression(compression.parquet())
+        .build();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, Some(properties))
+        .map_err(|e| e.to_string())?;
     writer.write(&batch).map_err(|e| e.to_string())?;
     writer.close().map_err(|e| e.to_string())?;
     Ok(())
