@@ -112,13 +112,13 @@ fn aliases_move_by_compare_and_set_with_history_and_stages() {
         assert_eq!(v.version, u32::from(i) + 1);
         assert_eq!(v.metrics["auc"], 0.8 + f64::from(i) / 100.0);
     }
-    reg.set_alias("churn", "production", 1, Expect::Absent, "ana", "first")
+    reg.set_alias("churn", "champion", 1, Expect::Absent, "ana", "first")
         .unwrap();
     let before_two = reg.history("churn").unwrap()[0].at_ms;
     std::thread::sleep(std::time::Duration::from_millis(5));
     reg.set_alias(
         "churn",
-        "production",
+        "champion",
         2,
         Expect::Version(1),
         "bo",
@@ -126,24 +126,24 @@ fn aliases_move_by_compare_and_set_with_history_and_stages() {
     )
     .unwrap();
     // A second promotion that read the old state loses, and says who won.
-    let lost = reg.set_alias("churn", "production", 3, Expect::Version(1), "cy", "race");
+    let lost = reg.set_alias("churn", "champion", 3, Expect::Version(1), "cy", "race");
     assert!(
         matches!(lost, Err(RegistryError::Conflict { found: Some(2), .. })),
         "{lost:?}"
     );
     assert_eq!(
-        reg.alias_at("churn", "production", before_two).unwrap(),
+        reg.alias_at("churn", "champion", before_two).unwrap(),
         Some(1)
     );
     assert_eq!(
-        reg.alias_at("churn", "production", i64::MAX).unwrap(),
+        reg.alias_at("churn", "champion", i64::MAX).unwrap(),
         Some(2)
     );
-    assert_eq!(reg.alias_at("churn", "production", 0).unwrap(), None);
+    assert_eq!(reg.alias_at("churn", "champion", 0).unwrap(), None);
     assert_eq!(reg.stage("churn", 2).unwrap(), Stage::Production);
     assert_eq!(reg.stage("churn", 1).unwrap(), Stage::Archived);
     assert_eq!(reg.stage("churn", 3).unwrap(), Stage::None);
-    assert_eq!(reg.resolve("churn", "production").unwrap().version, 2);
+    assert_eq!(reg.resolve("churn", "champion").unwrap().version, 2);
     assert_eq!(reg.resolve("churn", "v3").unwrap().version, 3);
     let refused = reg
         .delete_version("churn", 2, false, "me")
@@ -151,7 +151,7 @@ fn aliases_move_by_compare_and_set_with_history_and_stages() {
         .to_string();
     assert_eq!(
         refused,
-        "version 2 of model `churn` is what alias `production` points to; move the alias first or delete with --force"
+        "version 2 of model `churn` is what alias `champion` points to; move the alias first or delete with --force"
     );
     let h = reg.history("churn").unwrap();
     assert_eq!(h.len(), 2);
