@@ -813,3 +813,70 @@ async fn bad_input_is_refused_with_a_reason_and_serving_goes_on() {
     );
     assert!(!m.contains("ctrr"), "{m}");
 }
+
+/// TF Serving's `:regress` on a regression model answers one value per example, the values
+/// `:predict` gives; `:classify` on it names the verb to use.
+#[tokio::test]
+async fn regress_answers_what_predict_does() {
+    use kiln_core::bundle::{Activation, Architecture, Task};
+    let f = fixture();
+    let dir = f.home.path().join("bundles/reg");
+    make_bundle(
+        &dir,
+        &breast_cancer(),
+        BC_SPEC,
+        "label",
+        Task::Regression,
+        &[],
+        Architecture::Mlp {
+            inputs: 30,
+            hidden: vec![],
+            activation: Activation::Relu,
+            outputs: 1,
+        },
+        9,
+    );
+    register(&f.registry, "reg", &dir);
+    f.registry
+        .set_alias(
+            "reg",
+            "champion",
+            1,
+            kiln_core::registry::Expect::Any,
+            "test",
+            "",
+        )
+        .unwrap();
+    let s = state(&f, ServerConfig::default()).await;
+    let records = bc_records(3);
+    let (status, predicted) = json(
+        &s,
+        "POST",
+        "/v1/models/reg:predict",
+        json!({ "instances": records }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{predicted}");
+    let (status, regressed) = json(
+        &s,
+        "POST",
+        "/v1/models/reg:regress",
+        json!({ "examples": records }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{regressed}");
+    assert_eq!(
+        regressed["results"], predicted["predictions"],
+        "{regressed}"
+    );
+    assert_eq!(regressed["results"].as_array().unwrap().len(), 3);
+    let (status, e) = json(
+        &s,
+        "POST",
+        "/v1/models/reg:classify",
+        json!({ "examples": records }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(e.to_string().contains("ask it with :regress"), "{e}");
+}
