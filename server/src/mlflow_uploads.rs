@@ -133,8 +133,9 @@ async fn put_part(
     request: Request,
 ) -> Result<Response, MlflowError> {
     let tag = format!("{id}-{part}");
+    let limit = state.config.max_upload;
     let size = crate::runs::streamed(&state, request, move |registry, body| {
-        registry.put_upload_part(&id, part, body)
+        registry.put_upload_part(&id, part, body, limit)
     })
     .await?;
     let etag =

@@ -88,12 +88,15 @@ impl Registry {
         std::fs::write(dir.join("upload.json"), text).map_err(|e| io("writing an upload", e))
     }
 
-    /// Keeps part `part` (from 1) of an upload, replacing an earlier copy; its size.
+    /// Keeps part `part` (from 1) of an upload, replacing an earlier copy; its size. A part that
+    /// would take the parts stored so far past `limit` bytes is refused, not kept (parts sent at
+    /// the same moment are each checked against what was stored before them).
     pub fn put_upload_part(
         &self,
         id: &str,
         part: u32,
         src: &mut dyn Read,
+        limit: u64,
     ) -> Result<u64, RegistryError> {
         crate::threads::debug_assert_may_block("storing an upload's part");
         let (dir, upload) = self.upload(id)?;
@@ -103,9 +106,24 @@ impl Registry {
                 upload.parts
             )));
         }
+        // What the other parts hold already.
+        let held: u64 = (1..=upload.parts)
+            .filter(|p| *p != part)
+            .filter_map(|p| std::fs::metadata(dir.join(p.to_string())).ok())
+            .map(|m| m.len())
+            .sum();
+        let room = limit.saturating_sub(held);
         let partial = dir.join(format!("{part}.partial"));
         let mut file = std::fs::File::create(&partial).map_err(|e| io("storing a part", e))?;
-        let size = std::io::copy(src, &mut file).map_err(|e| io("storing a part", e))?;
+        let size = std::io::copy(&mut src.take(room.saturating_add(1)), &mut file)
+            .map_err(|e| io("storing a part", e))?;
+        if size > room {
+            drop(file);
+            let _ = std::fs::remove_file(&partial);
+            return Err(RegistryError::Invalid(format!(
+                "upload {id} is over the limit of {limit} bytes for one file"
+            )));
+        }
         file.flush().map_err(|e| io("storing a part", e))?;
         std::fs::rename(&partial, dir.join(part.to_string()))
             .map_err(|e| io("storing a part", e))?;
@@ -190,13 +208,16 @@ mod tests {
         let id = "0123456789abcdef0123456789abcdef";
         r.begin_upload(id, run.id, "big/weights.bin", 3).unwrap();
         // Out of order, and one part sent twice.
-        r.put_upload_part(id, 3, &mut &b"ccc"[..]).unwrap();
-        r.put_upload_part(id, 1, &mut &b"xxx"[..]).unwrap();
-        r.put_upload_part(id, 1, &mut &b"aaa"[..]).unwrap();
+        r.put_upload_part(id, 3, &mut &b"ccc"[..], 100).unwrap();
+        r.put_upload_part(id, 1, &mut &b"xxx"[..], 100).unwrap();
+        r.put_upload_part(id, 1, &mut &b"aaa"[..], 100).unwrap();
         let e = r.complete_upload(id).unwrap_err();
         assert!(e.to_string().contains("lacks part 2 of 3"), "{e}");
-        r.put_upload_part(id, 2, &mut &b"bb"[..]).unwrap();
-        let e = r.put_upload_part(id, 4, &mut &b"d"[..]).unwrap_err();
+        // Parts 1 and 3 hold 6 bytes: with a limit of 8, part 2 may hold 2, not 3.
+        let e = r.put_upload_part(id, 2, &mut &b"bbb"[..], 8).unwrap_err();
+        assert!(e.to_string().contains("over the limit of 8 bytes"), "{e}");
+        r.put_upload_part(id, 2, &mut &b"bb"[..], 8).unwrap();
+        let e = r.put_upload_part(id, 4, &mut &b"d"[..], 100).unwrap_err();
         assert!(e.to_string().contains("parts 1 to 3, not 4"), "{e}");
         let stored = r.complete_upload(id).unwrap();
         assert_eq!(stored.name, "big");
