@@ -12,8 +12,13 @@ fn main() {
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=KILN_COMMIT={commit}");
-    // A new commit changes HEAD (or the branch it names).
+    // A new commit changes HEAD (or the branch it names). Only paths that exist are named: cargo
+    // reruns a build script (and rebuilds the crate) on every build for one that does not, as
+    // in a source tarball or a worktree, where `.git` is a file.
+    println!("cargo:rerun-if-changed=build.rs");
     for path in ["../.git/HEAD", "../.git/refs/heads", "../.git/packed-refs"] {
-        println!("cargo:rerun-if-changed={path}");
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
 }
