@@ -336,8 +336,20 @@ pub fn fit_network(
     progress: &dyn Progress,
     logger: &dyn RunLogger,
 ) -> Result<(BTreeMap<String, Weight>, Vec<EpochReport>), TrainError> {
-    let (x_train, y_train, d, k) = (train.x, train.y, train.d, train.k);
+    let (x_train, d, k) = (train.x, train.d, train.k);
     let y_val = validation.y;
+    // Regression learns the standardized target, so that default settings reach a target of
+    // any scale and offset (the output starts at its mean); losses, metrics and the returned
+    // weights are in the target's own units.
+    let scale = (task == Task::Regression).then(|| standardizing(train.y));
+    let standardized: Vec<f32>;
+    let y_train: &[f32] = match scale {
+        Some((mean, sd)) => {
+            standardized = train.y.iter().map(|y| (y - mean) / sd).collect();
+            &standardized
+        }
+        None => train.y,
+    };
     let n_train = y_train.len();
     let n_val = y_val.len();
     let outputs = match architecture {
@@ -437,12 +449,16 @@ pub fn fit_network(
             }
         }
         progress.finish();
-        let train_loss = loss_sum / n_train as f64;
+        let train_loss =
+            loss_sum / n_train as f64 * scale.map_or(1.0, |(_, sd)| f64::from(sd).powi(2));
 
         // Validation on the weights as they are now.
         let eval = net.valid();
         let (validation_loss, validation_metrics) = if n_val > 0 {
-            let out = forward_rows(&eval, validation, &plain);
+            let mut out = forward_rows(&eval, validation, &plain);
+            if let Some((mean, sd)) = scale {
+                out.iter_mut().for_each(|o| *o = *o * sd + mean);
+            }
             let loss = loss_value(task, &out, y_val, outputs);
             (loss, metrics_of(task, &out, y_val, outputs))
         } else {
@@ -468,7 +484,10 @@ pub fn fit_network(
         last_loss = Some(validation_loss);
 
         if best.as_ref().is_none_or(|(b, _)| validation_loss < *b) {
-            best = Some((validation_loss, eval.weights()));
+            best = Some((
+                validation_loss,
+                in_target_units(eval.weights(), architecture, scale),
+            ));
             since_best = 0;
         } else {
             since_best += 1;
@@ -479,9 +498,51 @@ pub fn fit_network(
     }
     let weights = match best {
         Some((_, w)) => w,
-        None => net.valid().weights(),
+        None => in_target_units(net.valid().weights(), architecture, scale),
     };
     Ok((weights, history))
+}
+
+/// The mean and standard deviation (1 when the target does not vary) of a regression target.
+fn standardizing(y: &[f32]) -> (f32, f32) {
+    let n = y.len().max(1) as f64;
+    let mean = y.iter().map(|v| f64::from(*v)).sum::<f64>() / n;
+    let var = y
+        .iter()
+        .map(|v| (f64::from(*v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let sd = var.sqrt();
+    (mean as f32, if sd > 1e-12 { sd as f32 } else { 1.0 })
+}
+
+/// Weights that answer in the target's units: the output layers (the last dense layer, and the
+/// wide part, which add up) scaled by the standard deviation, the mean added to the last bias.
+fn in_target_units(
+    mut weights: BTreeMap<String, Weight>,
+    architecture: &Architecture,
+    scale: Option<(f32, f32)>,
+) -> BTreeMap<String, Weight> {
+    let Some((mean, sd)) = scale else {
+        return weights;
+    };
+    let hidden = match architecture {
+        Architecture::Mlp { hidden, .. } | Architecture::WideDeep { hidden, .. } => hidden.len(),
+    };
+    let last = format!("dense.{hidden}");
+    for name in [
+        format!("{last}.weight"),
+        "wide.weight".into(),
+        "wide.bias".into(),
+    ] {
+        if let Some(w) = weights.get_mut(&name) {
+            w.data.iter_mut().for_each(|v| *v *= sd);
+        }
+    }
+    if let Some(b) = weights.get_mut(&format!("{last}.bias")) {
+        b.data.iter_mut().for_each(|v| *v = *v * sd + mean);
+    }
+    weights
 }
 
 /// The training loss of a batch: binary cross-entropy on logits, cross-entropy, or squared error.
