@@ -276,11 +276,12 @@ fn regression_with_default_settings_is_as_good_as_least_squares() {
             .max_by(|i, j| a[*i][c].abs().total_cmp(&a[*j][c].abs()))
             .unwrap();
         a.swap(c, pivot);
-        for r in 0..k {
+        let pivot_row = a[c].clone();
+        for (r, row) in a.iter_mut().enumerate() {
             if r != c {
-                let f = a[r][c] / a[c][c];
-                for j in c..=k {
-                    a[r][j] -= f * a[c][j];
+                let f = row[c] / pivot_row[c];
+                for (v, p) in row.iter_mut().zip(&pivot_row).skip(c) {
+                    *v -= f * p;
                 }
             }
         }
