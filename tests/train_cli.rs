@@ -38,6 +38,21 @@ fn train_register_predict() {
     );
     assert_eq!(out["registered"]["version"], 1);
     assert_eq!(out["rows"]["test"], 114);
+    let baseline = out["baseline_metrics"]["accuracy"].as_f64().unwrap();
+    assert!(baseline < 0.8, "{out}");
+
+    // Without --json, one line compares the model with the commonest class.
+    let r = kiln(
+        &k,
+        &["train", "--data", BC, "--target", "label", "--epochs", "5"],
+    );
+    assert!(
+        r.stdout
+            .contains("baseline (the commonest class for every row): accuracy")
+            && r.stdout.contains("; this model: "),
+        "{}",
+        r.stdout
+    );
 
     let preds = k.path("preds.csv");
     let r = kiln(

@@ -273,6 +273,7 @@ pub fn train_on(
             "rows": outcome.rows,
             "epochs": outcome.history.len(),
             "test_metrics": outcome.test_metrics,
+            "baseline_metrics": outcome.baseline_metrics,
             "registered": version.as_ref().map(|v| serde_json::json!({"model": v.model, "version": v.version})),
         }))?;
         return Ok(Outcome::Ok);
@@ -283,6 +284,9 @@ pub fn train_on(
         .map(|(k, v)| vec![k.clone(), num(*v)])
         .collect();
     println!("{}", ui::table(&["test metric", "value"], rows, &[1]));
+    if let Some(line) = against_baseline(&outcome.test_metrics, &outcome.baseline_metrics) {
+        println!("{line}");
+    }
     println!(
         "\nrun {} ({} train / {} validation / {} test rows, {} epochs){}",
         run_id_text(run),
@@ -367,6 +371,35 @@ pub fn predict(home: &Home, args: PredictArgs) -> Result<Outcome> {
         }
     }
     Ok(Outcome::Ok)
+}
+
+/// One line comparing the model with one that learned nothing (the commonest class, or the mean,
+/// for every row), with a hint when it is no better.
+fn against_baseline(
+    test: &BTreeMap<String, f64>,
+    baseline: &BTreeMap<String, f64>,
+) -> Option<String> {
+    let (metric, what, higher_is_better) = if baseline.contains_key("accuracy") {
+        ("accuracy", "the commonest class for every row", true)
+    } else {
+        ("rmse", "the training mean for every row", false)
+    };
+    let (model, base) = (*test.get(metric)?, *baseline.get(metric)?);
+    let better = if higher_is_better {
+        model > base
+    } else {
+        model < base
+    };
+    let hint = if better {
+        ""
+    } else {
+        " — no better: the model learned nothing useful; try more --epochs, another --lr or --model"
+    };
+    Some(format!(
+        "baseline ({what}): {metric} {}; this model: {}{hint}",
+        num(base),
+        num(model)
+    ))
 }
 
 /// Reads training data, checking that the target column is there before any run is created.

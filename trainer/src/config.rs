@@ -152,6 +152,9 @@ pub struct TrainOutcome {
     pub weights: BTreeMap<String, Weight>,
     /// Metrics on the test split, computed from the saved weights.
     pub test_metrics: BTreeMap<String, f64>,
+    /// The same metrics of a model that learned nothing (the training split's class shares, or
+    /// its mean, for every row), to compare with.
+    pub baseline_metrics: BTreeMap<String, f64>,
     pub history: Vec<EpochReport>,
     /// The trainer's own predictions on the test split (probabilities or values, row-major).
     pub test_predictions: Vec<f32>,

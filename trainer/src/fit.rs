@@ -305,6 +305,14 @@ pub fn train(
     } else {
         BTreeMap::new()
     };
+    // What a model that learned nothing scores on the same rows: the training split's class
+    // shares (or its mean) for every row.
+    let baseline_metrics = if n_test > 0 {
+        let (constant, width) = constant_predictions(task, &y_train, manifest.labels.len(), n_test);
+        metrics_of(task, &constant, &y_test, width)
+    } else {
+        BTreeMap::new()
+    };
     let refs: Vec<(String, f64)> = test_metrics
         .iter()
         .map(|(k, v)| (format!("test_{k}"), *v))
@@ -319,6 +327,7 @@ pub fn train(
         manifest,
         weights,
         test_metrics,
+        baseline_metrics,
         history,
         test_predictions,
         rows: splits,
@@ -501,6 +510,25 @@ pub fn fit_network(
         None => in_target_units(net.valid().weights(), architecture, scale),
     };
     Ok((weights, history))
+}
+
+/// The same prediction for each of `rows` rows, from the training targets alone: each class's
+/// share as its probability, or the mean; with its width.
+fn constant_predictions(task: Task, y: &[f32], classes: usize, rows: usize) -> (Vec<f32>, usize) {
+    let n = y.len().max(1) as f32;
+    match task {
+        Task::Regression => (vec![y.iter().sum::<f32>() / n; rows], 1),
+        _ => {
+            let k = classes.max(2);
+            let mut shares = vec![0.0f32; k];
+            for v in y {
+                if let Some(s) = shares.get_mut(*v as usize) {
+                    *s += 1.0 / n;
+                }
+            }
+            (shares.repeat(rows), k)
+        }
+    }
 }
 
 /// The mean and standard deviation (1 when the target does not vary) of a regression target.

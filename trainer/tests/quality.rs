@@ -34,6 +34,10 @@ fn logistic_regression_on_breast_cancer() {
         "{:?}",
         out.test_metrics
     );
+    // A model that learned nothing: the commonest class everywhere, chance-level AUC.
+    let base = &out.baseline_metrics;
+    assert!(base["accuracy"] > 0.5 && base["accuracy"] < 0.8, "{base:?}");
+    assert!((base["roc_auc"] - 0.5).abs() < 1e-9, "{base:?}");
 }
 
 #[test]
@@ -301,6 +305,12 @@ fn regression_with_default_settings_is_as_good_as_least_squares() {
         out.test_metrics
     );
     assert!(least_squares > 0.5, "{least_squares}");
+    // The training mean for every row: about zero R², an RMSE near the target's spread.
+    let base = &out.baseline_metrics;
+    assert!(
+        base["r2"] < 0.05 && base["rmse"] > out.test_metrics["rmse"],
+        "{base:?}"
+    );
     assert!(
         kiln >= 0.95 * least_squares,
         "kiln {kiln} vs least squares {least_squares}"
