@@ -153,10 +153,10 @@ async fn complete(
     Path(path): Path<String>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Answer<serde_json::Value> {
-    let b: Finish = read_body(bytes, &state)?;
-    artifact_path(&path)?;
-    on_registry(&state, move |r| r.complete_upload(&b.upload_id)).await?;
-    Ok(Json(serde_json::json!({})))
+    finish(state, &path, bytes, |r, id| {
+        r.complete_upload(id).map(|_| ())
+    })
+    .await
 }
 
 async fn abort(
@@ -164,9 +164,19 @@ async fn abort(
     Path(path): Path<String>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Answer<serde_json::Value> {
+    finish(state, &path, bytes, |r, id| r.abort_upload(id)).await
+}
+
+/// Ends the upload a body names (`upload_id`) as `end` says: joined, or dropped.
+async fn finish(
+    state: AppState,
+    path: &str,
+    bytes: Result<Bytes, BytesRejection>,
+    end: fn(&kiln_core::registry::Registry, &str) -> Result<(), kiln_core::registry::RegistryError>,
+) -> Answer<serde_json::Value> {
     let b: Finish = read_body(bytes, &state)?;
-    artifact_path(&path)?;
-    on_registry(&state, move |r| r.abort_upload(&b.upload_id)).await?;
+    artifact_path(path)?;
+    on_registry(&state, move |r| end(r, &b.upload_id)).await?;
     Ok(Json(serde_json::json!({})))
 }
 

@@ -634,7 +634,7 @@ async fn log_metric(
 ) -> Answer<serde_json::Value> {
     let b: LogMetric = read_body(bytes, &state)?;
     let id = run_id_of(b.run_id.as_ref(), b.run_uuid.as_ref())?;
-    let now = now_ms();
+    let now = chrono::Utc::now().timestamp_millis();
     on_registry(&state, move |r| {
         let point = point(b.step, b.timestamp, b.value, now);
         r.log_metric_points(id, &[(b.key.as_str(), point)])?;
@@ -768,13 +768,6 @@ struct BatchMetric {
     timestamp: Option<i64>,
 }
 
-/// The time now, in milliseconds since the epoch (for points a client sent without one).
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// A metric point as the client sent it: its step (0 when left out) and its time (now when
 /// left out).
 fn point(step: Option<i64>, timestamp: Option<i64>, value: f64, now: i64) -> MetricPoint {
@@ -829,7 +822,7 @@ async fn log_batch(
         if !b.tags.is_empty() {
             r.set_tags(id, &b.tags.into_iter().map(|t| (t.key, t.value)).collect())?;
         }
-        let now = now_ms();
+        let now = chrono::Utc::now().timestamp_millis();
         let points: Vec<(&str, MetricPoint)> = b
             .metrics
             .iter()
@@ -1058,7 +1051,7 @@ async fn restore_run(
     State(state): State<AppState>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Answer<serde_json::Value> {
-    let b: KeyValueOfRunId = read_body(bytes, &state)?;
+    let b: RunOnly = read_body(bytes, &state)?;
     let id = run_id_of(b.run_id.as_ref(), b.run_uuid.as_ref())?;
     on_registry(&state, move |r| match r.run(id) {
         Err(RegistryError::NotFound { .. }) => Err(RegistryError::NotFound {
@@ -1070,12 +1063,6 @@ async fn restore_run(
     })
     .await?;
     Ok(Json(serde_json::json!({})))
-}
-
-#[derive(Deserialize)]
-struct KeyValueOfRunId {
-    run_id: Option<String>,
-    run_uuid: Option<String>,
 }
 
 /// As [`restore_run`], for experiments (kiln deletes only empty ones).

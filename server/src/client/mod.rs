@@ -78,17 +78,23 @@ pub fn post_json(url: &str, body: &serde_json::Value, timeout: Duration) -> Resu
 
 type Answer = ureq::http::Response<ureq::Body>;
 
+/// The client's agent: error statuses are answers to read, every call bounded by [`TIMEOUT`].
+fn agent(tls: ureq::tls::TlsConfig) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(TIMEOUT))
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
 impl Client {
     /// A client for the server at `url` (`http://127.0.0.1:8080`, a trailing `/` is dropped).
     pub fn new(url: &str, token: Option<String>) -> Client {
         Client {
             base: url.trim_end_matches('/').to_string(),
             token: token.filter(|t| !t.is_empty()),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(TIMEOUT))
-                .build()
-                .into(),
+            agent: agent(ureq::tls::TlsConfig::default()),
         }
     }
 
@@ -108,15 +114,11 @@ impl Client {
                 "no certificate in it (give the CA's PEM file)".into(),
             ));
         }
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
-            .build();
-        self.agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(TIMEOUT))
-            .tls_config(tls)
-            .build()
-            .into();
+        self.agent = agent(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
+                .build(),
+        );
         Ok(self)
     }
 
