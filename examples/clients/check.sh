@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Trains a small model, serves it with `kiln serve` on loopback, and asks it with the standard
-# Python clients of the protocols kiln speaks: tritonclient.http for the Open Inference Protocol,
-# and the mlflow client logging runs as a notebook would (read back with kiln's own commands).
-# CI runs it; locally: python3 -m pip install "tritonclient[http]" numpy mlflow-skinny pandas pyarrow,
+# Python clients of the protocols kiln speaks: tritonclient.http and tritonclient.grpc for the Open
+# Inference Protocol (over REST and gRPC), and the mlflow client logging runs as a notebook would
+# (read back with kiln's own commands).
+# CI runs it; locally:
+#   python3 -m pip install "tritonclient[http,grpc]" numpy mlflow-skinny pandas pyarrow
 # then
 #
 #   KILN=target/debug/kiln PYTHON=python3 examples/clients/check.sh
@@ -22,16 +24,20 @@ data=examples/data/breast_cancer.csv
 "$KILN" --home "$work/home" train --data "$data" --target label --model logistic --epochs 5 \
   --register bc >/dev/null 2>&1
 "$KILN" --home "$work/home" models alias set bc champion 1 >/dev/null
-"$KILN" --home "$work/home" serve --addr 127.0.0.1:0 --token s3cret >/dev/null 2>"$work/serve.log" &
+"$KILN" --home "$work/home" serve --addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --token s3cret \
+  >/dev/null 2>"$work/serve.log" &
 server=$!
 url=""
+grpc=""
 for _ in $(seq 100); do
   url=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -n 1 || true)
-  [ -n "$url" ] && break
+  grpc=$(grep -o 'GRPCInferenceService) on [0-9.:]*' "$work/serve.log" | grep -o '[0-9.]*:[0-9]*$' || true)
+  [ -n "$url" ] && [ -n "$grpc" ] && break
   sleep 0.1
 done
-[ -n "$url" ] || { cat "$work/serve.log" >&2; exit 1; }
+[ -n "$url" ] && [ -n "$grpc" ] || { cat "$work/serve.log" >&2; exit 1; }
 "$PYTHON" examples/clients/tritonclient_check.py "$url" bc "$data" label
+"$PYTHON" examples/clients/tritonclient_grpc_check.py "$grpc" "$url" bc "$data" label
 "$KILN" models export bc --output "$work/bundle" --server "$url" >/dev/null
 run=$(MLFLOW_TRACKING_TOKEN=s3cret "$PYTHON" examples/clients/mlflow_check.py "$url" "$work/bundle" "$data" \
   | tail -n 1)

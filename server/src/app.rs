@@ -206,3 +206,37 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// The sockets a server answers on: HTTP, and V2 over gRPC when asked for.
+pub struct Listeners {
+    pub http: tokio::net::TcpListener,
+    pub grpc: Option<tokio::net::TcpListener>,
+}
+
+/// Serves `router` over HTTP, and `state`'s models over gRPC when there is a gRPC listener,
+/// until `shutdown` completes; then both finish the requests in flight.
+pub async fn serve_all(
+    listeners: Listeners,
+    router: Router,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), crate::ServeError> {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let grpc = listeners.grpc.map(|listener| {
+        let mut stop = stop.clone();
+        tokio::spawn(crate::grpc::serve(listener, state, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
+    serve(listeners.http, router, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await
+    .map_err(|e| crate::ServeError::Internal(format!("the HTTP server stopped: {e}")))?;
+    if let Some(grpc) = grpc {
+        grpc.await
+            .map_err(|e| crate::ServeError::Internal(format!("the gRPC server stopped: {e}")))??;
+    }
+    Ok(())
+}

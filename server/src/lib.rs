@@ -15,6 +15,7 @@ pub mod control;
 pub mod decode;
 pub mod drift;
 pub mod error;
+pub mod grpc;
 pub mod guard;
 pub mod infer;
 mod logged_models;
@@ -41,7 +42,7 @@ use std::sync::Arc;
 
 use kiln_core::registry::Registry;
 
-pub use crate::app::{router, serve};
+pub use crate::app::{Listeners, router, serve, serve_all};
 pub use crate::error::{ApiError, ServeError};
 pub use crate::metrics::Metrics;
 pub use crate::models::{Models, Selection};

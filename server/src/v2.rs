@@ -33,39 +33,45 @@ pub async fn live() -> Json<Value> {
 
 /// Ready when every served model has live versions.
 pub async fn ready(State(state): State<AppState>) -> Response {
+    let waiting = not_ready(&state).await;
+    if waiting.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "error": waiting.join("; ") })),
+        )
+            .into_response()
+    }
+}
+
+/// Each served model that has no live version, with why (`NAME: problem`); empty when ready.
+pub(crate) async fn not_ready(state: &AppState) -> Vec<String> {
     let models = state.models.clone();
     let names = tokio::task::spawn_blocking(move || models.names())
         .await
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    let waiting: Vec<&String> = names
+    names
         .iter()
         .filter(|n| state.models.live(n).is_none())
-        .collect();
-    if waiting.is_empty() {
-        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
-    } else {
-        let detail: Vec<String> = waiting
-            .iter()
-            .map(|n| match state.models.problem(n) {
-                Some(p) => format!("{n}: {p}"),
-                None => format!("{n}: loading"),
-            })
-            .collect();
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "error": detail.join("; ") })),
-        )
-            .into_response()
-    }
+        .map(|n| match state.models.problem(n) {
+            Some(p) => format!("{n}: {p}"),
+            None => format!("{n}: loading"),
+        })
+        .collect()
 }
+
+/// What `GET /v2` and gRPC's `ServerMetadata` say of the server.
+pub(crate) const SERVER_NAME: &str = "kiln";
+pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data"];
 
 pub async fn server_metadata() -> Json<Value> {
     Json(json!({
-        "name": "kiln",
+        "name": SERVER_NAME,
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": EXTENSIONS,
     }))
 }
 
@@ -74,7 +80,7 @@ pub async fn model_metadata(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let v = version_of(&state, &name, None).await?;
-    Ok(Json(metadata(&state, &v).await))
+    Ok(Json(metadata(&state, &v).await.to_json()))
 }
 
 pub async fn version_metadata(
@@ -82,7 +88,7 @@ pub async fn version_metadata(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let v = version_of(&state, &name, Some(&version)).await?;
-    Ok(Json(metadata(&state, &v).await))
+    Ok(Json(metadata(&state, &v).await.to_json()))
 }
 
 pub async fn model_ready(
@@ -156,7 +162,45 @@ fn datatype(t: ColumnType) -> &'static str {
     }
 }
 
-async fn metadata(state: &AppState, v: &Version) -> Value {
+/// A tensor's name, datatype and shape (`-1`: any number of rows).
+pub(crate) struct TensorMeta {
+    pub name: String,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+}
+
+/// What a version says of itself to V2 clients, over REST and gRPC alike.
+pub(crate) struct Metadata {
+    pub name: String,
+    pub versions: Vec<String>,
+    pub inputs: Vec<TensorMeta>,
+    pub outputs: Vec<TensorMeta>,
+    /// kiln's additions (REST only: gRPC's message has no place for them).
+    pub parameters: Value,
+}
+
+/// The platform V2 metadata names.
+pub(crate) const PLATFORM: &str = "kiln";
+
+impl Metadata {
+    fn to_json(&self) -> Value {
+        let tensors = |ts: &[TensorMeta]| -> Vec<Value> {
+            ts.iter()
+                .map(|t| json!({ "name": t.name, "datatype": t.datatype, "shape": t.shape }))
+                .collect()
+        };
+        json!({
+            "name": self.name,
+            "versions": self.versions,
+            "platform": PLATFORM,
+            "inputs": tensors(&self.inputs),
+            "outputs": tensors(&self.outputs),
+            "parameters": self.parameters,
+        })
+    }
+}
+
+pub(crate) async fn metadata(state: &AppState, v: &Version) -> Metadata {
     let m = v.runtime.manifest();
     let registry = state.models.registry().clone();
     let model = v.model.clone();
@@ -168,36 +212,43 @@ async fn metadata(state: &AppState, v: &Version) -> Value {
         .iter()
         .map(|v| v.version.to_string())
         .collect();
-    let inputs: Vec<Value> = m
+    let inputs = m
         .signature
         .iter()
-        .map(|c| json!({ "name": c.name, "datatype": datatype(c.column_type), "shape": [-1] }))
+        .map(|c| TensorMeta {
+            name: c.name.clone(),
+            datatype: datatype(c.column_type),
+            shape: vec![-1],
+        })
         .collect();
-    let outputs: Vec<Value> = output_names(v)
-        .iter()
-        .map(|(name, dt, width)| match width {
-            Some(w) => json!({ "name": name, "datatype": dt, "shape": [-1, w] }),
-            None => json!({ "name": name, "datatype": dt, "shape": [-1] }),
+    let outputs = output_names(v)
+        .into_iter()
+        .map(|(name, datatype, width)| TensorMeta {
+            name,
+            datatype,
+            shape: match width {
+                Some(w) => vec![-1, w as i64],
+                None => vec![-1],
+            },
         })
         .collect();
     let numeric = m
         .signature
         .iter()
         .all(|c| c.column_type != ColumnType::Categorical);
-    json!({
-        "name": v.model,
-        "versions": versions,
-        "platform": "kiln",
-        "inputs": inputs,
-        "outputs": outputs,
-        "parameters": {
+    Metadata {
+        name: v.model.clone(),
+        versions,
+        inputs,
+        outputs,
+        parameters: json!({
             "version": v.label,
             "task": m.task,
             "labels": m.labels,
             "single_tensor_input": numeric,
             "single_tensor_shape": [-1, m.signature.len()],
-        },
-    })
+        }),
+    }
 }
 
 /// `(name, datatype, width)` of each output a version gives.
@@ -224,14 +275,14 @@ struct InferRequest {
 }
 
 #[derive(Debug, Deserialize)]
-struct InputTensor {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
+pub(crate) struct InputTensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: String,
     #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    pub parameters: Option<Map<String, Value>>,
     #[serde(default)]
-    data: Option<Value>,
+    pub data: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,7 +443,7 @@ fn decode(
     ))
 }
 
-fn shape_count(name: &str, shape: &[i64]) -> Result<usize, ServeError> {
+pub(crate) fn shape_count(name: &str, shape: &[i64]) -> Result<usize, ServeError> {
     let mut n: usize = 1;
     for d in shape {
         let d = usize::try_from(*d).map_err(|_| {
@@ -408,14 +459,14 @@ fn shape_count(name: &str, shape: &[i64]) -> Result<usize, ServeError> {
 }
 
 /// The values of one input tensor.
-enum Elements {
+pub(crate) enum Elements {
     /// Numbers of a numeric or BOOL tensor; `None` for a JSON null.
     Numbers(Vec<Option<f64>>),
     Texts(Vec<String>),
 }
 
 impl Elements {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Elements::Numbers(v) => v.len(),
             Elements::Texts(v) => v.len(),
@@ -424,13 +475,13 @@ impl Elements {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Number,
     Bool,
     Bytes,
 }
 
-fn kind(name: &str, datatype: &str) -> Result<(Kind, usize), ServeError> {
+pub(crate) fn kind(name: &str, datatype: &str) -> Result<(Kind, usize), ServeError> {
     Ok(match datatype {
         "FP32" | "INT32" | "UINT32" => (Kind::Number, 4),
         "FP64" | "INT64" | "UINT64" => (Kind::Number, 8),
@@ -496,7 +547,11 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-fn binary_elements(name: &str, datatype: &str, bytes: &[u8]) -> Result<Elements, ServeError> {
+pub(crate) fn binary_elements(
+    name: &str,
+    datatype: &str,
+    bytes: &[u8],
+) -> Result<Elements, ServeError> {
     let (kind, size) = kind(name, datatype)?;
     if kind == Kind::Bytes {
         let mut out = Vec::new();
@@ -569,7 +624,7 @@ fn half_to_f64(h: u16) -> f64 {
 
 /// Input tensors → rows: one `[N, columns]` numeric tensor in signature order, or one `[N]`
 /// tensor per signature column.
-fn to_rows(
+pub(crate) fn to_rows(
     signature: &[InputColumn],
     tensors: &[(&InputTensor, Elements)],
 ) -> Result<Rows, ServeError> {
@@ -716,54 +771,81 @@ struct OutputTensor<'a> {
 
 #[derive(Serialize)]
 #[serde(untagged)]
-enum Data<'a> {
+pub(crate) enum Data<'a> {
     Numbers(&'a [f32]),
     Texts(Vec<&'a str>),
 }
 
-fn encode(p: &Prediction, echo: Echo) -> Result<Response, ApiError> {
+impl Data<'_> {
+    /// The values as raw tensor bytes: little-endian numbers, or each text after its 4-byte
+    /// little-endian length (the binary tensor extension's and gRPC's `raw_*_contents` layout).
+    pub(crate) fn write_raw(&self, out: &mut Vec<u8>) {
+        match self {
+            Data::Numbers(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Data::Texts(v) => v.iter().for_each(|s| {
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }),
+        }
+    }
+}
+
+/// The outputs a request asked for (each with whether it goes raw), checked against the
+/// version's; `None` asks for all of them, `binary_default` raw or not.
+pub(crate) fn wanted_outputs(
+    p: &Prediction,
+    requested: Option<Vec<(String, bool)>>,
+    binary_default: bool,
+) -> Result<Vec<(String, bool)>, ServeError> {
     let available = output_names(&p.version);
-    let wanted: Vec<(String, bool)> = match echo.outputs {
+    match requested {
         Some(list) => {
             for (name, _) in &list {
                 if !available.iter().any(|(n, _, _)| n == name) {
                     let names: Vec<&str> = available.iter().map(|(n, _, _)| n.as_str()).collect();
-                    return Err(ApiError::bad_request(format!(
+                    return Err(ServeError::BadInput(format!(
                         "unknown output `{name}`; the model's outputs are {}",
                         names.join(", ")
                     )));
                 }
             }
-            list
+            Ok(list)
         }
-        None => available
-            .iter()
-            .map(|(n, _, _)| (n.clone(), echo.binary_default))
-            .collect(),
-    };
+        None => Ok(available
+            .into_iter()
+            .map(|(n, _, _)| (n, binary_default))
+            .collect()),
+    }
+}
+
+/// The datatype, shape and values of the output `name` of a prediction.
+pub(crate) fn output<'a>(
+    p: &'a Prediction,
+    labels: &Option<Vec<&'a str>>,
+    name: &str,
+) -> (&'static str, Vec<usize>, Data<'a>) {
+    if name == "label" {
+        let l = labels.clone().unwrap_or_default();
+        ("BYTES", vec![p.rows], Data::Texts(l))
+    } else if name == "probabilities" {
+        ("FP32", vec![p.rows, p.width], Data::Numbers(&p.values))
+    } else {
+        ("FP32", vec![p.rows], Data::Numbers(&p.values))
+    }
+}
+
+fn encode(p: &Prediction, echo: Echo) -> Result<Response, ApiError> {
+    let wanted = wanted_outputs(p, echo.outputs, echo.binary_default)?;
     let labels = p.labels();
     let mut binary = Vec::new();
     let mut outputs = Vec::with_capacity(wanted.len());
     for (name, as_binary) in &wanted {
-        let (datatype, shape, data) = if name == "label" {
-            let l = labels.clone().unwrap_or_default();
-            ("BYTES", vec![p.rows], Data::Texts(l))
-        } else if name == "probabilities" {
-            ("FP32", vec![p.rows, p.width], Data::Numbers(&p.values))
-        } else {
-            ("FP32", vec![p.rows], Data::Numbers(&p.values))
-        };
+        let (datatype, shape, data) = output(p, &labels, name);
         if *as_binary {
             let start = binary.len();
-            match &data {
-                Data::Numbers(v) => v
-                    .iter()
-                    .for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
-                Data::Texts(v) => v.iter().for_each(|s| {
-                    binary.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                    binary.extend_from_slice(s.as_bytes());
-                }),
-            }
+            data.write_raw(&mut binary);
             outputs.push(OutputTensor {
                 name: name.clone(),
                 datatype,

@@ -24,7 +24,7 @@ pub struct Version {
 
 /// The metric series one version's requests update.
 pub struct VersionMetrics {
-    requests: [(&'static str, prometheus::IntCounter); 3],
+    requests: [(&'static str, prometheus::IntCounter); 4],
     pub rows: prometheus::IntCounter,
     pub latency: prometheus::Histogram,
 }
@@ -33,7 +33,7 @@ impl VersionMetrics {
     pub(crate) fn new(metrics: &Metrics, model: &str, version: &str) -> VersionMetrics {
         let request = |p| metrics.requests.with_label_values(&[model, version, p]);
         VersionMetrics {
-            requests: ["v2", "tfserving", "mlflow"].map(|p| (p, request(p))),
+            requests: ["v2", "grpc", "tfserving", "mlflow"].map(|p| (p, request(p))),
             rows: metrics.rows.with_label_values(&[model, version]),
             latency: metrics.latency.with_label_values(&[model, version]),
         }

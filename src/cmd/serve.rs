@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kiln_core::registry::{Batching, Deployment, Registry, Route};
-use kiln_server::{Selection, ServerConfig};
+use kiln_server::{Listeners, Selection, ServerConfig};
 
 use crate::Outcome;
 use crate::cmd::registry::Home;
@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
+    /// Also answer the Open Inference Protocol V2 over gRPC (`inference.GRPCInferenceService`,
+    /// as Triton and KServe do) on this address, e.g. 127.0.0.1:8081; off unless given.
+    #[arg(long, value_name = "ADDR")]
+    grpc_addr: Option<SocketAddr>,
     /// Serve only these models (comma-separated).
     #[arg(long, value_delimiter = ',', conflicts_with = "all")]
     models: Vec<String>,
@@ -153,8 +157,8 @@ impl ServeArgs {
             .unwrap_or_else(|| home.dir.join("backups"))
     }
 
-    /// The address, the models to serve and the server's settings.
-    pub fn parts(&self, home: &Home) -> Result<(SocketAddr, Selection, ServerConfig)> {
+    /// The models to serve and the server's settings.
+    pub fn parts(&self, home: &Home) -> Result<(Selection, ServerConfig)> {
         if !(0.0..=1.0).contains(&self.log_sample) {
             bail!("--log-sample {} must be between 0 and 1", self.log_sample);
         }
@@ -176,6 +180,15 @@ impl ServeArgs {
                 );
             }
             tracing::warn!(addr = %self.addr, "listening beyond loopback with no token (--insecure-no-auth): every action is open to whoever reaches this port");
+        }
+        if let Some(grpc) = self.grpc_addr
+            && grpc == self.addr
+            && grpc.port() != 0
+        {
+            bail!(
+                "--grpc-addr {grpc} is the HTTP address too; give gRPC a port of its own (e.g. {})",
+                SocketAddr::new(grpc.ip(), grpc.port().wrapping_add(1))
+            );
         }
         let selection = if self.models.is_empty() {
             Selection::All
@@ -206,21 +219,45 @@ impl ServeArgs {
             config.log.thresholds = defaults;
             config.log.feature_thresholds = per;
         }
-        Ok((self.addr, selection, config))
+        Ok((selection, config))
     }
 }
 
-/// Prints which models are live, and why the others are not.
-pub fn announce(state: &kiln_server::AppState, addr: SocketAddr, what: &str) -> Result<()> {
+impl ServeArgs {
+    /// Binds the HTTP address and the gRPC one, if any.
+    pub async fn bind(&self) -> Result<Listeners> {
+        let bind = |addr: SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))
+        };
+        let http = bind(self.addr).await?;
+        let grpc = match self.grpc_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners { http, grpc })
+    }
+}
+
+/// Prints where the server answers, which models are live, and why the others are not.
+pub fn announce(state: &kiln_server::AppState, listeners: &Listeners, what: &str) -> Result<()> {
     let names = state.models.names()?;
     let live = names
         .iter()
         .filter(|n| state.models.live(n).is_some())
         .count();
+    let addr = listeners.http.local_addr()?;
     crate::ui::status(&format!(
         "{what} serving {live} of {} models on http://{addr} (V2 /v2, TF Serving /v1, MLflow /invocations, /api, /metrics)",
         names.len()
     ));
+    if let Some(grpc) = &listeners.grpc {
+        crate::ui::status(&format!(
+            "{what} V2 over gRPC (inference.GRPCInferenceService) on {}",
+            grpc.local_addr()?
+        ));
+    }
     for name in &names {
         if let Some(problem) = state.models.problem(name) {
             crate::ui::status(&format!("  {name}: not live: {problem}"));
@@ -244,17 +281,16 @@ pub fn async_runtime(name: &str) -> Result<tokio::runtime::Runtime> {
 pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
     pin_compute_threads()?;
     let registry = Arc::new(Registry::open(&home.dir)?);
-    let (addr, selection, config) = args.parts(home)?;
+    let (selection, config) = args.parts(home)?;
     let runtime = async_runtime("kiln-http")?;
     runtime.block_on(async move {
         args.start_backups(registry.clone(), home);
         let state = kiln_server::start(registry, selection, config).await?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))?;
-        announce(&state, listener.local_addr()?, "kiln")?;
+        let listeners = args.bind().await?;
+        announce(&state, &listeners, "kiln")?;
         let models = state.models.clone();
-        kiln_server::serve(listener, kiln_server::router(state), shutdown_signal()).await?;
+        let router = kiln_server::router(state.clone());
+        kiln_server::serve_all(listeners, router, state, shutdown_signal()).await?;
         tokio::task::spawn_blocking(move || models.flush_log()).await?;
         crate::ui::status("kiln server stopped");
         anyhow::Ok(())

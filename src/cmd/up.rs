@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use kiln_core::registry::Registry;
 use kiln_scheduler::schedule::{ScheduleLoop, wall_clock};
@@ -59,7 +59,7 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
         }
         on_drift.insert(model.to_string(), pipeline.to_string());
     }
-    let (addr, selection, config) = args.serve.parts(home)?;
+    let (selection, config) = args.serve.parts(home)?;
     let rt = crate::cmd::serve::async_runtime("kiln-up")?;
     rt.block_on(async move {
         let (stop_tx, stop) = watch::channel(false);
@@ -97,11 +97,9 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
         let scheduled = schedules.len();
         let count = pipelines.len();
         let api = Arc::new(PipelineApi::new(service, pipelines));
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))?;
-        let bound = listener.local_addr()?;
-        announce(&state, bound, "kiln up:")?;
+        let listeners = args.serve.bind().await?;
+        let bound = listeners.http.local_addr()?;
+        announce(&state, &listeners, "kiln up:")?;
         crate::ui::status(&format!(
             "kiln up: {count} pipelines ({scheduled} scheduled) at http://{bound}/api/pipelines"
         ));
@@ -117,13 +115,13 @@ pub fn up(home: &Home, args: UpArgs) -> Result<Outcome> {
         }
         let state = state.with_pipelines(api.clone());
         let models = state.models.clone();
-        let router = kiln_server::router(state);
+        let router = kiln_server::router(state.clone());
         let shutdown = async move {
             shutdown_signal().await;
             crate::ui::status("cancelling running pipeline steps");
             let _ = stop_tx.send(true);
         };
-        kiln_server::serve(listener, router, shutdown).await?;
+        kiln_server::serve_all(listeners, router, state, shutdown).await?;
         tokio::task::spawn_blocking(move || models.flush_log()).await?;
         for s in schedules {
             let _ = s.await;
