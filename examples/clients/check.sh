@@ -2,9 +2,9 @@
 # Trains a small model, serves it with `kiln serve` on loopback, and asks it with the standard
 # Python clients of the protocols kiln speaks: tritonclient.http and tritonclient.grpc for the Open
 # Inference Protocol (over REST and gRPC), and the mlflow client logging runs as a notebook would
-# (read back with kiln's own commands).
+# (read back with kiln's own commands); and kiln's own API against its OpenAPI document.
 # CI runs it; locally:
-#   python3 -m pip install "tritonclient[http,grpc]" numpy mlflow-skinny pandas pyarrow
+#   python3 -m pip install "tritonclient[http,grpc]" numpy mlflow-skinny pandas pyarrow openapi-spec-validator
 # then
 #
 #   KILN=target/debug/kiln PYTHON=python3 examples/clients/check.sh
@@ -64,6 +64,7 @@ model = json.loads(sys.argv[1])
 assert model["aliases"] == {"champion": 1, "staging": 1}, model
 assert model["versions"][0]["version"]["artifact"]["name"] == "report", model
 PY
+"$PYTHON" examples/clients/openapi_check.py "$url" s3cret
 # pyarrow reads the features kiln writes, with every codec kiln offers (zstd by default), and
 # finds the values kiln's CSV output holds.
 "$KILN" data transform "$data" --spec examples/breast_cancer.spec.toml -o "$work/features.csv" >/dev/null

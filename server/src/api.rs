@@ -4,11 +4,10 @@
 //! its `KILN_HOME`; experiments and runs are in `runs.rs`). Changes take effect, and serving is
 //! reconciled, before the answer is sent.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use kiln_core::backend;
 use kiln_core::registry::{BackupSummary, Deployment, ModelVersion, Stage, parse_run_id};
 use kiln_core::wire::experiments::{Delete, Deleted};
@@ -20,18 +19,49 @@ use kiln_core::wire::models::{
 
 use crate::error::{ApiError, ServeError};
 use crate::models::{Live, Models};
+use crate::openapi::{Api, answers};
 use crate::state::{AppState, blocking, body, optional_json, parse_json};
 
 /// Endpoints that only read.
-pub fn reads() -> Router<AppState> {
-    Router::new()
-        .route("/api/models", get(list_models))
-        .route("/api/models/{name}", get(show_model))
-        .route("/api/models/{name}/deployment", get(show_deployment))
-        .route("/api/deployments", get(list_deployments))
-        .route("/api/models/{name}/drift", get(show_drift))
-        .route("/api/models/{name}/history", get(history))
-        .route("/api/models/{name}/versions/{which}", get(show_version))
+pub(crate) fn reads() -> Api {
+    Api::reads()
+        .get(
+            "/api/models",
+            list_models,
+            answers::<ModelList>("List the models, with what serves each"),
+        )
+        .get(
+            "/api/models/{name}",
+            show_model,
+            answers::<ModelDetail>("Show a model: versions, aliases, deployment, what serves"),
+        )
+        .get(
+            "/api/models/{name}/deployment",
+            show_deployment,
+            answers::<Deployment>("Show a model's stored deployment"),
+        )
+        .get(
+            "/api/deployments",
+            list_deployments,
+            answers::<DeploymentList>("List every model's deployment and loaded versions"),
+        )
+        .get(
+            "/api/models/{name}/drift",
+            show_drift,
+            answers::<crate::drift::DriftAnswer>(
+                "Drift of each served version against its training data",
+            ),
+        )
+        .get(
+            "/api/models/{name}/history",
+            history,
+            answers::<History>("A model's alias moves, newest first"),
+        )
+        .get(
+            "/api/models/{name}/versions/{which}",
+            show_version,
+            answers::<ModelVersion>("Show a version (a number or an alias)"),
+        )
 }
 
 async fn show_drift(
@@ -56,24 +86,58 @@ async fn show_drift(
 }
 
 /// Endpoints that change state; they need the token when one is set.
-pub fn writes() -> Router<AppState> {
-    Router::new()
-        .route(
+pub(crate) fn writes() -> Api {
+    Api::writes()
+        .put(
             "/api/models/{name}/deployment",
-            put(set_deployment).delete(reset_deployment),
+            set_deployment,
+            answers::<DeploymentChanged>("Set a model's traffic split, shadow and batching")
+                .takes::<SetDeployment>(),
         )
-        .route(
+        .delete(
+            "/api/models/{name}/deployment",
+            reset_deployment,
+            answers::<DeploymentChanged>("Reset a model's deployment to its champion alone"),
+        )
+        .put(
             "/api/models/{name}/aliases/{alias}",
-            put(set_alias).delete(delete_alias),
+            set_alias,
+            answers::<AliasChanged>("Point an alias at a version").takes::<SetAlias>(),
         )
-        .route("/api/models/{name}/promote", post(promote))
-        .route("/api/models/{name}", axum::routing::delete(delete_model))
-        .route("/api/models/{name}/versions", post(register))
-        .route(
+        .delete(
+            "/api/models/{name}/aliases/{alias}",
+            delete_alias,
+            answers::<AliasChanged>("Remove an alias (a JSON body is optional)")
+                .takes::<DeleteAlias>(),
+        )
+        .post(
+            "/api/models/{name}/promote",
+            promote,
+            answers::<Promoted>("Promote a version: move the alias serving follows")
+                .takes::<Promote>(),
+        )
+        .delete(
+            "/api/models/{name}",
+            delete_model,
+            answers::<Deleted>("Delete a model and its versions (a JSON body is optional)")
+                .takes::<Delete>(),
+        )
+        .post(
+            "/api/models/{name}/versions",
+            register,
+            answers::<ModelVersion>("Register a run's artifact as the next version")
+                .takes::<RegisterVersion>(),
+        )
+        .delete(
             "/api/models/{name}/versions/{which}",
-            axum::routing::delete(delete_version),
+            delete_version,
+            answers::<Deleted>("Delete a version (a JSON body is optional)").takes::<Delete>(),
         )
-        .route("/api/registry/backups", post(backup))
+        .post(
+            "/api/registry/backups",
+            backup,
+            answers::<BackupSummary>("Back the registry up into the server's backup directory"),
+        )
 }
 
 /// Takes a backup into the server's backup directory (`--backup-dir`), under a name of its

@@ -54,22 +54,34 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/invocations", post(mlflow::invocations))
         .route("/metrics", get(metrics))
-        .merge(api::reads())
-        .merge(crate::runs::reads())
         .merge(crate::tracking::reads())
         .merge(crate::logged_models::reads())
         .merge(crate::mlflow_registry::reads())
-        .merge(crate::pipelines::reads())
         .merge(crate::ui::reads().route_layer(ui_forms))
         .route_layer(middleware::from_fn_with_state(state.clone(), check_read));
-    let writes = api::writes()
-        .merge(crate::runs::writes())
+    let writes = Router::new()
         .merge(crate::tracking::writes())
         .merge(crate::logged_models::writes())
         .merge(crate::mlflow_uploads::writes())
         .merge(crate::mlflow_registry::writes())
-        .merge(crate::pipelines::writes())
         .route_layer(middleware::from_fn_with_state(state.clone(), check_write));
+    // kiln's own API, described as it is routed (`/api/openapi.json`).
+    let (own_reads, mut described) = api::reads()
+        .merge(crate::runs::reads())
+        .merge(crate::pipelines::reads())
+        .split();
+    let (own_writes, described_writes) = api::writes()
+        .merge(crate::runs::writes())
+        .merge(crate::pipelines::writes())
+        .split();
+    described.extend(described_writes);
+    let reads = reads.merge(
+        own_reads
+            .merge(described.serve())
+            .route_layer(middleware::from_fn_with_state(state.clone(), check_read)),
+    );
+    let writes = writes
+        .merge(own_writes.route_layer(middleware::from_fn_with_state(state.clone(), check_write)));
     let config = state.config.clone();
     let limited = Router::new()
         .merge(reads)

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::runtime::Rows;
 
 /// When a feature is in alarm.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Thresholds {
     /// Population stability index of a numeric feature (or of the outputs).
@@ -162,7 +162,7 @@ struct Tracked {
 }
 
 /// The drift of one feature (or of the outputs) over the window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FeatureDrift {
     pub feature: String,
     /// `numeric`, `categorical` or `prediction`.
@@ -180,7 +180,7 @@ pub struct FeatureDrift {
 }
 
 /// `GET /api/models/{name}/drift`: every live version's report and the features in alarm.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DriftAnswer {
     pub model: String,
     /// The share of requests the prediction log samples.
@@ -192,7 +192,7 @@ pub struct DriftAnswer {
 }
 
 /// A version's drift report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DriftReport {
     pub model: String,
     pub version: u32,

@@ -13,12 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use kiln_core::registry::{PipelineRun, PipelineRunState};
 use kiln_core::wire::pipelines::{
     Cancelling, PipelineInfo, Prune, PruneAnswer, ScheduleChanged, StartRun, Started,
@@ -27,29 +26,67 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::openapi::{Api, answers, answers_raw};
 use crate::state::AppState;
 
 pub use crate::control::{PipelineControl, StartError};
 
 /// The pipeline API's reads.
-pub(crate) fn reads() -> Router<AppState> {
-    Router::new()
-        .route("/api/pipelines", get(list_pipelines))
-        .route("/api/pipeline-runs", get(list_runs))
-        .route("/api/pipeline-runs/{id}", get(show_run))
-        .route(
+pub(crate) fn reads() -> Api {
+    Api::reads()
+        .get(
+            "/api/pipelines",
+            list_pipelines,
+            answers::<Vec<PipelineInfo>>("List the pipelines with their schedules"),
+        )
+        .get(
+            "/api/pipeline-runs",
+            list_runs,
+            answers::<Vec<PipelineRun>>("List pipeline runs, newest first").query::<RunsQuery>(),
+        )
+        .get(
+            "/api/pipeline-runs/{id}",
+            show_run,
+            answers::<PipelineRun>("Show a pipeline run and its steps"),
+        )
+        .get(
             "/api/pipeline-runs/{id}/logs/{step}/{attempt}",
-            get(step_log),
+            step_log,
+            answers_raw(
+                "A step's log: the last 64 KiB, or from= and bytes=",
+                "text/plain",
+            )
+            .query::<LogQuery>(),
         )
 }
 
 /// The pipeline API's changes.
-pub(crate) fn writes() -> Router<AppState> {
-    Router::new()
-        .route("/api/pipelines/{name}/runs", post(start_run))
-        .route("/api/pipeline-runs/{id}/cancel", post(cancel_run))
-        .route("/api/pipeline-runs/prune", post(prune))
-        .route("/api/pipelines/{name}/schedule/{verb}", post(set_paused))
+pub(crate) fn writes() -> Api {
+    Api::writes()
+        .post(
+            "/api/pipelines/{name}/runs",
+            start_run,
+            answers::<Started>("Start a run (202; the body is optional)")
+                .takes::<StartRun>()
+                .status(202),
+        )
+        .post(
+            "/api/pipeline-runs/{id}/cancel",
+            cancel_run,
+            answers::<Cancelling>("Cancel a running run (202)").status(202),
+        )
+        .post(
+            "/api/pipeline-runs/prune",
+            prune,
+            answers::<PruneAnswer>("Delete old finished runs and their logs").takes::<Prune>(),
+        )
+        .post(
+            "/api/pipelines/{name}/schedule/{verb}",
+            set_paused,
+            answers::<ScheduleChanged>(
+                "Pause or resume a pipeline's schedule (verb: pause or resume)",
+            ),
+        )
 }
 
 fn control(state: &AppState) -> Result<Arc<dyn PipelineControl>, ApiError> {
@@ -91,7 +128,7 @@ async fn list_pipelines(
     off(&state, move |_| Ok(Json(control.pipelines()))).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RunsQuery {
     pipeline: Option<String>,
@@ -132,7 +169,7 @@ async fn show_run(
 const LOG_BYTES_DEFAULT: u64 = 64 << 10;
 const LOG_BYTES_MOST: u64 = 16 << 20;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct LogQuery {
     /// The first byte to read; the log's end when absent.

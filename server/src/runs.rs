@@ -4,13 +4,12 @@
 
 use std::io::Read;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use http_body_util::BodyExt;
 use kiln_core::backend;
 use kiln_core::registry::{
@@ -25,34 +24,94 @@ use kiln_core::wire::runs::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::openapi::{Api, answers, answers_nothing, answers_raw};
 use crate::state::{AppState, blocking, body, optional_json, parse_json};
 
 /// Endpoints that only read.
-pub(crate) fn reads() -> Router<AppState> {
-    Router::new()
-        .route("/api/experiments", get(list_experiments))
-        .route("/api/runs", get(list_runs))
-        .route("/api/runs/{id}", get(show_run))
-        .route("/api/artifacts/{digest}", get(download).head(exists))
+pub(crate) fn reads() -> Api {
+    Api::reads()
+        .get(
+            "/api/experiments",
+            list_experiments,
+            answers::<ExperimentList>("List the experiments with their run counts"),
+        )
+        .get(
+            "/api/runs",
+            list_runs,
+            answers::<RunPage>("Find runs: by experiment, status, parent, a filter, an order")
+                .query::<RunQuery>(),
+        )
+        .get(
+            "/api/runs/{id}",
+            show_run,
+            answers::<RunDetail>("Show a run with its latest metrics and their curves"),
+        )
+        .get(
+            "/api/artifacts/{digest}",
+            download,
+            answers_raw(
+                "Download an artifact object by its BLAKE3 digest",
+                "application/octet-stream",
+            ),
+        )
+        .head(
+            "/api/artifacts/{digest}",
+            exists,
+            answers_nothing("Whether an artifact object is stored (200, else 404)"),
+        )
 }
 
 /// Endpoints that change state; they need the token when one is set.
-pub(crate) fn writes() -> Router<AppState> {
-    Router::new()
-        .route("/api/experiments", post(create_experiment))
-        .route(
-            "/api/experiments/{name}",
-            axum::routing::delete(delete_experiment),
+pub(crate) fn writes() -> Api {
+    Api::writes()
+        .post(
+            "/api/experiments",
+            create_experiment,
+            answers::<Experiment>("Create an experiment").takes::<CreateExperiment>(),
         )
-        .route("/api/experiments/{name}/rename", post(rename_experiment))
-        .route("/api/runs", post(create_run))
-        .route("/api/runs/{id}", axum::routing::delete(delete_run))
-        .route("/api/runs/{id}/log", post(log))
-        .route("/api/runs/{id}/end", post(end))
-        .route("/api/runs/{id}/artifacts", post(attach))
-        .route(
+        .delete(
+            "/api/experiments/{name}",
+            delete_experiment,
+            answers::<Deleted>("Delete an experiment and its runs (a JSON body is optional)")
+                .takes::<Delete>(),
+        )
+        .post(
+            "/api/experiments/{name}/rename",
+            rename_experiment,
+            answers::<Experiment>("Rename an experiment").takes::<RenameExperiment>(),
+        )
+        .post(
+            "/api/runs",
+            create_run,
+            answers::<RunText>("Start a run").takes::<CreateRun>(),
+        )
+        .delete(
+            "/api/runs/{id}",
+            delete_run,
+            answers::<Deleted>("Delete a run"),
+        )
+        .post(
+            "/api/runs/{id}/log",
+            log,
+            answers::<Logged>("Log params, metrics and tags to a run").takes::<LogToRun>(),
+        )
+        .post(
+            "/api/runs/{id}/end",
+            end,
+            answers::<RunText>("End a run with its status").takes::<EndRun>(),
+        )
+        .post(
+            "/api/runs/{id}/artifacts",
+            attach,
+            answers::<ArtifactRef>("Attach uploaded objects to a run as a named artifact")
+                .takes::<AttachArtifact>(),
+        )
+        .put_unlimited(
             "/api/artifacts/{digest}",
-            put(upload).layer(axum::extract::DefaultBodyLimit::disable()),
+            upload,
+            answers::<Uploaded>(
+                "Upload an artifact object (the raw bytes; checked against the digest)",
+            ),
         )
 }
 
@@ -243,7 +302,7 @@ async fn attach(
 }
 
 /// The answer to an upload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Uploaded {
     pub digest: String,
     pub size: u64,

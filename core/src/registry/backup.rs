@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use super::{Registry, RegistryError};
 
 /// What a backup holds (also the answer of `POST /api/registry/backups`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct BackupSummary {
     pub dir: PathBuf,
     pub trees: usize,
@@ -31,7 +33,7 @@ pub struct BackupSummary {
 }
 
 /// One thing wrong with a registry.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Problem {
     /// What it is about: `model bc version 3`, `run 0000002a`, `alias bc@champion`.
     pub subject: String,

@@ -147,7 +147,9 @@ pub enum Expect {
 
 /// An MLflow-style stage, read from the aliases `champion` (Production: what serving follows by
 /// default, so that promoting a version is what makes it serve) and `staging`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub enum Stage {
     None,
     Staging,

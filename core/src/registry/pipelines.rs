@@ -12,7 +12,7 @@ use super::records::{Millis, decode, encode, now_ms};
 use super::{Registry, RegistryError};
 
 /// Where a pipeline run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PipelineRunState {
     Running,
@@ -33,7 +33,7 @@ impl PipelineRunState {
 }
 
 /// Where one step of a run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepExecState {
     Pending,
@@ -72,7 +72,7 @@ impl StepExecState {
 }
 
 /// One step's execution within a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepExecution {
     pub id: String,
     /// The steps this one needs (the DAG's edges).
@@ -130,7 +130,7 @@ impl StepExecution {
 }
 
 /// One run of a pipeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PipelineRun {
     pub id: u64,
     pub pipeline: String,
@@ -158,14 +158,14 @@ fn step_key(run: u64, position: usize) -> [u8; 12] {
 }
 
 /// Where a cache key's result lives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CacheEntry {
     pub run: u64,
     pub step: String,
 }
 
 /// What kiln remembers of a pipeline's schedule between restarts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScheduleState {
     pub pipeline: String,
     pub file: String,

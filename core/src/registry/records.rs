@@ -23,7 +23,7 @@ pub(crate) fn now_ms() -> Millis {
 }
 
 /// A group of runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Experiment {
     pub id: u64,
     pub name: String,
@@ -33,7 +33,7 @@ pub struct Experiment {
 }
 
 /// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Running,
@@ -75,7 +75,7 @@ impl std::str::FromStr for RunStatus {
 }
 
 /// Where a run's inputs came from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Lineage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_fingerprint: Option<String>,
@@ -86,7 +86,7 @@ pub struct Lineage {
 }
 
 /// A file or directory attached to a run, stored by content digest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ArtifactRef {
     /// The name the run gave it (unique within the run).
     pub name: String,
@@ -97,7 +97,7 @@ pub struct ArtifactRef {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ArtifactKind {
     File,
@@ -105,7 +105,7 @@ pub enum ArtifactKind {
 }
 
 /// One training (or evaluation, or sweep) execution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Run {
     pub id: u64,
     pub experiment_id: u64,
@@ -127,16 +127,17 @@ pub struct Run {
 }
 
 /// One point of a metric series.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MetricPoint {
     pub step: i64,
     pub timestamp_ms: Millis,
     #[serde(with = "floats::one")]
+    #[schemars(with = "floats::Float")]
     pub value: f64,
 }
 
 /// A registered model: a name with numbered versions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Model {
     pub name: String,
     pub created_ms: Millis,
@@ -149,7 +150,7 @@ pub struct Model {
 }
 
 /// One version of a registered model, made from a run's artifact.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelVersion {
     pub model: String,
     pub version: u32,
@@ -162,6 +163,7 @@ pub struct ModelVersion {
     pub signature: Option<serde_json::Value>,
     /// The source run's latest metrics when the version was made.
     #[serde(default, with = "floats::map")]
+    #[schemars(with = "BTreeMap<String, floats::Float>")]
     pub metrics: BTreeMap<String, f64>,
     #[serde(default)]
     pub description: String,
@@ -170,7 +172,7 @@ pub struct ModelVersion {
 }
 
 /// One move of an alias, kept forever.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AliasEvent {
     pub model: String,
     pub alias: String,
@@ -233,7 +235,7 @@ pub(crate) fn decode_point(step: i64, bytes: &[u8]) -> Result<MetricPoint, Regis
 
 /// How servers route the traffic of one model: weighted targets, an optional shadow, and
 /// optional dynamic batching. A model without a record is served as its `champion` alias.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Deployment {
     pub model: String,
     /// Where requests for the bare model name go, by percentage (summing to 100).
@@ -251,7 +253,7 @@ pub struct Deployment {
 }
 
 /// One weighted target of a deployment: an alias (followed as it moves) or a version number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Route {
     pub target: String,
     pub percent: u32,
@@ -279,7 +281,7 @@ impl std::str::FromStr for Route {
 
 /// Dynamic batching of one model: a batch runs when it holds `max_batch` rows or when its
 /// first request has waited `max_delay_us` microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Batching {
     pub max_batch: usize,
     pub max_delay_us: u64,
@@ -322,6 +324,22 @@ pub mod floats {
     #[derive(Debug, Clone, Copy, PartialEq)]
     pub struct Float(pub f64);
 
+    impl schemars::JsonSchema for Float {
+        fn schema_name() -> std::borrow::Cow<'static, str> {
+            "Float".into()
+        }
+
+        fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({
+                "description": "A number, or the name of one JSON cannot hold",
+                "anyOf": [
+                    { "type": "number" },
+                    { "enum": ["NaN", "Infinity", "-Infinity"] }
+                ]
+            })
+        }
+    }
+
     impl Serialize for Float {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             match self.0 {
@@ -333,7 +351,7 @@ pub mod floats {
         }
     }
 
-    #[derive(Deserialize)]
+    #[derive(Deserialize, schemars::JsonSchema)]
     #[serde(untagged)]
     enum Written {
         Number(f64),

@@ -9,14 +9,14 @@ use crate::registry::{
 };
 
 /// What serves a model's bare name now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Live {
     pub routes: Vec<LiveRoute>,
     pub shadow: Option<LiveShadow>,
     pub batching: Option<Batching>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LiveRoute {
     /// The alias or version the deployment names.
     pub target: String,
@@ -26,7 +26,7 @@ pub struct LiveRoute {
     pub load_ms: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LiveShadow {
     pub target: Option<String>,
     pub version: u32,
@@ -37,7 +37,7 @@ pub struct LiveShadow {
 }
 
 /// One model in `GET /api/models`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelSummary {
     pub name: String,
     pub description: String,
@@ -51,20 +51,20 @@ pub struct ModelSummary {
 }
 
 /// `GET /api/models`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelList {
     pub models: Vec<ModelSummary>,
 }
 
 /// One version in `GET /api/models/{name}`: its record and its stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VersionEntry {
     pub version: ModelVersion,
     pub stage: Stage,
 }
 
 /// `GET /api/models/{name}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelDetail {
     pub model: Model,
     pub versions: Vec<VersionEntry>,
@@ -76,7 +76,7 @@ pub struct ModelDetail {
 }
 
 /// `POST /api/models/{name}/versions`: register a run's artifact as the next version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterVersion {
     /// The run, as run ids are written (`0000002a`).
@@ -96,13 +96,13 @@ fn model_artifact() -> String {
 }
 
 /// `GET /api/models/{name}/history`: every alias move, oldest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct History {
     pub events: Vec<AliasEvent>,
 }
 
 /// One model in `GET /api/deployments`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeploymentEntry {
     pub model: String,
     pub deployment: Deployment,
@@ -111,7 +111,7 @@ pub struct DeploymentEntry {
 }
 
 /// A version the server holds in memory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LoadedVersion {
     pub model: String,
     pub version: u32,
@@ -119,14 +119,14 @@ pub struct LoadedVersion {
 }
 
 /// `GET /api/deployments`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeploymentList {
     pub deployments: Vec<DeploymentEntry>,
     pub loaded: Vec<LoadedVersion>,
 }
 
 /// `PUT /api/models/{name}/deployment`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetDeployment {
     pub routes: Vec<Route>,
@@ -140,7 +140,7 @@ pub struct SetDeployment {
 }
 
 /// The answer to a deployment's change or reset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeploymentChanged {
     pub deployment: Deployment,
     pub live: Option<Live>,
@@ -149,7 +149,7 @@ pub struct DeploymentChanged {
 
 /// The version an alias must point to for a change to apply: a number, or `"none"` (the alias
 /// must not exist yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Expected {
     Version(u32),
@@ -157,7 +157,7 @@ pub enum Expected {
 }
 
 /// The word `none`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NoVersion {
     None,
@@ -182,7 +182,7 @@ impl Expected {
 }
 
 /// `PUT /api/models/{name}/aliases/{alias}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetAlias {
     pub version: u32,
@@ -195,7 +195,7 @@ pub struct SetAlias {
 }
 
 /// `DELETE /api/models/{name}/aliases/{alias}` (the body may be left out).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteAlias {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -207,7 +207,7 @@ pub struct DeleteAlias {
 }
 
 /// The answer to an alias's move or deletion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AliasChanged {
     pub event: AliasEvent,
     pub live: Option<Live>,
@@ -215,7 +215,7 @@ pub struct AliasChanged {
 }
 
 /// `POST /api/models/{name}/promote`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Promote {
     pub version: u32,
@@ -231,7 +231,7 @@ pub struct Promote {
 }
 
 /// The answer to a promotion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Promoted {
     pub event: AliasEvent,
     pub stage: String,

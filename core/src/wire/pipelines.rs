@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// One pipeline a process runs (`GET /api/pipelines`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineInfo {
     pub pipeline: String,
@@ -20,7 +20,7 @@ pub struct PipelineInfo {
 }
 
 /// Which steps run even when the cache holds their result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ForceSteps {
     /// `"all"`.
@@ -30,14 +30,14 @@ pub enum ForceSteps {
 }
 
 /// The word `all`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AllSteps {
     All,
 }
 
 /// `POST /api/pipelines/{name}/runs`: every field may be left out.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRun {
     /// Values over the file's defaults: strings, numbers or booleans, checked against each
@@ -69,7 +69,7 @@ impl StartRun {
 }
 
 /// The answer to a started run (202).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Started {
     pub pipeline: String,
@@ -79,7 +79,7 @@ pub struct Started {
 }
 
 /// The answer to a cancel (202).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cancelling {
     pub run: u64,
@@ -87,7 +87,7 @@ pub struct Cancelling {
 }
 
 /// The answer to `POST /api/pipelines/{name}/schedule/pause|resume`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleChanged {
     pub pipeline: String,
@@ -97,7 +97,7 @@ pub struct ScheduleChanged {
 }
 
 /// `POST /api/pipeline-runs/prune`: delete the files of old finished runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Prune {
     /// Only this pipeline's runs (every pipeline's when left out).
@@ -111,7 +111,7 @@ pub struct Prune {
 }
 
 /// What a prune removed (or would) of one run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Pruned {
     pub pipeline: String,
     pub run: u64,
@@ -120,7 +120,7 @@ pub struct Pruned {
 }
 
 /// The answer to a prune.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PruneAnswer {
     pub pruned: Vec<Pruned>,
 }

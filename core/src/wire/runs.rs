@@ -20,6 +20,29 @@ impl Serialize for RunText {
     }
 }
 
+/// A run's id (and parent's) as people type them: eight or more hex digits.
+impl schemars::JsonSchema for RunText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Run".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = Run::json_schema(generator);
+        let id = schemars::json_schema!({ "type": "string", "pattern": "^[0-9a-f]{8,}$" });
+        if let Some(properties) = schema
+            .get_mut("properties")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            properties.insert("id".into(), id.clone().into());
+            properties.insert(
+                "parent".into(),
+                schemars::json_schema!({ "anyOf": [id, { "type": "null" }] }).into(),
+            );
+        }
+        schema
+    }
+}
+
 impl<'de> Deserialize<'de> for RunText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RunText, D::Error> {
         let value = serde_json::Value::deserialize(d)?;
@@ -30,30 +53,31 @@ impl<'de> Deserialize<'de> for RunText {
 }
 
 /// One run of a list, with its latest metrics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunEntry {
     pub run: RunText,
     pub metrics: BTreeMap<String, MetricPoint>,
 }
 
 /// `GET /api/runs`: the first `limit` runs found, and how many were found.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunPage {
     pub runs: Vec<RunEntry>,
     pub total: usize,
 }
 
 /// `GET /api/runs/{id}`: the run, its latest metrics and each metric's curve (at most 40 points).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunDetail {
     pub run: RunText,
     pub metrics: BTreeMap<String, MetricPoint>,
     #[serde(with = "crate::registry::floats::series")]
+    #[schemars(with = "BTreeMap<String, Vec<crate::registry::floats::Float>>")]
     pub series: BTreeMap<String, Vec<f64>>,
 }
 
 /// `GET /api/runs?…`: which runs, as `kiln runs list` takes them; every field may be left out.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,7 +131,7 @@ impl RunQuery {
 }
 
 /// `POST /api/runs`: start a run (status `running`); the answer is the run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRun {
     pub experiment: String,
@@ -148,19 +172,20 @@ impl CreateRun {
 }
 
 /// One metric value at a step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricValue {
     pub key: String,
     /// A number, or `"NaN"`, `"Infinity"`, `"-Infinity"` (which JSON numbers cannot be).
     #[serde(with = "crate::registry::floats::one")]
+    #[schemars(with = "crate::registry::floats::Float")]
     pub value: f64,
     #[serde(default)]
     pub step: i64,
 }
 
 /// `POST /api/runs/{id}/log`: metrics, parameters and tags, any of them left out.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogToRun {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -172,13 +197,13 @@ pub struct LogToRun {
 }
 
 /// The answer to a log: how many metric values were recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Logged {
     pub metrics: usize,
 }
 
 /// `POST /api/runs/{id}/end`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndRun {
     pub status: RunStatus,
@@ -186,7 +211,7 @@ pub struct EndRun {
 
 /// `POST /api/runs/{id}/artifacts`: attach content already uploaded to
 /// `PUT /api/artifacts/{digest}` (for a directory: its manifest and every file it lists).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachArtifact {
     pub name: String,
