@@ -144,7 +144,17 @@ pub fn service(
         std::sync::Arc::new(Builtins),
         stop,
         binary_dir(),
+        Some(std::sync::Arc::new(Webhook)),
     )
+}
+
+/// Posts pipeline run summaries (`notify = URL`) over HTTP(S) with kiln's client.
+struct Webhook;
+
+impl kiln_scheduler::run::Notify for Webhook {
+    fn post(&self, url: &str, summary: &serde_json::Value) -> Result<(), String> {
+        kiln_server::client::post_json(url, summary, std::time::Duration::from_secs(10))
+    }
 }
 
 /// The pipelines of a `KILN_HOME` this process opened, run here on `runtime`.
@@ -157,6 +167,7 @@ pub fn local(
         Builtins,
         binary_dir(),
         runtime,
+        Some(std::sync::Arc::new(Webhook)),
     )
 }
 

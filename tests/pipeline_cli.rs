@@ -440,3 +440,109 @@ fn a_killed_kiln_leaves_no_step_running_and_steps_never_see_the_token() {
     }
     assert!(!alive, "the step's process group {group} outlived kiln");
 }
+
+/// A receiver on loopback that answers `statuses` in turn, one request each, and hands back
+/// each request's head and body.
+fn receiver(statuses: Vec<u16>) -> (String, std::thread::JoinHandle<Vec<(String, String)>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/hooks/T000/secret",
+        listener.local_addr().unwrap()
+    );
+    let handle = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for status in statuses {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let reply =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            reader.get_mut().write_all(reply.as_bytes()).unwrap();
+            got.push((head, String::from_utf8(body).unwrap()));
+        }
+        got
+    });
+    (url, handle)
+}
+
+#[test]
+fn a_failed_run_runs_its_failure_steps_and_posts_its_summary_until_received() {
+    let k = util::Kiln::new();
+    let (url, received) = receiver(vec![503, 200]);
+    let p = k.file(
+        "p.toml",
+        format!(
+            "name = \"nightly\"\nnotify = \"{url}\"\n\n[[steps]]\nid = \"train\"\nrun = \"echo 'loss is NaN'; exit 4\"\n\n[[steps]]\nid = \"push\"\nneeds = [\"train\"]\nrun = \"true\"\n\n[[on_failure]]\nid = \"alert\"\nrun = \"echo \\\"$KILN_FAILED_STEP: $KILN_FAILED_LOG_TAIL\\\"\"\n"
+        ),
+    );
+    let r = k.run(&["pipeline", "run", &p.display().to_string()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let run = run_json(&k, 1);
+    assert_eq!(run["state"], "failed");
+    assert_eq!(step(&run, "push")["state"], "upstream_failed");
+    assert_eq!(step(&run, "alert")["state"], "succeeded");
+    let logs = k.ok(&["pipeline", "logs", "1", "alert"]);
+    assert!(logs.contains("train: loss is NaN"), "{logs}");
+    // The receiver refused the first post; the second try got through.
+    let got = received.join().unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(
+        got[0].0.starts_with("POST /hooks/T000/secret HTTP/1.1"),
+        "{}",
+        got[0].0
+    );
+    assert!(
+        got[0]
+            .0
+            .to_ascii_lowercase()
+            .contains("content-type: application/json")
+    );
+    assert_eq!(got[0].1, got[1].1);
+    let summary: serde_json::Value = serde_json::from_str(&got[1].1).unwrap();
+    assert_eq!(summary["pipeline"], "nightly");
+    assert_eq!(summary["state"], "failed");
+    assert_eq!(summary["failed_steps"][0]["id"], "train");
+    assert!(
+        summary["text"]
+            .as_str()
+            .unwrap()
+            .contains("failed at step train"),
+        "{summary}"
+    );
+    // A receiver that never answers costs the run nothing but a warning with the host alone.
+    let p = k.file(
+        "q.toml",
+        "name = \"quiet\"\nnotify = \"http://127.0.0.1:9/hooks/secret-token\"\n[[steps]]\nid = \"a\"\nrun = \"true\"\n",
+    );
+    let r = k
+        .command()
+        .args(["pipeline", "run", &p.display().to_string()])
+        .env("KILN_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(r.status.success());
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        stderr.contains("could not be posted to its notify URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret-token"), "{stderr}");
+}

@@ -105,6 +105,7 @@ fn bench(c: &mut Criterion) {
                     force: Force::All,
                     limits: limits.clone(),
                     path_prefix: Vec::new(),
+                    notifier: None,
                 };
                 black_box(
                     run_pipeline(

@@ -35,17 +35,19 @@ pub struct Local<C> {
 }
 
 impl<C: Components> Local<C> {
-    /// Runs go on `runtime`; `path_prefix` goes before `PATH` for commands.
+    /// Runs go on `runtime`; `path_prefix` goes before `PATH` for commands; `notifier` posts
+    /// run summaries to pipelines' `notify` URLs.
     pub fn new(
         registry: Arc<Registry>,
         components: C,
         path_prefix: Vec<PathBuf>,
         runtime: tokio::runtime::Runtime,
+        notifier: Option<Arc<dyn crate::run::Notify>>,
     ) -> Local<C> {
         let (stop, stopped) = watch::channel(false);
         let components = Arc::new(components);
         Local {
-            service: Service::new(registry, components.clone(), stopped, path_prefix),
+            service: Service::new(registry, components.clone(), stopped, path_prefix, notifier),
             components,
             runtime,
             stop,

@@ -124,7 +124,12 @@ pub struct Pipeline {
     pub schedule: Option<Schedule>,
     /// Steps of one run running at once (`parallel = N`; the executor's default otherwise).
     pub parallel: Option<usize>,
+    /// Where a JSON summary of every finished run is posted (`notify = "https://…"`).
+    pub notify: Option<String>,
     pub steps: Vec<Step>,
+    /// Steps that run only when a run fails (`[[on_failure]]`), after the others have ended,
+    /// with the failed step's id, error and log in their environment. Never cached.
+    pub on_failure: Vec<Step>,
 }
 
 /// A parsed file: the pipeline when the file has a pipeline's shape, and every diagnostic.
@@ -206,7 +211,11 @@ struct RawFile {
     #[serde(default)]
     parallel: Option<Spanned<i64>>,
     #[serde(default)]
+    notify: Option<Spanned<String>>,
+    #[serde(default)]
     steps: Vec<Spanned<RawStep>>,
+    #[serde(default)]
+    on_failure: Vec<Spanned<RawStep>>,
 }
 
 #[derive(Deserialize)]
@@ -347,13 +356,62 @@ pub fn parse_with(text: &str, catalogue: &[ComponentSpec]) -> Parsed {
     if raw.steps.is_empty() {
         f.error(0, "the pipeline has no steps; add [[steps]] tables".into());
     }
+    let mut seen = BTreeSet::new();
+    let steps = parse_steps(&mut f, &raw.steps, catalogue, &params, &mut seen, "");
+    let mut on_failure = parse_steps(
+        &mut f,
+        &raw.on_failure,
+        catalogue,
+        &params,
+        &mut seen,
+        " (an on_failure step: it may need other on_failure steps only)",
+    );
+    for step in &mut on_failure {
+        step.cache = false;
+    }
+    let notify = raw.notify.and_then(|url| {
+        let text = url.get_ref().trim();
+        if text.starts_with("http://") || text.starts_with("https://") {
+            Some(text.to_string())
+        } else {
+            f.error(
+                url.span().start,
+                format!("notify = {text:?}: give an http:// or https:// URL to post each finished run's summary to"),
+            );
+            None
+        }
+    });
+    f.out.sort_by_key(|d| (d.line, d.column));
+    Parsed {
+        pipeline: Some(Pipeline {
+            name,
+            params,
+            param_types,
+            schedule,
+            parallel,
+            notify,
+            steps,
+            on_failure,
+        }),
+        diagnostics: f.out,
+    }
+}
+
+/// The steps of one list (`[[steps]]` or `[[on_failure]]`), each checked; `seen` holds the ids
+/// of every list, which share one namespace, and `what` follows a message about unknown needs.
+fn parse_steps(
+    f: &mut Findings<'_>,
+    raw: &[Spanned<RawStep>],
+    catalogue: &[ComponentSpec],
+    params: &BTreeMap<String, toml::Value>,
+    seen: &mut BTreeSet<String>,
+    what: &str,
+) -> Vec<Step> {
     let ids: Vec<String> = raw
-        .steps
         .iter()
         .map(|s| s.get_ref().id.get_ref().clone())
         .collect();
     let needs_of: BTreeMap<&str, Vec<&str>> = raw
-        .steps
         .iter()
         .map(|s| {
             let s = s.get_ref();
@@ -365,7 +423,6 @@ pub fn parse_with(text: &str, catalogue: &[ComponentSpec]) -> Parsed {
         .collect();
     // Which component each `uses` step runs, for the values it reports.
     let component_of: BTreeMap<&str, &ComponentSpec> = raw
-        .steps
         .iter()
         .filter_map(|s| {
             let s = s.get_ref();
@@ -374,9 +431,8 @@ pub fn parse_with(text: &str, catalogue: &[ComponentSpec]) -> Parsed {
             Some((s.id.get_ref().as_str(), spec))
         })
         .collect();
-    let mut seen = BTreeSet::new();
     let mut steps = Vec::new();
-    for spanned in &raw.steps {
+    for spanned in raw {
         let s = spanned.get_ref();
         let id = s.id.get_ref().clone();
         if !seen.insert(id.clone()) {
@@ -393,7 +449,10 @@ pub fn parse_with(text: &str, catalogue: &[ComponentSpec]) -> Parsed {
                 let hint = kiln_core::suggest::hint(need.get_ref(), ids.iter().map(String::as_str));
                 f.error(
                     need.span().start,
-                    format!("step `{id}` needs unknown step `{}`{hint}", need.get_ref()),
+                    format!(
+                        "step `{id}` needs unknown step `{}`{hint}{what}",
+                        need.get_ref()
+                    ),
                 );
             } else if need.get_ref() == &id {
                 f.error(need.span().start, format!("step `{id}` needs itself"));
@@ -401,7 +460,7 @@ pub fn parse_with(text: &str, catalogue: &[ComponentSpec]) -> Parsed {
         }
         let action = match (&s.uses, &s.run) {
             (Some(uses), None) => {
-                check_component(&mut f, catalogue, &id, uses, &s.with);
+                check_component(f, catalogue, &id, uses, &s.with);
                 Action::Uses {
                     component: uses.get_ref().clone(),
                     with: s
@@ -484,13 +543,13 @@ pub fn parse_with(text: &str, catalogue: &[ComponentSpec]) -> Parsed {
         }
         let is_ancestor = |step: &str| reaches(&needs_of, &id, step);
         let refs = Refs {
-            params: &params,
+            params,
             ids: &ids,
             is_ancestor: &is_ancestor,
             component_of: &component_of,
         };
         for (offset, t) in texts {
-            check_templates(&mut f, offset, &id, &t, &refs);
+            check_templates(f, offset, &id, &t, &refs);
         }
         let gpu = s.gpu
             || action
@@ -505,7 +564,7 @@ pub fn parse_with(text: &str, catalogue: &[ComponentSpec]) -> Parsed {
             condition: s.condition.as_ref().map(|c| c.get_ref().clone()),
             cache: s.cache,
             gpu,
-            line: position(text, s.id.span().start).0,
+            line: position(f.text, s.id.span().start).0,
         });
     }
     for cycle in cycles(&steps) {
@@ -520,18 +579,7 @@ pub fn parse_with(text: &str, catalogue: &[ComponentSpec]) -> Parsed {
             message: format!("the steps form a cycle: {}", cycle.join(" → ")),
         });
     }
-    f.out.sort_by_key(|d| (d.line, d.column));
-    Parsed {
-        pipeline: Some(Pipeline {
-            name,
-            params,
-            param_types,
-            schedule,
-            parallel,
-            steps,
-        }),
-        diagnostics: f.out,
-    }
+    steps
 }
 
 /// Whether `name` may name a pipeline, a step or a parameter: letters, digits, `-` and `_`.

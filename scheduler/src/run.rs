@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use kiln_core::registry::{
     CacheEntry, Lineage, NewRun, PipelineRun, PipelineRunState, Registry, RunStatus, StepExecState,
@@ -170,7 +171,28 @@ pub struct RunRequest {
     pub limits: Limits,
     /// Directories put before `PATH` for commands (where the `kiln` binary is).
     pub path_prefix: Vec<PathBuf>,
+    /// What posts the run's summary when the pipeline has `notify = URL`; none: not posted.
+    pub notifier: Option<Arc<dyn Notify>>,
 }
+
+/// Posts a finished run's summary to a pipeline's `notify` URL (the binary's posts it over
+/// HTTP; the scheduler knows no network).
+pub trait Notify: Send + Sync {
+    fn post(&self, url: &str, summary: &serde_json::Value) -> Result<(), String>;
+}
+
+impl std::fmt::Debug for dyn Notify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notify")
+    }
+}
+
+/// How often a summary is posted before giving up, and the wait before each retry.
+const NOTIFY_BACKOFF: [Duration; 3] = [
+    Duration::from_secs(0),
+    Duration::from_secs(2),
+    Duration::from_secs(8),
+];
 
 /// A pipeline file that cannot run, or a run that could not be recorded.
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +317,7 @@ pub async fn run_pipeline<C: Components>(
         steps: pipeline
             .steps
             .iter()
+            .chain(&pipeline.on_failure)
             .map(|s| StepExecution::pending(&s.id, &s.needs))
             .collect(),
     };
@@ -346,6 +369,7 @@ pub async fn run_pipeline<C: Components>(
         workdir,
         force: request.force.clone(),
         path: search_path(&request.path_prefix),
+        failure: Mutex::new(None),
     });
     let observe = |event: Event<'_>| {
         let mut record = runner.lock();
@@ -400,25 +424,47 @@ pub async fn run_pipeline<C: Components>(
     execute_with(
         &pipeline,
         Arc::new(Shared(runner.clone())),
-        limits,
-        cancel,
+        limits.clone(),
+        cancel.clone(),
         &observe,
     )
     .await;
+    let main = pipeline.steps.len();
+    let state = run_state(&runner.lock().steps[..main]);
+    if !pipeline.on_failure.is_empty() {
+        if state == PipelineRunState::Failed {
+            *runner
+                .failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Failure::of(&runner.lock().steps[..main]);
+            let handlers = Pipeline {
+                steps: pipeline.on_failure.clone(),
+                on_failure: Vec::new(),
+                ..pipeline.clone()
+            };
+            execute_with(
+                &handlers,
+                Arc::new(Shared(runner.clone())),
+                limits,
+                cancel,
+                &observe,
+            )
+            .await;
+        } else {
+            let mut record = runner.lock();
+            for index in main..record.steps.len() {
+                let s = &mut record.steps[index];
+                s.state = StepExecState::Skipped;
+                s.reason = Some(format!("on_failure: the run {}", state.as_str()));
+                runner.save_step(&record, index);
+            }
+        }
+    }
     let mut record = runner.lock().clone();
-    let states: Vec<StepExecState> = record.steps.iter().map(|s| s.state).collect();
-    record.state = if states.contains(&StepExecState::Cancelled) {
-        PipelineRunState::Cancelled
-    } else if states.iter().any(|s| {
-        matches!(
-            s,
-            StepExecState::Failed | StepExecState::TimedOut | StepExecState::UpstreamFailed
-        )
-    }) {
-        PipelineRunState::Failed
-    } else {
-        PipelineRunState::Succeeded
-    };
+    // A failure handler that fails leaves the run failed, as it was; one that succeeds does
+    // not make it succeed.
+    record.state = state;
     record.ended_ms = Some(now_ms());
     // Every step write is in before the run's final record.
     runner.close_steps();
@@ -432,7 +478,151 @@ pub async fn run_pipeline<C: Components>(
     .await
     .map_err(|e| RunError::Io(format!("recording the run: {e}")))??;
     on_change(&record);
+    if let (Some(url), Some(notifier)) = (&pipeline.notify, &request.notifier) {
+        notify(notifier.clone(), url.clone(), summary(&record)).await;
+    }
     Ok(record)
+}
+
+/// A run's state from its steps' (the main steps', not the failure handlers').
+fn run_state(steps: &[StepExecution]) -> PipelineRunState {
+    if steps.iter().any(|s| s.state == StepExecState::Cancelled) {
+        PipelineRunState::Cancelled
+    } else if steps.iter().any(|s| {
+        matches!(
+            s.state,
+            StepExecState::Failed | StepExecState::TimedOut | StepExecState::UpstreamFailed
+        )
+    }) {
+        PipelineRunState::Failed
+    } else {
+        PipelineRunState::Succeeded
+    }
+}
+
+/// The step that failed a run, as its failure handlers see it.
+struct Failure {
+    step: String,
+    error: String,
+    /// The last attempt's log.
+    log: Option<String>,
+}
+
+/// The log's end a failure handler gets in `KILN_FAILED_LOG_TAIL`.
+const LOG_TAIL_BYTES: u64 = 4096;
+
+impl Failure {
+    /// The first step (in file order) that failed or timed out.
+    fn of(steps: &[StepExecution]) -> Option<Failure> {
+        let s = steps
+            .iter()
+            .find(|s| matches!(s.state, StepExecState::Failed | StepExecState::TimedOut))?;
+        Some(Failure {
+            step: s.id.clone(),
+            error: s.error.clone().unwrap_or_default(),
+            log: s.logs.last().cloned(),
+        })
+    }
+
+    /// The last few KiB of the failed attempt's log.
+    fn log_tail(&self) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let Some(path) = &self.log else {
+            return String::new();
+        };
+        let Ok(mut file) = std::fs::File::open(path) else {
+            return String::new();
+        };
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(size.saturating_sub(LOG_TAIL_BYTES)));
+        let mut bytes = Vec::new();
+        let _ = file.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// The JSON a pipeline's `notify` URL receives when a run ends; `text` is one line for chat
+/// webhooks (Slack, Mattermost, Teams' incoming webhooks read it).
+pub fn summary(run: &PipelineRun) -> serde_json::Value {
+    let failed: Vec<&StepExecution> = run
+        .steps
+        .iter()
+        .filter(|s| matches!(s.state, StepExecState::Failed | StepExecState::TimedOut))
+        .collect();
+    let text = match failed.first() {
+        Some(s) => format!(
+            "kiln: pipeline {} run {} ({}) {} at step {}: {}",
+            run.pipeline,
+            run.id,
+            run.logical_date,
+            run.state.as_str(),
+            s.id,
+            s.error.as_deref().unwrap_or("no error recorded")
+        ),
+        None => format!(
+            "kiln: pipeline {} run {} ({}) {}",
+            run.pipeline,
+            run.id,
+            run.logical_date,
+            run.state.as_str()
+        ),
+    };
+    serde_json::json!({
+        "text": text,
+        "pipeline": run.pipeline,
+        "run": run.id,
+        "state": run.state.as_str(),
+        "trigger": run.trigger,
+        "logical_date": run.logical_date,
+        "params": run.params,
+        "started_ms": run.started_ms,
+        "ended_ms": run.ended_ms,
+        "failed_steps": failed
+            .iter()
+            .map(|s| serde_json::json!({
+                "id": s.id,
+                "state": s.state.as_str(),
+                "attempts": s.attempts,
+                "error": s.error,
+            }))
+            .collect::<Vec<_>>(),
+        "steps": run
+            .steps
+            .iter()
+            .map(|s| serde_json::json!({ "id": s.id, "state": s.state.as_str() }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The host (and port) of a URL, all a log or a listing shows of a `notify` URL.
+pub fn url_host(url: &str) -> &str {
+    url.split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', '?', '#']).next())
+        .unwrap_or("")
+}
+
+/// Posts `summary` to `url`, retrying with backoff; a summary that cannot be delivered is
+/// logged (with the URL's host only: such URLs often hold a secret), and the run stands.
+async fn notify(notifier: Arc<dyn Notify>, url: String, summary: serde_json::Value) {
+    let host = url_host(&url).to_string();
+    let mut last = String::new();
+    for (attempt, wait) in NOTIFY_BACKOFF.iter().enumerate() {
+        tokio::time::sleep(*wait).await;
+        let (n, u, s) = (notifier.clone(), url.clone(), summary.clone());
+        match tokio::task::spawn_blocking(move || n.post(&u, &s)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => last = e,
+            Err(e) => last = e.to_string(),
+        }
+        tracing::debug!(host = %host, attempt = attempt + 1, error = %last, "posting the run's summary failed");
+    }
+    tracing::warn!(
+        host = %host,
+        run = summary["run"].as_u64().unwrap_or(0),
+        error = %last,
+        "the run's summary could not be posted to its notify URL"
+    );
 }
 
 /// Where a run keeps its steps' outputs and logs.
@@ -467,6 +657,8 @@ struct Runner<C> {
     workdir: PathBuf,
     force: Force,
     path: OsString,
+    /// Set when the main steps have failed, for the failure handlers.
+    failure: Mutex<Option<Failure>>,
 }
 
 impl<C: Components> Runner<C> {
@@ -783,6 +975,25 @@ impl<C: Components> Runner<C> {
                         .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(*v))),
                 );
                 env.push(("KILN_DATE", std::ffi::OsStr::new(&me.date)));
+                let failed: Vec<(&str, String)> = me
+                    .failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_ref()
+                    .map(|f| {
+                        vec![
+                            ("KILN_FAILED_STEP", f.step.clone()),
+                            ("KILN_FAILED_ERROR", f.error.clone()),
+                            ("KILN_FAILED_LOG", f.log.clone().unwrap_or_default()),
+                            ("KILN_FAILED_LOG_TAIL", f.log_tail()),
+                        ]
+                    })
+                    .unwrap_or_default();
+                env.extend(
+                    failed
+                        .iter()
+                        .map(|(k, v)| (*k, std::ffi::OsStr::new(v.as_str()))),
+                );
                 env.extend(
                     vars.iter()
                         .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v))),

@@ -25,16 +25,20 @@ pub struct Service<C> {
     path_prefix: Vec<PathBuf>,
     /// Every run's limits: one GPU permit for the whole process.
     limits: Limits,
+    /// What posts run summaries to pipelines' `notify` URLs.
+    notifier: Option<Arc<dyn crate::run::Notify>>,
 }
 
 impl<C: Components> Service<C> {
     /// A service whose runs stop when `stop` turns true; `path_prefix` goes before `PATH` for
-    /// commands (where the `kiln` binary is).
+    /// commands (where the `kiln` binary is); `notifier` posts run summaries to pipelines'
+    /// `notify` URLs.
     pub fn new(
         registry: Arc<Registry>,
         components: Arc<C>,
         stop: watch::Receiver<bool>,
         path_prefix: Vec<PathBuf>,
+        notifier: Option<Arc<dyn crate::run::Notify>>,
     ) -> Arc<Service<C>> {
         Arc::new(Service {
             registry,
@@ -43,6 +47,7 @@ impl<C: Components> Service<C> {
             active: Mutex::new(BTreeMap::new()),
             path_prefix,
             limits: Limits::default(),
+            notifier,
         })
     }
 
@@ -84,6 +89,7 @@ impl<C: Components> Service<C> {
             force,
             limits: self.limits.clone(),
             path_prefix: self.path_prefix.clone(),
+            notifier: self.notifier.clone(),
         })
     }
 

@@ -15,7 +15,8 @@ use kiln_scheduler::ComponentSpec;
 use kiln_scheduler::executor::Limits;
 use kiln_scheduler::pipeline::Arg;
 use kiln_scheduler::run::{
-    ComponentCall, ComponentError, Components, Force, NoComponents, RunRequest, run_pipeline,
+    ComponentCall, ComponentError, Components, Force, NoComponents, Notify, RunRequest,
+    run_pipeline,
 };
 use tokio::sync::watch;
 
@@ -52,6 +53,7 @@ fn request(s: &Setup, text: &str) -> RunRequest {
             ..Limits::default()
         },
         path_prefix: Vec::new(),
+        notifier: None,
     }
 }
 
@@ -649,4 +651,160 @@ async fn a_log_keeps_its_first_64_mib_and_is_read_in_parts() {
     );
     let head = s.registry.step_log(run.id, "a", 1, Some(0), 10).unwrap();
     assert_eq!(head.text, "xxxxxxxxxx");
+}
+
+/// Keeps what it is asked to post; fails the first `fail` posts.
+#[derive(Default)]
+struct Inbox {
+    posts: std::sync::Mutex<Vec<(String, serde_json::Value)>>,
+    fail: std::sync::atomic::AtomicUsize,
+}
+
+impl Notify for Inbox {
+    fn post(&self, url: &str, summary: &serde_json::Value) -> Result<(), String> {
+        self.posts
+            .lock()
+            .unwrap()
+            .push((url.to_string(), summary.clone()));
+        let left = self.fail.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.fail
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err("503 from the receiver".into());
+        }
+        Ok(())
+    }
+}
+
+const WITH_HANDLERS: &str = r#"
+name = "nightly"
+notify = "https://hooks.example.test/T000/secret"
+
+[params]
+fail = "no"
+
+[[steps]]
+id = "prepare"
+run = "echo preparing"
+
+[[steps]]
+id = "train"
+needs = ["prepare"]
+run = "echo 'loss went to NaN at epoch 3'; if [ \"${params.fail}\" = yes ]; then exit 3; fi"
+
+[[steps]]
+id = "push"
+needs = ["train"]
+run = "echo pushed"
+
+[[on_failure]]
+id = "page"
+run = "printf '%s|%s|%s' \"$KILN_FAILED_STEP\" \"$KILN_FAILED_ERROR\" \"$KILN_FAILED_LOG_TAIL\" > $KILN_OUTPUTS/page.txt"
+
+[[on_failure]]
+id = "after-page"
+needs = ["page"]
+run = "echo done > $KILN_OUTPUTS/after.txt"
+"#;
+
+#[tokio::test]
+async fn failure_handlers_run_only_when_the_run_fails_and_every_run_is_announced() {
+    let s = setup();
+    let inbox = Arc::new(Inbox::default());
+
+    // A run that succeeds: the handlers are skipped, the summary says so.
+    let mut r = request(&s, WITH_HANDLERS);
+    r.notifier = Some(inbox.clone());
+    let ok = run(&s, r).await;
+    assert_eq!(ok.state, PipelineRunState::Succeeded);
+    for id in ["page", "after-page"] {
+        assert_eq!(step(&ok, id).state, StepExecState::Skipped, "{id}");
+        assert_eq!(
+            step(&ok, id).reason.as_deref(),
+            Some("on_failure: the run succeeded")
+        );
+    }
+    {
+        let posts = inbox.posts.lock().unwrap();
+        assert_eq!(posts.len(), 1);
+        let (url, summary) = &posts[0];
+        assert_eq!(url, "https://hooks.example.test/T000/secret");
+        assert_eq!(summary["state"], "succeeded");
+        assert_eq!(summary["run"], ok.id);
+        assert_eq!(summary["failed_steps"], serde_json::json!([]));
+        assert_eq!(
+            summary["text"],
+            format!(
+                "kiln: pipeline nightly run {} (2026-11-28) succeeded",
+                ok.id
+            )
+        );
+    }
+
+    // A run that fails at `train`: `push` does not run, the handlers do, in order, with the
+    // failure in their environment; the run stays failed. The receiver refuses the first post:
+    // it is posted again.
+    inbox.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+    let mut r = request(&s, WITH_HANDLERS);
+    r.params.insert("fail".into(), "yes".into());
+    r.notifier = Some(inbox.clone());
+    let failed = run(&s, r).await;
+    assert_eq!(failed.state, PipelineRunState::Failed);
+    assert_eq!(step(&failed, "push").state, StepExecState::UpstreamFailed);
+    assert_eq!(step(&failed, "page").state, StepExecState::Succeeded);
+    assert_eq!(step(&failed, "after-page").state, StepExecState::Succeeded);
+    let page = output(&failed, "page", "page.txt");
+    let (failed_step, rest) = page.split_once('|').unwrap();
+    let (error, tail) = rest.split_once('|').unwrap();
+    assert_eq!(failed_step, "train");
+    assert!(error.contains("exit") && error.contains('3'), "{error}");
+    assert!(tail.contains("loss went to NaN at epoch 3"), "{tail}");
+    let posts = inbox.posts.lock().unwrap();
+    assert_eq!(
+        posts.len(),
+        3,
+        "one for the first run, two tries for the second"
+    );
+    let summary = &posts[2].1;
+    assert_eq!(summary, &posts[1].1);
+    assert_eq!(summary["state"], "failed");
+    assert_eq!(summary["failed_steps"][0]["id"], "train");
+    assert!(
+        summary["text"].as_str().unwrap().starts_with(&format!(
+            "kiln: pipeline nightly run {} (2026-11-28) failed at step train: ",
+            failed.id
+        )),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn failure_handlers_are_checked_like_steps() {
+    let s = setup();
+    let bad = r#"
+name = "p"
+notify = "hooks.example.test"
+[[steps]]
+id = "a"
+run = "true"
+[[on_failure]]
+id = "a"
+run = "true"
+[[on_failure]]
+id = "h"
+needs = ["b"]
+run = "true"
+"#;
+    let e = refusal(&s, request(&s, bad)).await;
+    assert!(e.contains("step id `a` is used twice"), "{e}");
+    assert!(
+        e.contains(
+            "needs unknown step `b` (an on_failure step: it may need other on_failure steps only)"
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains("notify = \"hooks.example.test\": give an http:// or https:// URL"),
+        "{e}"
+    );
 }

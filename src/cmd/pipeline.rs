@@ -365,6 +365,16 @@ fn validate(file: &Path, json: bool) -> Result<Outcome> {
         p.steps.len(),
         levels.len()
     );
+    if !p.on_failure.is_empty() {
+        let ids: Vec<&str> = p.on_failure.iter().map(|s| s.id.as_str()).collect();
+        println!("when a run fails: {}", ids.join(", "));
+    }
+    if let Some(url) = &p.notify {
+        println!(
+            "every finished run is announced to {} (notify)",
+            kiln_scheduler::run::url_host(url)
+        );
+    }
     Ok(outcome)
 }
 
