@@ -19,7 +19,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use kiln_core::bundle;
 use kiln_core::data::{self, Format, ReadOptions, Table};
 use kiln_core::progress::{Progress, Unit};
-use kiln_core::registry::{Expect, Lineage, NewRun, RunStatus, parse_run_id, run_id_text};
+use kiln_core::registry::{
+    Expect, Lineage, NewRun, PinnedBy, PipelineRunState, RunStatus, SchemaPin, parse_run_id,
+    run_id_text,
+};
 use kiln_core::schema::{Schema, Severity};
 use kiln_core::stats::DatasetStatistics;
 use kiln_core::transform::TransformSpec;
@@ -60,7 +63,7 @@ pub const CATALOGUE: &[ComponentSpec] = &[
     ComponentSpec {
         name: "validate",
         args: &[req("data").path(), opt("schema").path(), opt("fail_on")],
-        outputs: &["anomalies", "schema"],
+        outputs: &["anomalies", "schema", "pinned_by_run"],
     },
     ComponentSpec {
         name: "transform",
@@ -113,8 +116,20 @@ pub const CATALOGUE: &[ComponentSpec] = &[
             opt("metric"),
             opt("thresholds"),
             opt("min_improvement"),
+            opt("slices"),
+            opt("min_slice_rows"),
+            opt("max_slice_regression"),
         ],
-        outputs: &["blessed", "metric", "candidate", "baseline", "reason"],
+        outputs: &[
+            "blessed",
+            "metric",
+            "candidate",
+            "baseline",
+            "reason",
+            "slices",
+            "worst_slice",
+            "worst_slice_regression",
+        ],
     },
     ComponentSpec {
         name: "infra-validate",
@@ -370,16 +385,7 @@ fn validate(call: &ComponentCall) -> Result<Values> {
             let toml = p.extension().is_some_and(|e| e == "toml");
             (Schema::parse(&p.display().to_string(), &text, toml)?, p)
         }
-        None => {
-            let schema = Schema::infer(&table, &stats);
-            let p = call.outputs.join("schema.toml");
-            std::fs::write(&p, schema.to_text(true))?;
-            call.log_line(&format!(
-                "no schema given: inferred {} from this data; pin it with `schema = \"…\"`",
-                p.display()
-            ));
-            (schema, p)
-        }
+        None => pinned_schema(call, &table, &stats)?,
     };
     let anomalies = schema.validate(&table, &stats);
     write_json(&call.outputs.join("anomalies.json"), &anomalies)?;
@@ -399,10 +405,100 @@ fn validate(call: &ComponentCall) -> Result<Values> {
             stop.join("; ")
         )));
     }
-    Ok(values([
+    let mut out = values([
         ("anomalies", anomalies.len().to_string()),
         ("schema", schema_path.display().to_string()),
-    ]))
+    ]);
+    if let Some(pin) = call.registry.pinned_schema(&call.pipeline, &call.step)?
+        && call.path("schema").is_none()
+    {
+        out.insert("pinned_by_run".into(), pin.pin.run.to_string());
+    }
+    Ok(out)
+}
+
+/// The schema a `validate` step without a `schema` argument checks against: the one pinned for
+/// the step, or, on the pipeline's first run (or while the run that pinned one has not
+/// succeeded), the one inferred from this run's data, which it pins. Either way the schema
+/// inferred from this run's data is kept beside it (`inferred.toml`), for `kiln pipeline
+/// schema diff|accept`.
+fn pinned_schema(
+    call: &ComponentCall,
+    table: &Table,
+    stats: &DatasetStatistics,
+) -> Result<(Schema, PathBuf)> {
+    let inferred = Schema::infer(table, stats).for_later_runs().to_text(true);
+    std::fs::write(
+        call.outputs.join(kiln_core::backend::INFERRED_SCHEMA),
+        &inferred,
+    )?;
+    let path = call.outputs.join("schema.toml");
+    let registry = &call.registry;
+    let pinned = registry.pinned_schema(&call.pipeline, &call.step)?;
+    // An inferred pin stands once its run has succeeded (or while it runs); one whose run
+    // failed or was cancelled gives way to the next run's data.
+    let stale = pinned.as_ref().and_then(|p| {
+        let inferred_elsewhere = p.pin.how == PinnedBy::Inferred && p.pin.run != call.run;
+        let state = registry.pipeline_run(p.pin.run).map(|r| r.state).ok();
+        (inferred_elsewhere
+            && !matches!(
+                state,
+                Some(PipelineRunState::Succeeded | PipelineRunState::Running)
+            ))
+        .then_some(p.pin.run)
+    });
+    match pinned {
+        Some(p) if stale.is_none() => {
+            std::fs::write(&path, &p.pin.schema)?;
+            let schema = Schema::parse(
+                &format!("the schema pinned for step `{}`", call.step),
+                &p.pin.schema,
+                true,
+            )?;
+            call.log_line(&format!(
+                "checking against the schema pinned from run {} ({} by {}{}); \
+                 `kiln pipeline schema diff {} --run {}` shows what this data would change",
+                p.pin.run,
+                p.pin.how.as_str(),
+                p.pin.by,
+                if p.pin.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", p.pin.reason)
+                },
+                call.pipeline,
+                call.run,
+            ));
+            Ok((schema, path))
+        }
+        _ => {
+            let reason = match stale {
+                Some(run) => format!(
+                    "inferred from this run's data; run {run}, which pinned the last one, did not succeed"
+                ),
+                None => "inferred from the data of the pipeline's first run".to_string(),
+            };
+            registry.pin_schema(
+                &call.pipeline,
+                &call.step,
+                SchemaPin::new(
+                    inferred.clone(),
+                    call.run,
+                    PinnedBy::Inferred,
+                    "kiln",
+                    &reason,
+                ),
+            )?;
+            std::fs::write(&path, &inferred)?;
+            call.log_line(&format!(
+                "no schema pinned yet: pinned the one {reason}; later runs are checked against it \
+                 (`kiln pipeline schema show {}` to review it)",
+                call.pipeline
+            ));
+            let schema = Schema::parse("the inferred schema", &inferred, true)?;
+            Ok((schema, path))
+        }
+    }
 }
 
 fn transform(call: &ComponentCall) -> Result<Values> {
@@ -575,6 +671,22 @@ fn evaluate(call: &ComponentCall) -> Result<Values> {
             .unwrap_or(0.0),
         ..Gate::default()
     };
+    if let Some(slices) = call.args.get("slices") {
+        gate.slices = slice_specs(slices)?;
+    }
+    if let Some(n) = call.args.get("min_slice_rows") {
+        gate.min_slice_rows = n
+            .as_integer()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| invalid(format!("`with.min_slice_rows` must be a count, not {n}")))?;
+    }
+    if let Some(r) = call.args.get("max_slice_regression") {
+        gate.max_slice_regression = number(r).filter(|r| *r >= 0.0).ok_or_else(|| {
+            invalid(format!(
+                "`with.max_slice_regression` must be a number ≥ 0, not {r}"
+            ))
+        })?;
+    }
     if let Some(t) = call.args.get("thresholds") {
         let t = t
             .as_table()
@@ -643,7 +755,71 @@ fn evaluate(call: &ComponentCall) -> Result<Values> {
     if let Some(b) = judgement.baseline {
         out.insert("baseline".into(), b.to_string());
     }
+    if !judgement.slices.is_empty() {
+        let table = slice_table(&judgement);
+        call.log_line(&table);
+        std::fs::write(call.outputs.join("slices.txt"), &table)?;
+        out.insert("slices".into(), judgement.slices.len().to_string());
+        if let Some(worst) = judgement.slices.iter().find(|s| s.judged) {
+            out.insert("worst_slice".into(), worst.slice.clone());
+            out.insert(
+                "worst_slice_regression".into(),
+                worst.regression.unwrap_or(f64::NAN).to_string(),
+            );
+        }
+    }
     Ok(out)
+}
+
+/// `slices = ["country", ["country", "device"]]`: a column, or columns crossed.
+fn slice_specs(v: &toml::Value) -> Result<Vec<Vec<String>>> {
+    let bad = || {
+        invalid(format!(
+            "`with.slices` must list columns or crossings, e.g. [\"country\", [\"country\", \"device\"]], not {v}"
+        ))
+    };
+    let list = v.as_array().ok_or_else(bad)?;
+    list.iter()
+        .map(|item| match item {
+            toml::Value::String(c) => Ok(vec![c.clone()]),
+            toml::Value::Array(cs) if !cs.is_empty() => cs
+                .iter()
+                .map(|c| c.as_str().map(str::to_string).ok_or_else(bad))
+                .collect(),
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+/// The slice figures as an aligned table, the worst regression first.
+fn slice_table(j: &kiln_trainer::gate::Judgement) -> String {
+    let figure = |v: Option<f64>| v.map_or("-".to_string(), kiln_core::text::num);
+    let rows = j
+        .slices
+        .iter()
+        .map(|s| {
+            vec![
+                s.slice.clone(),
+                s.rows.to_string(),
+                figure(Some(s.candidate)),
+                figure(s.baseline),
+                figure(s.regression),
+                if s.judged { "yes" } else { "no" }.to_string(),
+            ]
+        })
+        .collect();
+    crate::ui::table(
+        &[
+            "slice",
+            "rows",
+            &format!("{} candidate", j.metric),
+            "baseline",
+            "worse by",
+            "judged",
+        ],
+        rows,
+        &[1, 2, 3, 4],
+    )
 }
 
 /// Loads the bundle in the serving runtime, warms it up and answers requests built from its

@@ -546,3 +546,111 @@ fn a_failed_run_runs_its_failure_steps_and_posts_its_summary_until_received() {
     );
     assert!(!stderr.contains("secret-token"), "{stderr}");
 }
+
+#[test]
+fn the_first_run_pins_the_schema_and_later_data_that_breaks_it_stops_at_validate() {
+    let k = util::Kiln::new();
+    let rows = |f: &dyn Fn(usize) -> String| -> String {
+        (0..40).map(|i| f(i) + "\n").collect::<String>()
+    };
+    let colour = |i: usize| ["red", "blue"][i % 2];
+    let good = k.file(
+        "good.csv",
+        format!(
+            "x,colour,label\n{}",
+            rows(&|i| format!("{},{},{}", i, colour(i), i % 2))
+        ),
+    );
+    let lost = k.file(
+        "lost.csv",
+        format!("x,label\n{}", rows(&|i| format!("{},{}", i, i % 2))),
+    );
+    let moved = k.file(
+        "moved.csv",
+        format!(
+            "x,colour,label\n{}",
+            rows(&|i| format!("{},{},{}", i * 1000, ["green", "teal"][i % 2], i % 2))
+        ),
+    );
+    let p = k.file(
+        "p.toml",
+        "name = \"nightly\"\n[params]\ndata = \"good.csv\"\n\n[[steps]]\nid = \"ingest\"\nuses = \"ingest\"\nwith = { path = \"${params.data}\" }\n\n[[steps]]\nid = \"validate\"\nneeds = [\"ingest\"]\nuses = \"validate\"\nwith = { data = \"${steps.ingest.data}\" }\n\n[[steps]]\nid = \"train\"\nneeds = [\"validate\"]\nrun = \"echo trained\"\n",
+    );
+    let p = p.display().to_string();
+    let data = |path: &std::path::Path| format!("data={}", path.display());
+    // The first run pins what its data looks like.
+    k.ok(&["pipeline", "run", &p, "--param", &data(&good)]);
+    let shown = k.ok(&["pipeline", "schema", "show", "nightly"]);
+    assert!(
+        shown.contains("step `validate`: pinned from run 1")
+            && shown
+                .contains("inferred by kiln: inferred from the data of the pipeline's first run"),
+        "{shown}"
+    );
+    assert!(shown.contains("name = \"colour\""), "{shown}");
+    // A column lost: refused at validate, nothing downstream runs.
+    let r = k.run(&["pipeline", "run", &p, "--param", &data(&lost)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let run = run_json(&k, 2);
+    assert_eq!(step(&run, "validate")["state"], "failed");
+    assert_eq!(step(&run, "train")["state"], "upstream_failed");
+    let error = step(&run, "validate")["error"].as_str().unwrap();
+    assert!(error.contains("colour"), "{error}");
+    // Unseen categories and a moved range: both named.
+    let r = k.run(&["pipeline", "run", &p, "--param", &data(&moved)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let run = run_json(&k, 3);
+    assert_eq!(step(&run, "train")["state"], "upstream_failed");
+    let diff: serde_json::Value = serde_json::from_str(&k.ok(&[
+        "pipeline", "schema", "diff", "nightly", "--run", "3", "--json",
+    ]))
+    .unwrap();
+    let kinds: Vec<(&str, &str)> = diff["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["column"].as_str().unwrap(), a["kind"].as_str().unwrap()))
+        .collect();
+    assert!(
+        kinds.contains(&("colour", "unseen_categories")),
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&("x", "out_of_range")), "{kinds:?}");
+    assert_eq!(diff["pinned"]["pin"]["run"], 1);
+    assert!(
+        diff["proposed"].as_str().unwrap().contains("teal"),
+        "{diff}"
+    );
+    // Accepting the new data's schema, with a reason, lets such data through.
+    let r = k.run(&[
+        "pipeline", "schema", "accept", "nightly", "--run", "3", "--reason", "",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("say why"), "{}", r.stderr);
+    let out = k.ok(&[
+        "pipeline",
+        "schema",
+        "accept",
+        "nightly",
+        "--run",
+        "3",
+        "--reason",
+        "new colours launched; x is now in milli-units",
+    ]);
+    assert!(
+        out.contains("pinned the schema of run 3's data for step `validate`"),
+        "{out}"
+    );
+    k.ok(&["pipeline", "run", &p, "--param", &data(&moved)]);
+    let shown = k.ok(&["pipeline", "schema", "show", "nightly"]);
+    assert!(
+        shown.contains("pinned from run 3")
+            && shown.contains("accepted by")
+            && shown.contains("new colours launched")
+            && shown.contains("before: run 1"),
+        "{shown}"
+    );
+    // A pipeline with none pinned says how one gets pinned.
+    let r = k.run(&["pipeline", "schema", "show", "other"]);
+    assert!(r.stderr.contains("has no pinned schema"), "{}", r.stderr);
+}

@@ -12,7 +12,7 @@ use crate::registry::{
 };
 use crate::wire::experiments::{ExperimentEntry, ExperimentList};
 use crate::wire::models::{ModelDetail, ModelList, ModelSummary, VersionEntry};
-use crate::wire::pipelines::{Prune, Pruned, StartRun};
+use crate::wire::pipelines::{Prune, Pruned, SchemaDiff, StartRun};
 use crate::wire::runs::{RunDetail, RunEntry, RunPage, RunQuery, RunText};
 
 /// An alias's move as the caller asks for it.
@@ -138,6 +138,138 @@ pub trait Pipelines {
         on_change: &(dyn Fn(&PipelineRun) + Sync),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<PipelineRun, RegistryError>;
+    /// The schemas pinned for a pipeline's `validate` steps.
+    fn pinned_schemas(
+        &self,
+        pipeline: &str,
+    ) -> Result<Vec<crate::registry::PinnedSchema>, RegistryError>;
+    /// What run `run`'s data would change in the pinned schema ([`schema_diff`]).
+    fn schema_diff(
+        &self,
+        pipeline: &str,
+        run: u64,
+        step: Option<&str>,
+    ) -> Result<SchemaDiff, RegistryError>;
+    /// Pins the schema inferred from run `run`'s data ([`accept_schema`]).
+    fn accept_schema(
+        &self,
+        pipeline: &str,
+        request: &crate::wire::pipelines::AcceptSchema,
+    ) -> Result<crate::registry::PinnedSchema, RegistryError>;
+}
+
+/// The file a `validate` step writes with the schema inferred from its run's data.
+pub const INFERRED_SCHEMA: &str = "inferred.toml";
+/// The file a `validate` step writes with its data's anomalies.
+pub const ANOMALIES: &str = "anomalies.json";
+
+/// The `validate` step of run `run` of `pipeline` (the one named, or the only one) and the
+/// directory of its outputs.
+fn validate_step(
+    registry: &Registry,
+    pipeline: &str,
+    run: u64,
+    step: Option<&str>,
+) -> Result<(String, std::path::PathBuf), RegistryError> {
+    let record = registry.pipeline_run(run)?;
+    if record.pipeline != pipeline {
+        return Err(RegistryError::Invalid(format!(
+            "run {run} is a run of pipeline `{}`, not `{pipeline}`",
+            record.pipeline
+        )));
+    }
+    let with_schema: Vec<(&str, std::path::PathBuf)> = record
+        .steps
+        .iter()
+        .filter_map(|s| {
+            let dir = std::path::PathBuf::from(s.outputs_dir.as_deref()?);
+            dir.join(INFERRED_SCHEMA)
+                .is_file()
+                .then_some((s.id.as_str(), dir))
+        })
+        .collect();
+    let ids = || -> String {
+        let ids: Vec<&str> = with_schema.iter().map(|(id, _)| *id).collect();
+        ids.join(", ")
+    };
+    match step {
+        Some(id) => with_schema
+            .iter()
+            .find(|(s, _)| *s == id)
+            .map(|(s, d)| (s.to_string(), d.clone()))
+            .ok_or_else(|| {
+                RegistryError::Invalid(format!(
+                    "step `{id}` of run {run} inferred no schema{}",
+                    if with_schema.is_empty() {
+                        " (no `validate` step of that run did; a pruned run keeps no files)"
+                            .to_string()
+                    } else {
+                        format!("; these did: {}", ids())
+                    }
+                ))
+            }),
+        None => match with_schema.as_slice() {
+            [(id, dir)] => Ok((id.to_string(), dir.clone())),
+            [] => Err(RegistryError::Invalid(format!(
+                "no `validate` step of run {run} inferred a schema (one with no `schema` argument does; a pruned run keeps no files)"
+            ))),
+            _ => Err(RegistryError::Invalid(format!(
+                "run {run} has several `validate` steps ({}); name one with --step",
+                ids()
+            ))),
+        },
+    }
+}
+
+/// What a run's data would change in the schema pinned for its `validate` step.
+pub fn schema_diff(
+    registry: &Registry,
+    pipeline: &str,
+    run: u64,
+    step: Option<&str>,
+) -> Result<SchemaDiff, RegistryError> {
+    let (step, dir) = validate_step(registry, pipeline, run, step)?;
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| RegistryError::Io(format!("{}: {e}", dir.join(name).display())))
+    };
+    let anomalies = match read(ANOMALIES) {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| RegistryError::Corrupt(format!("{ANOMALIES} of run {run}: {e}")))?,
+        Err(_) => Vec::new(),
+    };
+    Ok(SchemaDiff {
+        pinned: registry.pinned_schema(pipeline, &step)?,
+        pipeline: pipeline.to_string(),
+        proposed: read(INFERRED_SCHEMA)?,
+        run,
+        step,
+        anomalies,
+    })
+}
+
+/// Pins the schema inferred from a run's data for its `validate` step, as `by` accepts it.
+pub fn accept_schema(
+    registry: &Registry,
+    pipeline: &str,
+    run: u64,
+    step: Option<&str>,
+    by: &str,
+    reason: &str,
+) -> Result<crate::registry::PinnedSchema, RegistryError> {
+    if reason.trim().is_empty() {
+        return Err(RegistryError::Invalid(
+            "say why the new schema is right (--reason): it is kept with the pin".into(),
+        ));
+    }
+    let (step, dir) = validate_step(registry, pipeline, run, step)?;
+    let text = std::fs::read_to_string(dir.join(INFERRED_SCHEMA))
+        .map_err(|e| RegistryError::Io(format!("{}: {e}", dir.join(INFERRED_SCHEMA).display())))?;
+    registry.pin_schema(
+        pipeline,
+        &step,
+        crate::registry::SchemaPin::new(text, run, crate::registry::PinnedBy::Accepted, by, reason),
+    )
 }
 
 /// The version `alias` pointed to at `at_ms`, read from a model's alias history.

@@ -58,10 +58,25 @@ pub struct ColumnSchema {
     /// The largest share of non-missing values outside `domain` allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unseen_rate: Option<f64>,
+    /// The largest share of rows outside `[min, max]` allowed (none: not one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_out_of_range_rate: Option<f64>,
 }
 
 /// How serious an anomaly is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Warning,
@@ -78,7 +93,7 @@ impl std::fmt::Display for Severity {
 }
 
 /// One way the data differs from the schema.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Anomaly {
     pub column: String,
     pub severity: Severity,
@@ -88,7 +103,7 @@ pub struct Anomaly {
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AnomalyKind {
     MissingColumn,
@@ -128,7 +143,46 @@ pub enum SchemaError {
     },
 }
 
+/// The share of rows a schema pinned for later runs lets fall outside its widened ranges.
+pub const PINNED_OUT_OF_RANGE_RATE: f64 = 0.001;
+
+/// The most categories a schema pinned for later runs keeps as a closed domain (TFX's default);
+/// a column with more is an open set (ids, free text) whose new values are expected.
+pub const MAX_PINNED_DOMAIN: usize = 100;
+
 impl Schema {
+    /// This inferred schema, made fit to judge later samples of the same source rather than
+    /// describe this one: each numeric range widened by half its span on either side, with
+    /// [`PINNED_OUT_OF_RANGE_RATE`] of rows allowed beyond it (a sample's extremes move from one
+    /// sample to the next, the more so in a long tail; a range that moved is still caught), no
+    /// closed domain over [`MAX_PINNED_DOMAIN`] categories, and at least 1% missing values
+    /// allowed. Pipelines pin schemas made so.
+    pub fn for_later_runs(mut self) -> Schema {
+        for c in &mut self.columns {
+            if let (Some(min), Some(max)) = (c.min, c.max) {
+                let slack = if max > min {
+                    (max - min) / 2.0
+                } else {
+                    min.abs().max(1.0)
+                };
+                c.min = Some(round_down_to(min - slack));
+                c.max = Some(round_up_to(max + slack));
+                c.max_out_of_range_rate = Some(PINNED_OUT_OF_RANGE_RATE);
+            }
+            if c.domain
+                .as_ref()
+                .is_some_and(|d| d.len() > MAX_PINNED_DOMAIN)
+            {
+                c.domain = None;
+                c.max_unseen_rate = None;
+            }
+            if let Some(rate) = c.max_missing_rate {
+                c.max_missing_rate = Some(rate.max(0.01));
+            }
+        }
+        self
+    }
+
     /// Infers a schema from a table and its statistics.
     ///
     /// Types are the table's; a column with missing values may miss twice as often as observed
@@ -168,6 +222,7 @@ impl Schema {
                 max,
                 domain,
                 max_unseen_rate,
+                max_out_of_range_rate: None,
             });
         }
         Schema {
@@ -319,7 +374,10 @@ fn check_range(col: &ColumnSchema, table: &Table, index: usize, out: &mut Vec<An
             }
         }
     }
-    if count > 0 {
+    let allowed = col
+        .max_out_of_range_rate
+        .map_or(0, |rate| (rate * table.num_rows() as f64).floor() as u64);
+    if count > allowed {
         out.push(Anomaly {
             column: col.name.clone(),
             severity: Severity::Error,
@@ -329,10 +387,15 @@ fn check_range(col: &ColumnSchema, table: &Table, index: usize, out: &mut Vec<An
                 seen_max,
             },
             message: format!(
-                "column `{}` has {count} values outside [{}, {}] (from {seen_min} to {seen_max})",
+                "column `{}` has {count} values outside [{}, {}] (from {seen_min} to {seen_max}){}",
                 col.name,
                 col.min.map_or("-inf".to_string(), |v| v.to_string()),
                 col.max.map_or("inf".to_string(), |v| v.to_string()),
+                if allowed > 0 {
+                    format!(", more than the {allowed} allowed")
+                } else {
+                    String::new()
+                }
             ),
         });
     }
@@ -384,6 +447,23 @@ fn check_domain(
     }
 }
 
+/// `x` rounded down (up) to three significant digits, so widened bounds read cleanly.
+fn round_down_to(x: f64) -> f64 {
+    round_to(x, f64::floor)
+}
+
+fn round_up_to(x: f64) -> f64 {
+    round_to(x, f64::ceil)
+}
+
+fn round_to(x: f64, f: fn(f64) -> f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powi(2 - x.abs().log10().floor() as i32);
+    f(x * scale) / scale
+}
+
 fn round_up(x: f64) -> f64 {
     (x * 10_000.0).ceil() / 10_000.0
 }
@@ -427,6 +507,37 @@ mod tests {
                 "error: column `y` is missing from the data",
                 "warning: column `z` is not in the schema",
             ]
+        );
+    }
+
+    #[test]
+    fn a_schema_for_later_runs_lets_a_new_sample_through_and_catches_a_moved_range() {
+        let o = ReadOptions::default();
+        let first = read_csv_str("x,c,id\n10,a,u1\n20,b,u2\n30,a,u3\n", &o).unwrap();
+        let mut schema = Schema::infer(&first, &DatasetStatistics::compute(&first));
+        // Pretend `id` took more values than a closed domain may hold.
+        schema.columns[2].domain = Some((0..=MAX_PINNED_DOMAIN).map(|i| format!("u{i}")).collect());
+        let pinned = schema.for_later_runs();
+        assert_eq!(
+            (pinned.columns[0].min, pinned.columns[0].max),
+            (Some(0.0), Some(40.0))
+        );
+        assert_eq!(pinned.columns[1].domain, Some(vec!["a".into(), "b".into()]));
+        assert_eq!(pinned.columns[2].domain, None, "an open set");
+        assert_eq!(pinned.columns[0].max_missing_rate, Some(0.01));
+        let validate = |csv: &str| -> Vec<String> {
+            let t = read_csv_str(csv, &o).unwrap();
+            pinned
+                .validate(&t, &DatasetStatistics::compute(&t))
+                .into_iter()
+                .map(|a| a.message)
+                .collect()
+        };
+        assert!(validate("x,c,id\n5,b,u9\n35,a,u10\n").is_empty());
+        let moved = validate("x,c,id\n5000,a,u1\n30,b,u2\n");
+        assert_eq!(
+            moved,
+            ["column `x` has 1 values outside [0, 40] (from 5000 to 5000)"]
         );
     }
 

@@ -134,6 +134,38 @@ impl<C: Components> Pipelines for Local<C> {
         registry.save_schedule_state(&state)
     }
 
+    fn pinned_schemas(
+        &self,
+        pipeline: &str,
+    ) -> Result<Vec<kiln_core::registry::PinnedSchema>, RegistryError> {
+        self.registry().pinned_schemas(pipeline)
+    }
+
+    fn schema_diff(
+        &self,
+        pipeline: &str,
+        run: u64,
+        step: Option<&str>,
+    ) -> Result<kiln_core::wire::pipelines::SchemaDiff, RegistryError> {
+        kiln_core::backend::schema_diff(self.registry(), pipeline, run, step)
+    }
+
+    fn accept_schema(
+        &self,
+        pipeline: &str,
+        request: &kiln_core::wire::pipelines::AcceptSchema,
+    ) -> Result<kiln_core::registry::PinnedSchema, RegistryError> {
+        let user = std::env::var("USER").unwrap_or_else(|_| "kiln".into());
+        kiln_core::backend::accept_schema(
+            self.registry(),
+            pipeline,
+            request.run,
+            request.step.as_deref(),
+            request.by.as_deref().unwrap_or(&user),
+            &request.reason,
+        )
+    }
+
     fn prune(&self, request: &Prune) -> Result<Vec<Pruned>, RegistryError> {
         crate::prune::prune(
             self.registry(),

@@ -18,9 +18,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use kiln_core::registry::{PipelineRun, PipelineRunState};
+use kiln_core::registry::{PinnedSchema, PipelineRun, PipelineRunState};
 use kiln_core::wire::pipelines::{
-    Cancelling, PipelineInfo, Prune, PruneAnswer, ScheduleChanged, StartRun, Started,
+    AcceptSchema, Cancelling, PipelineInfo, Prune, PruneAnswer, ScheduleChanged, SchemaDiff,
+    StartRun, Started,
 };
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -58,6 +59,19 @@ pub(crate) fn reads() -> Api {
             )
             .query::<LogQuery>(),
         )
+        .get(
+            "/api/pipelines/{name}/schemas",
+            pinned_schemas,
+            answers::<Vec<PinnedSchema>>(
+                "The schemas pinned for a pipeline's validate steps, with the pins they replaced",
+            ),
+        )
+        .get(
+            "/api/pipelines/{name}/schemas/diff",
+            schema_diff,
+            answers::<SchemaDiff>("What a run's data would change in the pinned schema")
+                .query::<DiffQuery>(),
+        )
 }
 
 /// The pipeline API's changes.
@@ -87,6 +101,67 @@ pub(crate) fn writes() -> Api {
                 "Pause or resume a pipeline's schedule (verb: pause or resume)",
             ),
         )
+        .post(
+            "/api/pipelines/{name}/schemas/accept",
+            accept_schema,
+            answers::<PinnedSchema>("Pin the schema inferred from a run's data, with who and why")
+                .takes::<AcceptSchema>(),
+        )
+}
+
+/// `?run=RUN[&step=ID]`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct DiffQuery {
+    run: u64,
+    step: Option<String>,
+}
+
+async fn pinned_schemas(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<PinnedSchema>>, ApiError> {
+    off(&state, move |s| {
+        Ok(Json(s.models.registry().pinned_schemas(&name)?))
+    })
+    .await
+}
+
+async fn schema_diff(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> Result<Json<SchemaDiff>, ApiError> {
+    off(&state, move |s| {
+        Ok(Json(kiln_core::backend::schema_diff(
+            s.models.registry(),
+            &name,
+            q.run,
+            q.step.as_deref(),
+        )?))
+    })
+    .await
+}
+
+async fn accept_schema(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<PinnedSchema>, ApiError> {
+    let request: AcceptSchema = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    off(&state, move |s| {
+        let by = request.by.clone().unwrap_or_else(|| s.config.actor.clone());
+        Ok(Json(kiln_core::backend::accept_schema(
+            s.models.registry(),
+            &name,
+            request.run,
+            request.step.as_deref(),
+            &by,
+            &request.reason,
+        )?))
+    })
+    .await
 }
 
 fn control(state: &AppState) -> Result<Arc<dyn PipelineControl>, ApiError> {

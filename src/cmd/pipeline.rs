@@ -98,6 +98,10 @@ pub enum PipelineCommand {
     /// Pipeline schedules: list them, pause or resume one.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// The schemas `validate` steps check each run's data against: pinned by the first run,
+    /// changed only when accepted.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
     /// Delete the files (outputs and logs) of old finished runs: each pipeline keeps its newest
     /// runs and the runs whose outputs those reuse from the cache. The run records stay.
     Prune {
@@ -111,6 +115,61 @@ pub enum PipelineCommand {
         #[arg(long)]
         dry_run: bool,
         /// Print the result as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// The schema pinned for each `validate` step of a pipeline: from which run, how, by whom
+    /// and why, and the pins before it.
+    Show {
+        /// The pipeline's name.
+        pipeline: String,
+        /// Only this `validate` step.
+        #[arg(long)]
+        step: Option<String>,
+        /// Print the result as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// What a run's data would change in the pinned schema: its anomalies against it, and the
+    /// schema inferred from that data.
+    Diff {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The run whose data to compare.
+        #[arg(long)]
+        run: u64,
+        /// The `validate` step, when the pipeline has several.
+        #[arg(long)]
+        step: Option<String>,
+        /// Print the result as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Pin the schema inferred from a run's data (after reviewing `diff`), recorded with who
+    /// and why; later runs are checked against it.
+    Accept {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The run whose data's schema to pin.
+        #[arg(long)]
+        run: u64,
+        /// The `validate` step, when the pipeline has several.
+        #[arg(long)]
+        step: Option<String>,
+        /// Why the new schema is right (kept with the pin).
+        #[arg(long)]
+        reason: String,
+        /// Print what changed as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -216,6 +275,7 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
             server,
         } => backfill(&*server.pipelines(home)?, &file, from, to, &params, json),
         PipelineCommand::Schedule(c) => schedule(home, c),
+        PipelineCommand::Schema(c) => schema(home, c),
         PipelineCommand::Prune {
             pipeline,
             keep,
@@ -789,6 +849,129 @@ fn backfill(
         runs.push(follow(pipelines, &name, file, &request, "backfill", json)?);
     }
     backfilled(&runs, json)
+}
+
+fn schema(home: &Home, command: SchemaCommand) -> Result<Outcome> {
+    match command {
+        SchemaCommand::Show {
+            pipeline,
+            step,
+            json,
+            server,
+        } => {
+            let pins: Vec<_> = server
+                .pipelines(home)?
+                .pinned_schemas(&pipeline)?
+                .into_iter()
+                .filter(|p| step.as_ref().is_none_or(|s| *s == p.step))
+                .collect();
+            if json {
+                ui::print_json(&pins)?;
+                return Ok(Outcome::Ok);
+            }
+            if pins.is_empty() {
+                bail!(
+                    "pipeline `{pipeline}` has no pinned schema{}: its first run that reaches a `validate` step without a `schema` argument pins one",
+                    step.map_or(String::new(), |s| format!(" for step `{s}`"))
+                );
+            }
+            for p in &pins {
+                println!(
+                    "step `{}`: pinned from run {} ({}), {} by {}{}",
+                    p.step,
+                    p.pin.run,
+                    from_ms(p.pin.pinned_ms).format("%Y-%m-%d %H:%M UTC"),
+                    p.pin.how.as_str(),
+                    p.pin.by,
+                    if p.pin.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", p.pin.reason)
+                    }
+                );
+                for e in &p.earlier {
+                    println!(
+                        "  before: run {} ({}), {} by {}{}",
+                        e.run,
+                        from_ms(e.pinned_ms).format("%Y-%m-%d %H:%M UTC"),
+                        e.how.as_str(),
+                        e.by,
+                        if e.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", e.reason)
+                        }
+                    );
+                }
+                println!("{}", p.pin.schema.trim_end());
+            }
+            Ok(Outcome::Ok)
+        }
+        SchemaCommand::Diff {
+            pipeline,
+            run,
+            step,
+            json,
+            server,
+        } => {
+            let diff = server
+                .pipelines(home)?
+                .schema_diff(&pipeline, run, step.as_deref())?;
+            if json {
+                ui::print_json(&diff)?;
+                return Ok(Outcome::Ok);
+            }
+            match &diff.pinned {
+                Some(p) => println!(
+                    "step `{}`: run {run}'s data against the schema pinned from run {}:",
+                    diff.step, p.pin.run
+                ),
+                None => println!("step `{}`: no schema is pinned yet", diff.step),
+            }
+            if diff.anomalies.is_empty() {
+                println!("  no anomalies");
+            } else {
+                let rows = diff
+                    .anomalies
+                    .iter()
+                    .map(|a| vec![a.severity.to_string(), a.column.clone(), a.message.clone()])
+                    .collect();
+                println!(
+                    "{}",
+                    ui::table(&["severity", "column", "anomaly"], rows, &[])
+                );
+            }
+            println!(
+                "the schema inferred from run {run}'s data, which `kiln pipeline schema accept {pipeline} --run {run} --reason \"…\"` would pin:"
+            );
+            println!("{}", diff.proposed.trim_end());
+            Ok(Outcome::Ok)
+        }
+        SchemaCommand::Accept {
+            pipeline,
+            run,
+            step,
+            reason,
+            json,
+            server,
+        } => {
+            let request = kiln_core::wire::pipelines::AcceptSchema {
+                run,
+                step,
+                reason,
+                by: None,
+            };
+            let pinned = server.pipelines(home)?.accept_schema(&pipeline, &request)?;
+            ui::changed(json, &pinned, || {
+                format!(
+                    "pinned the schema of run {run}'s data for step `{}` of pipeline `{pipeline}` ({} earlier pins kept)",
+                    pinned.step,
+                    pinned.earlier.len()
+                )
+            })?;
+            Ok(Outcome::Ok)
+        }
+    }
 }
 
 fn schedule(home: &Home, command: ScheduleCommand) -> Result<Outcome> {

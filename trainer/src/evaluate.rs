@@ -98,6 +98,42 @@ pub fn evaluate(
     table: &Table,
     choice: DeviceChoice,
 ) -> Result<BTreeMap<String, f64>, TrainError> {
+    Ok(scored(manifest, weights, table, choice)?.metrics())
+}
+
+/// A bundle's outputs on rows whose targets are known, for metrics of all of them or of some.
+pub(crate) struct Scored {
+    pub(crate) task: Task,
+    /// Probabilities (rows × width) or values.
+    pub(crate) out: Vec<f32>,
+    pub(crate) y: Vec<f32>,
+    pub(crate) width: usize,
+}
+
+impl Scored {
+    pub(crate) fn metrics(&self) -> BTreeMap<String, f64> {
+        metrics_of(self.task, &self.out, &self.y, self.width)
+    }
+
+    /// The metrics of the rows at `rows`.
+    pub(crate) fn metrics_of_rows(&self, rows: &[usize]) -> BTreeMap<String, f64> {
+        let out: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| &self.out[r * self.width..(r + 1) * self.width])
+            .copied()
+            .collect();
+        let y: Vec<f32> = rows.iter().map(|r| self.y[*r]).collect();
+        metrics_of(self.task, &out, &y, self.width)
+    }
+}
+
+/// Scores a bundle on rows whose targets are known.
+pub(crate) fn scored(
+    manifest: &Manifest,
+    weights: &BTreeMap<String, Weight>,
+    table: &Table,
+    choice: DeviceChoice,
+) -> Result<Scored, TrainError> {
     let target = &manifest.target;
     let index = table
         .column_index(target)
@@ -134,5 +170,10 @@ pub fn evaluate(
         .collect::<Result<Vec<f32>, TrainError>>()?;
     let predictor = Predictor::new(manifest, weights, choice)?;
     let out = predictor.predict(table)?;
-    Ok(metrics_of(manifest.task, &out, &y, predictor.width()))
+    Ok(Scored {
+        task: manifest.task,
+        out,
+        y,
+        width: predictor.width(),
+    })
 }

@@ -31,7 +31,7 @@ pub use self::write::{write_atomically, write_csv_rows};
 pub const BATCH_ROWS: usize = 65_536;
 
 /// The type of a raw column, as kiln sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ColumnType {
     Integer,

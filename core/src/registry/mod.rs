@@ -22,6 +22,7 @@ pub mod logged_models;
 mod pipelines;
 pub mod query;
 mod records;
+mod schemas;
 pub mod uploads;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,6 +46,7 @@ pub use self::records::{
     Millis, Model, ModelVersion, RECORD_FORMAT_VERSION, Route, Run, RunStatus,
 };
 use self::records::{decode, decode_point, encode, encode_point, now_ms};
+pub use self::schemas::{PinnedBy, PinnedSchema, SchemaPin};
 
 /// The layout version of the store (trees and key encodings). Newer stores are refused; older
 /// ones are migrated on open.
@@ -221,6 +223,7 @@ pub struct Registry {
     pipeline_steps: sled::Tree,
     step_cache: sled::Tree,
     schedules: sled::Tree,
+    pipeline_schemas: sled::Tree,
     logged_models: sled::Tree,
     artifacts: ArtifactStore,
     _lock: File,
@@ -408,6 +411,7 @@ impl Registry {
             pipeline_steps: db.open_tree("pipeline_steps")?,
             step_cache: db.open_tree("step_cache")?,
             schedules: db.open_tree("schedules")?,
+            pipeline_schemas: db.open_tree("pipeline_schemas")?,
             logged_models: db.open_tree("logged_models")?,
             artifacts: ArtifactStore::open(home.join("artifacts"))?,
             db,

@@ -145,3 +145,33 @@ mod tests {
         );
     }
 }
+
+/// `GET /api/pipelines/{name}/schemas/diff?run=RUN[&step=ID]`: what a run's data would change
+/// in the schema its `validate` step checks against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SchemaDiff {
+    pub pipeline: String,
+    pub step: String,
+    pub run: u64,
+    /// What is pinned now; none before the first run.
+    pub pinned: Option<crate::registry::PinnedSchema>,
+    /// The schema inferred from the run's data (TOML): what `accept` would pin.
+    pub proposed: String,
+    /// The run's data against the schema it was checked with.
+    pub anomalies: Vec<crate::schema::Anomaly>,
+}
+
+/// `POST /api/pipelines/{name}/schemas/accept`: pin the schema inferred from a run's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptSchema {
+    pub run: u64,
+    /// The `validate` step; needed only when the pipeline has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Why the new schema is right (recorded with the pin).
+    pub reason: String,
+    /// Who accepts it (the server's user by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}

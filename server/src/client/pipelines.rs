@@ -5,9 +5,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use kiln_core::backend::Pipelines;
-use kiln_core::registry::{PipelineRun, PipelineRunState, RegistryError, ScheduleState};
+use kiln_core::registry::{
+    PinnedSchema, PipelineRun, PipelineRunState, RegistryError, ScheduleState,
+};
 use kiln_core::wire::pipelines::{
-    Cancelling, PipelineInfo, Prune, PruneAnswer, Pruned, ScheduleChanged, StartRun, Started,
+    AcceptSchema, Cancelling, PipelineInfo, Prune, PruneAnswer, Pruned, ScheduleChanged,
+    SchemaDiff, StartRun, Started,
 };
 
 use super::{Client, url_part};
@@ -96,6 +99,35 @@ impl Pipelines for Client {
     fn prune(&self, request: &Prune) -> Result<Vec<Pruned>, RegistryError> {
         let answer: PruneAnswer = self.send("POST", "/api/pipeline-runs/prune", Some(request))?;
         Ok(answer.pruned)
+    }
+
+    fn pinned_schemas(&self, pipeline: &str) -> Result<Vec<PinnedSchema>, RegistryError> {
+        self.get(&format!("/api/pipelines/{}/schemas", url_part(pipeline)))
+    }
+
+    fn schema_diff(
+        &self,
+        pipeline: &str,
+        run: u64,
+        step: Option<&str>,
+    ) -> Result<SchemaDiff, RegistryError> {
+        let step = step.map_or(String::new(), |s| format!("&step={}", url_part(s)));
+        self.get(&format!(
+            "/api/pipelines/{}/schemas/diff?run={run}{step}",
+            url_part(pipeline)
+        ))
+    }
+
+    fn accept_schema(
+        &self,
+        pipeline: &str,
+        request: &AcceptSchema,
+    ) -> Result<PinnedSchema, RegistryError> {
+        self.send(
+            "POST",
+            &format!("/api/pipelines/{}/schemas/accept", url_part(pipeline)),
+            Some(request),
+        )
     }
 
     /// The server's copy of the pipeline decides: the local file only names it.
