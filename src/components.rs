@@ -387,7 +387,9 @@ fn validate(call: &ComponentCall) -> Result<Values> {
         }
         None => pinned_schema(call, &table, &stats)?,
     };
-    let anomalies = schema.validate(&table, &stats);
+    let mut anomalies = schema.validate(&table, &stats);
+    anomalies.extend(drift_since_last_success(call, &table)?);
+    write_json(&call.outputs.join("statistics.json"), &stats)?;
     write_json(&call.outputs.join("anomalies.json"), &anomalies)?;
     let mut stop = Vec::new();
     for a in &anomalies {
@@ -415,6 +417,55 @@ fn validate(call: &ComponentCall) -> Result<Values> {
         out.insert("pinned_by_run".into(), pin.pin.run.to_string());
     }
     Ok(out)
+}
+
+/// Warnings for the columns whose distribution moved since the data this step validated in the
+/// pipeline's last successful run (serving drift's measures and thresholds); none on the first
+/// run, or when that run's files were pruned.
+fn drift_since_last_success(
+    call: &ComponentCall,
+    table: &Table,
+) -> Result<Vec<kiln_core::schema::Anomaly>> {
+    let runs = call.registry.pipeline_runs(Some(&call.pipeline), 50)?;
+    let earlier = runs.iter().find_map(|r| {
+        if r.id == call.run || r.state != PipelineRunState::Succeeded {
+            return None;
+        }
+        let step = r.steps.iter().find(|s| s.id == call.step)?;
+        let dir = std::path::Path::new(step.outputs_dir.as_deref()?);
+        let from = step.cached_from.unwrap_or(r.id);
+        let text = std::fs::read_to_string(dir.join("statistics.json")).ok()?;
+        let stats: DatasetStatistics = serde_json::from_str(&text).ok()?;
+        Some((from, stats))
+    });
+    let Some((from_run, reference)) = earlier else {
+        return Ok(Vec::new());
+    };
+    let thresholds = kiln_server::drift::Thresholds::default();
+    let drift = kiln_server::drift::table_drift(&reference, table, &thresholds);
+    write_json(&call.outputs.join("drift.json"), &drift)?;
+    call.log_line(&format!(
+        "drift against the data of run {from_run} (its last success): {} of {} columns moved",
+        drift.iter().filter(|d| d.alarm).count(),
+        drift.len()
+    ));
+    Ok(drift
+        .into_iter()
+        .filter(|d| d.alarm)
+        .map(|d| kiln_core::schema::Anomaly {
+            message: format!(
+                "column `{}` drifted from run {from_run}'s data: {}",
+                d.feature,
+                d.reasons.join(", ")
+            ),
+            column: d.feature,
+            severity: Severity::Warning,
+            kind: kiln_core::schema::AnomalyKind::Drift {
+                from_run,
+                reasons: d.reasons,
+            },
+        })
+        .collect())
 }
 
 /// The schema a `validate` step without a `schema` argument checks against: the one pinned for

@@ -654,3 +654,55 @@ fn the_first_run_pins_the_schema_and_later_data_that_breaks_it_stops_at_validate
     let r = k.run(&["pipeline", "schema", "show", "other"]);
     assert!(r.stderr.contains("has no pinned schema"), "{}", r.stderr);
 }
+
+#[test]
+fn validate_reports_drift_since_the_last_successful_run() {
+    let k = util::Kiln::new();
+    let table = |f: &dyn Fn(usize) -> usize| -> String {
+        let rows: String = (0..600).map(|i| format!("{},c{}\n", f(i), i % 3)).collect();
+        format!("x,c\n{rows}")
+    };
+    let first = k.file("first.csv", table(&|i| i % 100));
+    let same = k.file("same.csv", table(&|i| (i * 7) % 100));
+    // Still inside the pinned range, but all in its top tenth.
+    let shifted = k.file("shifted.csv", table(&|i| 90 + i % 10));
+    let p = k.file(
+        "p.toml",
+        "name = \"spans\"\n[params]\ndata = \"first.csv\"\nfail_on = \"error\"\n\n[[steps]]\nid = \"ingest\"\nuses = \"ingest\"\nwith = { path = \"${params.data}\" }\n\n[[steps]]\nid = \"validate\"\nneeds = [\"ingest\"]\nuses = \"validate\"\nwith = { data = \"${steps.ingest.data}\", fail_on = \"${params.fail_on}\" }\n",
+    );
+    let p = p.display().to_string();
+    let data = |path: &std::path::Path| format!("data={}", path.display());
+    k.ok(&["pipeline", "run", &p, "--param", &data(&first)]);
+    // The same distribution: nothing moved.
+    k.ok(&["pipeline", "run", &p, "--param", &data(&same)]);
+    let logs = k.ok(&["pipeline", "logs", "2", "validate"]);
+    assert!(
+        logs.contains("drift against the data of run 1 (its last success): 0 of 2 columns moved"),
+        "{logs}"
+    );
+    // A moved distribution is a warning: where warnings stop the run, it stops at validate...
+    let r = k.run(&[
+        "pipeline",
+        "run",
+        &p,
+        "--param",
+        &data(&shifted),
+        "--param",
+        "fail_on=warning",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let run = run_json(&k, 3);
+    let error = step(&run, "validate")["error"].as_str().unwrap();
+    assert!(
+        error.contains("x: column `x` drifted from run 2's data: psi"),
+        "{error}"
+    );
+    assert!(!error.contains("column `c` drifted"), "{error}");
+    // ...and otherwise it is reported and the run goes on (still against run 2, the last success).
+    k.ok(&["pipeline", "run", &p, "--param", &data(&shifted)]);
+    let logs = k.ok(&["pipeline", "logs", "4", "validate"]);
+    assert!(
+        logs.contains("warning: x: column `x` drifted from run 2's data: psi"),
+        "{logs}"
+    );
+}

@@ -126,6 +126,12 @@ pub enum AnomalyKind {
         max: f64,
         examples: Vec<String>,
     },
+    /// The column's distribution moved from earlier data's (a pipeline's previous successful
+    /// run): which drift thresholds it crosses.
+    Drift {
+        from_run: u64,
+        reasons: Vec<String>,
+    },
 }
 
 /// What went wrong reading a schema file.

@@ -217,6 +217,7 @@ fn kind_tag(k: &AnomalyKind) -> &'static str {
         AnomalyKind::MissingRate { .. } => "missing_rate",
         AnomalyKind::OutOfRange { .. } => "out_of_range",
         AnomalyKind::UnseenCategories { .. } => "unseen_categories",
+        AnomalyKind::Drift { .. } => "drift",
     }
 }
 

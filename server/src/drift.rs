@@ -379,66 +379,16 @@ impl Monitor {
                 missing as f64 / rows as f64
             };
             let is_output = tracked.input.is_none() && self.has_prediction;
-            let mut d = FeatureDrift {
-                feature: tracked.name.clone(),
-                kind: String::new(),
-                psi: None,
-                js: None,
-                linf: None,
-                unseen: None,
-                missing: missing_live,
-                missing_train: tracked.missing_train,
-                alarm: false,
-                reasons: Vec::new(),
-            };
-            match &tracked.reference {
-                Reference::Numeric { expected, .. } => {
-                    d.kind = "numeric".into();
-                    if present > 0 {
-                        d.psi = Some(psi(expected, &live));
-                        d.js = Some(js_distance(expected, &live));
-                    }
-                }
-                Reference::Categorical {
-                    expected, complete, ..
-                } => {
-                    d.kind = "categorical".into();
-                    if present > 0 {
-                        d.linf = Some(linf(expected, &live));
-                        if *complete {
-                            d.unseen = live.last().copied();
-                        }
-                        if is_output {
-                            d.psi = Some(psi(expected, &live));
-                        }
-                    }
-                }
-            }
-            if is_output {
-                d.kind = "prediction".into();
-            }
             let t = per_feature.get(&tracked.name).unwrap_or(t);
-            if rows >= t.min_rows && rows > 0 {
-                let mut check = |value: Option<f64>, limit: f64, what: &str| {
-                    if let Some(v) = value
-                        && v > limit
-                    {
-                        d.reasons.push(format!("{what} {v:.3} > {limit}"));
-                    }
-                };
-                check(d.psi, t.psi, "psi");
-                check(d.js, t.js, "js");
-                if !is_output {
-                    check(d.linf, t.linf, "linf");
-                }
-                check(d.unseen, t.unseen, "unseen");
-                check(
-                    Some(d.missing - d.missing_train),
-                    t.missing,
-                    "missing share rise",
-                );
-                d.alarm = !d.reasons.is_empty();
-            }
+            let d = feature_drift(
+                &tracked.name,
+                &tracked.reference,
+                &live,
+                present,
+                (missing_live, tracked.missing_train),
+                is_output,
+                (rows >= t.min_rows && rows > 0).then_some(t),
+            );
             if is_output {
                 prediction = Some(d);
             } else {
@@ -456,6 +406,144 @@ impl Monitor {
             prediction,
         }
     }
+}
+
+/// One feature's drift from its bins' shares (`live`, over `present` values) and its missing
+/// shares (now, reference), judged against `judge` when there are rows enough.
+fn feature_drift(
+    name: &str,
+    reference: &Reference,
+    live: &[f64],
+    present: u64,
+    (missing, missing_train): (f64, f64),
+    is_output: bool,
+    judge: Option<&Thresholds>,
+) -> FeatureDrift {
+    let mut d = FeatureDrift {
+        feature: name.to_string(),
+        kind: String::new(),
+        psi: None,
+        js: None,
+        linf: None,
+        unseen: None,
+        missing,
+        missing_train,
+        alarm: false,
+        reasons: Vec::new(),
+    };
+    match reference {
+        Reference::Numeric { expected, .. } => {
+            d.kind = "numeric".into();
+            if present > 0 {
+                d.psi = Some(psi(expected, live));
+                d.js = Some(js_distance(expected, live));
+            }
+        }
+        Reference::Categorical {
+            expected, complete, ..
+        } => {
+            d.kind = "categorical".into();
+            if present > 0 {
+                d.linf = Some(linf(expected, live));
+                if *complete {
+                    d.unseen = live.last().copied();
+                }
+                if is_output {
+                    d.psi = Some(psi(expected, live));
+                }
+            }
+        }
+    }
+    if is_output {
+        d.kind = "prediction".into();
+    }
+    if let Some(t) = judge {
+        let mut check = |value: Option<f64>, limit: f64, what: &str| {
+            if let Some(v) = value
+                && v > limit
+            {
+                d.reasons.push(format!("{what} {v:.3} > {limit}"));
+            }
+        };
+        check(d.psi, t.psi, "psi");
+        check(d.js, t.js, "js");
+        if !is_output {
+            check(d.linf, t.linf, "linf");
+        }
+        check(d.unseen, t.unseen, "unseen");
+        check(
+            Some(d.missing - d.missing_train),
+            t.missing,
+            "missing share rise",
+        );
+        d.alarm = !d.reasons.is_empty();
+    }
+    d
+}
+
+/// The drift of each column of `table` against the statistics of earlier data (`reference`,
+/// e.g. a pipeline's previous successful run): the measures and thresholds of serving drift,
+/// numeric columns binned by the reference's deciles. Columns the reference lacks are left out
+/// (the schema check names them); with fewer rows than `min_rows` nothing is judged.
+pub fn table_drift(
+    reference: &kiln_core::stats::DatasetStatistics,
+    table: &kiln_core::data::Table,
+    t: &Thresholds,
+) -> Vec<FeatureDrift> {
+    let rows = table.num_rows() as u64;
+    let judge = (rows >= t.min_rows && rows > 0).then_some(t);
+    let mut out = Vec::new();
+    for stats in &reference.columns {
+        let (Some(index), Some(r)) = (
+            table.column_index(&stats.name),
+            Reference::from_stats(stats),
+        ) else {
+            continue;
+        };
+        let mut counts = vec![0u64; r.bins()];
+        let mut missing = 0u64;
+        let mut count = |cell: Cell<'_>| match r.bin(cell) {
+            Some(b) => counts[b] += 1,
+            None => missing += 1,
+        };
+        match &r {
+            Reference::Numeric { .. } => table
+                .numbers(index)
+                .into_iter()
+                .for_each(|v| count(v.map_or(Cell::Missing, Cell::Number))),
+            Reference::Categorical { .. } => table
+                .texts(index)
+                .iter()
+                .for_each(|v| count(v.as_deref().map_or(Cell::Missing, Cell::Text))),
+        }
+        let present: u64 = counts.iter().sum();
+        let live: Vec<f64> = counts
+            .iter()
+            .map(|c| {
+                if present == 0 {
+                    0.0
+                } else {
+                    *c as f64 / present as f64
+                }
+            })
+            .collect();
+        let missing_share = if rows == 0 {
+            0.0
+        } else {
+            missing as f64 / rows as f64
+        };
+        let missing_train = stats.missing_rate();
+        out.push(feature_drift(
+            &stats.name,
+            &r,
+            &live,
+            present,
+            (missing_share, missing_train),
+            false,
+            judge,
+        ));
+    }
+    out
 }
 
 fn add(counts: &mut [Vec<u64>], row: &[u16], sign: i64) {
