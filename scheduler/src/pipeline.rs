@@ -99,6 +99,28 @@ pub struct Step {
     pub gpu: bool,
     /// The line of the step's `id`.
     pub line: usize,
+    /// Run once per item (`for_each`), each item a step of its own, `ID[ITEM]`.
+    pub for_each: Option<ForEach>,
+}
+
+/// What a step is run for each of.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForEach {
+    /// The items of a list parameter (`for_each = "${params.markets}"`).
+    Param(String),
+    /// Items written out (`for_each = ["us", "eu"]`).
+    Items(Vec<String>),
+}
+
+/// Whether `item` may be a `for_each` item: it becomes part of a step id and goes into commands
+/// as written, so only letters, digits, `.`, `-` and `_`, at most 64 of them.
+pub fn is_item(item: &str) -> bool {
+    !item.is_empty()
+        && item.len() <= 64
+        && item
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 mod humantime_serde_opt {
@@ -250,6 +272,8 @@ struct RawStep {
     cache: bool,
     #[serde(default)]
     gpu: bool,
+    #[serde(default)]
+    for_each: Option<Spanned<toml::Value>>,
 }
 
 fn yes() -> bool {
@@ -541,12 +565,55 @@ fn parse_steps(
         if let Some(c) = &s.condition {
             texts.push((c.span().start, c.get_ref().clone()));
         }
+        let for_each = s.for_each.as_ref().and_then(|v| {
+            let at = v.span().start;
+            match v.get_ref() {
+                toml::Value::String(t) => {
+                    let name = t
+                        .trim()
+                        .strip_prefix("${params.")
+                        .and_then(|r| r.strip_suffix('}'));
+                    match name {
+                        Some(n) if params.get(n).is_some_and(toml::Value::is_array) => {
+                            Some(ForEach::Param(n.to_string()))
+                        }
+                        Some(n) if params.contains_key(n) => {
+                            f.error(at, format!("step `{id}`: for_each names parameter `{n}`, which is not a list (give it a default such as [\"us\", \"eu\"])"));
+                            None
+                        }
+                        _ => {
+                            f.error(at, format!("step `{id}`: for_each = {t:?}: give a list parameter, \"${{params.NAME}}\", or the items, [\"us\", \"eu\"]"));
+                            None
+                        }
+                    }
+                }
+                toml::Value::Array(items) => {
+                    let items: Vec<String> = items.iter().map(crate::run::value_text).collect();
+                    match items.iter().find(|i| !is_item(i)) {
+                        Some(bad) => {
+                            f.error(at, format!("step `{id}`: for_each item {bad:?} must be letters, digits, `.`, `-` and `_` (it names a step)"));
+                            None
+                        }
+                        None if items.is_empty() => {
+                            f.error(at, format!("step `{id}`: for_each lists no items"));
+                            None
+                        }
+                        None => Some(ForEach::Items(items)),
+                    }
+                }
+                other => {
+                    f.error(at, format!("step `{id}`: for_each = {other}: give a list parameter or the items"));
+                    None
+                }
+            }
+        });
         let is_ancestor = |step: &str| reaches(&needs_of, &id, step);
         let refs = Refs {
             params,
             ids: &ids,
             is_ancestor: &is_ancestor,
             component_of: &component_of,
+            item: s.for_each.is_some(),
         };
         for (offset, t) in texts {
             check_templates(f, offset, &id, &t, &refs);
@@ -565,6 +632,7 @@ fn parse_steps(
             cache: s.cache,
             gpu,
             line: position(f.text, s.id.span().start).0,
+            for_each,
         });
     }
     for cycle in cycles(&steps) {
@@ -580,6 +648,128 @@ fn parse_steps(
         });
     }
     steps
+}
+
+/// The pipeline as one run executes it: each `for_each` step replaced by one step per item,
+/// `ID[ITEM]` with `${item}` filled in, and each step that needed it needing every item. Also
+/// returns the items' step ids of each expanded step, for `${steps.ID.NAME}` in its dependants
+/// (which reads as the list of the items' values). `params` are the run's, as text.
+pub fn expand(
+    mut pipeline: Pipeline,
+    params: &BTreeMap<String, String>,
+) -> Result<(Pipeline, BTreeMap<String, Vec<String>>), String> {
+    let mut fanned = BTreeMap::new();
+    pipeline.steps = expand_steps(std::mem::take(&mut pipeline.steps), params, &mut fanned)?;
+    pipeline.on_failure = expand_steps(
+        std::mem::take(&mut pipeline.on_failure),
+        params,
+        &mut fanned,
+    )?;
+    Ok((pipeline, fanned))
+}
+
+fn expand_steps(
+    steps: Vec<Step>,
+    params: &BTreeMap<String, String>,
+    fanned: &mut BTreeMap<String, Vec<String>>,
+) -> Result<Vec<Step>, String> {
+    for step in &steps {
+        let Some(for_each) = &step.for_each else {
+            continue;
+        };
+        let items = match for_each {
+            ForEach::Items(items) => items.clone(),
+            ForEach::Param(name) => {
+                let text = params.get(name).map(String::as_str).unwrap_or("");
+                match ParamType::List.parse(text)? {
+                    toml::Value::Array(a) => a.iter().map(crate::run::value_text).collect(),
+                    _ => Vec::new(),
+                }
+            }
+        };
+        if items.is_empty() {
+            return Err(format!(
+                "step `{}` runs for each item of {}, which has none",
+                step.id,
+                match for_each {
+                    ForEach::Param(n) => format!("parameter `{n}`"),
+                    ForEach::Items(_) => "its list".to_string(),
+                }
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for item in &items {
+            if !is_item(item) {
+                return Err(format!(
+                    "step `{}`: item {item:?} must be letters, digits, `.`, `-` and `_`, at most 64 (it names a step and goes into commands as written)",
+                    step.id
+                ));
+            }
+            if !seen.insert(item) {
+                return Err(format!("step `{}`: item {item:?} is listed twice", step.id));
+            }
+        }
+        fanned.insert(
+            step.id.clone(),
+            items.iter().map(|i| format!("{}[{i}]", step.id)).collect(),
+        );
+    }
+    let needs = |needs: &[String]| -> Vec<String> {
+        needs
+            .iter()
+            .flat_map(|n| fanned.get(n).cloned().unwrap_or_else(|| vec![n.clone()]))
+            .collect()
+    };
+    let mut out = Vec::with_capacity(steps.len());
+    for step in steps {
+        let needs = needs(&step.needs);
+        match fanned.get(&step.id) {
+            None => out.push(Step { needs, ..step }),
+            Some(ids) => {
+                for id in ids {
+                    let item = &id[step.id.len() + 1..id.len() - 1];
+                    let fill = |t: &str| t.replace("${item}", item);
+                    let action = match &step.action {
+                        Action::Run { command } => Action::Run {
+                            command: fill(command),
+                        },
+                        Action::Uses { component, with } => Action::Uses {
+                            component: component.clone(),
+                            with: with
+                                .iter()
+                                .map(|(k, v)| (k.clone(), fill_strings(v, &fill)))
+                                .collect(),
+                        },
+                    };
+                    out.push(Step {
+                        id: id.clone(),
+                        needs: needs.clone(),
+                        action,
+                        condition: step.condition.as_deref().map(fill),
+                        for_each: None,
+                        ..step.clone()
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A `with` value with every string in it passed through `fill`.
+fn fill_strings(v: &toml::Value, fill: &dyn Fn(&str) -> String) -> toml::Value {
+    match v {
+        toml::Value::String(s) => toml::Value::String(fill(s)),
+        toml::Value::Array(a) => {
+            toml::Value::Array(a.iter().map(|x| fill_strings(x, fill)).collect())
+        }
+        toml::Value::Table(t) => toml::Value::Table(
+            t.iter()
+                .map(|(k, x)| (k.clone(), fill_strings(x, fill)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Whether `name` may name a pipeline, a step or a parameter: letters, digits, `-` and `_`.
@@ -599,6 +789,8 @@ pub enum ParamType {
     Integer,
     Float,
     Boolean,
+    /// A list of strings (`markets = ["us", "eu"]`), for `for_each`.
+    List,
 }
 
 impl ParamType {
@@ -608,6 +800,7 @@ impl ParamType {
             ParamType::Integer => "integer",
             ParamType::Float => "float",
             ParamType::Boolean => "boolean",
+            ParamType::List => "list",
         }
     }
 
@@ -617,6 +810,9 @@ impl ParamType {
             toml::Value::Integer(_) => Some(ParamType::Integer),
             toml::Value::Float(_) => Some(ParamType::Float),
             toml::Value::Boolean(_) => Some(ParamType::Boolean),
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => {
+                Some(ParamType::List)
+            }
             _ => None,
         }
     }
@@ -645,6 +841,26 @@ impl ParamType {
                 "false" => Ok(toml::Value::Boolean(false)),
                 _ => Err(wrong("true or false")),
             },
+            // `["us", "eu"]` (TOML or JSON), or `us,eu`.
+            ParamType::List => {
+                let trimmed = text.trim();
+                let items: Vec<String> = if trimmed.starts_with('[') {
+                    let parsed: toml::Table = toml::from_str(&format!("v = {trimmed}"))
+                        .map_err(|_| wrong("a list such as [\"us\", \"eu\"] or us,eu"))?;
+                    parsed
+                        .get("v")
+                        .and_then(toml::Value::as_array)
+                        .map(|a| a.iter().map(crate::run::value_text).collect())
+                        .unwrap_or_default()
+                } else if trimmed.is_empty() {
+                    Vec::new()
+                } else {
+                    trimmed.split(',').map(|i| i.trim().to_string()).collect()
+                };
+                Ok(toml::Value::Array(
+                    items.into_iter().map(toml::Value::String).collect(),
+                ))
+            }
         }
     }
 }
@@ -679,10 +895,11 @@ fn typed_params(
                     Some("integer") => Some(ParamType::Integer),
                     Some("float") => Some(ParamType::Float),
                     Some("boolean") => Some(ParamType::Boolean),
+                    Some("list") => Some(ParamType::List),
                     other => {
                         f.error(
                             at,
-                            format!("parameter `{name}`: type {} is not one of string, integer, float, boolean", other.map_or_else(|| "(not a string)".to_string(), |o| format!("{o:?}"))),
+                            format!("parameter `{name}`: type {} is not one of string, integer, float, boolean, list", other.map_or_else(|| "(not a string)".to_string(), |o| format!("{o:?}"))),
                         );
                         None
                     }
@@ -702,7 +919,7 @@ fn typed_params(
             f.error(
                 at,
                 format!(
-                    "parameter `{name}`: the default must be a string, integer, float or boolean"
+                    "parameter `{name}`: the default must be a string, integer, float, boolean or list of strings"
                 ),
             );
             continue;
@@ -797,6 +1014,8 @@ struct Refs<'a> {
     ids: &'a [String],
     is_ancestor: &'a dyn Fn(&str) -> bool,
     component_of: &'a BTreeMap<&'a str, &'a ComponentSpec>,
+    /// Whether `${item}` may be used (a `for_each` step).
+    item: bool,
 }
 
 fn check_templates(f: &mut Findings<'_>, offset: usize, id: &str, text: &str, refs: &Refs<'_>) {
@@ -805,6 +1024,7 @@ fn check_templates(f: &mut Findings<'_>, offset: usize, id: &str, text: &str, re
         ids,
         is_ancestor,
         component_of,
+        item,
     } = refs;
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -826,6 +1046,8 @@ fn check_templates(f: &mut Findings<'_>, offset: usize, id: &str, text: &str, re
                 }
             }
             ["steps", step, output @ ..] if !output.is_empty() => {
+                // `${steps.ID[ITEM].NAME}`: one item of a `for_each` step.
+                let step = &step.split('[').next().unwrap_or(step);
                 if !ids.iter().any(|i| i == step) {
                     let hint = kiln_core::suggest::hint(step, ids.iter().map(String::as_str));
                     f.error(offset, format!("step `{id}`: `${{{reference}}}` names unknown step `{step}`{hint}"));
@@ -852,6 +1074,11 @@ fn check_templates(f: &mut Findings<'_>, offset: usize, id: &str, text: &str, re
                 }
             }
             ["date"] | ["run_id"] | ["pipeline"] | ["outputs"] => {}
+            ["item"] if *item => {}
+            ["item"] => f.error(
+                offset,
+                format!("step `{id}`: `${{item}}` is for steps with `for_each`"),
+            ),
             _ => f.error(
                 offset,
                 format!(

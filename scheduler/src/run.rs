@@ -300,6 +300,8 @@ pub async fn run_pipeline<C: Components>(
         }
     };
     let params = run_params(&pipeline, &request.params)?;
+    let (pipeline, fanned) =
+        crate::pipeline::expand(pipeline, &params).map_err(RunError::Params)?;
     // Durable writes (fsync) run on a blocking thread, not on the async workers.
     let reg = registry.clone();
     let new = PipelineRun {
@@ -370,6 +372,7 @@ pub async fn run_pipeline<C: Components>(
         force: request.force.clone(),
         path: search_path(&request.path_prefix),
         failure: Mutex::new(None),
+        fanned,
     });
     let observe = |event: Event<'_>| {
         let mut record = runner.lock();
@@ -659,6 +662,8 @@ struct Runner<C> {
     path: OsString,
     /// Set when the main steps have failed, for the failure handlers.
     failure: Mutex<Option<Failure>>,
+    /// The item steps of each `for_each` step.
+    fanned: BTreeMap<String, Vec<String>>,
 }
 
 impl<C: Components> Runner<C> {
@@ -781,6 +786,15 @@ impl<C: Components> Runner<C> {
             ["run_id"] => self.lock().id.to_string(),
             _ if !steps_too => return Ok(None),
             ["outputs"] => self.step_dir(step).join("outputs").display().to_string(),
+            ["steps", id, name] if self.fanned.contains_key(*id) => {
+                // A `for_each` step's value: the list of its items' values, as JSON.
+                let mut values = Vec::new();
+                for item in &self.fanned[*id] {
+                    let one = format!("steps.{item}.{name}");
+                    values.push(self.resolve(step, &one, steps_too)?.unwrap_or_default());
+                }
+                serde_json::to_string(&values).map_err(|e| e.to_string())?
+            }
             ["steps", id, name] => {
                 let exec = self
                     .execution(id)

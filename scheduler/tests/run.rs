@@ -808,3 +808,80 @@ run = "true"
         "{e}"
     );
 }
+
+const MARKETS: &str = r#"
+name = "markets"
+[params]
+markets = ["us", "eu"]
+
+[[steps]]
+id = "prepare"
+run = "echo ready"
+
+[[steps]]
+id = "train"
+needs = ["prepare"]
+for_each = "${params.markets}"
+run = "echo market=${item} >> $KILN_VALUES; echo ${item} > ${outputs}/name.txt; [ ${item} != fail ]"
+
+[[steps]]
+id = "report"
+needs = ["train"]
+run = "echo ${steps.train.market} > ${outputs}/all.txt; cat ${steps.train[eu].name.txt} > ${outputs}/eu.txt"
+"#;
+
+#[tokio::test]
+async fn a_step_fans_out_over_a_list_and_its_dependants_see_every_item() {
+    let s = setup();
+    let first = run(&s, request(&s, MARKETS)).await;
+    assert_eq!(first.state, PipelineRunState::Succeeded);
+    let ids: Vec<&str> = first.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["prepare", "train[us]", "train[eu]", "report"]);
+    assert_eq!(step(&first, "report").needs, ["train[us]", "train[eu]"]);
+    assert_eq!(step(&first, "train[eu]").values["market"], "eu");
+    assert_eq!(output(&first, "report", "all.txt").trim(), r#"["us","eu"]"#);
+    assert_eq!(output(&first, "report", "eu.txt").trim(), "eu");
+
+    // Each item is cached on its own: a new item runs alone, and what needs them all reruns.
+    let mut r = request(&s, MARKETS);
+    r.params.insert("markets".into(), "us,eu,jp".into());
+    let second = run(&s, r).await;
+    assert_eq!(step(&second, "train[us]").state, StepExecState::Cached);
+    assert_eq!(step(&second, "train[eu]").state, StepExecState::Cached);
+    assert_eq!(step(&second, "train[jp]").state, StepExecState::Succeeded);
+    assert_eq!(step(&second, "report").state, StepExecState::Succeeded);
+    assert_eq!(
+        output(&second, "report", "all.txt").trim(),
+        r#"["us","eu","jp"]"#
+    );
+
+    // One item failing stops what needs them all, not the other items.
+    let mut r = request(&s, MARKETS);
+    r.params
+        .insert("markets".into(), r#"["us", "fail"]"#.into());
+    let third = run(&s, r).await;
+    assert_eq!(third.state, PipelineRunState::Failed);
+    assert_eq!(step(&third, "train[us]").state, StepExecState::Cached);
+    assert_eq!(step(&third, "train[fail]").state, StepExecState::Failed);
+    assert_eq!(step(&third, "report").state, StepExecState::UpstreamFailed);
+
+    // Items that would be shell code or an empty list are refused before the run.
+    let mut r = request(&s, MARKETS);
+    r.params.insert("markets".into(), "us,$(reboot)".into());
+    let e = refusal(&s, r).await;
+    assert!(
+        e.contains("item \"$(reboot)\" must be letters, digits"),
+        "{e}"
+    );
+    let mut r = request(&s, MARKETS);
+    r.params.insert("markets".into(), "".into());
+    let e = refusal(&s, r).await;
+    assert!(
+        e.contains("runs for each item of parameter `markets`, which has none"),
+        "{e}"
+    );
+    // `${item}` outside a for_each step is an error of the file.
+    let bad = "name = \"p\"\n[[steps]]\nid = \"a\"\nrun = \"echo ${item}\"\n";
+    let e = refusal(&s, request(&s, bad)).await;
+    assert!(e.contains("`${item}` is for steps with `for_each`"), "{e}");
+}

@@ -399,6 +399,15 @@ fn validate(file: &Path, json: bool) -> Result<Outcome> {
             } else {
                 what
             };
+            let what = match &step.for_each {
+                Some(kiln_scheduler::pipeline::ForEach::Param(p)) => {
+                    format!("{what}, for each of params.{p}")
+                }
+                Some(kiln_scheduler::pipeline::ForEach::Items(items)) => {
+                    format!("{what}, for each of {}", items.join(", "))
+                }
+                None => what,
+            };
             rows.push(vec![
                 (i + 1).to_string(),
                 id.clone(),
