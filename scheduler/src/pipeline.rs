@@ -588,7 +588,7 @@ fn parse_steps(
                     }
                 }
                 toml::Value::Array(items) => {
-                    let items: Vec<String> = items.iter().map(crate::run::value_text).collect();
+                    let items: Vec<String> = items.iter().map(value_text).collect();
                     match items.iter().find(|i| !is_item(i)) {
                         Some(bad) => {
                             f.error(at, format!("step `{id}`: for_each item {bad:?} must be letters, digits, `.`, `-` and `_` (it names a step)"));
@@ -682,7 +682,7 @@ fn expand_steps(
             ForEach::Param(name) => {
                 let text = params.get(name).map(String::as_str).unwrap_or("");
                 match ParamType::List.parse(text)? {
-                    toml::Value::Array(a) => a.iter().map(crate::run::value_text).collect(),
+                    toml::Value::Array(a) => a.iter().map(value_text).collect(),
                     _ => Vec::new(),
                 }
             }
@@ -772,6 +772,14 @@ fn fill_strings(v: &toml::Value, fill: &dyn Fn(&str) -> String) -> toml::Value {
     }
 }
 
+/// A TOML value as it reads in a template: strings bare, everything else as TOML writes it.
+pub fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Whether `name` may name a pipeline, a step or a parameter: letters, digits, `-` and `_`.
 pub fn is_name(name: &str) -> bool {
     !name.is_empty()
@@ -850,7 +858,7 @@ impl ParamType {
                     parsed
                         .get("v")
                         .and_then(toml::Value::as_array)
-                        .map(|a| a.iter().map(crate::run::value_text).collect())
+                        .map(|a| a.iter().map(value_text).collect())
                         .unwrap_or_default()
                 } else if trimmed.is_empty() {
                     Vec::new()

@@ -252,13 +252,7 @@ pub fn run_params(
     Ok(params)
 }
 
-/// A TOML value as it reads in a template: strings bare, everything else as TOML writes it.
-pub fn value_text(v: &toml::Value) -> String {
-    match v {
-        toml::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
+pub use crate::pipeline::value_text;
 
 /// Parses the request's file, records a run and executes it, reporting the record to `on_change`
 /// whenever a step starts or ends. Returns the finished record.
