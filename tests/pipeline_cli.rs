@@ -653,6 +653,46 @@ fn the_first_run_pins_the_schema_and_later_data_that_breaks_it_stops_at_validate
     // A pipeline with none pinned says how one gets pinned.
     let r = k.run(&["pipeline", "schema", "show", "other"]);
     assert!(r.stderr.contains("has no pinned schema"), "{}", r.stderr);
+
+    // The same through a server that holds the KILN_HOME.
+    let served = util::Served::start(&k, &["serve", "--addr", "127.0.0.1:0"]);
+    let remote = |args: &[&str]| -> String {
+        let mut all = args.to_vec();
+        all.extend(["--server", served.url.as_str()]);
+        k.ok(&all)
+    };
+    let pins: serde_json::Value = serde_json::from_str(&remote(&[
+        "pipeline", "schema", "show", "nightly", "--json",
+    ]))
+    .unwrap();
+    assert_eq!(pins[0]["pin"]["run"], 3);
+    assert_eq!(pins[0]["pin"]["how"], "accepted");
+    assert_eq!(pins[0]["earlier"][0]["run"], 1);
+    let diff: serde_json::Value = serde_json::from_str(&remote(&[
+        "pipeline", "schema", "diff", "nightly", "--run", "2", "--json",
+    ]))
+    .unwrap();
+    assert_eq!(diff["step"], "validate");
+    assert_eq!(diff["anomalies"][0]["kind"], "missing_column", "{diff}");
+    let out = remote(&[
+        "pipeline",
+        "schema",
+        "accept",
+        "nightly",
+        "--run",
+        "1",
+        "--reason",
+        "back to the start",
+    ]);
+    assert!(out.contains("pinned the schema of run 1's data"), "{out}");
+    let pins: serde_json::Value = serde_json::from_str(&remote(&[
+        "pipeline", "schema", "show", "nightly", "--json",
+    ]))
+    .unwrap();
+    assert_eq!(pins[0]["pin"]["run"], 1);
+    assert_eq!(pins[0]["pin"]["reason"], "back to the start");
+    assert_eq!(pins[0]["earlier"].as_array().unwrap().len(), 2);
+    served.stop();
 }
 
 #[test]

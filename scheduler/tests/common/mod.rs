@@ -57,8 +57,11 @@ pub const CATALOGUE: &[ComponentSpec] = &[
             opt("baseline"),
             opt("thresholds"),
             opt("min_improvement"),
+            opt("slices"),
+            opt("min_slice_rows"),
+            opt("max_slice_regression"),
         ],
-        outputs: &["blessed", "metric", "candidate"],
+        outputs: &["blessed", "metric", "candidate", "worst_slice"],
     },
     ComponentSpec {
         name: "infra-validate",
