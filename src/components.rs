@@ -507,16 +507,10 @@ fn pinned_schema(
                 true,
             )?;
             call.log_line(&format!(
-                "checking against the schema pinned from run {} ({} by {}{}); \
+                "checking against the schema pinned from run {} ({}); \
                  `kiln pipeline schema diff {} --run {}` shows what this data would change",
                 p.pin.run,
-                p.pin.how.as_str(),
-                p.pin.by,
-                if p.pin.reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", p.pin.reason)
-                },
+                p.pin.how_and_why(),
                 call.pipeline,
                 call.run,
             ));

@@ -115,6 +115,15 @@ impl Progress for Bar {
     }
 }
 
+/// Schema anomalies as a table: severity, column, what is wrong.
+pub fn anomalies(anomalies: &[kiln_core::schema::Anomaly]) -> String {
+    let rows = anomalies
+        .iter()
+        .map(|a| vec![a.severity.to_string(), a.column.clone(), a.message.clone()])
+        .collect();
+    table(&["severity", "column", "anomaly"], rows, &[])
+}
+
 /// An aligned, borderless table; columns listed in `right` are right-aligned (numbers).
 pub fn table(header: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> String {
     let mut t = Table::new();

@@ -185,6 +185,38 @@ fn the_example_pipeline_pushes_caches_retrains_and_keeps_a_worse_model_out() {
         runs.contains("retrain-ctr") && runs.lines().count() >= 6,
         "{runs}"
     );
+
+    // The evaluation's slices (`slices = ["c1"]`) in the step's values, on the run's page and on
+    // the page of the version it pushed.
+    assert!(
+        step(&third, "evaluate")["values"]["worst_slice"]
+            .as_str()
+            .unwrap()
+            .starts_with("c1="),
+        "{}",
+        step(&third, "evaluate")
+    );
+    let served = util::Served::start(&k, &["serve", "--addr", "127.0.0.1:0"]);
+    let page = |path: &str| -> String {
+        util::agent()
+            .get(&format!("{}{path}", served.url))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let run_page = page("/ui/pipeline-runs/3");
+    assert!(
+        run_page.contains("Slices of step evaluate") && run_page.contains("c1=c1_0"),
+        "{run_page}"
+    );
+    let version_page = page("/ui/models/ctr/versions/1");
+    assert!(
+        version_page.contains("Slices of step evaluate"),
+        "{version_page}"
+    );
+    served.stop();
 }
 
 #[test]

@@ -413,14 +413,7 @@ fn validate(
             schema_path.display()
         );
     } else {
-        let rows = anomalies
-            .iter()
-            .map(|a| vec![a.severity.to_string(), a.column.clone(), a.message.clone()])
-            .collect();
-        println!(
-            "{}",
-            ui::table(&["severity", "column", "anomaly"], rows, &[])
-        );
+        println!("{}", ui::anomalies(&anomalies));
         println!(
             "\n{}: {} anomalies ({} failing) against {}",
             file.display(),

@@ -886,30 +886,18 @@ fn schema(home: &Home, command: SchemaCommand) -> Result<Outcome> {
             }
             for p in &pins {
                 println!(
-                    "step `{}`: pinned from run {} ({}), {} by {}{}",
+                    "step `{}`: pinned from run {} ({}), {}",
                     p.step,
                     p.pin.run,
                     from_ms(p.pin.pinned_ms).format("%Y-%m-%d %H:%M UTC"),
-                    p.pin.how.as_str(),
-                    p.pin.by,
-                    if p.pin.reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", p.pin.reason)
-                    }
+                    p.pin.how_and_why()
                 );
                 for e in &p.earlier {
                     println!(
-                        "  before: run {} ({}), {} by {}{}",
+                        "  before: run {} ({}), {}",
                         e.run,
                         from_ms(e.pinned_ms).format("%Y-%m-%d %H:%M UTC"),
-                        e.how.as_str(),
-                        e.by,
-                        if e.reason.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {}", e.reason)
-                        }
+                        e.how_and_why()
                     );
                 }
                 println!("{}", p.pin.schema.trim_end());
@@ -940,15 +928,7 @@ fn schema(home: &Home, command: SchemaCommand) -> Result<Outcome> {
             if diff.anomalies.is_empty() {
                 println!("  no anomalies");
             } else {
-                let rows = diff
-                    .anomalies
-                    .iter()
-                    .map(|a| vec![a.severity.to_string(), a.column.clone(), a.message.clone()])
-                    .collect();
-                println!(
-                    "{}",
-                    ui::table(&["severity", "column", "anomaly"], rows, &[])
-                );
+                println!("{}", ui::anomalies(&diff.anomalies));
             }
             println!(
                 "the schema inferred from run {run}'s data, which `kiln pipeline schema accept {pipeline} --run {run} --reason \"…\"` would pin:"

@@ -51,6 +51,15 @@ pub struct PinnedSchema {
 }
 
 impl SchemaPin {
+    /// How, by whom and why it was pinned: `accepted by ana: new colours launched`.
+    pub fn how_and_why(&self) -> String {
+        if self.reason.is_empty() {
+            format!("{} by {}", self.how.as_str(), self.by)
+        } else {
+            format!("{} by {}: {}", self.how.as_str(), self.by, self.reason)
+        }
+    }
+
     /// A pin made now.
     pub fn new(schema: String, run: u64, how: PinnedBy, by: &str, reason: &str) -> SchemaPin {
         SchemaPin {

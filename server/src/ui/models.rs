@@ -246,9 +246,16 @@ pub(super) async fn version_page(
             }
             None => "<p class=\"muted\">The run that made it is gone.</p>".into(),
         };
+        // A version a pipeline pushed: the slices its evaluation judged.
+        let slices = run
+            .as_ref()
+            .and_then(|r| r.tags.get("kiln.pipeline_run"))
+            .and_then(|id| id.parse::<u64>().ok())
+            .and_then(|id| reg.pipeline_run(id).ok())
+            .map_or(String::new(), |p| super::pipelines::slice_tables(&p));
         Ok(format!(
             "<h1>{} version {}</h1><p class=\"muted\">created {} · artifact <code>{}</code> · {}</p>\
-             <h2>Lineage</h2>{lineage}<h2>Metrics</h2><table><tbody>{metrics}</tbody></table>\
+             <h2>Lineage</h2>{lineage}<h2>Metrics</h2><table><tbody>{metrics}</tbody></table>{slices}\
              <h2>Signature</h2><table><thead><tr><th scope=\"col\">column</th><th scope=\"col\">type</th></tr></thead><tbody>{signature}</tbody></table>",
             esc(&name),
             version,

@@ -15,6 +15,60 @@ use super::svg::dag;
 use super::{UiResult, blocking, esc, flash, not_found, page, registry_error, url, when};
 use crate::state::AppState;
 
+/// The slice tables of a run's `evaluate` steps (those with `slices`), read from the
+/// `evaluation.json` each leaves in its outputs: each slice's rows, the candidate's and the
+/// baseline's figure, how much worse, and whether the rule judged it.
+pub(super) fn slice_tables(run: &kiln_core::registry::PipelineRun) -> String {
+    let mut html = String::new();
+    for st in &run.steps {
+        let Some(dir) = &st.outputs_dir else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(std::path::Path::new(dir).join("evaluation.json"))
+        else {
+            continue;
+        };
+        let Ok(j) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let Some(slices) = j["slices"].as_array().filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let figure = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), num);
+        let mut rows = String::new();
+        for sl in slices {
+            let _ = write!(
+                rows,
+                "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                esc(sl["slice"].as_str().unwrap_or("")),
+                sl["rows"].as_u64().unwrap_or(0),
+                figure(&sl["candidate"]),
+                figure(&sl["baseline"]),
+                figure(&sl["regression"]),
+                if sl["judged"].as_bool().unwrap_or(false) {
+                    "yes"
+                } else {
+                    "no"
+                },
+            );
+        }
+        let _ = write!(
+            html,
+            "<h2>Slices of step {}</h2><p class=\"muted\">{} on each slice of the test rows, worst first; {}</p>\
+             <table><thead><tr><th scope=\"col\">slice</th><th scope=\"col\" class=\"num\">rows</th><th scope=\"col\" class=\"num\">candidate</th>\
+             <th scope=\"col\" class=\"num\">baseline</th><th scope=\"col\" class=\"num\">worse by</th><th scope=\"col\">judged</th></tr></thead><tbody>{rows}</tbody></table>",
+            esc(&st.id),
+            esc(j["metric"].as_str().unwrap_or("")),
+            if j["blessed"].as_bool().unwrap_or(false) {
+                "blessed"
+            } else {
+                "not blessed"
+            },
+        );
+    }
+    html
+}
+
 fn state_class(s: StepExecState) -> &'static str {
     match s {
         StepExecState::Succeeded => "ok",
@@ -156,10 +210,11 @@ pub(super) async fn pipeline_run_page(
         } else {
             String::new()
         };
+        let slices = slice_tables(&run);
         Ok(format!(
             "<h1>Pipeline {} run {}</h1>{}<p class=\"muted\">{} · {} · date {} · started {} · file <code>{}</code></p>{cancel}\
              <h2>Steps</h2><div class=\"dag\">{}</div><table><thead><tr><th scope=\"col\">step</th><th scope=\"col\">state</th><th scope=\"col\" class=\"num\">attempts</th>\
-             <th scope=\"col\" class=\"num\">took</th><th scope=\"col\">note</th><th scope=\"col\">values</th><th scope=\"col\">logs</th></tr></thead><tbody>{rows}</tbody></table>",
+             <th scope=\"col\" class=\"num\">took</th><th scope=\"col\">note</th><th scope=\"col\">values</th><th scope=\"col\">logs</th></tr></thead><tbody>{rows}</tbody></table>{slices}",
             esc(&run.pipeline),
             run.id,
             flash(&q),
