@@ -145,8 +145,21 @@ pub async fn execute_with<R: StepRunner>(
     pipeline: &Pipeline,
     runner: Arc<R>,
     limits: Limits,
+    cancel: watch::Receiver<bool>,
+    observe: &(dyn Fn(Event<'_>) + Sync),
+) -> Vec<StepRecord> {
+    execute_after(pipeline, runner, limits, cancel, observe, &BTreeMap::new()).await
+}
+
+/// [`execute_with`] for steps that may need steps which ended earlier, outside `pipeline`
+/// (`ended`: how each of those ended); a need neither in `pipeline` nor in `ended` is ignored.
+pub async fn execute_after<R: StepRunner>(
+    pipeline: &Pipeline,
+    runner: Arc<R>,
+    limits: Limits,
     mut cancel: watch::Receiver<bool>,
     observe: &(dyn Fn(Event<'_>) + Sync),
+    ended: &BTreeMap<String, StepState>,
 ) -> Vec<StepRecord> {
     let start = Instant::now();
     let steps = &pipeline.steps;
@@ -196,20 +209,23 @@ pub async fn execute_with<R: StepRunner>(
             let unproduced = step
                 .needs
                 .iter()
-                .filter_map(|n| index.get(n.as_str()).and_then(|&j| records[j].as_ref()))
-                .find(|r| !r.state.produced());
-            if let Some(need) = unproduced {
-                let record = if need.state == StepState::Skipped {
+                .filter_map(|n| match index.get(n.as_str()) {
+                    Some(&j) => records[j].as_ref().map(|r| (n, &r.state)),
+                    None => ended.get(n).map(|s| (n, s)),
+                })
+                .find(|(_, state)| !state.produced());
+            if let Some((need, state)) = unproduced {
+                let record = if *state == StepState::Skipped {
                     not_run(
                         &step.id,
                         StepState::Skipped,
-                        format!("`{}` was skipped", need.id),
+                        format!("`{need}` was skipped"),
                     )
                 } else {
                     not_run(
                         &step.id,
                         StepState::UpstreamFailed,
-                        format!("`{}` did not succeed", need.id),
+                        format!("`{need}` did not succeed"),
                     )
                 };
                 end(i, record, &mut records, &mut ready);

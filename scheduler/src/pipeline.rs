@@ -111,6 +111,9 @@ pub enum ForEach {
     Param(String),
     /// Items written out (`for_each = ["us", "eu"]`).
     Items(Vec<String>),
+    /// The items of an earlier step's list value (`for_each = "${steps.discover.markets}"`:
+    /// a JSON list, or items separated by commas), known once that step has run.
+    Step { step: String, value: String },
 }
 
 /// Whether `item` may be a `for_each` item: it becomes part of a step id and goes into commands
@@ -568,6 +571,26 @@ fn parse_steps(
         let for_each = s.for_each.as_ref().and_then(|v| {
             let at = v.span().start;
             match v.get_ref() {
+                toml::Value::String(t)
+                    if t.trim().starts_with("${steps.") && t.trim().ends_with('}') =>
+                {
+                    let inner = &t.trim()["${steps.".len()..t.trim().len() - 1];
+                    match inner.split_once('.') {
+                        Some((source, value))
+                            if !value.is_empty()
+                                && s.needs.iter().any(|n| n.get_ref() == source) =>
+                        {
+                            Some(ForEach::Step {
+                                step: source.to_string(),
+                                value: value.to_string(),
+                            })
+                        }
+                        _ => {
+                            f.error(at, format!("step `{id}`: for_each = {t:?}: an earlier step's value must be `${{steps.ID.NAME}}` of a step it needs"));
+                            None
+                        }
+                    }
+                }
                 toml::Value::String(t) => {
                     let name = t
                         .trim()
@@ -678,6 +701,8 @@ fn expand_steps(
             continue;
         };
         let items = match for_each {
+            // Known once its source has run: expanded then ([`expand_step`]).
+            ForEach::Step { .. } => continue,
             ForEach::Items(items) => items.clone(),
             ForEach::Param(name) => {
                 let text = params.get(name).map(String::as_str).unwrap_or("");
@@ -687,28 +712,11 @@ fn expand_steps(
                 }
             }
         };
-        if items.is_empty() {
-            return Err(format!(
-                "step `{}` runs for each item of {}, which has none",
-                step.id,
-                match for_each {
-                    ForEach::Param(n) => format!("parameter `{n}`"),
-                    ForEach::Items(_) => "its list".to_string(),
-                }
-            ));
-        }
-        let mut seen = BTreeSet::new();
-        for item in &items {
-            if !is_item(item) {
-                return Err(format!(
-                    "step `{}`: item {item:?} must be letters, digits, `.`, `-` and `_`, at most 64 (it names a step and goes into commands as written)",
-                    step.id
-                ));
-            }
-            if !seen.insert(item) {
-                return Err(format!("step `{}`: item {item:?} is listed twice", step.id));
-            }
-        }
+        let what = match for_each {
+            ForEach::Param(n) => format!("parameter `{n}`"),
+            _ => "its list".to_string(),
+        };
+        check_items(&step.id, &items, &what)?;
         fanned.insert(
             step.id.clone(),
             items.iter().map(|i| format!("{}[{i}]", step.id)).collect(),
@@ -725,35 +733,80 @@ fn expand_steps(
         let needs = needs(&step.needs);
         match fanned.get(&step.id) {
             None => out.push(Step { needs, ..step }),
-            Some(ids) => {
-                for id in ids {
-                    let item = &id[step.id.len() + 1..id.len() - 1];
-                    let fill = |t: &str| t.replace("${item}", item);
-                    let action = match &step.action {
-                        Action::Run { command } => Action::Run {
-                            command: fill(command),
-                        },
-                        Action::Uses { component, with } => Action::Uses {
-                            component: component.clone(),
-                            with: with
-                                .iter()
-                                .map(|(k, v)| (k.clone(), fill_strings(v, &fill)))
-                                .collect(),
-                        },
-                    };
-                    out.push(Step {
-                        id: id.clone(),
-                        needs: needs.clone(),
-                        action,
-                        condition: step.condition.as_deref().map(fill),
-                        for_each: None,
-                        ..step.clone()
-                    });
-                }
-            }
+            Some(ids) => out.extend(item_steps(&Step { needs, ..step }, ids)),
         }
     }
     Ok(out)
+}
+
+/// Refuses a list of items that cannot name steps: empty, repeated, or with characters beyond
+/// letters, digits, `.`, `-` and `_`.
+pub fn check_items(step: &str, items: &[String], what: &str) -> Result<(), String> {
+    if items.is_empty() {
+        return Err(format!(
+            "step `{step}` runs for each item of {what}, which has none"
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for item in items {
+        if !is_item(item) {
+            return Err(format!(
+                "step `{step}`: item {item:?} must be letters, digits, `.`, `-` and `_`, at most 64 (it names a step and goes into commands as written)"
+            ));
+        }
+        if !seen.insert(item) {
+            return Err(format!("step `{step}`: item {item:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// The item steps `ids` (`ID[ITEM]`) of a `for_each` step, `${item}` filled in.
+pub fn item_steps(step: &Step, ids: &[String]) -> Vec<Step> {
+    ids.iter()
+        .map(|id| {
+            let item = &id[step.id.len() + 1..id.len() - 1];
+            let fill = |t: &str| t.replace("${item}", item);
+            let action = match &step.action {
+                Action::Run { command } => Action::Run {
+                    command: fill(command),
+                },
+                Action::Uses { component, with } => Action::Uses {
+                    component: component.clone(),
+                    with: with
+                        .iter()
+                        .map(|(k, v)| (k.clone(), fill_strings(v, &fill)))
+                        .collect(),
+                },
+            };
+            Step {
+                id: id.clone(),
+                action,
+                condition: step.condition.as_deref().map(fill),
+                for_each: None,
+                ..step.clone()
+            }
+        })
+        .collect()
+}
+
+/// The items a step's value lists: a JSON list (what `${steps.ID.NAME}` of a `for_each` step
+/// gives), or items separated by commas.
+pub fn items_of(value: &str) -> Vec<String> {
+    match serde_json::from_str::<Vec<serde_json::Value>>(value.trim()) {
+        Ok(list) => list
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        Err(_) => value
+            .split(',')
+            .map(|i| i.trim().to_string())
+            .filter(|i| !i.is_empty())
+            .collect(),
+    }
 }
 
 /// A `with` value with every string in it passed through `fill`.

@@ -36,8 +36,10 @@ use kiln_core::registry::{
 use tokio::sync::watch;
 
 use crate::command::run_command;
-use crate::executor::{Attempt, Event, Limits, StepRunner, StepState, execute_with};
-use crate::pipeline::{Action, ComponentSpec, Pipeline, Step, parse_with};
+use crate::executor::{
+    Attempt, Event, Limits, StepRecord, StepRunner, StepState, execute_after, execute_with,
+};
+use crate::pipeline::{Action, ComponentSpec, ForEach, Pipeline, Step, parse_with};
 
 /// One call of a built-in component.
 #[derive(Clone)]
@@ -366,7 +368,7 @@ pub async fn run_pipeline<C: Components>(
         force: request.force.clone(),
         path: search_path(&request.path_prefix),
         failure: Mutex::new(None),
-        fanned,
+        fanned: Mutex::new(fanned),
     });
     let observe = |event: Event<'_>| {
         let mut record = runner.lock();
@@ -418,23 +420,23 @@ pub async fn run_pipeline<C: Components>(
     if let Some(parallel) = pipeline.parallel {
         limits.parallel = parallel;
     }
-    execute_with(
-        &pipeline,
-        Arc::new(Shared(runner.clone())),
-        limits.clone(),
-        cancel.clone(),
-        &observe,
-    )
-    .await;
-    let main = pipeline.steps.len();
-    let state = run_state(&runner.lock().steps[..main]);
+    execute_main(&pipeline, &runner, &limits, &cancel, &observe).await;
+    let handler_ids: BTreeSet<&str> = pipeline.on_failure.iter().map(|s| s.id.as_str()).collect();
+    let main_steps = |steps: &[StepExecution]| -> Vec<StepExecution> {
+        steps
+            .iter()
+            .filter(|s| !handler_ids.contains(s.id.as_str()))
+            .cloned()
+            .collect()
+    };
+    let state = run_state(&main_steps(&runner.lock().steps));
     if !pipeline.on_failure.is_empty() {
         if state == PipelineRunState::Failed {
             *runner
                 .failure
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Failure::of(&runner.lock().steps[..main]);
+                Failure::of(&main_steps(&runner.lock().steps));
             let handlers = Pipeline {
                 steps: pipeline.on_failure.clone(),
                 on_failure: Vec::new(),
@@ -450,7 +452,10 @@ pub async fn run_pipeline<C: Components>(
             .await;
         } else {
             let mut record = runner.lock();
-            for index in main..record.steps.len() {
+            for index in 0..record.steps.len() {
+                if !handler_ids.contains(record.steps[index].id.as_str()) {
+                    continue;
+                }
                 let s = &mut record.steps[index];
                 s.state = StepExecState::Skipped;
                 s.reason = Some(format!("on_failure: the run {}", state.as_str()));
@@ -479,6 +484,138 @@ pub async fn run_pipeline<C: Components>(
         notify(notifier.clone(), url.clone(), summary(&record)).await;
     }
     Ok(record)
+}
+
+/// Runs a pipeline's main steps. A step that fans out over an earlier step's value
+/// (`for_each = "${steps.ID.NAME}"`) waits, with everything that needs it, until that value is
+/// known: the steps that can run go first, then each such step becomes its item steps (added to
+/// the record, its dependants made to need them all), and the rest goes on; a value that lists
+/// no usable items fails the step.
+async fn execute_main<C: Components>(
+    pipeline: &Pipeline,
+    runner: &Arc<Runner<C>>,
+    limits: &Limits,
+    cancel: &watch::Receiver<bool>,
+    observe: &(dyn Fn(Event<'_>) + Sync),
+) {
+    let mut remaining = pipeline.steps.clone();
+    let mut ended: BTreeMap<String, StepState> = BTreeMap::new();
+    while !remaining.is_empty() && !*cancel.borrow() {
+        // Fan out the steps whose source has run.
+        let mut expanded = false;
+        for i in 0..remaining.len() {
+            let Some(ForEach::Step {
+                step: source,
+                value,
+            }) = remaining[i].for_each.clone()
+            else {
+                continue;
+            };
+            if !remaining[i].needs.iter().all(|n| ended.contains_key(n)) {
+                continue;
+            }
+            expanded = true;
+            if !ended.get(&source).is_some_and(StepState::produced) {
+                // Its source did not produce: the executor records why it does not run.
+                remaining[i].for_each = None;
+                continue;
+            }
+            let id = remaining[i].id.clone();
+            let text = runner
+                .execution(&source)
+                .and_then(|e| e.values.get(&value).cloned())
+                .unwrap_or_default();
+            let items = crate::pipeline::items_of(&text);
+            let what = format!("`${{steps.{source}.{value}}}` ({text:?})");
+            if let Err(e) = crate::pipeline::check_items(&id, &items, &what) {
+                let record = StepRecord {
+                    id: id.clone(),
+                    state: StepState::Failed,
+                    attempts: 0,
+                    error: Some(e),
+                    reason: None,
+                    started: None,
+                    finished: None,
+                };
+                observe(Event::Ended(&record));
+                ended.insert(id, StepState::Failed);
+                remaining.remove(i);
+                break;
+            }
+            let ids: Vec<String> = items.iter().map(|item| format!("{id}[{item}]")).collect();
+            let steps = crate::pipeline::item_steps(&remaining[i], &ids);
+            runner.fan_out(&id, &steps);
+            for other in remaining.iter_mut() {
+                if other.needs.contains(&id) {
+                    other.needs.retain(|n| *n != id);
+                    other.needs.extend(ids.iter().cloned());
+                }
+            }
+            remaining.splice(i..=i, steps);
+            break;
+        }
+        if expanded {
+            continue;
+        }
+        // Run what does not wait for a fan-out.
+        let waiting = waiting_for_fan_out(&remaining);
+        let now: Vec<Step> = remaining
+            .iter()
+            .filter(|s| !waiting.contains(&s.id))
+            .cloned()
+            .collect();
+        if now.is_empty() {
+            break;
+        }
+        remaining.retain(|s| waiting.contains(&s.id));
+        let records = execute_after(
+            &Pipeline {
+                steps: now,
+                on_failure: Vec::new(),
+                ..pipeline.clone()
+            },
+            Arc::new(Shared(runner.clone())),
+            limits.clone(),
+            cancel.clone(),
+            observe,
+            &ended,
+        )
+        .await;
+        ended.extend(records.into_iter().map(|r| (r.id, r.state)));
+    }
+    // Steps left: the run was cancelled before they could run.
+    for step in remaining {
+        let record = StepRecord {
+            id: step.id.clone(),
+            state: StepState::Cancelled,
+            attempts: 0,
+            error: None,
+            reason: Some("the run was cancelled".into()),
+            started: None,
+            finished: None,
+        };
+        observe(Event::Ended(&record));
+    }
+}
+
+/// The steps that fan out over an earlier step's value, and every step that needs one of them.
+fn waiting_for_fan_out(steps: &[Step]) -> BTreeSet<String> {
+    let mut waiting: BTreeSet<String> = steps
+        .iter()
+        .filter(|s| matches!(s.for_each, Some(ForEach::Step { .. })))
+        .map(|s| s.id.clone())
+        .collect();
+    loop {
+        let more: Vec<String> = steps
+            .iter()
+            .filter(|s| !waiting.contains(&s.id) && s.needs.iter().any(|n| waiting.contains(n)))
+            .map(|s| s.id.clone())
+            .collect();
+        if more.is_empty() {
+            return waiting;
+        }
+        waiting.extend(more);
+    }
 }
 
 /// A run's state from its steps' (the main steps', not the failure handlers').
@@ -657,7 +794,7 @@ struct Runner<C> {
     /// Set when the main steps have failed, for the failure handlers.
     failure: Mutex<Option<Failure>>,
     /// The item steps of each `for_each` step.
-    fanned: BTreeMap<String, Vec<String>>,
+    fanned: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl<C: Components> Runner<C> {
@@ -697,6 +834,43 @@ impl<C: Components> Runner<C> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
+    }
+
+    fn fanned(&self) -> MutexGuard<'_, BTreeMap<String, Vec<String>>> {
+        self.fanned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that step `id` fanned out into `steps`: it is done (its items do its work), the
+    /// items join the record, and the steps that needed it need them.
+    fn fan_out(&self, id: &str, steps: &[Step]) {
+        let ids: Vec<String> = steps.iter().map(|s| s.id.clone()).collect();
+        self.fanned().insert(id.to_string(), ids.clone());
+        let mut record = self.lock();
+        let now = now_ms();
+        for (index, s) in record.steps.clone().iter().enumerate() {
+            if s.id == id {
+                let e = &mut record.steps[index];
+                e.state = StepExecState::Succeeded;
+                e.started_ms = Some(now);
+                e.ended_ms = Some(now);
+                e.reason = Some(format!("fanned out into {}", ids.join(", ")));
+                self.save_step(&record, index);
+            } else if s.needs.iter().any(|n| n == id) {
+                let e = &mut record.steps[index];
+                e.needs.retain(|n| n != id);
+                e.needs.extend(ids.iter().cloned());
+                self.save_step(&record, index);
+            }
+        }
+        for step in steps {
+            record
+                .steps
+                .push(StepExecution::pending(&step.id, &step.needs));
+            let index = record.steps.len() - 1;
+            self.save_step(&record, index);
+        }
     }
 
     fn execution(&self, id: &str) -> Option<StepExecution> {
@@ -780,10 +954,11 @@ impl<C: Components> Runner<C> {
             ["run_id"] => self.lock().id.to_string(),
             _ if !steps_too => return Ok(None),
             ["outputs"] => self.step_dir(step).join("outputs").display().to_string(),
-            ["steps", id, name] if self.fanned.contains_key(*id) => {
+            ["steps", id, name] if self.fanned().contains_key(*id) => {
                 // A `for_each` step's value: the list of its items' values, as JSON.
+                let items = self.fanned().get(*id).cloned().unwrap_or_default();
                 let mut values = Vec::new();
-                for item in &self.fanned[*id] {
+                for item in &items {
                     let one = format!("steps.{item}.{name}");
                     values.push(self.resolve(step, &one, steps_too)?.unwrap_or_default());
                 }

@@ -885,3 +885,75 @@ async fn a_step_fans_out_over_a_list_and_its_dependants_see_every_item() {
     let e = refusal(&s, request(&s, bad)).await;
     assert!(e.contains("`${item}` is for steps with `for_each`"), "{e}");
 }
+
+const DISCOVERED: &str = r#"
+name = "discovered"
+[params]
+found = "us,eu"
+
+[[steps]]
+id = "discover"
+run = "echo markets=${params.found} >> $KILN_VALUES"
+
+[[steps]]
+id = "side"
+run = "echo independent"
+
+[[steps]]
+id = "train"
+needs = ["discover"]
+for_each = "${steps.discover.markets}"
+run = "echo m=${item} >> $KILN_VALUES"
+
+[[steps]]
+id = "report"
+needs = ["train", "side"]
+run = "echo ${steps.train.m} > ${outputs}/all.txt"
+"#;
+
+#[tokio::test]
+async fn a_step_fans_out_over_an_earlier_steps_list_once_it_is_known() {
+    let s = setup();
+    let first = run(&s, request(&s, DISCOVERED)).await;
+    assert_eq!(first.state, PipelineRunState::Succeeded, "{first:#?}");
+    let train = step(&first, "train");
+    assert_eq!(train.state, StepExecState::Succeeded);
+    assert_eq!(
+        train.reason.as_deref(),
+        Some("fanned out into train[us], train[eu]")
+    );
+    assert_eq!(step(&first, "train[eu]").values["m"], "eu");
+    assert_eq!(step(&first, "train[us]").needs, ["discover"]);
+    let mut needs = step(&first, "report").needs.clone();
+    needs.sort();
+    assert_eq!(needs, ["side", "train[eu]", "train[us]"]);
+    assert_eq!(output(&first, "report", "all.txt").trim(), r#"["us","eu"]"#);
+
+    // Unchanged: the source and each item come from the cache.
+    let second = run(&s, request(&s, DISCOVERED)).await;
+    assert_eq!(step(&second, "discover").state, StepExecState::Cached);
+    assert_eq!(step(&second, "train[us]").state, StepExecState::Cached);
+
+    // A value that lists nothing usable fails the step, named, and what needs it does not run.
+    for (found, says) in [
+        ("", "which has none"),
+        ("us;reboot", "must be letters, digits"),
+    ] {
+        let mut r = request(&s, DISCOVERED);
+        r.params.insert("found".into(), found.into());
+        let failed = run(&s, r).await;
+        assert_eq!(failed.state, PipelineRunState::Failed);
+        let train = step(&failed, "train");
+        assert_eq!(train.state, StepExecState::Failed);
+        assert!(train.error.as_deref().unwrap().contains(says), "{train:?}");
+        assert_eq!(step(&failed, "report").state, StepExecState::UpstreamFailed);
+        assert_eq!(step(&failed, "side").state, StepExecState::Cached);
+    }
+    // The source must be a step it needs.
+    let bad = DISCOVERED.replace("needs = [\"discover\"]\nfor_each", "for_each");
+    let e = refusal(&s, request(&s, &bad)).await;
+    assert!(
+        e.contains("an earlier step's value must be `${steps.ID.NAME}` of a step it needs"),
+        "{e}"
+    );
+}

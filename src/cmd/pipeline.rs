@@ -406,6 +406,9 @@ fn validate(file: &Path, json: bool) -> Result<Outcome> {
                 Some(kiln_scheduler::pipeline::ForEach::Items(items)) => {
                     format!("{what}, for each of {}", items.join(", "))
                 }
+                Some(kiln_scheduler::pipeline::ForEach::Step { step, value }) => {
+                    format!("{what}, for each of steps.{step}.{value}")
+                }
                 None => what,
             };
             rows.push(vec![
