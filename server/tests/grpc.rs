@@ -163,17 +163,7 @@ async fn rest_probabilities(state: &kiln_server::AppState, version: &str, n: usi
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    body["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["name"] == "probabilities")
-        .unwrap()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    probabilities(&body)
 }
 
 #[tokio::test]

@@ -10,20 +10,6 @@ use common::*;
 use kiln_server::ServerConfig;
 use serde_json::{Value, json};
 
-fn probabilities(v: &Value) -> Vec<f64> {
-    v["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["name"] == "probabilities")
-        .unwrap()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
 fn close(a: &[f64], b: &[f64]) {
     assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
     for (x, y) in a.iter().zip(b) {

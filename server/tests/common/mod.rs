@@ -339,3 +339,18 @@ pub fn csrf_of(html: &str) -> String {
         .unwrap_or_else(|| panic!("no CSRF field in {html}"))
         .to_string()
 }
+
+/// The `probabilities` output of a V2 JSON answer, flat.
+pub fn probabilities(v: &Value) -> Vec<f64> {
+    v["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "probabilities")
+        .unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
