@@ -19,6 +19,7 @@ use tonic::body::Body;
 use tonic::server::Grpc;
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
+use tracing::Instrument;
 
 use crate::error::{ApiError, ServeError};
 use crate::infer::predict;
@@ -227,32 +228,36 @@ async fn dispatch(
         model = tracing::field::Empty,
         version = tracing::field::Empty,
     );
-    let _entered = span.enter();
-    let response = if state.config.protect_reads
-        && let Err(e) = authorized(&state.config, request.headers())
-    {
-        status(e).into_http()
-    } else {
-        match state.inflight.clone().try_acquire_owned() {
-            Ok(_permit) => call(state, &method, request, max).await,
-            Err(_) => Status::unavailable(format!(
-                "the server is handling {} requests, its limit (--max-inflight); try again shortly",
-                state.config.max_inflight
-            ))
-            .into_http(),
-        }
-    };
-    let code = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("0 (in trailers)");
-    tracing::info!(
-        grpc_status = code,
-        latency_us = started.elapsed().as_micros() as u64,
-        "finished processing request"
-    );
-    response
+    async move {
+        let response = if state.config.protect_reads
+            && let Err(e) = authorized(&state.config, request.headers())
+        {
+            status(e).into_http()
+        } else {
+            match state.inflight.clone().try_acquire_owned() {
+                Ok(_permit) => call(state, &method, request, max).await,
+                Err(_) => Status::unavailable(format!(
+                    "the server is handling {} requests, its limit (--max-inflight); try again shortly",
+                    state.config.max_inflight
+                ))
+                .into_http(),
+            }
+        };
+        // A refusal's status is in the headers; a success's (0) follows the message.
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("0");
+        tracing::info!(
+            grpc_status = code,
+            latency_us = started.elapsed().as_micros() as u64,
+            "finished processing request"
+        );
+        response
+    }
+    .instrument(span)
+    .await
 }
 
 async fn call(
@@ -359,11 +364,13 @@ where
         .await
 }
 
-/// Names the model and version a call asks for in its request's log span.
+/// Names the model and version a call asks for in its request's log span (at most 128
+/// characters of each: they come from the message, which may be as large as `--max-body`).
 fn record(model: &str, version: &str) {
+    let cut = |s: &str| -> String { s.chars().take(128).collect() };
     let span = tracing::Span::current();
-    span.record("model", model);
-    span.record("version", version);
+    span.record("model", cut(model).as_str());
+    span.record("version", cut(version).as_str());
 }
 
 /// A request's version field: empty asks for what serves.
