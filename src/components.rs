@@ -232,6 +232,26 @@ impl Components for Builtins {
             message: format!("{e:#}"),
         })
     }
+
+    /// A `validate` step without a `schema` argument depends on the schema pinned for it once a
+    /// person has accepted one: data judged under an earlier pin is judged again. (An inferred
+    /// pin comes from data the key already covers.)
+    fn cache_input(
+        &self,
+        registry: &kiln_core::registry::Registry,
+        pipeline: &str,
+        step: &str,
+        component: &str,
+        with: &BTreeMap<String, toml::Value>,
+    ) -> String {
+        if component != "validate" || with.contains_key("schema") {
+            return String::new();
+        }
+        match registry.pinned_schema(pipeline, step) {
+            Ok(Some(p)) if p.pin.how == PinnedBy::Accepted => p.pin.schema,
+            _ => String::new(),
+        }
+    }
 }
 
 /// A failure no further attempt changes: a wrong argument, data that breaks its schema.

@@ -682,6 +682,19 @@ fn the_first_run_pins_the_schema_and_later_data_that_breaks_it_stops_at_validate
             && shown.contains("before: run 1"),
         "{shown}"
     );
+    // Data that passed under the first pin is judged again under the accepted one, not served
+    // from the cache: its colours are no longer the pinned ones.
+    let r = k.run(&["pipeline", "run", &p, "--param", &data(&good)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let run = run_json(&k, 5);
+    assert_eq!(step(&run, "validate")["state"], "failed");
+    assert!(
+        step(&run, "validate")["error"]
+            .as_str()
+            .unwrap()
+            .contains("colour"),
+        "{run}"
+    );
     // A pipeline with none pinned says how one gets pinned.
     let r = k.run(&["pipeline", "schema", "show", "other"]);
     assert!(r.stderr.contains("has no pinned schema"), "{}", r.stderr);
