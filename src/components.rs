@@ -398,6 +398,7 @@ fn validate(call: &ComponentCall) -> Result<Values> {
         ))),
     };
     failing(Severity::Error)?;
+    let mut pinned_by_run = None;
     let (schema, schema_path) = match call.path("schema") {
         Some(p) => {
             let text = std::fs::read_to_string(&p)
@@ -405,7 +406,11 @@ fn validate(call: &ComponentCall) -> Result<Values> {
             let toml = p.extension().is_some_and(|e| e == "toml");
             (Schema::parse(&p.display().to_string(), &text, toml)?, p)
         }
-        None => pinned_schema(call, &table, &stats)?,
+        None => {
+            let (schema, path, run) = pinned_schema(call, &table, &stats)?;
+            pinned_by_run = Some(run);
+            (schema, path)
+        }
     };
     let mut anomalies = schema.validate(&table, &stats);
     anomalies.extend(drift_since_last_success(call, &table)?);
@@ -431,10 +436,8 @@ fn validate(call: &ComponentCall) -> Result<Values> {
         ("anomalies", anomalies.len().to_string()),
         ("schema", schema_path.display().to_string()),
     ]);
-    if let Some(pin) = call.registry.pinned_schema(&call.pipeline, &call.step)?
-        && call.path("schema").is_none()
-    {
-        out.insert("pinned_by_run".into(), pin.pin.run.to_string());
+    if let Some(run) = pinned_by_run {
+        out.insert("pinned_by_run".into(), run.to_string());
     }
     Ok(out)
 }
@@ -497,7 +500,7 @@ fn pinned_schema(
     call: &ComponentCall,
     table: &Table,
     stats: &DatasetStatistics,
-) -> Result<(Schema, PathBuf)> {
+) -> Result<(Schema, PathBuf, u64)> {
     let inferred = Schema::infer(table, stats).for_later_runs().to_text(true);
     std::fs::write(
         call.outputs.join(kiln_core::backend::INFERRED_SCHEMA),
@@ -534,7 +537,7 @@ fn pinned_schema(
                 call.pipeline,
                 call.run,
             ));
-            Ok((schema, path))
+            Ok((schema, path, p.pin.run))
         }
         _ => {
             let reason = match stale {
@@ -561,7 +564,7 @@ fn pinned_schema(
                 call.pipeline
             ));
             let schema = Schema::parse("the inferred schema", &inferred, true)?;
-            Ok((schema, path))
+            Ok((schema, path, call.run))
         }
     }
 }

@@ -178,9 +178,17 @@ fn validate_step(
             record.pipeline
         )));
     }
+    // A step with a pin is a `validate` step (only the component pins); a command step that
+    // left a file of that name in its outputs is not one.
+    let pinned: Vec<String> = registry
+        .pinned_schemas(pipeline)?
+        .into_iter()
+        .map(|p| p.step)
+        .collect();
     let with_schema: Vec<(&str, std::path::PathBuf)> = record
         .steps
         .iter()
+        .filter(|s| pinned.contains(&s.id))
         .filter_map(|s| {
             let dir = std::path::PathBuf::from(s.outputs_dir.as_deref()?);
             dir.join(INFERRED_SCHEMA)

@@ -236,9 +236,16 @@ pub async fn serve_all(
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let grpc = listeners.grpc.map(|listener| {
         let mut stop = stop.clone();
-        tokio::spawn(crate::grpc::serve(listener, state, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }))
+        tokio::spawn(async move {
+            let served = crate::grpc::serve(listener, state, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(e) = &served {
+                tracing::error!("{e}");
+            }
+            served
+        })
     });
     serve(listeners.http, router, async move {
         shutdown.await;

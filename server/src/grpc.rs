@@ -397,8 +397,22 @@ fn status(e: ApiError) -> Status {
         tracing::error!(status = %e.status, error = %e.message, "request failed");
         return Status::internal("internal error; the server log has the details");
     }
-    Status::new(code, e.message)
+    // The message travels in a header (`grpc-message`), where clients refuse more than a few
+    // KiB; one that quotes a huge name from the request is cut.
+    let mut message = e.message;
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    Status::new(code, message)
 }
+
+/// The longest error message sent, in bytes.
+const MAX_MESSAGE: usize = 1024;
 
 async fn infer(
     state: &AppState,

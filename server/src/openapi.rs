@@ -6,9 +6,8 @@
 //! described by the JSON Schemas (schemars) of the same types the handlers parse and write.
 //! The other protocols (V2, TF Serving, MLflow) are described by their own projects.
 
-use std::sync::Arc;
-
 use axum::Router;
+use axum::body::Bytes;
 use axum::handler::Handler;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -229,11 +228,11 @@ impl Operations {
             doc: answers::<Value>("This document: OpenAPI 3.1 of kiln's own API"),
             writes: false,
         });
-        let document: Arc<[u8]> = match serde_json::to_vec_pretty(&self.document()) {
-            Ok(bytes) => bytes.into(),
+        let document = match serde_json::to_vec_pretty(&self.document()) {
+            Ok(bytes) => Bytes::from(bytes),
             Err(e) => {
                 tracing::error!("encoding the OpenAPI document: {e}");
-                Arc::from(&b"{}"[..])
+                Bytes::from_static(b"{}")
             }
         };
         Router::new().route(
@@ -241,11 +240,7 @@ impl Operations {
             get(move || {
                 let document = document.clone();
                 async move {
-                    (
-                        [(header::CONTENT_TYPE, "application/json")],
-                        document.to_vec(),
-                    )
-                        .into_response()
+                    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
                 }
             }),
         )

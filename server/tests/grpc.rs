@@ -432,6 +432,14 @@ async fn errors_carry_rest_messages_under_grpc_codes_and_serving_goes_on() {
         "{e:?}"
     );
 
+    // A huge model name is quoted in the error only in part: the message fits a header.
+    let huge = infer_request(&"m".repeat(40_000), "", 1);
+    let e = call::<pb::ModelInferResponse>(addr, "ModelInfer", &[], &huge)
+        .await
+        .unwrap_err();
+    assert_eq!(e.0, NOT_FOUND);
+    assert!(e.1.len() < 1100 && e.1.ends_with('…'), "{}", e.1.len());
+
     // Still serving.
     let answer: pb::ModelInferResponse = call(addr, "ModelInfer", &[], &infer_request("bc", "", 2))
         .await
