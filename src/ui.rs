@@ -82,6 +82,7 @@ impl Progress for Bar {
         let counts = match unit {
             Unit::Bytes => "{bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
             Unit::Rows => "{human_pos}/{human_len} rows ({per_sec}, {eta})",
+            Unit::Trees => "{human_pos}/{human_len} rounds ({per_sec}, {eta})",
         };
         let template = format!("{{msg:>18}} [{{bar:30}}] {counts}");
         if let Ok(style) = ProgressStyle::with_template(&template) {

@@ -9,6 +9,7 @@
 //! has `dense.{i}.weight` with shape `[inputs, outputs]` and `dense.{i}.bias` with `[outputs]`;
 //! a wide-and-deep model adds `embedding.{j}` with shape `[ids, width]` for the `j`-th id column
 //! of the transform, and its wide part `wide.weight` `[inputs, outputs]` and `wide.bias`.
+//! Gradient-boosted trees are `trees.*` tensors, one entry per node ([`crate::trees`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -67,6 +68,35 @@ pub enum Architecture {
         activation: Activation,
         outputs: usize,
     },
+    /// Gradient-boosted trees over the transform's features: its `inputs` dense values (a
+    /// missing number is NaN) and then its `ids` id columns, read as categories. Outputs are
+    /// logits (classification) or values, as for a network.
+    Trees {
+        inputs: usize,
+        ids: usize,
+        outputs: usize,
+        trees: usize,
+    },
+}
+
+impl Architecture {
+    /// Dense features the model reads.
+    pub fn inputs(&self) -> usize {
+        match self {
+            Architecture::Mlp { inputs, .. }
+            | Architecture::WideDeep { inputs, .. }
+            | Architecture::Trees { inputs, .. } => *inputs,
+        }
+    }
+
+    /// Raw numbers the model produces per row (one logit for a binary classifier).
+    pub fn outputs(&self) -> usize {
+        match self {
+            Architecture::Mlp { outputs, .. }
+            | Architecture::WideDeep { outputs, .. }
+            | Architecture::Trees { outputs, .. } => *outputs,
+        }
+    }
 }
 
 /// One embedding table of a wide-and-deep model, for one id column of the transform.

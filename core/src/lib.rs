@@ -37,6 +37,7 @@ pub mod synth;
 pub mod text;
 pub mod threads;
 pub mod transform;
+pub mod trees;
 pub mod wire;
 
 pub mod suggest;

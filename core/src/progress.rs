@@ -20,6 +20,8 @@ pub trait Progress: Sync {
 pub enum Unit {
     Bytes,
     Rows,
+    /// Boosting rounds of tree models.
+    Trees,
 }
 
 /// Progress that goes nowhere.

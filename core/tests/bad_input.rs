@@ -180,6 +180,11 @@ fn spec_mistakes_say_what_to_do() {
         spec_error("[[features]]\ncolumns = [\"age\"]\nencode = \"bucketize\"\n"),
         "features[0]: encode = \"bucketize\" needs `boundaries = [...]` or `quantiles = K`"
     );
+    assert_eq!(
+        spec_error("[[features]]\ncolumns = [\"city\"]\nencode = \"vocabulary\"\nimpute = \"keep\"\n"),
+        "features[0]: impute = \"keep\" keeps a missing number as NaN, but encode = \"vocabulary\" \
+         makes ids; use it with pass_through, standardize or min_max"
+    );
     let typo = spec_error("[[features]]\ncolums = [\"age\"]\n");
     assert!(
         typo.contains("line 2") && typo.contains("unknown field `colums`"),

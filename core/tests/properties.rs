@@ -100,6 +100,7 @@ fn json_row(r: &Row) -> Map<String, Value> {
 const SPEC: &str = r#"
 [[features]]
 columns = ["n1"]
+impute = "keep"
 encode = "standardize"
 
 [[features]]

@@ -1,6 +1,6 @@
-//! The inference runtime: a kiln model bundle rebuilt on candle, and the raw rows → fitted
-//! transform → network → outputs path. Everything here is synchronous; the HTTP layer calls it on
-//! blocking threads.
+//! The inference runtime: a kiln model bundle rebuilt as one of its engines (a network on candle,
+//! or a tree ensemble on kiln's tree evaluator), and the raw rows → fitted transform → model →
+//! outputs path. Everything here is synchronous; the HTTP layer calls it on blocking threads.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,8 +9,15 @@ use candle_core::{DType, Device, Tensor};
 use kiln_core::bundle::{self, Activation, Architecture, Manifest, Task, Weight};
 use kiln_core::data::ColumnType;
 use kiln_core::transform::Cell;
+use kiln_core::trees::Ensemble;
 
 use crate::error::ServeError;
+
+/// What computes a bundle's raw outputs from its features.
+enum Engine {
+    Network(Network),
+    Trees(Ensemble),
+}
 
 /// The network of a bundle as candle tensors.
 struct Network {
@@ -92,7 +99,7 @@ impl Rows {
     }
 }
 
-/// Model features of some rows, ready for the network.
+/// Model features of some rows, ready for the model.
 #[derive(Debug, Clone, Default)]
 pub struct Features {
     pub rows: usize,
@@ -112,7 +119,7 @@ impl Features {
 /// A bundle loaded for serving.
 pub struct Runtime {
     manifest: Manifest,
-    network: Network,
+    engine: Engine,
     /// Numbers per output row: class probabilities, or one value.
     width: usize,
     outputs: usize,
@@ -130,18 +137,35 @@ impl Runtime {
         manifest: Manifest,
         weights: &BTreeMap<String, Weight>,
     ) -> Result<Runtime, ServeError> {
-        let network = Network::new(&manifest.architecture, weights)
-            .map_err(|m| ServeError::Load(format!("bundle weights: {m}")))?;
-        let outputs = match &manifest.architecture {
-            Architecture::Mlp { outputs, .. } | Architecture::WideDeep { outputs, .. } => *outputs,
-        };
         let t = &manifest.transform;
-        let expected = match &manifest.architecture {
-            Architecture::Mlp { inputs, .. } | Architecture::WideDeep { inputs, .. } => *inputs,
+        let engine = match &manifest.architecture {
+            Architecture::Trees {
+                inputs,
+                ids,
+                outputs,
+                ..
+            } => {
+                if *ids != t.id_width() {
+                    return Err(ServeError::Load(format!(
+                        "the trees read {ids} id columns but the transform makes {}",
+                        t.id_width()
+                    )));
+                }
+                Engine::Trees(
+                    Ensemble::from_weights(weights, *inputs, *ids, *outputs)
+                        .map_err(|m| ServeError::Load(format!("bundle trees: {m}")))?,
+                )
+            }
+            arch => Engine::Network(
+                Network::new(arch, weights)
+                    .map_err(|m| ServeError::Load(format!("bundle weights: {m}")))?,
+            ),
         };
+        let outputs = manifest.architecture.outputs();
+        let expected = manifest.architecture.inputs();
         if expected != t.dense_width() {
             return Err(ServeError::Load(format!(
-                "the network takes {expected} inputs but the transform makes {} features",
+                "the model takes {expected} inputs but the transform makes {} features",
                 t.dense_width()
             )));
         }
@@ -151,7 +175,7 @@ impl Runtime {
         };
         Ok(Runtime {
             manifest,
-            network,
+            engine,
             width,
             outputs,
         })
@@ -192,10 +216,12 @@ impl Runtime {
         if f.rows == 0 {
             return Ok(Vec::new());
         }
-        let raw = self
-            .network
-            .forward(f, self.manifest.transform.dense_width())
-            .map_err(|e| ServeError::Internal(format!("forward pass: {e}")))?;
+        let raw = match &self.engine {
+            Engine::Network(network) => network
+                .forward(f, self.manifest.transform.dense_width())
+                .map_err(|e| ServeError::Internal(format!("forward pass: {e}")))?,
+            Engine::Trees(trees) => trees.score(f.rows, &f.dense, &f.ids),
+        };
         Ok(finish(self.manifest.task, raw, self.outputs))
     }
 
@@ -235,7 +261,7 @@ impl Runtime {
         Rows::from_columns(n, columns)
     }
 
-    /// Runs the network once on typical rows so that the first request does not pay for
+    /// Runs the model once on typical rows so that the first request does not pay for
     /// first-use allocations.
     pub fn warm_up(&self) -> Result<(), ServeError> {
         for n in [1, 8] {
@@ -277,6 +303,7 @@ fn finish(task: Task, raw: Vec<f32>, outputs: usize) -> Vec<f32> {
 impl Network {
     fn new(arch: &Architecture, weights: &BTreeMap<String, Weight>) -> Result<Network, String> {
         let (inputs, tables, hidden, activation, outputs, wide) = match arch {
+            Architecture::Trees { .. } => return Err("a tree ensemble is not a network".into()),
             Architecture::Mlp {
                 inputs,
                 hidden,

@@ -534,8 +534,17 @@ fn finish_transform(
 
 fn describe_op(op: &FittedOp) -> (&'static str, String, String) {
     match op {
-        FittedOp::Numeric { impute, scale, .. } => {
-            let imp = impute.map_or(String::new(), |v| format!("impute {}; ", num(v)));
+        FittedOp::Numeric {
+            impute,
+            scale,
+            keep_missing,
+            ..
+        } => {
+            let imp = match impute {
+                Some(v) => format!("impute {}; ", num(*v)),
+                None if *keep_missing => "missing kept; ".to_string(),
+                None => String::new(),
+            };
             let (name, detail) = match scale {
                 Scale::None => ("pass_through", String::new()),
                 Scale::Standardize { mean, std } => (

@@ -16,6 +16,8 @@ pub enum ModelKind {
     /// Wide and deep: a linear part plus an MLP over the features and embeddings of the
     /// transform's id columns (vocabulary or hashed ids).
     WideDeep,
+    /// Gradient-boosted trees over the transform's features, with categories split natively.
+    Gbdt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +73,27 @@ pub struct TrainConfig {
     /// categories one-hot encoded (top 100 values).
     pub transform: Option<TransformSpec>,
     pub device: DeviceChoice,
+    /// Gradient-boosted trees: boosting rounds (one tree per class in multi-class).
+    pub trees: usize,
+    /// Gradient-boosted trees: the most leaves a tree grows (best gain first).
+    pub leaves: usize,
+    /// Gradient-boosted trees: the deepest a leaf may be (none: only `leaves` bounds a tree).
+    pub max_depth: Option<usize>,
+    /// Gradient-boosted trees: each leaf's value is scaled by this (the trees' learning rate;
+    /// `lr` is the networks').
+    pub shrinkage: f64,
+    /// Gradient-boosted trees: the least hessian (for squared error, rows) a leaf may hold.
+    pub min_child_weight: f64,
+    /// Gradient-boosted trees: the fewest training rows a leaf may hold.
+    pub min_child_rows: usize,
+    /// Gradient-boosted trees: L2 penalty on leaf values.
+    pub l2: f64,
+    /// Gradient-boosted trees: the share of rows each round samples.
+    pub subsample: f64,
+    /// Gradient-boosted trees: the share of features each round may split on.
+    pub colsample: f64,
+    /// Gradient-boosted trees: bins per numeric feature (2 to 255; one more holds missing values).
+    pub max_bins: usize,
 }
 
 impl Default for TrainConfig {
@@ -94,6 +117,16 @@ impl Default for TrainConfig {
             task: None,
             transform: None,
             device: DeviceChoice::Cpu,
+            trees: 100,
+            leaves: 31,
+            max_depth: None,
+            shrinkage: 0.1,
+            min_child_weight: 1e-3,
+            min_child_rows: 20,
+            l2: 0.0,
+            subsample: 1.0,
+            colsample: 1.0,
+            max_bins: 255,
         }
     }
 }
@@ -156,6 +189,9 @@ pub struct TrainOutcome {
     /// its mean, for every row), to compare with.
     pub baseline_metrics: BTreeMap<String, f64>,
     pub history: Vec<EpochReport>,
+    /// Each raw input column's share of the total split gain (gradient-boosted trees only),
+    /// largest first.
+    pub feature_importance: Vec<(String, f64)>,
     /// The trainer's own predictions on the test split (probabilities or values, row-major).
     pub test_predictions: Vec<f32>,
     pub rows: Splits,

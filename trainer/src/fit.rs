@@ -15,7 +15,7 @@ use kiln_core::bundle::{
 use kiln_core::data::{ColumnType, Table};
 use kiln_core::progress::{Progress, Unit};
 use kiln_core::stats::DatasetStatistics;
-use kiln_core::transform::{Encode, FeatureSpec, Impute, TransformSpec};
+use kiln_core::transform::{Encode, FeatureSpec, FittedTransform, Impute, Output, TransformSpec};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
@@ -77,6 +77,49 @@ pub fn default_spec(table: &Table, target: &str) -> TransformSpec {
     TransformSpec { features }
 }
 
+/// The default transform of gradient-boosted trees: numbers (and booleans) as they are, a missing
+/// one kept for the trees to route; categories as ids of their 255 most frequent values (and
+/// one id for the rest), which the trees split natively.
+pub fn default_tree_spec(table: &Table, target: &str) -> TransformSpec {
+    let mut spec = default_spec(table, target);
+    for f in &mut spec.features {
+        if f.encode == Encode::Standardize {
+            f.encode = Encode::PassThrough;
+            f.impute = Some(Impute::Keep);
+        } else {
+            f.top_k = Some(crate::gbdt::MAX_CATEGORIES - 1);
+            f.output = Some(Output::Id);
+        }
+    }
+    spec
+}
+
+/// Hyperparameters that only networks read, and those that only trees read.
+const NETWORK_ONLY: &[&str] = &[
+    "hidden",
+    "activation",
+    "dropout",
+    "optimizer",
+    "momentum",
+    "lr",
+    "schedule",
+    "weight_decay",
+    "batch_size",
+    "epochs",
+];
+const TREES_ONLY: &[&str] = &[
+    "trees",
+    "leaves",
+    "max_depth",
+    "shrinkage",
+    "min_child_weight",
+    "min_child_rows",
+    "l2",
+    "subsample",
+    "colsample",
+    "max_bins",
+];
+
 /// Trains a model on `table` to predict `target`.
 pub fn train(
     table: &Table,
@@ -92,7 +135,8 @@ pub fn train(
             name: target.to_string(),
             hint: target_hint(target, table),
         })?;
-    if config.batch_size == 0 || config.epochs == 0 {
+    let trees = config.model == ModelKind::Gbdt;
+    if !trees && (config.batch_size == 0 || config.epochs == 0) {
         return Err(TrainError::Config(
             "--batch-size and --epochs must be at least 1".to_string(),
         ));
@@ -188,6 +232,7 @@ pub fn train(
     // Features: fitted on the training split only.
     let spec = match &config.transform {
         Some(s) => s.clone(),
+        None if trees => default_tree_spec(table, target),
         None => default_spec(table, target),
     };
     if spec
@@ -200,16 +245,24 @@ pub fn train(
         )));
     }
     let fitted = spec.fit(&train_t)?;
-    if fitted.id_width() > 0 && config.model != ModelKind::WideDeep {
+    if fitted.id_width() > 0 && !matches!(config.model, ModelKind::WideDeep | ModelKind::Gbdt) {
         return Err(TrainError::Config(format!(
-            "the transform has id outputs ({}) that feed embeddings; train with --model wide-deep, or use output = \"one_hot\"",
+            "the transform has id outputs ({}) that feed embeddings or tree splits; train with \
+             --model wide-deep or gbdt, or use output = \"one_hot\"",
             fitted.id_names().join(", ")
         )));
+    }
+    if fitted.keeps_missing() && !trees {
+        return Err(TrainError::Config(
+            "the transform keeps missing numbers (impute = \"keep\"), which only --model gbdt \
+             reads; choose an imputation for a network"
+                .to_string(),
+        ));
     }
     let f_train = fitted.apply_table(&train_t)?;
     let f_val = fitted.apply_table(&val_t)?;
     let d = fitted.dense_width();
-    if d == 0 {
+    if d == 0 && !(trees && fitted.id_width() > 0) {
         return Err(TrainError::Config(
             "the transform produces no features".to_string(),
         ));
@@ -223,60 +276,64 @@ pub fn train(
     } else {
         config.hidden.clone()
     };
-    let architecture = match config.model {
-        ModelKind::WideDeep => Architecture::WideDeep {
-            inputs: d,
-            embeddings: fitted
-                .id_names()
-                .iter()
-                .zip(fitted.id_cardinalities())
-                .map(|(column, ids)| EmbeddingShape {
-                    column: column.clone(),
-                    ids: *ids as usize,
-                    // A common rule of thumb: about six times the fourth root of the vocabulary.
-                    width: ((6.0 * f64::from(*ids).powf(0.25)).ceil() as usize).clamp(2, 16),
-                })
-                .collect(),
-            hidden: hidden.clone(),
-            activation: config.activation,
-            outputs,
-        },
-        _ => Architecture::Mlp {
-            inputs: d,
-            hidden: hidden.clone(),
-            activation: config.activation,
-            outputs,
-        },
+    let train_rows = Dense {
+        x: &f_train.dense,
+        ids: &f_train.ids,
+        y: &y_train,
+        d,
+        k: fitted.id_width(),
     };
-
-    let (weights, history) = fit_network(
-        &Dense {
-            x: &f_train.dense,
-            ids: &f_train.ids,
-            y: &y_train,
-            d,
-            k: fitted.id_width(),
-        },
-        &Dense {
-            x: &f_val.dense,
-            ids: &f_val.ids,
-            y: &y_val,
-            d,
-            k: fitted.id_width(),
-        },
-        &architecture,
-        task,
-        config,
-        progress,
-        logger,
-    )?;
+    let val_rows = Dense {
+        x: &f_val.dense,
+        ids: &f_val.ids,
+        y: &y_val,
+        d,
+        k: fitted.id_width(),
+    };
+    let mut feature_importance = Vec::new();
+    let (architecture, weights, history) = if trees {
+        let boosted = crate::gbdt::boost(
+            &train_rows,
+            &val_rows,
+            task,
+            outputs,
+            fitted.id_cardinalities(),
+            config,
+            progress,
+            logger,
+        )?;
+        feature_importance = importance(&fitted, &boosted.gain);
+        (
+            Architecture::Trees {
+                inputs: d,
+                ids: fitted.id_width(),
+                outputs,
+                trees: boosted.ensemble.roots.len(),
+            },
+            boosted.ensemble.to_weights(),
+            boosted.history,
+        )
+    } else {
+        let architecture = network_architecture(config, &fitted, hidden, outputs);
+        let (weights, history) = fit_network(
+            &train_rows,
+            &val_rows,
+            &architecture,
+            task,
+            config,
+            progress,
+            logger,
+        )?;
+        (architecture, weights, history)
+    };
 
     let mut hyperparameters = BTreeMap::new();
     if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
         transform: None,
         ..config.clone()
     }) {
-        hyperparameters.extend(m);
+        let other = if trees { NETWORK_ONLY } else { TREES_ONLY };
+        hyperparameters.extend(m.into_iter().filter(|(k, _)| !other.contains(&k.as_str())));
     }
     let mut manifest = Manifest {
         magic: BUNDLE_MAGIC.to_string(),
@@ -329,9 +386,65 @@ pub fn train(
         test_metrics,
         baseline_metrics,
         history,
+        feature_importance,
         test_predictions,
         rows: splits,
     })
+}
+
+/// The network a configuration asks for, over the transform's features.
+fn network_architecture(
+    config: &TrainConfig,
+    fitted: &FittedTransform,
+    hidden: Vec<usize>,
+    outputs: usize,
+) -> Architecture {
+    let inputs = fitted.dense_width();
+    match config.model {
+        ModelKind::WideDeep => Architecture::WideDeep {
+            inputs,
+            embeddings: fitted
+                .id_names()
+                .iter()
+                .zip(fitted.id_cardinalities())
+                .map(|(column, ids)| EmbeddingShape {
+                    column: column.clone(),
+                    ids: *ids as usize,
+                    // A common rule of thumb: about six times the fourth root of the vocabulary.
+                    width: ((6.0 * f64::from(*ids).powf(0.25)).ceil() as usize).clamp(2, 16),
+                })
+                .collect(),
+            hidden,
+            activation: config.activation,
+            outputs,
+        },
+        _ => Architecture::Mlp {
+            inputs,
+            hidden,
+            activation: config.activation,
+            outputs,
+        },
+    }
+}
+
+/// Each raw input column's share of the trees' total gain (its dense features and id column
+/// together), largest first.
+fn importance(fitted: &FittedTransform, gain: &[f64]) -> Vec<(String, f64)> {
+    let mut by_column: BTreeMap<&str, f64> = BTreeMap::new();
+    let sources = fitted
+        .dense_columns()
+        .into_iter()
+        .chain(fitted.id_names().iter().map(String::as_str));
+    for (column, g) in sources.zip(gain) {
+        *by_column.entry(column).or_default() += g;
+    }
+    let total: f64 = by_column.values().sum();
+    let mut shares: Vec<(String, f64)> = by_column
+        .into_iter()
+        .map(|(c, g)| (c.to_string(), if total > 0.0 { g / total } else { 0.0 }))
+        .collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    shares
 }
 
 /// The training loop alone: trains a network of `architecture` on features and returns the weights
@@ -361,9 +474,12 @@ pub fn fit_network(
     };
     let n_train = y_train.len();
     let n_val = y_val.len();
-    let outputs = match architecture {
-        Architecture::Mlp { outputs, .. } | Architecture::WideDeep { outputs, .. } => *outputs,
-    };
+    if matches!(architecture, Architecture::Trees { .. }) {
+        return Err(TrainError::Config(
+            "a tree ensemble is boosted, not fitted by epochs".to_string(),
+        ));
+    }
+    let outputs = architecture.outputs();
     let plain = device(config.device)?;
     plain.seed(config.seed);
     let ad = plain.clone().autodiff();
@@ -556,6 +672,7 @@ fn in_target_units(
     };
     let hidden = match architecture {
         Architecture::Mlp { hidden, .. } | Architecture::WideDeep { hidden, .. } => hidden.len(),
+        Architecture::Trees { .. } => return weights,
     };
     let last = format!("dense.{hidden}");
     for name in [

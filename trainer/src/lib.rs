@@ -1,5 +1,5 @@
-//! kiln's trainer: dense networks on burn (logistic and linear regression, MLPs), trained on a
-//! kiln table with a transform fitted on the training split only, evaluated with
+//! kiln's trainer: dense networks on burn (logistic and linear regression, MLPs) and kiln's own
+//! gradient-boosted trees, trained on a kiln table with a transform fitted on the training split only, evaluated with
 //! `kiln_core::metrics`, and saved as a model bundle any reader can load.
 //!
 //! The same code trains on the CPU (burn's pure-Rust flex backend, multithreaded) and, with the
@@ -10,6 +10,7 @@ mod config;
 mod device;
 mod evaluate;
 mod fit;
+mod gbdt;
 pub mod gate;
 mod model;
 mod predict;
@@ -23,6 +24,6 @@ pub use config::{
 };
 pub use device::device;
 pub use evaluate::{evaluate, test_fraction_of, test_split};
-pub use fit::{default_spec, fit_network, train};
+pub use fit::{default_spec, default_tree_spec, fit_network, train};
 pub use model::Net;
 pub use predict::{Dense, Predictor};

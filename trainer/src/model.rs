@@ -35,6 +35,15 @@ struct Shape {
 
 fn shape(arch: &Architecture) -> Shape {
     match arch {
+        // Not a network: `fit_network` and `from_weights` refuse it before building layers.
+        Architecture::Trees {
+            inputs, outputs, ..
+        } => Shape {
+            sizes: vec![*inputs, *outputs],
+            tables: vec![],
+            wide: None,
+            activation: Activation::Relu,
+        },
         Architecture::Mlp {
             inputs,
             hidden,
@@ -153,6 +162,9 @@ impl Net {
         weights: &BTreeMap<String, Weight>,
         device: &Device,
     ) -> Result<Net, String> {
+        if matches!(arch, Architecture::Trees { .. }) {
+            return Err("a tree ensemble is not a network".to_string());
+        }
         let mut net = Net::new(arch, 0.0, device);
         let Shape {
             sizes,

@@ -1,5 +1,6 @@
-//! Scoring: a bundle's network over rows in chunks, its outputs turned into probabilities or
-//! values, and `Predictor`, which a reloaded bundle and training's test metrics share.
+//! Scoring: a bundle's network over rows in chunks (or its trees, on kiln-core's evaluator), its
+//! outputs turned into probabilities or values, and `Predictor`, which a reloaded bundle and
+//! training's test metrics share.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use burn::tensor::activation::{sigmoid, softmax};
 use kiln_core::bundle::{Architecture, Manifest, Task, Weight};
 use kiln_core::data::Table;
 use kiln_core::transform::FittedTransform;
+use kiln_core::trees::Ensemble;
 
 use crate::config::{DeviceChoice, TrainError};
 use crate::device::device;
@@ -105,13 +107,18 @@ pub(crate) fn is_probability_rows(out: &[f32], k: usize) -> bool {
     })
 }
 
-/// A loaded bundle that scores tables: the fitted transform, then the network.
+/// A loaded bundle that scores tables: the fitted transform, then the network or the trees.
 pub struct Predictor {
     task: Task,
     transform: FittedTransform,
-    net: Net,
+    model: Scorer,
     outputs: usize,
     device: Device,
+}
+
+enum Scorer {
+    Net(Net),
+    Trees(Ensemble),
 }
 
 impl Predictor {
@@ -122,15 +129,21 @@ impl Predictor {
         choice: DeviceChoice,
     ) -> Result<Predictor, TrainError> {
         let device = device(choice)?;
-        let outputs = match &manifest.architecture {
-            Architecture::Mlp { outputs, .. } | Architecture::WideDeep { outputs, .. } => *outputs,
+        let outputs = manifest.architecture.outputs();
+        let model = match &manifest.architecture {
+            Architecture::Trees { inputs, ids, .. } => Scorer::Trees(
+                Ensemble::from_weights(weights, *inputs, *ids, outputs)
+                    .map_err(|m| TrainError::Data(format!("bundle trees: {m}")))?,
+            ),
+            arch => Scorer::Net(
+                Net::from_weights(arch, weights, &device)
+                    .map_err(|m| TrainError::Data(format!("bundle weights: {m}")))?,
+            ),
         };
-        let net = Net::from_weights(&manifest.architecture, weights, &device)
-            .map_err(|m| TrainError::Data(format!("bundle weights: {m}")))?;
         Ok(Predictor {
             task: manifest.task,
             transform: manifest.transform.clone(),
-            net,
+            model,
             outputs,
             device,
         })
@@ -154,7 +167,10 @@ impl Predictor {
             d: f.dense_width,
             k: f.id_width,
         };
-        let raw = forward_rows(&self.net, &data, &self.device);
+        let raw = match &self.model {
+            Scorer::Net(net) => forward_rows(net, &data, &self.device),
+            Scorer::Trees(trees) => trees.score(f.rows, &f.dense, &f.ids),
+        };
         Ok(finish_outputs(self.task, raw, self.outputs, &self.device))
     }
 }

@@ -132,8 +132,13 @@ impl FittedTransform {
                 clip,
                 log1p,
                 scale: s,
+                keep_missing,
             } => {
-                let x = numeric_steps(as_number(raw)?, *impute, *clip, *log1p)?;
+                let v = as_number(raw)?;
+                if *keep_missing && v.is_none() && impute.is_none() {
+                    return Ok(Emit::Value(f32::NAN));
+                }
+                let x = numeric_steps(v, *impute, *clip, *log1p)?;
                 Ok(Emit::Value(scale(x, *s)))
             }
             FittedOp::Bucketize {
@@ -406,15 +411,23 @@ impl FittedTransform {
             clip,
             log1p,
             scale: s,
+            keep_missing,
         } = &self.features[fi].op
         {
             // The commonest feature, with its match hoisted out of the row loop; the same
             // `numeric_steps` and `scale` as `emit`, so still bit-identical to one-row apply.
             let offset = self.layout.offset[fi];
+            let keep = *keep_missing && impute.is_none();
             for (row, v) in values.enumerate() {
-                let x = numeric_steps(v.filter(|v| !v.is_nan()), *impute, *clip, *log1p)
-                    .map_err(|m| (row, m))?;
-                dense[row * dw + offset] = scale(x, *s);
+                let v = v.filter(|v| !v.is_nan());
+                dense[row * dw + offset] = if keep && v.is_none() {
+                    f32::NAN
+                } else {
+                    scale(
+                        numeric_steps(v, *impute, *clip, *log1p).map_err(|m| (row, m))?,
+                        *s,
+                    )
+                };
             }
             return Ok(());
         }

@@ -70,8 +70,9 @@ fn fit_numeric(spec: &FeatureSpec, table: &Table, index: usize) -> Result<Fitted
     let raw = table.numbers(index);
     let mut present: Vec<f64> = raw.iter().flatten().copied().collect();
     let missing = raw.len() - present.len();
+    let keep_missing = spec.impute == Some(Impute::Keep);
     let impute = match spec.impute.unwrap_or(Impute::Mean) {
-        Impute::None => None,
+        Impute::None | Impute::Keep => None,
         Impute::Constant => match &spec.fill {
             Some(Fill::Number(v)) => Some(*v),
             _ => return Err("impute = \"constant\" needs a numeric `fill`".to_string()),
@@ -98,7 +99,7 @@ fn fit_numeric(spec: &FeatureSpec, table: &Table, index: usize) -> Result<Fitted
                 .map(|(bits, _)| f64::from_bits(bits))
         }
     };
-    if impute.is_none() && missing > 0 {
+    if impute.is_none() && missing > 0 && !keep_missing {
         return Err(format!(
             "has {missing} missing values in the training data but impute = \"none\"; \
              choose an imputation"
@@ -108,6 +109,9 @@ fn fit_numeric(spec: &FeatureSpec, table: &Table, index: usize) -> Result<Fitted
     let log1p = spec.log1p;
     let mut values = Vec::with_capacity(raw.len());
     for (row, v) in raw.iter().enumerate() {
+        if v.is_none() && keep_missing {
+            continue;
+        }
         let x = numeric_steps(*v, impute, clip, log1p).map_err(|m| format!("row {row}: {m}"))?;
         values.push(x);
     }
@@ -168,6 +172,7 @@ fn fit_numeric(spec: &FeatureSpec, table: &Table, index: usize) -> Result<Fitted
                 clip,
                 log1p,
                 scale,
+                keep_missing,
             }
         }
     })
@@ -189,7 +194,7 @@ fn fit_categorical(spec: &FeatureSpec, table: &Table, index: usize) -> Result<Fi
             Some(v) => Some(v.value.clone()),
             None => return Err("has no values to fit the imputation on".to_string()),
         },
-        Impute::Mean | Impute::Median => unreachable!("checked by the spec"),
+        Impute::Mean | Impute::Median | Impute::Keep => unreachable!("checked by the spec"),
     };
     Ok(match spec.encode {
         Encode::Vocabulary => {

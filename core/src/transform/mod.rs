@@ -92,6 +92,9 @@ pub enum FittedOp {
         #[serde(default)]
         log1p: bool,
         scale: Scale,
+        /// A missing value (with no imputation) becomes NaN instead of an error.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_missing: bool,
     },
     /// impute → clip → log1p → bucket index (the number of boundaries ≤ the value).
     Bucketize {
@@ -357,6 +360,48 @@ impl FittedTransform {
     }
     pub fn dense_width(&self) -> usize {
         self.layout.dense_names.len()
+    }
+    /// The raw column each dense feature comes from, in output order.
+    pub fn dense_columns(&self) -> Vec<&str> {
+        let mut columns = Vec::with_capacity(self.dense_width());
+        for f in &self.features {
+            let width = match &f.op {
+                FittedOp::Numeric { .. } => 1,
+                FittedOp::Bucketize {
+                    boundaries,
+                    output: Output::OneHot,
+                    ..
+                } => boundaries.len() + 1,
+                FittedOp::Vocabulary {
+                    vocabulary,
+                    oov_buckets,
+                    output: Output::OneHot,
+                    ..
+                } => vocabulary.len() + *oov_buckets as usize,
+                FittedOp::Hash {
+                    buckets,
+                    output: Output::OneHot,
+                    ..
+                } => *buckets as usize,
+                _ => 0,
+            };
+            columns.extend(std::iter::repeat_n(f.column.as_str(), width));
+        }
+        columns
+    }
+    /// Whether some dense feature keeps missing numbers as NaN (`impute = "keep"`), which only
+    /// tree models read.
+    pub fn keeps_missing(&self) -> bool {
+        self.features.iter().any(|f| {
+            matches!(
+                f.op,
+                FittedOp::Numeric {
+                    keep_missing: true,
+                    impute: None,
+                    ..
+                }
+            )
+        })
     }
     pub fn id_width(&self) -> usize {
         self.layout.id_names.len()

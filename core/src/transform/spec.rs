@@ -3,7 +3,7 @@
 //! ```toml
 //! [[features]]
 //! columns = ["age", "income"]
-//! impute = "median"          # mean (numeric default) | median | most_frequent | constant | none
+//! impute = "median"          # mean (numeric default) | median | most_frequent | constant | keep | none
 //! clip = [0, 1e6]
 //! log1p = true
 //! encode = "standardize"     # pass_through (default) | standardize | min_max | bucketize | vocabulary | hash
@@ -69,6 +69,9 @@ pub enum Impute {
     Median,
     MostFrequent,
     Constant,
+    /// A missing number stays missing (NaN in the feature), for gradient-boosted trees, which
+    /// send it down the side each split learned; networks cannot read it.
+    Keep,
     /// Missing values are an error for numeric encodes, and go to the first out-of-vocabulary
     /// bucket (vocabulary) or hash the empty string (hash).
     None,
@@ -218,6 +221,13 @@ impl FeatureSpec {
             }
             (Some(Impute::Constant), _) => {}
             (_, Some(_)) => return Err("`fill` applies only to impute = \"constant\"".to_string()),
+            (Some(Impute::Keep), _) if !encode.is_numeric() || encode == Encode::Bucketize => {
+                return Err(format!(
+                    "impute = \"keep\" keeps a missing number as NaN, but encode = \"{}\" makes \
+                     ids; use it with pass_through, standardize or min_max",
+                    encode.as_str()
+                ));
+            }
             (Some(Impute::Mean | Impute::Median), _) if !encode.is_numeric() => {
                 return Err(format!(
                     "impute = mean or median needs numbers, but encode = \"{}\" reads categories; \

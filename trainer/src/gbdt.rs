@@ -1,0 +1,743 @@
+//! Gradient-boosted trees, kiln's own: histogram-based and grown leaf-wise (best gain first, as
+//! LightGBM grows them), for binary, multi-class (one tree per class and round) and regression.
+//!
+//! Features are the fitted transform's: each dense value is cut into at most `max_bins` bins at
+//! quantiles of the training split, with one more bin for missing values (NaN, from
+//! `impute = "keep"`), whose side each split learns; each id column is a category, split natively
+//! by sorting its categories by gradient over hessian and taking the best prefix. The result is a
+//! [`kiln_core::trees::Ensemble`]: thresholds are the bins' upper bounds, so the evaluator on raw
+//! features takes the same path the binned trainer took.
+
+use std::collections::BTreeMap;
+
+use kiln_core::bundle::Task;
+use kiln_core::progress::{Progress, Unit};
+use kiln_core::trees::{Ensemble, Node, Split};
+use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
+
+use crate::config::{EpochReport, RunLogger, TrainConfig, TrainError};
+use crate::evaluate::{loss_value, metrics_of};
+use crate::predict::Dense;
+
+/// The most ids an id column may have to be split as categories (its ids are its bins).
+pub const MAX_CATEGORIES: usize = 256;
+/// Extra L2 on categorical splits, which fit noise more easily than thresholds.
+const CATEGORY_L2: f64 = 10.0;
+
+/// What boosting produced: the ensemble, every round's figures, and each feature's total gain.
+pub struct Boosted {
+    pub ensemble: Ensemble,
+    pub history: Vec<EpochReport>,
+    /// Total split gain per feature (dense features, then id columns).
+    pub gain: Vec<f64>,
+}
+
+/// How one feature's values become bins.
+enum Binning {
+    /// Upper bounds of the bins, strictly increasing, the last +∞; then one bin for missing.
+    Numeric(Vec<f32>),
+    /// Ids are bins.
+    Categorical(usize),
+}
+
+impl Binning {
+    fn bins(&self) -> usize {
+        match self {
+            Binning::Numeric(upper) => upper.len() + 1,
+            Binning::Categorical(n) => *n,
+        }
+    }
+
+    #[inline]
+    fn of_value(upper: &[f32], x: f32) -> u8 {
+        if x.is_nan() {
+            upper.len() as u8
+        } else {
+            upper.partition_point(|u| *u < x) as u8
+        }
+    }
+}
+
+/// The bin upper bounds of one dense feature from a sample of its values.
+fn numeric_bounds(mut values: Vec<f32>, max_bins: usize) -> Vec<f32> {
+    values.retain(|v| !v.is_nan());
+    values.sort_unstable_by(f32::total_cmp);
+    let mut distinct = values.clone();
+    distinct.dedup();
+    let mut upper: Vec<f32> = if distinct.len() <= max_bins {
+        distinct
+            .windows(2)
+            .map(|w| (f64::from(w[0]) + (f64::from(w[1]) - f64::from(w[0])) / 2.0) as f32)
+            .collect()
+    } else {
+        (1..max_bins)
+            .map(|i| values[i * values.len() / max_bins])
+            .collect()
+    };
+    upper.retain(|u| u.is_finite());
+    upper.dedup();
+    upper.push(f32::INFINITY);
+    upper
+}
+
+/// Binned features, one column of `n` bins per feature.
+struct Binned {
+    columns: Vec<Vec<u8>>,
+}
+
+impl Binned {
+    fn new(data: &Dense<'_>, binning: &[Binning]) -> Binned {
+        let n = data.y.len();
+        let columns = binning
+            .par_iter()
+            .enumerate()
+            .map(|(f, b)| match b {
+                Binning::Numeric(upper) => (0..n)
+                    .map(|r| Binning::of_value(upper, data.x[r * data.d + f]))
+                    .collect(),
+                Binning::Categorical(_) => (0..n)
+                    .map(|r| data.ids[r * data.k + (f - data.d)] as u8)
+                    .collect(),
+            })
+            .collect();
+        Binned { columns }
+    }
+}
+
+/// A split found in a leaf's histogram.
+#[derive(Debug, Clone)]
+struct Candidate {
+    gain: f64,
+    feature: usize,
+    rule: Rule,
+}
+
+#[derive(Debug, Clone)]
+enum Rule {
+    /// Bins up to `bin` (values up to `threshold`, its upper bound) go left; the missing bin
+    /// goes left when `missing_left`.
+    Threshold {
+        bin: u8,
+        threshold: f32,
+        missing_left: bool,
+    },
+    /// Bins in the set go left.
+    Categories([u64; 4]),
+}
+
+impl Rule {
+    #[inline]
+    fn left(&self, bin: u8, missing: u8) -> bool {
+        match self {
+            Rule::Threshold {
+                bin: b,
+                missing_left,
+                ..
+            } => {
+                if bin == missing {
+                    *missing_left
+                } else {
+                    bin <= *b
+                }
+            }
+            Rule::Categories(set) => set[(bin >> 6) as usize] & (1u64 << (bin & 63)) != 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bin {
+    g: f64,
+    h: f64,
+    n: u32,
+}
+
+/// A leaf while a tree grows.
+struct Growing {
+    node: usize,
+    rows: Vec<u32>,
+    hist: Vec<Bin>,
+    g: f64,
+    h: f64,
+    depth: usize,
+    best: Option<Candidate>,
+}
+
+/// A tree while it grows, in the binned form.
+enum TreeNode {
+    Leaf(f64),
+    Split {
+        feature: usize,
+        rule: Rule,
+        left: usize,
+        right: usize,
+    },
+}
+
+struct Grower<'a> {
+    binning: &'a [Binning],
+    binned: &'a Binned,
+    offsets: Vec<usize>,
+    total_bins: usize,
+    config: &'a TrainConfig,
+    /// Features this tree may split on.
+    features: Vec<usize>,
+}
+
+impl Grower<'_> {
+    fn histogram(&self, rows: &[u32], g: &[f32], h: &[f32]) -> Vec<Bin> {
+        let mut hist = vec![Bin::default(); self.total_bins];
+        // Split the histogram into each feature's part, and fill the parts in parallel.
+        let mut parts: Vec<(usize, &mut [Bin])> = Vec::with_capacity(self.binning.len());
+        let mut rest: &mut [Bin] = &mut hist;
+        for (f, b) in self.binning.iter().enumerate() {
+            let (part, tail) = rest.split_at_mut(b.bins());
+            parts.push((f, part));
+            rest = tail;
+        }
+        let wanted = |f: &usize| self.features.binary_search(f).is_ok();
+        parts
+            .into_par_iter()
+            .filter(|(f, _)| wanted(f))
+            .for_each(|(f, part)| {
+                let column = &self.binned.columns[f];
+                for &r in rows {
+                    let r = r as usize;
+                    let bin = &mut part[column[r] as usize];
+                    bin.g += f64::from(g[r]);
+                    bin.h += f64::from(h[r]);
+                    bin.n += 1;
+                }
+            });
+        hist
+    }
+
+    fn score(&self, g: f64, h: f64, l2: f64) -> f64 {
+        g * g / (h + l2)
+    }
+
+    /// The best split of a leaf, if any gains.
+    fn best(&self, leaf: &Growing) -> Option<Candidate> {
+        if self.config.max_depth.is_some_and(|d| leaf.depth >= d)
+            || leaf.rows.len() < 2 * self.config.min_child_rows.max(1)
+        {
+            return None;
+        }
+        let l2 = self.config.l2;
+        let (min_rows, min_h) = (
+            self.config.min_child_rows.max(1) as u32,
+            self.config.min_child_weight,
+        );
+        let n = leaf.rows.len() as u32;
+        let fits = |hl: f64, nl: u32| {
+            nl >= min_rows && n - nl >= min_rows && hl >= min_h && leaf.h - hl >= min_h
+        };
+        let mut best: Option<Candidate> = None;
+        let mut consider = |gain: f64, feature: usize, rule: Rule| {
+            if gain > 1e-12 && best.as_ref().is_none_or(|b| gain > b.gain) {
+                best = Some(Candidate {
+                    gain,
+                    feature,
+                    rule,
+                });
+            }
+        };
+        for &f in &self.features {
+            let part = &leaf.hist[self.offsets[f]..self.offsets[f] + self.binning[f].bins()];
+            match &self.binning[f] {
+                Binning::Numeric(upper) => {
+                    let missing = part[upper.len()];
+                    let parent = self.score(leaf.g, leaf.h, l2);
+                    for missing_left in [false, true] {
+                        let (mut gl, mut hl, mut nl) = if missing_left {
+                            (missing.g, missing.h, missing.n)
+                        } else {
+                            (0.0, 0.0, 0)
+                        };
+                        // The last real bin holds +∞: a split there sends everything left.
+                        for (b, bin) in part[..upper.len() - 1].iter().enumerate() {
+                            gl += bin.g;
+                            hl += bin.h;
+                            nl += bin.n;
+                            if bin.n == 0 || !fits(hl, nl) {
+                                continue;
+                            }
+                            let gain = self.score(gl, hl, l2)
+                                + self.score(leaf.g - gl, leaf.h - hl, l2)
+                                - parent;
+                            consider(
+                                gain,
+                                f,
+                                Rule::Threshold {
+                                    bin: b as u8,
+                                    threshold: upper[b],
+                                    missing_left,
+                                },
+                            );
+                        }
+                        if missing.n == 0 {
+                            break;
+                        }
+                    }
+                }
+                Binning::Categorical(_) => {
+                    let l2 = l2 + CATEGORY_L2;
+                    let parent = self.score(leaf.g, leaf.h, l2);
+                    let mut order: Vec<usize> = (0..part.len()).filter(|b| part[*b].n > 0).collect();
+                    if order.len() < 2 {
+                        continue;
+                    }
+                    order.sort_by(|a, b| {
+                        let ra = part[*a].g / (part[*a].h + CATEGORY_L2);
+                        let rb = part[*b].g / (part[*b].h + CATEGORY_L2);
+                        ra.total_cmp(&rb)
+                    });
+                    let (mut gl, mut hl, mut nl) = (0.0, 0.0, 0);
+                    let mut set = [0u64; 4];
+                    for &b in &order[..order.len() - 1] {
+                        gl += part[b].g;
+                        hl += part[b].h;
+                        nl += part[b].n;
+                        set[b >> 6] |= 1u64 << (b & 63);
+                        if !fits(hl, nl) {
+                            continue;
+                        }
+                        let gain = self.score(gl, hl, l2)
+                            + self.score(leaf.g - gl, leaf.h - hl, l2)
+                            - parent;
+                        consider(gain, f, Rule::Categories(set));
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    /// Grows one tree on the gradients of the sampled `rows`; leaf values are shrunk already.
+    fn grow(&self, rows: Vec<u32>, g: &[f32], h: &[f32], gain: &mut [f64]) -> Vec<TreeNode> {
+        let (sg, sh) = rows.iter().fold((0.0, 0.0), |(a, b), r| {
+            (a + f64::from(g[*r as usize]), b + f64::from(h[*r as usize]))
+        });
+        let mut nodes = vec![TreeNode::Leaf(0.0)];
+        let hist = self.histogram(&rows, g, h);
+        let mut root = Growing {
+            node: 0,
+            rows,
+            hist,
+            g: sg,
+            h: sh,
+            depth: 0,
+            best: None,
+        };
+        root.best = self.best(&root);
+        let mut leaves = vec![root];
+        while leaves.len() < self.config.leaves.max(2) {
+            let Some(at) = leaves
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| l.best.as_ref().map(|b| (i, b.gain)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            let leaf = leaves.swap_remove(at);
+            let Some(split) = leaf.best.clone() else {
+                break;
+            };
+            gain[split.feature] += split.gain;
+            let column = &self.binned.columns[split.feature];
+            let missing = match &self.binning[split.feature] {
+                Binning::Numeric(upper) => upper.len() as u8,
+                Binning::Categorical(_) => u8::MAX,
+            };
+            let (left_rows, right_rows): (Vec<u32>, Vec<u32>) = leaf
+                .rows
+                .iter()
+                .partition(|r| split.rule.left(column[**r as usize], missing));
+            let sum = |rows: &[u32]| {
+                rows.iter().fold((0.0, 0.0), |(a, b), r| {
+                    (a + f64::from(g[*r as usize]), b + f64::from(h[*r as usize]))
+                })
+            };
+            // The smaller child's histogram is built; the larger one's is the parent's minus it.
+            let left_small = left_rows.len() <= right_rows.len();
+            let small = self.histogram(if left_small { &left_rows } else { &right_rows }, g, h);
+            let mut large = leaf.hist;
+            for (l, s) in large.iter_mut().zip(&small) {
+                l.g -= s.g;
+                l.h -= s.h;
+                l.n -= s.n;
+            }
+            let (left_hist, right_hist) = if left_small {
+                (small, large)
+            } else {
+                (large, small)
+            };
+            let (lg, lh) = sum(&left_rows);
+            let (rg, rh) = sum(&right_rows);
+            let (li, ri) = (nodes.len(), nodes.len() + 1);
+            nodes.push(TreeNode::Leaf(0.0));
+            nodes.push(TreeNode::Leaf(0.0));
+            nodes[leaf.node] = TreeNode::Split {
+                feature: split.feature,
+                rule: split.rule,
+                left: li,
+                right: ri,
+            };
+            for (node, rows, hist, g, h) in [
+                (li, left_rows, left_hist, lg, lh),
+                (ri, right_rows, right_hist, rg, rh),
+            ] {
+                let mut child = Growing {
+                    node,
+                    rows,
+                    hist,
+                    g,
+                    h,
+                    depth: leaf.depth + 1,
+                    best: None,
+                };
+                child.best = self.best(&child);
+                leaves.push(child);
+            }
+        }
+        for leaf in leaves {
+            nodes[leaf.node] = TreeNode::Leaf(-leaf.g / (leaf.h + self.config.l2) * self.config.shrinkage);
+        }
+        nodes
+    }
+}
+
+/// The leaf value a binned row reaches.
+fn binned_value(nodes: &[TreeNode], binning: &[Binning], bins: impl Fn(usize) -> u8) -> f64 {
+    let mut at = 0;
+    loop {
+        match &nodes[at] {
+            TreeNode::Leaf(v) => return *v,
+            TreeNode::Split {
+                feature,
+                rule,
+                left,
+                right,
+            } => {
+                let missing = match &binning[*feature] {
+                    Binning::Numeric(upper) => upper.len() as u8,
+                    Binning::Categorical(_) => u8::MAX,
+                };
+                at = if rule.left(bins(*feature), missing) {
+                    *left
+                } else {
+                    *right
+                };
+            }
+        }
+    }
+}
+
+/// The gradient and hessian of each row (and class) at raw scores `f`.
+fn gradients(task: Task, f: &[f64], y: &[f32], k: usize, g: &mut [f32], h: &mut [f32]) {
+    match task {
+        Task::Regression => {
+            for (i, (f, y)) in f.iter().zip(y).enumerate() {
+                g[i] = (f - f64::from(*y)) as f32;
+                h[i] = 1.0;
+            }
+        }
+        Task::BinaryClassification => {
+            for (i, (f, y)) in f.iter().zip(y).enumerate() {
+                let p = 1.0 / (1.0 + (-f).exp());
+                g[i] = (p - f64::from(*y)) as f32;
+                h[i] = (p * (1.0 - p)).max(1e-16) as f32;
+            }
+        }
+        Task::MultiClassification => {
+            let n = y.len();
+            for r in 0..n {
+                let row = &f[r * k..(r + 1) * k];
+                let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
+                for c in 0..k {
+                    let p = (row[c] - m).exp() / s;
+                    let t = if y[r] as usize == c { 1.0 } else { 0.0 };
+                    // Class-major, so that each class's tree reads one slice.
+                    g[c * n + r] = (p - t) as f32;
+                    h[c * n + r] = (p * (1.0 - p)).max(1e-16) as f32;
+                }
+            }
+        }
+    }
+}
+
+/// The starting score of each output: the mean, the log-odds or the log prior of the classes.
+fn base_scores(task: Task, y: &[f32], k: usize) -> Vec<f64> {
+    let n = y.len().max(1) as f64;
+    match task {
+        Task::Regression => vec![y.iter().map(|v| f64::from(*v)).sum::<f64>() / n],
+        Task::BinaryClassification => {
+            let p = (y.iter().map(|v| f64::from(*v)).sum::<f64>() / n).clamp(1e-6, 1.0 - 1e-6);
+            vec![(p / (1.0 - p)).ln()]
+        }
+        Task::MultiClassification => {
+            let mut counts = vec![0.0; k];
+            for v in y {
+                if let Some(c) = counts.get_mut(*v as usize) {
+                    *c += 1.0;
+                }
+            }
+            counts
+                .iter()
+                .map(|c| (c / n).clamp(1e-6, 1.0).ln())
+                .collect()
+        }
+    }
+}
+
+/// Boosts an ensemble on `train`, stopping early on `validation` (when it has rows) after
+/// `patience` rounds without a better loss and keeping the best round's trees.
+pub fn boost(
+    train: &Dense<'_>,
+    validation: &Dense<'_>,
+    task: Task,
+    outputs: usize,
+    id_cardinalities: &[u32],
+    config: &TrainConfig,
+    progress: &dyn Progress,
+    logger: &dyn RunLogger,
+) -> Result<Boosted, TrainError> {
+    if config.trees == 0 || config.leaves < 2 {
+        return Err(TrainError::Config(
+            "gbdt needs --trees of at least 1 and leaves of at least 2".to_string(),
+        ));
+    }
+    if !(2..=255).contains(&config.max_bins) {
+        return Err(TrainError::Config(format!(
+            "max_bins = {} must be between 2 and 255",
+            config.max_bins
+        )));
+    }
+    for (name, v) in [("subsample", config.subsample), ("colsample", config.colsample)] {
+        if !(v > 0.0 && v <= 1.0) {
+            return Err(TrainError::Config(format!(
+                "{name} = {v} must be in (0, 1]"
+            )));
+        }
+    }
+    if !(config.shrinkage > 0.0 && config.shrinkage.is_finite()) || config.l2 < 0.0 {
+        return Err(TrainError::Config(format!(
+            "gbdt needs shrinkage > 0 (now {}) and l2 ≥ 0 (now {})",
+            config.shrinkage, config.l2
+        )));
+    }
+    if let Some((c, ids)) = id_cardinalities
+        .iter()
+        .enumerate()
+        .find(|(_, n)| **n as usize > MAX_CATEGORIES)
+    {
+        return Err(TrainError::Config(format!(
+            "id column {c} has {ids} ids; gbdt splits at most {MAX_CATEGORIES} categories per \
+             column natively: lower top_k or buckets, or use output = \"one_hot\""
+        )));
+    }
+    let (d, n) = (train.d, train.y.len());
+    let k_out = outputs;
+    let sample_rows: Vec<usize> = (0..n).step_by((n / 200_000).max(1)).collect();
+    let mut binning: Vec<Binning> = (0..d)
+        .into_par_iter()
+        .map(|f| {
+            let values = sample_rows.iter().map(|r| train.x[r * d + f]).collect();
+            Binning::Numeric(numeric_bounds(values, config.max_bins))
+        })
+        .collect();
+    binning.extend(
+        id_cardinalities
+            .iter()
+            .map(|c| Binning::Categorical((*c as usize).max(1))),
+    );
+    let binned = Binned::new(train, &binning);
+    let val_binned = Binned::new(validation, &binning);
+    let mut offsets = Vec::with_capacity(binning.len());
+    let mut total_bins = 0;
+    for b in &binning {
+        offsets.push(total_bins);
+        total_bins += b.bins();
+    }
+    let m = binning.len();
+
+    let base = base_scores(task, train.y, k_out);
+    let mut f_train: Vec<f64> = base.repeat(n);
+    let n_val = validation.y.len();
+    let mut f_val: Vec<f64> = base.repeat(n_val);
+    let mut g = vec![0.0f32; n * k_out];
+    let mut h = vec![0.0f32; n * k_out];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+    let mut trees: Vec<(usize, Vec<TreeNode>)> = Vec::new();
+    let mut gain = vec![0.0; m];
+    let mut history = Vec::new();
+    let mut best: Option<(f64, usize)> = None;
+    progress.start("boosting", Some(config.trees as u64), Unit::Trees);
+    for round in 0..config.trees {
+        // Multi-class scores are row-major; gradients are class-major.
+        gradients(task, &f_train, train.y, k_out, &mut g, &mut h);
+        let rows: Vec<u32> = if config.subsample < 1.0 {
+            (0..n as u32)
+                .filter(|_| rng.random::<f64>() < config.subsample)
+                .collect()
+        } else {
+            (0..n as u32).collect()
+        };
+        let mut features: Vec<usize> = (0..m).collect();
+        if config.colsample < 1.0 {
+            let keep = ((m as f64 * config.colsample).ceil() as usize).clamp(1, m);
+            features = rand::seq::index::sample(&mut rng, m, keep).into_vec();
+            features.sort_unstable();
+        }
+        let grower = Grower {
+            binning: &binning,
+            binned: &binned,
+            offsets: offsets.clone(),
+            total_bins,
+            config,
+            features,
+        };
+        for c in 0..k_out {
+            let (gc, hc) = if task == Task::MultiClassification {
+                (&g[c * n..(c + 1) * n], &h[c * n..(c + 1) * n])
+            } else {
+                (&g[..n], &h[..n])
+            };
+            let nodes = grower.grow(rows.clone(), gc, hc, &mut gain);
+            for (data, scores, rows) in [(&binned, &mut f_train, n), (&val_binned, &mut f_val, n_val)]
+            {
+                scores
+                    .par_chunks_mut(k_out)
+                    .take(rows)
+                    .enumerate()
+                    .for_each(|(r, s)| {
+                        s[c] += binned_value(&nodes, &binning, |f| data.columns[f][r]);
+                    });
+            }
+            trees.push((c, nodes));
+        }
+        let raw_train: Vec<f32> = f_train.iter().map(|v| *v as f32).collect();
+        let train_loss = loss_value(task, &raw_train, train.y, k_out);
+        let (validation_loss, validation_metrics) = if n_val > 0 {
+            let raw: Vec<f32> = f_val.iter().map(|v| *v as f32).collect();
+            (
+                loss_value(task, &raw, validation.y, k_out),
+                metrics_of(task, &raw, validation.y, k_out),
+            )
+        } else {
+            (train_loss, BTreeMap::new())
+        };
+        if !validation_loss.is_finite() {
+            return Err(TrainError::Config(format!(
+                "boosting diverged: the loss became {validation_loss} at round {}; lower the shrinkage (now {})",
+                round + 1,
+                config.shrinkage
+            )));
+        }
+        let mut logged: Vec<(String, f64)> = vec![
+            ("train_loss".into(), train_loss),
+            ("validation_loss".into(), validation_loss),
+        ];
+        logged.extend(
+            validation_metrics
+                .iter()
+                .map(|(k, v)| (format!("validation_{k}"), *v)),
+        );
+        let refs: Vec<(&str, f64)> = logged.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        logger.log(round as i64 + 1, &refs);
+        history.push(EpochReport {
+            epoch: round + 1,
+            train_loss,
+            validation_loss,
+            validation_metrics,
+        });
+        progress.set(round as u64 + 1);
+        if progress.cancelled() {
+            return Err(TrainError::Cancelled);
+        }
+        if best.is_none_or(|(b, _)| validation_loss < b) {
+            best = Some((validation_loss, round));
+        } else if n_val > 0
+            && config
+                .patience
+                .is_some_and(|p| p > 0 && round - best.map_or(0, |b| b.1) >= p)
+        {
+            break;
+        }
+    }
+    progress.finish();
+    // Keep the trees of the best round (all of them without a validation split).
+    if n_val > 0
+        && let Some((_, round)) = best
+    {
+        trees.truncate((round + 1) * k_out);
+    }
+    let ensemble = to_ensemble(&trees, d, id_cardinalities.len(), &base);
+    Ok(Boosted {
+        ensemble,
+        history,
+        gain,
+    })
+}
+
+/// The binned trees in the evaluator's form.
+fn to_ensemble(
+    trees: &[(usize, Vec<TreeNode>)],
+    dense: usize,
+    ids: usize,
+    base: &[f64],
+) -> Ensemble {
+    let mut e = Ensemble {
+        dense,
+        ids,
+        base: base.iter().map(|b| *b as f32).collect(),
+        ..Default::default()
+    };
+    for (output, nodes) in trees {
+        let offset = e.nodes.len() as u32;
+        e.roots.push(offset);
+        e.outputs_of.push(*output as u32);
+        for node in nodes {
+            let (split, left, right) = match node {
+                TreeNode::Leaf(v) => (Split::Leaf(*v as f32), 0, 0),
+                TreeNode::Split {
+                    feature,
+                    rule,
+                    left,
+                    right,
+                } => {
+                    let split = match rule {
+                        Rule::Threshold {
+                            threshold,
+                            missing_left,
+                            ..
+                        } => Split::Numeric {
+                            feature: *feature as u32,
+                            threshold: *threshold,
+                            default_left: *missing_left,
+                        },
+                        Rule::Categories(set) => {
+                            let start = e.categories.len() as u32;
+                            e.categories.extend(
+                                (0..MAX_CATEGORIES as u32)
+                                    .filter(|b| set[(b >> 6) as usize] & (1u64 << (b & 63)) != 0),
+                            );
+                            Split::Categorical {
+                                feature: *feature as u32,
+                                start,
+                                count: e.categories.len() as u32 - start,
+                            }
+                        }
+                    };
+                    (split, offset + *left as u32, offset + *right as u32)
+                }
+            };
+            e.nodes.push(Node { split, left, right });
+        }
+    }
+    e
+}
