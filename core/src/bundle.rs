@@ -141,6 +141,9 @@ pub struct Manifest {
     pub training_statistics: DatasetStatistics,
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// Each raw input column's share of a tree model's total split gain.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub feature_importance: BTreeMap<String, f64>,
     #[serde(default)]
     pub lineage: BundleLineage,
 }

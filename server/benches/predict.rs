@@ -78,6 +78,7 @@ fn logistic_bundle(dir: &Path) -> Vec<String> {
         hyperparameters: BTreeMap::new(),
         training_statistics: DatasetStatistics::compute(&table),
         metrics: BTreeMap::new(),
+        feature_importance: BTreeMap::new(),
         lineage: Default::default(),
     };
     bundle::write(dir, &manifest, &w).unwrap();

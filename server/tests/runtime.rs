@@ -49,6 +49,7 @@ fn reference(
             *activation,
             Some(dense(&x, &w["wide.weight"], &w["wide.bias"])),
         ),
+        Architecture::Trees { .. } => panic!("networks only"),
     };
     let mut h = x.clone();
     for (j, id) in ids.iter().enumerate() {

@@ -23,6 +23,7 @@ pub enum ModelArg {
     Logistic,
     Mlp,
     WideDeep,
+    Gbdt,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -50,16 +51,26 @@ pub struct TrainArgs {
     /// A TOML file with any of the options below (flags given here win).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The model: logistic (default), mlp or wide-deep (dense layers plus embeddings of categories).
+    /// The model: logistic (default), mlp, wide-deep (dense layers plus embeddings of
+    /// categories) or gbdt (gradient-boosted trees; categories and missing values handled natively).
     #[arg(long, value_enum)]
     model: Option<ModelArg>,
+    /// gbdt: boosting rounds (default 100; early stopping may end sooner).
+    #[arg(long)]
+    trees: Option<usize>,
+    /// gbdt: the most leaves per tree (default 31).
+    #[arg(long)]
+    leaves: Option<usize>,
+    /// gbdt: the deepest a leaf may be (default: no limit beyond --leaves).
+    #[arg(long)]
+    max_depth: Option<usize>,
     /// Hidden layer sizes of an MLP, e.g. 64,32.
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
     /// Passes over the training rows (default 30; early stopping may end sooner).
     #[arg(long)]
     epochs: Option<usize>,
-    /// The learning rate (default 0.01).
+    /// The learning rate (default 0.01; for gbdt its shrinkage, default 0.1).
     #[arg(long)]
     lr: Option<f64>,
     /// Rows per gradient step (default 64).
@@ -142,8 +153,12 @@ impl TrainArgs {
                 ModelArg::Logistic => ModelKind::Logistic,
                 ModelArg::Mlp => ModelKind::Mlp,
                 ModelArg::WideDeep => ModelKind::WideDeep,
+                ModelArg::Gbdt => ModelKind::Gbdt,
             };
         }
+        c.trees = self.trees.unwrap_or(c.trees);
+        c.leaves = self.leaves.unwrap_or(c.leaves);
+        c.max_depth = self.max_depth.or(c.max_depth);
         if let Some(h) = &self.hidden {
             c.hidden = h.clone();
             if self.model.is_none() && self.config.is_none() {
@@ -164,7 +179,11 @@ impl TrainArgs {
             };
         }
         c.epochs = self.epochs.unwrap_or(c.epochs);
-        c.lr = self.lr.unwrap_or(c.lr);
+        match (c.model, self.lr) {
+            (ModelKind::Gbdt, Some(lr)) => c.shrinkage = lr,
+            (_, Some(lr)) => c.lr = lr,
+            _ => {}
+        }
         c.batch_size = self.batch_size.unwrap_or(c.batch_size);
         c.weight_decay = self.weight_decay.unwrap_or(c.weight_decay);
         c.dropout = self.dropout.unwrap_or(c.dropout);
@@ -185,6 +204,8 @@ impl TrainArgs {
 /// Prints a line for people at each epoch.
 struct EpochLine {
     epochs: usize,
+    /// What a step is: an epoch, or a boosting round.
+    word: &'static str,
 }
 
 impl RunLogger for EpochLine {
@@ -202,7 +223,7 @@ impl RunLogger for EpochLine {
                 .filter(|(k, _)| shown.contains(k))
                 .map(|(k, v)| format!("{k} {}", num(*v)))
                 .collect();
-            eprintln!("epoch {step}/{}  {}", self.epochs, parts.join("  "));
+            eprintln!("{} {step}/{}  {}", self.word, self.epochs, parts.join("  "));
         }
     }
 }
@@ -237,7 +258,16 @@ pub fn train_on(
     };
     let backend = args.server.backend(home)?;
     let line = EpochLine {
-        epochs: config.epochs,
+        epochs: if config.model == ModelKind::Gbdt {
+            config.trees
+        } else {
+            config.epochs
+        },
+        word: if config.model == ModelKind::Gbdt {
+            "round"
+        } else {
+            "epoch"
+        },
     };
     let Trained {
         run,
@@ -273,6 +303,11 @@ pub fn train_on(
             "rows": outcome.rows,
             "epochs": outcome.history.len(),
             "test_metrics": outcome.test_metrics,
+            "feature_importance": outcome
+                .feature_importance
+                .iter()
+                .map(|(column, share)| serde_json::json!({"column": column, "share": share}))
+                .collect::<Vec<_>>(),
             "baseline_metrics": outcome.baseline_metrics,
             "registered": version.as_ref().map(|v| serde_json::json!({"model": v.model, "version": v.version})),
         }))?;
@@ -287,13 +322,39 @@ pub fn train_on(
     if let Some(line) = against_baseline(&outcome.test_metrics, &outcome.baseline_metrics) {
         println!("{line}");
     }
+    if !outcome.feature_importance.is_empty() {
+        let shown = 10;
+        let rows = outcome
+            .feature_importance
+            .iter()
+            .take(shown)
+            .map(|(c, s)| vec![c.clone(), format!("{:.1}%", s * 100.0)])
+            .collect();
+        println!(
+            "\n{}",
+            ui::table(&["column", "share of split gain"], rows, &[1])
+        );
+        if outcome.feature_importance.len() > shown {
+            println!(
+                "({} more columns; all of them with --json)",
+                outcome.feature_importance.len() - shown
+            );
+        }
+    }
+    let (steps, word) = (
+        outcome.history.len(),
+        if config.model == ModelKind::Gbdt {
+            "rounds"
+        } else {
+            "epochs"
+        },
+    );
     println!(
-        "\nrun {} ({} train / {} validation / {} test rows, {} epochs){}",
+        "\nrun {} ({} train / {} validation / {} test rows, {steps} {word}){}",
         run_id_text(run),
         outcome.rows.train,
         outcome.rows.validation,
         outcome.rows.test,
-        outcome.history.len(),
         version.map_or(String::new(), |v| format!(
             "; registered {} version {}",
             v.model, v.version

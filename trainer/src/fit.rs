@@ -120,6 +120,26 @@ const TREES_ONLY: &[&str] = &[
     "max_bins",
 ];
 
+/// The options a configuration trains with, by name: those its kind of model reads (a network's
+/// or the trees'), without the transform.
+pub fn hyperparameters(config: &TrainConfig) -> BTreeMap<String, serde_json::Value> {
+    let other = if config.model == ModelKind::Gbdt {
+        NETWORK_ONLY
+    } else {
+        TREES_ONLY
+    };
+    match serde_json::to_value(TrainConfig {
+        transform: None,
+        ..config.clone()
+    }) {
+        Ok(serde_json::Value::Object(m)) => m
+            .into_iter()
+            .filter(|(k, _)| !other.contains(&k.as_str()))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
 /// Trains a model on `table` to predict `target`.
 pub fn train(
     table: &Table,
@@ -327,14 +347,7 @@ pub fn train(
         (architecture, weights, history)
     };
 
-    let mut hyperparameters = BTreeMap::new();
-    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
-        transform: None,
-        ..config.clone()
-    }) {
-        let other = if trees { NETWORK_ONLY } else { TREES_ONLY };
-        hyperparameters.extend(m.into_iter().filter(|(k, _)| !other.contains(&k.as_str())));
-    }
+    let hyperparameters = hyperparameters(config);
     let mut manifest = Manifest {
         magic: BUNDLE_MAGIC.to_string(),
         format_version: BUNDLE_FORMAT_VERSION,
@@ -347,6 +360,7 @@ pub fn train(
         hyperparameters,
         training_statistics: DatasetStatistics::compute(&train_t),
         metrics: BTreeMap::new(),
+        feature_importance: feature_importance.iter().cloned().collect(),
         lineage: BundleLineage {
             dataset_fingerprint: Some(table.fingerprint().to_string()),
             transform_digest: Some(fitted.digest()),

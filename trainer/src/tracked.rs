@@ -115,13 +115,10 @@ pub fn train_into(
     progress: &dyn Progress,
     watch: &dyn RunLogger,
 ) -> Result<Trained, TrackError> {
-    let mut params: BTreeMap<String, String> = BTreeMap::new();
-    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(TrainConfig {
-        transform: None,
-        ..config.clone()
-    }) {
-        params.extend(m.iter().map(|(k, v)| (k.clone(), param_text(v))));
-    }
+    let mut params: BTreeMap<String, String> = crate::fit::hyperparameters(config)
+        .iter()
+        .map(|(k, v)| (k.clone(), param_text(v)))
+        .collect();
     params.insert("target".into(), target.to_string());
     params.insert("data".into(), data.display().to_string());
     let run = top_run(backend, experiment, "", params, tags, table)?;

@@ -90,6 +90,7 @@ pub fn make_bundle(
             outputs,
             ..
         } => (*inputs, embeddings.clone(), hidden.clone(), *outputs, true),
+        Architecture::Trees { .. } => panic!("networks only; trees come from training"),
     };
     assert_eq!(inputs, fitted.dense_width());
     let mut sizes = vec![inputs + tables.iter().map(|e| e.width).sum::<usize>()];
@@ -126,6 +127,7 @@ pub fn make_bundle(
         hyperparameters: BTreeMap::new(),
         training_statistics: DatasetStatistics::compute(table),
         metrics: BTreeMap::new(),
+        feature_importance: BTreeMap::new(),
         lineage: Default::default(),
     };
     bundle::write(dir, &manifest, &w).unwrap();
