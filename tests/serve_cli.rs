@@ -278,6 +278,130 @@ fn a_wide_and_deep_model_with_categories_serves_as_it_scores_offline() {
     assert_eq!(server.stop(), 0);
 }
 
+/// Gradient-boosted trees with the default transform (missing numbers kept, categories as ids)
+/// answer over the V2 and TF Serving protocols what `kiln predict` scores offline, within 1e-6.
+#[test]
+fn gradient_boosted_trees_serve_as_they_score_offline() {
+    let k = Kiln::new();
+    let data = k.path("ctr.csv").display().to_string();
+    k.ok(&[
+        "data", "synth", "ctr", "--rows", "4000", "--seed", "5", "-o", &data,
+    ]);
+    let trained = k.ok(&[
+        "train",
+        "--data",
+        &data,
+        "--target",
+        "click",
+        "--model",
+        "gbdt",
+        "--trees",
+        "40",
+        "--register",
+        "trees",
+        "--json",
+    ]);
+    let trained: Value = serde_json::from_str(&trained).unwrap();
+    assert!(
+        trained["test_metrics"]["roc_auc"].as_f64().unwrap() > 0.6,
+        "{trained}"
+    );
+    assert!(trained["feature_importance"][0]["share"].as_f64().unwrap() > 0.0);
+    k.ok(&["models", "alias", "set", "trees", "champion", "1"]);
+    let n = 60;
+    let want: Vec<(String, f64)> = offline(&k, "trees", &data).into_iter().take(n).collect();
+    let (names, rows) = records(&data, "click", n);
+    assert!(
+        rows.iter()
+            .any(|r| r.as_object().unwrap().values().any(Value::is_null)),
+        "the rows carry missing values"
+    );
+    let server = Server::start(&k, &[]);
+    let close = |what: &str, got: &[(String, f64)]| {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.0, w.0, "{what}: row {i} label");
+            assert!(
+                (g.1 - w.1).abs() < 1e-6,
+                "{what}: row {i}: {} vs {}",
+                g.1,
+                w.1
+            );
+        }
+    };
+    let (status, body) = post(
+        &format!("{}/v1/models/trees:predict", server.url),
+        &json!({ "instances": rows }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<(String, f64)> = body["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["label"].as_str().unwrap().to_string(),
+                p["probabilities"][1].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    close("TF Serving", &got);
+    // V2 over JSON, one tensor per column (BYTES for categories); its tensors have no missing
+    // value, so it carries the rows without one.
+    let full: Vec<usize> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.as_object().unwrap().values().any(Value::is_null))
+        .map(|(i, _)| i)
+        .collect();
+    let inputs: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let values: Vec<Value> = full.iter().map(|i| rows[*i][name].clone()).collect();
+            let bytes = values[0].is_string();
+            json!({
+                "name": name,
+                "datatype": if bytes { "BYTES" } else { "FP64" },
+                "shape": [values.len()],
+                "data": values,
+            })
+        })
+        .collect();
+    let (status, body) = post(
+        &format!("{}/v2/models/trees/infer", server.url),
+        &json!({ "inputs": inputs }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let outputs = body["outputs"].as_array().unwrap();
+    let labels = outputs.iter().find(|o| o["name"] == "label").unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let probabilities = outputs
+        .iter()
+        .find(|o| o["name"] == "probabilities")
+        .unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let got: Vec<(String, f64)> = full
+        .iter()
+        .enumerate()
+        .map(|(j, _)| {
+            (
+                labels[j].as_str().unwrap().to_string(),
+                probabilities[2 * j + 1].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let want_full: Vec<(String, f64)> = full.iter().map(|i| want[*i].clone()).collect();
+    for (i, (g, w)) in got.iter().zip(&want_full).enumerate() {
+        assert_eq!(g.0, w.0, "V2: row {i} label");
+        assert!((g.1 - w.1).abs() < 1e-6, "V2: row {i}: {} vs {}", g.1, w.1);
+    }
+    assert_eq!(server.stop(), 0);
+}
+
 /// `kiln train --register` then `kiln serve`: nothing serves until a version is promoted, and
 /// every hint on the way names a command that works when followed.
 #[test]

@@ -92,7 +92,11 @@ impl Ensemble {
                     default_left,
                 } => {
                     let x = dense[feature as usize];
-                    if x.is_nan() { default_left } else { x <= threshold }
+                    if x.is_nan() {
+                        default_left
+                    } else {
+                        x <= threshold
+                    }
                 }
                 Split::Categorical {
                     feature,
@@ -169,9 +173,15 @@ impl Ensemble {
             debug_assert_eq!(column.len(), n);
             put(name, column);
         }
-        put("categories", self.categories.iter().map(|c| *c as f32).collect());
+        put(
+            "categories",
+            self.categories.iter().map(|c| *c as f32).collect(),
+        );
         put("root", self.roots.iter().map(|c| *c as f32).collect());
-        put("output", self.outputs_of.iter().map(|c| *c as f32).collect());
+        put(
+            "output",
+            self.outputs_of.iter().map(|c| *c as f32).collect(),
+        );
         put("base", self.base.clone());
         weights
     }
@@ -201,7 +211,9 @@ impl Ensemble {
             if v >= 0.0 && v.fract() == 0.0 && (v as usize) < below {
                 Ok(v as u32)
             } else {
-                Err(format!("`trees.{name}` holds {v}, not an index below {below}"))
+                Err(format!(
+                    "`trees.{name}` holds {v}, not an index below {below}"
+                ))
             }
         };
         let columns: Vec<&[f32]> = NODE_TENSORS
@@ -209,7 +221,11 @@ impl Ensemble {
             .map(|name| get(name))
             .collect::<Result<_, _>>()?;
         let n = columns[0].len();
-        if let Some((name, c)) = NODE_TENSORS.iter().zip(&columns).find(|(_, c)| c.len() != n) {
+        if let Some((name, c)) = NODE_TENSORS
+            .iter()
+            .zip(&columns)
+            .find(|(_, c)| c.len() != n)
+        {
             return Err(format!(
                 "tensor `trees.{name}` has {} entries, `trees.feature` {n}",
                 c.len()

@@ -181,7 +181,9 @@ fn spec_mistakes_say_what_to_do() {
         "features[0]: encode = \"bucketize\" needs `boundaries = [...]` or `quantiles = K`"
     );
     assert_eq!(
-        spec_error("[[features]]\ncolumns = [\"city\"]\nencode = \"vocabulary\"\nimpute = \"keep\"\n"),
+        spec_error(
+            "[[features]]\ncolumns = [\"city\"]\nencode = \"vocabulary\"\nimpute = \"keep\"\n"
+        ),
         "features[0]: impute = \"keep\" keeps a missing number as NaN, but encode = \"vocabulary\" \
          makes ids; use it with pass_through, standardize or min_max"
     );

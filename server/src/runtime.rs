@@ -216,12 +216,13 @@ impl Runtime {
         if f.rows == 0 {
             return Ok(Vec::new());
         }
-        let raw = match &self.engine {
-            Engine::Network(network) => network
-                .forward(f, self.manifest.transform.dense_width())
-                .map_err(|e| ServeError::Internal(format!("forward pass: {e}")))?,
-            Engine::Trees(trees) => trees.score(f.rows, &f.dense, &f.ids),
-        };
+        let raw =
+            match &self.engine {
+                Engine::Network(network) => network
+                    .forward(f, self.manifest.transform.dense_width())
+                    .map_err(|e| ServeError::Internal(format!("forward pass: {e}")))?,
+                Engine::Trees(trees) => trees.score(f.rows, &f.dense, &f.ids),
+            };
         Ok(finish(self.manifest.task, raw, self.outputs))
     }
 

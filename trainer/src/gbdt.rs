@@ -22,8 +22,13 @@ use crate::predict::Dense;
 
 /// The most ids an id column may have to be split as categories (its ids are its bins).
 pub const MAX_CATEGORIES: usize = 256;
-/// Extra L2 on categorical splits, which fit noise more easily than thresholds.
+/// Extra L2 on categorical splits, which fit noise more easily than thresholds (also the
+/// smoothing of each category's gradient ratio when they are ordered).
 const CATEGORY_L2: f64 = 10.0;
+/// The fewest rows a category needs in a leaf to be placed by a split.
+const MIN_CATEGORY_ROWS: u32 = 100;
+/// The most categories one split sends left.
+const MAX_SET: usize = 32;
 
 /// What boosting produced: the ensemble, every round's figures, and each feature's total gain.
 pub struct Boosted {
@@ -284,7 +289,10 @@ impl Grower<'_> {
                 Binning::Categorical(_) => {
                     let l2 = l2 + CATEGORY_L2;
                     let parent = self.score(leaf.g, leaf.h, l2);
-                    let mut order: Vec<usize> = (0..part.len()).filter(|b| part[*b].n > 0).collect();
+                    // Categories too rare to judge stay on the right with the unseen ones.
+                    let mut order: Vec<usize> = (0..part.len())
+                        .filter(|b| part[*b].n >= MIN_CATEGORY_ROWS)
+                        .collect();
                     if order.len() < 2 {
                         continue;
                     }
@@ -293,20 +301,29 @@ impl Grower<'_> {
                         let rb = part[*b].g / (part[*b].h + CATEGORY_L2);
                         ra.total_cmp(&rb)
                     });
-                    let (mut gl, mut hl, mut nl) = (0.0, 0.0, 0);
-                    let mut set = [0u64; 4];
-                    for &b in &order[..order.len() - 1] {
-                        gl += part[b].g;
-                        hl += part[b].h;
-                        nl += part[b].n;
-                        set[b >> 6] |= 1u64 << (b & 63);
-                        if !fits(hl, nl) {
-                            continue;
+                    // The best set of up to MAX_SET categories from either end of the order.
+                    let most = MAX_SET.min(order.len() - 1);
+                    for from_top in [false, true] {
+                        let (mut gl, mut hl, mut nl) = (0.0, 0.0, 0);
+                        let mut set = [0u64; 4];
+                        for i in 0..most {
+                            let b = if from_top {
+                                order[order.len() - 1 - i]
+                            } else {
+                                order[i]
+                            };
+                            gl += part[b].g;
+                            hl += part[b].h;
+                            nl += part[b].n;
+                            set[b >> 6] |= 1u64 << (b & 63);
+                            if !fits(hl, nl) {
+                                continue;
+                            }
+                            let gain = self.score(gl, hl, l2)
+                                + self.score(leaf.g - gl, leaf.h - hl, l2)
+                                - parent;
+                            consider(gain, f, Rule::Categories(set));
                         }
-                        let gain = self.score(gl, hl, l2)
-                            + self.score(leaf.g - gl, leaf.h - hl, l2)
-                            - parent;
-                        consider(gain, f, Rule::Categories(set));
                     }
                 }
             }
@@ -404,7 +421,8 @@ impl Grower<'_> {
             }
         }
         for leaf in leaves {
-            nodes[leaf.node] = TreeNode::Leaf(-leaf.g / (leaf.h + self.config.l2) * self.config.shrinkage);
+            nodes[leaf.node] =
+                TreeNode::Leaf(-leaf.g / (leaf.h + self.config.l2) * self.config.shrinkage);
         }
         nodes
     }
@@ -517,7 +535,10 @@ pub fn boost(
             config.max_bins
         )));
     }
-    for (name, v) in [("subsample", config.subsample), ("colsample", config.colsample)] {
+    for (name, v) in [
+        ("subsample", config.subsample),
+        ("colsample", config.colsample),
+    ] {
         if !(v > 0.0 && v <= 1.0) {
             return Err(TrainError::Config(format!(
                 "{name} = {v} must be in (0, 1]"
@@ -608,7 +629,8 @@ pub fn boost(
                 (&g[..n], &h[..n])
             };
             let nodes = grower.grow(rows.clone(), gc, hc, &mut gain);
-            for (data, scores, rows) in [(&binned, &mut f_train, n), (&val_binned, &mut f_val, n_val)]
+            for (data, scores, rows) in
+                [(&binned, &mut f_train, n), (&val_binned, &mut f_val, n_val)]
             {
                 scores
                     .par_chunks_mut(k_out)
