@@ -115,3 +115,34 @@ fn grid_with_successive_halving() {
         r.stderr
     );
 }
+
+#[test]
+fn a_sweep_over_boosted_trees_halves_by_rounds() {
+    let k = Kiln::new();
+    let config = k.file(
+        "trees.toml",
+        "method = \"grid\"\nrungs = 2\neta = 2\nmetric = \"roc_auc\"\n\n[base]\nmodel = \"gbdt\"\ntrees = 20\npatience = 0\n\n[space]\nleaves = { choice = [4, 15] }\nshrinkage = { choice = [0.05, 0.3] }\n",
+    );
+    let r = kiln(
+        &k,
+        &[
+            "sweep",
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            "examples/data/breast_cancer.csv",
+            "--target",
+            "label",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let trials = out["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4);
+    // Rung 1 boosts all 4 for 10 rounds; the best 2 go on to 20.
+    let full = trials.iter().filter(|t| t["epochs"] == 20).count();
+    let half = trials.iter().filter(|t| t["epochs"] == 10).count();
+    assert_eq!((full, half), (2, 2), "{trials:?}");
+    assert!(trials[0]["validation"].as_f64().unwrap() > 0.9, "{trials:?}");
+}

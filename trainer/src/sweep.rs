@@ -53,8 +53,8 @@ pub struct SweepConfig {
     /// `roc_auc`, `f1`, `r2` (maximised) or `rmse`, `mae`, `log_loss` (minimised).
     #[serde(default = "default_metric")]
     pub metric: String,
-    /// Successive halving: train every trial for `epochs / eta^(rungs-1)` epochs, keep the best
-    /// `1/eta`, and so on for `rungs` rungs; 1 rung means no halving.
+    /// Successive halving: train every trial for `epochs / eta^(rungs-1)` epochs (boosting rounds
+    /// for gbdt), keep the best `1/eta`, and so on for `rungs` rungs; 1 rung means no halving.
     #[serde(default = "one")]
     pub rungs: usize,
     #[serde(default = "default_eta")]
@@ -190,7 +190,8 @@ impl SweepConfig {
         }
     }
 
-    /// The training options of one trial: the base with the trial's values set.
+    /// The training options of one trial: the base with the trial's values set, and its budget
+    /// (epochs, or boosting rounds for trees) when a rung of successive halving sets it.
     pub fn trial_config(
         &self,
         params: &BTreeMap<String, Value>,
@@ -203,7 +204,12 @@ impl SweepConfig {
                 m.insert(k.clone(), v.clone());
             }
             if let Some(e) = epochs {
-                m.insert("epochs".into(), Value::from(e));
+                let budget = if m.get("model").and_then(Value::as_str) == Some("gbdt") {
+                    "trees"
+                } else {
+                    "epochs"
+                };
+                m.insert(budget.into(), Value::from(e));
             }
         }
         serde_json::from_value(base).map_err(|e| TrainError::Config(format!("sweep space: {e}")))
@@ -230,7 +236,12 @@ pub fn sweep(
     let mut results: BTreeMap<usize, Trial> = BTreeMap::new();
     for rung in 0..rungs {
         let factor = eta.pow((rungs - 1 - rung) as u32);
-        let epochs = (config.base.epochs / factor).max(1);
+        let budget = if config.base.model == crate::ModelKind::Gbdt {
+            config.base.trees
+        } else {
+            config.base.epochs
+        };
+        let epochs = (budget / factor).max(1);
         let done = run_rung(table, target, config, &all, &alive, epochs, sink);
         for t in done {
             results.insert(t.index, t);
