@@ -144,5 +144,8 @@ fn a_sweep_over_boosted_trees_halves_by_rounds() {
     let full = trials.iter().filter(|t| t["epochs"] == 20).count();
     let half = trials.iter().filter(|t| t["epochs"] == 10).count();
     assert_eq!((full, half), (2, 2), "{trials:?}");
-    assert!(trials[0]["validation"].as_f64().unwrap() > 0.9, "{trials:?}");
+    assert!(
+        trials[0]["validation"].as_f64().unwrap() > 0.9,
+        "{trials:?}"
+    );
 }

@@ -100,7 +100,9 @@ fn tree_runtime(logistic: &Runtime) -> Runtime {
     };
     let mut state = 7u64;
     let mut next = move || {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
         (state >> 33) as u32
     };
     for _ in 0..100 {
