@@ -497,7 +497,8 @@ pub fn fit_network(
     let plain = device(config.device)?;
     plain.seed(config.seed);
     let ad = plain.clone().autodiff();
-    let mut net = Net::new(architecture, config.dropout, &ad);
+    let mut net = Net::new(architecture, config.dropout, &ad)
+        .starting_at(&starting_bias(task, y_train, outputs), &ad);
     let mut optim = match config.optimizer {
         OptimizerKind::Adam => {
             let mut c = AdamConfig::new();
@@ -658,6 +659,23 @@ fn constant_predictions(task: Task, y: &[f32], classes: usize, rows: usize) -> (
             }
             (shares.repeat(rows), k)
         }
+    }
+}
+
+/// The output bias an untrained network starts with: the log prior of each class, the
+/// log-odds of class 1, or 0 (the mean of a standardized target).
+fn starting_bias(task: Task, y: &[f32], outputs: usize) -> Vec<f32> {
+    let n = y.len().max(1) as f64;
+    let share = |c: usize| {
+        (y.iter().filter(|v| **v as usize == c).count() as f64 / n).clamp(1e-6, 1.0 - 1e-6)
+    };
+    match task {
+        Task::Regression => vec![0.0; outputs],
+        Task::BinaryClassification => {
+            let p = share(1);
+            vec![(p / (1.0 - p)).ln() as f32]
+        }
+        Task::MultiClassification => (0..outputs).map(|c| share(c).ln() as f32).collect(),
     }
 }
 

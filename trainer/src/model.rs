@@ -104,6 +104,25 @@ impl Net {
         }
     }
 
+    /// Sets the output layer's bias to `bias` and a wide part's to zero, so that the untrained
+    /// network already answers the training split's class shares (their logits) or its mean.
+    pub fn starting_at(mut self, bias: &[f32], device: &Device) -> Net {
+        let n = bias.len();
+        if let Some(last) = self.layers.last_mut() {
+            last.bias = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(bias.to_vec(), [n]),
+                device,
+            )));
+        }
+        if let Some(wide) = self.wide.as_mut() {
+            wide.bias = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![0.0f32; n], [n]),
+                device,
+            )));
+        }
+        self
+    }
+
     /// Logits (classification) or values (regression), `[rows, outputs]`, from dense features
     /// `[rows, inputs]` and, for wide and deep, ids `[rows, id columns]`.
     pub fn forward(&self, x: Tensor<2>, ids: Option<Tensor<2, Int>>) -> Tensor<2> {
