@@ -149,3 +149,57 @@ fn a_sweep_over_boosted_trees_halves_by_rounds() {
         "{trials:?}"
     );
 }
+
+#[test]
+fn a_model_based_search_reports_each_options_importance() {
+    let k = Kiln::new();
+    let config = k.file(
+        "tpe.toml",
+        "method = \"tpe\"\ntrials = 12\nparallel = 2\nseed = 3\nbudget = \"10m\"\nmetric = \"log_loss\"\n\n[base]\nmodel = \"gbdt\"\ntrees = 30\n\n[space]\nshrinkage = { log_uniform = [0.01, 0.5] }\nleaves = { int_uniform = [2, 31] }\nmin_child_rows = { choice = [5, 20, 80] }\n",
+    );
+    let args = |config: &std::path::Path| {
+        vec![
+            "sweep".to_string(),
+            "--config".into(),
+            config.display().to_string(),
+            "--data".into(),
+            "examples/data/breast_cancer.csv".into(),
+            "--target".into(),
+            "label".into(),
+        ]
+    };
+    let mut json = args(&config);
+    json.push("--json".into());
+    let json: Vec<&str> = json.iter().map(String::as_str).collect();
+    let r = kiln(&k, &json);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let trials = out["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 12);
+    assert!(trials.iter().all(|t| t["error"].is_null()), "{trials:?}");
+    let importance = out["importance"].as_array().unwrap();
+    assert_eq!(importance.len(), 3, "{importance:?}");
+    let total: f64 = importance
+        .iter()
+        .map(|i| i["share"].as_f64().unwrap())
+        .sum();
+    assert!((total - 1.0).abs() < 1e-9, "{importance:?}");
+
+    for (text, needle) in [
+        ("budget = \"soon\"", "budget = \"soon\""),
+        (
+            "rungs = 2",
+            "successive halving (rungs) needs method = \"random\" or \"grid\"",
+        ),
+    ] {
+        let bad = k.file(
+            "bad.toml",
+            format!("method = \"tpe\"\ntrials = 4\n{text}\n[space]\nlr = {{ log_uniform = [0.001, 0.1] }}\n"),
+        );
+        let a = args(&bad);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let r = kiln(&k, &a);
+        assert_eq!(r.code, 1, "{text}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{text}: {}", r.stderr);
+    }
+}

@@ -479,7 +479,8 @@ fn read_with_target(data: &Path, target: &str) -> Result<kiln_core::data::Table>
 /// `kiln sweep`.
 #[derive(Debug, Args)]
 pub struct SweepArgs {
-    /// The sweep (TOML): method, trials, parallel, metric, rungs, [base] options, [space].
+    /// The sweep (TOML): method (grid, random or tpe), trials, parallel, budget, metric, rungs,
+    /// [base] options, [space].
     #[arg(long)]
     config: PathBuf,
     /// The training data (CSV, JSON Lines or Parquet).
@@ -561,6 +562,7 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
     )?;
     let minimised = kiln_trainer::sweep::is_minimised(&config.metric);
     let figure = |s: f64| if minimised { -s } else { s };
+    let importance = kiln_trainer::sweep::importance(&trials);
     let registered = match (&args.register, best) {
         (Some(name), Some(run)) => {
             Some(backend.register_version(name, run, "model", "best sweep trial", None)?)
@@ -585,6 +587,10 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
             "parent": run_id_text(parent),
             "metric": config.metric,
             "trials": rows,
+            "importance": importance
+                .iter()
+                .map(|(option, share)| serde_json::json!({"option": option, "share": share}))
+                .collect::<Vec<_>>(),
             "registered": registered.as_ref().map(|v| serde_json::json!({"model": v.model, "version": v.version})),
         }))?;
         return Ok(Outcome::Ok);
@@ -617,6 +623,16 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
             &[0, 2, 3]
         )
     );
+    if !importance.is_empty() {
+        let rows = importance
+            .iter()
+            .map(|(option, share)| vec![option.clone(), format!("{:.0}%", share * 100.0)])
+            .collect();
+        println!(
+            "\n{}",
+            ui::table(&["option", "share of the score's variance"], rows, &[1])
+        );
+    }
     println!(
         "\nsweep run {}: {} trials{}",
         run_id_text(parent),

@@ -16,6 +16,7 @@ mod model;
 mod predict;
 pub mod sweep;
 mod targets;
+mod tpe;
 pub mod tracked;
 
 pub use config::{

@@ -1,14 +1,16 @@
-//! Hyperparameter sweeps: grid or random search over any training option, trials in parallel,
-//! optional successive halving, each trial reported to a [`TrialSink`] (the binary makes each a
-//! child run of one parent run).
+//! Hyperparameter sweeps: grid, random or model-based (TPE) search over any training option,
+//! trials in parallel within an optional time budget, optional successive halving, each trial
+//! reported to a [`TrialSink`] (the binary makes each a child run of one parent run), and each
+//! option's importance to the score.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use kiln_core::data::Table;
 use kiln_core::progress::NoProgress;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -33,6 +35,9 @@ pub enum Domain {
 pub enum Method {
     Grid,
     Random,
+    /// Tree-structured Parzen estimators: random trials first, then each trial where the best
+    /// finished trials' values are densest against the rest's.
+    Tpe,
 }
 
 /// A sweep: the base training options, the space to search, and how.
@@ -59,6 +64,9 @@ pub struct SweepConfig {
     pub rungs: usize,
     #[serde(default = "default_eta")]
     pub eta: usize,
+    /// No trial starts after this much time (`"30m"`, `"2h"`); those running finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
     #[serde(default)]
     pub base: TrainConfig,
     pub space: BTreeMap<String, Domain>,
@@ -160,27 +168,15 @@ impl SweepConfig {
                 }
                 Ok(points)
             }
-            Method::Random => {
+            // A model-based search draws its first trials at random, and checks its space by them.
+            Method::Random | Method::Tpe => {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
                 Ok((0..self.trials)
                     .map(|_| {
                         self.space
                             .iter()
                             .map(|(name, d)| {
-                                let v = match d {
-                                    Domain::Choice(values) => {
-                                        values[rng.random_range(0..values.len())].clone()
-                                    }
-                                    Domain::Uniform([lo, hi]) => {
-                                        Value::from(lo + (hi - lo) * rng.random::<f64>())
-                                    }
-                                    Domain::LogUniform([lo, hi]) => Value::from(
-                                        (lo.ln() + (hi.ln() - lo.ln()) * rng.random::<f64>()).exp(),
-                                    ),
-                                    Domain::IntUniform([lo, hi]) => {
-                                        Value::from(rng.random_range(*lo..=*hi))
-                                    }
-                                };
+                                let v = crate::tpe::random_value(d, &mut rng);
                                 (name.clone(), v)
                             })
                             .collect()
@@ -230,6 +226,25 @@ pub fn sweep(
     for p in &all {
         config.trial_config(p, None)?;
     }
+    let deadline = match &config.budget {
+        Some(text) => Some(
+            Instant::now()
+                + humantime::parse_duration(text).map_err(|e| {
+                    TrainError::Config(format!("budget = {text:?}: {e} (e.g. \"30m\")"))
+                })?,
+        ),
+        None => None,
+    };
+    if config.method == Method::Tpe {
+        if config.rungs > 1 {
+            return Err(TrainError::Config(
+                "successive halving (rungs) needs method = \"random\" or \"grid\"; a TPE search \
+                 learns from whole trials"
+                    .to_string(),
+            ));
+        }
+        return Ok(ranked(run_tpe(table, target, config, deadline, sink)));
+    }
     let rungs = config.rungs.max(1);
     let eta = config.eta.max(2);
     let mut alive: Vec<usize> = (0..all.len()).collect();
@@ -242,7 +257,7 @@ pub fn sweep(
             config.base.epochs
         };
         let epochs = (budget / factor).max(1);
-        let done = run_rung(table, target, config, &all, &alive, epochs, sink);
+        let done = run_rung(table, target, config, &all, &alive, epochs, deadline, sink);
         for t in done {
             results.insert(t.index, t);
         }
@@ -262,15 +277,179 @@ pub fn sweep(
             alive = ranked;
         }
     }
-    let mut out: Vec<Trial> = results.into_values().collect();
-    out.sort_by(|a, b| {
+    Ok(ranked(results.into_values().collect()))
+}
+
+/// Trials best first.
+fn ranked(mut trials: Vec<Trial>) -> Vec<Trial> {
+    trials.sort_by(|a, b| {
         b.score
             .unwrap_or(f64::MIN)
             .total_cmp(&a.score.unwrap_or(f64::MIN))
     });
-    Ok(out)
+    trials
 }
 
+/// Trains one trial of the sweep and reports it to the sink.
+fn run_trial(
+    table: &Table,
+    target: &str,
+    config: &SweepConfig,
+    index: usize,
+    params: &BTreeMap<String, Value>,
+    epochs: Option<usize>,
+    sink: &dyn TrialSink,
+) -> Trial {
+    let logger = sink.start(index, params);
+    let result = config
+        .trial_config(params, epochs)
+        .and_then(|c| train(table, target, &c, &NoProgress, logger.as_ref()))
+        .map(|o| {
+            let s = score(&o, &config.metric).unwrap_or(f64::MIN);
+            (o, s)
+        });
+    drop(logger);
+    sink.finish(index, &result);
+    match &result {
+        Ok((o, s)) => Trial {
+            index,
+            params: params.clone(),
+            score: Some(*s),
+            error: None,
+            epochs: o.history.len(),
+        },
+        Err(e) => Trial {
+            index,
+            params: params.clone(),
+            score: None,
+            error: Some(e.to_string()),
+            epochs: 0,
+        },
+    }
+}
+
+/// A TPE search: each free worker proposes its next trial from every trial finished so far.
+fn run_tpe(
+    table: &Table,
+    target: &str,
+    config: &SweepConfig,
+    deadline: Option<Instant>,
+    sink: &dyn TrialSink,
+) -> Vec<Trial> {
+    struct State {
+        started: usize,
+        finished: Vec<(BTreeMap<String, Value>, f64)>,
+        trials: Vec<Trial>,
+        rng: rand_chacha::ChaCha8Rng,
+    }
+    let state = Mutex::new(State {
+        started: 0,
+        finished: Vec::new(),
+        trials: Vec::new(),
+        rng: rand_chacha::ChaCha8Rng::seed_from_u64(config.seed),
+    });
+    let startup = crate::tpe::startup(config.trials);
+    let workers = config.parallel.clamp(1, config.trials.max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let (index, params) = {
+                        let Ok(mut st) = state.lock() else { return };
+                        if st.started >= config.trials || past(deadline) {
+                            return;
+                        }
+                        let st = &mut *st;
+                        let params =
+                            crate::tpe::propose(&config.space, &st.finished, startup, &mut st.rng);
+                        st.started += 1;
+                        (st.started - 1, params)
+                    };
+                    let trial = run_trial(table, target, config, index, &params, None, sink);
+                    if let Ok(mut st) = state.lock() {
+                        if let Some(s) = trial.score {
+                            st.finished.push((params, s));
+                        }
+                        st.trials.push(trial);
+                    }
+                }
+            });
+        }
+    });
+    state.into_inner().map(|s| s.trials).unwrap_or_default()
+}
+
+fn distinct(xs: &[f64]) -> usize {
+    let mut sorted = xs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.dedup();
+    sorted.len()
+}
+
+fn past(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// Each option's importance to the score: the share of the finished trials' score variance
+/// explained by grouping them by that option's value (choices as they are, ranges in up to four
+/// groups of equal size), normalised to sum to 1 over the options. Empty with fewer than four
+/// finished trials.
+pub fn importance(trials: &[Trial]) -> Vec<(String, f64)> {
+    let finished: Vec<&Trial> = trials.iter().filter(|t| t.score.is_some()).collect();
+    if finished.len() < 4 {
+        return Vec::new();
+    }
+    let scores: Vec<f64> = finished.iter().map(|t| t.score.unwrap_or(0.0)).collect();
+    let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+    let total: f64 = scores.iter().map(|s| (s - mean).powi(2)).sum();
+    let names: std::collections::BTreeSet<&String> =
+        finished.iter().flat_map(|t| t.params.keys()).collect();
+    let mut out: Vec<(String, f64)> = names
+        .into_iter()
+        .map(|name| {
+            let values: Vec<Option<&Value>> = finished.iter().map(|t| t.params.get(name)).collect();
+            let numeric: Option<Vec<f64>> =
+                values.iter().map(|v| v.and_then(Value::as_f64)).collect();
+            let group: Vec<String> = match numeric {
+                Some(mut xs) if distinct(&xs) > 4 => {
+                    let original = xs.clone();
+                    xs.sort_by(f64::total_cmp);
+                    let cuts: Vec<f64> = (1..4).map(|q| xs[q * xs.len() / 4]).collect();
+                    original
+                        .iter()
+                        .map(|x| cuts.iter().filter(|c| x >= c).count().to_string())
+                        .collect()
+                }
+                _ => values
+                    .iter()
+                    .map(|v| v.map_or_else(String::new, Value::to_string))
+                    .collect(),
+            };
+            let mut groups: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+            for (g, s) in group.iter().zip(&scores) {
+                let e = groups.entry(g.as_str()).or_default();
+                e.0 += s;
+                e.1 += 1;
+            }
+            let between: f64 = groups
+                .values()
+                .map(|(sum, n)| *n as f64 * (sum / *n as f64 - mean).powi(2))
+                .sum();
+            (
+                name.clone(),
+                if total > 0.0 { between / total } else { 0.0 },
+            )
+        })
+        .collect();
+    let sum: f64 = out.iter().map(|(_, v)| v).sum();
+    if sum > 0.0 {
+        out.iter_mut().for_each(|(_, v)| *v /= sum);
+    }
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_rung(
     table: &Table,
     target: &str,
@@ -278,6 +457,7 @@ fn run_rung(
     all: &[BTreeMap<String, Value>],
     alive: &[usize],
     epochs: usize,
+    deadline: Option<Instant>,
     sink: &dyn TrialSink,
 ) -> Vec<Trial> {
     let next = AtomicUsize::new(0);
@@ -287,35 +467,20 @@ fn run_rung(
         for _ in 0..workers {
             s.spawn(|| {
                 loop {
+                    if past(deadline) {
+                        break;
+                    }
                     let k = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&index) = alive.get(k) else { break };
-                    let params = &all[index];
-                    let logger = sink.start(index, params);
-                    let result = config
-                        .trial_config(params, Some(epochs))
-                        .and_then(|c| train(table, target, &c, &NoProgress, logger.as_ref()))
-                        .map(|o| {
-                            let s = score(&o, &config.metric).unwrap_or(f64::MIN);
-                            (o, s)
-                        });
-                    drop(logger);
-                    sink.finish(index, &result);
-                    let trial = match &result {
-                        Ok((o, s)) => Trial {
-                            index,
-                            params: params.clone(),
-                            score: Some(*s),
-                            error: None,
-                            epochs: o.history.len(),
-                        },
-                        Err(e) => Trial {
-                            index,
-                            params: params.clone(),
-                            score: None,
-                            error: Some(e.to_string()),
-                            epochs: 0,
-                        },
-                    };
+                    let trial = run_trial(
+                        table,
+                        target,
+                        config,
+                        index,
+                        &all[index],
+                        Some(epochs),
+                        sink,
+                    );
                     if let Ok(mut d) = done.lock() {
                         d.push(trial);
                     }

@@ -282,10 +282,15 @@ pub fn sweep_into(
     let best = trials.iter().find(|t| t.score.is_some());
     if let Some(score) = best.and_then(|b| b.score) {
         let figure = if minimised { -score } else { score };
-        backend.log_metrics(
-            parent.id,
-            &[(&format!("best_validation_{}", config.metric), 0, figure)],
-        )?;
+        let mut points = vec![(format!("best_validation_{}", config.metric), figure)];
+        points.extend(
+            crate::sweep::importance(&trials)
+                .into_iter()
+                .map(|(option, share)| (format!("importance_{option}"), share)),
+        );
+        let points: Vec<(&str, i64, f64)> =
+            points.iter().map(|(k, v)| (k.as_str(), 0, *v)).collect();
+        backend.log_metrics(parent.id, &points)?;
     }
     backend.end_run(parent.id, RunStatus::Finished)?;
     let best = best.and_then(|b| runs.get(&b.index)).copied();
