@@ -192,6 +192,9 @@ pub struct TrainOutcome {
     /// Each raw input column's share of the total split gain (gradient-boosted trees only),
     /// largest first.
     pub feature_importance: Vec<(String, f64)>,
+    /// The trees' total split gain per feature (dense features, then id columns), from which a
+    /// resumed boosting goes on counting.
+    pub feature_gain: Vec<f64>,
     /// The trainer's own predictions on the test split (probabilities or values, row-major).
     pub test_predictions: Vec<f32>,
     pub rows: Splits,

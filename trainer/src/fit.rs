@@ -148,6 +148,20 @@ pub fn train(
     progress: &dyn Progress,
     logger: &dyn RunLogger,
 ) -> Result<TrainOutcome, TrainError> {
+    train_from(table, target, config, None, progress, logger)
+}
+
+/// [`train`], going on from an earlier training of the same model on the same data (`from`, a
+/// checkpoint: its best weights or kept trees) up to `config.epochs` epochs or `config.trees`
+/// rounds in all; only the new epochs or rounds are logged.
+pub fn train_from(
+    table: &Table,
+    target: &str,
+    config: &TrainConfig,
+    from: Option<&TrainOutcome>,
+    progress: &dyn Progress,
+    logger: &dyn RunLogger,
+) -> Result<TrainOutcome, TrainError> {
     kiln_core::threads::debug_assert_may_block("training");
     let target_index = table
         .column_index(target)
@@ -265,6 +279,15 @@ pub fn train(
         )));
     }
     let fitted = spec.fit(&train_t)?;
+    if let Some(from) = from
+        && (from.manifest.transform.digest() != fitted.digest()
+            || from.manifest.task != task
+            || matches!(from.manifest.architecture, Architecture::Trees { .. }) != trees)
+    {
+        return Err(TrainError::Config(
+            "the checkpoint was trained on other data, features or model; train afresh".to_string(),
+        ));
+    }
     if fitted.id_width() > 0 && !matches!(config.model, ModelKind::WideDeep | ModelKind::Gbdt) {
         return Err(TrainError::Config(format!(
             "the transform has id outputs ({}) that feed embeddings or tree splits; train with \
@@ -311,7 +334,23 @@ pub fn train(
         k: fitted.id_width(),
     };
     let mut feature_importance = Vec::new();
+    let mut feature_gain = Vec::new();
     let (architecture, weights, history) = if trees {
+        let start_ensemble = match from {
+            Some(f) => Some(
+                kiln_core::trees::Ensemble::from_weights(&f.weights, d, fitted.id_width(), outputs)
+                    .map_err(|m| TrainError::Config(format!("resuming from a checkpoint: {m}")))?,
+            ),
+            None => None,
+        };
+        let start = match (from, &start_ensemble) {
+            (Some(f), Some(ensemble)) => Some(crate::gbdt::Start {
+                ensemble,
+                history: &f.history,
+                gain: &f.feature_gain,
+            }),
+            _ => None,
+        };
         let boosted = crate::gbdt::boost(
             &train_rows,
             &val_rows,
@@ -319,10 +358,12 @@ pub fn train(
             outputs,
             fitted.id_cardinalities(),
             config,
+            start,
             progress,
             logger,
         )?;
         feature_importance = importance(&fitted, &boosted.gain);
+        feature_gain = boosted.gain.clone();
         (
             Architecture::Trees {
                 inputs: d,
@@ -335,12 +376,18 @@ pub fn train(
         )
     } else {
         let architecture = network_architecture(config, &fitted, hidden, outputs);
-        let (weights, history) = fit_network(
+        if from.is_some_and(|f| f.manifest.architecture != architecture) {
+            return Err(TrainError::Config(
+                "the checkpoint is another network; train afresh".to_string(),
+            ));
+        }
+        let (weights, history) = fit_network_from(
             &train_rows,
             &val_rows,
             &architecture,
             task,
             config,
+            from.map(|f| (&f.weights, f.history.as_slice())),
             progress,
             logger,
         )?;
@@ -401,6 +448,7 @@ pub fn train(
         baseline_metrics,
         history,
         feature_importance,
+        feature_gain,
         test_predictions,
         rows: splits,
     })
@@ -472,6 +520,32 @@ pub fn fit_network(
     progress: &dyn Progress,
     logger: &dyn RunLogger,
 ) -> Result<(BTreeMap<String, Weight>, Vec<EpochReport>), TrainError> {
+    fit_network_from(
+        train,
+        validation,
+        architecture,
+        task,
+        config,
+        None,
+        progress,
+        logger,
+    )
+}
+
+/// [`fit_network`], optionally going on from a checkpoint: the weights an earlier fit returned
+/// (the best epoch's, in the target's units) and its epochs, which count toward `config.epochs`.
+/// The optimizer starts afresh.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fit_network_from(
+    train: &Dense<'_>,
+    validation: &Dense<'_>,
+    architecture: &Architecture,
+    task: Task,
+    config: &TrainConfig,
+    start: Option<(&BTreeMap<String, Weight>, &[EpochReport])>,
+    progress: &dyn Progress,
+    logger: &dyn RunLogger,
+) -> Result<(BTreeMap<String, Weight>, Vec<EpochReport>), TrainError> {
     let (x_train, d, k) = (train.x, train.d, train.k);
     let y_val = validation.y;
     // Regression learns the standardized target, so that default settings reach a target of
@@ -497,8 +571,17 @@ pub fn fit_network(
     let plain = device(config.device)?;
     plain.seed(config.seed);
     let ad = plain.clone().autodiff();
-    let mut net = Net::new(architecture, config.dropout, &ad)
-        .starting_at(&starting_bias(task, y_train, outputs), &ad);
+    let mut net = match start {
+        Some((weights, _)) => Net::from_weights(
+            architecture,
+            &in_standard_units(weights.clone(), architecture, scale),
+            &ad,
+        )
+        .map_err(|m| TrainError::Config(format!("resuming from a checkpoint: {m}")))?
+        .with_dropout(config.dropout),
+        None => Net::new(architecture, config.dropout, &ad)
+            .starting_at(&starting_bias(task, y_train, outputs), &ad),
+    };
     let mut optim = match config.optimizer {
         OptimizerKind::Adam => {
             let mut c = AdamConfig::new();
@@ -527,16 +610,28 @@ pub fn fit_network(
         }
     };
 
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+    let mut history: Vec<EpochReport> = start.map_or_else(Vec::new, |(_, h)| h.to_vec());
+    let first = history.len();
+    // A resumed fit shuffles as the epochs it goes on with would have.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(first as u64));
     let mut order: Vec<usize> = (0..n_train).collect();
-    let mut history = Vec::new();
-    let mut best: Option<(f64, BTreeMap<String, Weight>)> = None;
-    let mut since_best = 0usize;
+    // The checkpoint's weights are its best epoch's.
+    let mut best: Option<(f64, BTreeMap<String, Weight>)> = start.and_then(|(w, h)| {
+        h.iter()
+            .map(|e| e.validation_loss)
+            .min_by(f64::total_cmp)
+            .map(|l| (l, w.clone()))
+    });
+    let mut since_best = history
+        .iter()
+        .rev()
+        .position(|e| best.as_ref().is_some_and(|(b, _)| e.validation_loss == *b))
+        .unwrap_or(0);
     let mut xb: Vec<f32> = Vec::with_capacity(config.batch_size * d);
     let mut yb: Vec<f32> = Vec::with_capacity(config.batch_size);
     let mut ib: Vec<i64> = Vec::with_capacity(config.batch_size * k);
-    let mut last_loss: Option<f64> = None;
-    for epoch in 0..config.epochs {
+    let mut last_loss: Option<f64> = history.last().map(|e| e.validation_loss);
+    for epoch in first..config.epochs {
         // One bar per epoch: its number, the previous epoch's validation loss, rows and rows/s.
         let phase = match last_loss {
             Some(l) => format!("epoch {}/{} (loss {l:.4})", epoch + 1, config.epochs),
@@ -690,6 +785,35 @@ fn standardizing(y: &[f32]) -> (f32, f32) {
         / n;
     let sd = var.sqrt();
     (mean as f32, if sd > 1e-12 { sd as f32 } else { 1.0 })
+}
+
+/// The inverse of [`in_target_units`]: a checkpoint's weights back on the standardized target.
+fn in_standard_units(
+    mut weights: BTreeMap<String, Weight>,
+    architecture: &Architecture,
+    scale: Option<(f32, f32)>,
+) -> BTreeMap<String, Weight> {
+    let Some((mean, sd)) = scale else {
+        return weights;
+    };
+    let hidden = match architecture {
+        Architecture::Mlp { hidden, .. } | Architecture::WideDeep { hidden, .. } => hidden.len(),
+        Architecture::Trees { .. } => return weights,
+    };
+    let last = format!("dense.{hidden}");
+    for name in [
+        format!("{last}.weight"),
+        "wide.weight".into(),
+        "wide.bias".into(),
+    ] {
+        if let Some(w) = weights.get_mut(&name) {
+            w.data.iter_mut().for_each(|v| *v /= sd);
+        }
+    }
+    if let Some(b) = weights.get_mut(&format!("{last}.bias")) {
+        b.data.iter_mut().for_each(|v| *v = (*v - mean) / sd);
+    }
+    weights
 }
 
 /// Weights that answer in the target's units: the output layers (the last dense layer, and the

@@ -34,8 +34,15 @@ const MAX_SET: usize = 32;
 pub struct Boosted {
     pub ensemble: Ensemble,
     pub history: Vec<EpochReport>,
-    /// Total split gain per feature (dense features, then id columns).
+    /// Total split gain per feature (dense features, then id columns) of the kept trees.
     pub gain: Vec<f64>,
+}
+
+/// An earlier boosting to go on from: its kept trees, its rounds' figures and its gains.
+pub struct Start<'a> {
+    pub ensemble: &'a Ensemble,
+    pub history: &'a [EpochReport],
+    pub gain: &'a [f64],
 }
 
 /// How one feature's values become bins.
@@ -513,7 +520,9 @@ fn base_scores(task: Task, y: &[f32], k: usize) -> Vec<f64> {
 }
 
 /// Boosts an ensemble on `train`, stopping early on `validation` (when it has rows) after
-/// `patience` rounds without a better loss and keeping the best round's trees.
+/// `patience` rounds without a better loss and keeping the best round's trees; from `start`, its
+/// trees are kept and boosting goes on for the rounds of `config.trees` beyond its history.
+#[allow(clippy::too_many_arguments)]
 pub fn boost(
     train: &Dense<'_>,
     validation: &Dense<'_>,
@@ -521,6 +530,7 @@ pub fn boost(
     outputs: usize,
     id_cardinalities: &[u32],
     config: &TrainConfig,
+    start: Option<Start<'_>>,
     progress: &dyn Progress,
     logger: &dyn RunLogger,
 ) -> Result<Boosted, TrainError> {
@@ -587,18 +597,39 @@ pub fn boost(
     let m = binning.len();
 
     let base = base_scores(task, train.y, k_out);
-    let mut f_train: Vec<f64> = base.repeat(n);
     let n_val = validation.y.len();
-    let mut f_val: Vec<f64> = base.repeat(n_val);
+    // Scores so far: the base, or the starting ensemble's (which the binned trees reproduce).
+    let scores = |data: &Dense<'_>, rows: usize| -> Vec<f64> {
+        match &start {
+            Some(s) => s
+                .ensemble
+                .score(rows, data.x, data.ids)
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            None => base.repeat(rows),
+        }
+    };
+    let mut f_train = scores(train, n);
+    let mut f_val = scores(validation, n_val);
+    let first = start.as_ref().map_or(0, |s| s.history.len());
     let mut g = vec![0.0f32; n * k_out];
     let mut h = vec![0.0f32; n * k_out];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
     let mut trees: Vec<(usize, Vec<TreeNode>)> = Vec::new();
-    let mut gain = vec![0.0; m];
-    let mut history = Vec::new();
-    let mut best: Option<(f64, usize)> = None;
+    // Each new round's gain per feature.
+    let mut gains: Vec<Vec<f64>> = Vec::new();
+    let mut history: Vec<EpochReport> =
+        start.as_ref().map_or_else(Vec::new, |s| s.history.to_vec());
+    let mut best: Option<(f64, usize)> = history
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.validation_loss, i))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
     progress.start("boosting", Some(config.trees as u64), Unit::Trees);
-    for round in 0..config.trees {
+    progress.set(first as u64);
+    for round in first..config.trees {
+        let mut gain = vec![0.0; m];
         // Multi-class scores are row-major; gradients are class-major.
         gradients(task, &f_train, train.y, k_out, &mut g, &mut h);
         let rows: Vec<u32> = if config.subsample < 1.0 {
@@ -642,6 +673,7 @@ pub fn boost(
             }
             trees.push((c, nodes));
         }
+        gains.push(gain);
         let raw_train: Vec<f32> = f_train.iter().map(|v| *v as f32).collect();
         let train_loss = loss_value(task, &raw_train, train.y, k_out);
         let (validation_loss, validation_metrics) = if n_val > 0 {
@@ -696,9 +728,27 @@ pub fn boost(
     if n_val > 0
         && let Some((_, round)) = best
     {
-        trees.truncate((round + 1) * k_out);
+        let kept = (round + 1).saturating_sub(first);
+        trees.truncate(kept * k_out);
+        gains.truncate(kept);
     }
-    let ensemble = to_ensemble(&trees, d, id_cardinalities.len(), &base);
+    let mut gain = start
+        .as_ref()
+        .map_or_else(|| vec![0.0; m], |s| s.gain.to_vec());
+    gain.resize(m, 0.0);
+    for round in &gains {
+        gain.iter_mut().zip(round).for_each(|(g, r)| *g += r);
+    }
+    let mut ensemble = match &start {
+        Some(s) => s.ensemble.clone(),
+        None => Ensemble {
+            dense: d,
+            ids: id_cardinalities.len(),
+            base: base.iter().map(|b| *b as f32).collect(),
+            ..Default::default()
+        },
+    };
+    append_trees(&mut ensemble, &trees);
     Ok(Boosted {
         ensemble,
         history,
@@ -706,19 +756,8 @@ pub fn boost(
     })
 }
 
-/// The binned trees in the evaluator's form.
-fn to_ensemble(
-    trees: &[(usize, Vec<TreeNode>)],
-    dense: usize,
-    ids: usize,
-    base: &[f64],
-) -> Ensemble {
-    let mut e = Ensemble {
-        dense,
-        ids,
-        base: base.iter().map(|b| *b as f32).collect(),
-        ..Default::default()
-    };
+/// Appends binned trees to an ensemble in the evaluator's form.
+fn append_trees(e: &mut Ensemble, trees: &[(usize, Vec<TreeNode>)]) {
     for (output, nodes) in trees {
         let offset = e.nodes.len() as u32;
         e.roots.push(offset);
@@ -761,5 +800,4 @@ fn to_ensemble(
             e.nodes.push(Node { split, left, right });
         }
     }
-    e
 }

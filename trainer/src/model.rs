@@ -104,6 +104,12 @@ impl Net {
         }
     }
 
+    /// The same network with dropout at rate `p` between its hidden layers.
+    pub fn with_dropout(mut self, p: f64) -> Net {
+        self.dropout = DropoutConfig::new(p).init();
+        self
+    }
+
     /// Sets the output layer's bias to `bias` and a wide part's to zero, so that the untrained
     /// network already answers the training split's class shares (their logits) or its mean.
     pub fn starting_at(mut self, bias: &[f32], device: &Device) -> Net {

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{RunLogger, TrainConfig, TrainError, TrainOutcome, train};
+use crate::{RunLogger, TrainConfig, TrainError, TrainOutcome, train_from};
 
 /// How values of one option are drawn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,7 +59,8 @@ pub struct SweepConfig {
     #[serde(default = "default_metric")]
     pub metric: String,
     /// Successive halving: train every trial for `epochs / eta^(rungs-1)` epochs (boosting rounds
-    /// for gbdt), keep the best `1/eta`, and so on for `rungs` rungs; 1 rung means no halving.
+    /// for gbdt), keep the best `1/eta`, and so on for `rungs` rungs; 1 rung means no halving. A
+    /// survivor goes on from its model at the end of its last rung.
     #[serde(default = "one")]
     pub rungs: usize,
     #[serde(default = "default_eta")]
@@ -249,6 +250,8 @@ pub fn sweep(
     let eta = config.eta.max(2);
     let mut alive: Vec<usize> = (0..all.len()).collect();
     let mut results: BTreeMap<usize, Trial> = BTreeMap::new();
+    // Each trial's model after its last rung, from which a survivor goes on.
+    let mut checkpoints: BTreeMap<usize, TrainOutcome> = BTreeMap::new();
     for rung in 0..rungs {
         let factor = eta.pow((rungs - 1 - rung) as u32);
         let budget = if config.base.model == crate::ModelKind::Gbdt {
@@ -257,8 +260,23 @@ pub fn sweep(
             config.base.epochs
         };
         let epochs = (budget / factor).max(1);
-        let done = run_rung(table, target, config, &all, &alive, epochs, deadline, sink);
-        for t in done {
+        let done = run_rung(
+            table,
+            target,
+            config,
+            &all,
+            &alive,
+            epochs,
+            &checkpoints,
+            deadline,
+            sink,
+        );
+        for (t, outcome) in done {
+            if let Some(o) = outcome
+                && rung + 1 < rungs
+            {
+                checkpoints.insert(t.index, o);
+            }
             results.insert(t.index, t);
         }
         if rung + 1 < rungs {
@@ -274,6 +292,7 @@ pub fn sweep(
                     .total_cmp(&results[a].score.unwrap_or(f64::MIN))
             });
             ranked.truncate((ranked.len() / eta).max(1));
+            checkpoints.retain(|i, _| ranked.contains(i));
             alive = ranked;
         }
     }
@@ -290,7 +309,9 @@ fn ranked(mut trials: Vec<Trial>) -> Vec<Trial> {
     trials
 }
 
-/// Trains one trial of the sweep and reports it to the sink.
+/// Trains one trial of the sweep (from its checkpoint, when it has one) and reports it to the
+/// sink; returns the trial and its model.
+#[allow(clippy::too_many_arguments)]
 fn run_trial(
     table: &Table,
     target: &str,
@@ -298,33 +319,40 @@ fn run_trial(
     index: usize,
     params: &BTreeMap<String, Value>,
     epochs: Option<usize>,
+    from: Option<&TrainOutcome>,
     sink: &dyn TrialSink,
-) -> Trial {
+) -> (Trial, Option<TrainOutcome>) {
     let logger = sink.start(index, params);
     let result = config
         .trial_config(params, epochs)
-        .and_then(|c| train(table, target, &c, &NoProgress, logger.as_ref()))
+        .and_then(|c| train_from(table, target, &c, from, &NoProgress, logger.as_ref()))
         .map(|o| {
             let s = score(&o, &config.metric).unwrap_or(f64::MIN);
             (o, s)
         });
     drop(logger);
     sink.finish(index, &result);
-    match &result {
-        Ok((o, s)) => Trial {
-            index,
-            params: params.clone(),
-            score: Some(*s),
-            error: None,
-            epochs: o.history.len(),
-        },
-        Err(e) => Trial {
-            index,
-            params: params.clone(),
-            score: None,
-            error: Some(e.to_string()),
-            epochs: 0,
-        },
+    match result {
+        Ok((o, s)) => (
+            Trial {
+                index,
+                params: params.clone(),
+                score: Some(s),
+                error: None,
+                epochs: o.history.len(),
+            },
+            Some(o),
+        ),
+        Err(e) => (
+            Trial {
+                index,
+                params: params.clone(),
+                score: None,
+                error: Some(e.to_string()),
+                epochs: 0,
+            },
+            None,
+        ),
     }
 }
 
@@ -365,7 +393,8 @@ fn run_tpe(
                         st.started += 1;
                         (st.started - 1, params)
                     };
-                    let trial = run_trial(table, target, config, index, &params, None, sink);
+                    let (trial, _) =
+                        run_trial(table, target, config, index, &params, None, None, sink);
                     if let Ok(mut st) = state.lock() {
                         if let Some(s) = trial.score {
                             st.finished.push((params, s));
@@ -457,9 +486,10 @@ fn run_rung(
     all: &[BTreeMap<String, Value>],
     alive: &[usize],
     epochs: usize,
+    checkpoints: &BTreeMap<usize, TrainOutcome>,
     deadline: Option<Instant>,
     sink: &dyn TrialSink,
-) -> Vec<Trial> {
+) -> Vec<(Trial, Option<TrainOutcome>)> {
     let next = AtomicUsize::new(0);
     let done = Mutex::new(Vec::new());
     let workers = config.parallel.clamp(1, alive.len().max(1));
@@ -472,17 +502,18 @@ fn run_rung(
                     }
                     let k = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&index) = alive.get(k) else { break };
-                    let trial = run_trial(
+                    let ended = run_trial(
                         table,
                         target,
                         config,
                         index,
                         &all[index],
                         Some(epochs),
+                        checkpoints.get(&index),
                         sink,
                     );
                     if let Ok(mut d) = done.lock() {
-                        d.push(trial);
+                        d.push(ended);
                     }
                 }
             });
