@@ -8,6 +8,8 @@
 #   cargo build --release --bin kiln && cargo build --release -p kiln-server --example ceiling
 #   DURATION=10s benches/serve.sh
 #   SERVE_ARGS="--log-sample 0" benches/serve.sh    # extra `kiln serve` options (the prediction log)
+#   TRAIN_ARGS="--config benches/trees31.toml" benches/serve.sh
+#                                                   # another model: 100 trees of 31 leaves
 #
 # wrk comes from Debian's packages (apt-get install wrk). Both servers listen on 127.0.0.1 only,
 # each load runs for DURATION, and every process started here is stopped on exit.
@@ -40,8 +42,9 @@ cleanup() {
 trap cleanup EXIT
 
 home="$work/home"
+read -r -a train_args <<<"${TRAIN_ARGS:---spec examples/breast_cancer.spec.toml --model logistic --epochs 20}"
 "$KILN" --home "$home" train --data examples/data/breast_cancer.csv --target label \
-  --spec examples/breast_cancer.spec.toml --model logistic --epochs 20 --register bc >/dev/null
+  "${train_args[@]}" --register bc >/dev/null
 "$KILN" --home "$home" models alias set bc champion 1 >/dev/null
 
 python3 - "$work" <<'PY'

@@ -42,6 +42,7 @@ out = subprocess.run(
     check=True, capture_output=True, text=True)
 kiln_seconds = time.perf_counter() - start
 kiln = json.loads(out.stdout)
+print(f"kiln: {kiln_seconds:.1f} s, test AUC {kiln['test_metrics']['roc_auc']:.4f}", flush=True)
 
 frame = pd.read_csv(data)
 y = frame.pop("click").to_numpy()
@@ -60,12 +61,14 @@ lgb = lightgbm.LGBMClassifier(n_estimators=TREES, num_leaves=LEAVES, learning_ra
 lgb.fit(x_train, y_train, categorical_feature=categorical)
 lgb_seconds = time.perf_counter() - start
 lgb_auc = roc_auc_score(y_test, lgb.predict_proba(x_test)[:, 1])
+print(f"LightGBM: {lgb_seconds:.1f} s, test AUC {lgb_auc:.4f}", flush=True)
 
 # HistGradientBoosting takes at most 255 categories per column: the 254 commonest, then the rest.
 coded = frame.copy()
 for c in categorical:
     top = coded[c].iloc[:n_train].value_counts().index[:254]
-    coded[c] = pd.Categorical(coded[c].where(coded[c].isin(top), "<rest>"))
+    text = coded[c].astype(str)
+    coded[c] = pd.Categorical(text.where(text.isin(top.astype(str)), "<rest>"))
 start = time.perf_counter()
 hgb = HistGradientBoostingClassifier(max_iter=TREES, max_leaf_nodes=LEAVES, learning_rate=LR,
                                      early_stopping=False, categorical_features="from_dtype")

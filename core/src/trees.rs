@@ -235,9 +235,12 @@ impl Ensemble {
             .iter()
             .map(|v| index("categories", *v, u32::MAX as usize))
             .collect::<Result<_, _>>()?;
+        let rows: Vec<[f32; 8]> = (0..n)
+            .map(|i| std::array::from_fn(|c| columns[c][i]))
+            .collect();
         let mut nodes = Vec::with_capacity(n);
-        for i in 0..n {
-            let at = |c: usize| columns[c][i];
+        for (i, row) in rows.iter().enumerate() {
+            let at = |c: usize| row[c];
             let node = if at(2) < 0.0 {
                 if !at(5).is_finite() {
                     return Err(format!("leaf {i} has the value {}", at(5)));

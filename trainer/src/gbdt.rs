@@ -93,7 +93,8 @@ fn numeric_bounds(mut values: Vec<f32>, max_bins: usize) -> Vec<f32> {
     upper
 }
 
-/// Binned features, one column of `n` bins per feature.
+/// Binned features, one column of `n` bins per feature: a histogram fills each feature's part
+/// from its column, which keeps that part in the nearest cache.
 struct Binned {
     columns: Vec<Vec<u8>>,
 }
@@ -115,6 +116,11 @@ impl Binned {
             .collect();
         Binned { columns }
     }
+
+    #[inline]
+    fn at(&self, row: usize, feature: usize) -> u8 {
+        self.columns[feature][row]
+    }
 }
 
 /// A split found in a leaf's histogram.
@@ -123,6 +129,8 @@ struct Candidate {
     gain: f64,
     feature: usize,
     rule: Rule,
+    /// The gradient, hessian and rows the split sends left.
+    left: (f64, f64, u32),
 }
 
 #[derive(Debug, Clone)]
@@ -208,18 +216,42 @@ impl Grower<'_> {
             parts.push((f, part));
             rest = tail;
         }
+        // The rows' gradients gathered once, in the leaf's order, for every feature to read.
+        let gh: Vec<[f32; 2]> = rows
+            .iter()
+            .map(|r| [g[*r as usize], h[*r as usize]])
+            .collect();
         let wanted = |f: &usize| self.features.binary_search(f).is_ok();
         parts
             .into_par_iter()
             .filter(|(f, _)| wanted(f))
             .for_each(|(f, part)| {
                 let column = &self.binned.columns[f];
-                for &r in rows {
-                    let r = r as usize;
-                    let bin = &mut part[column[r] as usize];
-                    bin.g += f64::from(g[r]);
-                    bin.h += f64::from(h[r]);
-                    bin.n += 1;
+                // Two histograms filled alternately and added at the end: consecutive rows in
+                // one bin would otherwise wait on each other's additions.
+                let mut odd = vec![Bin::default(); part.len()];
+                for (r, gh) in rows.chunks_exact(2).zip(gh.chunks_exact(2)) {
+                    let a = &mut part[column[r[0] as usize] as usize];
+                    a.g += f64::from(gh[0][0]);
+                    a.h += f64::from(gh[0][1]);
+                    a.n += 1;
+                    let b = &mut odd[column[r[1] as usize] as usize];
+                    b.g += f64::from(gh[1][0]);
+                    b.h += f64::from(gh[1][1]);
+                    b.n += 1;
+                }
+                if rows.len() % 2 == 1
+                    && let (Some(r), Some([g, h])) = (rows.last(), gh.last())
+                {
+                    let a = &mut part[column[*r as usize] as usize];
+                    a.g += f64::from(*g);
+                    a.h += f64::from(*h);
+                    a.n += 1;
+                }
+                for (a, b) in part.iter_mut().zip(&odd) {
+                    a.g += b.g;
+                    a.h += b.h;
+                    a.n += b.n;
                 }
             });
         hist
@@ -246,12 +278,13 @@ impl Grower<'_> {
             nl >= min_rows && n - nl >= min_rows && hl >= min_h && leaf.h - hl >= min_h
         };
         let mut best: Option<Candidate> = None;
-        let mut consider = |gain: f64, feature: usize, rule: Rule| {
+        let mut consider = |gain: f64, feature: usize, rule: Rule, left: (f64, f64, u32)| {
             if gain > 1e-12 && best.as_ref().is_none_or(|b| gain > b.gain) {
                 best = Some(Candidate {
                     gain,
                     feature,
                     rule,
+                    left,
                 });
             }
         };
@@ -286,6 +319,7 @@ impl Grower<'_> {
                                     threshold: upper[b],
                                     missing_left,
                                 },
+                                (gl, hl, nl),
                             );
                         }
                         if missing.n == 0 {
@@ -329,7 +363,7 @@ impl Grower<'_> {
                             let gain = self.score(gl, hl, l2)
                                 + self.score(leaf.g - gl, leaf.h - hl, l2)
                                 - parent;
-                            consider(gain, f, Rule::Categories(set));
+                            consider(gain, f, Rule::Categories(set), (gl, hl, nl));
                         }
                     }
                 }
@@ -339,7 +373,14 @@ impl Grower<'_> {
     }
 
     /// Grows one tree on the gradients of the sampled `rows`; leaf values are shrunk already.
-    fn grow(&self, rows: Vec<u32>, g: &[f32], h: &[f32], gain: &mut [f64]) -> Vec<TreeNode> {
+    /// Returns the tree and each leaf's value with its rows.
+    fn grow(
+        &self,
+        rows: Vec<u32>,
+        g: &[f32],
+        h: &[f32],
+        gain: &mut [f64],
+    ) -> (Vec<TreeNode>, Vec<(f64, Vec<u32>)>) {
         let (sg, sh) = rows.iter().fold((0.0, 0.0), |(a, b), r| {
             (a + f64::from(g[*r as usize]), b + f64::from(h[*r as usize]))
         });
@@ -376,15 +417,10 @@ impl Grower<'_> {
                 Binning::Numeric(upper) => upper.len() as u8,
                 Binning::Categorical(_) => u8::MAX,
             };
-            let (left_rows, right_rows): (Vec<u32>, Vec<u32>) = leaf
-                .rows
-                .iter()
-                .partition(|r| split.rule.left(column[**r as usize], missing));
-            let sum = |rows: &[u32]| {
-                rows.iter().fold((0.0, 0.0), |(a, b), r| {
-                    (a + f64::from(g[*r as usize]), b + f64::from(h[*r as usize]))
-                })
-            };
+            let (lg, lh, _) = split.left;
+            let (left_rows, right_rows) =
+                split_rows(&leaf.rows, |r| split.rule.left(column[r as usize], missing));
+            let (rg, rh) = (leaf.g - lg, leaf.h - lh);
             // The smaller child's histogram is built; the larger one's is the parent's minus it.
             let left_small = left_rows.len() <= right_rows.len();
             let small = self.histogram(if left_small { &left_rows } else { &right_rows }, g, h);
@@ -399,8 +435,6 @@ impl Grower<'_> {
             } else {
                 (large, small)
             };
-            let (lg, lh) = sum(&left_rows);
-            let (rg, rh) = sum(&right_rows);
             let (li, ri) = (nodes.len(), nodes.len() + 1);
             nodes.push(TreeNode::Leaf(0.0));
             nodes.push(TreeNode::Leaf(0.0));
@@ -427,12 +461,49 @@ impl Grower<'_> {
                 leaves.push(child);
             }
         }
+        let mut values = Vec::with_capacity(leaves.len());
         for leaf in leaves {
-            nodes[leaf.node] =
-                TreeNode::Leaf(-leaf.g / (leaf.h + self.config.l2) * self.config.shrinkage);
+            let v = -leaf.g / (leaf.h + self.config.l2) * self.config.shrinkage;
+            nodes[leaf.node] = TreeNode::Leaf(v);
+            values.push((v, leaf.rows));
         }
-        nodes
+        (nodes, values)
     }
+}
+
+/// A leaf's rows split in two, each side in its original order; large leaves in blocks across
+/// threads.
+fn split_rows(rows: &[u32], left: impl Fn(u32) -> bool + Sync) -> (Vec<u32>, Vec<u32>) {
+    // Without branches: each row is written to both sides and kept on one.
+    let block = |rows: &[u32]| {
+        let (mut l, mut r) = (vec![0u32; rows.len()], vec![0u32; rows.len()]);
+        let (mut nl, mut nr) = (0, 0);
+        for &row in rows {
+            let goes_left = left(row);
+            l[nl] = row;
+            r[nr] = row;
+            nl += usize::from(goes_left);
+            nr += usize::from(!goes_left);
+        }
+        l.truncate(nl);
+        r.truncate(nr);
+        (l, r)
+    };
+    const PARALLEL: usize = 1 << 16;
+    if rows.len() < PARALLEL {
+        return block(rows);
+    }
+    let size = rows.len().div_ceil(rayon::current_num_threads().max(1));
+    let parts: Vec<(Vec<u32>, Vec<u32>)> = rows.par_chunks(size).map(block).collect();
+    let (mut l, mut r) = (
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+    );
+    for (a, b) in parts {
+        l.extend_from_slice(&a);
+        r.extend_from_slice(&b);
+    }
+    (l, r)
 }
 
 /// The leaf value a binned row reaches.
@@ -465,17 +536,23 @@ fn binned_value(nodes: &[TreeNode], binning: &[Binning], bins: impl Fn(usize) ->
 fn gradients(task: Task, f: &[f64], y: &[f32], k: usize, g: &mut [f32], h: &mut [f32]) {
     match task {
         Task::Regression => {
-            for (i, (f, y)) in f.iter().zip(y).enumerate() {
-                g[i] = (f - f64::from(*y)) as f32;
-                h[i] = 1.0;
-            }
+            g.par_iter_mut()
+                .zip(h.par_iter_mut())
+                .zip(f.par_iter().zip(y))
+                .for_each(|((g, h), (f, y))| {
+                    *g = (f - f64::from(*y)) as f32;
+                    *h = 1.0;
+                });
         }
         Task::BinaryClassification => {
-            for (i, (f, y)) in f.iter().zip(y).enumerate() {
-                let p = 1.0 / (1.0 + (-f).exp());
-                g[i] = (p - f64::from(*y)) as f32;
-                h[i] = (p * (1.0 - p)).max(1e-16) as f32;
-            }
+            g.par_iter_mut()
+                .zip(h.par_iter_mut())
+                .zip(f.par_iter().zip(y))
+                .for_each(|((g, h), (f, y))| {
+                    let p = 1.0 / (1.0 + (-f).exp());
+                    *g = (p - f64::from(*y)) as f32;
+                    *h = (p * (1.0 - p)).max(1e-16) as f32;
+                });
         }
         Task::MultiClassification => {
             let n = y.len();
@@ -632,12 +709,14 @@ pub fn boost(
         let mut gain = vec![0.0; m];
         // Multi-class scores are row-major; gradients are class-major.
         gradients(task, &f_train, train.y, k_out, &mut g, &mut h);
-        let rows: Vec<u32> = if config.subsample < 1.0 {
-            (0..n as u32)
-                .filter(|_| rng.random::<f64>() < config.subsample)
-                .collect()
+        let (rows, sampled): (Vec<u32>, Option<Vec<bool>>) = if config.subsample < 1.0 {
+            let sampled: Vec<bool> = (0..n)
+                .map(|_| rng.random::<f64>() < config.subsample)
+                .collect();
+            let rows = (0..n as u32).filter(|r| sampled[*r as usize]).collect();
+            (rows, Some(sampled))
         } else {
-            (0..n as u32).collect()
+            ((0..n as u32).collect(), None)
         };
         let mut features: Vec<usize> = (0..m).collect();
         if config.colsample < 1.0 {
@@ -659,31 +738,60 @@ pub fn boost(
             } else {
                 (&g[..n], &h[..n])
             };
-            let nodes = grower.grow(rows.clone(), gc, hc, &mut gain);
-            for (data, scores, rows) in
-                [(&binned, &mut f_train, n), (&val_binned, &mut f_val, n_val)]
-            {
+            let (nodes, leaves) = grower.grow(rows.clone(), gc, hc, &mut gain);
+            // Sampled rows take their leaf's value; the others, and validation rows, go down
+            // the tree.
+            for (v, rows) in &leaves {
+                for r in rows {
+                    f_train[*r as usize * k_out + c] += v;
+                }
+            }
+            let walk = |data: &Binned, scores: &mut [f64], sampled: Option<&[bool]>| {
                 scores
                     .par_chunks_mut(k_out)
-                    .take(rows)
                     .enumerate()
+                    .filter(|(r, _)| sampled.is_none_or(|s| !s[*r]))
                     .for_each(|(r, s)| {
-                        s[c] += binned_value(&nodes, &binning, |f| data.columns[f][r]);
+                        s[c] += binned_value(&nodes, &binning, |f| data.at(r, f));
                     });
+            };
+            if let Some(sampled) = &sampled {
+                walk(&binned, &mut f_train, Some(sampled));
             }
+            walk(&val_binned, &mut f_val, None);
             trees.push((c, nodes));
         }
         gains.push(gain);
-        let raw_train: Vec<f32> = f_train.iter().map(|v| *v as f32).collect();
-        let train_loss = loss_value(task, &raw_train, train.y, k_out);
-        let (validation_loss, validation_metrics) = if n_val > 0 {
-            let raw: Vec<f32> = f_val.iter().map(|v| *v as f32).collect();
-            (
-                loss_value(task, &raw, validation.y, k_out),
-                metrics_of(task, &raw, validation.y, k_out),
-            )
+        // The training loss in blocks across threads; the validation figures beside it.
+        let (train_loss, (validation_loss, validation_metrics)) = rayon::join(
+            || {
+                const BLOCK: usize = 1 << 16;
+                f_train
+                    .par_chunks(BLOCK * k_out)
+                    .zip(train.y.par_chunks(BLOCK))
+                    .map(|(f, y)| {
+                        let raw: Vec<f32> = f.iter().map(|v| *v as f32).collect();
+                        loss_value(task, &raw, y, k_out) * y.len() as f64
+                    })
+                    .sum::<f64>()
+                    / n.max(1) as f64
+            },
+            || {
+                if n_val > 0 {
+                    let raw: Vec<f32> = f_val.iter().map(|v| *v as f32).collect();
+                    (
+                        loss_value(task, &raw, validation.y, k_out),
+                        metrics_of(task, &raw, validation.y, k_out),
+                    )
+                } else {
+                    (f64::NAN, BTreeMap::new())
+                }
+            },
+        );
+        let validation_loss = if n_val > 0 {
+            validation_loss
         } else {
-            (train_loss, BTreeMap::new())
+            train_loss
         };
         if !validation_loss.is_finite() {
             return Err(TrainError::Config(format!(

@@ -38,6 +38,9 @@ pub enum Method {
     /// Tree-structured Parzen estimators: random trials first, then each trial where the best
     /// finished trials' values are densest against the rest's.
     Tpe,
+    /// Hyperband: random trials in brackets of successive halving, from many trials started on a
+    /// small budget (`rungs` rungs) to a few trained on the full budget at once.
+    Hyperband,
 }
 
 /// A sweep: the base training options, the space to search, and how.
@@ -46,7 +49,8 @@ pub enum Method {
 pub struct SweepConfig {
     #[serde(default = "random")]
     pub method: Method,
-    /// Trials of a random search (a grid has as many as its points).
+    /// Trials of a random or TPE search (a grid has as many as its points, Hyperband as many as
+    /// its brackets need).
     #[serde(default = "default_trials")]
     pub trials: usize,
     /// Trials trained at the same time.
@@ -60,7 +64,8 @@ pub struct SweepConfig {
     pub metric: String,
     /// Successive halving: train every trial for `epochs / eta^(rungs-1)` epochs (boosting rounds
     /// for gbdt), keep the best `1/eta`, and so on for `rungs` rungs; 1 rung means no halving. A
-    /// survivor goes on from its model at the end of its last rung.
+    /// survivor goes on from its model at the end of its last rung. For Hyperband, the rungs of
+    /// its most aggressive bracket (and the number of brackets).
     #[serde(default = "one")]
     pub rungs: usize,
     #[serde(default = "default_eta")]
@@ -170,9 +175,16 @@ impl SweepConfig {
                 Ok(points)
             }
             // A model-based search draws its first trials at random, and checks its space by them.
-            Method::Random | Method::Tpe => {
+            Method::Random | Method::Tpe | Method::Hyperband => {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
-                Ok((0..self.trials)
+                let trials = if self.method == Method::Hyperband {
+                    hyperband_brackets(self.rungs.max(1), self.eta.max(2))
+                        .iter()
+                        .sum()
+                } else {
+                    self.trials
+                };
+                Ok((0..trials)
                     .map(|_| {
                         self.space
                             .iter()
@@ -246,9 +258,55 @@ pub fn sweep(
         }
         return Ok(ranked(run_tpe(table, target, config, deadline, sink)));
     }
-    let rungs = config.rungs.max(1);
     let eta = config.eta.max(2);
-    let mut alive: Vec<usize> = (0..all.len()).collect();
+    let mut results: BTreeMap<usize, Trial> = BTreeMap::new();
+    if config.method == Method::Hyperband {
+        // Brackets from the most aggressive (many trials, `rungs` rungs) to plain trials at the
+        // full budget, each a successive halving over its own trials.
+        let mut first = 0;
+        for (s, n) in hyperband_brackets(config.rungs.max(1), eta)
+            .into_iter()
+            .enumerate()
+        {
+            let rungs = config.rungs.max(1) - s;
+            let trials: Vec<usize> = (first..first + n).collect();
+            first += n;
+            results.extend(halve(
+                table, target, config, &all, trials, rungs, deadline, sink,
+            ));
+        }
+    } else {
+        let trials = (0..all.len()).collect();
+        results = halve(
+            table,
+            target,
+            config,
+            &all,
+            trials,
+            config.rungs.max(1),
+            deadline,
+            sink,
+        );
+    }
+    Ok(ranked(results.into_values().collect()))
+}
+
+/// Successive halving over `trials` in `rungs` rungs: every trial trains for the budget (epochs,
+/// or boosting rounds) divided by `eta^(rungs-1)`, the best `1/eta` go on from their checkpoint
+/// to `eta` times that, and so on up to the full budget.
+#[allow(clippy::too_many_arguments)]
+fn halve(
+    table: &Table,
+    target: &str,
+    config: &SweepConfig,
+    all: &[BTreeMap<String, Value>],
+    trials: Vec<usize>,
+    rungs: usize,
+    deadline: Option<Instant>,
+    sink: &dyn TrialSink,
+) -> BTreeMap<usize, Trial> {
+    let eta = config.eta.max(2);
+    let mut alive = trials;
     let mut results: BTreeMap<usize, Trial> = BTreeMap::new();
     // Each trial's model after its last rung, from which a survivor goes on.
     let mut checkpoints: BTreeMap<usize, TrainOutcome> = BTreeMap::new();
@@ -264,7 +322,7 @@ pub fn sweep(
             table,
             target,
             config,
-            &all,
+            all,
             &alive,
             epochs,
             &checkpoints,
@@ -283,7 +341,7 @@ pub fn sweep(
             let mut ranked: Vec<usize> = alive
                 .iter()
                 .copied()
-                .filter(|i| results[i].score.is_some())
+                .filter(|i| results.get(i).is_some_and(|t| t.score.is_some()))
                 .collect();
             ranked.sort_by(|a, b| {
                 results[b]
@@ -296,7 +354,18 @@ pub fn sweep(
             alive = ranked;
         }
     }
-    Ok(ranked(results.into_values().collect()))
+    results
+}
+
+/// The trials of each Hyperband bracket, most aggressive first: bracket `s` (of `rungs - s`
+/// rungs) has `ceil(rungs / (rungs - s) · eta^(rungs - 1 - s))` trials.
+pub fn hyperband_brackets(rungs: usize, eta: usize) -> Vec<usize> {
+    (0..rungs)
+        .map(|s| {
+            let depth = rungs - 1 - s;
+            (rungs as f64 / (depth + 1) as f64 * (eta as f64).powi(depth as i32)).ceil() as usize
+        })
+        .collect()
 }
 
 /// Trials best first.
