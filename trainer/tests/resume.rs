@@ -169,3 +169,39 @@ fn successive_halving_resumes_its_survivors() {
         assert_eq!(rounds, (1..=12).collect::<Vec<_>>(), "trial {s}");
     }
 }
+
+#[test]
+fn hyperband_runs_brackets_of_successive_halving() {
+    assert_eq!(kiln_trainer::sweep::hyperband_brackets(3, 3), vec![9, 5, 3]);
+    let t = breast_cancer();
+    let mut space = BTreeMap::new();
+    space.insert("leaves".to_string(), Domain::IntUniform([2, 31]));
+    space.insert("shrinkage".to_string(), Domain::LogUniform([0.01, 0.5]));
+    let config = SweepConfig {
+        method: Method::Hyperband,
+        trials: 0,
+        parallel: 2,
+        seed: 4,
+        metric: "loss".into(),
+        rungs: 3,
+        eta: 3,
+        budget: None,
+        base: TrainConfig {
+            model: ModelKind::Gbdt,
+            trees: 9,
+            patience: None,
+            ..TrainConfig::default()
+        },
+        space,
+    };
+    let steps = Steps::default();
+    let trials = sweep(&t, "label", &config, &steps).unwrap();
+    assert_eq!(trials.len(), 17);
+    let at = |rounds| trials.iter().filter(|t| t.epochs == rounds).count();
+    // Bracket 1: 9 trials at 1 round, 3 go on to 3, 1 to 9; bracket 2: 5 at 3, 1 to 9;
+    // bracket 3: 3 at 9.
+    assert_eq!((at(1), at(3), at(9)), (6, 6, 5), "{trials:?}");
+    // Every round of every trial was boosted once.
+    let steps = steps.0.into_inner().unwrap();
+    assert_eq!(steps.len(), 6 + 6 * 3 + 5 * 9);
+}
