@@ -302,8 +302,24 @@ pub fn train_from(
                 .to_string(),
         ));
     }
-    let f_train = fitted.apply_table(&train_t)?;
-    let f_val = fitted.apply_table(&val_t)?;
+    // Logistic regression and MLPs read one-hot features as index lookups: rows cost their
+    // non-zeros, and the weights are the same as on dense rows.
+    let sparse = (!trees && config.model != ModelKind::WideDeep)
+        .then(|| fitted.sparse_view())
+        .flatten();
+    let (f_train, f_val) = match &sparse {
+        Some(view) => (
+            sparse_features(view, &train_t)?,
+            sparse_features(view, &val_t)?,
+        ),
+        None => {
+            let (t, v) = (fitted.apply_table(&train_t)?, fitted.apply_table(&val_t)?);
+            (
+                (t.dense, t.ids, t.dense_width, t.id_width),
+                (v.dense, v.ids, v.dense_width, v.id_width),
+            )
+        }
+    };
     let d = fitted.dense_width();
     if d == 0 && !(trees && fitted.id_width() > 0) {
         return Err(TrainError::Config(
@@ -320,18 +336,18 @@ pub fn train_from(
         config.hidden.clone()
     };
     let train_rows = Dense {
-        x: &f_train.dense,
-        ids: &f_train.ids,
+        x: &f_train.0,
+        ids: &f_train.1,
         y: &y_train,
-        d,
-        k: fitted.id_width(),
+        d: f_train.2,
+        k: f_train.3,
     };
     let val_rows = Dense {
-        x: &f_val.dense,
-        ids: &f_val.ids,
+        x: &f_val.0,
+        ids: &f_val.1,
         y: &y_val,
-        d,
-        k: fitted.id_width(),
+        d: f_val.2,
+        k: f_val.3,
     };
     let mut feature_importance = Vec::new();
     let mut feature_gain = Vec::new();
@@ -387,6 +403,9 @@ pub fn train_from(
             &architecture,
             task,
             config,
+            sparse
+                .as_ref()
+                .map(|(_, positions, _)| positions.as_slice()),
             from.map(|f| (&f.weights, f.history.as_slice())),
             progress,
             logger,
@@ -452,6 +471,23 @@ pub fn train_from(
         test_predictions,
         rows: splits,
     })
+}
+
+/// Rows through a sparse view of a transform: its dense values, each row's active one-hot
+/// positions (the view's ids moved to where their one-hot columns start), and their widths.
+pub(crate) fn sparse_features(
+    (view, _, starts): &(FittedTransform, Vec<usize>, Vec<usize>),
+    table: &Table,
+) -> Result<(Vec<f32>, Vec<u32>, usize, usize), TrainError> {
+    let f = view.apply_table(table)?;
+    let k = f.id_width;
+    let mut ids = f.ids;
+    for row in ids.chunks_mut(k.max(1)) {
+        for (id, start) in row.iter_mut().zip(starts) {
+            *id += *start as u32;
+        }
+    }
+    Ok((f.dense, ids, f.dense_width, k))
 }
 
 /// The network a configuration asks for, over the transform's features.
@@ -527,14 +563,16 @@ pub fn fit_network(
         task,
         config,
         None,
+        None,
         progress,
         logger,
     )
 }
 
-/// [`fit_network`], optionally going on from a checkpoint: the weights an earlier fit returned
-/// (the best epoch's, in the target's units) and its epochs, which count toward `config.epochs`.
-/// The optimizer starts afresh.
+/// [`fit_network`], optionally on sparse rows (`sparse`: the positions of the rows' dense values
+/// among the first layer's inputs, their ids being the active one-hot positions) and going on
+/// from a checkpoint: the weights an earlier fit returned (the best epoch's, in the target's
+/// units) and its epochs, which count toward `config.epochs`. The optimizer starts afresh.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fit_network_from(
     train: &Dense<'_>,
@@ -542,6 +580,7 @@ pub(crate) fn fit_network_from(
     architecture: &Architecture,
     task: Task,
     config: &TrainConfig,
+    sparse: Option<&[usize]>,
     start: Option<(&BTreeMap<String, Weight>, &[EpochReport])>,
     progress: &dyn Progress,
     logger: &dyn RunLogger,
@@ -582,6 +621,9 @@ pub(crate) fn fit_network_from(
         None => Net::new(architecture, config.dropout, &ad)
             .starting_at(&starting_bias(task, y_train, outputs), &ad),
     };
+    if let Some(positions) = sparse {
+        net = net.with_sparse_inputs(positions);
+    }
     let mut optim = match config.optimizer {
         OptimizerKind::Adam => {
             let mut c = AdamConfig::new();

@@ -20,6 +20,11 @@ pub struct Net {
     dropout: Dropout,
     #[module(skip)]
     activation: Activation,
+    /// When the first layer reads one-hot inputs as index lookups: the positions among its
+    /// inputs of the dense values that `forward` receives; its ids are then the active one-hot
+    /// positions of each row.
+    #[module(skip)]
+    sparse: Option<Vec<i64>>,
 }
 
 /// The parts of an architecture, as burn layers need them.
@@ -101,6 +106,7 @@ impl Net {
                 .collect(),
             dropout: DropoutConfig::new(dropout).init(),
             activation,
+            sparse: None,
         }
     }
 
@@ -129,9 +135,58 @@ impl Net {
         self
     }
 
+    /// The same network reading its one-hot inputs as index lookups (an embedding of the active
+    /// columns, summed): `forward` then takes the dense values at `positions` of the first
+    /// layer's inputs, and as ids each row's active one-hot positions. Weights are unchanged.
+    pub fn with_sparse_inputs(mut self, positions: &[usize]) -> Net {
+        self.sparse = Some(positions.iter().map(|p| *p as i64).collect());
+        self
+    }
+
+    /// The first layer on sparse inputs: dense values times their rows of the weight, plus the
+    /// sum of the active one-hot positions' rows, plus the bias.
+    fn sparse_first(&self, x: Tensor<2>, ids: Tensor<2, Int>, positions: &[i64]) -> Tensor<2> {
+        let layer = &self.layers[0];
+        let w = layer.weight.val();
+        let [rows, k] = ids.dims();
+        let out = w.dims()[1];
+        let device = x.device();
+        let mut y = w
+            .clone()
+            .select(0, ids.reshape([rows * k]))
+            .reshape([rows, k, out])
+            .sum_dim(1)
+            .reshape([rows, out]);
+        if !positions.is_empty() {
+            let p = Tensor::<1, Int>::from_data(
+                TensorData::new(positions.to_vec(), [positions.len()]),
+                &device,
+            );
+            y = y + x.matmul(w.select(0, p));
+        }
+        match &layer.bias {
+            Some(b) => y + b.val().unsqueeze::<2>(),
+            None => y,
+        }
+    }
+
     /// Logits (classification) or values (regression), `[rows, outputs]`, from dense features
-    /// `[rows, inputs]` and, for wide and deep, ids `[rows, id columns]`.
+    /// `[rows, inputs]` and, for wide and deep, ids `[rows, id columns]` (or, on sparse inputs,
+    /// the dense values and the active one-hot positions).
     pub fn forward(&self, x: Tensor<2>, ids: Option<Tensor<2, Int>>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        if let (Some(positions), Some(ids)) = (&self.sparse, &ids) {
+            let mut x = self.sparse_first(x, ids.clone(), positions);
+            for (i, layer) in self.layers.iter().enumerate() {
+                if i > 0 {
+                    x = layer.forward(x);
+                }
+                if i < last {
+                    x = self.activate(x);
+                }
+            }
+            return x;
+        }
         let rows = x.dims()[0];
         let wide = self.wide.as_ref().map(|w| w.forward(x.clone()));
         let mut x = match ids {
@@ -147,22 +202,26 @@ impl Net {
             }
             _ => x,
         };
-        let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x);
             if i < last {
-                x = match self.activation {
-                    Activation::Relu => relu(x),
-                    Activation::Tanh => tanh(x),
-                    Activation::Gelu => gelu(x),
-                };
-                x = self.dropout.forward(x);
+                x = self.activate(x);
             }
         }
         match wide {
             Some(w) => x + w,
             None => x,
         }
+    }
+
+    /// The activation and dropout between layers.
+    fn activate(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = match self.activation {
+            Activation::Relu => relu(x),
+            Activation::Tanh => tanh(x),
+            Activation::Gelu => gelu(x),
+        };
+        self.dropout.forward(x)
     }
 
     /// The weights as a bundle names them: `embedding.{j}`, `wide.weight`/`wide.bias`,

@@ -29,7 +29,11 @@ pub struct Dense<'a> {
 /// Runs the network over row-major features in chunks; returns its raw outputs.
 pub(crate) fn forward_rows(net: &Net, data: &Dense<'_>, device: &Device) -> Vec<f32> {
     let (d, k) = (data.d, data.k);
-    let rows = data.x.len() / d.max(1);
+    let rows = match (d, k) {
+        (0, 0) => 0,
+        (0, k) => data.ids.len() / k,
+        (d, _) => data.x.len() / d,
+    };
     let mut out = Vec::new();
     let chunk = 4096;
     let mut start = 0;
@@ -111,6 +115,8 @@ pub(crate) fn is_probability_rows(out: &[f32], k: usize) -> bool {
 pub struct Predictor {
     task: Task,
     transform: FittedTransform,
+    /// The transform's sparse view, when the network reads one-hot inputs as index lookups.
+    sparse: Option<(FittedTransform, Vec<usize>, Vec<usize>)>,
     model: Scorer,
     outputs: usize,
     device: Device,
@@ -130,19 +136,27 @@ impl Predictor {
     ) -> Result<Predictor, TrainError> {
         let device = device(choice)?;
         let outputs = manifest.architecture.outputs();
+        let sparse = matches!(manifest.architecture, Architecture::Mlp { .. })
+            .then(|| manifest.transform.sparse_view())
+            .flatten();
         let model = match &manifest.architecture {
             Architecture::Trees { inputs, ids, .. } => Scorer::Trees(
                 Ensemble::from_weights(weights, *inputs, *ids, outputs)
                     .map_err(|m| TrainError::Data(format!("bundle trees: {m}")))?,
             ),
-            arch => Scorer::Net(
-                Net::from_weights(arch, weights, &device)
-                    .map_err(|m| TrainError::Data(format!("bundle weights: {m}")))?,
-            ),
+            arch => {
+                let net = Net::from_weights(arch, weights, &device)
+                    .map_err(|m| TrainError::Data(format!("bundle weights: {m}")))?;
+                Scorer::Net(match &sparse {
+                    Some((_, positions, _)) => net.with_sparse_inputs(positions),
+                    None => net,
+                })
+            }
         };
         Ok(Predictor {
             task: manifest.task,
             transform: manifest.transform.clone(),
+            sparse,
             model,
             outputs,
             device,
@@ -159,17 +173,23 @@ impl Predictor {
 
     /// Class probabilities (classification) or values (regression) per row, row-major.
     pub fn predict(&self, table: &Table) -> Result<Vec<f32>, TrainError> {
-        let f = self.transform.apply_table(table)?;
+        let (x, ids, d, k) = match &self.sparse {
+            Some(view) => crate::fit::sparse_features(view, table)?,
+            None => {
+                let f = self.transform.apply_table(table)?;
+                (f.dense, f.ids, f.dense_width, f.id_width)
+            }
+        };
         let data = Dense {
-            x: &f.dense,
-            ids: &f.ids,
+            x: &x,
+            ids: &ids,
             y: &[],
-            d: f.dense_width,
-            k: f.id_width,
+            d,
+            k,
         };
         let raw = match &self.model {
             Scorer::Net(net) => forward_rows(net, &data, &self.device),
-            Scorer::Trees(trees) => trees.score(f.rows, &f.dense, &f.ids),
+            Scorer::Trees(trees) => trees.score(table.num_rows(), &x, &ids),
         };
         Ok(finish_outputs(self.task, raw, self.outputs, &self.device))
     }

@@ -389,6 +389,51 @@ impl FittedTransform {
         }
         columns
     }
+    /// The transform that reads one-hot outputs as index lookups: the same features with every
+    /// one-hot output (vocabulary, hash, bucketize) made one id column, so that a row costs its
+    /// non-zeros instead of its width. Returns it with the position in this transform's dense
+    /// features of each of its dense features, and, for each of its id columns, the dense
+    /// position where that output's one-hot columns start. `None` when there is no one-hot
+    /// output, or when this transform has id outputs of its own.
+    pub fn sparse_view(&self) -> Option<(FittedTransform, Vec<usize>, Vec<usize>)> {
+        let one_hot = |op: &FittedOp| match op {
+            FittedOp::Bucketize { output, .. }
+            | FittedOp::Vocabulary { output, .. }
+            | FittedOp::Hash { output, .. } => *output == Output::OneHot,
+            FittedOp::Numeric { .. } => false,
+        };
+        if self.id_width() > 0 || !self.features.iter().any(|f| one_hot(&f.op)) {
+            return None;
+        }
+        let features: Vec<FittedFeature> = self
+            .features
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                match &mut f.op {
+                    FittedOp::Bucketize { output, .. }
+                    | FittedOp::Vocabulary { output, .. }
+                    | FittedOp::Hash { output, .. } => *output = Output::Id,
+                    FittedOp::Numeric { .. } => {}
+                }
+                f
+            })
+            .collect();
+        let view =
+            FittedTransform::new(self.fitted_on.clone(), self.inputs.clone(), features).ok()?;
+        let mut dense = vec![0; view.dense_width()];
+        let mut ids = vec![0; view.id_width()];
+        for (fi, f) in self.features.iter().enumerate() {
+            let at = self.layout.offset[fi];
+            if one_hot(&f.op) {
+                ids[view.layout.offset[fi]] = at;
+            } else {
+                dense[view.layout.offset[fi]] = at;
+            }
+        }
+        Some((view, dense, ids))
+    }
+
     /// Whether some dense feature keeps missing numbers as NaN (`impute = "keep"`), which only
     /// tree models read.
     pub fn keeps_missing(&self) -> bool {
