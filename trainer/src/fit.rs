@@ -15,7 +15,9 @@ use kiln_core::bundle::{
 use kiln_core::data::{ColumnType, Table};
 use kiln_core::progress::{Progress, Unit};
 use kiln_core::stats::DatasetStatistics;
-use kiln_core::transform::{Encode, FeatureSpec, FittedTransform, Impute, Output, TransformSpec};
+use kiln_core::transform::{
+    Encode, FeatureSpec, FittedTransform, Impute, Output, SparseId, TransformSpec,
+};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
@@ -304,9 +306,7 @@ pub fn train_from(
     }
     // Logistic regression and MLPs read one-hot features as index lookups: rows cost their
     // non-zeros, and the weights are the same as on dense rows.
-    let sparse = (!trees && config.model != ModelKind::WideDeep)
-        .then(|| fitted.sparse_view())
-        .flatten();
+    let sparse = (!trees).then(|| fitted.sparse_view()).flatten();
     let (f_train, f_val) = match &sparse {
         Some(view) => (
             sparse_features(view, &train_t)?,
@@ -403,9 +403,7 @@ pub fn train_from(
             &architecture,
             task,
             config,
-            sparse
-                .as_ref()
-                .map(|(_, positions, _)| positions.as_slice()),
+            sparse.as_ref(),
             from.map(|f| (&f.weights, f.history.as_slice())),
             progress,
             logger,
@@ -473,18 +471,43 @@ pub fn train_from(
     })
 }
 
-/// Rows through a sparse view of a transform: its dense values, each row's active one-hot
-/// positions (the view's ids moved to where their one-hot columns start), and their widths.
+/// A network reading the rows of a sparse view.
+pub(crate) fn sparse_net(net: Net, (_, positions, kinds): &SparseView) -> Net {
+    let hot = kinds
+        .iter()
+        .filter(|s| matches!(s, SparseId::OneHot(_)))
+        .count();
+    net.with_sparse_inputs(positions, hot)
+}
+
+/// A transform's sparse view: the view, the positions of its dense values among the original
+/// dense features, and what each of its id columns is.
+pub(crate) type SparseView = (FittedTransform, Vec<usize>, Vec<SparseId>);
+
+/// Rows through a sparse view of a transform: its dense values; per row, the active one-hot
+/// positions (where each output's one-hot columns start, plus its id) and then the transform's
+/// own ids in their order; and the widths of both.
 pub(crate) fn sparse_features(
-    (view, _, starts): &(FittedTransform, Vec<usize>, Vec<usize>),
+    (view, _, kinds): &SparseView,
     table: &Table,
 ) -> Result<(Vec<f32>, Vec<u32>, usize, usize), TrainError> {
     let f = view.apply_table(table)?;
     let k = f.id_width;
-    let mut ids = f.ids;
-    for row in ids.chunks_mut(k.max(1)) {
-        for (id, start) in row.iter_mut().zip(starts) {
-            *id += *start as u32;
+    let mut ids = vec![0u32; f.ids.len()];
+    let hot = kinds
+        .iter()
+        .filter(|s| matches!(s, SparseId::OneHot(_)))
+        .count();
+    for (row, out) in f.ids.chunks(k.max(1)).zip(ids.chunks_mut(k.max(1))) {
+        let mut h = 0;
+        for (id, kind) in row.iter().zip(kinds) {
+            match kind {
+                SparseId::OneHot(start) => {
+                    out[h] = id + *start as u32;
+                    h += 1;
+                }
+                SparseId::Id(original) => out[hot + original] = *id,
+            }
         }
     }
     Ok((f.dense, ids, f.dense_width, k))
@@ -580,7 +603,7 @@ pub(crate) fn fit_network_from(
     architecture: &Architecture,
     task: Task,
     config: &TrainConfig,
-    sparse: Option<&[usize]>,
+    sparse: Option<&SparseView>,
     start: Option<(&BTreeMap<String, Weight>, &[EpochReport])>,
     progress: &dyn Progress,
     logger: &dyn RunLogger,
@@ -621,8 +644,8 @@ pub(crate) fn fit_network_from(
         None => Net::new(architecture, config.dropout, &ad)
             .starting_at(&starting_bias(task, y_train, outputs), &ad),
     };
-    if let Some(positions) = sparse {
-        net = net.with_sparse_inputs(positions);
+    if let Some(view) = sparse {
+        net = sparse_net(net, view);
     }
     let mut optim = match config.optimizer {
         OptimizerKind::Adam => {

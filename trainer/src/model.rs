@@ -24,7 +24,7 @@ pub struct Net {
     /// inputs of the dense values that `forward` receives; its ids are then the active one-hot
     /// positions of each row.
     #[module(skip)]
-    sparse: Option<Vec<i64>>,
+    sparse: Option<(Vec<i64>, usize)>,
 }
 
 /// The parts of an architecture, as burn layers need them.
@@ -137,23 +137,27 @@ impl Net {
 
     /// The same network reading its one-hot inputs as index lookups (an embedding of the active
     /// columns, summed): `forward` then takes the dense values at `positions` of the first
-    /// layer's inputs, and as ids each row's active one-hot positions. Weights are unchanged.
-    pub fn with_sparse_inputs(mut self, positions: &[usize]) -> Net {
-        self.sparse = Some(positions.iter().map(|p| *p as i64).collect());
+    /// layer's (and the wide part's) dense inputs, and as ids each row's `hot` active one-hot
+    /// positions followed by its embedding ids. Weights are unchanged.
+    pub fn with_sparse_inputs(mut self, positions: &[usize], hot: usize) -> Net {
+        self.sparse = Some((positions.iter().map(|p| *p as i64).collect(), hot));
         self
     }
 
-    /// The first layer on sparse inputs: dense values times their rows of the weight, plus the
-    /// sum of the active one-hot positions' rows, plus the bias.
-    fn sparse_first(&self, x: Tensor<2>, ids: Tensor<2, Int>, positions: &[i64]) -> Tensor<2> {
-        let layer = &self.layers[0];
-        let w = layer.weight.val();
-        let [rows, k] = ids.dims();
+    /// A linear map of sparse rows through the first `inputs` rows of `w`: the dense values
+    /// times their rows, plus the sum of the active positions' rows.
+    fn sparse_linear(
+        w: Tensor<2>,
+        x: Tensor<2>,
+        hot: Tensor<2, Int>,
+        positions: &[i64],
+    ) -> Tensor<2> {
+        let [rows, k] = hot.dims();
         let out = w.dims()[1];
         let device = x.device();
         let mut y = w
             .clone()
-            .select(0, ids.reshape([rows * k]))
+            .select(0, hot.reshape([rows * k]))
             .reshape([rows, k, out])
             .sum_dim(1)
             .reshape([rows, out]);
@@ -164,28 +168,70 @@ impl Net {
             );
             y = y + x.matmul(w.select(0, p));
         }
-        match &layer.bias {
-            Some(b) => y + b.val().unsqueeze::<2>(),
+        y
+    }
+
+    /// The forward pass on sparse rows.
+    fn forward_sparse(
+        &self,
+        x: Tensor<2>,
+        ids: Tensor<2, Int>,
+        positions: &[i64],
+        hot: usize,
+    ) -> Tensor<2> {
+        let [rows, k] = ids.dims();
+        let hot_ids = ids.clone().slice([0..rows, 0..hot]);
+        let bias = |l: &Linear| l.bias.as_ref().map(|b| b.val().unsqueeze::<2>());
+        let wide = self.wide.as_ref().map(|w| {
+            let y = Self::sparse_linear(w.weight.val(), x.clone(), hot_ids.clone(), positions);
+            match bias(w) {
+                Some(b) => y + b,
+                None => y,
+            }
+        });
+        let first = &self.layers[0];
+        let w = first.weight.val();
+        let mut y = Self::sparse_linear(w.clone(), x, hot_ids, positions);
+        if !self.embeddings.is_empty() {
+            let mut parts = Vec::with_capacity(self.embeddings.len());
+            for (j, table) in self.embeddings.iter().enumerate() {
+                let column = ids.clone().slice([0..rows, hot + j..hot + j + 1]);
+                let e = table.forward(column);
+                let width = e.dims()[2];
+                parts.push(e.reshape([rows, width]));
+            }
+            let embedded = Tensor::cat(parts, 1);
+            let [n_in, out] = w.dims();
+            let width = embedded.dims()[1];
+            y = y + embedded.matmul(w.slice([n_in - width..n_in, 0..out]));
+        }
+        debug_assert_eq!(k, hot + self.embeddings.len());
+        let mut x = match bias(first) {
+            Some(b) => y + b,
             None => y,
+        };
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i > 0 {
+                x = layer.forward(x);
+            }
+            if i < last {
+                x = self.activate(x);
+            }
+        }
+        match wide {
+            Some(w) => x + w,
+            None => x,
         }
     }
 
     /// Logits (classification) or values (regression), `[rows, outputs]`, from dense features
     /// `[rows, inputs]` and, for wide and deep, ids `[rows, id columns]` (or, on sparse inputs,
-    /// the dense values and the active one-hot positions).
+    /// the dense values and the active one-hot positions followed by the ids).
     pub fn forward(&self, x: Tensor<2>, ids: Option<Tensor<2, Int>>) -> Tensor<2> {
         let last = self.layers.len() - 1;
-        if let (Some(positions), Some(ids)) = (&self.sparse, &ids) {
-            let mut x = self.sparse_first(x, ids.clone(), positions);
-            for (i, layer) in self.layers.iter().enumerate() {
-                if i > 0 {
-                    x = layer.forward(x);
-                }
-                if i < last {
-                    x = self.activate(x);
-                }
-            }
-            return x;
+        if let (Some((positions, hot)), Some(ids)) = (&self.sparse, &ids) {
+            return self.forward_sparse(x, ids.clone(), positions, *hot);
         }
         let rows = x.dims()[0];
         let wide = self.wide.as_ref().map(|w| w.forward(x.clone()));

@@ -116,7 +116,7 @@ pub struct Predictor {
     task: Task,
     transform: FittedTransform,
     /// The transform's sparse view, when the network reads one-hot inputs as index lookups.
-    sparse: Option<(FittedTransform, Vec<usize>, Vec<usize>)>,
+    sparse: Option<crate::fit::SparseView>,
     model: Scorer,
     outputs: usize,
     device: Device,
@@ -136,9 +136,12 @@ impl Predictor {
     ) -> Result<Predictor, TrainError> {
         let device = device(choice)?;
         let outputs = manifest.architecture.outputs();
-        let sparse = matches!(manifest.architecture, Architecture::Mlp { .. })
-            .then(|| manifest.transform.sparse_view())
-            .flatten();
+        let sparse = matches!(
+            manifest.architecture,
+            Architecture::Mlp { .. } | Architecture::WideDeep { .. }
+        )
+        .then(|| manifest.transform.sparse_view())
+        .flatten();
         let model = match &manifest.architecture {
             Architecture::Trees { inputs, ids, .. } => Scorer::Trees(
                 Ensemble::from_weights(weights, *inputs, *ids, outputs)
@@ -148,7 +151,7 @@ impl Predictor {
                 let net = Net::from_weights(arch, weights, &device)
                     .map_err(|m| TrainError::Data(format!("bundle weights: {m}")))?;
                 Scorer::Net(match &sparse {
-                    Some((_, positions, _)) => net.with_sparse_inputs(positions),
+                    Some(view) => crate::fit::sparse_net(net, view),
                     None => net,
                 })
             }

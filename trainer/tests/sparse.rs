@@ -103,3 +103,46 @@ fn only_categories_train_too() {
     let out = train(&table, "click", &config, &NoProgress, &NoLogger).unwrap();
     assert!(out.test_metrics["roc_auc"] > 0.5, "{:?}", out.test_metrics);
 }
+
+#[test]
+fn wide_and_deep_reads_one_hot_sparse_beside_its_embeddings() {
+    use burn::prelude::*;
+    use burn::tensor::TensorData;
+    let (_dir, table) = ctr(3000);
+    let spec = TransformSpec::from_toml(
+        "[[features]]\ncolumns = [\"i1\", \"i2\"]\nimpute = \"median\"\nencode = \"standardize\"\n\n\
+         [[features]]\ncolumns = [\"c1\", \"c2\"]\nencode = \"vocabulary\"\n\n\
+         [[features]]\ncolumns = [\"c3\", \"c4\"]\nencode = \"vocabulary\"\nmin_frequency = 5\noutput = \"id\"\n",
+    )
+    .unwrap();
+    let config = TrainConfig {
+        model: ModelKind::WideDeep,
+        hidden: vec![8],
+        epochs: 2,
+        transform: Some(spec),
+        ..TrainConfig::default()
+    };
+    let out = train(&table, "click", &config, &NoProgress, &NoLogger).unwrap();
+    // The same weights on dense one-hot rows, as the server reads them.
+    let device = kiln_trainer::device(DeviceChoice::Cpu).unwrap();
+    let net =
+        kiln_trainer::Net::from_weights(&out.manifest.architecture, &out.weights, &device).unwrap();
+    let test = kiln_trainer::test_split(&table, 0.2);
+    let f = out.manifest.transform.apply_table(&test).unwrap();
+    let x = Tensor::<2>::from_data(
+        TensorData::new(f.dense.clone(), [f.rows, f.dense_width]),
+        &device,
+    );
+    let ids: Vec<i64> = f.ids.iter().map(|v| i64::from(*v)).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [f.rows, f.id_width]), &device);
+    let logits: Vec<f32> = net
+        .forward(x, Some(ids))
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    for (z, p) in logits.iter().zip(out.test_predictions.chunks(2)) {
+        let dense = 1.0 / (1.0 + (-z).exp());
+        assert!((dense - p[1]).abs() < 1e-5, "{dense} vs {}", p[1]);
+    }
+}

@@ -166,6 +166,16 @@ fn check_fitted(f: &FittedFeature) -> Result<(), TransformError> {
     }
 }
 
+/// What an id column of a transform's sparse view ([`FittedTransform::sparse_view`]) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseId {
+    /// A one-hot output, as the index of its active column: its one-hot columns start at this
+    /// dense position of the transform.
+    OneHot(usize),
+    /// One of the transform's own id columns (this index among them).
+    Id(usize),
+}
+
 /// Which rows a transform was fitted on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FittedOn {
@@ -392,17 +402,16 @@ impl FittedTransform {
     /// The transform that reads one-hot outputs as index lookups: the same features with every
     /// one-hot output (vocabulary, hash, bucketize) made one id column, so that a row costs its
     /// non-zeros instead of its width. Returns it with the position in this transform's dense
-    /// features of each of its dense features, and, for each of its id columns, the dense
-    /// position where that output's one-hot columns start. `None` when there is no one-hot
-    /// output, or when this transform has id outputs of its own.
-    pub fn sparse_view(&self) -> Option<(FittedTransform, Vec<usize>, Vec<usize>)> {
+    /// features of each of its dense features, and what each of its id columns is. `None` when
+    /// there is no one-hot output.
+    pub fn sparse_view(&self) -> Option<(FittedTransform, Vec<usize>, Vec<SparseId>)> {
         let one_hot = |op: &FittedOp| match op {
             FittedOp::Bucketize { output, .. }
             | FittedOp::Vocabulary { output, .. }
             | FittedOp::Hash { output, .. } => *output == Output::OneHot,
             FittedOp::Numeric { .. } => false,
         };
-        if self.id_width() > 0 || !self.features.iter().any(|f| one_hot(&f.op)) {
+        if !self.features.iter().any(|f| one_hot(&f.op)) {
             return None;
         }
         let features: Vec<FittedFeature> = self
@@ -422,13 +431,14 @@ impl FittedTransform {
         let view =
             FittedTransform::new(self.fitted_on.clone(), self.inputs.clone(), features).ok()?;
         let mut dense = vec![0; view.dense_width()];
-        let mut ids = vec![0; view.id_width()];
+        let mut ids = vec![SparseId::Id(0); view.id_width()];
         for (fi, f) in self.features.iter().enumerate() {
             let at = self.layout.offset[fi];
-            if one_hot(&f.op) {
-                ids[view.layout.offset[fi]] = at;
-            } else {
-                dense[view.layout.offset[fi]] = at;
+            let view_at = view.layout.offset[fi];
+            match &f.op {
+                op if one_hot(op) => ids[view_at] = SparseId::OneHot(at),
+                FittedOp::Numeric { .. } => dense[view_at] = at,
+                _ => ids[view_at] = SparseId::Id(at),
             }
         }
         Some((view, dense, ids))
