@@ -9,7 +9,7 @@
 //! has `dense.{i}.weight` with shape `[inputs, outputs]` and `dense.{i}.bias` with `[outputs]`;
 //! a wide-and-deep model adds `embedding.{j}` with shape `[ids, width]` for the `j`-th id column
 //! of the transform, and its wide part `wide.weight` `[inputs, outputs]` and `wide.bias`.
-//! Gradient-boosted trees are `trees.*` tensors, one entry per node ([`crate::trees`]).
+//! Gradient-boosted trees are `trees.*` tensors, one entry per node (see the `trees` module).
 
 use std::collections::BTreeMap;
 use std::fs;
