@@ -15,9 +15,7 @@ use kiln_core::bundle::{
 use kiln_core::data::{ColumnType, Table};
 use kiln_core::progress::{Progress, Unit};
 use kiln_core::stats::DatasetStatistics;
-use kiln_core::transform::{
-    Encode, FeatureSpec, FittedTransform, Impute, Output, SparseId, TransformSpec,
-};
+use kiln_core::transform::{Encode, FeatureSpec, FittedTransform, Impute, Output, TransformSpec};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
@@ -28,7 +26,7 @@ use crate::config::{
 use crate::device::device;
 use crate::evaluate::{loss_value, metrics_of};
 use crate::model::{self, Net};
-use crate::predict::{Dense, Predictor, forward_rows};
+use crate::predict::{Dense, Predictor, SparseView, forward_rows, sparse_features, sparse_net};
 use crate::targets::{infer_task, label_text, target_hint, targets};
 
 /// The default transform: numbers (and booleans) imputed with the median and standardized,
@@ -469,48 +467,6 @@ pub fn train_from(
         test_predictions,
         rows: splits,
     })
-}
-
-/// A network reading the rows of a sparse view.
-pub(crate) fn sparse_net(net: Net, (_, positions, kinds): &SparseView) -> Net {
-    let hot = kinds
-        .iter()
-        .filter(|s| matches!(s, SparseId::OneHot(_)))
-        .count();
-    net.with_sparse_inputs(positions, hot)
-}
-
-/// A transform's sparse view: the view, the positions of its dense values among the original
-/// dense features, and what each of its id columns is.
-pub(crate) type SparseView = (FittedTransform, Vec<usize>, Vec<SparseId>);
-
-/// Rows through a sparse view of a transform: its dense values; per row, the active one-hot
-/// positions (where each output's one-hot columns start, plus its id) and then the transform's
-/// own ids in their order; and the widths of both.
-pub(crate) fn sparse_features(
-    (view, _, kinds): &SparseView,
-    table: &Table,
-) -> Result<(Vec<f32>, Vec<u32>, usize, usize), TrainError> {
-    let f = view.apply_table(table)?;
-    let k = f.id_width;
-    let mut ids = vec![0u32; f.ids.len()];
-    let hot = kinds
-        .iter()
-        .filter(|s| matches!(s, SparseId::OneHot(_)))
-        .count();
-    for (row, out) in f.ids.chunks(k.max(1)).zip(ids.chunks_mut(k.max(1))) {
-        let mut h = 0;
-        for (id, kind) in row.iter().zip(kinds) {
-            match kind {
-                SparseId::OneHot(start) => {
-                    out[h] = id + *start as u32;
-                    h += 1;
-                }
-                SparseId::Id(original) => out[hot + original] = *id,
-            }
-        }
-    }
-    Ok((f.dense, ids, f.dense_width, k))
 }
 
 /// The network a configuration asks for, over the transform's features.

@@ -9,7 +9,7 @@ use burn::tensor::TensorData;
 use burn::tensor::activation::{sigmoid, softmax};
 use kiln_core::bundle::{Architecture, Manifest, Task, Weight};
 use kiln_core::data::Table;
-use kiln_core::transform::FittedTransform;
+use kiln_core::transform::{FittedTransform, SparseId};
 use kiln_core::trees::Ensemble;
 
 use crate::config::{DeviceChoice, TrainError};
@@ -111,12 +111,54 @@ pub(crate) fn is_probability_rows(out: &[f32], k: usize) -> bool {
     })
 }
 
+/// A network reading the rows of a sparse view.
+pub(crate) fn sparse_net(net: Net, (_, positions, kinds): &SparseView) -> Net {
+    let hot = kinds
+        .iter()
+        .filter(|s| matches!(s, SparseId::OneHot(_)))
+        .count();
+    net.with_sparse_inputs(positions, hot)
+}
+
+/// A transform's sparse view: the view, the positions of its dense values among the original
+/// dense features, and what each of its id columns is.
+pub(crate) type SparseView = (FittedTransform, Vec<usize>, Vec<SparseId>);
+
+/// Rows through a sparse view of a transform: its dense values; per row, the active one-hot
+/// positions (where each output's one-hot columns start, plus its id) and then the transform's
+/// own ids in their order; and the widths of both.
+pub(crate) fn sparse_features(
+    (view, _, kinds): &SparseView,
+    table: &Table,
+) -> Result<(Vec<f32>, Vec<u32>, usize, usize), TrainError> {
+    let f = view.apply_table(table)?;
+    let k = f.id_width;
+    let mut ids = vec![0u32; f.ids.len()];
+    let hot = kinds
+        .iter()
+        .filter(|s| matches!(s, SparseId::OneHot(_)))
+        .count();
+    for (row, out) in f.ids.chunks(k.max(1)).zip(ids.chunks_mut(k.max(1))) {
+        let mut h = 0;
+        for (id, kind) in row.iter().zip(kinds) {
+            match kind {
+                SparseId::OneHot(start) => {
+                    out[h] = id + *start as u32;
+                    h += 1;
+                }
+                SparseId::Id(original) => out[hot + original] = *id,
+            }
+        }
+    }
+    Ok((f.dense, ids, f.dense_width, k))
+}
+
 /// A loaded bundle that scores tables: the fitted transform, then the network or the trees.
 pub struct Predictor {
     task: Task,
     transform: FittedTransform,
     /// The transform's sparse view, when the network reads one-hot inputs as index lookups.
-    sparse: Option<crate::fit::SparseView>,
+    sparse: Option<SparseView>,
     model: Scorer,
     outputs: usize,
     device: Device,
@@ -151,7 +193,7 @@ impl Predictor {
                 let net = Net::from_weights(arch, weights, &device)
                     .map_err(|m| TrainError::Data(format!("bundle weights: {m}")))?;
                 Scorer::Net(match &sparse {
-                    Some(view) => crate::fit::sparse_net(net, view),
+                    Some(view) => sparse_net(net, view),
                     None => net,
                 })
             }
@@ -177,7 +219,7 @@ impl Predictor {
     /// Class probabilities (classification) or values (regression) per row, row-major.
     pub fn predict(&self, table: &Table) -> Result<Vec<f32>, TrainError> {
         let (x, ids, d, k) = match &self.sparse {
-            Some(view) => crate::fit::sparse_features(view, table)?,
+            Some(view) => sparse_features(view, table)?,
             None => {
                 let f = self.transform.apply_table(table)?;
                 (f.dense, f.ids, f.dense_width, f.id_width)

@@ -16,19 +16,7 @@ use serde_json::Value;
 
 use crate::{RunLogger, TrainConfig, TrainError, TrainOutcome, train_from};
 
-/// How values of one option are drawn.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Domain {
-    /// One of these values (any JSON/TOML value: numbers, strings, lists such as hidden sizes).
-    Choice(Vec<Value>),
-    /// Uniform in `[lo, hi]`.
-    Uniform([f64; 2]),
-    /// Log-uniform in `[lo, hi]` (both positive), for learning rates and decays.
-    LogUniform([f64; 2]),
-    /// An integer uniform in `[lo, hi]`.
-    IntUniform([i64; 2]),
-}
+pub use crate::tpe::Domain;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -13,7 +13,21 @@ use std::collections::BTreeMap;
 use rand::RngExt;
 use serde_json::Value;
 
-use crate::sweep::Domain;
+use serde::{Deserialize, Serialize};
+
+/// How values of one option are drawn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Domain {
+    /// One of these values (any JSON/TOML value: numbers, strings, lists such as hidden sizes).
+    Choice(Vec<Value>),
+    /// Uniform in `[lo, hi]`.
+    Uniform([f64; 2]),
+    /// Log-uniform in `[lo, hi]` (both positive), for learning rates and decays.
+    LogUniform([f64; 2]),
+    /// An integer uniform in `[lo, hi]`.
+    IntUniform([i64; 2]),
+}
 
 /// The share of trials, after the start, that are the best trial with one option drawn again.
 const EXPLORE: f64 = 0.2;
