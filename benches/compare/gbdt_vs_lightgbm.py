@@ -34,17 +34,25 @@ data = os.path.join(work, "ctr.csv")
 subprocess.run([KILN, "data", "synth", "ctr", "--rows", str(ROWS), "--seed", "1", "-o", data],
                check=True, capture_output=True)
 
-start = time.perf_counter()
-out = subprocess.run(
-    [KILN, "--home", os.path.join(work, "home"), "train", "--data", data, "--target", "click",
-     "--model", "gbdt", "--trees", str(TREES), "--leaves", str(LEAVES), "--lr", str(LR),
-     "--patience", "0", "--json"],
-    check=True, capture_output=True, text=True)
-kiln_seconds = time.perf_counter() - start
-kiln = json.loads(out.stdout)
+def kiln_train(trees, home):
+    start = time.perf_counter()
+    out = subprocess.run(
+        [KILN, "--home", os.path.join(work, home), "train", "--data", data, "--target", "click",
+         "--model", "gbdt", "--trees", str(trees), "--leaves", str(LEAVES), "--lr", str(LR),
+         "--patience", "0", "--json"],
+        check=True, capture_output=True, text=True)
+    return time.perf_counter() - start, json.loads(out.stdout)
+
+
+# What kiln does besides boosting (reading the CSV, statistics, the transform, the bundle and
+# the registry) is measured as a run of one tree, and taken off for the boosting alone.
+fixed_seconds, _ = kiln_train(1, "home1")
+kiln_seconds, kiln = kiln_train(TREES, "home")
 print(f"kiln: {kiln_seconds:.1f} s, test AUC {kiln['test_metrics']['roc_auc']:.4f}", flush=True)
 
+start = time.perf_counter()
 frame = pd.read_csv(data)
+read_seconds = time.perf_counter() - start
 y = frame.pop("click").to_numpy()
 categorical = [c for c in frame.columns if c.startswith("c")]
 for c in categorical:
@@ -77,10 +85,14 @@ hgb_seconds = time.perf_counter() - start
 hgb_auc = roc_auc_score(y_test, hgb.predict_proba(coded.iloc[n_trainval:])[:, 1])
 
 print(f"{ROWS} rows, {TREES} trees of {LEAVES} leaves, learning rate {LR}, {THREADS} threads")
-print(f"{'':28}{'seconds':>10}{'test AUC':>10}{'time vs LightGBM':>18}")
-for name, seconds, auc in [
-    ("kiln (end to end, CLI)", kiln_seconds, kiln["test_metrics"]["roc_auc"]),
-    ("LightGBM (fit only)", lgb_seconds, lgb_auc),
-    ("HistGradientBoosting (fit)", hgb_seconds, hgb_auc),
+print(f"{'':36}{'seconds':>10}{'test AUC':>10}{'time vs LightGBM':>18}")
+auc = kiln["test_metrics"]["roc_auc"]
+for name, seconds, auc, base in [
+    ("kiln, end to end (CLI)", kiln_seconds, auc, lgb_seconds + read_seconds),
+    ("LightGBM, pandas read_csv + fit", lgb_seconds + read_seconds, lgb_auc, None),
+    ("kiln, boosting (less a 1-tree run)", kiln_seconds - fixed_seconds, auc, lgb_seconds),
+    ("LightGBM, fit", lgb_seconds, lgb_auc, None),
+    ("HistGradientBoosting, fit", hgb_seconds, hgb_auc, lgb_seconds),
 ]:
-    print(f"{name:28}{seconds:10.1f}{auc:10.4f}{seconds / lgb_seconds:17.2f}x")
+    ratio = f"{seconds / base:17.2f}x" if base else ""
+    print(f"{name:36}{seconds:10.1f}{auc:10.4f}{ratio}")
