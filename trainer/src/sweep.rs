@@ -66,6 +66,11 @@ pub struct SweepConfig {
     pub space: BTreeMap<String, Domain>,
 }
 
+/// Bounds that keep a sweep's size and budgets finite.
+const MAX_RUNGS: usize = 8;
+const MAX_ETA: usize = 10;
+const MAX_TRIALS: usize = 10_000;
+
 fn random() -> Method {
     Method::Random
 }
@@ -127,6 +132,27 @@ fn score(outcome: &TrainOutcome, metric: &str) -> Option<f64> {
 impl SweepConfig {
     /// The options of every trial, in order.
     pub fn trial_params(&self) -> Result<Vec<BTreeMap<String, Value>>, TrainError> {
+        if self.rungs > MAX_RUNGS || self.eta > MAX_ETA {
+            return Err(TrainError::Config(format!(
+                "rungs = {} and eta = {}: a sweep takes at most {MAX_RUNGS} rungs and eta {MAX_ETA}",
+                self.rungs, self.eta
+            )));
+        }
+        let count = match self.method {
+            Method::Hyperband => hyperband_brackets(self.rungs.max(1), self.eta.max(2))
+                .iter()
+                .sum(),
+            Method::Grid => self.space.values().fold(1usize, |n, d| match d {
+                Domain::Choice(v) => n.saturating_mul(v.len()),
+                _ => n,
+            }),
+            Method::Random | Method::Tpe => self.trials,
+        };
+        if count > MAX_TRIALS {
+            return Err(TrainError::Config(format!(
+                "the sweep has {count} trials; at most {MAX_TRIALS}"
+            )));
+        }
         for (name, domain) in &self.space {
             let bad = match domain {
                 Domain::Choice(v) => v.is_empty(),

@@ -205,3 +205,52 @@ fn hyperband_runs_brackets_of_successive_halving() {
     let steps = steps.0.into_inner().unwrap();
     assert_eq!(steps.len(), 6 + 6 * 3 + 5 * 9);
 }
+
+#[test]
+fn oversized_sweeps_are_refused_before_any_trial() {
+    let t = breast_cancer();
+    let mut space = BTreeMap::new();
+    space.insert("leaves".to_string(), Domain::IntUniform([2, 31]));
+    let base = SweepConfig {
+        method: Method::Hyperband,
+        trials: 10,
+        parallel: 1,
+        seed: 0,
+        metric: "loss".into(),
+        rungs: 3,
+        eta: 3,
+        budget: None,
+        base: TrainConfig::default(),
+        space,
+    };
+    for (config, needle) in [
+        (
+            SweepConfig {
+                rungs: 1000,
+                ..base.clone()
+            },
+            "at most 8 rungs",
+        ),
+        (
+            SweepConfig {
+                rungs: 8,
+                eta: 10,
+                ..base.clone()
+            },
+            "at most 10000",
+        ),
+        (
+            SweepConfig {
+                method: Method::Random,
+                trials: 1_000_000,
+                ..base.clone()
+            },
+            "1000000 trials",
+        ),
+    ] {
+        let e = sweep(&t, "label", &config, &Steps::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+}
