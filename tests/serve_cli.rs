@@ -85,16 +85,41 @@ fn records(path: &str, skip: &str, n: usize) -> (Vec<String>, Vec<Value>) {
 }
 
 fn assert_matches(what: &str, got: &[(String, f64)], want: &[(String, f64)]) {
+    assert_within(what, got, want, 1e-5);
+}
+
+/// Labels equal and class-1 probabilities within `tolerance` of offline's, row by row.
+fn assert_within(what: &str, got: &[(String, f64)], want: &[(String, f64)], tolerance: f64) {
     assert_eq!(got.len(), want.len(), "{what}");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert_eq!(g.0, w.0, "{what}: row {i} label");
         assert!(
-            (g.1 - w.1).abs() < 1e-5,
+            (g.1 - w.1).abs() < tolerance,
             "{what}: row {i}: {} vs {} offline",
             g.1,
             w.1
         );
     }
+}
+
+/// A TF Serving `:predict` of `rows`: label and class-1 probability per row.
+fn tf_predict(url: &str, model: &str, rows: &[Value]) -> Vec<(String, f64)> {
+    let (status, body) = post(
+        &format!("{url}/v1/models/{model}:predict"),
+        &json!({ "instances": rows }),
+    );
+    assert_eq!(status, 200, "{body}");
+    body["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["label"].as_str().unwrap().to_string(),
+                p["probabilities"][1].as_f64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -258,22 +283,7 @@ fn a_wide_and_deep_model_with_categories_serves_as_it_scores_offline() {
     let want: Vec<(String, f64)> = offline(&k, "ctr", &data).into_iter().take(n).collect();
     let (_, rows) = records(&data, "click", n);
     let server = Server::start(&k, &[]);
-    let (status, body) = post(
-        &format!("{}/v1/models/ctr:predict", server.url),
-        &json!({ "instances": rows }),
-    );
-    assert_eq!(status, 200, "{body}");
-    let got: Vec<(String, f64)> = body["predictions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["label"].as_str().unwrap().to_string(),
-                p["probabilities"][1].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let got = tf_predict(&server.url, "ctr", &rows);
     assert_matches("wide and deep", &got, &want);
     assert_eq!(server.stop(), 0);
 }
@@ -317,35 +327,8 @@ fn gradient_boosted_trees_serve_as_they_score_offline() {
         "the rows carry missing values"
     );
     let server = Server::start(&k, &[]);
-    let close = |what: &str, got: &[(String, f64)]| {
-        assert_eq!(got.len(), want.len(), "{what}");
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.0, w.0, "{what}: row {i} label");
-            assert!(
-                (g.1 - w.1).abs() < 1e-6,
-                "{what}: row {i}: {} vs {}",
-                g.1,
-                w.1
-            );
-        }
-    };
-    let (status, body) = post(
-        &format!("{}/v1/models/trees:predict", server.url),
-        &json!({ "instances": rows }),
-    );
-    assert_eq!(status, 200, "{body}");
-    let got: Vec<(String, f64)> = body["predictions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["label"].as_str().unwrap().to_string(),
-                p["probabilities"][1].as_f64().unwrap(),
-            )
-        })
-        .collect();
-    close("TF Serving", &got);
+    let got = tf_predict(&server.url, "trees", &rows);
+    assert_within("TF Serving", &got, &want, 1e-6);
     // V2 over JSON, one tensor per column (BYTES for categories); its tensors have no missing
     // value, so it carries the rows without one.
     let full: Vec<usize> = rows
@@ -395,10 +378,7 @@ fn gradient_boosted_trees_serve_as_they_score_offline() {
         })
         .collect();
     let want_full: Vec<(String, f64)> = full.iter().map(|i| want[*i].clone()).collect();
-    for (i, (g, w)) in got.iter().zip(&want_full).enumerate() {
-        assert_eq!(g.0, w.0, "V2: row {i} label");
-        assert!((g.1 - w.1).abs() < 1e-6, "V2: row {i}: {} vs {}", g.1, w.1);
-    }
+    assert_within("V2", &got, &want_full, 1e-6);
     assert_eq!(server.stop(), 0);
 }
 

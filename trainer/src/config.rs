@@ -178,6 +178,23 @@ pub struct EpochReport {
     pub validation_metrics: BTreeMap<String, f64>,
 }
 
+impl EpochReport {
+    /// Logs the figures at the report's step: the losses and each validation metric.
+    pub(crate) fn log(&self, logger: &dyn RunLogger) {
+        let mut logged: Vec<(String, f64)> = vec![
+            ("train_loss".into(), self.train_loss),
+            ("validation_loss".into(), self.validation_loss),
+        ];
+        logged.extend(
+            self.validation_metrics
+                .iter()
+                .map(|(k, v)| (format!("validation_{k}"), *v)),
+        );
+        let refs: Vec<(&str, f64)> = logged.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        logger.log(self.epoch as i64, &refs);
+    }
+}
+
 /// A trained model: its bundle, and how it got there.
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {

@@ -720,23 +720,14 @@ pub(crate) fn fit_network_from(
         } else {
             (train_loss, BTreeMap::new())
         };
-        let mut logged: Vec<(String, f64)> = vec![
-            ("train_loss".into(), train_loss),
-            ("validation_loss".into(), validation_loss),
-        ];
-        logged.extend(
-            validation_metrics
-                .iter()
-                .map(|(k, v)| (format!("validation_{k}"), *v)),
-        );
-        let refs: Vec<(&str, f64)> = logged.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        logger.log(epoch as i64 + 1, &refs);
-        history.push(EpochReport {
+        let report = EpochReport {
             epoch: epoch + 1,
             train_loss,
             validation_loss,
             validation_metrics,
-        });
+        };
+        report.log(logger);
+        history.push(report);
         last_loss = Some(validation_loss);
 
         if best.as_ref().is_none_or(|(b, _)| validation_loss < *b) {
@@ -808,41 +799,45 @@ fn standardizing(y: &[f32]) -> (f32, f32) {
     (mean as f32, if sd > 1e-12 { sd as f32 } else { 1.0 })
 }
 
-/// The inverse of [`in_target_units`]: a checkpoint's weights back on the standardized target.
-fn in_standard_units(
-    mut weights: BTreeMap<String, Weight>,
-    architecture: &Architecture,
-    scale: Option<(f32, f32)>,
-) -> BTreeMap<String, Weight> {
-    let Some((mean, sd)) = scale else {
-        return weights;
-    };
-    let hidden = match architecture {
-        Architecture::Mlp { hidden, .. } | Architecture::WideDeep { hidden, .. } => hidden.len(),
-        Architecture::Trees { .. } => return weights,
-    };
-    let last = format!("dense.{hidden}");
-    for name in [
-        format!("{last}.weight"),
-        "wide.weight".into(),
-        "wide.bias".into(),
-    ] {
-        if let Some(w) = weights.get_mut(&name) {
-            w.data.iter_mut().for_each(|v| *v /= sd);
-        }
-    }
-    if let Some(b) = weights.get_mut(&format!("{last}.bias")) {
-        b.data.iter_mut().for_each(|v| *v = (*v - mean) / sd);
-    }
-    weights
-}
-
 /// Weights that answer in the target's units: the output layers (the last dense layer, and the
 /// wide part, which add up) scaled by the standard deviation, the mean added to the last bias.
 fn in_target_units(
+    weights: BTreeMap<String, Weight>,
+    architecture: &Architecture,
+    scale: Option<(f32, f32)>,
+) -> BTreeMap<String, Weight> {
+    rescale_outputs(
+        weights,
+        architecture,
+        scale,
+        |v, sd| v * sd,
+        |b, mean, sd| b * sd + mean,
+    )
+}
+
+/// The inverse of [`in_target_units`]: a checkpoint's weights back on the standardized target.
+fn in_standard_units(
+    weights: BTreeMap<String, Weight>,
+    architecture: &Architecture,
+    scale: Option<(f32, f32)>,
+) -> BTreeMap<String, Weight> {
+    rescale_outputs(
+        weights,
+        architecture,
+        scale,
+        |v, sd| v / sd,
+        |b, mean, sd| (b - mean) / sd,
+    )
+}
+
+/// Maps the output layers' weights (`weight`) and the last bias (`bias`) by a regression
+/// target's mean and standard deviation.
+fn rescale_outputs(
     mut weights: BTreeMap<String, Weight>,
     architecture: &Architecture,
     scale: Option<(f32, f32)>,
+    weight: impl Fn(f32, f32) -> f32,
+    bias: impl Fn(f32, f32, f32) -> f32,
 ) -> BTreeMap<String, Weight> {
     let Some((mean, sd)) = scale else {
         return weights;
@@ -858,11 +853,11 @@ fn in_target_units(
         "wide.bias".into(),
     ] {
         if let Some(w) = weights.get_mut(&name) {
-            w.data.iter_mut().for_each(|v| *v *= sd);
+            w.data.iter_mut().for_each(|v| *v = weight(*v, sd));
         }
     }
     if let Some(b) = weights.get_mut(&format!("{last}.bias")) {
-        b.data.iter_mut().for_each(|v| *v = *v * sd + mean);
+        b.data.iter_mut().for_each(|v| *v = bias(*v, mean, sd));
     }
     weights
 }

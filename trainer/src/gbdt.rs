@@ -800,23 +800,14 @@ pub fn boost(
                 config.shrinkage
             )));
         }
-        let mut logged: Vec<(String, f64)> = vec![
-            ("train_loss".into(), train_loss),
-            ("validation_loss".into(), validation_loss),
-        ];
-        logged.extend(
-            validation_metrics
-                .iter()
-                .map(|(k, v)| (format!("validation_{k}"), *v)),
-        );
-        let refs: Vec<(&str, f64)> = logged.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        logger.log(round as i64 + 1, &refs);
-        history.push(EpochReport {
+        let report = EpochReport {
             epoch: round + 1,
             train_loss,
             validation_loss,
             validation_metrics,
-        });
+        };
+        report.log(logger);
+        history.push(report);
         progress.set(round as u64 + 1);
         if progress.cancelled() {
             return Err(TrainError::Cancelled);

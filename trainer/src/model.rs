@@ -193,28 +193,42 @@ impl Net {
         let w = first.weight.val();
         let mut y = Self::sparse_linear(w.clone(), x, hot_ids, positions);
         if !self.embeddings.is_empty() {
-            let mut parts = Vec::with_capacity(self.embeddings.len());
-            for (j, table) in self.embeddings.iter().enumerate() {
-                let column = ids.clone().slice([0..rows, hot + j..hot + j + 1]);
-                let e = table.forward(column);
-                let width = e.dims()[2];
-                parts.push(e.reshape([rows, width]));
-            }
-            let embedded = Tensor::cat(parts, 1);
+            let embedded = Tensor::cat(self.embedded(&ids, hot), 1);
             let [n_in, out] = w.dims();
             let width = embedded.dims()[1];
             y = y + embedded.matmul(w.slice([n_in - width..n_in, 0..out]));
         }
         debug_assert_eq!(k, hot + self.embeddings.len());
-        let mut x = match bias(first) {
+        let x = match bias(first) {
             Some(b) => y + b,
             None => y,
         };
+        self.layers_from(x, 1, wide)
+    }
+
+    /// The embeddings of the id columns from `from` on, one `[rows, width]` tensor each.
+    fn embedded(&self, ids: &Tensor<2, Int>, from: usize) -> Vec<Tensor<2>> {
+        let rows = ids.dims()[0];
+        self.embeddings
+            .iter()
+            .enumerate()
+            .map(|(j, table)| {
+                let e = table.forward(ids.clone().slice([0..rows, from + j..from + j + 1]));
+                let width = e.dims()[2];
+                e.reshape([rows, width])
+            })
+            .collect()
+    }
+
+    /// The dense layers from layer `from` on (`x` is the output of the one before, or the input
+    /// when `from` is 0), with the wide part added at the end.
+    fn layers_from(&self, mut x: Tensor<2>, from: usize, wide: Option<Tensor<2>>) -> Tensor<2> {
         let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
-            if i > 0 {
-                x = layer.forward(x);
-            }
+        if from > 0 && from - 1 < last {
+            x = self.activate(x);
+        }
+        for (i, layer) in self.layers.iter().enumerate().skip(from) {
+            x = layer.forward(x);
             if i < last {
                 x = self.activate(x);
             }
@@ -229,35 +243,19 @@ impl Net {
     /// `[rows, inputs]` and, for wide and deep, ids `[rows, id columns]` (or, on sparse inputs,
     /// the dense values and the active one-hot positions followed by the ids).
     pub fn forward(&self, x: Tensor<2>, ids: Option<Tensor<2, Int>>) -> Tensor<2> {
-        let last = self.layers.len() - 1;
         if let (Some((positions, hot)), Some(ids)) = (&self.sparse, &ids) {
             return self.forward_sparse(x, ids.clone(), positions, *hot);
         }
-        let rows = x.dims()[0];
         let wide = self.wide.as_ref().map(|w| w.forward(x.clone()));
-        let mut x = match ids {
+        let x = match ids {
             Some(ids) if !self.embeddings.is_empty() => {
                 let mut parts = vec![x];
-                for (j, table) in self.embeddings.iter().enumerate() {
-                    let column = ids.clone().slice([0..rows, j..j + 1]);
-                    let e = table.forward(column);
-                    let width = e.dims()[2];
-                    parts.push(e.reshape([rows, width]));
-                }
+                parts.extend(self.embedded(&ids, 0));
                 Tensor::cat(parts, 1)
             }
             _ => x,
         };
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x);
-            if i < last {
-                x = self.activate(x);
-            }
-        }
-        match wide {
-            Some(w) => x + w,
-            None => x,
-        }
+        self.layers_from(x, 0, wide)
     }
 
     /// The activation and dropout between layers.

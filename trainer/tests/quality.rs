@@ -411,18 +411,11 @@ fn regression_with_default_settings_is_as_good_as_least_squares() {
             + 30.0 * normal();
         rows.push((x, y));
     }
-    let mut csv = (0..p)
-        .map(|j| format!("x{j}"))
-        .collect::<Vec<_>>()
-        .join(",")
-        + ",label\n";
-    for (x, y) in &rows {
-        let fields: Vec<String> = x.iter().map(|v| format!("{v:.6}")).collect();
-        csv.push_str(&format!("{},{y:.6}\n", fields.join(",")));
-    }
-    let file = tempfile::Builder::new().suffix(".csv").tempfile().unwrap();
-    std::fs::write(file.path(), csv).unwrap();
-    let table = data::read(file.path(), &ReadOptions::default()).unwrap();
+    let labelled: Vec<(Vec<f64>, String)> = rows
+        .iter()
+        .map(|(x, y)| (x.clone(), format!("{y:.6}")))
+        .collect();
+    let (_file, table) = table_of(&labelled);
     let out = train(
         &table,
         "label",
