@@ -63,15 +63,10 @@ fn a_24_trial_random_sweep_two_at_a_time() {
     );
 }
 
-#[test]
-fn grid_with_successive_halving() {
-    let k = Kiln::new();
-    let config = k.file(
-        "grid.toml",
-        "method = \"grid\"\nparallel = 2\nrungs = 2\neta = 2\nmetric = \"accuracy\"\n\n[base]\nmodel = \"logistic\"\nepochs = 8\npatience = 0\n\n[space]\nlr = { choice = [0.001, 0.01, 0.1] }\nbatch_size = { choice = [32, 128] }\n",
-    );
+/// `kiln sweep --config CONFIG` on breast cancer, its `--json` answer; the sweep must succeed.
+fn sweep_json(k: &Kiln, config: &std::path::Path) -> Value {
     let r = kiln(
-        &k,
+        k,
         &[
             "sweep",
             "--config",
@@ -84,7 +79,17 @@ fn grid_with_successive_halving() {
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+#[test]
+fn grid_with_successive_halving() {
+    let k = Kiln::new();
+    let config = k.file(
+        "grid.toml",
+        "method = \"grid\"\nparallel = 2\nrungs = 2\neta = 2\nmetric = \"accuracy\"\n\n[base]\nmodel = \"logistic\"\nepochs = 8\npatience = 0\n\n[space]\nlr = { choice = [0.001, 0.01, 0.1] }\nbatch_size = { choice = [32, 128] }\n",
+    );
+    let out = sweep_json(&k, &config);
     let trials = out["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 6, "every grid point is a trial");
     // Rung 1 trains all 6 for 4 epochs; the best 3 go on to 8 epochs.
@@ -123,21 +128,7 @@ fn a_sweep_over_boosted_trees_halves_by_rounds() {
         "trees.toml",
         "method = \"grid\"\nrungs = 2\neta = 2\nmetric = \"roc_auc\"\n\n[base]\nmodel = \"gbdt\"\ntrees = 20\npatience = 0\n\n[space]\nleaves = { choice = [4, 15] }\nshrinkage = { choice = [0.05, 0.3] }\n",
     );
-    let r = kiln(
-        &k,
-        &[
-            "sweep",
-            "--config",
-            config.to_str().unwrap(),
-            "--data",
-            "examples/data/breast_cancer.csv",
-            "--target",
-            "label",
-            "--json",
-        ],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let out = sweep_json(&k, &config);
     let trials = out["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 4);
     // Rung 1 boosts all 4 for 10 rounds; the best 2 go on to 20.
@@ -168,12 +159,7 @@ fn a_model_based_search_reports_each_options_importance() {
             "label".into(),
         ]
     };
-    let mut json = args(&config);
-    json.push("--json".into());
-    let json: Vec<&str> = json.iter().map(String::as_str).collect();
-    let r = kiln(&k, &json);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let out = sweep_json(&k, &config);
     let trials = out["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 12);
     assert!(trials.iter().all(|t| t["error"].is_null()), "{trials:?}");
