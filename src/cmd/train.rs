@@ -70,7 +70,8 @@ pub struct TrainArgs {
     /// Passes over the training rows (default 30; early stopping may end sooner).
     #[arg(long)]
     epochs: Option<usize>,
-    /// The learning rate (default 0.01; for gbdt its shrinkage, default 0.1).
+    /// The learning rate (default 0.01, or 0.001 when more than 1,000 one-hot columns feed
+    /// the network; for gbdt its shrinkage, default 0.1).
     #[arg(long)]
     lr: Option<f64>,
     /// Rows per gradient step (default 64).
@@ -181,7 +182,7 @@ impl TrainArgs {
         c.epochs = self.epochs.unwrap_or(c.epochs);
         match (c.model, self.lr) {
             (ModelKind::Gbdt, Some(lr)) => c.shrinkage = lr,
-            (_, Some(lr)) => c.lr = lr,
+            (_, Some(lr)) => c.lr = Some(lr),
             _ => {}
         }
         c.batch_size = self.batch_size.unwrap_or(c.batch_size);

@@ -55,7 +55,10 @@ pub struct TrainConfig {
     pub dropout: f64,
     pub optimizer: OptimizerKind,
     pub momentum: f64,
-    pub lr: f64,
+    /// The networks' learning rate; by default 0.01, or 0.001 when the first layer reads more
+    /// than 1,000 one-hot columns (each of them is rare, and Adam's full-size steps on rare
+    /// weights fit their noise).
+    pub lr: Option<f64>,
     pub schedule: Schedule,
     pub weight_decay: f64,
     pub batch_size: usize,
@@ -105,7 +108,7 @@ impl Default for TrainConfig {
             dropout: 0.0,
             optimizer: OptimizerKind::Adam,
             momentum: 0.9,
-            lr: 0.01,
+            lr: None,
             schedule: Schedule::Constant,
             weight_decay: 0.0,
             batch_size: 64,

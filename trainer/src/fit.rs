@@ -94,6 +94,12 @@ pub fn default_tree_spec(table: &Table, target: &str) -> TransformSpec {
     spec
 }
 
+/// The networks' learning rate when none is given, and when the first layer reads more than
+/// `WIDE_ONE_HOT` one-hot columns.
+pub const DEFAULT_LR: f64 = 0.01;
+pub const SPARSE_LR: f64 = 0.001;
+const WIDE_ONE_HOT: usize = 1000;
+
 /// Hyperparameters that only networks read, and those that only trees read.
 const NETWORK_ONLY: &[&str] = &[
     "hidden",
@@ -175,10 +181,11 @@ pub fn train_from(
             "--batch-size and --epochs must be at least 1".to_string(),
         ));
     }
-    if !(config.lr > 0.0 && config.lr.is_finite()) {
+    if let Some(lr) = config.lr
+        && !(lr > 0.0 && lr.is_finite())
+    {
         return Err(TrainError::Config(format!(
-            "--lr {} must be a positive number",
-            config.lr
+            "--lr {lr} must be a positive number"
         )));
     }
     let n = table.num_rows();
@@ -305,6 +312,18 @@ pub fn train_from(
     // Logistic regression and MLPs read one-hot features as index lookups: rows cost their
     // non-zeros, and the weights are the same as on dense rows.
     let sparse = (!trees).then(|| fitted.sparse_view()).flatten();
+    // The learning rate, when not given: lower for wide one-hot inputs.
+    let one_hot = sparse
+        .as_ref()
+        .map_or(0, |(view, _, _)| fitted.dense_width() - view.dense_width());
+    let config = &TrainConfig {
+        lr: Some(config.lr.unwrap_or(if one_hot > WIDE_ONE_HOT {
+            SPARSE_LR
+        } else {
+            DEFAULT_LR
+        })),
+        ..config.clone()
+    };
     let (f_train, f_val) = match &sparse {
         Some(view) => (
             sparse_features(view, &train_t)?,
@@ -586,6 +605,7 @@ pub(crate) fn fit_network_from(
         ));
     }
     let outputs = architecture.outputs();
+    let base_lr = config.lr.unwrap_or(DEFAULT_LR);
     let plain = device(config.device)?;
     plain.seed(config.seed);
     let ad = plain.clone().autodiff();
@@ -660,9 +680,9 @@ pub(crate) fn fit_network_from(
         };
         progress.start(&phase, Some(n_train as u64), Unit::Rows);
         let lr = match config.schedule {
-            Schedule::Constant => config.lr,
+            Schedule::Constant => base_lr,
             Schedule::Cosine => {
-                config.lr
+                base_lr
                     * 0.5
                     * (1.0 + (std::f64::consts::PI * epoch as f64 / config.epochs as f64).cos())
             }

@@ -25,6 +25,8 @@ pub use config::{
 };
 pub use device::device;
 pub use evaluate::{evaluate, test_fraction_of, test_split};
-pub use fit::{default_spec, default_tree_spec, fit_network, train, train_from};
+pub use fit::{
+    DEFAULT_LR, SPARSE_LR, default_spec, default_tree_spec, fit_network, train, train_from,
+};
 pub use model::Net;
 pub use predict::{Dense, Predictor};

@@ -115,8 +115,12 @@ pub fn train_into(
     progress: &dyn Progress,
     watch: &dyn RunLogger,
 ) -> Result<Trained, TrackError> {
-    let mut params: BTreeMap<String, String> = crate::fit::hyperparameters(config)
+    // Options left to a default that depends on the data (the learning rate) are recorded once
+    // training has resolved them.
+    let given = crate::fit::hyperparameters(config);
+    let mut params: BTreeMap<String, String> = given
         .iter()
+        .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| (k.clone(), param_text(v)))
         .collect();
     params.insert("target".into(), target.to_string());
@@ -137,6 +141,16 @@ pub fn train_into(
             });
         }
     };
+    let resolved: BTreeMap<String, String> = outcome
+        .manifest
+        .hyperparameters
+        .iter()
+        .filter(|(k, v)| given.get(*k).is_some_and(|g| g.is_null()) && !v.is_null())
+        .map(|(k, v)| (k.clone(), param_text(v)))
+        .collect();
+    if !resolved.is_empty() {
+        backend.log_params(run.id, &resolved)?;
+    }
     let mut manifest = outcome.manifest.clone();
     manifest.lineage.run_id = Some(run_id_text(run.id));
     attach_bundle(backend, run.id, &manifest, &outcome)?;

@@ -20,7 +20,7 @@ fn logistic_regression_on_breast_cancer() {
     let config = TrainConfig {
         model: ModelKind::Logistic,
         epochs: 60,
-        lr: 0.01,
+        lr: Some(0.01),
         batch_size: 32,
         patience: Some(10),
         seed: 7,
@@ -47,7 +47,7 @@ fn mlp_on_digits() {
         model: ModelKind::Mlp,
         hidden: vec![64],
         epochs: 40,
-        lr: 0.003,
+        lr: Some(0.003),
         batch_size: 32,
         patience: Some(8),
         seed: 7,
@@ -123,7 +123,7 @@ fn click_through_auc_close_to_the_true_model() {
         model: ModelKind::Logistic,
         epochs: 10,
         batch_size: 256,
-        lr: 0.01,
+        lr: Some(0.01),
         seed: 3,
         transform: Some(spec),
         ..TrainConfig::default()
@@ -160,7 +160,7 @@ fn wide_and_deep_with_embeddings_trains_and_reloads_exactly() {
         hidden: vec![32],
         epochs: 4,
         batch_size: 256,
-        lr: 0.005,
+        lr: Some(0.005),
         seed: 1,
         transform: Some(kiln_core::transform::TransformSpec::from_toml(&spec).unwrap()),
         ..TrainConfig::default()

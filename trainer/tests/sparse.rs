@@ -146,3 +146,29 @@ fn wide_and_deep_reads_one_hot_sparse_beside_its_embeddings() {
         assert!((dense - p[1]).abs() < 1e-5, "{dense} vs {}", p[1]);
     }
 }
+
+#[test]
+fn wide_one_hot_inputs_default_to_a_lower_learning_rate() {
+    let (_dir, table) = ctr(3000);
+    let narrow = TransformSpec::from_toml(
+        "[[features]]\ncolumns = [\"c1\", \"c2\"]\nencode = \"vocabulary\"\n",
+    )
+    .unwrap();
+    let wide = TransformSpec::from_toml(
+        "[[features]]\ncolumns = [\"c5\"]\nencode = \"hash\"\nbuckets = 2048\noutput = \"one_hot\"\n",
+    )
+    .unwrap();
+    let lr = |spec: TransformSpec, given: Option<f64>| {
+        let config = TrainConfig {
+            epochs: 1,
+            lr: given,
+            transform: Some(spec),
+            ..TrainConfig::default()
+        };
+        let out = train(&table, "click", &config, &NoProgress, &NoLogger).unwrap();
+        out.manifest.hyperparameters["lr"].as_f64().unwrap()
+    };
+    assert_eq!(lr(narrow, None), kiln_trainer::DEFAULT_LR);
+    assert_eq!(lr(wide.clone(), None), kiln_trainer::SPARSE_LR);
+    assert_eq!(lr(wide, Some(0.05)), 0.05, "a given rate is kept");
+}
