@@ -153,6 +153,26 @@ pub(crate) fn sparse_features(
     Ok((f.dense, ids, f.dense_width, k))
 }
 
+/// A tree ensemble's raw scores of `rows` rows, in blocks across threads.
+fn score_trees(trees: &Ensemble, rows: usize, dense: &[f32], ids: &[u32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    const BLOCK: usize = 4096;
+    let (d, k, outputs) = (trees.dense, trees.ids, trees.outputs());
+    let mut out = vec![0.0f32; rows * outputs];
+    out.par_chunks_mut(BLOCK * outputs)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let first = b * BLOCK;
+            let n = block.len() / outputs.max(1);
+            block.copy_from_slice(&trees.score(
+                n,
+                &dense[first * d..(first + n) * d],
+                &ids[first * k..(first + n) * k],
+            ));
+        });
+    out
+}
+
 /// A loaded bundle that scores tables: the fitted transform, then the network or the trees.
 pub struct Predictor {
     task: Task,
@@ -234,7 +254,7 @@ impl Predictor {
         };
         let raw = match &self.model {
             Scorer::Net(net) => forward_rows(net, &data, &self.device),
-            Scorer::Trees(trees) => trees.score(table.num_rows(), &x, &ids),
+            Scorer::Trees(trees) => score_trees(trees, table.num_rows(), &x, &ids),
         };
         Ok(finish_outputs(self.task, raw, self.outputs, &self.device))
     }
