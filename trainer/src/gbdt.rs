@@ -463,7 +463,13 @@ impl Grower<'_> {
         }
         let mut values = Vec::with_capacity(leaves.len());
         for leaf in leaves {
-            let v = -leaf.g / (leaf.h + self.config.l2) * self.config.shrinkage;
+            // A leaf without rows (a round that sampled none) adds nothing.
+            let denominator = leaf.h + self.config.l2;
+            let v = if denominator > 0.0 {
+                -leaf.g / denominator * self.config.shrinkage
+            } else {
+                0.0
+            };
             nodes[leaf.node] = TreeNode::Leaf(v);
             values.push((v, leaf.rows));
         }
@@ -611,9 +617,11 @@ pub fn boost(
     progress: &dyn Progress,
     logger: &dyn RunLogger,
 ) -> Result<Boosted, TrainError> {
-    if config.trees == 0 || config.leaves < 2 {
+    if config.trees == 0 || config.leaves < 2 || config.max_depth == Some(0) {
         return Err(TrainError::Config(
-            "gbdt needs --trees of at least 1 and leaves of at least 2".to_string(),
+            "gbdt needs --trees of at least 1, --leaves of at least 2 and --max-depth (when \
+             given) of at least 1"
+                .to_string(),
         ));
     }
     if !(2..=255).contains(&config.max_bins) {

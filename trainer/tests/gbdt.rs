@@ -170,7 +170,7 @@ fn early_stopping_keeps_the_best_round_and_options_are_checked() {
                 leaves: 1,
                 ..gbdt()
             },
-            "leaves of at least 2",
+            "--leaves of at least 2",
         ),
         (
             TrainConfig {
@@ -243,4 +243,19 @@ fn subsampling_is_seeded() {
     )
     .unwrap();
     assert_ne!(a.weights, c.weights);
+}
+
+#[test]
+fn a_round_that_samples_no_rows_adds_nothing() {
+    // 30 training rows sampled at 1%: most rounds sample none.
+    let t = table(&mixed(40, 6));
+    let config = TrainConfig {
+        trees: 10,
+        subsample: 0.01,
+        test_fraction: 0.1,
+        validation_fraction: 0.1,
+        ..gbdt()
+    };
+    let out = train(&t, "label", &config, &NoProgress, &NoLogger).unwrap();
+    assert!(out.test_predictions.iter().all(|p| p.is_finite()));
 }
