@@ -21,9 +21,10 @@ use crate::{NoLogger, RunLogger, TrainConfig, TrainError, TrainOutcome};
 pub enum TrackError {
     #[error(transparent)]
     Train(#[from] TrainError),
-    /// Training itself failed; the run is recorded as failed.
-    #[error("run {run} failed: {source}")]
-    RunFailed { run: String, source: TrainError },
+    /// Training itself failed; the run is recorded as failed. (The cause is a field of the
+    /// message, not a `source`, so that error reports do not print it twice.)
+    #[error("run {run} failed: {error}")]
+    RunFailed { run: String, error: TrainError },
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -137,7 +138,7 @@ pub fn train_into(
             backend.end_run(run.id, RunStatus::Failed)?;
             return Err(TrackError::RunFailed {
                 run: run_id_text(run.id),
-                source: e,
+                error: e,
             });
         }
     };
