@@ -4,7 +4,8 @@
 //! Features are the fitted transform's: each dense value is cut into at most `max_bins` bins at
 //! quantiles of the training split, with one more bin for missing values (NaN, from
 //! `impute = "keep"`), whose side each split learns; each id column is a category, split natively
-//! by sorting its categories by gradient over hessian and taking the best prefix. The result is a
+//! by ordering a leaf's categories (those with enough rows) by gradient over hessian and sending
+//! the best set of up to 32 from either end of that order left. The result is a
 //! [`kiln_core::trees::Ensemble`]: thresholds are the bins' upper bounds, so the evaluator on raw
 //! features takes the same path the binned trainer took.
 
