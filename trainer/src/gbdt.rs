@@ -199,7 +199,7 @@ enum TreeNode {
 struct Grower<'a> {
     binning: &'a [Binning],
     binned: &'a Binned,
-    offsets: Vec<usize>,
+    offsets: &'a [usize],
     total_bins: usize,
     config: &'a TrainConfig,
     /// Features this tree may split on.
@@ -736,7 +736,7 @@ pub fn boost(
         let grower = Grower {
             binning: &binning,
             binned: &binned,
-            offsets: offsets.clone(),
+            offsets: &offsets,
             total_bins,
             config,
             features,
