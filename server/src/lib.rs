@@ -24,6 +24,7 @@ mod mlflow;
 mod mlflow_registry;
 mod mlflow_uploads;
 pub mod models;
+pub mod onnx;
 pub mod openapi;
 pub mod pipelines;
 pub mod predlog;

@@ -336,6 +336,17 @@ impl FittedTransform {
     }
 
     /// Reads a fitted transform from its JSON form.
+    /// A transform that makes no features: the model reads the raw `inputs` itself (an imported
+    /// ONNX graph with its own preprocessing).
+    pub fn raw(fitted_on: FittedOn, inputs: Vec<InputColumn>) -> FittedTransform {
+        FittedTransform {
+            fitted_on,
+            inputs,
+            features: Vec::new(),
+            layout: Layout::default(),
+        }
+    }
+
     pub fn from_json(text: &str) -> Result<FittedTransform, TransformError> {
         serde_json::from_str(text).map_err(|e| TransformError::Format(e.to_string()))
     }
