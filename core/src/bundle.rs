@@ -27,6 +27,8 @@ pub const BUNDLE_MAGIC: &str = "kiln-model";
 pub const BUNDLE_FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "kiln-model.json";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
+/// The graph of an imported ONNX model, beside the manifest.
+pub const GRAPH_FILE: &str = "model.onnx";
 
 /// What a model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +79,58 @@ pub enum Architecture {
         outputs: usize,
         trees: usize,
     },
+    /// An imported ONNX graph, kept beside the manifest as [`GRAPH_FILE`] and run by the server's
+    /// ONNX runtime. Its inputs are filled from the raw signature columns (or, with a kiln
+    /// transform in front, from its dense features); `output` is read as `scores`.
+    Onnx {
+        inputs: Vec<GraphInput>,
+        /// The graph output kiln answers with.
+        output: String,
+        scores: Scores,
+        /// Numbers per row kiln reports: classes, or 1 for a regressor.
+        outputs: usize,
+        /// BLAKE3 of the graph file, checked when it is loaded.
+        digest: String,
+        /// The tool that wrote the graph (`skl2onnx 1.20.0`, `pytorch 2.15`…), as it says.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        producer: String,
+    },
+}
+
+/// How an imported graph's answer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scores {
+    /// Class probabilities (rows sum to 1; one column is the positive class's).
+    Probabilities,
+    /// Class logits, turned into probabilities as kiln's own networks are.
+    Logits,
+    /// Regression values.
+    Values,
+}
+
+/// The element type of an imported graph's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphType {
+    Float,
+    Double,
+    Int64,
+    Int32,
+    Bool,
+    String,
+}
+
+/// One input of an imported graph and the columns that fill it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphInput {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub elem: GraphType,
+    /// One row's shape: the dimensions after the batch (`[30]`, `[1]`, `[1, 8, 8]`).
+    pub shape: Vec<usize>,
+    /// The signature columns (or transform features) that fill a row, in row-major order.
+    pub columns: Vec<String>,
 }
 
 impl Architecture {
@@ -86,6 +140,7 @@ impl Architecture {
             Architecture::Mlp { inputs, .. }
             | Architecture::WideDeep { inputs, .. }
             | Architecture::Trees { inputs, .. } => *inputs,
+            Architecture::Onnx { inputs, .. } => inputs.iter().map(|i| i.columns.len()).sum(),
         }
     }
 
@@ -94,7 +149,8 @@ impl Architecture {
         match self {
             Architecture::Mlp { outputs, .. }
             | Architecture::WideDeep { outputs, .. }
-            | Architecture::Trees { outputs, .. } => *outputs,
+            | Architecture::Trees { outputs, .. }
+            | Architecture::Onnx { outputs, .. } => *outputs,
         }
     }
 }
@@ -221,6 +277,16 @@ pub fn write(
     manifest: &Manifest,
     weights: &BTreeMap<String, Weight>,
 ) -> Result<(), BundleError> {
+    write_with(dir, manifest, weights, &[])
+}
+
+/// [`write`], with more files (an imported model's graph) beside the manifest.
+pub fn write_with(
+    dir: &Path,
+    manifest: &Manifest,
+    weights: &BTreeMap<String, Weight>,
+    files: &[(&str, &[u8])],
+) -> Result<(), BundleError> {
     if dir.exists() {
         return Err(io(dir, "already exists; choose a new path"));
     }
@@ -260,6 +326,9 @@ pub fn write(
             .collect::<Result<_, _>>()?;
         let serialized = safetensors::serialize(views, None).map_err(|e| io(dir, e))?;
         write_synced(&tmp.join(WEIGHTS_FILE), &serialized)?;
+        for (name, bytes) in files {
+            write_synced(&tmp.join(name), bytes)?;
+        }
         fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
         fs::File::open(parent)
             .and_then(|d| d.sync_all())

@@ -24,6 +24,25 @@ data=examples/data/breast_cancer.csv
 "$KILN" --home "$work/home" train --data "$data" --target label --model logistic --epochs 5 \
   --register bc >/dev/null 2>&1
 "$KILN" --home "$work/home" models alias set bc champion 1 >/dev/null
+# ONNX models from scikit-learn, XGBoost, LightGBM and a torch-style network and CNN, imported
+# with the reference data that names their columns.
+onnx=tests/fixtures/onnx
+onnx_models=()
+for spec in logreg:$data forest:$data xgboost:$data mlp:$data pipeline:$onnx/mixed.csv \
+  lightgbm:examples/data/digits.csv cnn:examples/data/digits.csv; do
+  name=${spec%%:*}
+  "$KILN" --home "$work/home" models import "onnx-$name" "$onnx/$name.onnx" --reference "${spec#*:}" >/dev/null
+  "$KILN" --home "$work/home" models alias set "onnx-$name" champion 1 >/dev/null
+  onnx_models+=("onnx-$name=$name")
+done
+# Regressors of the mean area from the other columns: their reference is the table without `label`.
+cut -d, -f1-30 "$data" > "$work/area.csv"
+for name in hgb_regressor lightgbm_regressor; do
+  "$KILN" --home "$work/home" models import "onnx-$name" "$onnx/$name.onnx" --reference "$work/area.csv" \
+    --target "mean area" >/dev/null
+  "$KILN" --home "$work/home" models alias set "onnx-$name" champion 1 >/dev/null
+  onnx_models+=("onnx-$name=$name")
+done
 "$KILN" --home "$work/home" serve --addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --token s3cret \
   >/dev/null 2>"$work/serve.log" &
 server=$!
@@ -38,6 +57,7 @@ done
 [ -n "$url" ] && [ -n "$grpc" ] || { cat "$work/serve.log" >&2; exit 1; }
 "$PYTHON" examples/clients/tritonclient_check.py "$url" bc "$data" label
 "$PYTHON" examples/clients/tritonclient_grpc_check.py "$grpc" "$url" bc "$data" label
+"$PYTHON" examples/clients/onnx_check.py "$url" "${onnx_models[@]}"
 "$KILN" models export bc --output "$work/bundle" --server "$url" >/dev/null
 run=$(MLFLOW_TRACKING_TOKEN=s3cret "$PYTHON" examples/clients/mlflow_check.py "$url" "$work/bundle" "$data" \
   | tail -n 1)

@@ -203,7 +203,7 @@ mod tests {
                 features: Features {
                     rows,
                     dense: vec![0.0; rows],
-                    ids: vec![],
+                    ..Features::default()
                 },
                 reply,
             }
@@ -290,7 +290,7 @@ mod tests {
                     b.submit(Features {
                         rows: 2,
                         dense: vec![i as f32, 100.0 + i as f32],
-                        ids: vec![],
+                        ..Features::default()
                     })
                     .await
                 })

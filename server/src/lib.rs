@@ -17,6 +17,7 @@ pub mod drift;
 pub mod error;
 pub mod grpc;
 pub mod guard;
+pub mod import;
 pub mod infer;
 mod logged_models;
 mod metrics;

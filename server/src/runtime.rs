@@ -1,6 +1,7 @@
 //! The inference runtime: a kiln model bundle rebuilt as one of its engines (a network on candle,
-//! or a tree ensemble on kiln's tree evaluator), and the raw rows → fitted transform → model →
-//! outputs path. Everything here is synchronous; the HTTP layer calls it on blocking threads.
+//! a tree ensemble on kiln's tree evaluator, or an imported ONNX graph on kiln's ONNX runtime),
+//! and the raw rows → fitted transform → model → outputs path. Everything here is synchronous;
+//! the HTTP layer calls it on blocking threads.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,11 +13,14 @@ use kiln_core::transform::Cell;
 use kiln_core::trees::Ensemble;
 
 use crate::error::ServeError;
+use crate::onnx::{Graph, Imported};
 
 /// What computes a bundle's raw outputs from its features.
 enum Engine {
     Network(Network),
     Trees(Ensemble),
+    /// An imported graph; it answers probabilities or values directly.
+    Graph(Box<Imported>),
 }
 
 /// The network of a bundle as candle tensors.
@@ -105,6 +109,8 @@ pub struct Features {
     pub rows: usize,
     pub dense: Vec<f32>,
     pub ids: Vec<u32>,
+    /// Raw text columns, row-major, for an imported graph that reads strings ("" when missing).
+    pub texts: Vec<String>,
 }
 
 impl Features {
@@ -113,23 +119,118 @@ impl Features {
         self.rows += other.rows;
         self.dense.extend_from_slice(&other.dense);
         self.ids.extend_from_slice(&other.ids);
+        self.texts.extend_from_slice(&other.texts);
     }
+}
+
+/// Where a raw signature column goes for a graph that reads raw columns: its index among a
+/// row's numbers, or among its texts.
+#[derive(Debug, Clone, Copy)]
+enum RawSlot {
+    Number(usize),
+    Text(usize),
 }
 
 /// A bundle loaded for serving.
 pub struct Runtime {
     manifest: Manifest,
     engine: Engine,
+    /// For a graph that reads raw columns, where each signature column goes.
+    raw: Option<Vec<RawSlot>>,
     /// Numbers per output row: class probabilities, or one value.
     width: usize,
     outputs: usize,
 }
 
 impl Runtime {
-    /// Loads a bundle directory (manifest and safetensors weights).
+    /// Loads a bundle directory (manifest and safetensors weights, and an imported model's
+    /// graph).
     pub fn load(dir: &Path) -> Result<Runtime, ServeError> {
         let (manifest, weights) = bundle::read(dir).map_err(|e| ServeError::Load(e.to_string()))?;
+        if let Architecture::Onnx { digest, .. } = &manifest.architecture {
+            let path = dir.join(bundle::GRAPH_FILE);
+            let bytes = std::fs::read(&path)
+                .map_err(|e| ServeError::Load(format!("{}: {e}", path.display())))?;
+            let found = blake3::hash(&bytes).to_hex().to_string();
+            if found != *digest {
+                return Err(ServeError::Load(format!(
+                    "{}: its digest is {found}, the manifest says {digest}; the bundle is damaged",
+                    path.display()
+                )));
+            }
+            return Runtime::from_graph(manifest, &bytes);
+        }
         Runtime::new(manifest, &weights)
+    }
+
+    /// Builds the runtime of an imported model from its manifest and graph file.
+    pub fn from_graph(manifest: Manifest, bytes: &[u8]) -> Result<Runtime, ServeError> {
+        let Architecture::Onnx {
+            inputs,
+            output,
+            scores,
+            outputs,
+            ..
+        } = &manifest.architecture
+        else {
+            return Err(ServeError::Load("not an imported graph".into()));
+        };
+        let graph = Graph::parse(bytes).map_err(|e| ServeError::Load(format!("the graph: {e}")))?;
+        let t = &manifest.transform;
+        let (numbers, texts, raw) = if t.features().is_empty() {
+            let (mut numbers, mut texts, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+            for c in &manifest.signature {
+                if c.column_type == ColumnType::Categorical {
+                    raw.push(RawSlot::Text(texts.len()));
+                    texts.push(c.name.clone());
+                } else {
+                    raw.push(RawSlot::Number(numbers.len()));
+                    numbers.push(c.name.clone());
+                }
+            }
+            (numbers, texts, Some(raw))
+        } else {
+            if t.id_width() > 0 {
+                return Err(ServeError::Load(
+                    "a graph behind a transform reads its dense features only; the transform \
+                     makes id columns"
+                        .into(),
+                ));
+            }
+            (t.dense_names().to_vec(), Vec::new(), None)
+        };
+        let width = match manifest.task {
+            Task::BinaryClassification => 2,
+            _ => *outputs,
+        };
+        let imported = Imported::new(graph, inputs, &numbers, &texts, output, *scores, width)
+            .map_err(|e| ServeError::Load(format!("the graph: {e}")))?;
+        Ok(Runtime {
+            engine: Engine::Graph(Box::new(imported)),
+            raw,
+            width,
+            outputs: *outputs,
+            manifest,
+        })
+    }
+
+    /// An imported graph's chosen output on some rows, before kiln reads it as probabilities
+    /// or values: its values per row, and the values.
+    pub fn raw_answer(&self, rows: &Rows) -> Result<(usize, Vec<f32>), ServeError> {
+        let Engine::Graph(g) = &self.engine else {
+            return Err(ServeError::Internal("not an imported graph".into()));
+        };
+        let f = self.features(rows)?;
+        g.raw(f.rows, &f.dense, &f.texts)
+            .map_err(ServeError::BadInput)
+    }
+
+    /// The imported graph, for an imported model.
+    pub fn graph(&self) -> Option<&Graph> {
+        match &self.engine {
+            Engine::Graph(g) => Some(g.graph()),
+            _ => None,
+        }
     }
 
     /// Builds the runtime from a manifest and its tensors.
@@ -139,6 +240,11 @@ impl Runtime {
     ) -> Result<Runtime, ServeError> {
         let t = &manifest.transform;
         let engine = match &manifest.architecture {
+            Architecture::Onnx { .. } => {
+                return Err(ServeError::Load(
+                    "an imported graph loads from its bundle directory".into(),
+                ));
+            }
             Architecture::Trees {
                 inputs,
                 ids,
@@ -176,6 +282,7 @@ impl Runtime {
         Ok(Runtime {
             manifest,
             engine,
+            raw: None,
             width,
             outputs,
         })
@@ -190,14 +297,19 @@ impl Runtime {
         self.width
     }
 
-    /// Applies the fitted transform to decoded rows.
+    /// Applies the fitted transform to decoded rows (or, for a graph that reads raw columns,
+    /// lays them out as numbers and texts).
     pub fn features(&self, rows: &Rows) -> Result<Features, ServeError> {
+        if let Some(raw) = &self.raw {
+            return Ok(raw_features(raw, rows));
+        }
         let t = &self.manifest.transform;
         let (dw, iw) = (t.dense_width(), t.id_width());
         let mut out = Features {
             rows: rows.rows,
             dense: vec![0.0; rows.rows * dw],
             ids: vec![0; rows.rows * iw],
+            texts: Vec::new(),
         };
         for r in 0..rows.rows {
             t.apply_cells_into(
@@ -222,6 +334,11 @@ impl Runtime {
                     .forward(f, self.manifest.transform.dense_width())
                     .map_err(|e| ServeError::Internal(format!("forward pass: {e}")))?,
                 Engine::Trees(trees) => trees.score(f.rows, &f.dense, &f.ids),
+                Engine::Graph(g) => {
+                    return g
+                        .run(f.rows, &f.dense, &f.texts)
+                        .map_err(ServeError::BadInput);
+                }
             };
         Ok(finish(self.manifest.task, raw, self.outputs))
     }
@@ -272,6 +389,32 @@ impl Runtime {
     }
 }
 
+/// Raw columns as a graph reads them: numbers (NaN when missing) and texts ("" when missing).
+fn raw_features(raw: &[RawSlot], rows: &Rows) -> Features {
+    let numbers = raw
+        .iter()
+        .filter(|s| matches!(s, RawSlot::Number(_)))
+        .count();
+    let texts = raw.len() - numbers;
+    let mut f = Features {
+        rows: rows.rows,
+        dense: vec![f32::NAN; rows.rows * numbers],
+        ids: Vec::new(),
+        texts: vec![String::new(); rows.rows * texts],
+    };
+    for r in 0..rows.rows {
+        for (i, slot) in raw.iter().enumerate() {
+            match (slot, rows.cell(r, i)) {
+                (RawSlot::Number(j), Cell::Number(x)) => f.dense[r * numbers + j] = x as f32,
+                (RawSlot::Text(j), Cell::Text(t)) => f.texts[r * texts + j] = t.to_string(),
+                (RawSlot::Text(j), Cell::Number(x)) => f.texts[r * texts + j] = x.to_string(),
+                _ => {}
+            }
+        }
+    }
+    f
+}
+
 /// Logits → probabilities for classification; values pass through.
 fn finish(task: Task, raw: Vec<f32>, outputs: usize) -> Vec<f32> {
     match task {
@@ -305,6 +448,7 @@ impl Network {
     fn new(arch: &Architecture, weights: &BTreeMap<String, Weight>) -> Result<Network, String> {
         let (inputs, tables, hidden, activation, outputs, wide) = match arch {
             Architecture::Trees { .. } => return Err("a tree ensemble is not a network".into()),
+            Architecture::Onnx { .. } => return Err("an imported graph is not a network".into()),
             Architecture::Mlp {
                 inputs,
                 hidden,

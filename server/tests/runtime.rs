@@ -49,7 +49,7 @@ fn reference(
             *activation,
             Some(dense(&x, &w["wide.weight"], &w["wide.bias"])),
         ),
-        Architecture::Trees { .. } => panic!("networks only"),
+        Architecture::Trees { .. } | Architecture::Onnx { .. } => panic!("networks only"),
     };
     let mut h = x.clone();
     for (j, id) in ids.iter().enumerate() {

@@ -864,7 +864,7 @@ fn rescale_outputs(
     };
     let hidden = match architecture {
         Architecture::Mlp { hidden, .. } | Architecture::WideDeep { hidden, .. } => hidden.len(),
-        Architecture::Trees { .. } => return weights,
+        Architecture::Trees { .. } | Architecture::Onnx { .. } => return weights,
     };
     let last = format!("dense.{hidden}");
     for name in [

@@ -41,10 +41,8 @@ struct Shape {
 fn shape(arch: &Architecture) -> Shape {
     match arch {
         // Not a network: `fit_network` and `from_weights` refuse it before building layers.
-        Architecture::Trees {
-            inputs, outputs, ..
-        } => Shape {
-            sizes: vec![*inputs, *outputs],
+        arch @ (Architecture::Trees { .. } | Architecture::Onnx { .. }) => Shape {
+            sizes: vec![arch.inputs(), arch.outputs()],
             tables: vec![],
             wide: None,
             activation: Activation::Relu,
@@ -290,8 +288,12 @@ impl Net {
         weights: &BTreeMap<String, Weight>,
         device: &Device,
     ) -> Result<Net, String> {
-        if matches!(arch, Architecture::Trees { .. }) {
-            return Err("a tree ensemble is not a network".to_string());
+        match arch {
+            Architecture::Trees { .. } => return Err("a tree ensemble is not a network".into()),
+            Architecture::Onnx { .. } => {
+                return Err("an imported ONNX graph runs in kiln's serving runtime".into());
+            }
+            _ => {}
         }
         let mut net = Net::new(arch, 0.0, device);
         let Shape {

@@ -9,6 +9,7 @@
 
 mod attrs;
 mod ml;
+mod model;
 mod ops;
 pub mod proto;
 pub mod tensor;
@@ -18,6 +19,7 @@ use std::collections::HashMap;
 use prost::Message;
 
 use attrs::Attrs;
+pub use model::Imported;
 use ops::Op;
 use proto::{ModelProto, TypeProto};
 pub use tensor::{Data, Elem, OpResult, Value};

@@ -90,7 +90,9 @@ pub fn make_bundle(
             outputs,
             ..
         } => (*inputs, embeddings.clone(), hidden.clone(), *outputs, true),
-        Architecture::Trees { .. } => panic!("networks only; trees come from training"),
+        Architecture::Trees { .. } | Architecture::Onnx { .. } => {
+            panic!("networks only; trees come from training, graphs from import")
+        }
     };
     assert_eq!(inputs, fitted.dense_width());
     let mut sizes = vec![inputs + tables.iter().map(|e| e.width).sum::<usize>()];

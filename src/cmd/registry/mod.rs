@@ -8,6 +8,7 @@ use clap::Args;
 use kiln_core::registry::{Registry, RunStatus, parse_run_id};
 
 mod experiments;
+mod import;
 mod models;
 mod runs;
 

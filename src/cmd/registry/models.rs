@@ -117,6 +117,9 @@ pub enum ModelsCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// Register an ONNX model from any framework (scikit-learn, XGBoost, LightGBM, PyTorch,
+    /// TensorFlow) as the model's next version, checked by running it first.
+    Import(super::import::ImportArgs),
     /// Delete a model, or one version with --version.
     Delete {
         /// The model's name.
@@ -294,6 +297,7 @@ impl ModelsCommand {
             | ModelsCommand::History { server, .. }
             | ModelsCommand::Export { server, .. }
             | ModelsCommand::Delete { server, .. }
+            | ModelsCommand::Import(super::import::ImportArgs { server, .. })
             | ModelsCommand::Alias(AliasCommand::Set { server, .. })
             | ModelsCommand::Alias(AliasCommand::Delete { server, .. }) => server,
         }
@@ -461,6 +465,7 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
                 )
             })?;
         }
+        ModelsCommand::Import(args) => super::import::import_model(backend.as_ref(), args)?,
         ModelsCommand::Delete {
             name,
             version,
