@@ -142,6 +142,18 @@ pub const CATALOGUE: &[ComponentSpec] = &[
         ],
     },
     ComponentSpec {
+        name: "import",
+        args: &[
+            req("file").path(),
+            opt("reference").path(),
+            opt("target"),
+            opt("labels"),
+            opt("scores"),
+            opt("output"),
+        ],
+        outputs: &["model", "task", "checked_rows", "reference_*"],
+    },
+    ComponentSpec {
         name: "infra-validate",
         args: &[req("model").path(), opt("requests")],
         outputs: &["requests", "latency_us"],
@@ -233,6 +245,7 @@ impl Components for Builtins {
             "train" => self.train(call),
             "tune" => tune(call),
             "evaluate" => evaluate(call),
+            "import" => import_onnx(call),
             "infra-validate" => infra_validate(call),
             "push" => push(call),
             other => Err(invalid(format!("no component `{other}`"))),
@@ -784,10 +797,13 @@ fn evaluate(call: &ComponentCall) -> Result<Values> {
                 Ok(version) => {
                     let dir = scratch.path().join("bundle");
                     call.registry.export_artifact(&version.artifact, &dir)?;
+                    let (m, w) = bundle::read(&dir)?;
+                    let foreign = crate::imported::scorer(&dir, &m)?;
                     Some((
                         format!("{name} version {} ({which})", version.version),
                         version.version,
-                        bundle::read(&dir)?,
+                        (m, w),
+                        foreign,
                     ))
                 }
                 Err(e) => {
@@ -798,17 +814,22 @@ fn evaluate(call: &ComponentCall) -> Result<Values> {
         }
         None => None,
     };
+    let candidate = crate::imported::scorer(&model, &manifest)?;
     let mut judgement = judge(
         &manifest,
         &weights,
+        candidate.as_deref(),
         &table,
         &gate,
-        baseline.as_ref().map(|(label, version, (m, w))| Baseline {
-            label: label.clone(),
-            version: *version,
-            manifest: m,
-            weights: w,
-        }),
+        baseline
+            .as_ref()
+            .map(|(label, version, (m, w), foreign)| Baseline {
+                label: label.clone(),
+                version: *version,
+                manifest: m,
+                weights: w,
+                foreign: foreign.as_deref(),
+            }),
     )?;
     judgement.reasons.extend(no_baseline);
     let reason = judgement.reasons.join("; ");
@@ -898,6 +919,89 @@ fn slice_table(j: &kiln_trainer::gate::Judgement) -> String {
         rows,
         &[1, 2, 3, 4],
     )
+}
+
+/// An ONNX model from any framework as a bundle (what `kiln models import` does, for pipelines):
+/// a `run` step that trains with another library and writes `model.onnx` is then evaluated,
+/// validated and pushed like a kiln model.
+fn import_onnx(call: &ComponentCall) -> Result<Values> {
+    let file = required_path(call, "file")?;
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let reference = match call.args.get("reference") {
+        Some(_) => Some(read_data(call, "reference")?.1),
+        None => None,
+    };
+    let labels = match call.args.get("labels") {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s.split(',').map(|l| l.trim().to_string()).collect()),
+        Some(toml::Value::Array(a)) => Some(
+            a.iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect(),
+        ),
+        Some(other) => {
+            return Err(invalid(format!(
+                "`with.labels` must list the class names, not {other}"
+            )));
+        }
+    };
+    let scores = match text(call, "scores") {
+        None => None,
+        Some("probabilities") => Some(kiln_core::bundle::Scores::Probabilities),
+        Some("logits") => Some(kiln_core::bundle::Scores::Logits),
+        Some(other) => {
+            return Err(invalid(format!(
+                "`with.scores` is probabilities or logits, not {other:?}"
+            )));
+        }
+    };
+    let options = kiln_server::import::ImportOptions {
+        target: text(call, "target").map(str::to_string),
+        labels,
+        scores,
+        output: text(call, "output").map(str::to_string),
+        transform: None,
+        reference,
+        source: file
+            .file_name()
+            .map_or("model.onnx".into(), |n| n.to_string_lossy().into_owned()),
+    };
+    let dir = call.outputs.join("model");
+    let imported = kiln_server::import::import(&bytes, &options, &dir)
+        .map_err(|e| invalid(format!("{}: {e}", file.display())))?;
+    let m = &imported.manifest;
+    call.log_line(&format!(
+        "imported {} ({} columns{}); checked on {}",
+        options.source,
+        m.signature.len(),
+        if m.labels.is_empty() {
+            String::new()
+        } else {
+            format!(", classes {}", m.labels.join(", "))
+        },
+        imported.checked_on
+    ));
+    for note in &imported.notes {
+        call.log_line(&format!("note: {note}"));
+    }
+    let mut out = values([
+        ("model", dir.display().to_string()),
+        (
+            "task",
+            serde_json::to_value(m.task)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        ("checked_rows", imported.checked_rows.to_string()),
+    ]);
+    for (k, v) in &m.metrics {
+        out.insert(k.clone(), v.to_string());
+    }
+    Ok(out)
 }
 
 /// Loads the bundle in the serving runtime, warms it up and answers requests built from its

@@ -4,6 +4,7 @@
 
 mod cmd;
 mod components;
+mod imported;
 mod ui;
 
 use std::process::ExitCode;

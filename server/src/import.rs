@@ -309,16 +309,17 @@ fn choose_output(graph: &Graph, asked: Option<&str>) -> Result<String, String> {
     })
 }
 
-/// Rows of the reference table in signature order, at most `limit`.
-fn reference_rows(table: &Table, signature: &[InputColumn], limit: usize) -> Result<Rows, String> {
-    let n = table.num_rows().min(limit);
-    let part = table.slice(0, n);
+/// The rows of a table in signature order, as requests carry them (for scoring a file with an
+/// imported model); the error names a signature column the table lacks.
+pub fn table_rows(table: &Table, signature: &[InputColumn]) -> Result<Rows, String> {
+    let part = table;
+    let n = table.num_rows();
     let columns = signature
         .iter()
         .map(|c| {
             let i = part
                 .column_index(&c.name)
-                .ok_or_else(|| format!("the reference has no column `{}`", c.name))?;
+                .ok_or_else(|| format!("the data has no column `{}`", c.name))?;
             Ok(if c.column_type == ColumnType::Categorical {
                 Column::Texts(part.texts(i))
             } else {
@@ -425,7 +426,7 @@ pub fn import(bytes: &[u8], options: &ImportOptions, dir: &Path) -> Result<Impor
     let probe = Runtime::from_graph(manifest.clone(), bytes).map_err(|e| e.to_string())?;
     let (rows, checked_on) = match &options.reference {
         Some(r) => (
-            reference_rows(r, &manifest.signature, CHECK_ROWS)?,
+            table_rows(&r.slice(0, CHECK_ROWS), &manifest.signature)?,
             format!("{} reference rows", r.num_rows().min(CHECK_ROWS)),
         ),
         None => (probe.typical_rows(8), "8 typical rows".to_string()),

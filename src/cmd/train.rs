@@ -387,10 +387,16 @@ pub fn predict(home: &Home, args: PredictArgs) -> Result<Outcome> {
         DeviceArg::Cpu => DeviceChoice::Cpu,
         DeviceArg::Gpu => DeviceChoice::Gpu,
     };
-    let predictor = Predictor::new(&manifest, &weights, device)?;
     let table = kiln_core::data::read_with_progress(&args.data, &Default::default(), &Bar::new())?;
-    let out = predictor.predict(&table)?;
-    let width = predictor.width();
+    let (out, width) = match crate::imported::scorer(&dir, &manifest)? {
+        Some(score) => {
+            score(&table).map_err(|e| anyhow::anyhow!("{}: {e}", args.data.display()))?
+        }
+        None => {
+            let predictor = Predictor::new(&manifest, &weights, device)?;
+            (predictor.predict(&table)?, predictor.width())
+        }
+    };
     let mut header: Vec<String> = Vec::new();
     let classify = !manifest.labels.is_empty();
     if classify {

@@ -98,7 +98,7 @@ pub fn evaluate(
     table: &Table,
     choice: DeviceChoice,
 ) -> Result<BTreeMap<String, f64>, TrainError> {
-    Ok(scored(manifest, weights, table, choice)?.metrics())
+    Ok(scored(manifest, weights, None, table, choice)?.metrics())
 }
 
 /// A bundle's outputs on rows whose targets are known, for metrics of all of them or of some.
@@ -127,10 +127,16 @@ impl Scored {
     }
 }
 
+/// What scores rows for a bundle the trainer does not run itself (an imported ONNX graph, which
+/// the serving runtime runs): probabilities (rows × width) or values, and the width. The binary
+/// hands one in.
+pub type Foreign<'a> = &'a (dyn Fn(&Table) -> Result<(Vec<f32>, usize), String> + Sync);
+
 /// Scores a bundle on rows whose targets are known.
 pub(crate) fn scored(
     manifest: &Manifest,
     weights: &BTreeMap<String, Weight>,
+    foreign: Option<Foreign>,
     table: &Table,
     choice: DeviceChoice,
 ) -> Result<Scored, TrainError> {
@@ -168,12 +174,17 @@ pub(crate) fn scored(
             }
         })
         .collect::<Result<Vec<f32>, TrainError>>()?;
-    let predictor = Predictor::new(manifest, weights, choice)?;
-    let out = predictor.predict(table)?;
+    let (out, width) = match foreign {
+        Some(score) => score(table).map_err(TrainError::Data)?,
+        None => {
+            let predictor = Predictor::new(manifest, weights, choice)?;
+            (predictor.predict(table)?, predictor.width())
+        }
+    };
     Ok(Scored {
         task: manifest.task,
         out,
         y,
-        width: predictor.width(),
+        width,
     })
 }

@@ -8,7 +8,7 @@ use kiln_core::bundle::{Manifest, Task, Weight};
 use kiln_core::data::Table;
 use serde::Serialize;
 
-use crate::evaluate::{Scored, scored};
+use crate::evaluate::{Foreign, Scored, scored};
 use crate::sweep::is_minimised;
 use crate::{DeviceChoice, TrainError};
 
@@ -68,6 +68,8 @@ pub struct Baseline<'a> {
     pub version: u32,
     pub manifest: &'a Manifest,
     pub weights: &'a BTreeMap<String, Weight>,
+    /// What runs it, when the trainer does not (an imported graph).
+    pub foreign: Option<Foreign<'a>>,
 }
 
 /// The gate's answer.
@@ -112,17 +114,19 @@ fn value(m: &BTreeMap<String, f64>, k: &str) -> Result<f64, TrainError> {
     })
 }
 
-/// Judges the candidate (`manifest`, `weights`) on its test split of `table` against `gate`
-/// and, when given, `baseline` scored on the same rows.
+/// Judges the candidate (`manifest`, `weights`, or `foreign` for a model the trainer does not
+/// run) on its test split of `table` against `gate` and, when given, `baseline` scored on the
+/// same rows.
 pub fn judge(
     manifest: &Manifest,
     weights: &BTreeMap<String, Weight>,
+    foreign: Option<Foreign>,
     table: &Table,
     gate: &Gate,
     baseline: Option<Baseline>,
 ) -> Result<Judgement, TrainError> {
     let rows = crate::test_split(table, crate::test_fraction_of(manifest));
-    let candidate_scores = scored(manifest, weights, &rows, DeviceChoice::Cpu)?;
+    let candidate_scores = scored(manifest, weights, foreign, &rows, DeviceChoice::Cpu)?;
     let candidate = candidate_scores.metrics();
     let metric = gate
         .metric
@@ -147,7 +151,13 @@ pub fn judge(
     let mut baseline_version = None;
     let mut baseline_scores = None;
     if let Some(base) = baseline {
-        let scored_base = scored(base.manifest, base.weights, &rows, DeviceChoice::Cpu)?;
+        let scored_base = scored(
+            base.manifest,
+            base.weights,
+            base.foreign,
+            &rows,
+            DeviceChoice::Cpu,
+        )?;
         let scores = scored_base.metrics();
         baseline_scores = Some((scored_base, base.label.clone()));
         let (c, b) = (value(&candidate, &metric)?, value(&scores, &metric)?);

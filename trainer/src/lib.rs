@@ -24,7 +24,7 @@ pub use config::{
     TrainConfig, TrainError, TrainOutcome,
 };
 pub use device::device;
-pub use evaluate::{evaluate, test_fraction_of, test_split};
+pub use evaluate::{Foreign, evaluate, test_fraction_of, test_split};
 pub use fit::{
     DEFAULT_LR, SPARSE_LR, default_spec, default_tree_spec, fit_network, train, train_from,
 };

@@ -1,0 +1,246 @@
+//! `kiln models import`, `kiln predict` and the pipeline `import` component with ONNX models
+//! made by real converters (`tests/fixtures/onnx/make.py`), run as a user runs them.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use serde_json::Value;
+use util::Kiln;
+
+const FIXTURES: &str = "tests/fixtures/onnx";
+
+fn fixture(name: &str) -> String {
+    format!("{FIXTURES}/{name}.onnx")
+}
+
+fn models(k: &Kiln) -> Value {
+    serde_json::from_str(&k.ok(&["models", "list", "--json"])).unwrap()
+}
+
+fn expected(name: &str) -> Value {
+    let path = util::repo_root()
+        .join(FIXTURES)
+        .join(format!("{name}.expected.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn an_imported_classifier_predicts_what_onnxruntime_does() {
+    let k = Kiln::new();
+    let out = k.ok(&[
+        "models",
+        "import",
+        "cancer",
+        &fixture("logreg"),
+        "--reference",
+        "examples/data/breast_cancer.csv",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["version"], 1, "{v}");
+    assert_eq!(v["task"], "binary_classification");
+    assert_eq!(v["labels"], serde_json::json!(["0", "1"]));
+    assert_eq!(v["signature"].as_array().unwrap().len(), 30);
+    assert_eq!(v["signature"][0]["name"], "mean radius");
+    assert!(
+        v["metrics"]["reference_roc_auc"].as_f64().unwrap() > 0.99,
+        "{v}"
+    );
+
+    // `kiln predict` runs the graph; the held-out rows (the last 20%) match onnxruntime's.
+    let csv = k.path("p.csv");
+    k.ok(&[
+        "predict",
+        "--model",
+        "cancer:1",
+        "--data",
+        "examples/data/breast_cancer.csv",
+        "-o",
+        csv.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "predicted_label,p_0,p_1");
+    let e = expected("logreg");
+    let probs = e["outputs"]["output_probability"].as_array().unwrap();
+    let labels = e["outputs"]["output_label"].as_array().unwrap();
+    let first = 1 + (569.0f64 * 0.8) as usize;
+    for (i, (p, l)) in probs.iter().zip(labels).enumerate() {
+        let cells: Vec<&str> = lines[first + i].split(',').collect();
+        assert_eq!(cells[0], l.to_string(), "row {i}");
+        let p1: f64 = cells[2].parse().unwrap();
+        assert!(
+            (p1 - p[1].as_f64().unwrap()).abs() < 1e-5,
+            "row {i}: {p1} vs {p}"
+        );
+    }
+}
+
+#[test]
+fn a_graph_of_numbers_without_a_reference_names_its_columns_and_says_how_to_name_them() {
+    let k = Kiln::new();
+    let out = k.ok(&["models", "import", "area", &fixture("lightgbm_regressor")]);
+    assert!(out.contains("regression, 29 input columns"), "{out}");
+    assert!(out.contains("input_0…input_28"), "{out}");
+    assert!(out.contains("--reference"), "{out}");
+    // Several classes and no names for them: refused, saying how to name them.
+    let r = k.run(&["models", "import", "digits", &fixture("cnn")]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("--labels"), "{}", r.stderr);
+    let out = k.ok(&[
+        "models",
+        "import",
+        "digits",
+        &fixture("cnn"),
+        "--labels",
+        "0,1,2,3,4,5,6,7,8,9",
+    ]);
+    assert!(
+        out.contains("multi-class classification, 64 input columns"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_models_are_refused_at_import_with_the_reason_and_change_nothing() {
+    let k = Kiln::new();
+    let whole = std::fs::read(util::repo_root().join(fixture("logreg"))).unwrap();
+    let truncated = k.file("truncated.onnx", &whole[..whole.len() / 2]);
+    let garbage = k.file("notes.onnx", "these are my notes, not a model");
+    let cases: Vec<(String, Vec<&str>, &str)> = vec![
+        (truncated.display().to_string(), vec![], "not an ONNX model"),
+        (garbage.display().to_string(), vec![], "not an ONNX model"),
+        (
+            fixture("bad_operator"),
+            vec![],
+            "operators kiln does not run: Erf",
+        ),
+        (
+            fixture("bad_dynamic"),
+            vec![],
+            "dimension of unknown size after the batch",
+        ),
+        (
+            fixture("bad_input"),
+            vec!["--reference", "examples/data/breast_cancer.csv"],
+            "the graph reads shoe size, which the reference does not have",
+        ),
+        (fixture("bad_nan"), vec![], "not finite"),
+        (
+            fixture("logreg"),
+            vec!["--labels", "a,b,c"],
+            "--labels names 3 classes; the graph's classifier has 2",
+        ),
+        (
+            fixture("logreg"),
+            vec!["--reference", "examples/data/digits.csv"],
+            "takes 30 numbers per row, but the reference has 64 columns",
+        ),
+    ];
+    for (file, extra, message) in cases {
+        let mut args = vec!["models", "import", "m", file.as_str()];
+        args.extend(extra);
+        let r = k.run(&args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(message), "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
+    assert_eq!(
+        models(&k)["models"].as_array().map_or(0, Vec::len),
+        0,
+        "{}",
+        models(&k)
+    );
+    let runs: Value = serde_json::from_str(&k.ok(&["runs", "list", "--json"])).unwrap();
+    assert_eq!(runs["runs"].as_array().map_or(0, Vec::len), 0, "{runs}");
+}
+
+#[test]
+fn a_pipeline_imports_a_model_trained_elsewhere_judges_it_against_a_kiln_champion_and_pushes_it() {
+    let k = Kiln::new();
+    // The champion: a kiln-trained logistic regression.
+    k.ok(&[
+        "train",
+        "--data",
+        "examples/data/breast_cancer.csv",
+        "--target",
+        "label",
+        "--model",
+        "logistic",
+        "--epochs",
+        "2",
+        "--register",
+        "cancer",
+    ]);
+    k.ok(&["models", "alias", "set", "cancer", "champion", "1"]);
+    let logreg = util::repo_root().join(fixture("logreg"));
+    let pipeline = k.file(
+        "onnx.toml",
+        format!(
+            r#"name = "bring-your-own"
+
+[[steps]]
+id = "fit"
+run = "cp '{}' ${{outputs}}/model.onnx"
+
+[[steps]]
+id = "import"
+needs = ["fit"]
+uses = "import"
+with = {{ file = "${{steps.fit.model.onnx}}", reference = "{data}" }}
+
+[[steps]]
+id = "evaluate"
+needs = ["import"]
+uses = "evaluate"
+with = {{ model = "${{steps.import.model}}", data = "{data}", baseline = "cancer@champion", min_improvement = -1.0 }}
+
+[[steps]]
+id = "infra-validate"
+needs = ["import"]
+uses = "infra-validate"
+with = {{ model = "${{steps.import.model}}" }}
+
+[[steps]]
+id = "push"
+needs = ["evaluate", "infra-validate"]
+uses = "push"
+with = {{ model = "${{steps.import.model}}", name = "cancer", blessing = "${{steps.evaluate.blessed}}" }}
+"#,
+            logreg.display(),
+            data = util::repo_root()
+                .join("examples/data/breast_cancer.csv")
+                .display()
+        ),
+    );
+    let out = k.ok(&["pipeline", "run", pipeline.to_str().unwrap()]);
+    assert!(out.contains("succeeded"), "{out}");
+    let run: Value = serde_json::from_str(&k.ok(&["pipeline", "show", "1", "--json"])).unwrap();
+    let step = |id: &str| {
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        step("import")["values"]["task"],
+        "binary_classification",
+        "{run}"
+    );
+    let evaluate = step("evaluate");
+    assert_eq!(evaluate["values"]["blessed"], "true", "{evaluate}");
+    assert!(
+        evaluate["values"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("against"),
+        "{evaluate}"
+    );
+    assert_eq!(step("push")["values"]["version"], "2", "{run}");
+    let model: Value =
+        serde_json::from_str(&k.ok(&["models", "show", "cancer", "--json"])).unwrap();
+    assert_eq!(model["aliases"]["champion"], 2, "{model}");
+}
