@@ -244,3 +244,119 @@ with = {{ model = "${{steps.import.model}}", name = "cancer", blessing = "${{ste
         serde_json::from_str(&k.ok(&["models", "show", "cancer", "--json"])).unwrap();
     assert_eq!(model["aliases"]["champion"], 2, "{model}");
 }
+
+#[test]
+fn an_onnx_file_posted_to_the_api_becomes_a_served_version_and_hostile_uploads_change_nothing() {
+    let k = Kiln::new();
+    let served = util::Served::start(&k, &["serve", "--addr", "127.0.0.1:0", "--token", "s3cret"]);
+    let bytes = std::fs::read(util::repo_root().join(fixture("logreg"))).unwrap();
+    let post = |path: &str, body: &[u8], headers: &[(&str, &str)]| {
+        let mut r = util::agent()
+            .post(format!("{}{path}", served.url))
+            .header("Content-Type", "application/octet-stream");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let mut r = r.send(body).unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let token = ("Authorization", "Bearer s3cret");
+    // What a hostile page or client can send: no token, a foreign origin, garbage, a path in an
+    // option, an unknown option, a name that is a path.
+    type Attempt<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, u16);
+    let hostile: Vec<Attempt> = vec![
+        ("/api/models/up/versions", bytes.clone(), vec![], 401),
+        (
+            "/api/models/up/versions",
+            bytes.clone(),
+            vec![token, ("Origin", "http://evil.example")],
+            403,
+        ),
+        (
+            "/api/models/up/versions",
+            b"\x08\x07garbage".to_vec(),
+            vec![token],
+            400,
+        ),
+        (
+            "/api/models/up/versions?output=../../etc/passwd",
+            bytes.clone(),
+            vec![token],
+            400,
+        ),
+        (
+            "/api/models/up/versions?reference=/etc/passwd",
+            bytes.clone(),
+            vec![token],
+            400,
+        ),
+        (
+            "/api/models/..%2F..%2Fetc/versions",
+            bytes.clone(),
+            vec![token],
+            400,
+        ),
+    ];
+    for (path, body, headers, status) in hostile {
+        let (got, answer) = post(path, &body, &headers);
+        assert_eq!(got, status, "{path}: {answer}");
+    }
+    let (status, answer) = post(
+        "/api/models/up/versions?description=from+a+notebook",
+        &bytes,
+        &[token],
+    );
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["version"], 1, "{v}");
+    assert_eq!(v["description"], "from a notebook");
+    let listed: Value =
+        serde_json::from_str(&k.ok(&["models", "list", "--json", "--server", &served.url]))
+            .unwrap();
+    assert_eq!(listed["models"].as_array().unwrap().len(), 1, "{listed}");
+    let versions: Value = serde_json::from_str(&k.ok(&[
+        "models",
+        "versions",
+        "up",
+        "--json",
+        "--server",
+        &served.url,
+    ]))
+    .unwrap();
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        1,
+        "{versions}"
+    );
+    // Promoted, it answers over V2 like any model.
+    k.ok(&[
+        "models",
+        "promote",
+        "up",
+        "1",
+        "--server",
+        &served.url,
+        "--token",
+        "s3cret",
+    ]);
+    let x: Vec<f64> = expected("logreg")["rows"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 30], "datatype": "FP64", "data": x}]});
+    let mut r = util::agent()
+        .post(format!("{}/v2/models/up/infer", served.url))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    let answer = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{answer}");
+    let a: Value = serde_json::from_str(&answer).unwrap();
+    let p = a["outputs"][1]["data"][1].as_f64().unwrap();
+    let want = expected("logreg")["outputs"]["output_probability"][0][1]
+        .as_f64()
+        .unwrap();
+    assert!((p - want).abs() < 1e-5, "{p} vs {want}");
+}

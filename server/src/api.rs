@@ -125,8 +125,12 @@ pub(crate) fn writes() -> Api {
         .post(
             "/api/models/{name}/versions",
             register,
-            answers::<ModelVersion>("Register a run's artifact as the next version")
-                .takes::<RegisterVersion>(),
+            answers::<ModelVersion>(
+                "Register a run's artifact as the next version; or, with Content-Type \
+                 application/octet-stream, import the ONNX file in the body (query: labels, \
+                 target, scores, output, description)",
+            )
+            .takes::<RegisterVersion>(),
         )
         .delete(
             "/api/models/{name}/versions/{which}",
@@ -453,9 +457,28 @@ async fn show_version(
 async fn register(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    query: axum::extract::RawQuery,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ModelVersion>, ApiError> {
     let bytes = body(bytes, state.config.max_body)?;
+    let media = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if media.as_deref() == Some("application/octet-stream") {
+        let query = query.0.unwrap_or_default();
+        return blocking(&state, move |models| {
+            crate::import::register_upload(models, &name, &bytes, &query).map(Json)
+        })
+        .await;
+    }
     blocking(&state, move |models| {
         let b: RegisterVersion = parse_json(&bytes)?;
         let run = parse_run_id(&b.run)?;

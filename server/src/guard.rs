@@ -165,13 +165,22 @@ pub fn json_body(request: &Request) -> Result<(), ApiError> {
     {
         return Ok(());
     }
+    // A model version is registered from a run (JSON) or imported from an ONNX file (raw bytes).
+    let upload = request.method() == axum::http::Method::POST
+        && path.starts_with("/api/models/")
+        && path.ends_with("/versions");
     let wanted = if raw {
         "application/octet-stream"
+    } else if upload {
+        "application/json` or `application/octet-stream"
     } else {
         "application/json"
     };
     let media = |v: &axum::http::HeaderValue| {
         let t = v.to_str().unwrap_or("");
+        if upload && is_octet_stream(t) {
+            return true;
+        }
         if raw {
             t.split(';')
                 .next()
@@ -196,6 +205,15 @@ pub fn json_body(request: &Request) -> Result<(), ApiError> {
             ),
         )),
     }
+}
+
+fn is_octet_stream(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/octet-stream")
 }
 
 fn is_json(content_type: &str) -> bool {
@@ -286,5 +304,17 @@ mod tests {
         assert!(request("", Some("text/plain")).is_err());
         assert!(request("{}", Some("application/json; charset=utf-8")).is_ok());
         assert!(request("{}", Some("application/merge-patch+json")).is_ok());
+        assert!(request("x", Some("application/octet-stream")).is_err());
+        // An ONNX file is imported as a version, and only there raw bytes are taken.
+        let post = |uri: &str, content_type: &str| {
+            let r = Request::builder()
+                .method("POST")
+                .uri(uri)
+                .header(header::CONTENT_TYPE, content_type);
+            json_body(&r.body(Body::from("x")).unwrap())
+        };
+        assert!(post("/api/models/m/versions", "application/octet-stream").is_ok());
+        assert!(post("/api/models/m/versions", "text/plain").is_err());
+        assert!(post("/api/models/m/promote", "application/octet-stream").is_err());
     }
 }

@@ -16,6 +16,8 @@ use kiln_core::metrics::{ClassificationMetrics, RegressionMetrics};
 use kiln_core::stats::{DatasetStatistics, STATISTICS_FORMAT_VERSION};
 use kiln_core::transform::{FittedOn, FittedTransform, InputColumn};
 
+use crate::error::ServeError;
+use crate::models::Models;
 use crate::onnx::{Elem, Graph, Port};
 use crate::runtime::{Column, Rows, Runtime};
 
@@ -617,4 +619,86 @@ fn reference_metrics(
         .filter(|(_, v)| v.is_finite())
         .map(|(k, v)| (format!("reference_{k}"), v))
         .collect()
+}
+
+/// The options of an upload (`POST /api/models/{name}/versions` with an ONNX body), from its
+/// query string. Reference rows cannot come over this door (a path would be the server's);
+/// `kiln models import --server` reads them on the client and sends the finished bundle.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    target: Option<String>,
+    labels: Option<String>,
+    scores: Option<String>,
+    output: Option<String>,
+    description: Option<String>,
+}
+
+/// Imports an uploaded ONNX file as the next version of `name`: checked like a command-line
+/// import, logged as a run of the `imports` experiment, then registered.
+pub fn register_upload(
+    models: &Models,
+    name: &str,
+    bytes: &[u8],
+    query: &str,
+) -> Result<kiln_core::registry::ModelVersion, ServeError> {
+    use kiln_core::registry::{Lineage, NewRun, RunStatus};
+    let q: UploadQuery = serde_urlencoded::from_str(query)
+        .map_err(|e| ServeError::BadInput(format!("the query: {e}")))?;
+    let scores = match q.scores.as_deref() {
+        None => None,
+        Some("probabilities") => Some(Scores::Probabilities),
+        Some("logits") => Some(Scores::Logits),
+        Some(other) => {
+            return Err(ServeError::BadInput(format!(
+                "scores is probabilities or logits, not {other:?}"
+            )));
+        }
+    };
+    kiln_core::registry::check_model_name(name)?;
+    let options = ImportOptions {
+        target: q.target,
+        labels: q
+            .labels
+            .map(|l| l.split(',').map(|x| x.trim().to_string()).collect()),
+        scores,
+        output: q.output,
+        transform: None,
+        reference: None,
+        source: "upload.onnx".into(),
+    };
+    let scratch = tempfile::tempdir().map_err(|e| ServeError::Internal(e.to_string()))?;
+    let dir = scratch.path().join("bundle");
+    let imported = import(bytes, &options, &dir).map_err(ServeError::BadInput)?;
+    let registry = models.registry();
+    let run = registry.create_run(NewRun {
+        experiment: "imports".into(),
+        name: format!("import-{name}"),
+        params: BTreeMap::from([
+            ("source".to_string(), options.source.clone()),
+            ("format".to_string(), "onnx".to_string()),
+        ]),
+        tags: BTreeMap::new(),
+        parent: None,
+        lineage: Lineage::default(),
+    })?;
+    let logged = registry
+        .log_artifact(run.id, "model", &dir)
+        .and_then(|_| registry.end_run(run.id, RunStatus::Finished));
+    if let Err(e) = logged {
+        let _ = registry.end_run(run.id, RunStatus::Failed);
+        return Err(e.into());
+    }
+    let description = q
+        .description
+        .unwrap_or_else(|| "imported from an upload".to_string());
+    Ok(models.change(name, |r| {
+        r.register_version(
+            name,
+            run.id,
+            "model",
+            &description,
+            Some(serde_json::json!(imported.manifest.signature)),
+        )
+    })?)
 }

@@ -297,7 +297,7 @@ pub fn check_name(what: &str, name: &str) -> Result<(), RegistryError> {
 }
 
 /// Model names appear in URLs: letters, digits, `-`, `_` and `.`, starting with a letter or digit.
-fn check_model_name(name: &str) -> Result<(), RegistryError> {
+pub fn check_model_name(name: &str) -> Result<(), RegistryError> {
     check_name("model", name)?;
     let ok = name
         .chars()
