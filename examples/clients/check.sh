@@ -4,7 +4,7 @@
 # Inference Protocol (over REST and gRPC), and the mlflow client logging runs as a notebook would
 # (read back with kiln's own commands); and kiln's own API against its OpenAPI document.
 # CI runs it; locally:
-#   python3 -m pip install "tritonclient[http,grpc]" numpy mlflow-skinny pandas pyarrow openapi-spec-validator
+#   python3 -m pip install "tritonclient[http,grpc]" numpy mlflow-skinny pandas pyarrow openapi-spec-validator onnxruntime
 # then
 #
 #   KILN=target/debug/kiln PYTHON=python3 examples/clients/check.sh
@@ -58,6 +58,37 @@ done
 "$PYTHON" examples/clients/tritonclient_check.py "$url" bc "$data" label
 "$PYTHON" examples/clients/tritonclient_grpc_check.py "$grpc" "$url" bc "$data" label
 "$PYTHON" examples/clients/onnx_check.py "$url" "${onnx_models[@]}"
+# kiln's own models exported as ONNX answer the same in onnxruntime: a network and trees on the
+# bundled data, and a network on mixed click-through columns (imputed, clipped, log-scaled,
+# standardized and one-hot, all inside the graph).
+"$KILN" data synth ctr --rows 2000 --seed 3 -o "$work/ctr.csv" >/dev/null
+cat > "$work/ctr.spec.toml" <<'TOML'
+[[features]]
+columns = ["i1", "i2", "i5", "i8"]
+impute = "median"
+clip = [0, 1e9]
+log1p = true
+encode = "standardize"
+[[features]]
+columns = ["i3", "i4", "i6", "i7"]
+encode = "min_max"
+[[features]]
+columns = ["c1", "c2", "c5"]
+encode = "vocabulary"
+min_frequency = 20
+oov_buckets = 1
+impute = "most_frequent"
+TOML
+for spec in "net:$data:label:--model mlp --hidden 8" "trees:$data:label:--model gbdt --trees 20" \
+  "ctr:$work/ctr.csv:click:--model mlp --hidden 8 --spec $work/ctr.spec.toml"; do
+  IFS=: read -r name file target flags <<<"$spec"
+  # shellcheck disable=SC2086
+  "$KILN" train --data "$file" --target "$target" $flags --epochs 2 --register "export-$name" \
+    --server "$url" --token s3cret >/dev/null 2>&1
+  "$KILN" models export "export-$name" --version 1 --format onnx -o "$work/$name.onnx" --server "$url" >/dev/null
+  "$KILN" predict --model "export-$name:1" --data "$file" -o "$work/$name.predicted.csv" --server "$url" >/dev/null
+  "$PYTHON" examples/clients/onnx_export_check.py "$work/$name.onnx" "$file" "$work/$name.predicted.csv"
+done
 "$KILN" models export bc --output "$work/bundle" --server "$url" >/dev/null
 run=$(MLFLOW_TRACKING_TOKEN=s3cret "$PYTHON" examples/clients/mlflow_check.py "$url" "$work/bundle" "$data" \
   | tail -n 1)

@@ -8,6 +8,7 @@
 //! is read, naming the operator, never when a request arrives.
 
 mod attrs;
+pub mod export;
 mod ml;
 mod model;
 mod ops;

@@ -28,6 +28,7 @@ pub enum Unary {
     Ceil,
     Reciprocal,
     Softplus,
+    Erf,
 }
 
 /// Convolution and pooling geometry for 1-D and 2-D inputs (`[N, C, W]` or `[N, C, H, W]`).
@@ -145,6 +146,7 @@ impl Op {
             "Ceil" => Op::Unary(Unary::Ceil),
             "Reciprocal" => Op::Unary(Unary::Reciprocal),
             "Softplus" => Op::Unary(Unary::Softplus),
+            "Erf" => Op::Unary(Unary::Erf),
             "LeakyRelu" => Op::LeakyRelu {
                 alpha: a.float("alpha", 0.01),
             },
@@ -270,6 +272,7 @@ impl Op {
                     Unary::Ceil => f32::ceil,
                     Unary::Reciprocal => |x| 1.0 / x,
                     Unary::Softplus => |x| x.exp().ln_1p(),
+                    Unary::Erf => erf,
                 };
                 one(map(x, f)?)
             }
@@ -459,6 +462,18 @@ impl Op {
             }
         }
     }
+}
+
+/// The error function, to within 1.5e-7 (Abramowitz and Stegun, 7.1.26).
+fn erf(x: f32) -> f32 {
+    let x = f64::from(x);
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let y = 1.0 - poly * (-x * x).exp();
+    (if x < 0.0 { -y } else { y }) as f32
 }
 
 /// `[outer, n, inner]` around axis `a`.

@@ -101,16 +101,20 @@ pub enum ModelsCommand {
         #[command(flatten)]
         server: Server,
     },
-    /// Copy a version's artifact out of the store (verified), e.g. to serve elsewhere.
+    /// Copy a version's artifact out of the store (verified), e.g. to serve elsewhere; or, with
+    /// --format onnx, write it as an ONNX model for onnxruntime, Triton or KServe.
     Export {
         /// The model's name.
         name: String,
         /// An alias or a version number.
         #[arg(long, default_value = "champion")]
         version: String,
-        /// The new directory to copy the bundle to.
+        /// The new directory to copy the bundle to (or the new `.onnx` file).
         #[arg(short, long)]
         output: PathBuf,
+        /// bundle (kiln's own directory) or onnx.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Bundle)]
+        format: ExportFormat,
         /// Print what changed as JSON.
         #[arg(long)]
         json: bool,
@@ -170,6 +174,12 @@ pub enum AliasCommand {
         #[command(flatten)]
         server: Server,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Bundle,
+    Onnx,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -443,6 +453,51 @@ pub fn models(home: &Home, command: ModelsCommand) -> Result<Outcome> {
                     &[2, 3]
                 )
             );
+        }
+        ModelsCommand::Export {
+            name,
+            version,
+            output,
+            format: ExportFormat::Onnx,
+            json,
+            ..
+        } => {
+            if output.exists() {
+                bail!("{} exists; choose a new path", output.display());
+            }
+            let v = backend.resolve(&name, &version)?;
+            let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+            let dir = scratch.path().join("bundle");
+            backend.export_version(&v, &dir)?;
+            let (manifest, weights) = kiln_core::bundle::read(&dir)?;
+            let exported = kiln_server::onnx::export::export(&manifest, &weights)
+                .map_err(|e| anyhow::anyhow!("{name} version {}: {e}", v.version))?;
+            kiln_core::data::write_atomically(&output, |w| {
+                std::io::Write::write_all(w, &exported.bytes)?;
+                Ok(())
+            })?;
+            let what = serde_json::json!({
+                "model": name,
+                "version": v.version,
+                "output": output,
+                "inputs": exported.inputs,
+                "transform_included": exported.transform_included,
+                "note": exported.note,
+            });
+            ui::changed(json, &what, || {
+                let mut text = format!(
+                    "exported {name} version {} to {} (ONNX, opset 17; inputs {})",
+                    v.version,
+                    output.display(),
+                    exported.inputs.join(", ")
+                );
+                if let Some(why) = &exported.note {
+                    text.push_str(&format!(
+                        "\nthe graph takes kiln's transformed features, not raw columns: {why}"
+                    ));
+                }
+                text
+            })?;
         }
         ModelsCommand::Export {
             name,
