@@ -88,7 +88,7 @@ fn logistic_bundle(dir: &Path) -> Vec<String> {
 
 /// The logistic bundle's manifest with 100 trees of 31 leaves in place of its network: each
 /// tree splits its leaves breadth first on features and thresholds drawn from a fixed sequence.
-fn tree_runtime(logistic: &Runtime) -> Runtime {
+fn tree_runtime(logistic: &Runtime) -> (Runtime, BTreeMap<String, Weight>) {
     use kiln_core::trees::{Ensemble, Node, Split};
     let mut manifest = logistic.manifest().clone();
     let d = manifest.transform.dense_width();
@@ -143,7 +143,8 @@ fn tree_runtime(logistic: &Runtime) -> Runtime {
         outputs: 1,
         trees: 100,
     };
-    Runtime::new(manifest, &e.to_weights()).unwrap()
+    let weights = e.to_weights();
+    (Runtime::new(manifest, &weights).unwrap(), weights)
 }
 
 fn body(rows: usize, width: usize) -> Vec<u8> {
@@ -213,7 +214,7 @@ fn bench(c: &mut Criterion) {
             runtime.predict(&rows).unwrap()
         })
     });
-    let trees = tree_runtime(&runtime);
+    let (trees, tree_weights) = tree_runtime(&runtime);
     g.bench_function("transform + 100 trees of 31 leaves, 1 row", |b| {
         b.iter(|| {
             let rows = kiln_server::decode::from_matrix(&signature, one.clone(), 1).unwrap();
@@ -228,6 +229,57 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Imported graphs on kiln's ONNX engine: the same 100 trees exported to ONNX and imported
+    // back (against the native evaluator above), and scikit-learn's logistic regression as
+    // skl2onnx writes it (a scaler, a linear classifier, a normalizer and a ZipMap). The
+    // exported trees are left in the temporary directory for onnxruntime to time on the same
+    // row (benches/compare/onnx.sh).
+    let exported = kiln_server::onnx::export::export(trees.manifest(), &tree_weights).unwrap();
+    let file = std::env::temp_dir().join("kiln-bench-trees100.onnx");
+    std::fs::write(&file, &exported.bytes).unwrap();
+    let imported_dir = scratch.path().join("trees-onnx");
+    kiln_server::import::import(&exported.bytes, &Default::default(), &imported_dir).unwrap();
+    let imported = Runtime::load(&imported_dir).unwrap();
+    let imported_signature = imported.manifest().signature.clone();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let logreg_dir = scratch.path().join("logreg-onnx");
+    kiln_server::import::import(
+        &std::fs::read(repo.join("tests/fixtures/onnx/logreg.onnx")).unwrap(),
+        &Default::default(),
+        &logreg_dir,
+    )
+    .unwrap();
+    let logreg = Runtime::load(&logreg_dir).unwrap();
+    let logreg_signature = logreg.manifest().signature.clone();
+    let mut g = c.benchmark_group("onnx");
+    g.bench_function(
+        "100 trees on kiln's tree evaluator, 1 row (baseline)",
+        |b| {
+            b.iter(|| {
+                let rows = kiln_server::decode::from_matrix(&signature, one.clone(), 1).unwrap();
+                trees.predict(&rows).unwrap()
+            })
+        },
+    );
+    g.bench_function(
+        "100 trees exported to ONNX, on kiln's ONNX engine, 1 row",
+        |b| {
+            b.iter(|| {
+                let rows =
+                    kiln_server::decode::from_matrix(&imported_signature, one.clone(), 1).unwrap();
+                imported.predict(&rows).unwrap()
+            })
+        },
+    );
+    g.bench_function("skl2onnx logistic regression, 1 row", |b| {
+        b.iter(|| {
+            let rows = kiln_server::decode::from_matrix(&logreg_signature, one.clone(), 1).unwrap();
+            logreg.predict(&rows).unwrap()
+        })
+    });
+    g.finish();
+    println!("exported trees for onnxruntime: {}", file.display());
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

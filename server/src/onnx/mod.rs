@@ -172,6 +172,7 @@ impl Graph {
         let mut unsupported: Vec<String> = Vec::new();
         let mut produced_by: HashMap<usize, String> = HashMap::new();
         let mut labels = None;
+        let (mut classifier_labels, mut lookup_labels) = (None, None);
         for (n, node) in graph.node.iter().enumerate() {
             let name = if node.name.is_empty() {
                 format!("#{n}")
@@ -200,6 +201,7 @@ impl Graph {
                 "LinearClassifier" | "TreeEnsembleClassifier" | "ZipMap"
             ) && node.domain == "ai.onnx.ml"
             {
+                classifier_labels = Some(());
                 let names = [
                     "classlabels_strings",
                     "classlabels_int64s",
@@ -216,6 +218,21 @@ impl Graph {
                 });
                 if names.is_some() {
                     labels = names;
+                }
+            }
+            // A label lookup from class index to name (as kiln's own exports end), when no
+            // classifier names its classes.
+            if node.op_type == "LabelEncoder"
+                && node.domain == "ai.onnx.ml"
+                && classifier_labels.is_none()
+            {
+                let keys = a.ints("keys_int64s");
+                let values = a.strings("values_strings");
+                if !keys.is_empty()
+                    && keys.len() == values.len()
+                    && keys.iter().enumerate().all(|(i, k)| *k == i as i64)
+                {
+                    lookup_labels = Some(values);
                 }
             }
             let ins = node
@@ -256,6 +273,9 @@ impl Graph {
                     outputs: outs,
                 });
             }
+        }
+        if classifier_labels.is_none() {
+            labels = lookup_labels;
         }
         if !unsupported.is_empty() {
             return Err(format!(
