@@ -127,3 +127,182 @@ fn a_torch_style_mlp_and_a_small_cnn() {
     check("mlp");
     check("cnn");
 }
+
+mod hostile {
+    //! Graphs built to break a runtime: each is refused with a reason, never a panic, a hang or
+    //! an allocation the machine does not have.
+    use kiln_server::onnx::proto::*;
+    use kiln_server::onnx::{Graph, Value};
+    use prost::Message;
+
+    fn info(name: &str, elem: i32, dims: &[i64]) -> ValueInfoProto {
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                tensor_type: Some(TensorTypeProto {
+                    elem_type: elem,
+                    shape: Some(TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|d| Dimension {
+                                dim_value: (*d > 0).then_some(*d),
+                                dim_param: if *d > 0 { String::new() } else { "n".into() },
+                            })
+                            .collect(),
+                    }),
+                }),
+                sequence_type: None,
+                map_type: None,
+            }),
+        }
+    }
+
+    fn node(op: &str, domain: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+        NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            name: String::new(),
+            op_type: op.into(),
+            domain: domain.into(),
+            attribute: vec![],
+        }
+    }
+
+    fn model(nodes: Vec<NodeProto>, init: Vec<TensorProto>, input: ValueInfoProto) -> Vec<u8> {
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![
+                OperatorSetIdProto {
+                    domain: String::new(),
+                    version: 17,
+                },
+                OperatorSetIdProto {
+                    domain: "ai.onnx.ml".into(),
+                    version: 3,
+                },
+            ],
+            graph: Some(GraphProto {
+                node: nodes,
+                name: "g".into(),
+                initializer: init,
+                input: vec![input],
+                output: vec![info("y", data_type::FLOAT, &[0, 1])],
+            }),
+            ..ModelProto::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn ints(name: &str, v: Vec<i64>) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: attribute_type::INTS,
+            ints: v,
+            ..Default::default()
+        }
+    }
+
+    fn refused(bytes: &[u8], reason: &str) {
+        let e = Graph::parse(bytes)
+            .err()
+            .unwrap_or_else(|| panic!("accepted; wanted {reason}"));
+        assert!(e.contains(reason), "{e}");
+    }
+
+    #[test]
+    fn cycles_lies_and_control_characters_are_refused_when_read() {
+        let x = info("x", data_type::FLOAT, &[0, 1]);
+        // A node that reads its own output.
+        refused(
+            &model(vec![node("Relu", "", &["y"], &["y"])], vec![], x.clone()),
+            "which no input",
+        );
+        // An initializer that claims more values than it holds.
+        let lie = TensorProto {
+            dims: vec![1 << 40, 1 << 40],
+            data_type: data_type::FLOAT,
+            float_data: vec![1.0],
+            name: "w".into(),
+            ..Default::default()
+        };
+        refused(
+            &model(
+                vec![node("Add", "", &["x", "w"], &["y"])],
+                vec![lie],
+                x.clone(),
+            ),
+            "too large",
+        );
+        // A name that would write to a terminal.
+        refused(
+            &model(
+                vec![node("Relu", "", &["x\u{1b}[2J"], &["y"])],
+                vec![],
+                info("x\u{1b}[2J", 1, &[0, 1]),
+            ),
+            "control characters",
+        );
+        // A tree whose node is its own child.
+        let mut trees = node("TreeEnsembleRegressor", "ai.onnx.ml", &["x"], &["y"]);
+        let strings = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect();
+        trees.attribute = vec![
+            ints("nodes_treeids", vec![0, 0, 0]),
+            ints("nodes_nodeids", vec![0, 1, 2]),
+            ints("nodes_featureids", vec![0, 0, 0]),
+            AttributeProto {
+                name: "nodes_modes".into(),
+                r#type: attribute_type::STRINGS,
+                strings: strings(&["BRANCH_LEQ", "BRANCH_LEQ", "LEAF"]),
+                ..Default::default()
+            },
+            AttributeProto {
+                name: "nodes_values".into(),
+                r#type: attribute_type::FLOATS,
+                floats: vec![0.0; 3],
+                ..Default::default()
+            },
+            ints("nodes_truenodeids", vec![1, 1, 0]),
+            ints("nodes_falsenodeids", vec![2, 2, 0]),
+            ints("target_treeids", vec![0]),
+            ints("target_nodeids", vec![2]),
+            ints("target_ids", vec![0]),
+            AttributeProto {
+                name: "target_weights".into(),
+                r#type: attribute_type::FLOATS,
+                floats: vec![1.0],
+                ..Default::default()
+            },
+        ];
+        refused(&model(vec![trees], vec![], x.clone()), "is not a tree");
+        // Garbage and nesting.
+        refused(&[0xff; 64], "not an ONNX model");
+        let mut deep = vec![];
+        for _ in 0..10_000 {
+            deep.extend_from_slice(&[0x3a, 0x80, 0x80, 0x80, 0x01]);
+        }
+        refused(&deep, "not an ONNX model");
+    }
+
+    #[test]
+    fn work_beyond_the_bounds_is_refused_when_run() {
+        // A 1×1 input convolved with a 60000×60000 kernel padded to fit: billions of steps.
+        let x = info("x", data_type::FLOAT, &[0, 1, 1, 1]);
+        let w = TensorProto {
+            dims: vec![1, 1, 1, 1],
+            data_type: data_type::FLOAT,
+            float_data: vec![1.0],
+            name: "w".into(),
+            ..Default::default()
+        };
+        let mut conv = node("Conv", "", &["x", "w"], &["y"]);
+        conv.attribute = vec![ints("pads", vec![60_000, 60_000, 60_000, 60_000])];
+        let g = Graph::parse(&model(vec![conv], vec![w], x)).unwrap();
+        let e = g
+            .run(vec![Value::floats(vec![1, 1, 1, 1], vec![1.0])])
+            .unwrap_err();
+        assert!(
+            e.contains("too large") || e.contains("multiply-adds"),
+            "{e}"
+        );
+    }
+}

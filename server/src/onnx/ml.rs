@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use kiln_core::trees::{Ensemble, Node, Split};
 
 use super::attrs::Attrs;
-use super::tensor::{Data, OpResult, Value, elements};
+use super::tensor::{Data, OpResult, Value, check_work, elements};
 
 /// What a classifier or regressor applies to its raw scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -665,6 +665,11 @@ fn linear(
             "the input has {cols} columns but the model has {width} coefficients per output"
         ));
     }
+    elements(&[rows, outputs])?;
+    check_work(
+        "this linear model",
+        rows as u128 * coefficients.len() as u128,
+    )?;
     let v = x.to_f32()?;
     let mut out = Vec::with_capacity(rows * outputs);
     for row in v.chunks_exact(cols.max(1)).take(rows) {
@@ -683,9 +688,10 @@ fn score_trees(x: &Value, trees: &Ensemble, reads: usize) -> OpResult<(usize, Ve
             "the trees read {reads} columns but the input has {cols}"
         ));
     }
-    let v = x.to_f32()?;
     let k = trees.outputs();
-    let mut out = vec![0.0; rows * k];
+    let mut out = vec![0.0; elements(&[rows, k])?];
+    check_work("these trees", rows as u128 * trees.roots.len() as u128 * 64)?;
+    let v = x.to_f32()?;
     for r in 0..rows {
         trees.score_into(
             &v[r * cols..(r + 1) * cols],
@@ -841,6 +847,9 @@ impl Leaves {
     }
 }
 
+/// The most nodes a converted ensemble may have (trees are copied per output they add to).
+const MAX_NODES: usize = 1 << 25;
+
 /// The largest `f32` at most `t` (below `t` when `strict`), so that `x <= it` is `x <= t` (or
 /// `x < t`) for every `f32` `x`.
 fn at_most(t: f64, strict: bool) -> f32 {
@@ -957,6 +966,12 @@ fn ensemble(
             .map(|(t, _)| *t)
             .collect();
         for target in tree_targets {
+            if e.nodes.len() + members.len() > MAX_NODES {
+                return Err(format!(
+                    "the ensemble makes more than {MAX_NODES} nodes (one tree per tree and \
+                     output), more than kiln loads"
+                ));
+            }
             e.roots.push(e.nodes.len() as u32);
             e.outputs_of.push(target as u32);
             // Depth-first; each node is written, then its children are pushed right first so

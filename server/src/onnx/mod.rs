@@ -63,6 +63,13 @@ pub struct Graph {
 }
 
 fn port(name: &str, t: Option<&TypeProto>) -> OpResult<Port> {
+    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(format!(
+            "the graph names an input or output `{}`; kiln takes names of 1 to 256 characters \
+             without control characters",
+            tensor::shown(name)
+        ));
+    }
     let t = t.ok_or_else(|| format!("`{name}` has no type"))?;
     if let Some(seq) = &t.sequence_type {
         let map = seq
@@ -130,7 +137,7 @@ impl Graph {
                 model
                     .functions
                     .iter()
-                    .map(|f| f.name.as_str())
+                    .map(|f| tensor::shown(&f.name))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
@@ -142,7 +149,8 @@ impl Graph {
                 "ai.onnx.ml" => {}
                 other => {
                     return Err(format!(
-                        "the model uses operator domain `{other}`, which kiln does not run"
+                        "the model uses operator domain `{}`, which kiln does not run",
+                        tensor::shown(other)
                     ));
                 }
             }
@@ -177,17 +185,17 @@ impl Graph {
             let name = if node.name.is_empty() {
                 format!("#{n}")
             } else {
-                node.name.clone()
+                tensor::shown(&node.name)
             };
-            let what = format!("node `{name}` ({})", node.op_type);
+            let what = format!("node `{name}` ({})", tensor::shown(&node.op_type));
             let a = Attrs(node);
             let op = match Op::parse(&node.domain, &node.op_type, &a, opset) {
                 Ok(Some(op)) => Some(op),
                 Ok(None) => {
                     let full = if node.domain.is_empty() {
-                        node.op_type.clone()
+                        tensor::shown(&node.op_type)
                     } else {
-                        format!("{}.{}", node.domain, node.op_type)
+                        tensor::shown(&format!("{}.{}", node.domain, node.op_type))
                     };
                     if !unsupported.contains(&full) {
                         unsupported.push(full);
@@ -244,8 +252,9 @@ impl Graph {
                     } else {
                         slots.get(i).copied().map(Some).ok_or_else(|| {
                             format!(
-                                "{what} reads `{i}`, which no input, initializer or earlier node \
-                                 produces"
+                                "{what} reads `{}`, which no input, initializer or earlier node \
+                                 produces",
+                                tensor::shown(i)
                             )
                         })
                     }

@@ -3,7 +3,7 @@
 
 use super::attrs::Attrs;
 use super::ml::MlOp;
-use super::tensor::{Data, OpResult, Value, axis, broadcast_map, elements};
+use super::tensor::{Data, OpResult, Value, axis, broadcast_map, check_work, elements};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Binary {
@@ -603,6 +603,7 @@ fn gemm(
             a.shape, b.shape
         ));
     }
+    check_work("this matrix product", m as u128 * n as u128 * k as u128)?;
     let (x, w) = (a.to_f32()?, b.to_f32()?);
     let mut out = vec![0.0f32; elements(&[m, n])?];
     for i in 0..m {
@@ -1009,6 +1010,10 @@ fn conv(x: &Value, weight: &Value, bias: Option<&Value>, win: &Window) -> OpResu
     let shape = out_shape(&x.shape, m, &h, &w);
     let mut out = vec![0.0f32; elements(&shape)?];
     let (kh, kw) = (h.kernel, w.kernel);
+    check_work(
+        "this convolution",
+        out.len() as u128 * cg as u128 * kh as u128 * kw as u128,
+    )?;
     let per_group = m / g;
     for b0 in 0..n {
         for f in 0..m {
@@ -1041,6 +1046,10 @@ fn pool(x: &Value, win: &Window, max: bool) -> OpResult<Value> {
     let xs = x.as_f32()?;
     let shape = out_shape(&x.shape, c, &h, &w);
     let mut out = vec![0.0f32; elements(&shape)?];
+    check_work(
+        "this pooling",
+        out.len() as u128 * h.kernel as u128 * w.kernel as u128,
+    )?;
     for plane in 0..n * c {
         for oy in 0..h.out {
             for ox in 0..w.out {

@@ -7,6 +7,30 @@ use super::proto::{TensorProto, data_type};
 /// allocation the machine does not have.
 pub const MAX_ELEMENTS: usize = 1 << 28;
 
+/// The most multiply-adds one operator may do for one call (a convolution, a matrix product),
+/// so that a graph cannot tie a thread up for minutes.
+pub const MAX_WORK: u64 = 1 << 32;
+
+/// Refuses an operation of `work` multiply-adds above [`MAX_WORK`].
+pub fn check_work(what: &str, work: u128) -> OpResult<()> {
+    if work > u128::from(MAX_WORK) {
+        return Err(format!(
+            "{what} would take {work} multiply-adds, more than kiln runs in one operator ({MAX_WORK})"
+        ));
+    }
+    Ok(())
+}
+
+/// A name from a graph as kiln shows it in a message: control characters escaped, at most 80
+/// characters.
+pub fn shown(name: &str) -> String {
+    let escaped: String = name.escape_debug().collect();
+    match escaped.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &escaped[..i]),
+        None => escaped,
+    }
+}
+
 /// An error while loading or running a graph, as a sentence.
 pub type OpResult<T> = Result<T, String>;
 
