@@ -456,3 +456,142 @@ fn an_exported_model_imported_back_predicts_the_same() {
     );
     assert!(!x.exists());
 }
+
+#[test]
+fn an_imported_model_is_imported_through_a_server_and_served_with_a_canary_a_shadow_and_batching() {
+    let k = Kiln::new();
+    let data = "examples/data/breast_cancer.csv";
+    // A kiln champion and an imported challenger, both registered through the running server.
+    let served = util::Served::start(&k, &["serve", "--addr", "127.0.0.1:0", "--token", "s3cret"]);
+    let remote = ["--server", served.url.as_str(), "--token", "s3cret"];
+    let mut train = vec![
+        "train",
+        "--data",
+        data,
+        "--target",
+        "label",
+        "--model",
+        "logistic",
+        "--epochs",
+        "2",
+        "--register",
+        "bc",
+    ];
+    train.extend(remote);
+    k.ok(&train);
+    let mut import = vec![
+        "models",
+        "import",
+        "bc",
+        "tests/fixtures/onnx/forest.onnx",
+        "--reference",
+        data,
+    ];
+    import.extend(remote);
+    let out = k.ok(&import);
+    assert!(out.contains("registered bc version 2"), "{out}");
+    let mut alias = vec!["models", "alias", "set", "bc", "champion", "1"];
+    alias.extend(remote);
+    k.ok(&alias);
+    let mut deploy = vec![
+        "deploy",
+        "bc",
+        "--split",
+        "1=50,2=50",
+        "--shadow",
+        "2",
+        "--batch",
+        "8",
+        "--batch-delay-us",
+        "500",
+    ];
+    deploy.extend(remote);
+    k.ok(&deploy);
+    // Rows from the forest fixture: version 2 answers as onnxruntime does, version 1 as kiln's
+    // network does; the bare name answers from both.
+    let e = expected("forest");
+    let rows = e["rows"].as_array().unwrap();
+    let want = e["outputs"]["probabilities"].as_array().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let url = served.url.clone();
+            let row = rows[i].clone();
+            std::thread::spawn(move || {
+                let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 30], "datatype": "FP64", "data": row}]});
+                let mut got = vec![];
+                for path in ["/v2/models/bc/versions/2/infer", "/v2/models/bc/infer"] {
+                    let mut r = util::agent()
+                        .post(format!("{url}{path}"))
+                        .header("Content-Type", "application/json")
+                        .send(body.to_string())
+                        .unwrap();
+                    let text = r.body_mut().read_to_string().unwrap();
+                    assert_eq!(r.status().as_u16(), 200, "{text}");
+                    got.push(serde_json::from_str::<Value>(&text).unwrap());
+                }
+                (i, got)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, got) = h.join().unwrap();
+        let p = got[0]["outputs"][1]["data"][1].as_f64().unwrap();
+        assert!(
+            (p - want[i][1].as_f64().unwrap()).abs() < 1e-5,
+            "row {i}: {p} vs {}",
+            want[i]
+        );
+        seen.insert(got[1]["model_version"].as_str().unwrap().to_string());
+    }
+    assert!(!seen.is_empty());
+    // The reverse of the pipeline test: a kiln challenger judged against an imported champion.
+    let mut champion = vec!["models", "alias", "set", "bc", "champion", "2"];
+    champion.extend(remote);
+    k.ok(&champion);
+    drop(served);
+    let pipeline = k.file(
+        "judge.toml",
+        format!(
+            r#"name = "judge"
+
+[[steps]]
+id = "train"
+uses = "train"
+with = {{ data = "{data}", target = "label", model = "logistic", epochs = 2 }}
+
+[[steps]]
+id = "evaluate"
+needs = ["train"]
+uses = "evaluate"
+with = {{ model = "${{steps.train.model}}", data = "{data}", baseline = "bc@champion" }}
+"#,
+            data = util::repo_root().join(data).display()
+        ),
+    );
+    k.ok(&["pipeline", "run", pipeline.to_str().unwrap()]);
+    let run: Value = serde_json::from_str(&k.ok(&["pipeline", "show", "1", "--json"])).unwrap();
+    let evaluate = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "evaluate")
+        .unwrap()
+        .clone();
+    assert!(
+        evaluate["values"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("of bc version 2 (champion)"),
+        "{evaluate}"
+    );
+    assert!(
+        evaluate["values"]["baseline"]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            > 0.9,
+        "{evaluate}"
+    );
+}
