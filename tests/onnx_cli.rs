@@ -595,3 +595,42 @@ with = {{ model = "${{steps.train.model}}", data = "{data}", baseline = "bc@cham
         "{evaluate}"
     );
 }
+
+#[test]
+fn a_network_ending_at_logits_is_refused_until_told_and_then_answers_their_softmax() {
+    let k = Kiln::new();
+    let data = "examples/data/breast_cancer.csv";
+    let file = fixture("mlp_logits");
+    let r = k.run(&["models", "import", "net", &file, "--reference", data]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("does not hold probabilities"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--scores logits"), "{}", r.stderr);
+    k.ok(&[
+        "models",
+        "import",
+        "net",
+        &file,
+        "--reference",
+        data,
+        "--scores",
+        "logits",
+    ]);
+    let got = predictions(&k, "net:1", data);
+    let e = expected("mlp_logits");
+    let first = 1 + (569.0f64 * 0.8) as usize;
+    for (i, z) in e["outputs"]["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let (a, b) = (z[0].as_f64().unwrap(), z[1].as_f64().unwrap());
+        let p = 1.0 / (1.0 + (a - b).exp());
+        let kiln: f64 = got[first + i][2].parse().unwrap();
+        assert!((kiln - p).abs() < 1e-5, "row {i}: {kiln} vs {p}");
+    }
+}

@@ -158,7 +158,9 @@ impl RegressionMetrics {
     }
 }
 
-fn argmax(p: &[f32]) -> usize {
+/// The index of the largest value (the first of equal ones): the predicted class of a row of
+/// scores.
+pub fn argmax(p: &[f32]) -> usize {
     let mut best = 0;
     for (i, v) in p.iter().enumerate() {
         if *v > p[best] {

@@ -125,6 +125,7 @@ fn lightgbm_classifier_and_regressor_through_onnxmltools() {
 #[test]
 fn a_torch_style_mlp_and_a_small_cnn() {
     check("mlp");
+    check("mlp_logits");
     check("cnn");
 }
 

@@ -30,7 +30,7 @@ impl Post {
     }
 
     /// Applies the transform to one row of scores.
-    fn apply(self, row: &mut [f32]) {
+    pub(super) fn apply(self, row: &mut [f32]) {
         match self {
             Post::None => {}
             Post::Logistic => row.iter_mut().for_each(|v| *v = sigmoid(*v)),
@@ -111,16 +111,6 @@ pub enum Binary {
     Negate,
 }
 
-fn index_of_max(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 /// Scores of a classifier → (labels, probabilities) as onnxruntime writes them.
 fn classify(
     labels: &Labels,
@@ -148,7 +138,7 @@ fn classify(
     }
     let mut classes = Vec::with_capacity(rows);
     for row in scores.chunks_mut(width.max(1)) {
-        classes.push(index_of_max(row));
+        classes.push(kiln_core::metrics::argmax(row));
         post.apply(row);
     }
     (

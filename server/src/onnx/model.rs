@@ -3,6 +3,7 @@
 
 use kiln_core::bundle::{GraphInput, GraphType, Scores};
 
+use super::ml::Post;
 use super::tensor::{Data, OpResult, Value};
 use super::{Elem, Graph};
 
@@ -232,15 +233,8 @@ fn finish(values: Vec<f32>, k: usize, width: usize, scores: Scores) -> OpResult<
             }
             let mut out = values;
             if scores == Scores::Logits {
-                for row in out.chunks_mut(k.max(1)) {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for v in row.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v;
-                    }
-                    row.iter_mut().for_each(|v| *v /= sum);
-                }
+                out.chunks_mut(k.max(1))
+                    .for_each(|row| Post::Softmax.apply(row));
             }
             Ok(out)
         }
