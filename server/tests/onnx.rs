@@ -307,3 +307,131 @@ mod hostile {
         );
     }
 }
+
+mod mutated {
+    //! Real exports with bytes changed at random: reading and running them may fail, never
+    //! panic.
+    use kiln_server::onnx::{Elem, Graph, Value};
+    use proptest::prelude::*;
+
+    fn run_once(bytes: &[u8]) {
+        let Ok(graph) = Graph::parse(bytes) else {
+            return;
+        };
+        let feeds: Vec<Value> = graph
+            .inputs()
+            .iter()
+            .map(|p| {
+                let mut shape = vec![2];
+                shape.extend(p.dims.iter().skip(1).map(|d| d.unwrap_or(1).min(64)));
+                let n: usize = shape.iter().product();
+                if p.elem == Elem::Str {
+                    Value::strings(shape, vec!["a".into(); n])
+                } else {
+                    Value::floats(shape, (0..n).map(|i| i as f32 * 0.5 - 3.0).collect())
+                }
+            })
+            .collect();
+        let _ = graph.run(feeds);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn mutated_exports_never_panic(
+            which in 0usize..6,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let names = ["logreg", "pipeline", "forest", "xgboost", "mlp", "cnn"];
+            let path = super::fixtures().join(format!("{}.onnx", names[which]));
+            let mut bytes = std::fs::read(path).unwrap();
+            for (at, b) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            run_once(&bytes);
+        }
+
+        /// The same with the meaning changed rather than the bytes: attribute values, shapes
+        /// and wiring set to what a careless or hostile exporter might write.
+        #[test]
+        fn mutated_attributes_shapes_and_wiring_never_panic(
+            which in 0usize..6,
+            edits in proptest::collection::vec((0u8..5, any::<prop::sample::Index>(), any::<prop::sample::Index>(), -3i64..70, -5.0f32..5.0), 1..6),
+        ) {
+            use kiln_server::onnx::proto::ModelProto;
+            use prost::Message;
+            let names = ["logreg", "pipeline", "forest", "xgboost", "mlp", "cnn"];
+            let path = super::fixtures().join(format!("{}.onnx", names[which]));
+            let mut model = ModelProto::decode(&std::fs::read(path).unwrap()[..]).unwrap();
+            let graph = model.graph.as_mut().unwrap();
+            for (kind, a, b, int, float) in edits {
+                match kind {
+                    0 => {
+                        let at = a.index(graph.node.len());
+                        let node = &mut graph.node[at];
+                        if !node.attribute.is_empty() {
+                            let i = b.index(node.attribute.len());
+                            let attr = &mut node.attribute[i];
+                            attr.i = int;
+                            if !attr.ints.is_empty() {
+                                let j = b.index(attr.ints.len());
+                                attr.ints[j] = int;
+                            }
+                            if !attr.floats.is_empty() {
+                                let j = b.index(attr.floats.len());
+                                attr.floats[j] = float;
+                            }
+                        }
+                    }
+                    1 => {
+                        let at = a.index(graph.node.len());
+                        let node = &mut graph.node[at];
+                        if !node.attribute.is_empty() {
+                            let i = b.index(node.attribute.len());
+                            let attr = &mut node.attribute[i];
+                            let keep = usize::try_from(int.max(0)).unwrap_or(0);
+                            attr.ints.truncate(keep);
+                            attr.floats.truncate(keep);
+                            attr.strings.truncate(keep);
+                        }
+                    }
+                    2 if !graph.initializer.is_empty() => {
+                        let at = a.index(graph.initializer.len());
+                        let t = &mut graph.initializer[at];
+                        if !t.dims.is_empty() {
+                            let j = b.index(t.dims.len());
+                            t.dims[j] = int;
+                        }
+                    }
+                    3 => {
+                        let n = graph.node.len();
+                        let (from, to) = (a.index(n), b.index(n));
+                        if let Some(out) = graph.node[from].output.first().cloned()
+                            && !graph.node[to].input.is_empty()
+                        {
+                            let k = usize::try_from(int.max(0)).unwrap_or(0) % graph.node[to].input.len();
+                            graph.node[to].input[k] = out;
+                        }
+                    }
+                    _ => {
+                        for input in &mut graph.input {
+                            if let Some(t) = input.r#type.as_mut().and_then(|t| t.tensor_type.as_mut())
+                                && let Some(shape) = t.shape.as_mut()
+                                && shape.dim.len() > 1
+                            {
+                                shape.dim[1].dim_value = Some(int.max(1));
+                            }
+                        }
+                    }
+                }
+            }
+            run_once(&model.encode_to_vec());
+        }
+    }
+}
