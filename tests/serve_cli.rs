@@ -506,3 +506,113 @@ fn json_logs_are_one_object_per_line_with_the_request() {
     );
     assert!(!request.to_string().contains("secret"), "{request}");
 }
+
+#[test]
+fn one_exported_bundle_serves_with_no_registry_and_no_state() {
+    let k = Kiln::new();
+    let data = "examples/data/breast_cancer.csv";
+    k.ok(&[
+        "--home",
+        k.path("home").to_str().unwrap(),
+        "train",
+        "--data",
+        data,
+        "--target",
+        "label",
+        "--model",
+        "logistic",
+        "--epochs",
+        "3",
+        "--register",
+        "bc",
+    ]);
+    k.ok(&[
+        "--home",
+        k.path("home").to_str().unwrap(),
+        "models",
+        "promote",
+        "bc",
+        "1",
+    ]);
+    let bundle = k.path("exported");
+    k.ok(&[
+        "--home",
+        k.path("home").to_str().unwrap(),
+        "models",
+        "export",
+        "bc",
+        "-o",
+        bundle.to_str().unwrap(),
+    ]);
+    let want = offline(&k, "bc", data);
+    // A directory that is not a bundle is refused with what makes one.
+    let r = k.run(&["serve", "--bundle", "examples", "--addr", "127.0.0.1:0"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("kiln models export"), "{}", r.stderr);
+
+    // Served from the bundle alone, with KILN_HOME pointing where nothing exists.
+    let mut child = k
+        .command()
+        .args([
+            "--home",
+            k.path("nowhere").to_str().unwrap(),
+            "serve",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--name",
+            "cancer",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = {
+        use std::io::{BufRead, BufReader};
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().unwrap().unwrap();
+            if let Some(u) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+                break u.to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        url
+    };
+    let (_, rows) = records(data, "label", 20);
+    let got = tf_predict(&url, "cancer", &rows);
+    assert_matches("a bundle served alone", &got, &want[..20]);
+    let mut r = util::agent()
+        .get(format!("{url}/v2/models/cancer"))
+        .call()
+        .unwrap();
+    let meta: Value = r.body_mut().read_json().unwrap();
+    assert_eq!(meta["versions"], json!(["1"]), "{meta}");
+    // No registry behind it: the management API says so.
+    let listed = util::agent()
+        .get(format!("{url}/api/models"))
+        .call()
+        .unwrap();
+    assert_eq!(listed.status().as_u16(), 404);
+    let moved = util::agent()
+        .put(format!("{url}/api/models/cancer/aliases/champion"))
+        .header("Content-Type", "application/json")
+        .send(r#"{"version": 1}"#)
+        .unwrap();
+    assert!(moved.status().is_client_error(), "{}", moved.status());
+    let r = util::agent()
+        .get(format!("{url}/v2/models/cancer/versions/2"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(
+        !k.path("nowhere").exists(),
+        "a bundle server wrote to KILN_HOME"
+    );
+}

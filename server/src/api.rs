@@ -173,7 +173,7 @@ async fn backup(State(state): State<AppState>) -> Result<Json<BackupSummary>, Ap
     let keep = state.config.backup_keep;
     blocking(&state, move |models| {
         let _written = written;
-        Ok(Json(models.registry().backup_into(&dir, keep)?))
+        Ok(Json(models.registry()?.backup_into(&dir, keep)?))
     })
     .await
 }
@@ -222,7 +222,7 @@ async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList>, A
             out.push(ModelSummary {
                 live: live_now(models, &name),
                 problem: models.problem(&name),
-                ..backend::model_summary(models.registry(), &name)?
+                ..backend::model_summary(models.registry()?, &name)?
             });
         }
         Ok(Json(ModelList { models: out }))
@@ -239,7 +239,7 @@ async fn show_model(
         Ok(Json(ModelDetail {
             live: live_now(models, &name),
             problem: models.problem(&name),
-            ..backend::model_detail(models.registry(), &name)?
+            ..backend::model_detail(models.registry()?, &name)?
         }))
     })
     .await
@@ -251,7 +251,7 @@ async fn show_deployment(
 ) -> Result<Json<Deployment>, ApiError> {
     blocking(&state, move |models| {
         models.require(&name)?;
-        Ok(Json(models.registry().deployment(&name)?))
+        Ok(Json(models.registry()?.deployment(&name)?))
     })
     .await
 }
@@ -261,7 +261,7 @@ async fn list_deployments(State(state): State<AppState>) -> Result<Json<Deployme
         let mut deployments = Vec::new();
         for name in models.names()? {
             deployments.push(DeploymentEntry {
-                deployment: models.registry().deployment(&name)?,
+                deployment: models.registry()?.deployment(&name)?,
                 live: live_now(models, &name),
                 problem: models.problem(&name),
                 model: name,
@@ -327,7 +327,7 @@ async fn reset_deployment(
         models.require(&name)?;
         models.change(&name, |r| r.reset_deployment(&name))?;
         Ok(Json(DeploymentChanged {
-            deployment: models.registry().deployment(&name)?,
+            deployment: models.registry()?.deployment(&name)?,
             live: live_now(models, &name),
             problem: models.problem(&name),
         }))
@@ -436,7 +436,7 @@ async fn history(
 ) -> Result<Json<History>, ApiError> {
     blocking(&state, move |models| {
         Ok(Json(History {
-            events: models.registry().history(&name)?,
+            events: models.registry()?.history(&name)?,
         }))
     })
     .await
@@ -448,7 +448,7 @@ async fn show_version(
     Path((name, which)): Path<(String, String)>,
 ) -> Result<Json<ModelVersion>, ApiError> {
     blocking(&state, move |models| {
-        Ok(Json(models.registry().resolve(&name, &which)?))
+        Ok(Json(models.registry()?.resolve(&name, &which)?))
     })
     .await
 }

@@ -670,7 +670,7 @@ pub fn register_upload(
     let scratch = tempfile::tempdir().map_err(|e| ServeError::Internal(e.to_string()))?;
     let dir = scratch.path().join("bundle");
     let imported = import(bytes, &options, &dir).map_err(ServeError::BadInput)?;
-    let registry = models.registry();
+    let registry = models.registry()?;
     let run = registry.create_run(NewRun {
         experiment: "imports".into(),
         name: format!("import-{name}"),

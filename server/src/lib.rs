@@ -65,10 +65,30 @@ pub async fn start(
              product (about 30 µs); set it to the number of cores for fast small requests"
         );
     }
+    let models = Models::new(registry, selection, Arc::new(Metrics::new()));
+    start_with(models, config).await
+}
+
+/// Serves one bundle directory with no registry (`kiln serve --bundle`): the model `name`, its
+/// version 1 and `champion` the bundle, read in place. Nothing is written anywhere: no
+/// prediction log, no state. Routes of the management API answer 404. Must run inside a tokio
+/// runtime.
+pub async fn start_bundle(
+    name: &str,
+    dir: std::path::PathBuf,
+    config: ServerConfig,
+) -> Result<AppState, ServeError> {
+    kiln_core::registry::check_model_name(name)?;
+    start_with(
+        Models::for_bundle(name, dir, Arc::new(Metrics::new())),
+        config,
+    )
+    .await
+}
+
+async fn start_with(models: Models, config: ServerConfig) -> Result<AppState, ServeError> {
     compute::start();
-    let models = Arc::new(
-        Models::new(registry, selection, Arc::new(Metrics::new())).with_log(config.log.clone()),
-    );
+    let models = Arc::new(models.with_log(config.log.clone()));
     let m = models.clone();
     tokio::task::spawn_blocking(move || m.load_all())
         .await

@@ -56,8 +56,7 @@ pub async fn invocations(
                 let models = state.models.clone();
                 let names = tokio::task::spawn_blocking(move || models.names())
                     .await
-                    .map_err(|e| ServeError::Internal(e.to_string()))?
-                    .map_err(ServeError::from)?;
+                    .map_err(|e| ServeError::Internal(e.to_string()))??;
                 match names.as_slice() {
                     [one] => one.clone(),
                     [] => return Err(ServeError::NotReady("no model is served".into()).into()),

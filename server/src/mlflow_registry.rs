@@ -394,14 +394,14 @@ async fn create_version(
         let (run, artifact) = match source {
             Source::Artifact(named) => named,
             Source::Logged(id) => {
-                let m = models.registry().logged_model(&id)?;
+                let m = models.registry()?.logged_model(&id)?;
                 (m.run, m.artifact)
             }
         };
         let v = models.change(&b.name, |r| {
             r.register_version(&b.name, run, &artifact, &b.description, None)
         })?;
-        let r = models.registry();
+        let r = models.registry()?;
         Ok(version_of(r, &v, &r.aliases(&b.name)?)?)
     })
     .await?;
@@ -629,7 +629,7 @@ async fn transition_stage(
             }
             Ok(())
         })?;
-        let r = models.registry();
+        let r = models.registry()?;
         Ok(version_of(
             r,
             &r.version(&b.name, number)?,

@@ -6,6 +6,7 @@
 //! pointer swap; requests in flight keep the old version (an `Arc`) until they finish.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -60,9 +61,18 @@ pub enum Selection {
 /// How many explicitly requested versions stay loaded besides the live ones.
 const EXTRA_LOADED: usize = 4;
 
+/// One bundle served with no registry (`kiln serve --bundle`): version 1 of `name`, its
+/// `champion`, read from `dir` in place.
+#[derive(Debug, Clone)]
+struct Bundle {
+    name: String,
+    dir: PathBuf,
+}
+
 /// The serving state of every model.
 pub struct Models {
-    registry: Arc<Registry>,
+    registry: Option<Arc<Registry>>,
+    bundle: Option<Bundle>,
     selection: Selection,
     metrics: Arc<Metrics>,
     live: RwLock<HashMap<String, Arc<Live>>>,
@@ -77,8 +87,29 @@ pub struct Models {
 
 impl Models {
     pub fn new(registry: Arc<Registry>, selection: Selection, metrics: Arc<Metrics>) -> Models {
+        Models::with_source(Some(registry), None, selection, metrics)
+    }
+
+    /// A server of one bundle directory and no registry: the model `name`, whose version 1 (and
+    /// `champion`) is the bundle, read in place.
+    pub fn for_bundle(name: &str, dir: PathBuf, metrics: Arc<Metrics>) -> Models {
+        let bundle = Bundle {
+            name: name.to_string(),
+            dir,
+        };
+        let only = Selection::Only(BTreeSet::from([name.to_string()]));
+        Models::with_source(None, Some(bundle), only, metrics)
+    }
+
+    fn with_source(
+        registry: Option<Arc<Registry>>,
+        bundle: Option<Bundle>,
+        selection: Selection,
+        metrics: Arc<Metrics>,
+    ) -> Models {
         Models {
             registry,
+            bundle,
             selection,
             metrics,
             live: RwLock::new(HashMap::new()),
@@ -92,10 +123,13 @@ impl Models {
     }
 
     /// Logs a sample of requests under `KILN_HOME/predictions` and keeps drift windows.
+    /// A server of one bundle keeps no log: it has no home to write it to.
     pub fn with_log(mut self, config: crate::predlog::LogConfig) -> Models {
-        if config.sample > 0.0 {
+        if config.sample > 0.0
+            && let Some(registry) = &self.registry
+        {
             self.log = Some(Arc::new(crate::predlog::PredictionLog::start(
-                self.registry.home().join("predictions"),
+                registry.home().join("predictions"),
                 &config,
                 self.metrics.clone(),
             )));
@@ -180,8 +214,29 @@ impl Models {
         }
     }
 
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    /// The registry this server owns; a server of one bundle has none.
+    pub fn registry(&self) -> Result<&Arc<Registry>, ServeError> {
+        self.registry.as_ref().ok_or_else(|| {
+            ServeError::NotFound(
+                "this server serves one bundle (`kiln serve --bundle`) and has no registry"
+                    .to_string(),
+            )
+        })
+    }
+
+    /// Resolves an alias or version number of a served model to its version.
+    fn resolve(&self, model: &str, which: &str) -> Result<u32, ServeError> {
+        if let Some(b) = &self.bundle {
+            return match which {
+                "1" | "champion" if model == b.name => Ok(1),
+                _ => Err(ServeError::NotFound(format!(
+                    "model `{model}` has no version `{which}`; this server serves `{}` version 1 \
+                     (`champion`) from its bundle",
+                    b.name
+                ))),
+            };
+        }
+        Ok(self.registry()?.resolve(model, which)?.version)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -189,10 +244,10 @@ impl Models {
     }
 
     /// The names this server answers for now.
-    pub fn names(&self) -> Result<Vec<String>, RegistryError> {
+    pub fn names(&self) -> Result<Vec<String>, ServeError> {
         Ok(match &self.selection {
             Selection::All => self
-                .registry
+                .registry()?
                 .models()?
                 .into_iter()
                 .map(|m| m.name)
@@ -203,7 +258,10 @@ impl Models {
 
     pub fn serves(&self, model: &str) -> bool {
         match &self.selection {
-            Selection::All => self.registry.model(model).is_ok(),
+            Selection::All => self
+                .registry
+                .as_ref()
+                .is_some_and(|r| r.model(model).is_ok()),
             Selection::Only(names) => names.contains(model),
         }
     }
@@ -211,9 +269,9 @@ impl Models {
     /// Loads every selected model (blocking). A model that cannot go live is recorded as a problem,
     /// not an error: the server starts and reports it as not ready.
     pub fn load_all(&self) -> Result<(), ServeError> {
-        if let Selection::Only(names) = &self.selection {
+        if let (Selection::Only(names), Some(registry)) = (&self.selection, &self.registry) {
             for name in names {
-                self.registry.model(name)?;
+                registry.model(name)?;
             }
         }
         for name in self.names()? {
@@ -312,10 +370,10 @@ impl Models {
         if let Some(v) = self.cached(model, which) {
             return Ok(v);
         }
-        let mv = self.registry.resolve(model, which)?;
-        let v = self.load(model, mv.version)?;
+        let version = self.resolve(model, which)?;
+        let v = self.load(model, version)?;
         let mut extra = self.extra.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (model.to_string(), mv.version);
+        let key = (model.to_string(), version);
         if !extra.contains(&key) {
             extra.push_back(key);
             if extra.len() > EXTRA_LOADED {
@@ -333,12 +391,19 @@ impl Models {
             return Ok(v);
         }
         let started = Instant::now();
-        let mv = self.registry.version(model, version)?;
-        let scratch = tempfile::tempdir()
-            .map_err(|e| ServeError::Internal(format!("creating a temporary directory: {e}")))?;
-        let dir = scratch.path().join("bundle");
-        self.registry.export_artifact(&mv.artifact, &dir)?;
-        let runtime = Runtime::load(&dir)?;
+        let runtime = match &self.bundle {
+            Some(b) => Runtime::load(&b.dir)?,
+            None => {
+                let registry = self.registry()?;
+                let mv = registry.version(model, version)?;
+                let scratch = tempfile::tempdir().map_err(|e| {
+                    ServeError::Internal(format!("creating a temporary directory: {e}"))
+                })?;
+                let dir = scratch.path().join("bundle");
+                registry.export_artifact(&mv.artifact, &dir)?;
+                Runtime::load(&dir)?
+            }
+        };
         runtime.warm_up()?;
         let label = version.to_string();
         let monitor = crate::drift::Monitor::new(runtime.manifest(), self.log_config.window);
@@ -400,7 +465,9 @@ impl Models {
         model: &str,
         f: impl FnOnce(&Registry) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
-        let done = f(self.registry())?;
+        let done = f(self
+            .registry()
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?)?;
         self.reconcile(model);
         Ok(done)
     }
@@ -462,24 +529,26 @@ impl Models {
         if !self.serves(model) {
             return Ok(None);
         }
-        let deployment = self.registry.deployment(model)?;
-        let aliases = self.registry.aliases(model)?;
+        let (deployment, aliases) = match &self.registry {
+            Some(registry) => (registry.deployment(model)?, registry.aliases(model)?),
+            None => (
+                Deployment::default_for(model),
+                BTreeMap::from([("champion".to_string(), 1)]),
+            ),
+        };
         let mut routes = Vec::new();
         for r in &deployment.routes {
-            let mv = self
-                .registry
-                .resolve(model, &r.target)
-                .map_err(|e| match e {
-                    RegistryError::NotFound { .. } if r.target == "champion" => {
-                        ServeError::NotReady(format!(
-                            "model `{model}` has no `champion` yet; promote a version to make \
-                             it serve (`kiln models promote {model} VERSION`, with --server URL \
-                             while this server runs) or route it with `kiln deploy`"
-                        ))
-                    }
-                    e => e.into(),
-                })?;
-            let version = self.load(model, mv.version)?;
+            let version = self.resolve(model, &r.target).map_err(|e| match e {
+                ServeError::Registry(RegistryError::NotFound { .. }) if r.target == "champion" => {
+                    ServeError::NotReady(format!(
+                        "model `{model}` has no `champion` yet; promote a version to make \
+                         it serve (`kiln models promote {model} VERSION`, with --server URL \
+                         while this server runs) or route it with `kiln deploy`"
+                    ))
+                }
+                e => e,
+            })?;
+            let version = self.load(model, version)?;
             let batcher = match deployment.batching {
                 Some(b) => {
                     let runtime = version.runtime.clone();
@@ -507,7 +576,7 @@ impl Models {
             });
         }
         let shadow = match &deployment.shadow {
-            Some(t) => Some(self.load(model, self.registry.resolve(model, t)?.version)?),
+            Some(t) => Some(self.load(model, self.resolve(model, t)?)?),
             None => None,
         };
         Ok(Some(Live {
@@ -522,7 +591,10 @@ impl Models {
     /// an alias move, a deployment change or a new or deleted version of a served model
     /// reconciles that model.
     pub fn follow(self: &Arc<Self>) {
-        let events = self.registry.watch();
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let events = registry.watch();
         let models = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("kiln-hot-swap".into())

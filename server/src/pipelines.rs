@@ -122,7 +122,7 @@ async fn pinned_schemas(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<PinnedSchema>>, ApiError> {
     off(&state, move |s| {
-        Ok(Json(s.models.registry().pinned_schemas(&name)?))
+        Ok(Json(s.models.registry()?.pinned_schemas(&name)?))
     })
     .await
 }
@@ -134,7 +134,7 @@ async fn schema_diff(
 ) -> Result<Json<SchemaDiff>, ApiError> {
     off(&state, move |s| {
         Ok(Json(kiln_core::backend::schema_diff(
-            s.models.registry(),
+            s.models.registry()?,
             &name,
             q.run,
             q.step.as_deref(),
@@ -153,7 +153,7 @@ async fn accept_schema(
     off(&state, move |s| {
         let by = request.by.clone().unwrap_or_else(|| s.config.actor.clone());
         Ok(Json(kiln_core::backend::accept_schema(
-            s.models.registry(),
+            s.models.registry()?,
             &name,
             request.run,
             request.step.as_deref(),
@@ -217,7 +217,7 @@ async fn list_runs(
     off(&state, move |s| {
         let runs = s
             .models
-            .registry()
+            .registry()?
             .pipeline_runs(q.pipeline.as_deref(), q.limit.unwrap_or(20).min(1000))
             .map_err(ApiError::from)?;
         Ok(Json(runs))
@@ -232,7 +232,7 @@ async fn show_run(
     off(&state, move |s| {
         Ok(Json(
             s.models
-                .registry()
+                .registry()?
                 .pipeline_run(id)
                 .map_err(ApiError::from)?,
         ))
@@ -271,7 +271,7 @@ async fn step_log(
     off(&state, move |s| {
         let part = s
             .models
-            .registry()
+            .registry()?
             .step_log(id, &step, attempt, q.from, max)
             .map_err(ApiError::from)?;
         Ok((
@@ -325,7 +325,7 @@ async fn cancel_run(
     off(&state, move |s| {
         let run = s
             .models
-            .registry()
+            .registry()?
             .pipeline_run(id)
             .map_err(ApiError::from)?;
         if run.state != PipelineRunState::Running || !control.cancel(id) {
@@ -361,7 +361,7 @@ async fn set_paused(
         }
     };
     off(&state, move |s| {
-        let registry = s.models.registry();
+        let registry = s.models.registry()?;
         let mut schedule = registry
             .schedule_state(&name)
             .map_err(ApiError::from)?

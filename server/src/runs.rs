@@ -117,7 +117,7 @@ pub(crate) fn writes() -> Api {
 
 async fn list_experiments(State(state): State<AppState>) -> Result<Json<ExperimentList>, ApiError> {
     blocking(&state, |models| {
-        Ok(Json(backend::experiment_list(models.registry())?))
+        Ok(Json(backend::experiment_list(models.registry()?)?))
     })
     .await
 }
@@ -129,7 +129,7 @@ async fn create_experiment(
     let bytes = body(bytes, state.config.max_body)?;
     blocking(&state, move |models| {
         let b: CreateExperiment = parse_json(&bytes)?;
-        Ok(Json(models.registry().create_experiment(&b.name)?))
+        Ok(Json(models.registry()?.create_experiment(&b.name)?))
     })
     .await
 }
@@ -142,7 +142,7 @@ async fn rename_experiment(
     let bytes = body(bytes, state.config.max_body)?;
     blocking(&state, move |models| {
         let b: RenameExperiment = parse_json(&bytes)?;
-        Ok(Json(models.registry().rename_experiment(&name, &b.name)?))
+        Ok(Json(models.registry()?.rename_experiment(&name, &b.name)?))
     })
     .await
 }
@@ -155,7 +155,7 @@ async fn delete_experiment(
     let bytes = body(bytes, state.config.max_body)?;
     blocking(&state, move |models| {
         let b: Delete = optional_json(&bytes)?;
-        let with = models.registry().delete_experiment(&name, b.force)?;
+        let with = models.registry()?.delete_experiment(&name, b.force)?;
         Ok(Json(Deleted {
             deleted: name,
             with,
@@ -190,7 +190,7 @@ async fn list_runs(
     let query: RunQuery = serde_urlencoded::from_str(&raw)
         .map_err(|e| ApiError::bad_request(format!("the query string: {e}")))?;
     blocking(&state, move |models| {
-        Ok(Json(backend::run_page(models.registry(), &query)?))
+        Ok(Json(backend::run_page(models.registry()?, &query)?))
     })
     .await
 }
@@ -202,7 +202,7 @@ async fn show_run(
 ) -> Result<Json<RunDetail>, ApiError> {
     blocking(&state, move |models| {
         Ok(Json(backend::run_detail(
-            models.registry(),
+            models.registry()?,
             parse_run_id(&id)?,
         )?))
     })
@@ -217,7 +217,7 @@ async fn create_run(
     blocking(&state, move |models| {
         let b: CreateRun = parse_json(&bytes)?;
         Ok(Json(RunText(
-            models.registry().create_run(b.into_new_run()?)?,
+            models.registry()?.create_run(b.into_new_run()?)?,
         )))
     })
     .await
@@ -232,7 +232,7 @@ async fn log(
     blocking(&state, move |models| {
         let b: LogToRun = parse_json(&bytes)?;
         let id = parse_run_id(&id)?;
-        let registry = models.registry();
+        let registry = models.registry()?;
         if !b.params.is_empty() {
             registry.log_params(id, &b.params)?;
         }
@@ -262,7 +262,7 @@ async fn end(
     blocking(&state, move |models| {
         let b: EndRun = parse_json(&bytes)?;
         Ok(Json(RunText(
-            models.registry().end_run(parse_run_id(&id)?, b.status)?,
+            models.registry()?.end_run(parse_run_id(&id)?, b.status)?,
         )))
     })
     .await
@@ -274,7 +274,7 @@ async fn delete_run(
 ) -> Result<Json<Deleted>, ApiError> {
     blocking(&state, move |models| {
         let id = parse_run_id(&id)?;
-        models.registry().delete_run(id)?;
+        models.registry()?.delete_run(id)?;
         Ok(Json(Deleted {
             deleted: run_id_text(id),
             with: 0,
@@ -291,7 +291,7 @@ async fn attach(
     let bytes = body(bytes, state.config.max_body)?;
     blocking(&state, move |models| {
         let b: AttachArtifact = parse_json(&bytes)?;
-        Ok(Json(models.registry().attach_artifact(
+        Ok(Json(models.registry()?.attach_artifact(
             parse_run_id(&id)?,
             &b.name,
             &b.digest,
@@ -338,7 +338,7 @@ pub(crate) async fn streamed<T: Send + 'static>(
             rx,
             current: Bytes::new(),
         };
-        Ok(store(models.registry(), &mut reader)?)
+        Ok(store(models.registry()?, &mut reader)?)
     });
     let feed = async move {
         let mut body = request.into_body();
@@ -402,7 +402,7 @@ async fn exists(
     Path(digest): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     blocking(&state, move |models| {
-        Ok(if models.registry().has_object(&digest)? {
+        Ok(if models.registry()?.has_object(&digest)? {
             StatusCode::OK
         } else {
             StatusCode::NOT_FOUND
@@ -417,7 +417,7 @@ async fn download(
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
     let bytes = blocking(&state, move |models| {
-        Ok(models.registry().read_object(&digest)?)
+        Ok(models.registry()?.read_object(&digest)?)
     })
     .await?;
     Ok((

@@ -170,7 +170,7 @@ pub(crate) async fn on_registry<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
 ) -> Result<T, MlflowError> {
-    blocking(state, move |models: &Models| Ok(f(models.registry())?))
+    blocking(state, move |models: &Models| Ok(f(models.registry()?)?))
         .await
         .map_err(MlflowError)
 }

@@ -202,16 +202,21 @@ impl Metadata {
 
 pub(crate) async fn metadata(state: &AppState, v: &Version) -> Metadata {
     let m = v.runtime.manifest();
-    let registry = state.models.registry().clone();
-    let model = v.model.clone();
-    let versions: Vec<String> = tokio::task::spawn_blocking(move || registry.versions(&model))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default()
-        .iter()
-        .map(|v| v.version.to_string())
-        .collect();
+    let versions: Vec<String> = match state.models.registry() {
+        Ok(registry) => {
+            let (registry, model) = (registry.clone(), v.model.clone());
+            tokio::task::spawn_blocking(move || registry.versions(&model))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+                .iter()
+                .map(|v| v.version.to_string())
+                .collect()
+        }
+        // A server of one bundle serves its version 1.
+        Err(_) => vec![v.version.to_string()],
+    };
     let inputs = m
         .signature
         .iter()

@@ -28,6 +28,14 @@ pub struct ServeArgs {
     /// Serve only these models (comma-separated).
     #[arg(long, value_delimiter = ',', conflicts_with = "all")]
     models: Vec<String>,
+    /// Serve this one bundle directory (`kiln models export` writes one) with no registry and
+    /// no state: the shape of a container given its model as a volume, as KServe's
+    /// `storageUri` does. KILN_HOME is not opened; the management API answers 404.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["models", "all", "backup_every"])]
+    bundle: Option<std::path::PathBuf>,
+    /// The name the bundle answers to (with --bundle); the directory's name by default.
+    #[arg(long, requires = "bundle")]
+    name: Option<String>,
     /// Serve every registered model, including those registered while running (the default).
     #[arg(long)]
     all: bool,
@@ -172,7 +180,9 @@ impl ServeArgs {
                 "--protect-reads needs a token to protect them with: add --token or set KILN_TOKEN"
             );
         }
-        if self.token.is_none() && !self.addr.ip().is_loopback() {
+        // A server of one bundle changes nothing (it has no registry, aliases or pipelines),
+        // so, like a model container behind KServe, it may listen beyond loopback untokened.
+        if self.token.is_none() && !self.addr.ip().is_loopback() && self.bundle.is_none() {
             if !self.insecure_no_auth {
                 bail!(
                     "{} is reachable from other machines and there is no token: anyone who reaches it could move aliases, change traffic and run pipelines; set --token (or KILN_TOKEN), listen on 127.0.0.1, or pass --insecure-no-auth if a proxy in front of kiln authenticates",
@@ -280,6 +290,9 @@ pub fn async_runtime(name: &str) -> Result<tokio::runtime::Runtime> {
 
 pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
     pin_compute_threads()?;
+    if let Some(dir) = args.bundle.clone() {
+        return serve_bundle(home, args, dir);
+    }
     let registry = Arc::new(Registry::open(&home.dir)?);
     let (selection, config) = args.parts(home)?;
     let runtime = async_runtime("kiln-http")?;
@@ -292,6 +305,41 @@ pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
         let router = kiln_server::router(state.clone());
         kiln_server::serve_all(listeners, router, state, shutdown_signal()).await?;
         tokio::task::spawn_blocking(move || models.flush_log()).await?;
+        crate::ui::status("kiln server stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(Outcome::Ok)
+}
+
+/// `kiln serve --bundle DIR`: one bundle, no registry, nothing written.
+fn serve_bundle(home: &Home, args: ServeArgs, dir: std::path::PathBuf) -> Result<Outcome> {
+    if !dir.join(kiln_core::bundle::MANIFEST_FILE).is_file() {
+        bail!(
+            "{} is not a kiln bundle (no {}); `kiln models export NAME -o DIR` writes one, and \
+             `kiln models import` makes one of an ONNX file",
+            dir.display(),
+            kiln_core::bundle::MANIFEST_FILE
+        );
+    }
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".to_string()),
+    };
+    let (_, mut config) = args.parts(home)?;
+    // Nothing to write to: no prediction log, no backups.
+    config.log.sample = 0.0;
+    config.backup_dir = None;
+    let runtime = async_runtime("kiln-http")?;
+    runtime.block_on(async move {
+        let state = kiln_server::start_bundle(&name, dir, config).await?;
+        let listeners = args.bind().await?;
+        announce(&state, &listeners, "kiln")?;
+        let router = kiln_server::router(state.clone());
+        kiln_server::serve_all(listeners, router, state, shutdown_signal()).await?;
         crate::ui::status("kiln server stopped");
         anyhow::Ok(())
     })?;

@@ -175,6 +175,15 @@ pub(crate) fn error_page(status: StatusCode, message: &str) -> Problem {
 
 type UiResult = Result<Response, Problem>;
 
+impl From<crate::error::ServeError> for Problem {
+    fn from(e: crate::error::ServeError) -> Problem {
+        match e {
+            crate::error::ServeError::Registry(r) => registry_error(r),
+            other => not_found(other),
+        }
+    }
+}
+
 fn not_found(e: impl std::fmt::Display) -> Problem {
     error_page(StatusCode::NOT_FOUND, &e.to_string())
 }

@@ -18,7 +18,7 @@ use crate::state::AppState;
 
 pub(super) async fn models_page(State(state): State<AppState>) -> UiResult {
     let html = blocking(&state, |s| {
-        let reg = s.models.registry();
+        let reg = s.models.registry()?;
         let mut rows = String::new();
         for name in s.models.names().map_err(internal)? {
             let versions = reg.versions(&name).map_err(registry_error)?;
@@ -77,7 +77,7 @@ pub(super) async fn model_page(
 ) -> UiResult {
     let token = state.config.token.is_some();
     let html = blocking(&state, move |s| {
-        let reg = s.models.registry();
+        let reg = s.models.registry()?;
         let versions = reg.versions(&name).map_err(registry_error)?;
         let aliases = reg.aliases(&name).map_err(registry_error)?;
         let history = reg.history(&name).map_err(registry_error)?;
@@ -204,7 +204,7 @@ pub(super) async fn version_page(
     Path((name, version)): Path<(String, u32)>,
 ) -> UiResult {
     let html = blocking(&state, move |s| {
-        let reg = s.models.registry();
+        let reg = s.models.registry()?;
         let v = reg.version(&name, version).map_err(registry_error)?;
         let run = reg.run(v.run_id).ok();
         let mut signature = String::new();
@@ -383,7 +383,7 @@ pub(super) async fn set_split(
         }
         let current = s
             .models
-            .registry()
+            .registry()?
             .deployment(&name)
             .map_err(registry_error)?;
         let result = s

@@ -85,7 +85,7 @@ pub(super) async fn pipelines_page(
 ) -> UiResult {
     let control = state.pipelines.clone();
     let html = blocking(&state, move |s| {
-        let reg = s.models.registry();
+        let reg = s.models.registry()?;
         let schedules = reg.schedule_states().map_err(registry_error)?;
         let mut known = String::new();
         if let Some(c) = &control {
@@ -155,7 +155,7 @@ pub(super) async fn pipeline_run_page(
 ) -> UiResult {
     let can_cancel = state.pipelines.is_some();
     let html = blocking(&state, move |s| {
-        let run = s.models.registry().pipeline_run(id).map_err(registry_error)?;
+        let run = s.models.registry()?.pipeline_run(id).map_err(registry_error)?;
         let mut rows = String::new();
         for st in &run.steps {
             let took = match (st.started_ms, st.ended_ms) {
@@ -237,7 +237,7 @@ pub(super) async fn step_log_page(
     let html = blocking(&state, move |s| {
         let part = s
             .models
-            .registry()
+            .registry()?
             .step_log(id, &step, attempt, None, 256 << 10)
             .map_err(registry_error)?;
         let cut = if part.start > 0 {

@@ -23,7 +23,7 @@ pub(super) async fn runs_page(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> UiResult {
     let html = blocking(&state, move |s| {
-        let reg = s.models.registry();
+        let reg = s.models.registry()?;
         let experiment = q.get("experiment").filter(|e| !e.is_empty()).cloned();
         let filter_text = q.get("where").cloned().unwrap_or_default();
         let order_text = q
@@ -133,7 +133,7 @@ fn parse_run(id: &str) -> Result<u64, Problem> {
 
 pub(super) async fn run_page(State(state): State<AppState>, Path(id): Path<String>) -> UiResult {
     let html = blocking(&state, move |s| {
-        let reg = s.models.registry();
+        let reg = s.models.registry()?;
         let run = reg.run(parse_run(&id)?).map_err(registry_error)?;
         let mut params = String::new();
         for (k, v) in &run.params {
@@ -183,7 +183,7 @@ pub(super) async fn compare_page(
         if ids.len() < 2 {
             return Err(error_page(StatusCode::BAD_REQUEST, "choose two or more runs to compare"));
         }
-        let reg = s.models.registry();
+        let reg = s.models.registry()?;
         let mut runs = Vec::new();
         for id in &ids {
             let run = reg.run(parse_run(id)?).map_err(registry_error)?;
