@@ -314,22 +314,20 @@ fn choose_output(graph: &Graph, asked: Option<&str>) -> Result<String, String> {
 /// The rows of a table in signature order, as requests carry them (for scoring a file with an
 /// imported model); the error names a signature column the table lacks.
 pub fn table_rows(table: &Table, signature: &[InputColumn]) -> Result<Rows, String> {
-    let part = table;
-    let n = table.num_rows();
     let columns = signature
         .iter()
         .map(|c| {
-            let i = part
+            let i = table
                 .column_index(&c.name)
                 .ok_or_else(|| format!("the data has no column `{}`", c.name))?;
             Ok(if c.column_type == ColumnType::Categorical {
-                Column::Texts(part.texts(i))
+                Column::Texts(table.texts(i))
             } else {
-                Column::Numbers(part.numbers(i))
+                Column::Numbers(table.numbers(i))
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    Ok(Rows::from_columns(n, columns))
+    Ok(Rows::from_columns(table.num_rows(), columns))
 }
 
 /// Sorted distinct values of the reference's target (numbers in numeric order), as scikit-learn,

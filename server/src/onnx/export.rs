@@ -466,7 +466,12 @@ fn trees(b: &mut Builder, e: &Ensemble, x: &str) -> Result<String, String> {
             }
             i += 1;
         }
-        let id = |n: u32| order.iter().position(|o| *o == n as usize).unwrap_or(0) as i64;
+        let position: std::collections::HashMap<usize, i64> = order
+            .iter()
+            .enumerate()
+            .map(|(i, at)| (*at, i as i64))
+            .collect();
+        let id = |n: u32| position.get(&(n as usize)).copied().unwrap_or(0);
         for (local, at) in order.iter().enumerate() {
             let node = &e.nodes[*at];
             a.entry("nodes_treeids").or_default().push(tree as i64);
