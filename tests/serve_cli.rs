@@ -616,3 +616,160 @@ fn one_exported_bundle_serves_with_no_registry_and_no_state() {
         "a bundle server wrote to KILN_HOME"
     );
 }
+
+/// The `args` of the first container of a manifest at `pointer`.
+fn manifest_args(path: &std::path::Path, pointer: &str) -> Vec<String> {
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::from_value(doc.pointer(pointer).unwrap().clone()).unwrap()
+}
+
+#[test]
+fn exported_manifests_run_the_command_lines_they_hold() {
+    let k = Kiln::new();
+    let home = k.path("home").display().to_string();
+    let data = "examples/data/breast_cancer.csv";
+    let kiln = |args: &[&str]| {
+        let mut all = vec!["--home", home.as_str()];
+        all.extend_from_slice(args);
+        k.ok(&all)
+    };
+    kiln(&[
+        "train",
+        "--data",
+        data,
+        "--target",
+        "label",
+        "--model",
+        "logistic",
+        "--epochs",
+        "2",
+        "--register",
+        "bc",
+    ]);
+    kiln(&[
+        "models",
+        "import",
+        "bc",
+        "tests/fixtures/onnx/forest.onnx",
+        "--reference",
+        data,
+    ]);
+    kiln(&["models", "promote", "bc", "1"]);
+    kiln(&["models", "alias", "set", "bc", "challenger", "2"]);
+    kiln(&[
+        "deploy",
+        "bc",
+        "--split",
+        "champion=90,challenger=10",
+        "--shadow",
+        "challenger",
+    ]);
+    let image = "ghcr.io/example/kiln:0.1.0";
+    let kserve = k.path("kserve");
+    let out = kiln(&[
+        "deploy",
+        "bc",
+        "--export",
+        "kserve",
+        "-o",
+        kserve.to_str().unwrap(),
+        "--image",
+        image,
+        "--storage-uri",
+        "s3://models/kiln/",
+    ]);
+    assert!(
+        out.contains("the shadow `challenger` is not exported"),
+        "{out}"
+    );
+    let isvc: Value = serde_json::from_str(
+        &std::fs::read_to_string(kserve.join("inferenceservice.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(isvc["spec"]["predictor"]["canaryTrafficPercent"], 10);
+    assert_eq!(
+        isvc["spec"]["predictor"]["model"]["storageUri"],
+        "s3://models/kiln/bc/2"
+    );
+    assert_eq!(isvc["spec"]["predictor"]["model"]["protocolVersion"], "v2");
+    // A directory in use is refused.
+    let mut again = vec![
+        "--home",
+        home.as_str(),
+        "deploy",
+        "bc",
+        "--export",
+        "kserve",
+        "-o",
+    ];
+    again.extend([
+        kserve.to_str().unwrap(),
+        "--image",
+        image,
+        "--storage-uri",
+        "s3://x",
+    ]);
+    assert_eq!(k.run(&again).code, 1);
+    let plain = k.path("kubernetes");
+    kiln(&[
+        "deploy",
+        "bc",
+        "--export",
+        "kubernetes",
+        "-o",
+        plain.to_str().unwrap(),
+        "--image",
+        image,
+    ]);
+
+    // Each manifest's command line, with the paths a pod would have mapped to the exported
+    // bundles and the port to a free one on loopback, serves the version it names.
+    let runtime = manifest_args(
+        &kserve.join("servingruntime.json"),
+        "/spec/containers/0/args",
+    );
+    let deployment = manifest_args(
+        &plain.join("deployment.json"),
+        "/spec/template/spec/containers/0/args",
+    );
+    let cases = [
+        (runtime, "/mnt/models", kserve.join("bundles/bc/2")),
+        (deployment, "/models", plain.join("bundles")),
+    ];
+    let (_, rows) = records(data, "label", 5);
+    for (args, mount, dir) in cases {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                a.replace("{{.Name}}", "bc")
+                    .replace("0.0.0.0:8080", "127.0.0.1:0")
+                    .replacen(mount, dir.to_str().unwrap(), 1)
+            })
+            .collect();
+        assert_eq!(args[0], "serve", "{args:?}");
+        let mut child = k
+            .command()
+            .args(["--home", k.path("pod-home").to_str().unwrap()])
+            .args(&args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let url = {
+            use std::io::{BufRead, BufReader};
+            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+            let url = loop {
+                let line = lines.next().unwrap().unwrap();
+                if let Some(u) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+                    break u.to_string();
+                }
+            };
+            std::thread::spawn(move || for _ in lines {});
+            url
+        };
+        let got = tf_predict(&url, "bc", &rows);
+        assert_eq!(got.len(), 5, "{args:?}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(!k.path("pod-home").exists());
+}

@@ -413,6 +413,37 @@ pub struct DeployArgs {
     /// Remove the deployment: all traffic to `champion`, no shadow, no batching.
     #[arg(long, conflicts_with_all = ["split", "shadow", "batch"])]
     reset: bool,
+    /// Write the model's current deployment as manifests instead of changing it: a KServe
+    /// ClusterServingRuntime and InferenceService, or a Kubernetes Deployment, Service,
+    /// HorizontalPodAutoscaler and PodDisruptionBudget, each pod a `kiln serve --bundle`; the
+    /// bundles go beside them under `bundles/`.
+    #[arg(
+        long,
+        value_enum,
+        requires_all = ["output", "image"],
+        conflicts_with_all = ["split", "shadow", "batch", "reset"]
+    )]
+    export: Option<crate::cmd::manifests::Target>,
+    /// The new directory for the manifests and bundles (with --export).
+    #[arg(short, long, requires = "export")]
+    output: Option<std::path::PathBuf>,
+    /// The kiln container image the cluster pulls (with --export).
+    #[arg(long, requires = "export")]
+    image: Option<String>,
+    /// Where the cluster reads the bundles written under `bundles/` (with --export kserve),
+    /// e.g. s3://models/kiln; each InferenceService reads `URI/NAME/VERSION`.
+    #[arg(long, requires = "export")]
+    storage_uri: Option<String>,
+    /// The PersistentVolumeClaim holding `bundles/` (with --export kubernetes; NAME-models by
+    /// default), mounted read-only at /models.
+    #[arg(long, requires = "export")]
+    volume_claim: Option<String>,
+    /// Pods at least (with --export).
+    #[arg(long, default_value_t = 2)]
+    min_replicas: u32,
+    /// Pods at most, as the autoscaler scales (with --export).
+    #[arg(long, default_value_t = 8)]
+    max_replicas: u32,
     /// Change a running server through its API instead of the registry (which it owns).
     #[command(flatten)]
     server: Server,
@@ -435,6 +466,39 @@ fn parse_split(split: &[String]) -> Result<Vec<Route>> {
 }
 
 pub fn deploy(home: &Home, args: DeployArgs) -> Result<Outcome> {
+    if let (Some(target), Some(dir), Some(image)) = (args.export, &args.output, &args.image) {
+        if args.min_replicas == 0 || args.max_replicas < args.min_replicas {
+            bail!(
+                "--min-replicas {} and --max-replicas {}: at least one pod, and a maximum no \
+                 smaller than the minimum",
+                args.min_replicas,
+                args.max_replicas
+            );
+        }
+        let options = crate::cmd::manifests::Options {
+            target,
+            dir: dir.clone(),
+            image: image.clone(),
+            storage_uri: args.storage_uri.clone(),
+            volume_claim: args.volume_claim.clone(),
+            min_replicas: args.min_replicas,
+            max_replicas: args.max_replicas,
+        };
+        let backend = args.server.backend(home)?;
+        let (written, notes) =
+            crate::cmd::manifests::export(backend.as_ref(), &args.name, &options)?;
+        if args.json {
+            ui::print_json(&serde_json::json!({ "written": written, "notes": notes }))?;
+        } else {
+            for path in &written {
+                println!("wrote {}", path.display());
+            }
+            for note in &notes {
+                println!("note: {note}");
+            }
+        }
+        return Ok(Outcome::Ok);
+    }
     let deployment = Deployment {
         model: args.name.clone(),
         routes: parse_split(&args.split)?,
