@@ -773,3 +773,199 @@ fn exported_manifests_run_the_command_lines_they_hold() {
     }
     assert!(!k.path("pod-home").exists());
 }
+
+/// Starts `kiln ARGS` and returns it with the URL its log names.
+fn start_kiln(k: &Kiln, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = k
+        .command()
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().unwrap().unwrap();
+        if line.starts_with("kiln ")
+            && let Some(u) = line.split_whitespace().find(|w| w.starts_with("http://"))
+        {
+            break u.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+/// The version a server answers a bare-name request with.
+fn served_version(url: &str, row: &Value) -> Result<String, String> {
+    let body =
+        json!({ "inputs": [{ "name": "x", "shape": [1, 30], "datatype": "FP64", "data": row }] });
+    let mut r = util::agent()
+        .post(format!("{url}/v2/models/bc/infer"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("{status}: {text}"));
+    }
+    let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(v["model_version"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn replicas_follow_a_central_registry_through_alias_moves_and_its_restart() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let k = Kiln::new();
+    let home = k.path("home").display().to_string();
+    let data = "examples/data/breast_cancer.csv";
+    let kiln = |args: &[&str]| {
+        let mut all = vec!["--home", home.as_str()];
+        all.extend_from_slice(args);
+        k.ok(&all)
+    };
+    kiln(&[
+        "train",
+        "--data",
+        data,
+        "--target",
+        "label",
+        "--model",
+        "logistic",
+        "--epochs",
+        "1",
+        "--register",
+        "bc",
+    ]);
+    kiln(&[
+        "models",
+        "import",
+        "bc",
+        "tests/fixtures/onnx/logreg.onnx",
+        "--reference",
+        data,
+    ]);
+    kiln(&["models", "promote", "bc", "1"]);
+    let (mut central, url) = start_kiln(
+        &k,
+        &[
+            "--home",
+            &home,
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--token",
+            "s3cret",
+        ],
+    );
+    let mut replicas: Vec<(std::process::Child, String)> = (0..3)
+        .map(|i| {
+            let none = k.path(&format!("replica-home-{i}"));
+            start_kiln(
+                &k,
+                &[
+                    "--home",
+                    none.to_str().unwrap(),
+                    "serve",
+                    "--registry",
+                    &url,
+                    "--addr",
+                    "127.0.0.1:0",
+                ],
+            )
+        })
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|(_, u)| u.clone()).collect();
+    let (_, rows) = records(data, "label", 1);
+    let row = Value::Array(rows[0].as_object().unwrap().values().cloned().collect());
+    let converged = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        for u in &urls {
+            loop {
+                if served_version(u, &row).as_deref() == Ok(want) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{u} did not move to version {want}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    };
+    converged("1");
+    // Load on every replica while the champion moves ten times: no request fails.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
+    let load: Vec<_> = urls
+        .iter()
+        .cloned()
+        .map(|u| {
+            let (stop, sent, failed, row) =
+                (stop.clone(), sent.clone(), failed.clone(), row.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = served_version(&u, &row) {
+                        eprintln!("{u}: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..10 {
+        let target = if i % 2 == 0 { "2" } else { "1" };
+        kiln(&[
+            "models", "promote", "bc", target, "--server", &url, "--token", "s3cret",
+        ]);
+        converged(target);
+    }
+    // The central server goes away: the replicas keep answering with what they have.
+    let _ = central.kill();
+    let _ = central.wait();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for u in &urls {
+        assert_eq!(
+            served_version(u, &row).as_deref(),
+            Ok("1"),
+            "{u} while the central server is down"
+        );
+        let mut m = util::agent().get(format!("{u}/metrics")).call().unwrap();
+        let text = m.body_mut().read_to_string().unwrap();
+        assert!(text.contains("kiln_registry_staleness_seconds"), "{text}");
+    }
+    // Back on the same address, with a move made while it was away: every replica converges.
+    kiln(&["models", "promote", "bc", "2"]);
+    let addr = url.trim_start_matches("http://").to_string();
+    let (mut central, _) = start_kiln(
+        &k,
+        &[
+            "--home", &home, "serve", "--addr", &addr, "--token", "s3cret",
+        ],
+    );
+    converged("2");
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(sent.load(Ordering::Relaxed) > 30, "{sent:?}");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the moves"
+    );
+    for (c, _) in &mut replicas {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = central.kill();
+    let _ = central.wait();
+    for i in 0..3 {
+        assert!(!k.path(&format!("replica-home-{i}")).exists());
+    }
+}

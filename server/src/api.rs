@@ -62,6 +62,44 @@ pub(crate) fn reads() -> Api {
             show_version,
             answers::<ModelVersion>("Show a version (a number or an alias)"),
         )
+        .get(
+            "/api/changes",
+            changes,
+            answers::<kiln_core::wire::models::Changes>(
+                "The models changed since a change number, waiting up to `wait` seconds (30 at \
+                 most) for one: what serving replicas follow",
+            )
+            .query::<ChangesQuery>(),
+        )
+}
+
+/// The query of `GET /api/changes`.
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChangesQuery {
+    /// The server run the caller last heard from.
+    epoch: Option<u64>,
+    /// The last change number the caller has seen.
+    after: Option<u64>,
+    /// Seconds to wait for a change when there is none yet.
+    wait: Option<u64>,
+}
+
+async fn changes(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<kiln_core::wire::models::Changes>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let feed = state.models.feed();
+    let mut tick = feed.subscribe();
+    let after = q.after.unwrap_or(0);
+    let now = feed.since(q.epoch, after);
+    let wait = q.wait.unwrap_or(0).min(30);
+    if now.resync || !now.models.is_empty() || wait == 0 {
+        return Ok(Json(now));
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(wait), tick.changed()).await;
+    Ok(Json(state.models.feed().since(q.epoch, after)))
 }
 
 async fn show_drift(

@@ -161,12 +161,20 @@ async fn not_found(request: Request) -> ApiError {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     state.models.refresh_drift_metrics();
+    let mut text = state.models.metrics().render();
+    // A replica says how long ago the central registry last answered.
+    if let Some(stale) = state.models.staleness() {
+        text.push_str(&format!(
+            "# HELP kiln_registry_staleness_seconds Seconds since the central registry last answered this replica.\n\
+             # TYPE kiln_registry_staleness_seconds gauge\nkiln_registry_staleness_seconds {stale:.3}\n"
+        ));
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.models.metrics().render(),
+        text,
     )
         .into_response()
 }

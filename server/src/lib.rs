@@ -86,6 +86,27 @@ pub async fn start_bundle(
     .await
 }
 
+/// A serving replica of the central kiln at `url` (`kiln serve --registry`): no registry of its
+/// own; models, aliases and deployments read over the central API, bundles fetched once into
+/// `cache`, changes followed (and everything re-read after the central server was away). Must
+/// run inside a tokio runtime.
+pub async fn start_remote(
+    url: &str,
+    token: Option<String>,
+    cache: std::path::PathBuf,
+    selection: Selection,
+    config: ServerConfig,
+) -> Result<AppState, ServeError> {
+    std::fs::create_dir_all(&cache)
+        .map_err(|e| ServeError::Load(format!("{}: {e}", cache.display())))?;
+    let client = client::Client::new(url, token);
+    start_with(
+        Models::for_remote(client, cache, selection, Arc::new(Metrics::new())),
+        config,
+    )
+    .await
+}
+
 async fn start_with(models: Models, config: ServerConfig) -> Result<AppState, ServeError> {
     compute::start();
     let models = Arc::new(models.with_log(config.log.clone()));

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use kiln_core::backend::Backend;
 use kiln_core::registry::{Deployment, Registry, RegistryError, RegistryEvent};
 
 use crate::batch::{Batcher, Forward, OnBatch};
@@ -61,6 +62,80 @@ pub enum Selection {
 /// How many explicitly requested versions stay loaded besides the live ones.
 const EXTRA_LOADED: usize = 4;
 
+/// The changes of this server's registry, numbered, for replicas to follow
+/// (`GET /api/changes`): the last [`FEED_KEPT`] changed model names, and a run id (`epoch`) so
+/// that a replica that asks a restarted server re-reads everything.
+pub struct ChangeFeed {
+    epoch: u64,
+    log: Mutex<(u64, VecDeque<(u64, String)>)>,
+    tick: tokio::sync::watch::Sender<u64>,
+}
+
+/// Changes a feed keeps; a replica further behind re-reads every model.
+const FEED_KEPT: usize = 4096;
+
+impl ChangeFeed {
+    fn new() -> ChangeFeed {
+        let mut bytes = [0u8; 8];
+        let _ = getrandom::fill(&mut bytes);
+        ChangeFeed {
+            epoch: u64::from_le_bytes(bytes) >> 12,
+            log: Mutex::new((0, VecDeque::new())),
+            tick: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    fn push(&self, model: &str) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.0 += 1;
+        let seq = log.0;
+        log.1.push_back((seq, model.to_string()));
+        if log.1.len() > FEED_KEPT {
+            log.1.pop_front();
+        }
+        drop(log);
+        self.tick.send_replace(seq);
+    }
+
+    /// What changed after change `after` of run `epoch`.
+    pub fn since(&self, epoch: Option<u64>, after: u64) -> kiln_core::wire::models::Changes {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = log.1.front().map_or(log.0 + 1, |(s, _)| *s);
+        let resync = epoch != Some(self.epoch) || after > log.0 || after + 1 < oldest;
+        let models: BTreeSet<String> = if resync {
+            BTreeSet::new()
+        } else {
+            log.1
+                .iter()
+                .filter(|(s, _)| *s > after)
+                .map(|(_, m)| m.clone())
+                .collect()
+        };
+        kiln_core::wire::models::Changes {
+            epoch: self.epoch,
+            seq: log.0,
+            resync,
+            models: models.into_iter().collect(),
+        }
+    }
+
+    /// Wakes on every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tick.subscribe()
+    }
+}
+
+/// A central kiln this server follows (`kiln serve --registry URL`): versions, aliases and
+/// deployments read over its API, bundles fetched once (digest-checked) into `cache`.
+struct Remote {
+    client: crate::client::Client,
+    cache: PathBuf,
+    /// The central server's models, as last read.
+    known: RwLock<BTreeSet<String>>,
+    /// When the central server last answered.
+    contact: Mutex<Instant>,
+}
+
 /// One bundle served with no registry (`kiln serve --bundle`): version 1 of `name`, its
 /// `champion`, read from `dir` in place.
 #[derive(Debug, Clone)]
@@ -73,6 +148,8 @@ struct Bundle {
 pub struct Models {
     registry: Option<Arc<Registry>>,
     bundle: Option<Bundle>,
+    remote: Option<Remote>,
+    feed: ChangeFeed,
     selection: Selection,
     metrics: Arc<Metrics>,
     live: RwLock<HashMap<String, Arc<Live>>>,
@@ -101,6 +178,51 @@ impl Models {
         Models::with_source(None, Some(bundle), only, metrics)
     }
 
+    /// A replica of the central kiln `client` reaches: it keeps no registry, reads models over
+    /// the API and caches their bundles under `cache`.
+    pub fn for_remote(
+        client: crate::client::Client,
+        cache: PathBuf,
+        selection: Selection,
+        metrics: Arc<Metrics>,
+    ) -> Models {
+        let mut m = Models::with_source(None, None, selection, metrics);
+        m.remote = Some(Remote {
+            client,
+            cache,
+            known: RwLock::new(BTreeSet::new()),
+            contact: Mutex::new(Instant::now()),
+        });
+        m
+    }
+
+    /// The numbered changes of this server's registry.
+    pub fn feed(&self) -> &ChangeFeed {
+        &self.feed
+    }
+
+    /// Seconds since the central server last answered, for a replica.
+    pub fn staleness(&self) -> Option<f64> {
+        self.remote.as_ref().map(|r| {
+            r.contact
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed()
+                .as_secs_f64()
+        })
+    }
+
+    /// Re-reads the central server's model names (a replica).
+    fn refresh_names(&self) -> Result<(), ServeError> {
+        if let Some(r) = &self.remote {
+            let list = r.client.models()?;
+            *r.known.write().unwrap_or_else(|e| e.into_inner()) =
+                list.models.into_iter().map(|m| m.name).collect();
+            *r.contact.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+        Ok(())
+    }
+
     fn with_source(
         registry: Option<Arc<Registry>>,
         bundle: Option<Bundle>,
@@ -110,6 +232,8 @@ impl Models {
         Models {
             registry,
             bundle,
+            remote: None,
+            feed: ChangeFeed::new(),
             selection,
             metrics,
             live: RwLock::new(HashMap::new()),
@@ -226,6 +350,9 @@ impl Models {
 
     /// Resolves an alias or version number of a served model to its version.
     fn resolve(&self, model: &str, which: &str) -> Result<u32, ServeError> {
+        if let Some(r) = &self.remote {
+            return Ok(r.client.resolve(model, which)?.version);
+        }
         if let Some(b) = &self.bundle {
             return match which {
                 "1" | "champion" if model == b.name => Ok(1),
@@ -245,6 +372,15 @@ impl Models {
 
     /// The names this server answers for now.
     pub fn names(&self) -> Result<Vec<String>, ServeError> {
+        if let (Some(r), Selection::All) = (&self.remote, &self.selection) {
+            return Ok(r
+                .known
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect());
+        }
         Ok(match &self.selection {
             Selection::All => self
                 .registry()?
@@ -258,10 +394,17 @@ impl Models {
 
     pub fn serves(&self, model: &str) -> bool {
         match &self.selection {
-            Selection::All => self
-                .registry
-                .as_ref()
-                .is_some_and(|r| r.model(model).is_ok()),
+            Selection::All => match &self.remote {
+                Some(r) => r
+                    .known
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(model),
+                None => self
+                    .registry
+                    .as_ref()
+                    .is_some_and(|r| r.model(model).is_ok()),
+            },
             Selection::Only(names) => names.contains(model),
         }
     }
@@ -269,6 +412,7 @@ impl Models {
     /// Loads every selected model (blocking). A model that cannot go live is recorded as a problem,
     /// not an error: the server starts and reports it as not ready.
     pub fn load_all(&self) -> Result<(), ServeError> {
+        self.refresh_names()?;
         if let (Selection::Only(names), Some(registry)) = (&self.selection, &self.registry) {
             for name in names {
                 registry.model(name)?;
@@ -391,9 +535,30 @@ impl Models {
             return Ok(v);
         }
         let started = Instant::now();
-        let runtime = match &self.bundle {
-            Some(b) => Runtime::load(&b.dir)?,
-            None => {
+        let runtime = match (&self.bundle, &self.remote) {
+            (Some(b), _) => Runtime::load(&b.dir)?,
+            (None, Some(r)) => {
+                let mv = r.client.resolve(model, &version.to_string())?;
+                let dir = r.cache.join(&mv.artifact.digest);
+                if !dir.join(kiln_core::bundle::MANIFEST_FILE).is_file() {
+                    // Fetched (each file checked against its digest) beside, renamed into place.
+                    let tmp = r.cache.join(format!(
+                        ".{}.tmp-{}",
+                        mv.artifact.digest,
+                        std::process::id()
+                    ));
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    r.client.export_version(&mv, &tmp)?;
+                    if let Err(e) = std::fs::rename(&tmp, &dir) {
+                        let _ = std::fs::remove_dir_all(&tmp);
+                        if !dir.is_dir() {
+                            return Err(ServeError::Load(format!("{}: {e}", dir.display())));
+                        }
+                    }
+                }
+                Runtime::load(&dir)?
+            }
+            (None, None) => {
                 let registry = self.registry()?;
                 let mv = registry.version(model, version)?;
                 let scratch = tempfile::tempdir().map_err(|e| {
@@ -529,9 +694,13 @@ impl Models {
         if !self.serves(model) {
             return Ok(None);
         }
-        let (deployment, aliases) = match &self.registry {
-            Some(registry) => (registry.deployment(model)?, registry.aliases(model)?),
-            None => (
+        let (deployment, aliases) = match (&self.registry, &self.remote) {
+            (Some(registry), _) => (registry.deployment(model)?, registry.aliases(model)?),
+            (None, Some(r)) => {
+                let detail = r.client.model(model)?;
+                (detail.deployment, detail.aliases)
+            }
+            (None, None) => (
                 Deployment::default_for(model),
                 BTreeMap::from([("champion".to_string(), 1)]),
             ),
@@ -591,6 +760,9 @@ impl Models {
     /// an alias move, a deployment change or a new or deleted version of a served model
     /// reconciles that model.
     pub fn follow(self: &Arc<Self>) {
+        if self.remote.is_some() {
+            return self.follow_remote();
+        }
         let Some(registry) = &self.registry else {
             return;
         };
@@ -616,12 +788,78 @@ impl Models {
                             .unwrap_or_else(|e| e.into_inner())
                             .retain(|(m, v)| !(m == model && v == version));
                     }
+                    models.feed.push(model);
                     if models.serves(model) || models.live(model).is_some() {
                         models.reconcile(model);
                     }
                 }
             })
             .unwrap_or_else(|e| panic!("starting the hot-swap thread: {e}"));
+    }
+}
+
+impl Models {
+    /// A replica follows the central server's change feed: each changed model is reconciled;
+    /// when the server was unreachable, restarted or is too far ahead, every model is re-read.
+    /// While it is unreachable the replica keeps serving what it has and retries.
+    fn follow_remote(self: &Arc<Self>) {
+        let models = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("kiln-replica".into())
+            .spawn(move || {
+                let mut cursor: Option<(u64, u64)> = None;
+                let mut pause = Duration::from_millis(100);
+                loop {
+                    let Some(m) = models.upgrade() else {
+                        return;
+                    };
+                    let Some(remote) = &m.remote else {
+                        return;
+                    };
+                    if cursor.is_some() {
+                        // Connected at the last answer: a long poll that is open counts as
+                        // contact until it fails.
+                        *remote.contact.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                    }
+                    match remote.client.changes(cursor, 20) {
+                        Ok(changes) => {
+                            *remote.contact.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Instant::now();
+                            pause = Duration::from_millis(100);
+                            let everything = changes.resync;
+                            cursor = Some((changes.epoch, changes.seq));
+                            if everything {
+                                if let Err(e) = m.refresh_names() {
+                                    tracing::warn!(error = %e, "re-reading the central registry");
+                                    cursor = None;
+                                    continue;
+                                }
+                                for name in m.names().unwrap_or_default() {
+                                    m.reconcile(&name);
+                                }
+                            } else {
+                                for name in &changes.models {
+                                    let new = !m.serves(name);
+                                    if new && matches!(m.selection, Selection::All) {
+                                        let _ = m.refresh_names();
+                                    }
+                                    if m.serves(name) || m.live(name).is_some() {
+                                        m.reconcile(name);
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the central registry does not answer; serving what is loaded");
+                            cursor = None;
+                            drop(m);
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_secs(2));
+                        }
+                    }
+                }
+            })
+            .unwrap_or_else(|e| panic!("starting the replica thread: {e}"));
     }
 }
 

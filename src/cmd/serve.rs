@@ -36,6 +36,25 @@ pub struct ServeArgs {
     /// The name the bundle answers to (with --bundle); the directory's name by default.
     #[arg(long, requires = "bundle")]
     name: Option<String>,
+    /// Serve as a stateless replica of the central kiln at this URL: its models, aliases and
+    /// deployments read over its API and followed as they change, bundles fetched once (their
+    /// digests checked) into --cache. KILN_HOME is not opened; while the central server is
+    /// away the replica serves what it has, and `kiln_registry_staleness_seconds` in /metrics
+    /// says for how long.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["bundle", "backup_every"])]
+    registry: Option<String>,
+    /// The central server's token, when it protects reads (with --registry).
+    #[arg(
+        long,
+        env = "KILN_REGISTRY_TOKEN",
+        hide_env_values = true,
+        requires = "registry"
+    )]
+    registry_token: Option<String>,
+    /// Where a replica keeps the bundles it fetched (with --registry; a temporary directory,
+    /// removed at exit, by default).
+    #[arg(long, value_name = "DIR", requires = "registry")]
+    cache: Option<std::path::PathBuf>,
     /// Serve every registered model, including those registered while running (the default).
     #[arg(long)]
     all: bool,
@@ -182,7 +201,11 @@ impl ServeArgs {
         }
         // A server of one bundle changes nothing (it has no registry, aliases or pipelines),
         // so, like a model container behind KServe, it may listen beyond loopback untokened.
-        if self.token.is_none() && !self.addr.ip().is_loopback() && self.bundle.is_none() {
+        if self.token.is_none()
+            && !self.addr.ip().is_loopback()
+            && self.bundle.is_none()
+            && self.registry.is_none()
+        {
             if !self.insecure_no_auth {
                 bail!(
                     "{} is reachable from other machines and there is no token: anyone who reaches it could move aliases, change traffic and run pipelines; set --token (or KILN_TOKEN), listen on 127.0.0.1, or pass --insecure-no-auth if a proxy in front of kiln authenticates",
@@ -293,6 +316,9 @@ pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
     if let Some(dir) = args.bundle.clone() {
         return serve_bundle(home, args, dir);
     }
+    if let Some(url) = args.registry.clone() {
+        return serve_replica(home, args, url);
+    }
     let registry = Arc::new(Registry::open(&home.dir)?);
     let (selection, config) = args.parts(home)?;
     let runtime = async_runtime("kiln-http")?;
@@ -308,6 +334,34 @@ pub fn serve(home: &Home, args: ServeArgs) -> Result<Outcome> {
         crate::ui::status("kiln server stopped");
         anyhow::Ok(())
     })?;
+    Ok(Outcome::Ok)
+}
+
+/// `kiln serve --registry URL`: a stateless replica of a central kiln.
+fn serve_replica(home: &Home, args: ServeArgs, url: String) -> Result<Outcome> {
+    let (selection, mut config) = args.parts(home)?;
+    // A replica has no home to log to; the central server keeps the record.
+    config.log.sample = 0.0;
+    config.backup_dir = None;
+    let scratch = tempfile::tempdir().context("creating the bundle cache")?;
+    let cache = args
+        .cache
+        .clone()
+        .unwrap_or_else(|| scratch.path().to_path_buf());
+    let token = args.registry_token.clone();
+    let runtime = async_runtime("kiln-http")?;
+    runtime.block_on(async move {
+        let state = kiln_server::start_remote(&url, token, cache, selection, config)
+            .await
+            .with_context(|| format!("following the central kiln at {url}"))?;
+        let listeners = args.bind().await?;
+        announce(&state, &listeners, "kiln replica")?;
+        let router = kiln_server::router(state.clone());
+        kiln_server::serve_all(listeners, router, state, shutdown_signal()).await?;
+        crate::ui::status("kiln replica stopped");
+        anyhow::Ok(())
+    })?;
+    drop(scratch);
     Ok(Outcome::Ok)
 }
 

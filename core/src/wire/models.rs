@@ -50,6 +50,18 @@ pub struct ModelSummary {
     pub problem: Option<String>,
 }
 
+/// `GET /api/changes?epoch=E&after=S&wait=SECONDS`: which models changed (an alias moved, a
+/// version came or went, the deployment changed) since change `S` of this server's run `E`,
+/// waiting up to `wait` seconds for one. `resync` says the caller must re-read every model: it
+/// asked about another run of the server, or about changes older than the server keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Changes {
+    pub epoch: u64,
+    pub seq: u64,
+    pub resync: bool,
+    pub models: Vec<String>,
+}
+
 /// `GET /api/models`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelList {

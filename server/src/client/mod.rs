@@ -212,6 +212,20 @@ impl Client {
     }
 
     /// `GET path`, its answer read as `T`.
+    /// The models changed since `after` (this server's run and change number), waiting up to
+    /// `wait_s` seconds for one (`GET /api/changes`).
+    pub fn changes(
+        &self,
+        after: Option<(u64, u64)>,
+        wait_s: u64,
+    ) -> Result<kiln_core::wire::models::Changes, RegistryError> {
+        let query = match after {
+            Some((epoch, seq)) => format!("?epoch={epoch}&after={seq}&wait={wait_s}"),
+            None => format!("?wait={wait_s}"),
+        };
+        self.get(&format!("/api/changes{query}"))
+    }
+
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, RegistryError> {
         Client::read(path, self.request("GET", path, None)?)
     }
