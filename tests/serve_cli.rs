@@ -859,21 +859,52 @@ fn replicas_follow_a_central_registry_through_alias_moves_and_its_restart() {
             "s3cret",
         ],
     );
+    // The first replica runs the command line of an exported Kubernetes Deployment.
+    let manifests = k.path("manifests");
+    k.ok(&[
+        "deploy",
+        "bc",
+        "--export",
+        "kubernetes",
+        "-o",
+        manifests.to_str().unwrap(),
+        "--image",
+        "ghcr.io/example/kiln:0.1.0",
+        "--registry",
+        &url,
+        "--server",
+        &url,
+    ]);
+    let cache = k.path("cache");
+    let exported: Vec<String> = manifest_args(
+        &manifests.join("deployment.json"),
+        "/spec/template/spec/containers/0/args",
+    )
+    .iter()
+    .map(|a| {
+        a.replace("0.0.0.0:8080", "127.0.0.1:0")
+            .replace("/cache", cache.to_str().unwrap())
+    })
+    .collect();
+    assert_eq!(
+        exported[..3],
+        ["serve", "--registry", url.as_str()],
+        "{exported:?}"
+    );
+    assert!(!manifests.join("bundles").exists());
     let mut replicas: Vec<(std::process::Child, String)> = (0..3)
         .map(|i| {
             let none = k.path(&format!("replica-home-{i}"));
-            start_kiln(
-                &k,
-                &[
-                    "--home",
-                    none.to_str().unwrap(),
-                    "serve",
-                    "--registry",
-                    &url,
-                    "--addr",
-                    "127.0.0.1:0",
-                ],
-            )
+            let mut args = vec!["--home".to_string(), none.display().to_string()];
+            if i == 0 {
+                args.extend(exported.iter().cloned());
+            } else {
+                args.extend(
+                    ["serve", "--registry", &url, "--addr", "127.0.0.1:0"].map(String::from),
+                );
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            start_kiln(&k, &args)
         })
         .collect();
     let urls: Vec<String> = replicas.iter().map(|(_, u)| u.clone()).collect();

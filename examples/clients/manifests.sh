@@ -21,4 +21,6 @@ data=examples/data/breast_cancer.csv
 "$KILN" "${home[@]}" deploy bc --export kserve -o "$work/kserve" --image ghcr.io/example/kiln:0.1.0 \
   --storage-uri s3://models/kiln >/dev/null
 "$KILN" "${home[@]}" deploy bc --export kubernetes -o "$work/kubernetes" --image ghcr.io/example/kiln:0.1.0 >/dev/null
-"$PYTHON" examples/clients/manifests_check.py "$work/kserve" "$work/kubernetes"
+"$KILN" "${home[@]}" deploy bc --export kubernetes -o "$work/replicas" --image ghcr.io/example/kiln:0.1.0 \
+  --registry http://kiln.kiln.svc:8080 >/dev/null
+"$PYTHON" examples/clients/manifests_check.py "$work/kserve" "$work/kubernetes" "$work/replicas"

@@ -33,6 +33,8 @@ pub struct Options {
     pub storage_uri: Option<String>,
     /// The PersistentVolumeClaim holding `bundles/` (plain Kubernetes).
     pub volume_claim: Option<String>,
+    /// The central kiln the pods follow as replicas (plain Kubernetes), instead of a volume.
+    pub registry: Option<String>,
     pub min_replicas: u32,
     pub max_replicas: u32,
 }
@@ -42,7 +44,7 @@ const PORT: u16 = 8080;
 
 /// The serving container: `kiln serve --bundle` of `bundle`, probes on kiln's health endpoints,
 /// unprivileged.
-fn container(name: &str, image: &str, bundle: &str, model: &str) -> Value {
+fn container(name: &str, image: &str, args: Vec<String>) -> Value {
     let probe = |path: &str, delay: u32| {
         json!({
             "httpGet": { "path": path, "port": PORT },
@@ -55,7 +57,7 @@ fn container(name: &str, image: &str, bundle: &str, model: &str) -> Value {
     json!({
         "name": name,
         "image": image,
-        "args": serve_args(bundle, model),
+        "args": args,
         "env": [{ "name": "RAYON_NUM_THREADS", "value": "1" }],
         "ports": [{ "name": "http", "containerPort": PORT, "protocol": "TCP" }],
         "readinessProbe": probe("/v2/health/ready", 2),
@@ -92,6 +94,24 @@ pub fn serve_args(bundle: &str, model: &str) -> Vec<String> {
 
 /// `(version, percent)` of each route of a deployment, in route order.
 type Routes = Vec<(u32, u32)>;
+
+/// The command line of a replica that follows the central kiln at `url` for `model`.
+pub fn replica_args(url: &str, model: &str) -> Vec<String> {
+    [
+        "serve",
+        "--registry",
+        url,
+        "--models",
+        model,
+        "--cache",
+        "/cache",
+        "--addr",
+        &format!("0.0.0.0:{PORT}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
 
 /// The version each route of the deployment serves, with its share, and the shadow's target.
 fn routes(backend: &dyn Backend, model: &str) -> Result<(Routes, Option<String>)> {
@@ -145,9 +165,11 @@ pub fn export(
         .with_context(|| format!("creating {}", options.dir.display()))?;
     let mut written = Vec::new();
     // The bundles, verified out of the registry.
-    let wanted: Vec<u32> = match options.target {
-        Target::Kserve => routes.iter().map(|(v, _)| *v).collect(),
-        Target::Kubernetes => routes.iter().take(1).map(|(v, _)| *v).collect(),
+    let wanted: Vec<u32> = match (options.target, &options.registry) {
+        (Target::Kserve, _) => routes.iter().map(|(v, _)| *v).collect(),
+        (Target::Kubernetes, None) => routes.iter().take(1).map(|(v, _)| *v).collect(),
+        // Replicas fetch their bundles from the central kiln.
+        (Target::Kubernetes, Some(_)) => Vec::new(),
     };
     for v in &wanted {
         let version = backend.resolve(model, &v.to_string())?;
@@ -193,7 +215,11 @@ pub fn export(
                 "spec": {
                     "supportedModelFormats": [{ "name": "kiln", "version": "1", "autoSelect": true }],
                     "protocolVersions": ["v2"],
-                    "containers": [container("kserve-container", &options.image, "/mnt/models", "{{.Name}}")],
+                    "containers": [container(
+                        "kserve-container",
+                        &options.image,
+                        serve_args("/mnt/models", "{{.Name}}"),
+                    )],
                 },
             });
             let mut predictor = json!({
@@ -230,16 +256,39 @@ pub fn export(
                 .clone()
                 .unwrap_or(format!("{model}-models"));
             let version = routes.first().map(|(v, _)| *v).context("no route")?;
-            if routes.len() > 1 {
+            if routes.len() > 1 && options.registry.is_none() {
                 notes.push(format!(
                     "a Service balances pods evenly, so only the first route (version {version}) \
-                     is exported; export to kserve for a percentage split"
+                     is exported; export to kserve for a percentage split, or give --registry: \
+                     replicas route as the central deployment says"
                 ));
             }
-            let bundle = format!("/models/{model}/{version}");
-            let mut pod = container("kiln", &options.image, &bundle, model);
-            pod["volumeMounts"] =
-                json!([{ "name": "models", "mountPath": "/models", "readOnly": true }]);
+            // Replicas of a central kiln (a cache volume, the central token from a Secret), or
+            // one bundle from a read-only volume.
+            let (pod, volumes) = match &options.registry {
+                Some(url) => {
+                    let mut pod = container("kiln", &options.image, replica_args(url, model));
+                    pod["volumeMounts"] = json!([{ "name": "cache", "mountPath": "/cache" }]);
+                    pod["env"].as_array_mut().context("env")?.push(json!({
+                        "name": "KILN_REGISTRY_TOKEN",
+                        "valueFrom": { "secretKeyRef": {
+                            "name": format!("{model}-registry-token"), "key": "token", "optional": true,
+                        } },
+                    }));
+                    (pod, json!([{ "name": "cache", "emptyDir": {} }]))
+                }
+                None => {
+                    let bundle = format!("/models/{model}/{version}");
+                    let mut pod = container("kiln", &options.image, serve_args(&bundle, model));
+                    pod["volumeMounts"] =
+                        json!([{ "name": "models", "mountPath": "/models", "readOnly": true }]);
+                    let volumes = json!([{
+                        "name": "models",
+                        "persistentVolumeClaim": { "claimName": claim, "readOnly": true },
+                    }]);
+                    (pod, volumes)
+                }
+            };
             let selector = json!({ "app.kubernetes.io/name": model });
             let manifests: Vec<(&str, Value)> = vec![
                 (
@@ -255,10 +304,7 @@ pub fn export(
                                 "metadata": { "labels": labels },
                                 "spec": {
                                     "containers": [pod],
-                                    "volumes": [{
-                                        "name": "models",
-                                        "persistentVolumeClaim": { "claimName": claim, "readOnly": true },
-                                    }],
+                                    "volumes": volumes,
                                     "securityContext": { "runAsNonRoot": true, "fsGroup": 65532 },
                                 },
                             },

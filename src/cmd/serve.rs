@@ -492,6 +492,16 @@ pub struct DeployArgs {
     /// default), mounted read-only at /models.
     #[arg(long, requires = "export")]
     volume_claim: Option<String>,
+    /// The central kiln the exported pods follow as replicas (`kiln serve --registry URL`;
+    /// with --export kubernetes), instead of a bundle on a volume. Its token, if reads need
+    /// one, comes from the Secret NAME-registry-token.
+    #[arg(
+        long = "registry",
+        value_name = "URL",
+        requires = "export",
+        conflicts_with = "volume_claim"
+    )]
+    follow: Option<String>,
     /// Pods at least (with --export).
     #[arg(long, default_value_t = 2)]
     min_replicas: u32,
@@ -535,6 +545,7 @@ pub fn deploy(home: &Home, args: DeployArgs) -> Result<Outcome> {
             image: image.clone(),
             storage_uri: args.storage_uri.clone(),
             volume_claim: args.volume_claim.clone(),
+            registry: args.follow.clone(),
             min_replicas: args.min_replicas,
             max_replicas: args.max_replicas,
         };
