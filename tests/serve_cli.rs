@@ -551,11 +551,12 @@ fn one_exported_bundle_serves_with_no_registry_and_no_state() {
     assert!(r.stderr.contains("kiln models export"), "{}", r.stderr);
 
     // Served from the bundle alone, with KILN_HOME pointing where nothing exists.
-    let mut child = k
-        .command()
-        .args([
+    let nowhere = k.path("nowhere").display().to_string();
+    let (server, url) = start_kiln(
+        &k,
+        &[
             "--home",
-            k.path("nowhere").to_str().unwrap(),
+            &nowhere,
             "serve",
             "--bundle",
             bundle.to_str().unwrap(),
@@ -563,22 +564,8 @@ fn one_exported_bundle_serves_with_no_registry_and_no_state() {
             "cancer",
             "--addr",
             "127.0.0.1:0",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let url = {
-        use std::io::{BufRead, BufReader};
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let url = loop {
-            let line = lines.next().unwrap().unwrap();
-            if let Some(u) = line.split_whitespace().find(|w| w.starts_with("http://")) {
-                break u.to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        url
-    };
+        ],
+    );
     let (_, rows) = records(data, "label", 20);
     let got = tf_predict(&url, "cancer", &rows);
     assert_matches("a bundle served alone", &got, &want[..20]);
@@ -605,12 +592,13 @@ fn one_exported_bundle_serves_with_no_registry_and_no_state() {
         .call()
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
-    let pid = child.id().to_string();
+    let mut server = server;
+    let pid = server.0.id().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(server.0.wait().unwrap().code(), Some(0));
     assert!(
         !k.path("nowhere").exists(),
         "a bundle server wrote to KILN_HOME"
@@ -747,35 +735,28 @@ fn exported_manifests_run_the_command_lines_they_hold() {
             })
             .collect();
         assert_eq!(args[0], "serve", "{args:?}");
-        let mut child = k
-            .command()
-            .args(["--home", k.path("pod-home").to_str().unwrap()])
-            .args(&args)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let url = {
-            use std::io::{BufRead, BufReader};
-            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-            let url = loop {
-                let line = lines.next().unwrap().unwrap();
-                if let Some(u) = line.split_whitespace().find(|w| w.starts_with("http://")) {
-                    break u.to_string();
-                }
-            };
-            std::thread::spawn(move || for _ in lines {});
-            url
-        };
+        let pod_home = k.path("pod-home").display().to_string();
+        let mut all: Vec<&str> = vec!["--home", pod_home.as_str()];
+        all.extend(args.iter().map(String::as_str));
+        let (_pod, url) = start_kiln(&k, &all);
         let got = tf_predict(&url, "bc", &rows);
         assert_eq!(got.len(), 5, "{args:?}");
-        let _ = child.kill();
-        let _ = child.wait();
     }
     assert!(!k.path("pod-home").exists());
 }
 
+/// A child process killed when dropped, so that a failing test leaves none behind.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `kiln ARGS` and returns it with the URL its log names.
-fn start_kiln(k: &Kiln, args: &[&str]) -> (std::process::Child, String) {
+fn start_kiln(k: &Kiln, args: &[&str]) -> (Proc, String) {
     use std::io::{BufRead, BufReader};
     let mut child = k
         .command()
@@ -793,7 +774,7 @@ fn start_kiln(k: &Kiln, args: &[&str]) -> (std::process::Child, String) {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    (child, url)
+    (Proc(child), url)
 }
 
 /// The version a server answers a bare-name request with.
@@ -847,7 +828,7 @@ fn replicas_follow_a_central_registry_through_alias_moves_and_its_restart() {
         data,
     ]);
     kiln(&["models", "promote", "bc", "1"]);
-    let (mut central, url) = start_kiln(
+    let (central, url) = start_kiln(
         &k,
         &[
             "--home",
@@ -892,7 +873,7 @@ fn replicas_follow_a_central_registry_through_alias_moves_and_its_restart() {
         "{exported:?}"
     );
     assert!(!manifests.join("bundles").exists());
-    let mut replicas: Vec<(std::process::Child, String)> = (0..3)
+    let replicas: Vec<(Proc, String)> = (0..3)
         .map(|i| {
             let none = k.path(&format!("replica-home-{i}"));
             let mut args = vec!["--home".to_string(), none.display().to_string()];
@@ -957,8 +938,7 @@ fn replicas_follow_a_central_registry_through_alias_moves_and_its_restart() {
         converged(target);
     }
     // The central server goes away: the replicas keep answering with what they have.
-    let _ = central.kill();
-    let _ = central.wait();
+    drop(central);
     std::thread::sleep(std::time::Duration::from_millis(500));
     for u in &urls {
         assert_eq!(
@@ -973,7 +953,7 @@ fn replicas_follow_a_central_registry_through_alias_moves_and_its_restart() {
     // Back on the same address, with a move made while it was away: every replica converges.
     kiln(&["models", "promote", "bc", "2"]);
     let addr = url.trim_start_matches("http://").to_string();
-    let (mut central, _) = start_kiln(
+    let (central, _) = start_kiln(
         &k,
         &[
             "--home", &home, "serve", "--addr", &addr, "--token", "s3cret",
@@ -990,12 +970,8 @@ fn replicas_follow_a_central_registry_through_alias_moves_and_its_restart() {
         0,
         "requests failed during the moves"
     );
-    for (c, _) in &mut replicas {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    let _ = central.kill();
-    let _ = central.wait();
+    drop(replicas);
+    drop(central);
     for i in 0..3 {
         assert!(!k.path(&format!("replica-home-{i}")).exists());
     }

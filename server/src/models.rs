@@ -539,14 +539,22 @@ impl Models {
             (Some(b), _) => Runtime::load(&b.dir)?,
             (None, Some(r)) => {
                 let mv = r.client.resolve(model, &version.to_string())?;
-                let dir = r.cache.join(&mv.artifact.digest);
+                // The digest names a directory here: only a BLAKE3 digest is taken.
+                let digest = &mv.artifact.digest;
+                let hex = digest
+                    .strip_prefix("blake3:")
+                    .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or_else(|| {
+                        ServeError::Load(format!(
+                            "the central registry names a bundle digest {:?}, which is not a \
+                             BLAKE3 digest",
+                            digest.chars().take(80).collect::<String>()
+                        ))
+                    })?;
+                let dir = r.cache.join(hex);
                 if !dir.join(kiln_core::bundle::MANIFEST_FILE).is_file() {
                     // Fetched (each file checked against its digest) beside, renamed into place.
-                    let tmp = r.cache.join(format!(
-                        ".{}.tmp-{}",
-                        mv.artifact.digest,
-                        std::process::id()
-                    ));
+                    let tmp = r.cache.join(format!(".{hex}.tmp-{}", std::process::id()));
                     let _ = std::fs::remove_dir_all(&tmp);
                     r.client.export_version(&mv, &tmp)?;
                     if let Err(e) = std::fs::rename(&tmp, &dir) {
@@ -845,6 +853,11 @@ impl Models {
                                     }
                                     if m.serves(name) || m.live(name).is_some() {
                                         m.reconcile(name);
+                                    }
+                                    // A model that no longer routes may be gone: re-read the
+                                    // names, so that readiness does not wait for it.
+                                    if m.live(name).is_none() {
+                                        let _ = m.refresh_names();
                                     }
                                 }
                             }
