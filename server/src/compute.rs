@@ -107,10 +107,15 @@ pub async fn run<T: Send + 'static>(
     })?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     send(Box::new(move || {
-        let _place = place;
-        if !tx.is_closed() {
-            let _ = tx.send(f());
+        // The place is given back before the answer goes out, so that a caller holding its
+        // answer never still counts against the queue.
+        if tx.is_closed() {
+            drop(place);
+            return;
         }
+        let out = f();
+        drop(place);
+        let _ = tx.send(out);
     }))?;
     rx.await
         .map_err(|_| ServeError::Internal("an inference task ended without an answer".into()))
