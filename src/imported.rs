@@ -16,7 +16,7 @@ const CHUNK: usize = 8192;
 pub type TableScorer = Box<dyn Fn(&Table) -> Result<(Vec<f32>, usize), String> + Sync>;
 
 /// Whether a manifest is an imported graph's.
-pub fn is_imported(manifest: &Manifest) -> bool {
+fn is_imported(manifest: &Manifest) -> bool {
     matches!(manifest.architecture, Architecture::Onnx { .. })
 }
 

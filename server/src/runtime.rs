@@ -225,14 +225,6 @@ impl Runtime {
             .map_err(ServeError::BadInput)
     }
 
-    /// The imported graph, for an imported model.
-    pub fn graph(&self) -> Option<&Graph> {
-        match &self.engine {
-            Engine::Graph(g) => Some(g.graph()),
-            _ => None,
-        }
-    }
-
     /// Builds the runtime from a manifest and its tensors.
     pub fn new(
         manifest: Manifest,

@@ -383,6 +383,12 @@ fn serve_bundle(home: &Home, args: ServeArgs, dir: std::path::PathBuf) -> Result
             .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "model".to_string()),
     };
+    if let Err(e) = kiln_core::registry::check_model_name(&name) {
+        match &args.name {
+            Some(_) => return Err(e.into()),
+            None => bail!("{e}; the bundle's directory names it, so give one with --name NAME"),
+        }
+    }
     let (_, mut config) = args.parts(home)?;
     // Nothing to write to: no prediction log, no backups.
     config.log.sample = 0.0;

@@ -111,10 +111,6 @@ impl Imported {
         })
     }
 
-    pub fn graph(&self) -> &Graph {
-        &self.graph
-    }
-
     /// Answers `rows` rows given as row-major numbers (NaN when missing) and texts: `width`
     /// numbers per row.
     pub fn run(&self, rows: usize, numbers: &[f32], texts: &[String]) -> OpResult<Vec<f32>> {

@@ -76,18 +76,6 @@ impl Elem {
         })
     }
 
-    /// The name V2 gives the type (`FP32`, `INT64`, `BYTES`…).
-    pub fn v2_name(self) -> &'static str {
-        match self {
-            Elem::Float => "FP32",
-            Elem::Double => "FP64",
-            Elem::Int64 => "INT64",
-            Elem::Int32 => "INT32",
-            Elem::Bool => "BOOL",
-            Elem::Str => "BYTES",
-        }
-    }
-
     pub fn is_number(self) -> bool {
         !matches!(self, Elem::Str)
     }
