@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use kiln_core::backend::AliasMove;
 use kiln_core::bundle;
 use kiln_core::data::{self, Format, ReadOptions, Table};
 use kiln_core::progress::{Progress, Unit};
@@ -209,7 +210,7 @@ pub fn local(
 }
 
 /// Where the `kiln` binary is, to go first on commands' `PATH`.
-fn binary_dir() -> Vec<std::path::PathBuf> {
+pub fn binary_dir() -> Vec<std::path::PathBuf> {
     std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
@@ -333,7 +334,7 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
 fn lineage_tags(call: &ComponentCall) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("kiln.pipeline".to_string(), call.pipeline.clone()),
-        ("kiln.pipeline_run".to_string(), call.run.to_string()),
+        ("kiln.pipeline_run".to_string(), call.run_name.clone()),
         ("kiln.pipeline_step".to_string(), call.step.clone()),
     ])
 }
@@ -646,7 +647,7 @@ impl Builtins {
         let config = train_config(call, &["data", "target", "spec", "experiment"])?;
         let experiment = text(call, "experiment").unwrap_or(&call.pipeline);
         let trained = train_into(
-            call.registry.as_ref(),
+            call.backend.as_ref(),
             &table,
             &path,
             target,
@@ -687,7 +688,7 @@ fn tune(call: &ComponentCall) -> Result<Values> {
             .with_context(|| sweep_path.display().to_string())?;
     let experiment = text(call, "experiment").unwrap_or(&call.pipeline);
     let swept = sweep_into(
-        call.registry.as_ref(),
+        call.backend.as_ref(),
         &table,
         target,
         &config,
@@ -711,14 +712,14 @@ fn tune(call: &ComponentCall) -> Result<Values> {
             run_id_text(swept.parent)
         )
     })?;
-    let run = call.registry.run(best)?;
+    let run = call.backend.run(best)?.run.0;
     let artifact = run
         .artifacts
         .iter()
         .find(|a| a.name == "model")
         .ok_or_else(|| anyhow!("the best trial's run {} has no model", run_id_text(best)))?;
     let model = call.outputs.join("model");
-    call.registry.export_artifact(artifact, &model)?;
+    call.backend.export_artifact(artifact, &model)?;
     call.log_line(&format!(
         "{} trials; best run {}",
         swept.trials.len(),
@@ -793,10 +794,10 @@ fn evaluate(call: &ComponentCall) -> Result<Values> {
     let baseline = match text(call, "baseline") {
         Some(spec) => {
             let (name, which) = model_ref(spec);
-            match call.registry.resolve(name, &which) {
+            match call.backend.resolve(name, &which) {
                 Ok(version) => {
                     let dir = scratch.path().join("bundle");
-                    call.registry.export_artifact(&version.artifact, &dir)?;
+                    call.backend.export_version(&version, &dir)?;
                     let (m, w) = bundle::read(&dir)?;
                     let foreign = crate::imported::scorer(&dir, &m)?;
                     Some((
@@ -1053,7 +1054,7 @@ fn push(call: &ComponentCall) -> Result<Values> {
             )));
         }
     }
-    let reg = &call.registry;
+    let reg = &call.backend;
     let (manifest, _) = bundle::read(&model)?;
     // The training run that logged this bundle, or a new run holding it.
     let logged = manifest
@@ -1062,6 +1063,7 @@ fn push(call: &ComponentCall) -> Result<Values> {
         .as_deref()
         .and_then(|id| parse_run_id(id).ok())
         .and_then(|id| reg.run(id).ok())
+        .map(|detail| detail.run.0)
         .filter(|r| r.artifacts.iter().any(|a| a.name == "model"));
     let run = match logged {
         Some(r) => r.id,
@@ -1082,7 +1084,7 @@ fn push(call: &ComponentCall) -> Result<Values> {
             r.id
         }
     };
-    let description = format!("pipeline {} run {}", call.pipeline, call.run);
+    let description = format!("pipeline {} run {}", call.pipeline, call.run_name);
     let version = reg.register_version(
         name,
         run,
@@ -1094,9 +1096,11 @@ fn push(call: &ComponentCall) -> Result<Values> {
         name,
         alias,
         version.version,
-        Expect::Any,
-        &format!("pipeline {}", call.pipeline),
-        &format!("pushed by run {} step {}", call.run, call.step),
+        &AliasMove {
+            expect: Expect::Any,
+            by: format!("pipeline {}", call.pipeline),
+            reason: format!("pushed by run {} step {}", call.run_name, call.step),
+        },
     )?;
     call.log_line(&format!(
         "registered {name} version {} and moved `{alias}` to it",

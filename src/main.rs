@@ -102,6 +102,9 @@ pub enum Outcome {
     Ok,
     /// Validation found anomalies at or above the failing severity.
     Anomalies,
+    /// The work failed in a way another attempt may not repeat: exit status 75 (`EX_TEMPFAIL`),
+    /// which exported workflows retry.
+    Retry,
 }
 
 /// How kiln's log lines look: `KILN_LOG_FORMAT=json` for one JSON object per line (for
@@ -154,6 +157,7 @@ fn main() -> ExitCode {
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Anomalies) => ExitCode::from(3),
+        Ok(Outcome::Retry) => ExitCode::from(kiln_scheduler::hermetic::EXIT_RETRY),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)

@@ -88,8 +88,13 @@ pub trait Backend: Send + Sync {
         force: bool,
         by: &str,
     ) -> Result<(), RegistryError>;
-    /// Copies a version's artifact out to `dest`, every object checked against its digest.
-    fn export_version(&self, version: &ModelVersion, dest: &Path) -> Result<(), RegistryError>;
+    /// Copies an artifact (a run's, a version's) out to `dest`, every object checked against
+    /// its digest.
+    fn export_artifact(&self, artifact: &ArtifactRef, dest: &Path) -> Result<(), RegistryError>;
+    /// Copies a version's artifact out to `dest`.
+    fn export_version(&self, version: &ModelVersion, dest: &Path) -> Result<(), RegistryError> {
+        self.export_artifact(&version.artifact, dest)
+    }
 
     /// Routes a model's traffic as `deployment` says; what is stored.
     fn set_deployment(&self, deployment: Deployment, by: &str)
@@ -515,8 +520,8 @@ impl Backend for Registry {
         Registry::delete_version(self, model, version, force, by).map(|_| ())
     }
 
-    fn export_version(&self, version: &ModelVersion, dest: &Path) -> Result<(), RegistryError> {
-        self.export_artifact(&version.artifact, dest)
+    fn export_artifact(&self, artifact: &ArtifactRef, dest: &Path) -> Result<(), RegistryError> {
+        Registry::export_artifact(self, artifact, dest)
     }
 
     fn set_deployment(

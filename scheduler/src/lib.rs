@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod executor;
+pub mod hermetic;
 pub mod local;
 pub mod pipeline;
 pub mod prune;

@@ -103,6 +103,51 @@ pub struct Step {
     pub for_each: Option<ForEach>,
 }
 
+impl Step {
+    /// The steps whose outputs or values this one reads: its needs, and every step its command,
+    /// arguments or condition name in `${steps.ID.…}`.
+    pub fn reads(&self) -> BTreeSet<String> {
+        let mut texts: Vec<String> = self.condition.iter().cloned().collect();
+        match &self.action {
+            Action::Run { command } => texts.push(command.clone()),
+            Action::Uses { with, .. } => {
+                texts.extend(with.values().flat_map(strings_in));
+            }
+        }
+        self.needs
+            .iter()
+            .cloned()
+            .chain(texts.iter().flat_map(|t| step_refs(t)))
+            .collect()
+    }
+}
+
+/// The step ids a text names in `${steps.ID.…}`.
+pub fn step_refs(text: &str) -> Vec<String> {
+    text.split("${steps.")
+        .skip(1)
+        .filter_map(|rest| rest.split(['.', '}']).next())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+/// Every string in a `with` value: strings, the strings in lists, a table's keys and strings.
+pub fn strings_in(v: &toml::Value) -> Vec<String> {
+    match v {
+        toml::Value::String(s) => vec![s.clone()],
+        toml::Value::Array(a) => a.iter().flat_map(strings_in).collect(),
+        toml::Value::Table(t) => t
+            .iter()
+            .flat_map(|(k, x)| {
+                let mut out = vec![k.clone()];
+                out.extend(strings_in(x));
+                out
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// What a step is run for each of.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use kiln_core::backend::Backend;
 use kiln_core::registry::{
     CacheEntry, Lineage, NewRun, PipelineRun, PipelineRunState, Registry, RunStatus, StepExecState,
     StepExecution, run_id_text,
@@ -39,14 +40,24 @@ use crate::command::run_command;
 use crate::executor::{
     Attempt, Event, Limits, StepRecord, StepRunner, StepState, execute_after, execute_with,
 };
-use crate::pipeline::{Action, ComponentSpec, ForEach, Pipeline, Step, parse_with};
+use crate::hermetic::{Inputs, StepFile};
+use crate::pipeline::{
+    Action, ComponentSpec, ForEach, Pipeline, Step, parse_with, step_refs, strings_in,
+};
 
 /// One call of a built-in component.
 #[derive(Clone)]
 pub struct ComponentCall {
+    /// The registry holding the pipeline's own state (its runs, pinned schemas).
     pub registry: Arc<Registry>,
+    /// Where tracking runs and models go: the same registry, or, for a step run on its own
+    /// (`kiln pipeline step`), the central kiln it was given.
+    pub backend: Arc<dyn Backend>,
     pub pipeline: String,
     pub run: u64,
+    /// The run as records name it: its number, or the engine's name for the run of a step run
+    /// on its own.
+    pub run_name: String,
     pub step: String,
     pub component: String,
     /// The step's `with`, templates filled in. Relative paths are relative to `workdir`.
@@ -279,36 +290,7 @@ pub async fn run_pipeline<C: Components>(
     cancel: watch::Receiver<bool>,
     on_change: &(dyn Fn(&PipelineRun) + Sync),
 ) -> Result<PipelineRun, RunError> {
-    let catalogue = components.catalogue();
-    let mut parsed = parse_with(&request.text, catalogue);
-    let file = request.file.display().to_string();
-    let workdir = request
-        .file
-        .parent()
-        .map(Path::to_path_buf)
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from("."));
-    if let Some(p) = &parsed.pipeline {
-        parsed
-            .diagnostics
-            .extend(crate::pipeline::missing_files(p, catalogue, &workdir));
-    }
-    let errors: Vec<String> = parsed
-        .diagnostics
-        .iter()
-        .filter(|d| d.severity == crate::Severity::Error)
-        .map(|d| format!("  {file}:{}:{}: {}", d.line, d.column, d.message))
-        .collect();
-    let pipeline = match parsed.pipeline {
-        Some(p) if errors.is_empty() => p,
-        _ => {
-            return Err(RunError::Invalid {
-                count: errors.len(),
-                list: errors.join("\n"),
-                file,
-            });
-        }
-    };
+    let (pipeline, file, workdir) = load(&request, components.catalogue())?;
     let params = run_params(&pipeline, &request.params)?;
     let (pipeline, fanned) =
         crate::pipeline::expand(pipeline, &params).map_err(RunError::Params)?;
@@ -372,6 +354,9 @@ pub async fn run_pipeline<C: Components>(
     let runner = Arc::new(Runner {
         steps: Mutex::new(Some(steps_tx)),
         registry: registry.clone(),
+        backend: registry.clone(),
+        run_name: None,
+        alone: None,
         components,
         record: Mutex::new(record),
         pipeline: pipeline.clone(),
@@ -384,43 +369,7 @@ pub async fn run_pipeline<C: Components>(
         failure: Mutex::new(None),
         fanned: Mutex::new(fanned),
     });
-    let observe = |event: Event<'_>| {
-        let mut record = runner.lock();
-        let now = now_ms();
-        let id = match &event {
-            Event::Started { id } => *id,
-            Event::Ended(r) => r.id.as_str(),
-        };
-        let Some(index) = record.steps.iter().position(|s| s.id == id) else {
-            return;
-        };
-        let s = &mut record.steps[index];
-        match event {
-            Event::Started { .. } => {
-                s.state = StepExecState::Running;
-                s.started_ms = Some(now);
-            }
-            Event::Ended(r) => {
-                s.state = match r.state {
-                    StepState::Succeeded => StepExecState::Succeeded,
-                    StepState::Failed => StepExecState::Failed,
-                    StepState::TimedOut => StepExecState::TimedOut,
-                    StepState::UpstreamFailed => StepExecState::UpstreamFailed,
-                    StepState::Skipped => StepExecState::Skipped,
-                    StepState::Cached => StepExecState::Cached,
-                    StepState::Cancelled => StepExecState::Cancelled,
-                };
-                s.attempts = r.attempts;
-                s.error.clone_from(&r.error);
-                s.reason.clone_from(&r.reason);
-                if r.finished.is_some() || s.started_ms.is_some() {
-                    s.ended_ms = Some(now);
-                }
-            }
-        }
-        runner.save_step(&record, index);
-        on_change(&record);
-    };
+    let observe = |event: Event<'_>| runner.note(event, on_change);
     // A device given by a parameter (`device = "${params.device}"`) is known only now.
     let mut pipeline = pipeline;
     for step in &mut pipeline.steps {
@@ -498,6 +447,247 @@ pub async fn run_pipeline<C: Components>(
         notify(notifier.clone(), url.clone(), summary(&record)).await;
     }
     Ok(record)
+}
+
+/// A step run on its own, as a workflow engine runs it (see [`crate::hermetic`]).
+#[derive(Clone)]
+pub struct StepRequest {
+    /// The pipeline file, its parameters, `${date}` and the `PATH` prefix (its trigger, force
+    /// and notifier are not used).
+    pub run: RunRequest,
+    pub step: String,
+    pub inputs: Inputs,
+    /// Where the step's files and record go: absent or empty.
+    pub outputs: PathBuf,
+    /// The run as records name it (the engine's name for it).
+    pub run_name: String,
+    /// Where tracking runs and models go.
+    pub backend: Arc<dyn Backend>,
+}
+
+/// What a step run on its own ended with: its record (also written to its output directory)
+/// and its attempt's log.
+pub struct StepOutcome {
+    pub record: StepFile,
+    pub log: Option<PathBuf>,
+}
+
+/// Runs one step of a pipeline on its own: it reads only the output directories of the steps it
+/// reads (`inputs`), writes its files and its record to `outputs`, and keeps its scratch state
+/// in `scratch` (a registry of its own, thrown away after). Retries and caching are the
+/// engine's; the step's `if` and timeout are kept here, and a step whose needs were skipped is
+/// skipped, as in a whole run.
+pub async fn run_step<C: Components>(
+    scratch: Arc<Registry>,
+    components: Arc<C>,
+    request: StepRequest,
+    cancel: watch::Receiver<bool>,
+) -> Result<StepOutcome, RunError> {
+    let (pipeline, file, workdir) = load(&request.run, components.catalogue())?;
+    let params = run_params(&pipeline, &request.run.params)?;
+    let (pipeline, fanned) =
+        crate::pipeline::expand(pipeline, &params).map_err(RunError::Params)?;
+    let Some(step) = pipeline
+        .steps
+        .iter()
+        .chain(&pipeline.on_failure)
+        .find(|s| s.id == request.step)
+        .cloned()
+    else {
+        let ids: Vec<&str> = pipeline.steps.iter().map(|s| s.id.as_str()).collect();
+        return Err(RunError::Params(format!(
+            "pipeline `{}` has no step `{}`; its steps are {}",
+            pipeline.name,
+            request.step,
+            ids.join(", ")
+        )));
+    };
+    if let Some(ForEach::Step {
+        step: source,
+        value,
+    }) = &step.for_each
+    {
+        return Err(RunError::Params(format!(
+            "step `{}` runs once per item of `${{steps.{source}.{value}}}`, known only during a \
+             run: run one of its items, `{}[ITEM]`",
+            step.id, step.id
+        )));
+    }
+    let outputs = &request.outputs;
+    let empty = match std::fs::read_dir(outputs) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(RunError::Io(format!("{}: {e}", outputs.display()))),
+    };
+    if !empty {
+        return Err(RunError::Io(format!(
+            "{}: the outputs directory must be empty or absent (a step writes only its own files)",
+            outputs.display()
+        )));
+    }
+    std::fs::create_dir_all(outputs)
+        .map_err(|e| RunError::Io(format!("{}: {e}", outputs.display())))?;
+    let outputs = std::fs::canonicalize(outputs).unwrap_or_else(|_| outputs.clone());
+    // What it reads, each `for_each` step as its items.
+    let mut reads = BTreeSet::new();
+    for id in step.reads() {
+        match fanned.get(&id) {
+            Some(items) => reads.extend(items.iter().cloned()),
+            None => {
+                reads.insert(id);
+            }
+        }
+    }
+    let mut executions = Vec::new();
+    let mut ended = BTreeMap::new();
+    for id in &reads {
+        let dir = request.inputs.of(id).ok_or_else(|| {
+            RunError::Params(format!(
+                "step `{}` reads step `{id}`: give its outputs with --inputs DIR (as DIR/{id}) \
+                 or --input {id}=PATH",
+                step.id
+            ))
+        })?;
+        let record = StepFile::read(&dir)
+            .map_err(|e| RunError::Io(format!("the outputs of step `{id}`: {e}")))?;
+        if record.step != *id || record.pipeline != pipeline.name {
+            return Err(RunError::Params(format!(
+                "{} holds the outputs of step `{}` of pipeline `{}`, not of step `{id}` of `{}`",
+                dir.display(),
+                record.step,
+                record.pipeline,
+                pipeline.name
+            )));
+        }
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        ended.insert(id.clone(), ended_state(record.state));
+        executions.push(record.execution(&dir));
+    }
+    let mut pending = StepExecution::pending(&step.id, &step.needs);
+    pending.needs.retain(|n| reads.contains(n));
+    executions.push(pending);
+    let record = PipelineRun {
+        id: 0,
+        pipeline: pipeline.name.clone(),
+        file: file.clone(),
+        file_digest: blake3::hash(request.run.text.as_bytes())
+            .to_hex()
+            .to_string(),
+        params: params.clone(),
+        trigger: "step".into(),
+        logical_date: request.run.logical_date.clone(),
+        state: PipelineRunState::Running,
+        started_ms: now_ms(),
+        ended_ms: None,
+        dir: String::new(),
+        steps: executions,
+    };
+    let dir = scratch.home().join("step");
+    std::fs::create_dir_all(&dir).map_err(|e| RunError::Io(format!("{}: {e}", dir.display())))?;
+    let workdir = std::fs::canonicalize(&workdir).unwrap_or(workdir);
+    let runner = Arc::new(Runner {
+        steps: Mutex::new(None),
+        registry: scratch.clone(),
+        backend: request.backend.clone(),
+        run_name: Some(request.run_name.clone()),
+        alone: Some((step.id.clone(), outputs.clone())),
+        components,
+        record: Mutex::new(record),
+        pipeline: pipeline.clone(),
+        params,
+        date: request.run.logical_date.clone(),
+        dir,
+        workdir,
+        force: Force::All,
+        path: search_path(&request.run.path_prefix),
+        failure: Mutex::new(None),
+        fanned: Mutex::new(fanned),
+    });
+    let mut one = step.clone();
+    one.needs.retain(|n| reads.contains(n));
+    one.retries = 0;
+    one.cache = false;
+    if let Some(device) = one.action.device() {
+        one.gpu |= runner
+            .fill(&one.id, device, false)
+            .is_ok_and(|d| d.eq_ignore_ascii_case("gpu"));
+    }
+    let alone = Pipeline {
+        steps: vec![one],
+        on_failure: Vec::new(),
+        ..pipeline.clone()
+    };
+    execute_after(
+        &alone,
+        Arc::new(Shared(runner.clone())),
+        request.run.limits.clone(),
+        cancel,
+        &|event| runner.note(event, &|_| {}),
+        &ended,
+    )
+    .await;
+    let execution = runner
+        .execution(&step.id)
+        .ok_or_else(|| RunError::Io(format!("step `{}` left no record", step.id)))?;
+    let record = StepFile::of(&pipeline.name, &execution, &outputs);
+    record.write(&outputs).map_err(RunError::Io)?;
+    Ok(StepOutcome {
+        record,
+        log: execution.logs.last().map(PathBuf::from),
+    })
+}
+
+/// How the executor sees a step that ended as `state` in another process.
+fn ended_state(state: StepExecState) -> StepState {
+    match state {
+        StepExecState::Succeeded => StepState::Succeeded,
+        StepExecState::Cached => StepState::Cached,
+        StepExecState::Skipped => StepState::Skipped,
+        StepExecState::TimedOut => StepState::TimedOut,
+        StepExecState::Cancelled => StepState::Cancelled,
+        StepExecState::UpstreamFailed => StepState::UpstreamFailed,
+        StepExecState::Failed | StepExecState::Pending | StepExecState::Running => {
+            StepState::Failed
+        }
+    }
+}
+
+/// The request's pipeline, free of errors, with the file's name and directory (where commands
+/// run and relative paths start).
+fn load(
+    request: &RunRequest,
+    catalogue: &[ComponentSpec],
+) -> Result<(Pipeline, String, PathBuf), RunError> {
+    let mut parsed = parse_with(&request.text, catalogue);
+    let file = request.file.display().to_string();
+    let workdir = request
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    if let Some(p) = &parsed.pipeline {
+        parsed
+            .diagnostics
+            .extend(crate::pipeline::missing_files(p, catalogue, &workdir));
+    }
+    let errors: Vec<String> = parsed
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == crate::Severity::Error)
+        .map(|d| format!("  {file}:{}:{}: {}", d.line, d.column, d.message))
+        .collect();
+    let pipeline = match parsed.pipeline {
+        Some(p) if errors.is_empty() => p,
+        _ => {
+            return Err(RunError::Invalid {
+                count: errors.len(),
+                list: errors.join("\n"),
+                file,
+            });
+        }
+    };
+    Ok((pipeline, file, workdir))
 }
 
 /// Runs a pipeline's main steps. A step that fans out over an earlier step's value
@@ -796,6 +986,12 @@ struct Runner<C> {
     /// Where step records go to be written (closed when the run ends).
     steps: Mutex<Option<std::sync::mpsc::Sender<(u64, usize, StepExecution)>>>,
     registry: Arc<Registry>,
+    /// Where tracking runs and models go (see [`ComponentCall::backend`]).
+    backend: Arc<dyn Backend>,
+    /// The run's name in records, when it is not its number (a step run on its own).
+    run_name: Option<String>,
+    /// A step run on its own, and the output directory it was given.
+    alone: Option<(String, PathBuf)>,
     components: Arc<C>,
     record: Mutex<PipelineRun>,
     pipeline: Pipeline,
@@ -818,8 +1014,62 @@ impl<C: Components> Runner<C> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Records a step's start or end, and shows the record to `on_change`.
+    fn note(&self, event: Event<'_>, on_change: &(dyn Fn(&PipelineRun) + Sync)) {
+        let mut record = self.lock();
+        let now = now_ms();
+        let id = match &event {
+            Event::Started { id } => *id,
+            Event::Ended(r) => r.id.as_str(),
+        };
+        let Some(index) = record.steps.iter().position(|s| s.id == id) else {
+            return;
+        };
+        let s = &mut record.steps[index];
+        match event {
+            Event::Started { .. } => {
+                s.state = StepExecState::Running;
+                s.started_ms = Some(now);
+            }
+            Event::Ended(r) => {
+                s.state = match r.state {
+                    StepState::Succeeded => StepExecState::Succeeded,
+                    StepState::Failed => StepExecState::Failed,
+                    StepState::TimedOut => StepExecState::TimedOut,
+                    StepState::UpstreamFailed => StepExecState::UpstreamFailed,
+                    StepState::Skipped => StepExecState::Skipped,
+                    StepState::Cached => StepExecState::Cached,
+                    StepState::Cancelled => StepExecState::Cancelled,
+                };
+                s.attempts = r.attempts;
+                s.error.clone_from(&r.error);
+                s.reason.clone_from(&r.reason);
+                if r.finished.is_some() || s.started_ms.is_some() {
+                    s.ended_ms = Some(now);
+                }
+            }
+        }
+        self.save_step(&record, index);
+        on_change(&record);
+    }
+
     fn step_dir(&self, id: &str) -> PathBuf {
         self.dir.join("steps").join(id)
+    }
+
+    /// Where step `id` writes its files.
+    fn outputs_of(&self, id: &str) -> PathBuf {
+        match &self.alone {
+            Some((step, dir)) if step == id => dir.clone(),
+            _ => self.step_dir(id).join("outputs"),
+        }
+    }
+
+    /// The run as records name it.
+    fn run_name(&self) -> String {
+        self.run_name
+            .clone()
+            .unwrap_or_else(|| self.lock().id.to_string())
     }
 
     fn update(&self, id: &str, change: impl FnOnce(&mut StepExecution)) {
@@ -966,9 +1216,9 @@ impl<C: Components> Runner<C> {
                 .ok_or_else(|| format!("no parameter `{name}`"))?,
             ["date"] => self.date.clone(),
             ["pipeline"] => self.pipeline.name.clone(),
-            ["run_id"] => self.lock().id.to_string(),
+            ["run_id"] => self.run_name(),
             _ if !steps_too => return Ok(None),
-            ["outputs"] => self.step_dir(step).join("outputs").display().to_string(),
+            ["outputs"] => self.outputs_of(step).display().to_string(),
             ["steps", id, name] if self.fanned().contains_key(*id) => {
                 // A `for_each` step's value: the list of its items' values, as JSON.
                 let items = self.fanned().get(*id).cloned().unwrap_or_default();
@@ -1159,7 +1409,7 @@ impl<C: Components> Runner<C> {
                 let values_file = step_dir.join(format!("values-{attempt}"));
                 let metrics_file = step_dir.join(format!("metrics-{attempt}"));
                 let inputs_file = step_dir.join(format!("inputs-{attempt}.json"));
-                let run_id = me.lock().id.to_string();
+                let run_id = me.run_name();
                 let attempt_text = attempt.to_string();
                 let mut env: Vec<(&str, &std::ffi::OsStr)> = vec![
                     ("KILN_OUTPUTS", outputs.as_os_str()),
@@ -1230,8 +1480,10 @@ impl<C: Components> Runner<C> {
             Work::Component { component, args } => {
                 let call = ComponentCall {
                     registry: me.registry.clone(),
+                    backend: me.backend.clone(),
                     pipeline: me.pipeline.name.clone(),
                     run: me.lock().id,
+                    run_name: me.run_name(),
                     step: step.id.clone(),
                     component: component.clone(),
                     args,
@@ -1314,7 +1566,8 @@ impl<C: Components> Runner<C> {
             return Ok(Prepared::Done(Attempt::Cached(reason)));
         }
         let step_dir = self.step_dir(&step.id);
-        let outputs = step_dir.join("outputs");
+        let outputs = self.outputs_of(&step.id);
+        std::fs::create_dir_all(&step_dir).map_err(|e| format!("{}: {e}", step_dir.display()))?;
         if outputs.exists() {
             std::fs::remove_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?;
         }
@@ -1421,7 +1674,7 @@ impl<C: Components> Runner<C> {
             params: BTreeMap::from([("command".to_string(), command.to_string())]),
             tags: BTreeMap::from([
                 ("kiln.pipeline".to_string(), self.pipeline.name.clone()),
-                ("kiln.pipeline_run".to_string(), self.lock().id.to_string()),
+                ("kiln.pipeline_run".to_string(), self.run_name()),
                 ("kiln.pipeline_step".to_string(), step.id.clone()),
             ]),
             parent: None,
@@ -1436,7 +1689,7 @@ impl<C: Components> Runner<C> {
                     .map(move |(i, v)| (name.clone(), i as i64, *v))
             })
             .collect();
-        let registry = self.registry.clone();
+        let registry = self.backend.clone();
         tokio::task::spawn_blocking(move || {
             let run = registry.create_run(new)?;
             let points: Vec<(&str, i64, f64)> = points
@@ -1547,31 +1800,6 @@ fn templates(text: &str) -> impl Iterator<Item = Result<Piece<'_>, String>> {
             Some(Ok(Piece::Text(before)))
         }
     })
-}
-
-/// The step ids a text names in `${steps.ID.…}`.
-fn step_refs(text: &str) -> Vec<String> {
-    text.split("${steps.")
-        .skip(1)
-        .filter_map(|rest| rest.split(['.', '}']).next())
-        .map(|s| s.trim().to_string())
-        .collect()
-}
-
-fn strings_in(v: &toml::Value) -> Vec<String> {
-    match v {
-        toml::Value::String(s) => vec![s.clone()],
-        toml::Value::Array(a) => a.iter().flat_map(strings_in).collect(),
-        toml::Value::Table(t) => t
-            .iter()
-            .flat_map(|(k, x)| {
-                let mut out = vec![k.clone()];
-                out.extend(strings_in(x));
-                out
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 /// `NAME=VALUE` lines a command wrote to `$KILN_VALUES` (none when it wrote nothing).

@@ -1,6 +1,7 @@
 //! The subcommands of the `kiln` binary, one module per group.
 pub mod backup;
 pub mod data;
+pub mod engines;
 pub mod manifests;
 pub mod monitor;
 pub mod pipeline;

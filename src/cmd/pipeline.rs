@@ -32,6 +32,9 @@ pub enum PipelineCommand {
     },
     /// Run a pipeline now; its steps' states show as they change.
     Run(RunArgs),
+    /// Run one step on its own, as a workflow engine runs it: only the outputs of the steps it
+    /// reads, its files and record to one directory, its runs and models to KILN_SERVER.
+    Step(crate::cmd::engines::StepArgs),
     /// Recent pipeline runs, newest first.
     Runs {
         /// Only this pipeline's runs.
@@ -237,6 +240,7 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
     match command {
         PipelineCommand::Validate { file, json } => validate(&file, json),
         PipelineCommand::Run(args) => run_now(home, args),
+        PipelineCommand::Step(args) => crate::cmd::engines::step(home, args),
         PipelineCommand::Runs {
             pipeline,
             limit,
@@ -450,7 +454,7 @@ fn validate(file: &Path, json: bool) -> Result<Outcome> {
     Ok(outcome)
 }
 
-fn parse_params(given: &[String]) -> Result<BTreeMap<String, String>> {
+pub fn parse_params(given: &[String]) -> Result<BTreeMap<String, String>> {
     given
         .iter()
         .map(|p| {

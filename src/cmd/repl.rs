@@ -197,6 +197,7 @@ impl Session {
         match outcome? {
             Outcome::Ok => Ok(()),
             Outcome::Anomalies => anyhow::bail!("anomalies at or above the failing severity"),
+            Outcome::Retry => anyhow::bail!("failed; another attempt may succeed"),
         }
     }
 

@@ -534,8 +534,7 @@ impl Backend for Client {
             .map(|_| ())
     }
 
-    fn export_version(&self, version: &ModelVersion, dest: &Path) -> Result<(), RegistryError> {
-        let a = &version.artifact;
+    fn export_artifact(&self, a: &ArtifactRef, dest: &Path) -> Result<(), RegistryError> {
         artifacts::export_with(
             &|digest| self.object(digest),
             &a.digest,
