@@ -6,7 +6,7 @@
 //! **The hand-over.** A step's output directory holds its files and a `.kiln/` folder:
 //! `.kiln/step.json` (its [`StepFile`]: state, values, the path its values were written under),
 //! and one small file per value for the engine to read as an output parameter:
-//! `.kiln/state`, `.kiln/digest`, `.kiln/values/NAME`. A step that reads step `ID` finds its
+//! `.kiln/state`, `.kiln/digest` (and its first 16 digits, `.kiln/key`), `.kiln/values/NAME`. A step that reads step `ID` finds its
 //! directory at `INPUTS/ID` (or where `--input ID=PATH` says); values that named files under
 //! the producer's output directory are read as the same files under that directory.
 
@@ -74,10 +74,10 @@ impl StepFile {
         let json = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
         put(dir.join("step.json"), &json)?;
         put(dir.join("state"), self.state.as_str())?;
-        put(
-            dir.join("digest"),
-            self.output_digest.as_deref().unwrap_or(""),
-        )?;
+        let digest = self.output_digest.as_deref().unwrap_or("");
+        put(dir.join("digest"), digest)?;
+        // What an engine's cache key holds of it (Argo's keys are short).
+        put(dir.join("key"), digest.get(..16).unwrap_or(digest))?;
         // Only names that are safe as file names (and as an engine's parameter names).
         for (name, value) in &self.values {
             if crate::pipeline::is_name(name) {

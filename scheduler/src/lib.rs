@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod executor;
+pub mod export;
 pub mod hermetic;
 pub mod local;
 pub mod pipeline;

@@ -153,3 +153,127 @@ pub fn step(home: &Home, args: StepArgs) -> Result<Outcome> {
         ),
     }
 }
+
+/// Which engine `kiln pipeline export --to` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    /// An Argo Workflows WorkflowTemplate, and a CronWorkflow for a schedule.
+    Argo,
+    /// A Kubeflow Pipelines v2 pipeline spec (and its Kubernetes platform spec).
+    Kfp,
+}
+
+/// `kiln pipeline export FILE --to argo|kfp`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The pipeline file (TOML).
+    file: PathBuf,
+    /// The engine.
+    #[arg(long = "to", value_enum)]
+    engine: EngineArg,
+    /// The kiln container image every step runs.
+    #[arg(long)]
+    image: String,
+    /// The pipeline file's path inside the image, with the files it names beside it
+    /// (default: /pipelines/ and the file's name).
+    #[arg(long, value_name = "PATH")]
+    file_in_image: Option<String>,
+    /// The central kiln steps record runs and models to (their KILN_SERVER).
+    #[arg(long, value_name = "URL")]
+    registry: Option<String>,
+    /// The Secret whose key `token` holds that kiln's token.
+    #[arg(long, default_value = "kiln-token", value_name = "NAME")]
+    token_secret: String,
+    /// Write here instead of to standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+pub fn export(args: ExportArgs) -> Result<Outcome> {
+    use kiln_scheduler::export::{Engine, Options};
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let catalogue = crate::components::CATALOGUE;
+    let parsed = kiln_scheduler::parse_with(&text, catalogue);
+    let errors: Vec<String> = parsed
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == kiln_scheduler::Severity::Error)
+        .map(|d| {
+            format!(
+                "  {}:{}:{}: {}",
+                args.file.display(),
+                d.line,
+                d.column,
+                d.message
+            )
+        })
+        .collect();
+    let pipeline = match parsed.pipeline {
+        Some(p) if errors.is_empty() => p,
+        _ => bail!(
+            "{} has {} error(s):\n{}\n(`kiln pipeline validate {}` shows them all)",
+            args.file.display(),
+            errors.len(),
+            errors.join("\n"),
+            args.file.display()
+        ),
+    };
+    let file_name = args
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline.toml".into());
+    if let Some(url) = &args.registry
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        bail!("--registry {url:?}: give the central kiln's URL, http(s)://HOST:PORT");
+    }
+    let options = Options {
+        image: args.image.clone(),
+        file: args
+            .file_in_image
+            .clone()
+            .unwrap_or_else(|| format!("/pipelines/{file_name}")),
+        server: args.registry.clone(),
+        token_secret: args.token_secret.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let engine = match args.engine {
+        EngineArg::Argo => Engine::Argo,
+        EngineArg::Kfp => Engine::Kfp,
+    };
+    let exported = kiln_scheduler::export::export(&pipeline, catalogue, engine, &options)
+        .map_err(|e| anyhow!("{}: {e}", args.file.display()))?;
+    // One document as JSON; several as a YAML stream of JSON documents (as kubectl, argo and
+    // kfp read them).
+    let mut out = String::new();
+    for (i, doc) in exported.documents.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_json::to_string_pretty(doc)?);
+        out.push('\n');
+    }
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, &out).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "wrote {} ({} document{}, {} steps)",
+                path.display(),
+                exported.documents.len(),
+                if exported.documents.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                pipeline.steps.len()
+            );
+        }
+        None => print!("{out}"),
+    }
+    for note in &exported.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(Outcome::Ok)
+}

@@ -35,6 +35,9 @@ pub enum PipelineCommand {
     /// Run one step on its own, as a workflow engine runs it: only the outputs of the steps it
     /// reads, its files and record to one directory, its runs and models to KILN_SERVER.
     Step(crate::cmd::engines::StepArgs),
+    /// Write the pipeline as an Argo Workflows WorkflowTemplate (and CronWorkflow) or a
+    /// Kubeflow Pipelines v2 spec, each step a container running `kiln pipeline step`.
+    Export(crate::cmd::engines::ExportArgs),
     /// Recent pipeline runs, newest first.
     Runs {
         /// Only this pipeline's runs.
@@ -241,6 +244,7 @@ pub fn run(home: &Home, command: PipelineCommand) -> Result<Outcome> {
         PipelineCommand::Validate { file, json } => validate(&file, json),
         PipelineCommand::Run(args) => run_now(home, args),
         PipelineCommand::Step(args) => crate::cmd::engines::step(home, args),
+        PipelineCommand::Export(args) => crate::cmd::engines::export(args),
         PipelineCommand::Runs {
             pipeline,
             limit,
