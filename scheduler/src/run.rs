@@ -1478,12 +1478,15 @@ impl<C: Components> Runner<C> {
                 }
             }
             Work::Component { component, args } => {
+                // (Each lock is released before the next is taken.)
+                let run = me.lock().id;
+                let run_name = me.run_name();
                 let call = ComponentCall {
                     registry: me.registry.clone(),
                     backend: me.backend.clone(),
                     pipeline: me.pipeline.name.clone(),
-                    run: me.lock().id,
-                    run_name: me.run_name(),
+                    run,
+                    run_name,
                     step: step.id.clone(),
                     component: component.clone(),
                     args,
