@@ -808,7 +808,10 @@ fn evaluate(call: &ComponentCall) -> Result<Values> {
                     ))
                 }
                 Err(e) => {
-                    no_baseline = Some(format!("no baseline ({e}); judged on thresholds alone"));
+                    no_baseline = Some(format!(
+                        "no baseline ({}); judged on thresholds alone",
+                        e.message()
+                    ));
                     None
                 }
             }

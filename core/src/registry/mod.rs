@@ -104,9 +104,24 @@ pub enum RegistryError {
     Io(String),
     #[error("registry storage: {0}")]
     Storage(String),
-    /// A running server's answer to a call that failed, with its HTTP status.
-    #[error("{message}")]
-    Remote { status: u16, message: String },
+    /// A running server's answer to a call that failed: its HTTP status (`404 Not Found`) and
+    /// its message.
+    #[error("{status_line}: {message}")]
+    Remote {
+        status: u16,
+        status_line: String,
+        message: String,
+    },
+}
+
+impl RegistryError {
+    /// What went wrong, as a KILN_HOME says it: a server's message without its HTTP status.
+    pub fn message(&self) -> String {
+        match self {
+            RegistryError::Remote { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 fn show_version(v: Option<u32>) -> String {

@@ -187,14 +187,13 @@ impl Client {
             return Ok(answer);
         }
         let text = answer.body_mut().read_to_string().unwrap_or_default();
-        // kiln's own error reads as it does against a KILN_HOME; anything else (a proxy's
-        // page) with the status it came with.
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or_else(|| format!("{status}: {text}"));
+            .unwrap_or(text);
         Err(RegistryError::Remote {
             status: status.as_u16(),
+            status_line: status.to_string(),
             message,
         })
     }
