@@ -8,7 +8,7 @@
 //! `anomalies`, `schema`; `transform` → `transform`, `digest`; `train` and `tune` → `model`
 //! (a bundle directory), `run`, `test_*`; `evaluate` → `blessed`, `metric`, `candidate`,
 //! `baseline`, `reason`; `infra-validate` → `requests`, `latency_us`; `push` → `pushed`,
-//! `version`.
+//! `version`; `leaderboard` → `model`, `best`, `score`, `run`, `version`.
 
 pub mod control;
 
@@ -106,7 +106,7 @@ pub const CATALOGUE: &[ComponentSpec] = &[
             opt("colsample"),
             opt("max_bins"),
         ],
-        outputs: &["model", "run", "test_*"],
+        outputs: &["model", "run", "test_*", "validation_*"],
     },
     ComponentSpec {
         name: "tune",
@@ -153,6 +153,11 @@ pub const CATALOGUE: &[ComponentSpec] = &[
             opt("output"),
         ],
         outputs: &["model", "task", "checked_rows", "reference_*"],
+    },
+    ComponentSpec {
+        name: "leaderboard",
+        args: &[req("models"), req("scores"), req("metric"), opt("register")],
+        outputs: &["model", "best", "score", "run", "version"],
     },
     ComponentSpec {
         name: "infra-validate",
@@ -248,6 +253,7 @@ impl Components for Builtins {
             "evaluate" => evaluate(call),
             "import" => import_onnx(call),
             "infra-validate" => infra_validate(call),
+            "leaderboard" => leaderboard(call),
             "push" => push(call),
             other => Err(invalid(format!("no component `{other}`"))),
         };
@@ -673,6 +679,18 @@ impl Builtins {
             call.log_line(&format!("test {k}: {v}"));
             out.insert(format!("test_{k}"), v.to_string());
         }
+        // The best epoch's validation figures: what a sweep's leaderboard ranks trials by.
+        let mut names: Vec<String> = vec!["loss".into()];
+        if let Some(last) = trained.outcome.history.last() {
+            names.extend(last.validation_metrics.keys().cloned());
+        }
+        for name in names {
+            if let Some(v) = kiln_trainer::sweep::best_figure(&trained.outcome, &name)
+                && v.is_finite()
+            {
+                out.insert(format!("validation_{name}"), v.to_string());
+            }
+        }
         Ok(out)
     }
 }
@@ -1037,6 +1055,85 @@ fn infra_validate(call: &ComponentCall) -> Result<Values> {
         ("requests", requests.to_string()),
         ("latency_us", format!("{per:.1}")),
     ]))
+}
+
+/// The best of a sweep's trials, each trained by a step of its own (`kiln sweep --export`): the
+/// model whose best validation figure of `metric` is best (`scores[i]` is trial i's, `models[i]`
+/// its bundle), copied to the outputs and, with `register = NAME`, registered as the next
+/// version of NAME from the trial's own run.
+fn leaderboard(call: &ComponentCall) -> Result<Values> {
+    let metric = text(call, "metric")
+        .ok_or_else(|| invalid("`with.metric` must be a metric's name".into()))?;
+    let list = |arg: &str| -> Result<&Vec<toml::Value>> {
+        call.args
+            .get(arg)
+            .and_then(toml::Value::as_array)
+            .ok_or_else(|| invalid(format!("`with.{arg}` must be a list, one item per trial")))
+    };
+    let (models, scores) = (list("models")?, list("scores")?);
+    if models.len() != scores.len() || models.is_empty() {
+        return Err(invalid(format!(
+            "`with.models` lists {} trials and `with.scores` {}: give one of each per trial",
+            models.len(),
+            scores.len()
+        )));
+    }
+    let minimised = kiln_trainer::sweep::is_minimised(metric);
+    let mut ranked: Vec<(usize, f64)> = scores
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| number(s).filter(|v| v.is_finite()).map(|v| (i, v)))
+        .collect();
+    ranked.sort_by(|a, b| {
+        if minimised {
+            a.1.total_cmp(&b.1)
+        } else {
+            b.1.total_cmp(&a.1)
+        }
+    });
+    for (rank, (i, v)) in ranked.iter().enumerate() {
+        call.log_line(&format!(
+            "{}. trial {}: validation {metric} {v}",
+            rank + 1,
+            i + 1
+        ));
+    }
+    let &(best, score) = ranked.first().ok_or_else(|| {
+        invalid(format!(
+            "no trial reported a validation {metric}; the sweep's metric must be one the model reports"
+        ))
+    })?;
+    let from = models[best]
+        .as_str()
+        .map(|p| call.workdir.join(p))
+        .ok_or_else(|| invalid(format!("`with.models` item {} must be a path", best + 1)))?;
+    let model = call.outputs.join("model");
+    kiln_core::registry::copy_tree(&from, &model)?;
+    let (manifest, _) = bundle::read(&model)?;
+    let run = manifest
+        .lineage
+        .run_id
+        .as_deref()
+        .and_then(|id| parse_run_id(id).ok())
+        .ok_or_else(|| anyhow!("the best trial's bundle names no training run"))?;
+    let mut out = values([
+        ("model", model.display().to_string()),
+        ("best", (best + 1).to_string()),
+        ("score", score.to_string()),
+        ("run", run_id_text(run)),
+    ]);
+    if let Some(name) = text(call, "register") {
+        let version = call.backend.register_version(
+            name,
+            run,
+            "model",
+            &format!("best of {} trials ({metric} {score})", models.len()),
+            Some(serde_json::json!(manifest.signature)),
+        )?;
+        call.log_line(&format!("registered {name} version {}", version.version));
+        out.insert("version".into(), version.version.to_string());
+    }
+    Ok(out)
 }
 
 /// Registers the bundle as the next version of a model and moves the alias to it, when blessed.

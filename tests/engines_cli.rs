@@ -500,3 +500,135 @@ fn a_step_alone_refuses_what_is_ambiguous_and_says_what_to_retry() {
         b.stderr
     );
 }
+
+#[test]
+fn an_exported_sweep_runs_its_trials_as_steps_and_registers_the_best() {
+    let k = util::Kiln::new();
+    let sweep = k.file(
+        "small.sweep.toml",
+        "method = \"random\"\ntrials = 3\nseed = 1\nmetric = \"loss\"\n\
+         [base]\nmodel = \"mlp\"\nepochs = 3\nseed = 5\n\
+         [space]\nlr = { log_uniform = [0.001, 0.05] }\nhidden = { choice = [[8], [16, 8]] }\n",
+    );
+    let dir = k.path("exported");
+    let data = util::repo_root().join("examples/data/breast_cancer.csv");
+    let out = k
+        .command()
+        .args([
+            "sweep",
+            "--config",
+            &sweep.display().to_string(),
+            "--data",
+            &data.display().to_string(),
+            "--target",
+            "label",
+            "--register",
+            "bc",
+            "--export",
+            "argo",
+            "-o",
+            &dir.display().to_string(),
+            "--image",
+            "kiln:test",
+            "--registry",
+            "http://kiln.kiln.svc:8080",
+            "--file-in-image",
+            &dir.join("sweep-small-sweep.toml").display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.join("sweep-small-sweep.toml");
+    // The same pipeline, here.
+    let local = k.run_home(&["pipeline", "run", &file.display().to_string(), "--json"]);
+    assert_eq!(local.code, 0, "{}", local.stderr);
+    let local: Value = serde_json::from_str(&local.stdout).unwrap();
+    let board = local["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "leaderboard")
+        .unwrap();
+    assert_eq!(board["values"]["version"], "1");
+
+    // On the engine.
+    let elsewhere = util::Kiln::new();
+    let central = util::Served::start(
+        &elsewhere,
+        &["serve", "--addr", "127.0.0.1:0", "--token", TOKEN],
+    );
+    let text = std::fs::read_to_string(dir.join("sweep-small-sweep.argo.yaml")).unwrap();
+    let template: Value = serde_json::from_str(&text).unwrap();
+    let dag = &template["spec"]["templates"][0]["dag"]["tasks"];
+    assert_eq!(dag.as_array().unwrap().len(), 4);
+    // The trials run side by side: none depends on another.
+    for t in dag
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] != "leaderboard")
+    {
+        assert!(t.get("dependencies").is_none(), "{t}");
+    }
+    let outputs = run_argo(&k, &template, &central.url, "sweep-q9z");
+    let engine = record(&outputs["leaderboard"]);
+    assert_eq!(comparable(&engine["values"]), comparable(&board["values"]));
+    for trial in ["trial-1", "trial-2", "trial-3"] {
+        let l = local["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == trial)
+            .unwrap();
+        assert_eq!(
+            comparable(&record(&outputs[trial])["values"]),
+            comparable(&l["values"]),
+            "{trial}"
+        );
+    }
+    let show = k
+        .command()
+        .args(["models", "show", "bc", "--json", "--server", &central.url])
+        .output()
+        .unwrap();
+    let model: Value = serde_json::from_slice(&show.stdout).unwrap();
+    let version = &model["versions"][0]["version"];
+    assert_eq!(version["version"], 1, "{model}");
+    assert!(
+        version["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("best of 3 trials"),
+        "{model}"
+    );
+    // Methods that choose trials from earlier ones are refused.
+    let tpe = k.file(
+        "tpe.toml",
+        "method = \"tpe\"\ntrials = 4\n[space]\nlr = { uniform = [0.01, 0.1] }\n",
+    );
+    let r = k.run(&[
+        "sweep",
+        "--config",
+        &tpe.display().to_string(),
+        "--data",
+        &data.display().to_string(),
+        "--target",
+        "label",
+        "--export",
+        "kfp",
+        "-o",
+        &dir.display().to_string(),
+        "--image",
+        "kiln:test",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("use method = \"random\" or \"grid\""),
+        "{}",
+        r.stderr
+    );
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Exports pipelines for Argo Workflows and Kubeflow Pipelines (`kiln pipeline export`) and
+# Exports pipelines and a sweep for Argo Workflows and Kubeflow Pipelines (`kiln pipeline export`,
+# `kiln sweep --export`) and
 # validates them offline with the engines' own models (examples/clients/pipelines_check.py).
 # CI runs it; locally:
 #   python3 -m venv /var/tmp/kiln-k8s
@@ -38,8 +39,12 @@ for engine in argo kfp; do
     -o "$work/alone-$engine.yaml" 2>/dev/null
   "$KILN" pipeline export "$work/fan.toml" --to "$engine" --image "$image" \
     -o "$work/fan-$engine.yaml" 2>/dev/null
+  "$KILN" sweep --config examples/breast_cancer.sweep.toml --data examples/data/breast_cancer.csv \
+    --target label --register bc --export "$engine" -o "$work/sweep" --image "$image" \
+    --registry http://kiln.kiln.svc:8080 2>/dev/null
   "$PYTHON" examples/clients/pipelines_check.py "$engine" \
-    "$work/retrain-$engine.yaml" "$work/alone-$engine.yaml" "$work/fan-$engine.yaml"
+    "$work/retrain-$engine.yaml" "$work/alone-$engine.yaml" "$work/fan-$engine.yaml" \
+    "$work/sweep/sweep-breast-cancer-sweep.$engine.yaml"
 done
 grep -q '"nvidia.com/gpu": "1"' "$work/fan-argo.yaml"
 grep -q 'CronWorkflow' "$work/retrain-argo.yaml"

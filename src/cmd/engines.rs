@@ -171,30 +171,76 @@ pub struct ExportArgs {
     /// The engine.
     #[arg(long = "to", value_enum)]
     engine: EngineArg,
-    /// The kiln container image every step runs.
-    #[arg(long)]
-    image: String,
-    /// The pipeline file's path inside the image, with the files it names beside it
-    /// (default: /pipelines/ and the file's name).
-    #[arg(long, value_name = "PATH")]
-    file_in_image: Option<String>,
-    /// The central kiln steps record runs and models to (their KILN_SERVER).
-    #[arg(long, value_name = "URL")]
-    registry: Option<String>,
-    /// The Secret whose key `token` holds that kiln's token.
-    #[arg(long, default_value = "kiln-token", value_name = "NAME")]
-    token_secret: String,
+    #[command(flatten)]
+    on: EngineOptions,
     /// Write here instead of to standard output.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
 }
 
+/// How exported steps run: the image, where the pipeline file is in it, the central kiln.
+#[derive(Debug, Args, Clone)]
+pub struct EngineOptions {
+    /// The kiln container image every step runs.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The pipeline file's path inside the image, with the files it names beside it
+    /// (default: /pipelines/ and the file's name).
+    #[arg(long, value_name = "PATH")]
+    pub file_in_image: Option<String>,
+    /// The central kiln steps record runs and models to (their KILN_SERVER).
+    #[arg(long, value_name = "URL")]
+    pub registry: Option<String>,
+    /// The Secret whose key `token` holds that kiln's token.
+    #[arg(long, default_value = "kiln-token", value_name = "NAME")]
+    pub token_secret: String,
+}
+
 pub fn export(args: ExportArgs) -> Result<Outcome> {
-    use kiln_scheduler::export::{Engine, Options};
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
+    let exported = export_text(&args.file, &text, args.engine, &args.on)?;
+    match &args.output {
+        Some(path) => write_exported(path, &exported)?,
+        None => print!("{}", exported.text),
+    }
+    for note in &exported.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(Outcome::Ok)
+}
+
+/// An export: the documents as one text, what to know, and how many steps.
+pub struct Exported {
+    pub text: String,
+    pub documents: usize,
+    pub steps: usize,
+    pub notes: Vec<String>,
+}
+
+/// Writes an export to `path` and says so.
+pub fn write_exported(path: &std::path::Path, exported: &Exported) -> Result<()> {
+    std::fs::write(path, &exported.text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "wrote {} ({} document{}, {} steps)",
+        path.display(),
+        exported.documents,
+        if exported.documents == 1 { "" } else { "s" },
+        exported.steps
+    );
+    Ok(())
+}
+
+/// The pipeline file `file` (its text `text`) for `engine`.
+pub fn export_text(
+    file: &std::path::Path,
+    text: &str,
+    engine: EngineArg,
+    on: &EngineOptions,
+) -> Result<Exported> {
+    use kiln_scheduler::export::{Engine, Options};
     let catalogue = crate::components::CATALOGUE;
-    let parsed = kiln_scheduler::parse_with(&text, catalogue);
+    let parsed = kiln_scheduler::parse_with(text, catalogue);
     let errors: Vec<String> = parsed
         .diagnostics
         .iter()
@@ -202,7 +248,7 @@ pub fn export(args: ExportArgs) -> Result<Outcome> {
         .map(|d| {
             format!(
                 "  {}:{}:{}: {}",
-                args.file.display(),
+                file.display(),
                 d.line,
                 d.column,
                 d.message
@@ -213,38 +259,40 @@ pub fn export(args: ExportArgs) -> Result<Outcome> {
         Some(p) if errors.is_empty() => p,
         _ => bail!(
             "{} has {} error(s):\n{}\n(`kiln pipeline validate {}` shows them all)",
-            args.file.display(),
+            file.display(),
             errors.len(),
             errors.join("\n"),
-            args.file.display()
+            file.display()
         ),
     };
-    let file_name = args
-        .file
+    let image = on.image.clone().ok_or_else(|| {
+        anyhow!("an export needs --image IMAGE: the kiln container image its steps run")
+    })?;
+    let file_name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "pipeline.toml".into());
-    if let Some(url) = &args.registry
+    if let Some(url) = &on.registry
         && !(url.starts_with("http://") || url.starts_with("https://"))
     {
         bail!("--registry {url:?}: give the central kiln's URL, http(s)://HOST:PORT");
     }
     let options = Options {
-        image: args.image.clone(),
-        file: args
+        image,
+        file: on
             .file_in_image
             .clone()
             .unwrap_or_else(|| format!("/pipelines/{file_name}")),
-        server: args.registry.clone(),
-        token_secret: args.token_secret.clone(),
+        server: on.registry.clone(),
+        token_secret: on.token_secret.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let engine = match args.engine {
+    let engine = match engine {
         EngineArg::Argo => Engine::Argo,
         EngineArg::Kfp => Engine::Kfp,
     };
     let exported = kiln_scheduler::export::export(&pipeline, catalogue, engine, &options)
-        .map_err(|e| anyhow!("{}: {e}", args.file.display()))?;
+        .map_err(|e| anyhow!("{}: {e}", file.display()))?;
     // One document as JSON; several as a YAML stream of JSON documents (as kubectl, argo and
     // kfp read them).
     let mut out = String::new();
@@ -255,25 +303,175 @@ pub fn export(args: ExportArgs) -> Result<Outcome> {
         out.push_str(&serde_json::to_string_pretty(doc)?);
         out.push('\n');
     }
-    match &args.output {
-        Some(path) => {
-            std::fs::write(path, &out).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!(
-                "wrote {} ({} document{}, {} steps)",
-                path.display(),
-                exported.documents.len(),
-                if exported.documents.len() == 1 {
-                    ""
-                } else {
-                    "s"
-                },
-                pipeline.steps.len()
-            );
-        }
-        None => print!("{out}"),
+    Ok(Exported {
+        text: out,
+        documents: exported.documents.len(),
+        steps: pipeline.steps.len(),
+        notes: exported.notes,
+    })
+}
+
+/// A sweep written for an engine: its pipeline (one `train` step per trial, side by side, and a
+/// `leaderboard` step) and that pipeline exported.
+pub struct SweepExport<'a> {
+    pub config: &'a kiln_trainer::sweep::SweepConfig,
+    /// The sweep file, for the pipeline's name.
+    pub file: &'a std::path::Path,
+    pub data: &'a std::path::Path,
+    pub target: &'a str,
+    pub experiment: &'a str,
+    pub register: Option<&'a str>,
+    pub engine: EngineArg,
+    pub dir: &'a std::path::Path,
+    pub on: &'a EngineOptions,
+}
+
+/// Writes `DIR/NAME.toml` (a pipeline that `kiln pipeline run` runs too) and
+/// `DIR/NAME.ENGINE.yaml`.
+pub fn export_sweep(s: &SweepExport<'_>) -> Result<Outcome> {
+    use kiln_trainer::sweep::Method;
+    let config = s.config;
+    if matches!(config.method, Method::Tpe | Method::Hyperband) || config.rungs > 1 {
+        bail!(
+            "an exported sweep runs its trials side by side, so each must be known before any \
+             runs: use method = \"random\" or \"grid\" with rungs = 1 (TPE picks each trial from \
+             the ones before it; successive halving stops trials between rungs)"
+        );
     }
+    let stem = s
+        .file
+        .file_stem()
+        .map_or("sweep".into(), |n| n.to_string_lossy().into_owned());
+    let name = kiln_scheduler::export::kube_name(&format!("sweep-{stem}"));
+    let train_args: Vec<&str> = crate::components::CATALOGUE
+        .iter()
+        .find(|c| c.name == "train")
+        .map(|c| c.args.iter().map(|a| a.name).collect())
+        .unwrap_or_default();
+    let defaults = serde_json::to_value(kiln_trainer::TrainConfig::default())?;
+    let trials = config.trial_params()?;
+    let width = trials.len().to_string().len();
+    let mut steps = Vec::new();
+    let (mut models, mut scores, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, params) in trials.iter().enumerate() {
+        let trial = serde_json::to_value(config.trial_config(params, None)?)?;
+        let mut with = toml::Table::new();
+        for (k, v) in trial.as_object().into_iter().flatten() {
+            if v.is_null() || defaults.get(k) == Some(v) {
+                continue;
+            }
+            if !train_args.contains(&k.as_str()) {
+                bail!(
+                    "{}: option `{k}` cannot be given to a pipeline's `train` step; an exported \
+                     sweep sets only {}",
+                    s.file.display(),
+                    train_args.join(", ")
+                );
+            }
+            with.insert(k.clone(), toml::Value::try_from(v)?);
+        }
+        with.insert("data".into(), "${params.data}".into());
+        with.insert("target".into(), s.target.into());
+        with.insert("experiment".into(), s.experiment.into());
+        let id = format!("trial-{:0width$}", i + 1);
+        models.push(toml::Value::from(format!("${{steps.{id}.model}}")));
+        scores.push(toml::Value::from(format!(
+            "${{steps.{id}.validation_{}}}",
+            config.metric
+        )));
+        let mut step = toml::Table::new();
+        step.insert("id".into(), id.clone().into());
+        step.insert("uses".into(), "train".into());
+        step.insert("with".into(), toml::Value::Table(with));
+        steps.push(toml::Value::Table(step));
+        ids.push(toml::Value::from(id));
+    }
+    let mut with = toml::Table::new();
+    with.insert("models".into(), toml::Value::Array(models));
+    with.insert("scores".into(), toml::Value::Array(scores));
+    with.insert("metric".into(), config.metric.clone().into());
+    if let Some(r) = s.register {
+        with.insert("register".into(), r.into());
+    }
+    let mut board = toml::Table::new();
+    board.insert("id".into(), "leaderboard".into());
+    board.insert("needs".into(), toml::Value::Array(ids));
+    board.insert("uses".into(), "leaderboard".into());
+    board.insert("with".into(), toml::Value::Table(with));
+    steps.push(toml::Value::Table(board));
+    // The data as the pipeline file reaches it: relative to DIR when it can be.
+    std::fs::create_dir_all(s.dir).with_context(|| format!("creating {}", s.dir.display()))?;
+    let data =
+        std::fs::canonicalize(s.data).with_context(|| format!("reading {}", s.data.display()))?;
+    let dir = std::fs::canonicalize(s.dir)?;
+    let data_text = relative(&dir, &data);
+    let mut pipeline = toml::Table::new();
+    pipeline.insert("name".into(), name.clone().into());
+    pipeline.insert("parallel".into(), (config.parallel.max(1) as i64).into());
+    let mut params = toml::Table::new();
+    params.insert("data".into(), data_text.into());
+    pipeline.insert("params".into(), toml::Value::Table(params));
+    pipeline.insert("steps".into(), toml::Value::Array(steps));
+    let text = format!(
+        "# {} trials of {} ({} search on {}), each a step of its own, and the best registered.\n\
+         # Written by `kiln sweep --export`; `kiln pipeline run` runs it here too.\n{}",
+        trials.len(),
+        s.file.display(),
+        format!("{:?}", config.method).to_lowercase(),
+        config.metric,
+        toml::to_string(&pipeline)?
+    );
+    let toml_path = s.dir.join(format!("{name}.toml"));
+    std::fs::write(&toml_path, &text)
+        .with_context(|| format!("writing {}", toml_path.display()))?;
+    eprintln!(
+        "wrote {} ({} trials and a leaderboard)",
+        toml_path.display(),
+        trials.len()
+    );
+    let exported = export_text(&toml_path, &text, s.engine, s.on)?;
+    let engine = match s.engine {
+        EngineArg::Argo => "argo",
+        EngineArg::Kfp => "kfp",
+    };
+    write_exported(&s.dir.join(format!("{name}.{engine}.yaml")), &exported)?;
     for note in &exported.notes {
         eprintln!("note: {note}");
     }
+    if config.budget.is_some() {
+        eprintln!("note: the sweep's budget is not exported: every trial runs");
+    }
+    eprintln!(
+        "note: the image needs {} at {} (copy {} there), and the data at the `data` parameter's \
+         path (`-p data=…` on Argo)",
+        toml_path.display(),
+        s.on.file_in_image
+            .clone()
+            .unwrap_or_else(|| format!("/pipelines/{name}.toml")),
+        s.dir.display()
+    );
     Ok(Outcome::Ok)
+}
+
+/// `to` as a path from `from` (both absolute): `../data/x.csv`.
+fn relative(from: &std::path::Path, to: &std::path::Path) -> String {
+    let from: Vec<_> = from.components().collect();
+    let to_parts: Vec<_> = to.components().collect();
+    let common = from
+        .iter()
+        .zip(&to_parts)
+        .take_while(|(a, b)| a == b)
+        .count();
+    // Sharing only the root: the absolute path says more.
+    if common <= 1 {
+        return to.display().to_string();
+    }
+    let mut out = PathBuf::new();
+    for _ in common..from.len() {
+        out.push("..");
+    }
+    for part in &to_parts[common..] {
+        out.push(part);
+    }
+    out.display().to_string()
 }

@@ -513,6 +513,16 @@ pub struct SweepArgs {
     json: bool,
     #[command(flatten)]
     server: Server,
+    /// Write the search for a workflow engine instead of running it: a pipeline in -o DIR whose
+    /// trials are steps side by side and whose `leaderboard` step registers the best
+    /// (--register), and that pipeline exported (as `kiln pipeline export` does).
+    #[arg(long, value_enum, requires = "output")]
+    export: Option<crate::cmd::engines::EngineArg>,
+    /// Where --export writes (a directory).
+    #[arg(short, long, value_name = "DIR")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    on: crate::cmd::engines::EngineOptions,
 }
 
 /// A line for people as each trial ends.
@@ -543,6 +553,19 @@ pub fn sweep(home: &Home, args: SweepArgs) -> Result<Outcome> {
     }
     if let Some(p) = args.parallel {
         config.parallel = p;
+    }
+    if let (Some(engine), Some(dir)) = (args.export, &args.output) {
+        return crate::cmd::engines::export_sweep(&crate::cmd::engines::SweepExport {
+            config: &config,
+            file: &args.config,
+            data: &args.data,
+            target: &args.target,
+            experiment: &args.experiment,
+            register: args.register.as_deref(),
+            engine,
+            dir,
+            on: &args.on,
+        });
     }
     let table = read_with_target(&args.data, &args.target)?;
     let backend = args.server.backend(home)?;

@@ -111,6 +111,12 @@ pub fn is_minimised(metric: &str) -> bool {
     matches!(metric, "loss" | "log_loss" | "rmse" | "mae")
 }
 
+/// The best epoch's validation figure of `metric` (`loss` or a metric's name), as written
+/// (lowest for a minimised one).
+pub fn best_figure(outcome: &TrainOutcome, metric: &str) -> Option<f64> {
+    score(outcome, metric).map(|s| if is_minimised(metric) { -s } else { s })
+}
+
 /// The trial's score: the best epoch's validation figure, higher is better.
 fn score(outcome: &TrainOutcome, metric: &str) -> Option<f64> {
     let values = outcome.history.iter().filter_map(|e| {

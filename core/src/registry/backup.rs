@@ -345,8 +345,8 @@ pub fn restore(home: &Path, from: &Path) -> Result<Vec<PathBuf>, RegistryError> 
     Ok(moved)
 }
 
-/// Copies a directory's files (sled's database directory), syncing each.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), RegistryError> {
+/// Copies a directory's files (sled's database directory, a model bundle), syncing each.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<(), RegistryError> {
     fs::create_dir_all(to).map_err(|e| io(to, e))?;
     for entry in fs::read_dir(from).map_err(|e| io(from, e))? {
         let path = entry.map_err(|e| io(from, e))?.path();

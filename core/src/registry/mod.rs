@@ -34,7 +34,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use self::artifacts::ArtifactStore;
 pub use self::artifacts::{Manifest, ManifestEntry};
-pub use self::backup::{BackupSummary, Problem, restore};
+pub use self::backup::{BackupSummary, Problem, copy_tree, restore};
 pub use self::deployments::{MAX_BATCH_DELAY_US, MAX_BATCH_ROWS};
 pub use self::files::FileEntry;
 pub use self::pipelines::{
