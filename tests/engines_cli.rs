@@ -152,9 +152,9 @@ fn run_argo(
         let i = left
             .iter()
             .position(|t| {
-                t["dependencies"].as_array().map_or(true, |d| {
-                    d.iter().all(|d| done.contains_key(d.as_str().unwrap()))
-                })
+                t["dependencies"]
+                    .as_array()
+                    .is_none_or(|d| d.iter().all(|d| done.contains_key(d.as_str().unwrap())))
             })
             .expect("a task whose dependencies all ran");
         let task = left.remove(i);
