@@ -180,9 +180,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// Answers 503 at once when `max_inflight` requests are being handled, so overload costs no
-/// memory; health checks are not counted and keep answering.
+/// memory; health checks are not counted and keep answering. Replicas' long polls of
+/// `/api/changes` have places of their own, as many, so that waiting replicas never turn
+/// requests away.
 async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match state.inflight.clone().try_acquire_owned() {
+    let places = if request.uri().path() == "/api/changes" {
+        &state.watchers
+    } else {
+        &state.inflight
+    };
+    match places.clone().try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

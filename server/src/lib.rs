@@ -116,6 +116,7 @@ async fn start_with(models: Models, config: ServerConfig) -> Result<AppState, Se
         .map_err(|e| ServeError::Internal(format!("loading models: {e}")))??;
     models.follow();
     let inflight = Arc::new(tokio::sync::Semaphore::new(config.max_inflight.max(1)));
+    let watchers = Arc::new(tokio::sync::Semaphore::new(config.max_inflight.max(1)));
     let state = AppState {
         models,
         config: Arc::new(config),
@@ -123,6 +124,7 @@ async fn start_with(models: Models, config: ServerConfig) -> Result<AppState, Se
         pipelines: None,
         sessions: Arc::new(sessions::Sessions::new()),
         inflight,
+        watchers,
     };
     traffic::start_sampling(state.traffic.clone(), state.models.clone());
     Ok(state)

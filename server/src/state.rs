@@ -70,6 +70,9 @@ pub struct AppState {
     pub sessions: Arc<crate::sessions::Sessions>,
     /// Places for requests in flight (`max_inflight`).
     pub inflight: Arc<tokio::sync::Semaphore>,
+    /// Places for replicas' long polls of `/api/changes` (`max_inflight` more): a poll waits
+    /// for minutes, so it must not hold a place the requests need.
+    pub watchers: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

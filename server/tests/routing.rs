@@ -531,3 +531,35 @@ fn graceful_shutdown_finishes_requests_in_flight() {
     // Nothing listens any more.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_waiting_for_changes_never_take_the_places_requests_need() {
+    let f = fixture();
+    let s = state(
+        &f,
+        ServerConfig {
+            max_inflight: 1,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    // Two replicas' long polls: the first waits, the second is over the watchers' places.
+    let (_, _, body) = call(&s, "GET", "/api/changes", &[], axum::body::Body::empty()).await;
+    let feed: Value = serde_json::from_slice(&body).unwrap();
+    let query = format!(
+        "/api/changes?epoch={}&after={}&wait=20",
+        feed["epoch"], feed["seq"]
+    );
+    let waiting = {
+        let (s, q) = (s.clone(), query.clone());
+        tokio::spawn(async move { call(&s, "GET", &q, &[], axum::body::Body::empty()).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the poll waits for a change");
+    let (status, _, _) = call(&s, "GET", &query, &[], axum::body::Body::empty()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // Requests still have their place.
+    let (status, _, body) = call(&s, "GET", "/v2", &[], axum::body::Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    waiting.abort();
+}
