@@ -1,4 +1,4 @@
-//! A pipeline exported for a workflow engine runs as the engine runs it and ends as
+//! A pipeline exported for a workflow engine (Argo, Kubeflow) runs as the engine runs it and ends as
 //! `kiln pipeline run` ends: each step a separate `kiln pipeline step` process in an empty
 //! working directory of its own, with a clean environment, given only the artifacts the export
 //! declares, its records going to a central kiln over HTTP.
@@ -104,61 +104,129 @@ fn in_container(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
-/// Fills in what Argo fills in; anything else left in `{{…}}` is a placeholder Argo would not
-/// know at this point, and fails the test.
-fn argo_fill(text: &str, params: &BTreeMap<String, String>, workflow: &str) -> String {
-    let mut out = text
-        .replace("{{workflow.name}}", workflow)
-        .replace("{{workflow.creationTimestamp}}", "2026-11-30T09:30:00Z");
-    for (k, v) in params {
-        out = out.replace(&format!("{{{{workflow.parameters.{k}}}}}"), v);
+/// Fills in what Argo fills in (`workflow.*`, given in `known`); anything else left in `{{…}}`
+/// is a placeholder Argo would not know at this point, and fails the test.
+fn argo_fill(text: &str, known: &BTreeMap<String, String>) -> String {
+    let mut out = text.to_string();
+    for (k, v) in known {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
     }
     assert!(!out.contains("{{"), "a placeholder Argo would leave: {out}");
     out
 }
 
-/// Runs an exported Argo WorkflowTemplate the way Argo's controller runs its DAG, one task at a
-/// time in dependency order; returns each task's output directory, by task name.
-fn run_argo(
-    k: &util::Kiln,
-    template: &Value,
-    central: &str,
-    workflow: &str,
-) -> BTreeMap<String, PathBuf> {
+/// What an Argo run of a WorkflowTemplate left: each task's output directory by task name, and
+/// the tasks that failed, with their messages.
+struct ArgoRun {
+    outputs: BTreeMap<String, PathBuf>,
+    failed: Vec<(String, String)>,
+}
+
+/// Runs an exported Argo WorkflowTemplate the way Argo's controller runs it: the entry DAG one
+/// task at a time in dependency order (a task whose dependency failed or did not run is not
+/// run), retried as its retry strategy says; then the exit handler's DAG, each task under its
+/// `when`, with `workflow.status` and `workflow.failures`.
+fn run_argo(k: &util::Kiln, template: &Value, central: &str, workflow: &str) -> ArgoRun {
     let spec = &template["spec"];
-    let params: BTreeMap<String, String> = spec["arguments"]["parameters"]
+    let mut known: BTreeMap<String, String> = spec["arguments"]["parameters"]
         .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
+        .flatten()
         .map(|p| {
             (
-                p["name"].as_str().unwrap().to_string(),
+                format!("workflow.parameters.{}", p["name"].as_str().unwrap()),
                 p["value"].as_str().unwrap().to_string(),
             )
         })
         .collect();
+    known.insert("workflow.name".into(), workflow.into());
+    known.insert(
+        "workflow.creationTimestamp".into(),
+        "2026-11-30T09:30:00Z".into(),
+    );
     let templates: BTreeMap<&str, &Value> = spec["templates"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| (t["name"].as_str().unwrap(), t))
         .collect();
-    let dag = templates[spec["entrypoint"].as_str().unwrap()]["dag"]["tasks"]
+    let mut run = ArgoRun {
+        outputs: BTreeMap::new(),
+        failed: Vec::new(),
+    };
+    let entry = templates[spec["entrypoint"].as_str().unwrap()];
+    run_dag(k, &templates, entry, &known, central, &mut run);
+    if let Some(exit) = spec["onExit"].as_str() {
+        let status = if run.failed.is_empty() {
+            "Succeeded"
+        } else {
+            "Failed"
+        };
+        known.insert("workflow.status".into(), status.into());
+        let failures: Vec<Value> = run
+            .failed
+            .iter()
+            .map(|(name, message)| {
+                serde_json::json!({
+                    "displayName": name, "message": message, "templateName": name,
+                    "phase": "Failed", "podName": format!("{workflow}-{name}"),
+                    "finishedAt": "2026-11-30T09:31:00Z",
+                })
+            })
+            .collect();
+        known.insert(
+            "workflow.failures".into(),
+            Value::Array(failures).to_string(),
+        );
+        run_dag(k, &templates, templates[exit], &known, central, &mut run);
+    }
+    run
+}
+
+fn run_dag(
+    k: &util::Kiln,
+    templates: &BTreeMap<&str, &Value>,
+    dag_template: &Value,
+    known: &BTreeMap<String, String>,
+    central: &str,
+    run: &mut ArgoRun,
+) {
+    let mut left: Vec<&Value> = dag_template["dag"]["tasks"]
         .as_array()
-        .unwrap();
-    let mut done: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut left: Vec<&Value> = dag.iter().collect();
+        .unwrap()
+        .iter()
+        .collect();
+    let mut ended: BTreeSet<String> = BTreeSet::new();
     while !left.is_empty() {
         let i = left
             .iter()
             .position(|t| {
                 t["dependencies"]
                     .as_array()
-                    .is_none_or(|d| d.iter().all(|d| done.contains_key(d.as_str().unwrap())))
+                    .is_none_or(|d| d.iter().all(|d| ended.contains(d.as_str().unwrap())))
             })
-            .expect("a task whose dependencies all ran");
+            .expect("a task whose dependencies all ended");
         let task = left.remove(i);
         let name = task["name"].as_str().unwrap();
+        ended.insert(name.to_string());
+        // Not run: a dependency did not produce, or its `when` is false.
+        let blocked = task["dependencies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| !run.outputs.contains_key(d.as_str().unwrap()));
+        if blocked {
+            continue;
+        }
+        if let Some(when) = task["when"].as_str() {
+            assert_eq!(
+                when, "{{workflow.status}} != Succeeded",
+                "a condition this test reads"
+            );
+            if known["workflow.status"] == "Succeeded" {
+                continue;
+            }
+        }
         let t = templates[task["template"].as_str().unwrap()];
         let root = k.path(&format!("engine/{name}"));
         std::fs::create_dir_all(&root).unwrap();
@@ -176,7 +244,7 @@ fn run_argo(
                 .and_then(|r| r.strip_suffix(".outputs.artifacts.outputs}}"))
                 .unwrap();
             copy_tree(
-                &done[producer],
+                &run.outputs[producer],
                 &in_container(&root, input["path"].as_str().unwrap()),
             );
         }
@@ -186,7 +254,7 @@ fn run_argo(
             .unwrap()
             .iter()
             .map(|a| {
-                let a = argo_fill(a.as_str().unwrap(), &params, workflow);
+                let a = argo_fill(a.as_str().unwrap(), known);
                 if a.starts_with("/kiln/") {
                     in_container(&root, &a).display().to_string()
                 } else {
@@ -196,8 +264,14 @@ fn run_argo(
             .collect();
         assert_eq!(container["command"], serde_json::json!(["kiln"]));
         let limit = t["retryStrategy"]["limit"].as_u64().unwrap_or(0);
+        if limit > 0 {
+            assert_eq!(
+                t["retryStrategy"]["expression"],
+                "lastRetry.exitCode != \"1\""
+            );
+        }
         let mut attempt = 0;
-        loop {
+        let succeeded = loop {
             let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
             c.args(&args)
                 .current_dir(&root)
@@ -224,15 +298,18 @@ fn run_argo(
             let out = c.output().unwrap();
             let code = out.status.code().unwrap_or(-1);
             if code == 0 {
-                break;
+                break true;
             }
             attempt += 1;
-            assert!(
-                code != 1 && attempt <= limit,
-                "task {name} failed ({code}):\n{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            if code == 1 || attempt > limit {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let message = stderr.lines().last().unwrap_or_default().to_string();
+                run.failed.push((name.to_string(), message));
+                break false;
+            }
+        };
+        if !succeeded {
+            continue;
         }
         let outputs = in_container(
             &root,
@@ -247,7 +324,193 @@ fn run_argo(
                 path.display()
             );
         }
-        done.insert(name.to_string(), outputs);
+        run.outputs.insert(name.to_string(), outputs);
+    }
+}
+
+/// Each step's record from an engine's run, checked against `kiln pipeline run`'s: the same
+/// steps (a `for_each` step as its items), states and values.
+fn same_as_local(
+    outputs: &BTreeMap<String, PathBuf>,
+    local_steps: &BTreeMap<String, &Value>,
+) -> BTreeMap<String, Value> {
+    let engine: BTreeMap<String, Value> = outputs
+        .values()
+        .map(|d| {
+            let r = record(d);
+            (r["step"].as_str().unwrap().to_string(), r)
+        })
+        .collect();
+    let expected: BTreeSet<&str> = local_steps
+        .iter()
+        .filter(|(_, s)| !s["reason"].as_str().unwrap_or("").starts_with("fanned out"))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(
+        engine.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        expected
+    );
+    for (id, r) in &engine {
+        let l = local_steps[id];
+        assert_eq!(r["state"], l["state"], "{id}: {r} against {l}");
+        assert_eq!(comparable(&r["values"]), comparable(&l["values"]), "{id}");
+    }
+    engine
+}
+
+/// Runs `kiln pipeline run` on `file` in the test's home; the run's record.
+fn run_locally(k: &util::Kiln, file: &str) -> Value {
+    let local = k.run_home(&["pipeline", "run", file, "--json"]);
+    assert_eq!(local.code, 0, "{}", local.stderr);
+    serde_json::from_str(&local.stdout).unwrap()
+}
+
+fn steps_of(run: &Value) -> BTreeMap<String, &Value> {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_string(), s))
+        .collect()
+}
+
+/// Fills in one argument as Kubeflow's driver does: a `{"Concat": [...]}` string joined, and the
+/// placeholders of the task's inputs and outputs.
+fn kfp_fill(arg: &str, fill: &dyn Fn(&str) -> String) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(arg)
+        && let Some(parts) = v["Concat"].as_array()
+    {
+        return parts.iter().map(|p| fill(p.as_str().unwrap())).collect();
+    }
+    fill(arg)
+}
+
+/// Runs an exported Kubeflow pipeline spec (and its platform spec) the way Kubeflow's driver
+/// and launcher run it: each task once its dependent tasks are done, its input artifacts
+/// downloaded to paths of their own, its placeholders filled in; returns each task's output
+/// directory, by task name.
+fn run_kfp(k: &util::Kiln, docs: &[Value], central: &str, job: &str) -> BTreeMap<String, PathBuf> {
+    let spec = &docs[0];
+    let secrets = docs
+        .get(1)
+        .map(|d| d["platforms"]["kubernetes"]["deploymentSpec"]["executors"].clone())
+        .unwrap_or(Value::Null);
+    let root_params: BTreeMap<String, String> = spec["root"]["inputDefinitions"]["parameters"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, p)| {
+            let v = &p["defaultValue"];
+            let text = match p["parameterType"].as_str().unwrap() {
+                "NUMBER_INTEGER" => (v.as_f64().unwrap() as i64).to_string(),
+                "NUMBER_DOUBLE" => v.as_f64().unwrap().to_string(),
+                "BOOLEAN" => v.as_bool().unwrap().to_string(),
+                _ => v.as_str().unwrap().to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect();
+    let tasks = spec["root"]["dag"]["tasks"].as_object().unwrap();
+    let mut done: BTreeMap<String, PathBuf> = BTreeMap::new();
+    while done.len() < tasks.len() {
+        let (name, task) = tasks
+            .iter()
+            .find(|(n, t)| {
+                !done.contains_key(*n)
+                    && t["dependentTasks"]
+                        .as_array()
+                        .is_none_or(|d| d.iter().all(|d| done.contains_key(d.as_str().unwrap())))
+            })
+            .expect("a task whose dependent tasks all ran");
+        let component = &spec["components"][task["componentRef"]["name"].as_str().unwrap()];
+        let executor = component["executorLabel"].as_str().unwrap();
+        let container = &spec["deploymentSpec"]["executors"][executor]["container"];
+        let root = k.path(&format!("kfp/{name}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let mut artifacts = BTreeMap::new();
+        if let Some(inputs) = task["inputs"]["artifacts"].as_object() {
+            for (input, from) in inputs {
+                let producer = from["taskOutputArtifact"]["producerTask"].as_str().unwrap();
+                assert_eq!(from["taskOutputArtifact"]["outputArtifactKey"], "outputs");
+                let path = root.join("inputs").join(input);
+                copy_tree(&done[producer], &path);
+                artifacts.insert(input.clone(), path);
+            }
+        }
+        let mut params = BTreeMap::new();
+        if let Some(inputs) = task["inputs"]["parameters"].as_object() {
+            for (p, from) in inputs {
+                let source = from["componentInputParameter"].as_str().unwrap();
+                params.insert(p.clone(), root_params[source].clone());
+            }
+        }
+        let outputs = root.join("outputs/outputs");
+        let fill = |text: &str| -> String {
+            let mut out = text
+                .replace("{{$.pipeline_job_name}}", job)
+                .replace("{{$.pipeline_job_create_time_utc}}", "2026-11-30T09:30:00Z")
+                .replace(
+                    "{{$.outputs.artifacts['outputs'].path}}",
+                    &outputs.display().to_string(),
+                );
+            for (p, v) in &params {
+                out = out.replace(&format!("{{{{$.inputs.parameters['{p}']}}}}"), v);
+            }
+            for (a, path) in &artifacts {
+                out = out.replace(
+                    &format!("{{{{$.inputs.artifacts['{a}'].path}}}}"),
+                    &path.display().to_string(),
+                );
+            }
+            assert!(
+                !out.contains("{{$"),
+                "a placeholder Kubeflow would leave: {out}"
+            );
+            out
+        };
+        let args: Vec<String> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| kfp_fill(a.as_str().unwrap(), &fill))
+            .collect();
+        let limit = task["retryPolicy"]["maxRetryCount"].as_u64().unwrap_or(0);
+        let mut attempt = 0;
+        loop {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+            c.args(&args)
+                .current_dir(&root)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap())
+                .env("HOME", &root);
+            for e in container["env"].as_array().into_iter().flatten() {
+                assert_eq!(e["name"], "KILN_SERVER");
+                c.env("KILN_SERVER", central);
+            }
+            for secret in secrets[executor]["secretAsEnv"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                assert_eq!(secret["secretName"], "kiln-token");
+                for key in secret["keyToEnv"].as_array().unwrap() {
+                    assert_eq!(key["secretKey"], "token");
+                    c.env(key["envVar"].as_str().unwrap(), TOKEN);
+                }
+            }
+            let out = c.output().unwrap();
+            if out.status.success() {
+                break;
+            }
+            attempt += 1;
+            assert!(
+                attempt <= limit,
+                "task {name} failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        done.insert(name.clone(), outputs);
     }
     done
 }
@@ -277,15 +540,8 @@ fn an_exported_argo_workflow_ends_as_kiln_pipeline_run_ends() {
     let file_text = file.display().to_string();
 
     // Locally.
-    let local = k.run_home(&["pipeline", "run", &file_text, "--json"]);
-    assert_eq!(local.code, 0, "{}", local.stderr);
-    let local: Value = serde_json::from_str(&local.stdout).unwrap();
-    let local_steps: BTreeMap<String, &Value> = local["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["id"].as_str().unwrap().to_string(), s))
-        .collect();
+    let local = run_locally(&k, &file_text);
+    let local_steps = steps_of(&local);
 
     // On the engine: a central kiln of its own, with a token.
     let elsewhere = util::Kiln::new();
@@ -322,30 +578,12 @@ fn an_exported_argo_workflow_ends_as_kiln_pipeline_run_ends() {
         .collect();
     assert_eq!(docs.len(), 1, "no schedule, no CronWorkflow");
     assert_eq!(docs[0]["kind"], "WorkflowTemplate");
-    let outputs = run_argo(&k, &docs[0], &central.url, "engines-x7k2p");
+    let run = run_argo(&k, &docs[0], &central.url, "engines-x7k2p");
+    assert!(run.failed.is_empty(), "{:?}", run.failed);
+    let outputs = run.outputs;
 
     // The same steps, in the same states, with the same values.
-    let engine: BTreeMap<String, Value> = outputs
-        .values()
-        .map(|d| {
-            let r = record(d);
-            (r["step"].as_str().unwrap().to_string(), r)
-        })
-        .collect();
-    let expected: BTreeSet<&str> = local_steps
-        .iter()
-        .filter(|(_, s)| !s["reason"].as_str().unwrap_or("").starts_with("fanned out"))
-        .map(|(id, _)| id.as_str())
-        .collect();
-    assert_eq!(
-        engine.keys().map(String::as_str).collect::<BTreeSet<_>>(),
-        expected
-    );
-    for (id, r) in &engine {
-        let l = local_steps[id];
-        assert_eq!(r["state"], l["state"], "{id}: {r} against {l}");
-        assert_eq!(comparable(&r["values"]), comparable(&l["values"]), "{id}");
-    }
+    let engine = same_as_local(&outputs, &local_steps);
     assert_eq!(engine["gated"]["state"], "skipped");
     assert_eq!(engine["after-gated"]["state"], "skipped");
     assert!(!outputs["gated"].join("ran").exists());
@@ -574,7 +812,9 @@ fn an_exported_sweep_runs_its_trials_as_steps_and_registers_the_best() {
     {
         assert!(t.get("dependencies").is_none(), "{t}");
     }
-    let outputs = run_argo(&k, &template, &central.url, "sweep-q9z");
+    let run = run_argo(&k, &template, &central.url, "sweep-q9z");
+    assert!(run.failed.is_empty(), "{:?}", run.failed);
+    let outputs = run.outputs;
     let engine = record(&outputs["leaderboard"]);
     assert_eq!(comparable(&engine["values"]), comparable(&board["values"]));
     for trial in ["trial-1", "trial-2", "trial-3"] {
@@ -631,4 +871,117 @@ fn an_exported_sweep_runs_its_trials_as_steps_and_registers_the_best() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn an_exported_kubeflow_pipeline_ends_as_kiln_pipeline_run_ends() {
+    let k = util::Kiln::new();
+    let file = k.file("engines.toml", PIPELINE);
+    let file_text = file.display().to_string();
+    let local = run_locally(&k, &file_text);
+    let local_steps = steps_of(&local);
+    let elsewhere = util::Kiln::new();
+    let central = util::Served::start(
+        &elsewhere,
+        &["serve", "--addr", "127.0.0.1:0", "--token", TOKEN],
+    );
+    let out = k
+        .command()
+        .args([
+            "pipeline",
+            "export",
+            &file_text,
+            "--to",
+            "kfp",
+            "--image",
+            "kiln:test",
+            "--file-in-image",
+            &file_text,
+            "--registry",
+            "http://kiln.kiln.svc:8080",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<Value> = text
+        .split("\n---\n")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "the pipeline spec and its platform spec");
+    let outputs = run_kfp(&k, &docs, &central.url, "engines-kfp-7f3");
+    let engine = same_as_local(&outputs, &local_steps);
+    assert_eq!(engine["gated"]["state"], "skipped");
+    assert_eq!(engine["push"]["values"]["version"], "1");
+    assert_eq!(engine["summary"]["values"]["regions"], r#"["us","eu"]"#);
+    let show = k
+        .command()
+        .args(["models", "show", "ctr", "--json", "--server", &central.url])
+        .output()
+        .unwrap();
+    let model: Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(model["aliases"]["champion"], 1, "{model}");
+}
+
+#[test]
+fn a_failed_argo_workflow_runs_its_failure_steps_as_its_exit_handler() {
+    let k = util::Kiln::new();
+    let file = k.file(
+        "failing.toml",
+        "name = \"failing\"\n\
+         [[steps]]\nid = \"prepare\"\nrun = \"echo ok > ${outputs}/ok\"\n\
+         [[steps]]\nid = \"fails\"\nneeds = [\"prepare\"]\nrun = \"echo broken >&2; exit 3\"\nretries = 1\n\
+         [[steps]]\nid = \"never\"\nneeds = [\"fails\"]\nrun = \"echo should-not-run > ${outputs}/ran\"\n\
+         [[on_failure]]\nid = \"page\"\nrun = \"echo \\\"$KILN_FAILED_STEP: $KILN_FAILED_ERROR\\\" > ${outputs}/page.txt\"\n\
+         [[on_failure]]\nid = \"after-page\"\nneeds = [\"page\"]\nrun = \"cat ${steps.page.page.txt} > ${outputs}/copy.txt\"\n",
+    );
+    let file_text = file.display().to_string();
+    let local = k.run_home(&["pipeline", "run", &file_text, "--json"]);
+    assert_eq!(local.code, 1, "{}", local.stderr);
+    let out = k
+        .command()
+        .args([
+            "pipeline",
+            "export",
+            &file_text,
+            "--to",
+            "argo",
+            "--image",
+            "kiln:test",
+            "--file-in-image",
+            &file_text,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let template: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(template["spec"]["onExit"], "on-failure");
+    let run = run_argo(&k, &template, "http://unused", "failing-abc");
+    assert_eq!(run.failed.len(), 1, "{:?}", run.failed);
+    assert_eq!(run.failed[0].0, "fails");
+    assert!(!run.outputs.contains_key("never"));
+    let page = std::fs::read_to_string(run.outputs["page"].join("page.txt")).unwrap();
+    assert!(page.starts_with("fails: "), "{page}");
+    let copy = std::fs::read_to_string(run.outputs["after-page"].join("copy.txt")).unwrap();
+    assert_eq!(copy, page);
+    // Kubeflow's exit handler cannot tell a failed run from one that succeeded: refused.
+    let r = k.run(&[
+        "pipeline",
+        "export",
+        &file_text,
+        "--to",
+        "kfp",
+        "--image",
+        "kiln:test",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("export to argo"), "{}", r.stderr);
 }

@@ -32,6 +32,19 @@ run = "echo fitting > ${outputs}/log"
 gpu = true
 timeout = "10m"
 TOML
+# Failure handlers: Argo's exit handler (Kubeflow refuses them).
+cat > "$work/handlers.toml" <<'TOML'
+name = "handlers"
+[[steps]]
+id = "work"
+run = "exit 3"
+[[on_failure]]
+id = "page"
+run = "echo \"$KILN_FAILED_STEP: $KILN_FAILED_ERROR\" > ${outputs}/page.txt"
+TOML
+"$KILN" pipeline export "$work/handlers.toml" --to argo --image "$image" -o "$work/handlers-argo.yaml" 2>/dev/null
+"$PYTHON" examples/clients/pipelines_check.py argo "$work/handlers-argo.yaml"
+grep -q '"onExit": "on-failure"' "$work/handlers-argo.yaml"
 for engine in argo kfp; do
   "$KILN" pipeline export examples/pipelines/retrain.toml --to "$engine" --image "$image" \
     --registry http://kiln.kiln.svc:8080 -o "$work/retrain-$engine.yaml" 2>/dev/null

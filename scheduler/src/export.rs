@@ -18,8 +18,10 @@
 //!   never cached, since the engine cannot see the file change.
 //!
 //! The file's `for_each` over a list parameter or listed items is expanded here (with the
-//! parameter's default); one over an earlier step's value, and `on_failure` steps, are refused
-//! with the reason.
+//! parameter's default); one over an earlier step's value is refused with the reason. On Argo,
+//! `on_failure` steps are the workflow's exit handler, run when it did not succeed, with
+//! `{{workflow.failures}}` as their `KILN_FAILED_*`; Kubeflow's exit handler cannot tell, so
+//! they are refused there.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,15 +94,26 @@ pub fn export(
     options: &Options,
 ) -> Result<Exported, String> {
     let mut notes = Vec::new();
-    if !pipeline.on_failure.is_empty() {
+    if !pipeline.on_failure.is_empty() && engine == Engine::Kfp {
         let ids: Vec<&str> = pipeline.on_failure.iter().map(|s| s.id.as_str()).collect();
         return Err(format!(
-            "pipeline `{}` has on_failure steps ({}), which are not exported: the engine's own \
-             exit handler (Argo `onExit`, Kubeflow `dsl.ExitHandler`) runs them; remove them \
-             from the file to export it",
+            "pipeline `{}` has on_failure steps ({}), which are not exported to Kubeflow: its \
+             exit handler runs after every run, failed or not, and cannot tell its step which \
+             step failed; export to argo (an `onExit` handler), or remove them from the file",
             pipeline.name,
             ids.join(", ")
         ));
+    }
+    let handler_ids: BTreeSet<&str> = pipeline.on_failure.iter().map(|s| s.id.as_str()).collect();
+    for handler in &pipeline.on_failure {
+        let reads = handler.reads();
+        if let Some(other) = reads.iter().find(|r| !handler_ids.contains(r.as_str())) {
+            return Err(format!(
+                "on_failure step `{}` reads step `{other}` of the run; an engine's exit handler \
+                 sees only the run's status and failures, and the outputs of other handlers",
+                handler.id
+            ));
+        }
     }
     for step in &pipeline.steps {
         if let Some(ForEach::Step {
@@ -135,31 +148,43 @@ pub fn export(
         .map(|(k, v)| (k.clone(), value_text(v)))
         .collect();
     let (expanded, fanned) = crate::pipeline::expand(pipeline.clone(), &defaults)?;
-    let names = task_names(&expanded.steps);
-    let tasks: Vec<Task> = expanded
+    let all: Vec<Step> = expanded
         .steps
         .iter()
-        .map(|step| {
-            let mut reads = BTreeSet::new();
-            for id in step.reads() {
-                match fanned.get(&id) {
-                    Some(items) => reads.extend(items.iter().cloned()),
-                    None => {
-                        reads.insert(id);
-                    }
+        .chain(&expanded.on_failure)
+        .cloned()
+        .collect();
+    let names = task_names(&all);
+    let task_of = |step: &Step| {
+        let mut reads = BTreeSet::new();
+        for id in step.reads() {
+            match fanned.get(&id) {
+                Some(items) => reads.extend(items.iter().cloned()),
+                None => {
+                    reads.insert(id);
                 }
             }
-            let external = names_outside_files(step, catalogue);
-            let cacheable = step.cache && !external;
-            Task {
-                step: step.clone(),
-                name: names[&step.id].clone(),
-                reads: reads
-                    .into_iter()
-                    .filter_map(|id| names.get(&id).map(|n| (id, n.clone())))
-                    .collect(),
-                cacheable,
-            }
+        }
+        let external = names_outside_files(step, catalogue);
+        let cacheable = step.cache && !external;
+        Task {
+            step: step.clone(),
+            name: names[&step.id].clone(),
+            reads: reads
+                .into_iter()
+                .filter_map(|id| names.get(&id).map(|n| (id, n.clone())))
+                .collect(),
+            cacheable,
+        }
+    };
+    let tasks: Vec<Task> = expanded.steps.iter().map(task_of).collect();
+    // Failure handlers are never cached (as in a local run).
+    let handlers: Vec<Task> = expanded
+        .on_failure
+        .iter()
+        .map(|s| Task {
+            cacheable: false,
+            ..task_of(s)
         })
         .collect();
     let uncached: Vec<&str> = tasks
@@ -187,7 +212,7 @@ pub fn export(
         })
         .collect();
     let documents = match engine {
-        Engine::Argo => argo(pipeline, &tasks, &params, options, &mut notes)?,
+        Engine::Argo => argo(pipeline, &tasks, &handlers, &params, options, &mut notes)?,
         Engine::Kfp => kfp(pipeline, &tasks, &params, options, &mut notes)?,
     };
     if options.server.is_none() {
@@ -224,8 +249,8 @@ fn task_names(steps: &[Step]) -> BTreeMap<String, String> {
         let base: String = kube_name(&step.id).chars().take(56).collect();
         let mut name = base.clone();
         let mut n = 1;
-        // `pipeline` is the entry template's name.
-        while name == "pipeline" || !taken.insert(name.clone()) {
+        // `pipeline` and `on-failure` are the entry and exit templates' names.
+        while name == "pipeline" || name == "on-failure" || !taken.insert(name.clone()) {
             n += 1;
             name = format!("{base}-{n}");
         }
@@ -316,12 +341,14 @@ fn retry_seconds(step: &Step) -> Option<u64> {
 fn argo(
     pipeline: &Pipeline,
     tasks: &[Task],
+    handlers: &[Task],
     params: &[(&String, &toml::Value, ParamType)],
     options: &Options,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Value>, String> {
     let name = kube_name(&pipeline.name);
     let mut dag = Vec::new();
+    let mut exit_dag = Vec::new();
     let mut templates = Vec::new();
     let numeric: BTreeSet<&str> = params
         .iter()
@@ -334,9 +361,17 @@ fn argo(
         .map(|(k, _, _)| k.as_str())
         .collect();
     let mut not_memoized = Vec::new();
-    for task in tasks {
+    let every: Vec<(&Task, bool)> = tasks
+        .iter()
+        .map(|t| (t, false))
+        .chain(handlers.iter().map(|t| (t, true)))
+        .collect();
+    for &(task, handler) in &every {
         let step = &task.step;
         let mut args = step_args(options, step);
+        if handler {
+            args.extend([json!("--failures"), json!("{{workflow.failures}}")]);
+        }
         args.extend([
             json!("--inputs"),
             json!(ARGO_INPUTS),
@@ -426,12 +461,16 @@ fn argo(
         });
         let mut deps: BTreeSet<&str> = task.reads.iter().map(|(_, n)| n.as_str()).collect();
         for need in &step.needs {
-            if let Some(t) = tasks.iter().find(|t| t.step.id == *need) {
+            if let Some((t, _)) = every.iter().find(|(t, _)| t.step.id == *need) {
                 deps.insert(t.name.as_str());
             }
         }
         if !deps.is_empty() {
             entry["dependencies"] = json!(deps);
+        }
+        if handler {
+            // Every handler has it: a skipped task's dependants would run otherwise.
+            entry["when"] = json!("{{workflow.status}} != Succeeded");
         }
         let mut arguments = serde_json::Map::new();
         if !task.reads.is_empty() {
@@ -454,7 +493,11 @@ fn argo(
         if !arguments.is_empty() {
             entry["arguments"] = Value::Object(arguments);
         }
-        dag.push(entry);
+        if handler {
+            exit_dag.push(entry);
+        } else {
+            dag.push(entry);
+        }
         templates.push(template);
     }
     if !not_memoized.is_empty() {
@@ -465,6 +508,12 @@ fn argo(
         ));
     }
     templates.insert(0, json!({ "name": "pipeline", "dag": { "tasks": dag } }));
+    if !exit_dag.is_empty() {
+        templates.insert(
+            1,
+            json!({ "name": "on-failure", "dag": { "tasks": exit_dag } }),
+        );
+    }
     let labels = json!({
         "app.kubernetes.io/managed-by": "kiln",
         "app.kubernetes.io/version": options.version,
@@ -477,6 +526,14 @@ fn argo(
     });
     if let Some(parallel) = pipeline.parallel {
         spec["parallelism"] = json!(parallel);
+    }
+    if !handlers.is_empty() {
+        spec["onExit"] = json!("on-failure");
+        notes.push(
+            "on_failure steps run in Argo's exit handler when the workflow did not succeed; \
+             KILN_FAILED_STEP is the failed task's name there, KILN_FAILED_LOG is empty"
+                .into(),
+        );
     }
     if !params.is_empty() {
         spec["arguments"] = json!({

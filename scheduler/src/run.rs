@@ -463,18 +463,15 @@ pub struct StepRequest {
     pub run_name: String,
     /// Where tracking runs and models go.
     pub backend: Arc<dyn Backend>,
-}
-
-/// What a step run on its own ended with: its record (also written to its output directory)
-/// and its attempt's log.
-pub struct StepOutcome {
-    pub record: StepFile,
-    pub log: Option<PathBuf>,
+    /// For a failure handler (`[[on_failure]]`): the step that failed the run and its error, as
+    /// the engine reports them (`KILN_FAILED_STEP`, `KILN_FAILED_ERROR`).
+    pub failed: Option<(String, String)>,
 }
 
 /// Runs one step of a pipeline on its own: it reads only the output directories of the steps it
-/// reads (`inputs`), writes its files and its record to `outputs`, and keeps its scratch state
-/// in `scratch` (a registry of its own, thrown away after). Retries and caching are the
+/// reads (`inputs`), writes its files and its record to `outputs` (and returns the record), and
+/// keeps its scratch state in `scratch` (a registry of its own, thrown away after; the step's log
+/// is at [`alone_log`]). Retries and caching are the
 /// engine's; the step's `if` and timeout are kept here, and a step whose needs were skipped is
 /// skipped, as in a whole run.
 pub async fn run_step<C: Components>(
@@ -482,7 +479,7 @@ pub async fn run_step<C: Components>(
     components: Arc<C>,
     request: StepRequest,
     cancel: watch::Receiver<bool>,
-) -> Result<StepOutcome, RunError> {
+) -> Result<StepFile, RunError> {
     let (pipeline, file, workdir) = load(&request.run, components.catalogue())?;
     let params = run_params(&pipeline, &request.run.params)?;
     let (pipeline, fanned) =
@@ -582,7 +579,7 @@ pub async fn run_step<C: Components>(
         dir: String::new(),
         steps: executions,
     };
-    let dir = scratch.home().join("step");
+    let dir = scratch.home().join(ALONE_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| RunError::Io(format!("{}: {e}", dir.display())))?;
     let workdir = std::fs::canonicalize(&workdir).unwrap_or(workdir);
     let runner = Arc::new(Runner {
@@ -600,7 +597,11 @@ pub async fn run_step<C: Components>(
         workdir,
         force: Force::All,
         path: search_path(&request.run.path_prefix),
-        failure: Mutex::new(None),
+        failure: Mutex::new(request.failed.clone().map(|(step, error)| Failure {
+            step,
+            error,
+            log: None,
+        })),
         fanned: Mutex::new(fanned),
     });
     let mut one = step.clone();
@@ -631,10 +632,20 @@ pub async fn run_step<C: Components>(
         .ok_or_else(|| RunError::Io(format!("step `{}` left no record", step.id)))?;
     let record = StepFile::of(&pipeline.name, &execution, &outputs);
     record.write(&outputs).map_err(RunError::Io)?;
-    Ok(StepOutcome {
-        record,
-        log: execution.logs.last().map(PathBuf::from),
-    })
+    Ok(record)
+}
+
+/// Where a step run on its own keeps its scratch files, in its scratch registry's home.
+const ALONE_DIR: &str = "step";
+
+/// The log a step run on its own (with scratch registry home `scratch`) writes as it goes, for
+/// its process to follow.
+pub fn alone_log(scratch: &Path, step: &str) -> PathBuf {
+    scratch
+        .join(ALONE_DIR)
+        .join("steps")
+        .join(step)
+        .join("attempt-1.log")
 }
 
 /// How the executor sees a step that ended as `state` in another process.

@@ -43,6 +43,11 @@ pub struct StepArgs {
     /// for the run.
     #[arg(long, default_value = "local")]
     run_name: String,
+    /// For a failure handler: the run's failed nodes as the engine lists them (Argo's
+    /// `{{workflow.failures}}`, JSON); the first is the handler's KILN_FAILED_STEP and
+    /// KILN_FAILED_ERROR.
+    #[arg(long, value_name = "JSON")]
+    failures: Option<String>,
     /// Print the step's record as JSON.
     #[arg(long)]
     json: bool,
@@ -100,22 +105,27 @@ pub fn step(home: &Home, args: StepArgs) -> Result<Outcome> {
         outputs: args.outputs.clone(),
         run_name: args.run_name.clone(),
         backend,
+        failed: args.failures.as_deref().map(first_failure).transpose()?,
     };
     let runtime = crate::cmd::serve::async_runtime("kiln-step")?;
     let (_keep, cancel) = tokio::sync::watch::channel(false);
+    // The attempt's log goes to the container's log (stderr) as it is written.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let follower = {
+        let log = kiln_scheduler::run::alone_log(scratch_dir.path(), &args.step);
+        let done = done.clone();
+        std::thread::spawn(move || follow_log(&log, &done))
+    };
     let outcome = runtime.block_on(run_step(
         scratch,
         Arc::new(crate::components::Builtins),
         request,
         cancel,
-    ))?;
-    // The attempt's log goes to the engine's log of the container.
-    if let Some(log) = &outcome.log
-        && let Ok(text) = std::fs::read_to_string(log)
-    {
-        eprint!("{text}");
-    }
-    let r = &outcome.record;
+    ));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = follower.join();
+    let record = outcome?;
+    let r = &record;
     if args.json {
         ui::print_json(r)?;
     } else {
@@ -151,6 +161,41 @@ pub fn step(home: &Home, args: StepArgs) -> Result<Outcome> {
             r.state.as_str(),
             r.error.as_deref().unwrap_or("no error recorded")
         ),
+    }
+}
+
+/// The first failed node of Argo's `{{workflow.failures}}`: its name and message.
+fn first_failure(json: &str) -> Result<(String, String)> {
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(json).with_context(|| {
+        format!("--failures {json:?}: give the engine's list of failed nodes (JSON)")
+    })?;
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    Ok(nodes
+        .first()
+        .map(|n| (text(n, "displayName"), text(n, "message")))
+        .unwrap_or_default())
+}
+
+/// Copies what is appended to `log` to stderr until `done` (and what came before it).
+fn follow_log(log: &std::path::Path, done: &std::sync::atomic::AtomicBool) {
+    use std::io::{Read, Write};
+    let mut offset = 0u64;
+    loop {
+        let finished = done.load(std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut file) = std::fs::File::open(log) {
+            use std::io::Seek;
+            let mut fresh = Vec::new();
+            if file.seek(std::io::SeekFrom::Start(offset)).is_ok()
+                && file.read_to_end(&mut fresh).is_ok()
+            {
+                offset += fresh.len() as u64;
+                let _ = std::io::stderr().write_all(&fresh);
+            }
+        }
+        if finished {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
