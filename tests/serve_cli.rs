@@ -970,6 +970,34 @@ fn replicas_follow_a_central_registry_through_alias_moves_and_its_restart() {
         0,
         "requests failed during the moves"
     );
+    // A replica's cache keeps what it serves: once old enough, a bundle no loaded version uses
+    // goes when the next change evicts.
+    let bundles = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect()
+    };
+    assert_eq!(bundles().len(), 2, "{:?}", bundles());
+    for b in bundles() {
+        let aged = std::process::Command::new("touch")
+            .args(["-d", "1 hour ago"])
+            .arg(&b)
+            .status()
+            .unwrap();
+        assert!(aged.success());
+    }
+    kiln(&[
+        "models", "promote", "bc", "1", "--server", &url, "--token", "s3cret",
+    ]);
+    converged("1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while bundles().len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", bundles());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(served_version(&urls[0], &row).as_deref(), Ok("1"));
     drop(replicas);
     drop(central);
     for i in 0..3 {

@@ -134,6 +134,50 @@ struct Remote {
     known: RwLock<BTreeSet<String>>,
     /// When the central server last answered.
     contact: Mutex<Instant>,
+    /// The cache directory each loaded version was read from.
+    dirs: Mutex<HashMap<(String, u32), PathBuf>>,
+}
+
+/// How long a cached bundle no loaded version uses stays on disk: a version being fetched and
+/// loaded right now is younger.
+const CACHE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Remote {
+    /// Deletes the cached bundles that no loaded version uses (older than [`CACHE_GRACE`]), so a
+    /// replica's disk holds what it serves, not every version it ever served.
+    fn prune(&self, loaded: &BTreeSet<(String, u32)>) {
+        let in_use: BTreeSet<PathBuf> = {
+            let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+            dirs.retain(|k, _| loaded.contains(k));
+            dirs.values().cloned().collect()
+        };
+        let Ok(entries) = std::fs::read_dir(&self.cache) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // Only what this server put here: 64 hex digits, not a bundle being fetched.
+            let ours = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > CACHE_GRACE);
+            if ours && old && !in_use.contains(&path) {
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {
+                        tracing::info!(bundle = %name, "removed a cached bundle no version uses")
+                    }
+                    Err(e) => {
+                        tracing::warn!(bundle = %name, error = %e, "removing a cached bundle")
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One bundle served with no registry (`kiln serve --bundle`): version 1 of `name`, its
@@ -192,6 +236,7 @@ impl Models {
             cache,
             known: RwLock::new(BTreeSet::new()),
             contact: Mutex::new(Instant::now()),
+            dirs: Mutex::new(HashMap::new()),
         });
         m
     }
@@ -564,7 +609,12 @@ impl Models {
                         }
                     }
                 }
-                Runtime::load(&dir)?
+                let runtime = Runtime::load(&dir)?;
+                r.dirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((model.to_string(), version), dir);
+                runtime
             }
             (None, None) => {
                 let registry = self.registry()?;
@@ -625,6 +675,11 @@ impl Models {
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         loaded.retain(|k, _| keep.contains(k));
         self.metrics.loaded.set(loaded.len() as i64);
+        let still: BTreeSet<(String, u32)> = loaded.keys().cloned().collect();
+        drop(loaded);
+        if let Some(r) = &self.remote {
+            r.prune(&still);
+        }
     }
 
     /// Brings one model's live routes in line with the registry (blocking): resolves its
