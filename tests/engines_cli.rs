@@ -515,6 +515,38 @@ fn run_kfp(k: &util::Kiln, docs: &[Value], central: &str, job: &str) -> BTreeMap
     done
 }
 
+/// `kiln pipeline export FILE --to ENGINE` as a step of the test runs it (the file where the
+/// image would have it, a central kiln), split into its documents.
+fn exported(k: &util::Kiln, file: &str, engine: &str) -> Vec<Value> {
+    let out = k
+        .command()
+        .args([
+            "pipeline",
+            "export",
+            file,
+            "--to",
+            engine,
+            "--image",
+            "kiln:test",
+            "--file-in-image",
+            file,
+            "--registry",
+            "http://kiln.kiln.svc:8080",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split("\n---\n")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
 fn record(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join(".kiln/step.json")).unwrap()).unwrap()
 }
@@ -549,33 +581,7 @@ fn an_exported_argo_workflow_ends_as_kiln_pipeline_run_ends() {
         &elsewhere,
         &["serve", "--addr", "127.0.0.1:0", "--token", TOKEN],
     );
-    let out = k
-        .command()
-        .args([
-            "pipeline",
-            "export",
-            &file_text,
-            "--to",
-            "argo",
-            "--image",
-            "kiln:test",
-            "--file-in-image",
-            &file_text,
-            "--registry",
-            "http://kiln.kiln.svc:8080",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let docs: Vec<Value> = text
-        .split("\n---\n")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let docs = exported(&k, &file_text, "argo");
     assert_eq!(docs.len(), 1, "no schedule, no CronWorkflow");
     assert_eq!(docs[0]["kind"], "WorkflowTemplate");
     let run = run_argo(&k, &docs[0], &central.url, "engines-x7k2p");
@@ -885,33 +891,7 @@ fn an_exported_kubeflow_pipeline_ends_as_kiln_pipeline_run_ends() {
         &elsewhere,
         &["serve", "--addr", "127.0.0.1:0", "--token", TOKEN],
     );
-    let out = k
-        .command()
-        .args([
-            "pipeline",
-            "export",
-            &file_text,
-            "--to",
-            "kfp",
-            "--image",
-            "kiln:test",
-            "--file-in-image",
-            &file_text,
-            "--registry",
-            "http://kiln.kiln.svc:8080",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let docs: Vec<Value> = text
-        .split("\n---\n")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let docs = exported(&k, &file_text, "kfp");
     assert_eq!(docs.len(), 2, "the pipeline spec and its platform spec");
     let outputs = run_kfp(&k, &docs, &central.url, "engines-kfp-7f3");
     let engine = same_as_local(&outputs, &local_steps);

@@ -156,15 +156,7 @@ pub fn export(
         .collect();
     let names = task_names(&all);
     let task_of = |step: &Step| {
-        let mut reads = BTreeSet::new();
-        for id in step.reads() {
-            match fanned.get(&id) {
-                Some(items) => reads.extend(items.iter().cloned()),
-                None => {
-                    reads.insert(id);
-                }
-            }
-        }
+        let reads = step.reads_items(&fanned);
         let external = names_outside_files(step, catalogue);
         let cacheable = step.cache && !external;
         Task {

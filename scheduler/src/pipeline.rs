@@ -120,6 +120,20 @@ impl Step {
             .chain(texts.iter().flat_map(|t| step_refs(t)))
             .collect()
     }
+
+    /// [`Step::reads`], each `for_each` step there as its items (`fanned`, from [`expand`]).
+    pub fn reads_items(&self, fanned: &BTreeMap<String, Vec<String>>) -> BTreeSet<String> {
+        let mut reads = BTreeSet::new();
+        for id in self.reads() {
+            match fanned.get(&id) {
+                Some(items) => reads.extend(items.iter().cloned()),
+                None => {
+                    reads.insert(id);
+                }
+            }
+        }
+        reads
+    }
 }
 
 /// The step ids a text names in `${steps.ID.…}`.

@@ -525,16 +525,7 @@ pub async fn run_step<C: Components>(
     std::fs::create_dir_all(outputs)
         .map_err(|e| RunError::Io(format!("{}: {e}", outputs.display())))?;
     let outputs = std::fs::canonicalize(outputs).unwrap_or_else(|_| outputs.clone());
-    // What it reads, each `for_each` step as its items.
-    let mut reads = BTreeSet::new();
-    for id in step.reads() {
-        match fanned.get(&id) {
-            Some(items) => reads.extend(items.iter().cloned()),
-            None => {
-                reads.insert(id);
-            }
-        }
-    }
+    let reads = step.reads_items(&fanned);
     let mut executions = Vec::new();
     let mut ended = BTreeMap::new();
     for id in &reads {
