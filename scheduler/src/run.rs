@@ -660,10 +660,20 @@ fn load(
     request: &RunRequest,
     catalogue: &[ComponentSpec],
 ) -> Result<(Pipeline, String, PathBuf), RunError> {
-    let mut parsed = parse_with(&request.text, catalogue);
-    let file = request.file.display().to_string();
-    let workdir = request
-        .file
+    let (pipeline, workdir) = checked(&request.file, &request.text, catalogue)?;
+    Ok((pipeline, request.file.display().to_string(), workdir))
+}
+
+/// The pipeline in `text` (the file `file`) when it has no errors, the files its components
+/// name checked beside it; with its directory. Otherwise every error, each with its line.
+pub fn checked(
+    file: &Path,
+    text: &str,
+    catalogue: &[ComponentSpec],
+) -> Result<(Pipeline, PathBuf), RunError> {
+    let mut parsed = parse_with(text, catalogue);
+    let name = file.display().to_string();
+    let workdir = file
         .parent()
         .map(Path::to_path_buf)
         .filter(|p| !p.as_os_str().is_empty())
@@ -677,19 +687,16 @@ fn load(
         .diagnostics
         .iter()
         .filter(|d| d.severity == crate::Severity::Error)
-        .map(|d| format!("  {file}:{}:{}: {}", d.line, d.column, d.message))
+        .map(|d| format!("  {name}:{}:{}: {}", d.line, d.column, d.message))
         .collect();
-    let pipeline = match parsed.pipeline {
-        Some(p) if errors.is_empty() => p,
-        _ => {
-            return Err(RunError::Invalid {
-                count: errors.len(),
-                list: errors.join("\n"),
-                file,
-            });
-        }
-    };
-    Ok((pipeline, file, workdir))
+    match parsed.pipeline {
+        Some(p) if errors.is_empty() => Ok((p, workdir)),
+        _ => Err(RunError::Invalid {
+            count: errors.len(),
+            list: errors.join("\n"),
+            file: name,
+        }),
+    }
 }
 
 /// Runs a pipeline's main steps. A step that fans out over an earlier step's value

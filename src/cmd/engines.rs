@@ -285,31 +285,12 @@ pub fn export_text(
 ) -> Result<Exported> {
     use kiln_scheduler::export::{Engine, Options};
     let catalogue = crate::components::CATALOGUE;
-    let parsed = kiln_scheduler::parse_with(text, catalogue);
-    let errors: Vec<String> = parsed
-        .diagnostics
-        .iter()
-        .filter(|d| d.severity == kiln_scheduler::Severity::Error)
-        .map(|d| {
-            format!(
-                "  {}:{}:{}: {}",
-                file.display(),
-                d.line,
-                d.column,
-                d.message
-            )
-        })
-        .collect();
-    let pipeline = match parsed.pipeline {
-        Some(p) if errors.is_empty() => p,
-        _ => bail!(
-            "{} has {} error(s):\n{}\n(`kiln pipeline validate {}` shows them all)",
-            file.display(),
-            errors.len(),
-            errors.join("\n"),
+    let (pipeline, _) = kiln_scheduler::run::checked(file, text, catalogue).map_err(|e| {
+        anyhow!(
+            "{e}\n(`kiln pipeline validate {}` shows them all)",
             file.display()
-        ),
-    };
+        )
+    })?;
     let image = on.image.clone().ok_or_else(|| {
         anyhow!("an export needs --image IMAGE: the kiln container image its steps run")
     })?;
